@@ -1,0 +1,256 @@
+//! `station`: the Numbers Station server, client and demo.
+//!
+//! Layout: `main.rs` parses flags and wires things together; `server.rs`,
+//! `client.rs` and `demo.rs` run the subcommands; `state_file.rs` keeps a
+//! client's progress on disk; `report.rs` prints outcomes.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+mod client;
+mod demo;
+mod report;
+mod server;
+mod state_file;
+
+/// Exit codes, documented in `--help` and the README.
+pub mod exit {
+    /// Every number arrived and the checksum verified.
+    pub const SUCCESS: u8 = 0;
+    /// Bad flags (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// Every number arrived but the checksums differ.
+    pub const CHECKSUM_MISMATCH: u8 = 3;
+    /// The session expired before it could be resumed.
+    pub const EXPIRED: u8 = 4;
+    /// A server refused the session (bad token, already exists, ...).
+    pub const REJECTED: u8 = 5;
+    /// No server reachable, or servers broke the protocol.
+    pub const UNREACHABLE: u8 = 6;
+    /// The state file is corrupt, or belongs to another session.
+    pub const STATE_FILE: u8 = 7;
+    /// The server failed to start or stopped with an error.
+    pub const SERVER_ERROR: u8 = 8;
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "station",
+    version,
+    about = "Numbers Station: random numbers streamed over gRPC, resumable across disconnections",
+    after_help = "Every flag can also be set from the environment variable shown with it.\n\
+                  Durations accept 250ms, 1s, 30s, 1m (a bare number means seconds).\n\
+                  Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve sessions over gRPC.
+    Server(ServerArgs),
+    /// Receive a sequence of numbers and verify it.
+    #[command(after_help = "Exit codes: 0 verified, 2 usage error, 3 checksum mismatch, \
+                            4 session expired, 5 session rejected, 6 no server reachable \
+                            or protocol error, 7 bad state file.")]
+    Client(ClientArgs),
+    /// Run a server and a few clients in this process, with faults injected.
+    Demo(DemoArgs),
+    /// Print a server's counters (live sessions, attached streams, ...).
+    Stats(StatsArgs),
+}
+
+/// `station server` flags.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Address to listen on. Anything but loopback exposes the service; see
+    /// the README's security notes.
+    #[arg(long, env = "STATION_HOST", default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port to listen on (0 picks a free one and prints it).
+    #[arg(long, env = "STATION_PORT")]
+    pub port: u16,
+    /// Time between two numbers of a session.
+    #[arg(long, env = "STATION_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// How long a disconnected session is kept.
+    #[arg(long, env = "STATION_SESSION_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub session_ttl: Duration,
+    /// Fail every N-th number with UNAVAILABLE (fault injection).
+    #[arg(long, env = "STATION_FAIL_EVERY")]
+    pub fail_every: Option<std::num::NonZeroU64>,
+    /// After an injected failure, refuse new requests for this long.
+    #[arg(long, env = "STATION_GO_OFFLINE_FOR", default_value = "0s", value_parser = parse_duration)]
+    pub go_offline_for: Duration,
+    /// Most sessions attached at once; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "STATION_MAX_SESSIONS", default_value_t = 250_000)]
+    pub max_sessions: usize,
+    /// Session store: `memory`, or a Redis URL such as redis://127.0.0.1:6379/0.
+    #[arg(long, env = "STATION_STORE", default_value = "memory")]
+    pub store: String,
+    /// Prefix of every Redis key, to share one Redis between deployments.
+    #[arg(long, env = "STATION_REDIS_PREFIX", default_value = "station:")]
+    pub redis_prefix: String,
+    /// End a stream whose client sends nothing the server waits for for this
+    /// long [default: 3 intervals + 2s, at most half the TTL].
+    #[arg(long, env = "STATION_SILENCE_TIMEOUT", value_parser = parse_duration)]
+    pub silence_timeout: Option<Duration>,
+    /// Most numbers sent ahead of the client's acknowledgements.
+    #[arg(long, env = "STATION_WINDOW", default_value_t = 64)]
+    pub window: u32,
+    /// Most concurrent streams on one HTTP/2 connection.
+    #[arg(long, env = "STATION_MAX_STREAMS_PER_CONNECTION", default_value_t = 10_000)]
+    pub max_streams_per_connection: u32,
+    /// Largest client message accepted, in bytes.
+    #[arg(long, env = "STATION_MAX_MESSAGE_SIZE", default_value_t = 1024)]
+    pub max_message_size: usize,
+    /// Messages buffered per stream before a slow reader blocks its stream.
+    #[arg(long, env = "STATION_STREAM_BUFFER", default_value_t = 16)]
+    pub stream_buffer: usize,
+    /// A client that does not read for this long loses its stream.
+    #[arg(long, env = "STATION_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+    /// HTTP/2 keepalive PING interval.
+    #[arg(long, env = "STATION_KEEPALIVE", default_value = "10s", value_parser = parse_duration)]
+    pub keepalive: Duration,
+}
+
+/// `station client` flags.
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    /// Server host (with --port).
+    #[arg(long, env = "STATION_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Server port. Required unless --endpoint is given.
+    #[arg(long, env = "STATION_PORT", required_unless_present = "endpoint")]
+    pub port: Option<u16>,
+    /// A server as host:port; repeat to fail over between several servers.
+    #[arg(long = "endpoint", env = "STATION_ENDPOINTS", value_delimiter = ',')]
+    pub endpoint: Vec<String>,
+    /// How many numbers, 1..=65535 [default: random].
+    #[arg(long, env = "STATION_COUNT", value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub count: Option<u32>,
+    /// Client id (a UUID) [default: a random version 4 UUID].
+    #[arg(long, env = "STATION_CLIENT_ID")]
+    pub client_id: Option<uuid::Uuid>,
+    /// Keep progress in this file so a crashed client can be run again and
+    /// continue; removed on success.
+    #[arg(long, env = "STATION_STATE_FILE")]
+    pub state_file: Option<std::path::PathBuf>,
+    /// Print the result as one JSON object.
+    #[arg(long, env = "STATION_JSON")]
+    pub json: bool,
+    /// Give up if no server attaches the session for this long.
+    #[arg(long, env = "STATION_GIVE_UP_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub give_up_after: Duration,
+}
+
+/// `station demo` flags.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// How many clients.
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    /// Time between numbers.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Inject a failure every N numbers (server-wide).
+    #[arg(long, default_value_t = 25)]
+    pub fail_every: u64,
+}
+
+/// `station stats` flags.
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Server host.
+    #[arg(long, env = "STATION_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Server port.
+    #[arg(long, env = "STATION_PORT")]
+    pub port: u16,
+}
+
+/// Parses `250ms`, `1s`, `1m30s` (humantime), or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (try 250ms, 1s, 30s)"))
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::SERVER_ERROR);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => {
+                init_tracing("info");
+                server::run(args).await
+            }
+            Command::Client(args) => {
+                init_tracing("warn");
+                client::run(args).await
+            }
+            Command::Demo(args) => {
+                init_tracing("warn");
+                demo::run(args).await
+            }
+            Command::Stats(args) => {
+                init_tracing("warn");
+                server::stats(args).await
+            }
+        }
+    });
+    ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn count_out_of_range_is_a_usage_error() {
+        for bad in ["0", "65536", "4294967295", "-1"] {
+            let err = Cli::try_parse_from(["station", "client", "--port", "1", "--count", bad])
+                .unwrap_err();
+            assert_eq!(err.exit_code(), i32::from(exit::USAGE), "{bad}");
+        }
+        assert!(Cli::try_parse_from(["station", "client", "--port", "1", "--count", "65535"]).is_ok());
+    }
+}

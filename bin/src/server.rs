@@ -1,0 +1,165 @@
+//! `station server` and `station stats`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use station_core::server::Config as SessionConfig;
+use station_net::proto::station_admin_client::StationAdminClient;
+use station_net::proto::StatsRequest;
+use station_net::store::{MemoryStore, RedisStore, SessionStore, StoreConfig};
+use station_net::{serve_tcp, ServerConfig, Station};
+
+use crate::{exit, ServerArgs, StatsArgs};
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(args: ServerArgs) -> u8 {
+    let cfg = match config(&args) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let addr = SocketAddr::new(args.host, args.port);
+    let store_cfg = StoreConfig::default();
+    let result = if args.store == "memory" {
+        let store = MemoryStore::new(store_cfg);
+        let sweeper = store.spawn_sweeper(Duration::from_secs(1));
+        let result = serve(cfg, store, addr).await;
+        sweeper.abort();
+        result
+    } else if args.store.starts_with("redis://") || args.store.starts_with("rediss://") {
+        match RedisStore::connect(&args.store, &args.redis_prefix, store_cfg).await {
+            Ok(store) => serve(cfg, store, addr).await,
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        eprintln!(
+            "error: --store must be `memory` or a redis:// URL, not {:?}",
+            args.store
+        );
+        return exit::USAGE;
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            exit::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::SERVER_ERROR
+        }
+    }
+}
+
+fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
+    let mut session = SessionConfig::new(args.interval, args.session_ttl);
+    if let Some(silence) = args.silence_timeout {
+        session.silence_timeout = silence;
+    }
+    session.window = args.window;
+    session.validate()?;
+    if args.max_sessions == 0 {
+        return Err("--max-sessions must be at least 1".into());
+    }
+    if args.stream_buffer == 0 {
+        return Err("--stream-buffer must be at least 1".into());
+    }
+    Ok(ServerConfig {
+        session,
+        max_sessions: args.max_sessions,
+        fail_every: args.fail_every,
+        go_offline_for: args.go_offline_for,
+        write_timeout: args.write_timeout,
+        stream_buffer: args.stream_buffer,
+        max_message_size: args.max_message_size,
+        max_concurrent_streams: args.max_streams_per_connection,
+        keepalive_interval: args.keepalive,
+        keepalive_timeout: args.keepalive,
+        ..ServerConfig::default()
+    })
+}
+
+async fn serve<S: SessionStore>(cfg: ServerConfig, store: S, addr: SocketAddr) -> Result<(), String> {
+    let kind = store.kind();
+    let interval = cfg.session.interval;
+    let ttl = cfg.session.ttl;
+    let station = Station::new(cfg, store);
+    serve_tcp(
+        station,
+        addr,
+        |bound| {
+            // On stdout, so scripts and tests can read the port picked for 0.
+            println!("listening on {bound}");
+            tracing::info!(%bound, store = kind, ?interval, ?ttl, "serving");
+        },
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        biased;
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// `station stats`: prints a server's counters as JSON.
+pub async fn stats(args: StatsArgs) -> u8 {
+    let url = format!("http://{}:{}", args.host, args.port);
+    let result = async {
+        let mut admin = StationAdminClient::connect(url.clone())
+            .await
+            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        admin
+            .stats(StatsRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| format!("{url}: {}", s.message()))
+    }
+    .await;
+    match result {
+        Ok(s) => {
+            let json = serde_json::json!({
+                "live_sessions": s.live_sessions,
+                "attached_streams": s.attached_streams,
+                "numbers_sent": s.numbers_sent,
+                "sessions_opened": s.sessions_opened,
+                "sessions_resumed": s.sessions_resumed,
+                "sessions_completed": s.sessions_completed,
+                "streams_rejected": s.streams_rejected,
+            });
+            println!("{json}");
+            exit::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::UNREACHABLE
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! A client's progress on disk, so a crashed client continues its session.
+//!
+//! The file holds the core's [`Snapshot`]: ids, token, counters, running sum
+//! and CRC — never the numbers. It is replaced atomically (write a temporary
+//! file, then rename over the old one), so a crash leaves either the old or
+//! the new state, never a torn one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use station_core::client::Snapshot;
+use station_core::{ClientId, Secret};
+
+/// Bumped when the layout changes; older files are refused, not misread.
+const VERSION: u32 = 1;
+
+/// Problems with a state file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading or writing failed.
+    #[error("state file {path}: {source}", path = .0.display(), source = .1)]
+    Io(PathBuf, std::io::Error),
+    /// The file is not a state file this version understands.
+    #[error(
+        "state file {path} is corrupt or from another version ({why}); remove it to start a new session",
+        path = .0.display(),
+        why = .1
+    )]
+    Corrupt(PathBuf, String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct OnDisk {
+    version: u32,
+    client_id: String,
+    count: u32,
+    nonce: String,
+    token: Option<String>,
+    next_index: u32,
+    sum: u64,
+    crc: u32,
+    server_checksum: Option<u32>,
+}
+
+/// Reads `path`; `Ok(None)` if it does not exist.
+pub fn load(path: &Path) -> Result<Option<Snapshot>, StateError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StateError::Io(path.into(), e)),
+    };
+    let corrupt = |why: String| StateError::Corrupt(path.into(), why);
+    let d: OnDisk = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+    if d.version != VERSION {
+        return Err(corrupt(format!("version {}, expected {VERSION}", d.version)));
+    }
+    let secret = |hex: &str| parse_hex(hex).ok_or_else(|| corrupt(format!("bad secret {hex:?}")));
+    let snapshot = Snapshot {
+        client_id: ClientId::parse(&d.client_id).map_err(|e| corrupt(e.to_string()))?,
+        count: d.count,
+        nonce: secret(&d.nonce)?,
+        token: d.token.as_deref().map(secret).transpose()?,
+        next_index: d.next_index,
+        sum: d.sum,
+        crc: d.crc,
+        server_checksum: d.server_checksum,
+    };
+    if !(1..=station_core::sequence::MAX_COUNT).contains(&snapshot.count)
+        || snapshot.next_index > snapshot.count
+    {
+        return Err(corrupt(format!(
+            "next_index {} / count {} out of range",
+            snapshot.next_index, snapshot.count
+        )));
+    }
+    Ok(Some(snapshot))
+}
+
+/// Replaces `path` with `snapshot`, atomically.
+pub fn save(path: &Path, s: &Snapshot) -> Result<(), StateError> {
+    let d = OnDisk {
+        version: VERSION,
+        client_id: s.client_id.to_string(),
+        count: s.count,
+        nonce: to_hex(&s.nonce),
+        token: s.token.as_ref().map(to_hex),
+        next_index: s.next_index,
+        sum: s.sum,
+        crc: s.crc,
+        server_checksum: s.server_checksum,
+    };
+    let io = |e| StateError::Io(path.into(), e);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let json = serde_json::to_vec_pretty(&d).expect("plain data always serializes");
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(&json).map_err(io)?;
+    // Durable before the rename makes it visible.
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Removes `path` (after success); a missing file is fine.
+pub fn remove(path: &Path) -> Result<(), StateError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateError::Io(path.into(), e)),
+        _ => Ok(()),
+    }
+}
+
+fn to_hex(s: &Secret) -> String {
+    s.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex(hex: &str) -> Option<Secret> {
+    if hex.len() != 32 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(Secret(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            client_id: ClientId::parse("67e55044-10b1-426f-9247-bb680e5fe0c8").unwrap(),
+            count: 10,
+            nonce: Secret([1; 16]),
+            token: Some(Secret([0xab; 16])),
+            next_index: 4,
+            sum: 12345,
+            crc: 0xdead_beef,
+            server_checksum: None,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        assert!(load(&path).unwrap().is_none());
+        save(&path, &snapshot()).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(snapshot()));
+        remove(&path).unwrap();
+        assert!(load(&path).unwrap().is_none());
+        remove(&path).unwrap();
+    }
+
+    #[test]
+    fn corrupt_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        for text in ["", "{", "[]", r#"{"version": 99}"#] {
+            std::fs::write(&path, text).unwrap();
+            assert!(matches!(load(&path), Err(StateError::Corrupt(..))), "{text:?}");
+        }
+        save(&path, &snapshot()).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap().replace("\"next_index\": 4", "\"next_index\": 11");
+        std::fs::write(&path, text).unwrap();
+        assert!(matches!(load(&path), Err(StateError::Corrupt(..))));
+    }
+}

@@ -1,0 +1,95 @@
+//! Why a server session refuses or ends a stream.
+
+use crate::ClientId;
+
+/// Longest client-supplied text echoed back in an error message.
+const ECHO_LIMIT: usize = 64;
+
+/// A reason the server refuses a request or ends a stream early.
+///
+/// Each variant is one fact a client can act on; `station-net` maps every
+/// variant to exactly one gRPC status code in one place.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    /// The client id is not a UUID.
+    #[error("client id {0:?} is not a UUID (expected e.g. 67e55044-10b1-426f-9247-bb680e5fe0c8)")]
+    BadClientId(String),
+    /// The count is outside 1..=65535.
+    #[error("count {0} is out of range: ask for 1..=65535 numbers")]
+    BadCount(u32),
+    /// The open nonce is neither empty nor 16 bytes.
+    #[error("open nonce must be empty or 16 bytes, got {0} bytes")]
+    BadNonce(usize),
+    /// The resume token is not 16 bytes.
+    #[error("resume token must be 16 bytes, got {0} bytes")]
+    MalformedToken(usize),
+    /// A `Resume` asked to start past the end of the sequence.
+    #[error("next_index {next_index} is past the end of the sequence (count {count})")]
+    BadNextIndex {
+        /// What the client asked for.
+        next_index: u32,
+        /// The session's count.
+        count: u32,
+    },
+    /// The resume token does not match the session's.
+    #[error("resume token does not match session {0}")]
+    BadToken(ClientId),
+    /// No session with this id is known (never opened, or completed).
+    #[error("no session {0} (never opened, already completed, or expired long ago)")]
+    Unknown(ClientId),
+    /// The session existed but stayed detached longer than the TTL.
+    #[error("session {0} expired: detached for longer than the session TTL")]
+    Expired(ClientId),
+    /// `Open` for an id whose session is live.
+    #[error("session {0} already exists and is live; resume it with its token")]
+    AlreadyExists(ClientId),
+    /// An `Ack` for numbers that were never sent.
+    #[error("ack next_index {ack} is beyond the {sent} numbers sent")]
+    AckBeyondSent {
+        /// The acknowledged next index.
+        ack: u32,
+        /// How many numbers this session has sent so far.
+        sent: u32,
+    },
+    /// An `Ack` lower than one already received.
+    #[error("ack next_index {ack} goes backwards (already acknowledged {acked})")]
+    AckBackwards {
+        /// The acknowledged next index.
+        ack: u32,
+        /// The highest acknowledgement so far.
+        acked: u32,
+    },
+    /// A message that is not valid at this point of the conversation.
+    #[error("unexpected message: {0}")]
+    Unexpected(&'static str),
+    /// The client sent no first message, or no acknowledgement the server
+    /// was waiting for, within the server's silence timeout.
+    #[error("the client was silent for longer than {0:?}")]
+    Silent(std::time::Duration),
+    /// Another stream resumed this session.
+    #[error("session {0} was taken over by another stream")]
+    TakenOver(ClientId),
+    /// The server refuses more sessions.
+    #[error("server is full: {0} sessions attached")]
+    Full(usize),
+    /// Fault injection (`--fail-every`, `--go-offline-for`).
+    #[error("injected fault: {0}")]
+    InjectedFault(&'static str),
+    /// The session store did not answer.
+    #[error("session store unavailable: {0}")]
+    StoreUnavailable(String),
+    /// The server is shutting down.
+    #[error("server is shutting down; resume on another server or later")]
+    ShuttingDown,
+}
+
+impl Reject {
+    /// Builds [`Reject::BadClientId`], truncating what is echoed back.
+    pub fn bad_client_id(text: &str) -> Self {
+        let mut echo: String = text.chars().take(ECHO_LIMIT).collect();
+        if echo.len() < text.len() {
+            echo.push('…');
+        }
+        Reject::BadClientId(echo)
+    }
+}

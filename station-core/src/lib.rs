@@ -1,0 +1,76 @@
+//! Sans-IO state machines for Numbers Station.
+//!
+//! Nothing in this crate performs I/O, reads a clock or draws OS randomness:
+//! time arrives as `now: Instant` arguments and randomness as seeds, so the
+//! same inputs always produce the same outputs and a simulation replays
+//! exactly. `station-net` drives these machines over real sockets (or
+//! turmoil's simulated ones) and a session store.
+//!
+//! # Layout
+//!
+//! - [`sequence`]: the seekable PRNG (value at any index in O(1) from a 64-bit
+//!   seed) and the CRC-32 checksum.
+//! - [`server`]: [`server::Session`], the server's side of one stream.
+//! - [`client`]: [`client::Client`], the client's side of a whole session
+//!   across reconnections.
+//! - [`Reject`]: every reason a server refuses or ends a stream.
+//!
+//! # Server sessions
+//!
+//! A session is a small [`server::Record`] (72 bytes: id, token, nonce,
+//! seed, count, acknowledged index, generation) in a store. Its life:
+//!
+//! 1. **Open** creates the record (generation 1) and attaches the stream.
+//! 2. **Attached**: one number per interval, the first at once; before each
+//!    burst the stream refreshes the record's expiry to `ttl` after the
+//!    client was last heard, with a compare-and-set on the generation.
+//! 3. **Detached**: the stream broke. The record stays until its expiry.
+//! 4. **Resumed** by a `Resume` with the right token: the generation goes up
+//!    (a takeover), numbers continue from the client's `next_index`. A stream
+//!    still attached elsewhere fails its next refresh and ends (`ABORTED`).
+//!    **Expired** if the resume comes after the expiry (`NOT_FOUND`).
+//! 5. **Deleted** when the final acknowledgement arrives.
+//!
+//! # Run loop
+//!
+//! Every machine here is driven the same way (after str0m and quinn-proto):
+//!
+//! 1. Feed one input: a `handle_*` method with the current time.
+//! 2. Drain `poll_output()` until it returns `None`, performing each output
+//!    (send a message, run a store operation and feed its answer back).
+//! 3. Sleep until `poll_timeout()`, or until the next input, whichever is
+//!    first; on waking by time, call `handle_timeout(now)`.
+//!
+//! ```no_run
+//! use std::time::Instant;
+//! use station_core::server::{Config, Fresh, Open, Output, Session, StoreReply};
+//! use station_core::Secret;
+//!
+//! let now = Instant::now(); // the adapter's clock, not the core's
+//! let mut session = Session::new(Config::default(), now);
+//! let open = Open { client_id: "67e55044-10b1-426f-9247-bb680e5fe0c8", count: 3, nonce: &[] };
+//! session.handle_open(now, open, Fresh { seed: 7, token: Secret([9; 16]) });
+//! while let Some(output) = session.poll_output() {
+//!     match output {
+//!         Output::Store(_op) => session.handle_store(now, StoreReply::Done),
+//!         Output::Attached(_a) => { /* send Attached */ }
+//!         Output::Send(_n) => { /* send Number */ }
+//!         Output::End(_end) => { /* end the stream */ }
+//!     }
+//! }
+//! let _wake_at = session.poll_timeout();
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod client;
+mod error;
+mod ids;
+pub mod sequence;
+pub mod server;
+
+#[cfg(test)]
+mod harness;
+
+pub use error::Reject;
+pub use ids::{ClientId, Secret};

@@ -1,0 +1,17 @@
+//! Compiles `proto/` with protox (pure Rust: no `protoc` on the machine).
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let file = root.join("numbers/v1/station.proto");
+    println!("cargo:rerun-if-changed={}", root.display());
+    let descriptors = protox::compile([&file], [&root])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("numbers_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,435 @@
+//! The client driver: runs a core [`Client`] over gRPC streams.
+//!
+//! [`run`] is the core's run loop: drain the client's outputs (open a
+//! stream on the current endpoint, send an ack, drop a silent stream), then
+//! wait for the first of a server message, the end of the stream, or the
+//! client's timer. Reconnection decisions are the core's; the driver only
+//! rotates to the next endpoint when a stream fails, so a client given
+//! several servers fails over between them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use station_core::client::{self, Client, Outcome, Output, Request, StreamEnd};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Response, Status, Streaming};
+
+use crate::proto::client_message::Kind as ClientKind;
+use crate::proto::numbers_station_client::NumbersStationClient;
+use crate::proto::server_message::Kind as ServerKind;
+use crate::proto::{Ack, ClientMessage, Open, Resume, ServerMessage};
+use crate::status::to_stream_end;
+
+/// Builds a fresh channel to one endpoint.
+pub type ChannelFactory = Arc<dyn Fn() -> Channel + Send + Sync>;
+
+/// Connection settings for [`Endpoints::tcp`].
+#[derive(Clone, Debug)]
+pub struct ChannelOptions {
+    /// Give up on a TCP connect after this long.
+    pub connect_timeout: Duration,
+    /// HTTP/2 PING interval, to find dead connections.
+    pub keepalive_interval: Duration,
+    /// How long to wait for a PING reply.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        ChannelOptions {
+            connect_timeout: Duration::from_secs(3),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Errors building endpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// No endpoint was given.
+    #[error("no endpoint given")]
+    Empty,
+    /// An endpoint is not a valid URI.
+    #[error("invalid endpoint {endpoint:?}: {source}")]
+    Invalid {
+        /// The text given.
+        endpoint: String,
+        /// Why it is invalid.
+        source: tonic::transport::Error,
+    },
+}
+
+struct Target {
+    name: String,
+    make: ChannelFactory,
+    channel: Mutex<Channel>,
+}
+
+/// The servers a client may use, each with a lazily connected channel.
+///
+/// Cloning shares the channels, so many sessions multiplex their streams on
+/// one HTTP/2 connection per endpoint.
+#[derive(Clone)]
+pub struct Endpoints {
+    targets: Arc<[Target]>,
+}
+
+impl std::fmt::Debug for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.targets.iter().map(|t| &t.name))
+            .finish()
+    }
+}
+
+impl Endpoints {
+    /// Endpoints from channel factories (e.g. over turmoil's network).
+    pub fn new(targets: Vec<(String, ChannelFactory)>) -> Result<Self, EndpointError> {
+        if targets.is_empty() {
+            return Err(EndpointError::Empty);
+        }
+        let targets = targets
+            .into_iter()
+            .map(|(name, make)| Target {
+                name,
+                channel: Mutex::new(make()),
+                make,
+            })
+            .collect();
+        Ok(Endpoints { targets })
+    }
+
+    /// Endpoints over TCP. Each address is `host:port`, `http://host:port`
+    /// or `https://host:port`.
+    pub fn tcp(addrs: &[String], opts: &ChannelOptions) -> Result<Self, EndpointError> {
+        let mut targets = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let uri = if addr.contains("://") {
+                addr.clone()
+            } else {
+                format!("http://{addr}")
+            };
+            let endpoint = Endpoint::from_shared(uri)
+                .map_err(|source| EndpointError::Invalid {
+                    endpoint: addr.clone(),
+                    source,
+                })?
+                .connect_timeout(opts.connect_timeout)
+                .http2_keep_alive_interval(opts.keepalive_interval)
+                .keep_alive_timeout(opts.keepalive_timeout)
+                .keep_alive_while_idle(true)
+                .tcp_nodelay(true);
+            let make: ChannelFactory = Arc::new(move || endpoint.connect_lazy());
+            targets.push((addr.clone(), make));
+        }
+        Self::new(targets)
+    }
+
+    /// How many endpoints there are.
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Whether there are none (never true for a constructed value).
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    fn channel(&self, i: usize) -> Channel {
+        lock(&self.targets[i].channel).clone()
+    }
+
+    /// Replaces endpoint `i`'s channel with a fresh connection: its current
+    /// one carried a stream that went silent, so it may be half-open.
+    fn reset(&self, i: usize) {
+        let target = &self.targets[i];
+        *lock(&target.channel) = (target.make)();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Driver settings.
+#[derive(Clone, Debug)]
+pub struct DriverOptions {
+    /// After the final ack, wait this long for the server to end the stream
+    /// (so it has deleted the session) before returning.
+    pub linger: Duration,
+    /// Largest server message accepted (bytes).
+    pub max_message_size: usize,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions {
+            linger: Duration::from_secs(2),
+            max_message_size: 1024,
+        }
+    }
+}
+
+/// What happened, for progress bars, logs and state files.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A stream is being opened.
+    Connecting {
+        /// Endpoint name.
+        endpoint: &'a str,
+        /// The first message.
+        request: &'a Request,
+    },
+    /// The server attached the stream.
+    Attached {
+        /// Endpoint name.
+        endpoint: &'a str,
+        /// First index the stream sends.
+        next_index: u32,
+        /// Time between numbers announced by the server.
+        interval: Duration,
+    },
+    /// A number was received (possibly a duplicate, then not counted).
+    Number {
+        /// Its index.
+        index: u32,
+    },
+    /// The stream ended before completion.
+    Failed {
+        /// Endpoint name.
+        endpoint: &'a str,
+        /// How.
+        end: &'a StreamEnd,
+    },
+    /// The stream went silent and was dropped.
+    Silent {
+        /// Endpoint name.
+        endpoint: &'a str,
+    },
+}
+
+type Call = Pin<Box<dyn Future<Output = Result<Response<Streaming<ServerMessage>>, Status>> + Send>>;
+
+/// The current stream, if any.
+enum Stream {
+    None,
+    /// Request sent, waiting for response headers.
+    Calling {
+        tx: mpsc::Sender<ClientMessage>,
+        call: Call,
+    },
+    /// Receiving messages.
+    Open {
+        tx: mpsc::Sender<ClientMessage>,
+        inbound: Streaming<ServerMessage>,
+    },
+}
+
+enum Step {
+    Headers(Result<Response<Streaming<ServerMessage>>, Status>),
+    Message(Result<Option<ServerMessage>, Status>),
+    Timer,
+}
+
+impl Stream {
+    fn tx(&self) -> Option<&mpsc::Sender<ClientMessage>> {
+        match self {
+            Stream::None => None,
+            Stream::Calling { tx, .. } | Stream::Open { tx, .. } => Some(tx),
+        }
+    }
+
+    async fn next(&mut self) -> Step {
+        match self {
+            Stream::None => std::future::pending().await,
+            Stream::Calling { call, .. } => Step::Headers(call.await),
+            Stream::Open { inbound, .. } => Step::Message(inbound.message().await),
+        }
+    }
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Runs `client` to its outcome over `endpoints`, reporting progress to
+/// `observe` (called with the client after each event, e.g. to snapshot it).
+pub async fn run(
+    endpoints: &Endpoints,
+    opts: &DriverOptions,
+    mut client: Client,
+    mut observe: impl FnMut(Event<'_>, &Client),
+) -> Outcome {
+    let mut stream = Stream::None;
+    let mut current = 0usize;
+    loop {
+        while let Some(output) = client.poll_output() {
+            match output {
+                Output::Connect(request) => {
+                    let name = &endpoints.targets[current].name;
+                    observe(
+                        Event::Connecting {
+                            endpoint: name,
+                            request: &request,
+                        },
+                        &client,
+                    );
+                    stream = open(endpoints.channel(current), opts, request);
+                }
+                Output::Ack(next_index) => {
+                    if let Some(tx) = stream.tx() {
+                        // Acks are cumulative: if the buffer is full the next
+                        // one carries this one's news.
+                        let _ = tx.try_send(ClientMessage {
+                            kind: Some(ClientKind::Ack(Ack { next_index })),
+                        });
+                    }
+                }
+                Output::Disconnect => {
+                    if !matches!(stream, Stream::None) {
+                        let endpoint = &endpoints.targets[current].name;
+                        observe(Event::Silent { endpoint }, &client);
+                        stream = Stream::None;
+                        endpoints.reset(current);
+                        current = (current + 1) % endpoints.len();
+                    }
+                }
+                Output::Finished(outcome) => {
+                    linger(stream, opts.linger).await;
+                    return outcome;
+                }
+            }
+        }
+        let deadline = client.poll_timeout();
+        let step = tokio::select! {
+            biased;
+            step = stream.next() => step,
+            _ = sleep_until(deadline) => Step::Timer,
+        };
+        let now = now();
+        let endpoint = endpoints.targets[current].name.as_str();
+        let end = match step {
+            Step::Timer => {
+                client.handle_timeout(now);
+                continue;
+            }
+            Step::Headers(Ok(response)) => {
+                let tx = match std::mem::replace(&mut stream, Stream::None) {
+                    Stream::Calling { tx, .. } => tx,
+                    _ => unreachable!("headers only arrive while calling"),
+                };
+                stream = Stream::Open {
+                    tx,
+                    inbound: response.into_inner(),
+                };
+                continue;
+            }
+            Step::Message(Ok(Some(msg))) => {
+                match msg.kind {
+                    Some(ServerKind::Attached(a)) => {
+                        let attached = client::Attached {
+                            count: a.count,
+                            next_index: a.next_index,
+                            token: &a.resume_token,
+                            ttl: duration(a.session_ttl),
+                            interval: duration(a.interval),
+                            ack_every: a.ack_every,
+                        };
+                        client.handle_attached(now, attached);
+                        let event = Event::Attached {
+                            endpoint,
+                            next_index: a.next_index,
+                            interval: attached.interval,
+                        };
+                        observe(event, &client);
+                    }
+                    Some(ServerKind::Number(n)) => {
+                        client.handle_number(
+                            now,
+                            client::Number {
+                                index: n.index,
+                                value: n.value,
+                                checksum: n.checksum,
+                            },
+                        );
+                        observe(Event::Number { index: n.index }, &client);
+                    }
+                    None => {} // A newer server's message kind: ignore it.
+                }
+                continue;
+            }
+            Step::Message(Ok(None)) => StreamEnd::Ok,
+            Step::Headers(Err(status)) | Step::Message(Err(status)) => to_stream_end(&status),
+        };
+        stream = Stream::None;
+        observe(
+            Event::Failed {
+                endpoint,
+                end: &end,
+            },
+            &client,
+        );
+        if end != StreamEnd::Ok {
+            current = (current + 1) % endpoints.len();
+        }
+        client.handle_end(now, end);
+    }
+}
+
+fn open(channel: Channel, opts: &DriverOptions, request: Request) -> Stream {
+    let first = match request {
+        Request::Open {
+            client_id,
+            count,
+            nonce,
+        } => ClientKind::Open(Open {
+            client_id: client_id.to_string(),
+            count,
+            open_nonce: nonce.as_bytes().to_vec(),
+        }),
+        Request::Resume {
+            client_id,
+            token,
+            next_index,
+        } => ClientKind::Resume(Resume {
+            client_id: client_id.to_string(),
+            resume_token: token.as_bytes().to_vec(),
+            next_index,
+        }),
+    };
+    let (tx, rx) = mpsc::channel(32);
+    tx.try_send(ClientMessage { kind: Some(first) })
+        .expect("a new channel has room for the first message");
+    let mut grpc =
+        NumbersStationClient::new(channel).max_decoding_message_size(opts.max_message_size);
+    let call: Call = Box::pin(async move { grpc.stream(ReceiverStream::new(rx)).await });
+    Stream::Calling { tx, call }
+}
+
+/// Half-closes the stream and waits briefly for the server to end it, so
+/// the final ack is delivered and the session deleted.
+async fn linger(stream: Stream, limit: Duration) {
+    if let Stream::Open { tx, mut inbound } = stream {
+        drop(tx);
+        let _ = tokio::time::timeout(limit, async {
+            while let Ok(Some(_)) = inbound.message().await {}
+        })
+        .await;
+    }
+}
+
+fn duration(d: Option<prost_types::Duration>) -> Duration {
+    d.and_then(|d| Duration::try_from(d).ok()).unwrap_or_default()
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

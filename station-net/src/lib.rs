@@ -1,0 +1,35 @@
+//! Numbers Station over gRPC: the adapter that runs `station-core`'s state
+//! machines over real (or simulated) sockets.
+//!
+//! # Layout
+//!
+//! - [`server`]: [`Station`], the tonic service, and [`serve`], which runs it
+//!   with health checking, reflection and graceful shutdown.
+//! - `driver`: one task per stream, driving a core `Session`.
+//! - [`client`]: [`client::run`], driving a core `Client` across streams and
+//!   endpoints.
+//! - [`status`]: the one mapping between core errors and gRPC statuses.
+//! - [`store`]: the [`SessionStore`](store::SessionStore) trait,
+//!   [`MemoryStore`](store::MemoryStore) and [`RedisStore`](store::RedisStore).
+//! - [`testing`]: fixtures for tests (a private `redis-server`).
+//!
+//! The adapter owns sockets, timers and store I/O, and makes no protocol
+//! decision: those are the core's.
+
+pub mod client;
+mod driver;
+pub mod server;
+pub mod status;
+pub mod store;
+pub mod testing;
+
+pub mod proto {
+    //! Generated from `proto/numbers/v1/station.proto`.
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("numbers.v1");
+    /// Encoded descriptors, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("numbers_descriptor");
+}
+
+pub use server::{serve, serve_tcp, ServeError, ServerConfig, Station};

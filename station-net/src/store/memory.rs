@@ -1,0 +1,180 @@
+//! [`MemoryStore`]: sessions in this process, for a single server (or
+//! several simulated servers sharing one process).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use station_core::server::{Lookup, Record, StoreOp, StoreReply};
+use station_core::ClientId;
+
+use super::{SessionStore, StoreConfig, StoreError};
+
+/// Lock stripes: streams of different sessions rarely wait for each other.
+const SHARDS: usize = 64;
+
+/// A clock for the store. The default reads tokio's clock, which is paused
+/// and advanced by the test or simulation that owns the runtime.
+pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    record: Record,
+    expires_at: Instant,
+}
+
+type Shard = BTreeMap<ClientId, Entry>;
+
+/// Sessions in memory, striped over [`SHARDS`] mutexes.
+///
+/// A `std::sync::Mutex` is right here (as in mini-redis): critical sections
+/// are a map lookup and never await. Expired entries are dropped lazily on
+/// access and by [`sweep`](Self::sweep), which the server runs on a timer.
+#[derive(Clone)]
+pub struct MemoryStore {
+    shards: Arc<[Mutex<Shard>]>,
+    cfg: StoreConfig,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new(StoreConfig::default())
+    }
+}
+
+impl MemoryStore {
+    /// An empty store on tokio's clock.
+    pub fn new(cfg: StoreConfig) -> Self {
+        Self::with_clock(cfg, Arc::new(|| tokio::time::Instant::now().into_std()))
+    }
+
+    /// An empty store reading time from `clock`.
+    pub fn with_clock(cfg: StoreConfig, clock: Clock) -> Self {
+        let shards = (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect();
+        MemoryStore { shards, cfg, clock }
+    }
+
+    /// Drops every entry past its expiry plus the expired-memory period, and
+    /// returns how many entries (live or remembered as expired) remain.
+    pub fn sweep(&self) -> usize {
+        let now = (self.clock)();
+        let keep = self.cfg.remember_expired;
+        self.shards
+            .iter()
+            .map(|shard| {
+                let mut shard = lock(shard);
+                shard.retain(|_, e| now < e.expires_at + keep);
+                shard.len()
+            })
+            .sum()
+    }
+
+    /// Runs [`sweep`](Self::sweep) every `every` until the returned task is
+    /// aborted or the runtime stops.
+    pub fn spawn_sweeper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                store.sweep();
+            }
+        })
+    }
+
+    /// Live sessions now (synchronous form of `live_sessions`).
+    pub fn live(&self) -> u64 {
+        let now = (self.clock)();
+        self.shards
+            .iter()
+            .map(|shard| lock(shard).values().filter(|e| now < e.expires_at).count() as u64)
+            .sum()
+    }
+
+    /// Performs one operation (synchronous form of `execute`).
+    pub fn apply(&self, op: StoreOp) -> StoreReply {
+        let now = (self.clock)();
+        let id = match &op {
+            StoreOp::Load(id) => *id,
+            StoreOp::Create { record, .. } | StoreOp::Update { record, .. } => record.client_id,
+            StoreOp::Delete { client_id, .. } => *client_id,
+        };
+        let mut shard = lock(&self.shards[shard_of(&id)]);
+        let state = match shard.get(&id) {
+            Some(e) if now < e.expires_at => Lookup::Live(e.record),
+            Some(e) if now < e.expires_at + self.cfg.remember_expired => Lookup::Expired,
+            Some(_) => {
+                shard.remove(&id);
+                Lookup::Missing
+            }
+            None => Lookup::Missing,
+        };
+        match (op, state) {
+            (StoreOp::Load(_), state) => StoreReply::Loaded(state),
+            (StoreOp::Create { .. }, Lookup::Live(live)) => StoreReply::Exists(live),
+            (StoreOp::Create { record, expires_in }, _) => {
+                shard.insert(id, entry(record, now, expires_in));
+                StoreReply::Done
+            }
+            (
+                StoreOp::Update {
+                    record,
+                    expect_generation,
+                    expires_in,
+                },
+                Lookup::Live(live),
+            ) if live.generation == expect_generation => {
+                shard.insert(id, entry(record, now, expires_in));
+                StoreReply::Done
+            }
+            (StoreOp::Delete { generation, .. }, Lookup::Live(live))
+                if live.generation == generation =>
+            {
+                shard.remove(&id);
+                StoreReply::Done
+            }
+            (StoreOp::Update { .. } | StoreOp::Delete { .. }, _) => StoreReply::Conflict,
+        }
+    }
+}
+
+impl SessionStore for MemoryStore {
+    async fn execute(&self, op: StoreOp) -> StoreReply {
+        self.apply(op)
+    }
+
+    async fn live_sessions(&self) -> Result<u64, StoreError> {
+        Ok(self.live())
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+fn entry(record: Record, now: Instant, expires_in: Duration) -> Entry {
+    Entry {
+        record,
+        expires_at: now + expires_in,
+    }
+}
+
+fn shard_of(id: &ClientId) -> usize {
+    // Client ids are random UUIDs; their last byte spreads well enough. A
+    // client choosing ids to collide only slows itself down.
+    usize::from(id.0.as_bytes()[15]) % SHARDS
+}
+
+fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
+    // A panic while holding the lock cannot leave a half-written entry
+    // (inserts and removes are single calls), so a poisoned lock is usable.
+    shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

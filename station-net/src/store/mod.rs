@@ -1,0 +1,66 @@
+//! Session stores: where session records live between and during streams.
+//!
+//! The core's [`Session`](station_core::server::Session) asks for
+//! [`StoreOp`]s and is told [`StoreReply`]s; a store only has to carry them
+//! out atomically. Every write is a compare-and-set on the record's
+//! generation, so several servers can share a store safely.
+//!
+//! Expiry belongs to the store: a record carries no deadline of its own, and
+//! each write says how long from now it lives. After that the record is
+//! *expired*: `Load` answers [`Lookup::Expired`] for a further
+//! [`StoreConfig::remember_expired`], so a late client hears "expired" rather
+//! than "unknown", and then the record is gone for good.
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use station_core::server::{Lookup, Record, StoreOp, StoreReply};
+
+pub mod memory;
+pub mod redis;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+
+/// Settings shared by every store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// How long an expired session is still reported as expired.
+    pub remember_expired: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            remember_expired: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A store failure outside the [`StoreOp`] protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or answered with an error.
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    /// The store's address or settings are wrong.
+    #[error("bad session store configuration: {0}")]
+    Config(String),
+}
+
+/// Where sessions live: one implementation per backend.
+///
+/// Implementations are cheap to clone (a handle to shared state) and safe
+/// under many concurrent streams. They never panic on stored data: a
+/// record that does not decode is reported as `Unavailable`.
+pub trait SessionStore: Clone + Send + Sync + 'static {
+    /// Performs one operation atomically, as documented on [`StoreOp`].
+    /// Failures come back as [`StoreReply::Unavailable`].
+    fn execute(&self, op: StoreOp) -> impl Future<Output = StoreReply> + Send;
+
+    /// Sessions that exist and have not expired.
+    fn live_sessions(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// A short name for logs ("memory", "redis").
+    fn kind(&self) -> &'static str;
+}

@@ -1,0 +1,778 @@
+//! One conformance suite for every [`SessionStore`].
+//!
+//! Each check is written once, as a generic `async fn check<S: SessionStore>(store: S)`,
+//! and the `conformance!` macro at the bottom runs it against a fresh
+//! [`MemoryStore`] and against a [`RedisStore`] on its own private
+//! `redis-server` ([`RedisServer`]; skipped with a loud message when Redis is
+//! not installed, an error when `CI` is set). Redis-only checks (outages,
+//! unreadable data) come after.
+//!
+//! Expiry checks use real time: short TTLs and real sleeps, every test well
+//! under a couple of seconds. The stores are on tokio's clock (memory) and
+//! Redis's clock (redis), both real here.
+
+use std::time::Duration;
+
+use station_core::server::{Lookup, Record, StoreOp, StoreReply};
+use station_core::{ClientId, Secret};
+use station_net::store::{MemoryStore, RedisStore, SessionStore, StoreConfig, StoreError};
+use station_net::testing::RedisServer;
+use tokio::time::{sleep, timeout, Instant};
+
+/// Short enough that the Expired → Missing step fits in a test.
+const REMEMBER: Duration = Duration::from_millis(500);
+/// Long enough never to run out during a test.
+const LONG: Duration = Duration::from_secs(60);
+
+fn config() -> StoreConfig {
+    StoreConfig {
+        remember_expired: REMEMBER,
+    }
+}
+
+fn record() -> Record {
+    Record {
+        client_id: ClientId::from_random_bytes(rand::random()),
+        token: Secret(rand::random()),
+        nonce: Secret(rand::random()),
+        seed: rand::random(),
+        count: 1 + rand::random::<u32>() % 0xffff,
+        acked: 0,
+        generation: 1,
+    }
+}
+
+async fn load<S: SessionStore>(store: &S, id: ClientId) -> Lookup {
+    match store.execute(StoreOp::Load(id)).await {
+        StoreReply::Loaded(lookup) => lookup,
+        other => panic!("{} load answered {other:?}", store.kind()),
+    }
+}
+
+async fn create<S: SessionStore>(store: &S, record: Record, expires_in: Duration) -> StoreReply {
+    store.execute(StoreOp::Create { record, expires_in }).await
+}
+
+async fn update<S: SessionStore>(
+    store: &S,
+    record: Record,
+    expect_generation: u64,
+    expires_in: Duration,
+) -> StoreReply {
+    store
+        .execute(StoreOp::Update {
+            record,
+            expect_generation,
+            expires_in,
+        })
+        .await
+}
+
+async fn delete<S: SessionStore>(store: &S, client_id: ClientId, generation: u64) -> StoreReply {
+    store
+        .execute(StoreOp::Delete {
+            client_id,
+            generation,
+        })
+        .await
+}
+
+async fn live<S: SessionStore>(store: &S) -> u64 {
+    store.live_sessions().await.expect("live_sessions")
+}
+
+/// Sleeps until `at` after `start`, checking the test did not fall behind
+/// (a slow machine would make a timing assertion meaningless).
+async fn sleep_until(start: Instant, at: Duration, must_be_before: Duration) {
+    tokio::time::sleep_until(start + at).await;
+    assert!(
+        start.elapsed() < must_be_before,
+        "test fell behind its schedule ({:?} > {must_be_before:?}); machine too slow?",
+        start.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The checks, once, for any store.
+// ---------------------------------------------------------------------------
+
+async fn create_then_load<S: SessionStore>(store: S) {
+    let rec = record();
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Missing);
+    assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(rec));
+    // Another id is still unknown.
+    assert_eq!(load(&store, record().client_id).await, Lookup::Missing);
+}
+
+async fn record_fields_round_trip<S: SessionStore>(store: S) {
+    // Extreme values of every field survive the store unchanged.
+    let rec = Record {
+        nonce: Secret::ZERO,
+        seed: u64::MAX,
+        count: 0xffff,
+        acked: 0xffff,
+        generation: u64::MAX - 1,
+        ..record()
+    };
+    assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(rec));
+    // Generations near u64::MAX compare exactly (no float rounding).
+    let next = Record {
+        generation: u64::MAX,
+        ..rec
+    };
+    assert_eq!(
+        update(&store, next, u64::MAX - 2, LONG).await,
+        StoreReply::Conflict
+    );
+    assert_eq!(
+        update(&store, next, u64::MAX - 1, LONG).await,
+        StoreReply::Done
+    );
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(next));
+}
+
+async fn create_on_live_id_reports_exists<S: SessionStore>(store: S) {
+    let first = record();
+    let second = Record {
+        client_id: first.client_id,
+        ..record()
+    };
+    assert_eq!(create(&store, first, LONG).await, StoreReply::Done);
+    assert_eq!(
+        create(&store, second, LONG).await,
+        StoreReply::Exists(first)
+    );
+    assert_eq!(load(&store, first.client_id).await, Lookup::Live(first));
+}
+
+async fn create_over_expired_record_succeeds<S: SessionStore>(store: S) {
+    let old = record();
+    let new = Record {
+        client_id: old.client_id,
+        ..record()
+    };
+    assert_eq!(
+        create(&store, old, Duration::from_millis(100)).await,
+        StoreReply::Done
+    );
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(load(&store, old.client_id).await, Lookup::Expired);
+    assert_eq!(create(&store, new, LONG).await, StoreReply::Done);
+    assert_eq!(load(&store, old.client_id).await, Lookup::Live(new));
+}
+
+async fn update_refreshes_and_takes_over<S: SessionStore>(store: S) {
+    let rec = record();
+    assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
+    // Refresh: same generation, new contents.
+    let refreshed = Record { acked: 5, ..rec };
+    assert_eq!(update(&store, refreshed, 1, LONG).await, StoreReply::Done);
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(refreshed));
+    // Takeover: generation + 1.
+    let taken = Record {
+        acked: 3,
+        generation: 2,
+        ..rec
+    };
+    assert_eq!(update(&store, taken, 1, LONG).await, StoreReply::Done);
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(taken));
+    // The new owner refreshes with its own generation.
+    let again = Record { acked: 9, ..taken };
+    assert_eq!(update(&store, again, 2, LONG).await, StoreReply::Done);
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(again));
+}
+
+async fn update_with_stale_generation_conflicts<S: SessionStore>(store: S) {
+    let rec = record();
+    assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
+    let taken = Record {
+        generation: 2,
+        ..rec
+    };
+    assert_eq!(update(&store, taken, 1, LONG).await, StoreReply::Done);
+    // The old owner's refresh and a second takeover from generation 1 fail.
+    let stale = Record { acked: 7, ..rec };
+    assert_eq!(update(&store, stale, 1, LONG).await, StoreReply::Conflict);
+    let late_takeover = Record { acked: 1, ..taken };
+    assert_eq!(
+        update(&store, late_takeover, 1, LONG).await,
+        StoreReply::Conflict
+    );
+    // A generation from the future fails too.
+    assert_eq!(update(&store, taken, 3, LONG).await, StoreReply::Conflict);
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(taken));
+}
+
+async fn update_of_missing_or_expired_conflicts<S: SessionStore>(store: S) {
+    // Never created: the update must not create it.
+    let ghost = record();
+    assert_eq!(update(&store, ghost, 1, LONG).await, StoreReply::Conflict);
+    assert_eq!(load(&store, ghost.client_id).await, Lookup::Missing);
+    // Expired: the update must not revive it.
+    let rec = record();
+    assert_eq!(
+        create(&store, rec, Duration::from_millis(100)).await,
+        StoreReply::Done
+    );
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(update(&store, rec, 1, LONG).await, StoreReply::Conflict);
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Expired);
+    // Deleted: same.
+    let gone = record();
+    assert_eq!(create(&store, gone, LONG).await, StoreReply::Done);
+    assert_eq!(delete(&store, gone.client_id, 1).await, StoreReply::Done);
+    assert_eq!(update(&store, gone, 1, LONG).await, StoreReply::Conflict);
+    assert_eq!(load(&store, gone.client_id).await, Lookup::Missing);
+}
+
+async fn delete_checks_generation<S: SessionStore>(store: S) {
+    let rec = record();
+    assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
+    assert_eq!(delete(&store, rec.client_id, 2).await, StoreReply::Conflict);
+    assert_eq!(delete(&store, rec.client_id, 0).await, StoreReply::Conflict);
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(rec));
+    assert_eq!(delete(&store, rec.client_id, 1).await, StoreReply::Done);
+    // Deleted means gone, not expired.
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Missing);
+    assert_eq!(delete(&store, rec.client_id, 1).await, StoreReply::Conflict);
+    // An expired record cannot be deleted (it is no one's any more).
+    let old = record();
+    assert_eq!(
+        create(&store, old, Duration::from_millis(100)).await,
+        StoreReply::Done
+    );
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(delete(&store, old.client_id, 1).await, StoreReply::Conflict);
+    assert_eq!(load(&store, old.client_id).await, Lookup::Expired);
+}
+
+async fn expiry_live_then_expired_then_missing<S: SessionStore>(store: S) {
+    let rec = record();
+    let start = Instant::now();
+    assert_eq!(
+        create(&store, rec, Duration::from_millis(300)).await,
+        StoreReply::Done
+    );
+    sleep_until(
+        start,
+        Duration::from_millis(150),
+        Duration::from_millis(280),
+    )
+    .await;
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(rec));
+    // Past the TTL: expired, but remembered as such.
+    sleep_until(
+        start,
+        Duration::from_millis(400),
+        Duration::from_millis(750),
+    )
+    .await;
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Expired);
+    assert_eq!(live(&store).await, 0);
+    // Past TTL + remember_expired: forgotten.
+    sleep_until(
+        start,
+        Duration::from_millis(300) + REMEMBER + Duration::from_millis(150),
+        LONG,
+    )
+    .await;
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Missing);
+    // And a new session may take the id.
+    assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
+}
+
+async fn refresh_extends_expiry<S: SessionStore>(store: S) {
+    let rec = record();
+    let ttl = Duration::from_millis(300);
+    let start = Instant::now();
+    assert_eq!(create(&store, rec, ttl).await, StoreReply::Done);
+    sleep_until(
+        start,
+        Duration::from_millis(200),
+        Duration::from_millis(280),
+    )
+    .await;
+    let refreshed = Record { acked: 1, ..rec };
+    let refreshed_at = Instant::now();
+    assert_eq!(update(&store, refreshed, 1, ttl).await, StoreReply::Done);
+    // Past the first TTL, within the second.
+    sleep_until(
+        start,
+        Duration::from_millis(400),
+        Duration::from_millis(480),
+    )
+    .await;
+    assert!(refreshed_at.elapsed() < ttl);
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(refreshed));
+    // Past the second TTL.
+    sleep_until(refreshed_at, ttl + Duration::from_millis(100), LONG).await;
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Expired);
+}
+
+async fn live_sessions_counts_only_live<S: SessionStore>(store: S) {
+    assert_eq!(live(&store).await, 0);
+    let long: Vec<Record> = (0..3).map(|_| record()).collect();
+    let short: Vec<Record> = (0..2).map(|_| record()).collect();
+    for rec in &long {
+        assert_eq!(create(&store, *rec, LONG).await, StoreReply::Done);
+    }
+    for rec in &short {
+        let reply = create(&store, *rec, Duration::from_millis(100)).await;
+        assert_eq!(reply, StoreReply::Done);
+    }
+    assert_eq!(live(&store).await, 5);
+    sleep(Duration::from_millis(200)).await;
+    // Expired ones are remembered but not live.
+    assert_eq!(load(&store, short[0].client_id).await, Lookup::Expired);
+    assert_eq!(live(&store).await, 3);
+    assert_eq!(delete(&store, long[0].client_id, 1).await, StoreReply::Done);
+    assert_eq!(live(&store).await, 2);
+}
+
+async fn racing_takeovers_have_one_winner<S: SessionStore>(store: S) {
+    const RACERS: u32 = 32;
+    let rec = record();
+    assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..RACERS {
+        let store = store.clone();
+        let mine = Record {
+            acked: i,
+            generation: 2,
+            ..rec
+        };
+        tasks.spawn(async move { (i, update(&store, mine, 1, LONG).await) });
+    }
+    let mut winners = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (i, reply) = joined.expect("racer task panicked");
+        match reply {
+            StoreReply::Done => winners.push(i),
+            StoreReply::Conflict => {}
+            other => panic!("racer {i} got {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    let expected = Record {
+        acked: winners[0],
+        generation: 2,
+        ..rec
+    };
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(expected));
+}
+
+async fn many_sessions_concurrently_leave_store_empty<S: SessionStore>(store: S) {
+    const SESSIONS: usize = 200;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..SESSIONS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let rec = record();
+            let id = rec.client_id;
+            assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
+            let refreshed = Record { acked: 1, ..rec };
+            assert_eq!(update(&store, refreshed, 1, LONG).await, StoreReply::Done);
+            let taken = Record {
+                generation: 2,
+                ..refreshed
+            };
+            assert_eq!(update(&store, taken, 1, LONG).await, StoreReply::Done);
+            assert_eq!(load(&store, id).await, Lookup::Live(taken));
+            assert_eq!(delete(&store, id, 1).await, StoreReply::Conflict);
+            assert_eq!(delete(&store, id, 2).await, StoreReply::Done);
+            id
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        ids.push(joined.expect("session task panicked"));
+    }
+    assert_eq!(ids.len(), SESSIONS);
+    assert_eq!(live(&store).await, 0);
+    for id in ids {
+        assert_eq!(load(&store, id).await, Lookup::Missing);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Running the checks against every store.
+// ---------------------------------------------------------------------------
+
+/// A Redis store on a private server, or `None` (with a loud skip message)
+/// when Redis is not installed. Keep the server alive for the whole test.
+async fn redis_store() -> Option<(RedisServer, RedisStore)> {
+    let server = RedisServer::start()?;
+    let store = RedisStore::connect(&server.url(), "conformance:", config())
+        .await
+        .expect("connect to the test Redis");
+    Some((server, store))
+}
+
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let store = super::MemoryStore::new(super::config());
+                    assert_eq!(super::SessionStore::kind(&store), "memory");
+                    super::$check(store).await;
+                }
+            )*
+        }
+
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let Some((_server, store)) = super::redis_store().await else {
+                        return;
+                    };
+                    assert_eq!(super::SessionStore::kind(&store), "redis");
+                    super::$check(store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    create_then_load,
+    record_fields_round_trip,
+    create_on_live_id_reports_exists,
+    create_over_expired_record_succeeds,
+    update_refreshes_and_takes_over,
+    update_with_stale_generation_conflicts,
+    update_of_missing_or_expired_conflicts,
+    delete_checks_generation,
+    expiry_live_then_expired_then_missing,
+    refresh_extends_expiry,
+    live_sessions_counts_only_live,
+    racing_takeovers_have_one_winner,
+    many_sessions_concurrently_leave_store_empty,
+);
+
+// ---------------------------------------------------------------------------
+// Redis only.
+// ---------------------------------------------------------------------------
+
+/// Generous bound for "fails quickly": the store promises about 2 s.
+const FAIL_FAST: Duration = Duration::from_secs(3);
+
+fn assert_unavailable(reply: &StoreReply, what: &str) {
+    match reply {
+        StoreReply::Unavailable(message) => {
+            assert!(!message.is_empty(), "{what}: empty message")
+        }
+        other => panic!("{what}: expected Unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_outage_is_unavailable_then_recovers_with_data() {
+    let Some((mut server, store)) = redis_store().await else {
+        return;
+    };
+    let rec = record();
+    assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
+
+    server.stop();
+    let started = Instant::now();
+    let reply = timeout(FAIL_FAST, store.execute(StoreOp::Load(rec.client_id)))
+        .await
+        .expect("load while Redis is down must not hang");
+    assert_unavailable(&reply, "load while down");
+    let refresh = StoreOp::Update {
+        record: rec,
+        expect_generation: 1,
+        expires_in: LONG,
+    };
+    let reply = timeout(FAIL_FAST, store.execute(refresh.clone()))
+        .await
+        .expect("update while Redis is down must not hang");
+    assert_unavailable(&reply, "update while down");
+    let count = timeout(FAIL_FAST, store.live_sessions())
+        .await
+        .expect("live_sessions while Redis is down must not hang");
+    assert!(
+        matches!(count, Err(StoreError::Unavailable(_))),
+        "{count:?}"
+    );
+    eprintln!("redis down: three failures took {:?}", started.elapsed());
+
+    server.restart();
+    // The manager reconnects by itself; at most the first operation after
+    // the restart may still fail.
+    let deadline = Instant::now() + FAIL_FAST;
+    let lookup = loop {
+        match timeout(FAIL_FAST, store.execute(StoreOp::Load(rec.client_id)))
+            .await
+            .expect("load after restart must not hang")
+        {
+            StoreReply::Loaded(lookup) => break lookup,
+            other if Instant::now() < deadline => {
+                eprintln!("after restart: {other:?}");
+                sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("store did not recover after Redis restarted: {other:?}"),
+        }
+    };
+    // Written before the stop, kept by the append-only file.
+    assert_eq!(lookup, Lookup::Live(rec));
+    assert_eq!(store.execute(refresh).await, StoreReply::Done);
+    assert_eq!(live(&store).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_connect_is_lazy_and_fails_fast_while_down() {
+    let Some((mut server, _)) = redis_store().await else {
+        return;
+    };
+    server.stop();
+    // Connecting to a Redis that is down succeeds...
+    let store = timeout(
+        FAIL_FAST,
+        RedisStore::connect(&server.url(), "lazy:", config()),
+    )
+    .await
+    .expect("connect must not hang")
+    .expect("connect must not fail while Redis is down");
+    // ...operations fail quickly...
+    let rec = record();
+    let reply = timeout(FAIL_FAST, create(&store, rec, LONG))
+        .await
+        .expect("create while Redis is down must not hang");
+    assert_unavailable(&reply, "create while down");
+    // ...and work once Redis is up.
+    server.restart();
+    let deadline = Instant::now() + FAIL_FAST;
+    loop {
+        match create(&store, rec, LONG).await {
+            StoreReply::Done => break,
+            other if Instant::now() < deadline => {
+                eprintln!("after start: {other:?}");
+                sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("store did not start working: {other:?}"),
+        }
+    }
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(rec));
+}
+
+#[tokio::test]
+async fn redis_malformed_url_is_a_config_error() {
+    for url in [
+        "",
+        "localhost:6379",
+        "http://127.0.0.1:1/",
+        "redis://[::1/0",
+    ] {
+        let result = RedisStore::connect(url, "x:", config()).await;
+        assert!(
+            matches!(result, Err(StoreError::Config(_))),
+            "{url:?}: {result:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_unreadable_data_is_unavailable_not_a_panic() {
+    let Some((server, store)) = redis_store().await else {
+        return;
+    };
+    let client = ::redis::Client::open(server.url()).expect("valid URL");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let key = |id: ClientId| format!("conformance:session:{id}");
+    let set = |args: Vec<Vec<u8>>| {
+        let mut cmd = ::redis::Cmd::new();
+        for arg in args {
+            cmd.arg(arg);
+        }
+        cmd
+    };
+    let b = |s: &str| s.as_bytes().to_vec();
+    let valid = |rec: &Record| rec.to_bytes().to_vec();
+    let far = |now_us: u64| (now_us + 60_000_000).to_string().into_bytes();
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_micros() as u64;
+
+    let r1 = record(); // a string, not a hash
+    let r2 = record(); // a hash without the fields
+    let r3 = record(); // a record of the wrong length
+    let r4 = record(); // a record with count 0
+    let r5 = record(); // another client's record under this key
+    let r6 = record(); // generation field disagrees with the record
+    let r7 = record(); // non-numeric expiry
+    let bad_count = {
+        let mut bytes = valid(&r4);
+        bytes[56..60].copy_from_slice(&0u32.to_be_bytes());
+        bytes
+    };
+    let cases: Vec<(Record, Vec<Vec<u8>>)> = vec![
+        (r1, vec![b("SET"), b(&key(r1.client_id)), b("garbage")]),
+        (r2, vec![b("HSET"), b(&key(r2.client_id)), b("x"), b("y")]),
+        (
+            r3,
+            vec![
+                b("HSET"),
+                b(&key(r3.client_id)),
+                b("record"),
+                b("short"),
+                b("generation"),
+                b("1"),
+                b("expires_at_us"),
+                far(now_us),
+            ],
+        ),
+        (
+            r4,
+            vec![
+                b("HSET"),
+                b(&key(r4.client_id)),
+                b("record"),
+                bad_count,
+                b("generation"),
+                b("1"),
+                b("expires_at_us"),
+                far(now_us),
+            ],
+        ),
+        (
+            r5,
+            vec![
+                b("HSET"),
+                b(&key(r5.client_id)),
+                b("record"),
+                valid(&record()),
+                b("generation"),
+                b("1"),
+                b("expires_at_us"),
+                far(now_us),
+            ],
+        ),
+        (
+            r6,
+            vec![
+                b("HSET"),
+                b(&key(r6.client_id)),
+                b("record"),
+                valid(&r6),
+                b("generation"),
+                b("7"),
+                b("expires_at_us"),
+                far(now_us),
+            ],
+        ),
+        (
+            r7,
+            vec![
+                b("HSET"),
+                b(&key(r7.client_id)),
+                b("record"),
+                valid(&r7),
+                b("generation"),
+                b("1"),
+                b("expires_at_us"),
+                b("soon"),
+            ],
+        ),
+    ];
+    for (i, (rec, command)) in cases.into_iter().enumerate() {
+        set(command)
+            .query_async::<()>(&mut raw)
+            .await
+            .expect("write test data");
+        let reply = store.execute(StoreOp::Load(rec.client_id)).await;
+        eprintln!("case {i}: load -> {reply:?}");
+        assert_unavailable(&reply, &format!("case {i}: load"));
+        // Writes refuse to touch what they cannot read, except where the
+        // damage only shows when decoding (then create reports it too).
+        let reply = create(&store, rec, LONG).await;
+        assert_ne!(
+            reply,
+            StoreReply::Done,
+            "case {i}: create over unreadable data"
+        );
+        assert_unavailable(&reply, &format!("case {i}: create"));
+    }
+    // live_sessions skips what it cannot read instead of failing: r3..r6
+    // have a future expiry field, so they count; r1, r2, r7 do not.
+    assert_eq!(live(&store).await, 4);
+    // A healthy session is unaffected.
+    let ok = record();
+    assert_eq!(create(&store, ok, LONG).await, StoreReply::Done);
+    assert_eq!(load(&store, ok.client_id).await, Lookup::Live(ok));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_servers_share_sessions_and_prefixes_isolate() {
+    let Some((server, a)) = redis_store().await else {
+        return;
+    };
+    // A second store on the same Redis and prefix (another server) sees
+    // the same sessions; one with another prefix (another deployment, and
+    // a prefix full of glob characters) sees none of them.
+    let b = RedisStore::connect(&server.url(), "conformance:", config())
+        .await
+        .expect("connect");
+    let other = RedisStore::connect(&server.url(), "conf*rm?nce[x]:", config())
+        .await
+        .expect("connect");
+    let rec = record();
+    assert_eq!(create(&a, rec, LONG).await, StoreReply::Done);
+    assert_eq!(load(&b, rec.client_id).await, Lookup::Live(rec));
+    let taken = Record {
+        generation: 2,
+        ..rec
+    };
+    assert_eq!(update(&b, taken, 1, LONG).await, StoreReply::Done);
+    assert_eq!(update(&a, rec, 1, LONG).await, StoreReply::Conflict);
+    assert_eq!(load(&other, rec.client_id).await, Lookup::Missing);
+    assert_eq!(live(&a).await, 1);
+    assert_eq!(live(&other).await, 0);
+    assert_eq!(create(&other, rec, LONG).await, StoreReply::Done);
+    assert_eq!(live(&other).await, 1);
+    assert_eq!(live(&b).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_key_ttl_covers_expiry_plus_remember() {
+    let Some((server, store)) = redis_store().await else {
+        return;
+    };
+    let rec = record();
+    let ttl = Duration::from_millis(1_000);
+    assert_eq!(create(&store, rec, ttl).await, StoreReply::Done);
+    let client = ::redis::Client::open(server.url()).expect("valid URL");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let key = format!("conformance:session:{}", rec.client_id);
+    let pttl: i64 = ::redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .expect("PTTL");
+    let expected = (ttl + REMEMBER).as_millis() as i64;
+    assert!(
+        (expected - 100..=expected).contains(&pttl),
+        "PTTL {pttl} ms, expected about {expected} ms"
+    );
+    // The key is a hash with the three documented fields.
+    let fields: Vec<String> = ::redis::cmd("HKEYS")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .expect("HKEYS");
+    let mut fields = fields;
+    fields.sort();
+    assert_eq!(fields, ["expires_at_us", "generation", "record"]);
+}
