@@ -19,9 +19,24 @@ const SAVE_EVERY: Duration = Duration::from_millis(100);
 pub async fn run(args: ClientArgs) -> u8 {
     let mut targets = args.endpoint.clone();
     if let Some(port) = args.port {
-        targets.insert(0, format!("{}:{}", args.host, port));
+        let scheme = if args.tls_ca.is_some() { "https" } else { "http" };
+        targets.insert(0, format!("{scheme}://{}:{}", args.host, port));
     }
-    let endpoints = match Endpoints::tcp(&targets, &ChannelOptions::default()) {
+    let tls_ca = match &args.tls_ca {
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", path.display());
+                return exit::USAGE;
+            }
+        },
+        None => None,
+    };
+    let opts = ChannelOptions {
+        tls_ca,
+        ..ChannelOptions::default()
+    };
+    let endpoints = match Endpoints::tcp(&targets, &opts) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");

@@ -117,6 +117,15 @@ pub struct ServerArgs {
     /// HTTP/2 keepalive PING interval.
     #[arg(long, env = "STATION_KEEPALIVE", default_value = "10s", value_parser = parse_duration)]
     pub keepalive: Duration,
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "STATION_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// PEM certificate chain: serve TLS instead of plaintext (with --tls-key).
+    #[arg(long, env = "STATION_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "STATION_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// `station client` flags.
@@ -128,7 +137,8 @@ pub struct ClientArgs {
     /// Server port. Required unless --endpoint is given.
     #[arg(long, env = "STATION_PORT", required_unless_present = "endpoint")]
     pub port: Option<u16>,
-    /// A server as host:port; repeat to fail over between several servers.
+    /// A server as host:port (or https://host:port with --tls-ca); repeat to
+    /// fail over between several servers.
     #[arg(long = "endpoint", env = "STATION_ENDPOINTS", value_delimiter = ',')]
     pub endpoint: Vec<String>,
     /// How many numbers, 1..=65535 [default: random].
@@ -144,6 +154,10 @@ pub struct ClientArgs {
     /// Print the result as one JSON object.
     #[arg(long, env = "STATION_JSON")]
     pub json: bool,
+    /// PEM certificate of the authority that signed the servers' TLS
+    /// certificates; makes --port connect with TLS.
+    #[arg(long, env = "STATION_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Give up if no server attaches the session for this long.
     #[arg(long, env = "STATION_GIVE_UP_AFTER", default_value = "60s", value_parser = parse_duration)]
     pub give_up_after: Duration,

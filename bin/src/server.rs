@@ -8,6 +8,7 @@ use station_net::proto::station_admin_client::StationAdminClient;
 use station_net::proto::StatsRequest;
 use station_net::store::{MemoryStore, RedisStore, SessionStore, StoreConfig};
 use station_net::{serve_tcp, ServerConfig, Station};
+use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::{exit, ServerArgs, StatsArgs};
 
@@ -20,6 +21,17 @@ pub async fn run(args: ServerArgs) -> u8 {
             return exit::USAGE;
         }
     };
+    if let Some(addr) = args.metrics_addr {
+        let installed = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install();
+        if let Err(e) = installed {
+            eprintln!("error: cannot serve metrics on {addr}: {e}");
+            return exit::SERVER_ERROR;
+        }
+        station_net::metrics::describe();
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     let addr = SocketAddr::new(args.host, args.port);
     let store_cfg = StoreConfig::default();
     let result = if args.store == "memory" {
@@ -52,6 +64,17 @@ pub async fn run(args: ServerArgs) -> u8 {
     }
 }
 
+fn tls(args: &ServerArgs) -> Result<Option<ServerTlsConfig>, String> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let identity = Identity::from_pem(read(cert)?, read(key)?);
+    Ok(Some(ServerTlsConfig::new().identity(identity)))
+}
+
 fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
     let mut session = SessionConfig::new(args.interval, args.session_ttl);
     if let Some(silence) = args.silence_timeout {
@@ -76,16 +99,28 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
         max_concurrent_streams: args.max_streams_per_connection,
         keepalive_interval: args.keepalive,
         keepalive_timeout: args.keepalive,
+        tls: tls(args)?,
         ..ServerConfig::default()
     })
 }
 
 async fn serve<S: SessionStore>(cfg: ServerConfig, store: S, addr: SocketAddr) -> Result<(), String> {
     let kind = store.kind();
+    let gauge_store = store.clone();
+    // Live sessions are a store-wide fact; sample them for the gauge.
+    let sampler = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            if let Ok(n) = gauge_store.live_sessions().await {
+                station_net::metrics::set_live_sessions(n);
+            }
+        }
+    });
     let interval = cfg.session.interval;
     let ttl = cfg.session.ttl;
     let station = Station::new(cfg, store);
-    serve_tcp(
+    let result = serve_tcp(
         station,
         addr,
         |bound| {
@@ -96,7 +131,9 @@ async fn serve<S: SessionStore>(cfg: ServerConfig, store: S, addr: SocketAddr) -
         shutdown_signal(),
     )
     .await
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string());
+    sampler.abort();
+    result
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

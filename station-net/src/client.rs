@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use station_core::client::{self, Client, Outcome, Output, Request, StreamEnd};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Response, Status, Streaming};
 
 use crate::proto::client_message::Kind as ClientKind;
@@ -36,6 +36,9 @@ pub struct ChannelOptions {
     pub keepalive_interval: Duration,
     /// How long to wait for a PING reply.
     pub keepalive_timeout: Duration,
+    /// PEM certificate(s) of the authority that signed the servers'
+    /// certificates; required for `https://` endpoints.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 impl Default for ChannelOptions {
@@ -44,6 +47,7 @@ impl Default for ChannelOptions {
             connect_timeout: Duration::from_secs(3),
             keepalive_interval: Duration::from_secs(5),
             keepalive_timeout: Duration::from_secs(5),
+            tls_ca: None,
         }
     }
 }
@@ -62,6 +66,9 @@ pub enum EndpointError {
         /// Why it is invalid.
         source: tonic::transport::Error,
     },
+    /// An `https://` endpoint without a certificate authority to trust.
+    #[error("endpoint {0:?} uses TLS: give the CA certificate (--tls-ca)")]
+    NoCa(String),
 }
 
 struct Target {
@@ -114,11 +121,20 @@ impl Endpoints {
             } else {
                 format!("http://{addr}")
             };
-            let endpoint = Endpoint::from_shared(uri)
-                .map_err(|source| EndpointError::Invalid {
-                    endpoint: addr.clone(),
-                    source,
-                })?
+            let invalid = |source| EndpointError::Invalid {
+                endpoint: addr.clone(),
+                source,
+            };
+            let mut endpoint = Endpoint::from_shared(uri.clone()).map_err(invalid)?;
+            if uri.starts_with("https://") {
+                let ca = opts
+                    .tls_ca
+                    .as_ref()
+                    .ok_or_else(|| EndpointError::NoCa(addr.clone()))?;
+                let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+                endpoint = endpoint.tls_config(tls).map_err(invalid)?;
+            }
+            let endpoint = endpoint
                 .connect_timeout(opts.connect_timeout)
                 .http2_keep_alive_interval(opts.keepalive_interval)
                 .keep_alive_timeout(opts.keepalive_timeout)

@@ -16,7 +16,8 @@ use tonic::{Status, Streaming};
 use crate::proto::client_message::Kind as ClientKind;
 use crate::proto::server_message::Kind as ServerKind;
 use crate::proto::{Attached, ClientMessage, Number, ServerMessage};
-use crate::server::{Counters, Shared};
+use crate::metrics;
+use crate::server::{Shared, StreamEvent};
 use crate::status::to_status;
 use crate::store::SessionStore;
 
@@ -34,6 +35,7 @@ pub(crate) async fn drive<S: SessionStore>(
     tx: Tx,
     _slot: OwnedSemaphorePermit,
 ) {
+    let _gauge = metrics::AttachedGauge::new();
     let mut session = Session::new(shared.cfg.session.clone(), now());
     let mut resumed = false;
     loop {
@@ -44,11 +46,7 @@ pub(crate) async fn drive<S: SessionStore>(
                     session.handle_store(now(), reply);
                 }
                 Output::Attached(a) => {
-                    Counters::bump(if resumed {
-                        &shared.counters.resumed
-                    } else {
-                        &shared.counters.opened
-                    });
+                    shared.counters.attached(resumed);
                     let msg = ServerKind::Attached(Attached {
                         count: a.count,
                         next_index: a.next_index,
@@ -57,7 +55,13 @@ pub(crate) async fn drive<S: SessionStore>(
                         interval: prost_types::Duration::try_from(a.interval).ok(),
                         ack_every: a.ack_every,
                     });
-                    send(&shared, &mut session, &tx, msg).await;
+                    if send(&shared, &mut session, &tx, msg).await {
+                        shared.observe(|| StreamEvent::Attached {
+                            client_id: session.client_id().expect("attached sessions have an id"),
+                            generation: session.generation().expect("attached sessions have one"),
+                            next_index: a.next_index,
+                        });
+                    }
                 }
                 Output::Send(n) => {
                     if let Some(fault) = shared.inject_fault(now()) {
@@ -70,7 +74,13 @@ pub(crate) async fn drive<S: SessionStore>(
                         checksum: n.checksum,
                     });
                     if send(&shared, &mut session, &tx, msg).await {
-                        Counters::bump(&shared.counters.numbers_sent);
+                        shared.counters.number_sent();
+                        shared.observe(|| StreamEvent::Sent {
+                            client_id: session.client_id().expect("attached sessions have an id"),
+                            generation: session.generation().expect("attached sessions have one"),
+                            index: n.index,
+                            value: n.value,
+                        });
                     }
                 }
                 Output::End(end) => return finish(&shared, &session, &tx, end).await,
@@ -123,10 +133,17 @@ fn handle<S: SessionStore>(shared: &Shared<S>, session: &mut Session, msg: Clien
 /// Runs one store operation, bounded by the store timeout.
 async fn execute<S: SessionStore>(shared: &Shared<S>, op: StoreOp) -> StoreReply {
     let timeout = shared.cfg.store_timeout;
-    match tokio::time::timeout(timeout, shared.store.execute(op)).await {
+    let started = tokio::time::Instant::now();
+    let reply = match tokio::time::timeout(timeout, shared.store.execute(op)).await {
         Ok(reply) => reply,
         Err(_) => StoreReply::Unavailable(format!("no answer within {timeout:?}")),
+    };
+    let failed = matches!(reply, StoreReply::Unavailable(_));
+    if failed {
+        tracing::warn!(?reply, "session store failed");
     }
+    metrics::store_op(started.elapsed(), failed);
+    reply
 }
 
 /// Sends one message; a client that is gone or does not read ends the
@@ -155,15 +172,19 @@ async fn finish<S: SessionStore>(shared: &Shared<S>, session: &Session, tx: &Tx,
     let client = session.client_id();
     match end {
         End::Completed => {
-            Counters::bump(&shared.counters.completed);
+            shared.counters.completed();
+            if let Some(client_id) = client {
+                shared.observe(|| StreamEvent::Completed { client_id });
+            }
             tracing::debug!(?client, "session completed");
         }
         End::ClientGone => tracing::debug!(?client, sent = session.sent(), "client went away"),
         End::Rejected(reject) => {
-            Counters::bump(&shared.counters.rejected);
+            let status = to_status(&reject);
+            shared.counters.rejected(status.code(), &reject);
             tracing::debug!(?client, %reject, "stream ended");
             // Best effort: a client that is gone or stuck cannot be told.
-            let _ = tx.try_send(Err(to_status(&reject)));
+            let _ = tx.try_send(Err(status));
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - `driver`: one task per stream, driving a core `Session`.
 //! - [`client`]: [`client::run`], driving a core `Client` across streams and
 //!   endpoints.
+//! - [`metrics`]: counters for the `Stats` RPC and Prometheus.
 //! - [`status`]: the one mapping between core errors and gRPC statuses.
 //! - [`store`]: the [`SessionStore`](store::SessionStore) trait,
 //!   [`MemoryStore`](store::MemoryStore) and [`RedisStore`](store::RedisStore).
@@ -18,6 +19,7 @@
 
 pub mod client;
 mod driver;
+pub mod metrics;
 pub mod server;
 pub mod status;
 pub mod store;
@@ -32,4 +34,4 @@ pub mod proto {
         tonic::include_file_descriptor_set!("numbers_descriptor");
 }
 
-pub use server::{serve, serve_tcp, ServeError, ServerConfig, Station};
+pub use server::{serve, serve_tcp, Observer, ServeError, ServerConfig, Station, StreamEvent};

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use station_core::server::Fresh;
-use station_core::{Reject, Secret};
+use station_core::{ClientId, Reject, Secret};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::proto::numbers_station_server::{NumbersStation, NumbersStationServer};
 use crate::proto::station_admin_server::{StationAdmin, StationAdminServer};
 use crate::proto::{ClientMessage, ServerMessage, StatsReply, StatsRequest};
+use crate::metrics::Counters;
 use crate::status::to_status;
 use crate::store::SessionStore;
 
@@ -59,6 +60,8 @@ pub struct ServerConfig {
     /// Seed for session seeds and tokens; `None` draws from the OS. Fixed
     /// seeds are for simulations only: tokens become predictable.
     pub rng_seed: Option<u64>,
+    /// Serve TLS with this identity instead of plaintext.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -76,28 +79,50 @@ impl Default for ServerConfig {
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(10),
             rng_seed: None,
+            tls: None,
         }
     }
 }
 
-/// Counters kept by one server.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub numbers_sent: AtomicU64,
-    pub opened: AtomicU64,
-    pub resumed: AtomicU64,
-    pub completed: AtomicU64,
-    pub rejected: AtomicU64,
+/// What a server's streams do, for simulations and tests that check
+/// invariants across servers (e.g. that two streams never deliver one
+/// session at once).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// `Attached` was sent.
+    Attached {
+        /// The session.
+        client_id: ClientId,
+        /// The generation the stream holds.
+        generation: u64,
+        /// First index the stream sends.
+        next_index: u32,
+    },
+    /// A number was handed to the transport.
+    Sent {
+        /// The session.
+        client_id: ClientId,
+        /// The generation the stream holds.
+        generation: u64,
+        /// Index of the number.
+        index: u32,
+        /// Its value.
+        value: u32,
+    },
+    /// The session completed and was deleted.
+    Completed {
+        /// The session.
+        client_id: ClientId,
+    },
 }
 
-impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
+/// Receives [`StreamEvent`]s. Called inline on the stream's task: keep it
+/// cheap.
+pub type Observer = Arc<dyn Fn(&StreamEvent) + Send + Sync>;
 
 pub(crate) struct Shared<S> {
     pub cfg: ServerConfig,
+    pub observer: Option<Observer>,
     pub store: S,
     rng: Mutex<StdRng>,
     pub counters: Counters,
@@ -116,6 +141,12 @@ struct Faults {
 }
 
 impl<S: SessionStore> Shared<S> {
+    pub(crate) fn observe(&self, event: impl FnOnce() -> StreamEvent) {
+        if let Some(observer) = &self.observer {
+            observer(&event());
+        }
+    }
+
     /// Randomness for a new session: a CSPRNG, because tokens are secrets.
     pub(crate) fn fresh(&self) -> Fresh {
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
@@ -164,6 +195,11 @@ impl<S> Clone for Station<S> {
 impl<S: SessionStore> Station<S> {
     /// A service over `store`. Nothing runs until it is served.
     pub fn new(cfg: ServerConfig, store: S) -> Self {
+        Self::with_observer(cfg, store, None)
+    }
+
+    /// A service whose streams report what they do to `observer`.
+    pub fn with_observer(cfg: ServerConfig, store: S, observer: Option<Observer>) -> Self {
         let rng = match cfg.rng_seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
@@ -178,6 +214,7 @@ impl<S: SessionStore> Station<S> {
             shared: Arc::new(Shared {
                 slots: Arc::new(Semaphore::new(cfg.max_sessions)),
                 cfg,
+                observer,
                 store,
                 rng: Mutex::new(rng),
                 counters: Counters::default(),
@@ -210,11 +247,11 @@ impl<S: SessionStore> Station<S> {
         Ok(StatsReply {
             live_sessions: live,
             attached_streams: self.attached_streams(),
-            numbers_sent: c.numbers_sent.load(Ordering::Relaxed),
-            sessions_opened: c.opened.load(Ordering::Relaxed),
-            sessions_resumed: c.resumed.load(Ordering::Relaxed),
-            sessions_completed: c.completed.load(Ordering::Relaxed),
-            streams_rejected: c.rejected.load(Ordering::Relaxed),
+            numbers_sent: Counters::get(&c.numbers_sent),
+            sessions_opened: Counters::get(&c.opened),
+            sessions_resumed: Counters::get(&c.resumed),
+            sessions_completed: Counters::get(&c.completed),
+            streams_rejected: Counters::get(&c.rejected),
         })
     }
 
@@ -245,8 +282,9 @@ impl<S: SessionStore> NumbersStation for Station<S> {
     ) -> Result<Response<Self::StreamStream>, Status> {
         let shared = &self.shared;
         let refuse = |reject: Reject| {
-            Counters::bump(&shared.counters.rejected);
-            Err(to_status(&reject))
+            let status = to_status(&reject);
+            shared.counters.rejected(status.code(), &reject);
+            Err(status)
         };
         if shared.shutdown.is_cancelled() {
             return refuse(Reject::ShuttingDown);
@@ -335,7 +373,11 @@ where
     let service = NumbersStationServer::new(station.clone())
         .max_decoding_message_size(cfg.max_message_size);
     let admin = StationAdminServer::new(station.clone());
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = cfg.tls.clone() {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .http2_keepalive_interval(Some(cfg.keepalive_interval))
         .http2_keepalive_timeout(Some(cfg.keepalive_timeout))
         .max_concurrent_streams(Some(cfg.max_concurrent_streams))
@@ -369,6 +411,14 @@ where
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
     on_bound(local);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            conn.inspect(|stream| {
+                // Numbers are tiny and latency matters more than packing.
+                let _ = stream.set_nodelay(true);
+            })
+        },
+    );
     serve(station, incoming, shutdown).await
 }
