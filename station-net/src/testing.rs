@@ -98,6 +98,12 @@ impl RedisServer {
         self.child.is_some()
     }
 
+    /// The server's process id while it runs, for tests that signal it
+    /// (for example `kill -STOP` to make it hang without closing sockets).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server (`SIGKILL`, like a crash) and waits for it to exit.
     /// Its data directory stays for [`restart`](Self::restart). Connections
     /// to it fail from now on. Does nothing if it is already stopped.

@@ -73,6 +73,9 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Durations longer than this (ten years) are treated as this, which keeps
 /// every timestamp the scripts compute exact in a Lua double (< 2^53 µs).
 const MAX_DURATION_US: u64 = 10 * 365 * 24 * 3600 * 1_000_000;
+// Until 2096 (4e15 µs after 1970), TIME + expires_in + remember_expired
+// stays an exact integer in a Lua double.
+const _: () = assert!(4_000_000_000_000_000 + 2 * MAX_DURATION_US < 1 << 53);
 /// Keys per `SCAN` step and per counting script in `live_sessions`.
 const SCAN_BATCH: usize = 1000;
 
@@ -457,7 +460,11 @@ fn micros(d: Duration) -> u64 {
 }
 
 fn failed(what: &str, e: &RedisError) -> String {
-    format!("redis {what}: {e}")
+    if e.is_timeout() {
+        format!("redis {what}: no answer within {RESPONSE_TIMEOUT:?}")
+    } else {
+        format!("redis {what}: {e}")
+    }
 }
 
 fn unexpected(what: &str, reply: &[Vec<u8>]) -> String {
@@ -552,8 +559,6 @@ mod tests {
         assert_eq!(micros(Duration::from_millis(300)), 300_000);
         assert_eq!(micros(Duration::from_nanos(1_999)), 1);
         assert_eq!(micros(Duration::MAX), MAX_DURATION_US);
-        // Redis TIME now + the cap stays exact in a Lua double.
-        assert!(2_000_000_000_000_000 + MAX_DURATION_US * 2 < 1 << 53);
     }
 
     #[tokio::test]
