@@ -35,7 +35,9 @@ pub enum Reject {
     #[error("resume token does not match session {0}")]
     BadToken(ClientId),
     /// No session with this id is known (never opened, or completed).
-    #[error("no session {0} (never opened, already completed, or expired long ago)")]
+    // Must not say "expired": clients read that word as "known expired"
+    // (DESIGN §2), and here the server does not know.
+    #[error("no session {0}: never opened here, already completed, or forgotten")]
     Unknown(ClientId),
     /// The session existed but stayed detached longer than the TTL.
     #[error("session {0} expired: detached for longer than the session TTL")]
