@@ -325,12 +325,7 @@ impl Client {
 
     /// Continues from a [`Snapshot`] taken by an earlier process. Emits the
     /// first `Connect` at once.
-    pub fn restore(
-        now: Instant,
-        cfg: Config,
-        s: Snapshot,
-        rng_seed: u64,
-    ) -> Result<Self, Reject> {
+    pub fn restore(now: Instant, cfg: Config, s: Snapshot, rng_seed: u64) -> Result<Self, Reject> {
         if !(1..=MAX_COUNT).contains(&s.count) {
             return Err(Reject::BadCount(s.count));
         }
@@ -601,7 +596,9 @@ impl Client {
                     "could not resume before the session expired (last error: {why})"
                 ))
             } else {
-                Verdict::Unreachable(format!("no server attached the session (last error: {why})"))
+                Verdict::Unreachable(format!(
+                    "no server attached the session (last error: {why})"
+                ))
             };
             return self.finish(verdict);
         }
@@ -903,12 +900,24 @@ mod tests {
         // A checksum where none belongs, or none on the final number.
         let mut c = new_client(t0, 3);
         c.handle_attached(t0, attached(3, 0, 1));
-        c.handle_number(t0, Number { checksum: Some(1), ..num(0, 3) });
+        c.handle_number(
+            t0,
+            Number {
+                checksum: Some(1),
+                ..num(0, 3)
+            },
+        );
         assert_eq!(drain(&mut c), [Output::Disconnect]);
         assert_eq!(c.received(), 0);
         let mut c = new_client(t0, 1);
         c.handle_attached(t0, attached(1, 0, 1));
-        c.handle_number(t0, Number { checksum: None, ..num(0, 1) });
+        c.handle_number(
+            t0,
+            Number {
+                checksum: None,
+                ..num(0, 1)
+            },
+        );
         assert_eq!(drain(&mut c), [Output::Disconnect]);
         // Attached at another index than asked.
         let mut c = new_client(t0, 3);
@@ -926,8 +935,17 @@ mod tests {
         assert_eq!(out[0], Output::Disconnect);
         assert!(matches!(finished(&out).verdict, Verdict::ProtocolError(_)));
         let mut c = new_client(t0, 3);
-        c.handle_attached(t0, Attached { token: &[1; 15], ..attached(3, 0, 1) });
-        assert!(matches!(finished(&drain(&mut c)).verdict, Verdict::ProtocolError(_)));
+        c.handle_attached(
+            t0,
+            Attached {
+                token: &[1; 15],
+                ..attached(3, 0, 1)
+            },
+        );
+        assert!(matches!(
+            finished(&drain(&mut c)).verdict,
+            Verdict::ProtocolError(_)
+        ));
     }
 
     #[test]
@@ -990,7 +1008,13 @@ mod tests {
         let mut c = new_client(t0, 4);
         c.handle_attached(t0, attached(4, 0, 1));
         feed(&mut c, t0, 0..2, 4);
-        c.handle_number(t0, Number { value: 1, ..num(2, 4) });
+        c.handle_number(
+            t0,
+            Number {
+                value: 1,
+                ..num(2, 4)
+            },
+        );
         let out = feed(&mut c, t0, 3..4, 4);
         let o = finished(&out);
         assert_eq!(o.verdict, Verdict::ChecksumMismatch);
@@ -1000,7 +1024,13 @@ mod tests {
         let mut c = new_client(t0, 2);
         c.handle_attached(t0, attached(2, 0, 1));
         feed(&mut c, t0, 0..1, 2);
-        c.handle_number(t0, Number { checksum: Some(0), ..num(1, 2) });
+        c.handle_number(
+            t0,
+            Number {
+                checksum: Some(0),
+                ..num(1, 2)
+            },
+        );
         let out = drain(&mut c);
         assert_eq!(out[0], Output::Ack(2));
         assert_eq!(finished(&out).verdict, Verdict::ChecksumMismatch);
@@ -1025,7 +1055,10 @@ mod tests {
                 message: "try again".into(),
             };
             let (_, out) = fail_and_reconnect(&mut c, t0, end);
-            assert!(matches!(&out[..], [Output::Connect(_)]), "{code:?}: {out:?}");
+            assert!(
+                matches!(&out[..], [Output::Connect(_)]),
+                "{code:?}: {out:?}"
+            );
         }
         // An early OK end and a broken transport are retried too.
         for end in [StreamEnd::Ok, transport()] {
@@ -1153,11 +1186,18 @@ mod tests {
             c.handle_end(now, transport());
             let out = drain(&mut c);
             if let Some(Output::Finished(o)) = out.last() {
-                assert!(matches!(o.verdict, Verdict::Expired(ref m) if m.contains("expired")), "{o:?}");
+                assert!(
+                    matches!(o.verdict, Verdict::Expired(ref m) if m.contains("expired")),
+                    "{o:?}"
+                );
                 break;
             }
             let at = c.poll_timeout().unwrap();
-            assert!(at <= deadline - cfg.backoff_initial, "attempt at {:?}", at - t0);
+            assert!(
+                at <= deadline - cfg.backoff_initial,
+                "attempt at {:?}",
+                at - t0
+            );
             now = at;
             c.handle_timeout(now);
             assert_eq!(drain(&mut c), [resume(1)]);
@@ -1197,7 +1237,10 @@ mod tests {
             now = c.poll_timeout().unwrap();
             assert!(now < t0 + cfg.give_up_unattached);
             c.handle_timeout(now);
-            assert!(matches!(&drain(&mut c)[..], [Output::Connect(Request::Open { .. })]));
+            assert!(matches!(
+                &drain(&mut c)[..],
+                [Output::Connect(Request::Open { .. })]
+            ));
         }
     }
 
@@ -1217,7 +1260,10 @@ mod tests {
         let at = c.poll_timeout().unwrap();
         c.handle_timeout(at);
         assert_eq!(drain(&mut c), [resume(1)]);
-        assert_eq!(c.poll_timeout(), Some(at + Config::default().attach_timeout));
+        assert_eq!(
+            c.poll_timeout(),
+            Some(at + Config::default().attach_timeout)
+        );
     }
 
     #[test]
@@ -1280,8 +1326,18 @@ mod tests {
         let got = finished(&feed(&mut second, t1, 17..count, count));
         assert_eq!(got.verdict, Verdict::Verified);
         assert_eq!(
-            (got.sum, got.client_checksum, got.server_checksum, got.received),
-            (expected.sum, expected.client_checksum, expected.server_checksum, count)
+            (
+                got.sum,
+                got.client_checksum,
+                got.server_checksum,
+                got.received
+            ),
+            (
+                expected.sum,
+                expected.client_checksum,
+                expected.server_checksum,
+                count
+            )
         );
         // A snapshot taken before attaching opens again with the same nonce.
         let fresh = new_client(t0, 9);
@@ -1362,8 +1418,14 @@ mod tests {
         let cfg = Config::default;
         let bad = [
             Snapshot { count: 0, ..snap },
-            Snapshot { next_index: 6, ..snap },
-            Snapshot { server_checksum: None, ..snap },
+            Snapshot {
+                next_index: 6,
+                ..snap
+            },
+            Snapshot {
+                server_checksum: None,
+                ..snap
+            },
         ];
         for s in bad {
             assert!(Client::restore(t0, cfg(), s, 1).is_err(), "{s:?}");

@@ -14,6 +14,8 @@
 //! - [`client`]: [`client::Client`], the client's side of a whole session
 //!   across reconnections.
 //! - [`Reject`]: every reason a server refuses or ends a stream.
+//! - [`testkit`]: drives a session from arbitrary events and checks its
+//!   outputs (for the fuzz target and property tests).
 //!
 //! # Server sessions
 //!
@@ -23,7 +25,8 @@
 //! 1. **Open** creates the record (generation 1) and attaches the stream.
 //! 2. **Attached**: one number per interval, the first at once; before each
 //!    burst the stream refreshes the record's expiry to `ttl` after the
-//!    client was last heard, with a compare-and-set on the generation.
+//!    stream was last known to work (everything sent was acknowledged),
+//!    with a compare-and-set on the generation.
 //! 3. **Detached**: the stream broke. The record stays until its expiry.
 //! 4. **Resumed** by a `Resume` with the right token: the generation goes up
 //!    (a takeover), numbers continue from the client's `next_index`. A stream
@@ -68,6 +71,7 @@ mod error;
 mod ids;
 pub mod sequence;
 pub mod server;
+pub mod testkit;
 
 #[cfg(test)]
 mod harness;

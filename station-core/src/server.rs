@@ -14,6 +14,13 @@
 //! numbers. A stream that was taken over therefore learns it at its next
 //! refresh and ends with [`Reject::TakenOver`] without sending again: two
 //! streams never deliver the same session at once.
+//!
+//! Each refresh sets the record to expire `ttl` after the stream last
+//! worked: now, if the client has acknowledged everything sent, else when
+//! the server began waiting for it (DESIGN §3). Acknowledgements that move
+//! that moment on by more than half an interval since the last write (after
+//! a stall) trigger a refresh of their own, so a drop just before the next
+//! tick does not leave the session expiring early.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -122,9 +129,8 @@ impl Record {
     /// Parses [`Record::to_bytes`]; `None` if the bytes are not a record.
     pub fn from_bytes(b: &[u8]) -> Option<Self> {
         let b: &[u8; Self::ENCODED_LEN] = b.try_into().ok()?;
-        let arr16 = |r: std::ops::Range<usize>| -> [u8; 16] {
-            b[r].try_into().expect("range is 16 bytes")
-        };
+        let arr16 =
+            |r: std::ops::Range<usize>| -> [u8; 16] { b[r].try_into().expect("range is 16 bytes") };
         let record = Record {
             client_id: ClientId(uuid::Uuid::from_bytes(arr16(0..16))),
             token: Secret(arr16(16..32)),
@@ -299,12 +305,13 @@ enum Phase {
 enum Pending {
     /// `Load` for a resume at `next_index` with this token.
     Load { next_index: u32, token: Secret },
-    /// `Create` for an open.
-    Create,
+    /// `Create` for an open; the record would live `until`.
+    Create { until: Instant },
     /// `Update` taking the session over, attaching at `next_index`.
-    TakeOver { next_index: u32 },
-    /// `Update` refreshing the expiry before a burst.
-    Refresh,
+    TakeOver { next_index: u32, until: Instant },
+    /// `Update` refreshing the expiry (to `until`) before a burst, or after
+    /// acknowledgements that the last refresh did not account for.
+    Refresh { until: Instant },
     /// `Delete` after the final acknowledgement.
     Delete,
 }
@@ -331,13 +338,19 @@ pub struct Session {
     /// When the number at `sent` is due.
     next_tick: Instant,
     /// Last time the client proved it was alive (its first message or an
-    /// acknowledgement): the session expires `ttl` after this.
+    /// acknowledgement): the session expires no earlier than `ttl` after
+    /// this (see `expires_in`).
     last_heard: Instant,
     /// Since when the server waits for the client (a first message, or an
     /// acknowledgement of numbers sent); `None` while it is the server's turn.
     waiting_since: Option<Instant>,
     /// The final acknowledgement arrived; delete once the store is free.
     complete: bool,
+    /// The expiry the store last confirmed for this stream's record.
+    persisted_until: Instant,
+    /// Acknowledgements moved the expiry on by more than the refresh
+    /// tolerance since the last write: refresh even without a number due.
+    refresh_due: bool,
     out: VecDeque<Output>,
 }
 
@@ -357,6 +370,8 @@ impl Session {
             last_heard: now,
             waiting_since: Some(now),
             complete: false,
+            persisted_until: now,
+            refresh_due: false,
             out: VecDeque::with_capacity(4),
         }
     }
@@ -364,6 +379,15 @@ impl Session {
     /// The session's client, once the first message named a valid one.
     pub fn client_id(&self) -> Option<ClientId> {
         self.client_id
+    }
+
+    /// The generation this stream holds the session at, once the store
+    /// confirmed it (after `Attached`); it goes up with every takeover.
+    pub fn generation(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Attached | Phase::Ended => self.record.map(|r| r.generation),
+            Phase::Idle | Phase::Attaching => None,
+        }
     }
 
     /// Whether the stream has ended (the last output was [`Output::End`]).
@@ -407,7 +431,9 @@ impl Session {
                 self.phase = Phase::Attaching;
                 self.client_id = Some(record.client_id);
                 self.record = Some(record);
-                self.pending = Some(Pending::Create);
+                self.pending = Some(Pending::Create {
+                    until: now + self.cfg.ttl,
+                });
                 self.out.push_back(Output::Store(StoreOp::Create {
                     record,
                     expires_in: self.cfg.ttl,
@@ -472,6 +498,9 @@ impl Session {
         if progress || self.complete {
             self.waiting_since = self.waiting_on_client().then_some(now);
         }
+        if progress && !self.complete && self.expiry_lags(now) {
+            self.refresh_due = true;
+        }
         self.advance(now);
     }
 
@@ -491,37 +520,40 @@ impl Session {
             return self.fail(Reject::StoreUnavailable(why));
         }
         match (pending, reply) {
-            (Pending::Create, StoreReply::Done) => self.attach(now, 0),
-            (Pending::Create, StoreReply::Exists(live)) => {
+            (Pending::Create { until }, StoreReply::Done) => {
+                self.persisted_until = until;
+                self.attach(now, 0)
+            }
+            (Pending::Create { .. }, StoreReply::Exists(live)) => {
                 let ours = self.record.expect("Create is sent with a record");
                 let same_open =
                     !ours.nonce.is_zero() && live.nonce == ours.nonce && live.count == ours.count;
                 if same_open {
                     // The client repeats an `Open` whose `Attached` it never
                     // received: attach it to the session it created.
-                    self.take_over(live, 0);
+                    self.take_over(now, live, 0);
                 } else {
                     self.fail(Reject::AlreadyExists(ours.client_id));
                 }
             }
-            (Pending::Load { next_index, token }, StoreReply::Loaded(lookup)) => {
-                match lookup {
-                    Lookup::Live(live) if live.token != token => {
-                        self.fail(Reject::BadToken(live.client_id))
-                    }
-                    Lookup::Live(live) if next_index > live.count => {
-                        self.fail(Reject::BadNextIndex {
-                            next_index,
-                            count: live.count,
-                        })
-                    }
-                    Lookup::Live(live) => self.take_over(live, next_index),
-                    Lookup::Expired => self.fail(Reject::Expired(self.load_id())),
-                    Lookup::Missing => self.fail(Reject::Unknown(self.load_id())),
+            (Pending::Load { next_index, token }, StoreReply::Loaded(lookup)) => match lookup {
+                Lookup::Live(live) if live.token != token => {
+                    self.fail(Reject::BadToken(live.client_id))
                 }
+                Lookup::Live(live) if next_index > live.count => self.fail(Reject::BadNextIndex {
+                    next_index,
+                    count: live.count,
+                }),
+                Lookup::Live(live) => self.take_over(now, live, next_index),
+                Lookup::Expired => self.fail(Reject::Expired(self.load_id())),
+                Lookup::Missing => self.fail(Reject::Unknown(self.load_id())),
+            },
+            (Pending::TakeOver { next_index, until }, StoreReply::Done) => {
+                self.persisted_until = until;
+                self.attach(now, next_index)
             }
-            (Pending::TakeOver { next_index }, StoreReply::Done) => self.attach(now, next_index),
-            (Pending::Refresh, StoreReply::Done) => {
+            (Pending::Refresh { until }, StoreReply::Done) => {
+                self.persisted_until = until;
                 self.send_due(now);
                 self.advance(now);
             }
@@ -529,8 +561,14 @@ impl Session {
                 self.phase = Phase::Ended;
                 self.out.push_back(Output::End(End::Completed));
             }
-            (Pending::TakeOver { .. } | Pending::Refresh | Pending::Delete, StoreReply::Conflict) => {
-                let id = self.record.expect("attached streams have a record").client_id;
+            (
+                Pending::TakeOver { .. } | Pending::Refresh { .. } | Pending::Delete,
+                StoreReply::Conflict,
+            ) => {
+                let id = self
+                    .record
+                    .expect("attached streams have a record")
+                    .client_id;
                 self.fail(Reject::TakenOver(id));
             }
             (pending, reply) => self.fail(Reject::StoreUnavailable(format!(
@@ -625,18 +663,44 @@ impl Session {
         !self.complete && (self.acked < self.sent || self.sent == self.count())
     }
 
+    /// How long from `now` the record should live: `ttl` after the stream
+    /// last worked (DESIGN §3). That is `now` if the client has acknowledged
+    /// everything sent, else the moment the server began waiting for it
+    /// (its first unacknowledged number or its last acknowledgement), or
+    /// the last message heard, whichever is later.
+    ///
+    /// Counting from the last message heard alone lags by up to one
+    /// interval: an acknowledgement that arrives after a refresh is only
+    /// persisted by the next one, so a stream reset just before it would
+    /// leave the session expiring ~`ttl - interval` after the drop, and a
+    /// client resuming inside the TTL (as it measures it, from the last
+    /// number it received) would be told "expired".
     fn expires_in(&self, now: Instant) -> Duration {
-        (self.last_heard + self.cfg.ttl).saturating_duration_since(now)
+        let worked = self.waiting_since.unwrap_or(now).max(self.last_heard);
+        (worked + self.cfg.ttl).saturating_duration_since(now)
     }
 
-    fn take_over(&mut self, live: Record, next_index: u32) {
+    /// Whether acknowledgements moved the expiry the stream deserves more
+    /// than half an interval past what the store holds. Within that, the
+    /// refresh at the next tick catches up (an acknowledgement normally
+    /// arrives one round trip after the refresh before its number); beyond
+    /// it (numbers or acknowledgements were held up), a drop before the
+    /// next tick would leave the session expiring early.
+    fn expiry_lags(&self, now: Instant) -> bool {
+        now + self.expires_in(now) > self.persisted_until + self.cfg.interval / 2
+    }
+
+    fn take_over(&mut self, now: Instant, live: Record, next_index: u32) {
         let record = Record {
             acked: next_index,
             generation: live.generation + 1,
             ..live
         };
         self.record = Some(record);
-        self.pending = Some(Pending::TakeOver { next_index });
+        self.pending = Some(Pending::TakeOver {
+            next_index,
+            until: now + self.cfg.ttl,
+        });
         self.out.push_back(Output::Store(StoreOp::Update {
             record,
             expect_generation: live.generation,
@@ -645,7 +709,9 @@ impl Session {
     }
 
     fn attach(&mut self, now: Instant, next_index: u32) {
-        let record = self.record.expect("attach follows a store answer with a record");
+        let record = self
+            .record
+            .expect("attach follows a store answer with a record");
         self.phase = Phase::Attached;
         self.sent = next_index;
         self.acked = next_index;
@@ -670,20 +736,26 @@ impl Session {
             return;
         }
         let mut record = self.record.expect("attached streams have a record");
+        // A refresh that completed meanwhile may have caught up already.
+        self.refresh_due &= self.expiry_lags(now);
         if self.complete {
             self.pending = Some(Pending::Delete);
             self.out.push_back(Output::Store(StoreOp::Delete {
                 client_id: record.client_id,
                 generation: record.generation,
             }));
-        } else if self.can_send() && self.next_tick <= now {
+        } else if self.refresh_due || (self.can_send() && self.next_tick <= now) {
+            self.refresh_due = false;
             record.acked = self.acked;
             self.record = Some(record);
-            self.pending = Some(Pending::Refresh);
+            let expires_in = self.expires_in(now);
+            self.pending = Some(Pending::Refresh {
+                until: now + expires_in,
+            });
             self.out.push_back(Output::Store(StoreOp::Update {
                 record,
                 expect_generation: record.generation,
-                expires_in: self.expires_in(now),
+                expires_in,
             }));
         }
     }
@@ -712,8 +784,14 @@ impl Session {
     }
 
     fn fail(&mut self, reject: Reject) {
+        if self.phase == Phase::Ended {
+            return; // Ended streams say nothing more, not even a second End.
+        }
         self.phase = Phase::Ended;
         self.pending = None;
+        // Nothing is sent after the end: drop numbers still queued from a
+        // burst, so an abort takes effect at once.
+        self.out.clear();
         self.out.push_back(Output::End(End::Rejected(reject)));
     }
 }
@@ -824,7 +902,12 @@ mod tests {
 
     /// A session resumed at `t0` at `next_index` of a live record of
     /// generation `generation`; `Attached` and the first burst are drained.
-    fn resumed(t0: Instant, count: u32, generation: u64, next_index: u32) -> (Session, Vec<Output>) {
+    fn resumed(
+        t0: Instant,
+        count: u32,
+        generation: u64,
+        next_index: u32,
+    ) -> (Session, Vec<Output>) {
         let mut s = Session::new(cfg(), t0);
         s.handle_resume(
             t0,
@@ -835,7 +918,10 @@ mod tests {
             },
         );
         assert_eq!(drain(&mut s), [Output::Store(StoreOp::Load(id()))]);
-        s.handle_store(t0, StoreReply::Loaded(Lookup::Live(record(count, generation))));
+        s.handle_store(
+            t0,
+            StoreReply::Loaded(Lookup::Live(record(count, generation))),
+        );
         let out = drain(&mut s);
         let expected = Record {
             acked: next_index,
@@ -954,7 +1040,11 @@ mod tests {
             s.handle_open(t0, open, fresh());
             let out = drain(&mut s);
             if ok {
-                let expected = if len == 0 { Secret::ZERO } else { Secret([1; 16]) };
+                let expected = if len == 0 {
+                    Secret::ZERO
+                } else {
+                    Secret([1; 16])
+                };
                 assert!(
                     matches!(&out[..], [Output::Store(StoreOp::Create { record, .. })] if record.nonce == expected),
                     "{out:?}"
@@ -1178,7 +1268,9 @@ mod tests {
                 StoreOp::Update {
                     record: expected,
                     expect_generation: 1,
-                    expires_in: ack_at + Duration::from_secs(30) - due,
+                    // The client has acknowledged everything sent: the
+                    // stream works now, so the record lives a full TTL.
+                    expires_in: Duration::from_secs(30),
                 }
             );
             assert_eq!(out, [number(i, count)], "exactly one number per tick");
@@ -1208,29 +1300,98 @@ mod tests {
             StoreOp::Update {
                 record: expected,
                 expect_generation: 4,
-                expires_in: Duration::from_secs(30) - ms(900),
+                expires_in: Duration::from_secs(30),
             }
         );
         assert_eq!(out, [number(5, 10)]);
         assert_eq!(s.poll_timeout(), Some(t0 + SEC * 2));
     }
 
+    fn refresh_expiry(op: &StoreOp) -> Duration {
+        match op {
+            StoreOp::Update { expires_in, .. } => *expires_in,
+            other => panic!("expected a refresh, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn refresh_without_acks_counts_from_last_heard() {
+    fn refresh_expiry_counts_from_when_the_stream_last_worked() {
         let t0 = Instant::now();
         let mut s = opened(t0, 10);
         // No ack for a while (still under the silence timeout): the expiry
-        // is not pushed forward by the server's own sending.
+        // is not pushed forward by the server's own sending; the stream last
+        // worked when number 0 went out at t0.
         let (op, _) = tick(&mut s, t0 + SEC);
-        assert!(
-            matches!(op, StoreOp::Update { expires_in, .. } if expires_in == Duration::from_secs(29)),
-            "{op:?}"
-        );
+        assert_eq!(refresh_expiry(&op), Duration::from_secs(29));
         let (op, _) = tick(&mut s, t0 + SEC * 2);
+        assert_eq!(refresh_expiry(&op), Duration::from_secs(28));
+        // A repeated (not advancing) ack proves the client alive: counted
+        // from then at the next tick.
+        s.handle_ack(t0 + SEC * 2 + ms(500), 0);
+        assert_eq!(drain(&mut s), []);
+        let (op, _) = tick(&mut s, t0 + SEC * 3);
+        assert_eq!(refresh_expiry(&op), Duration::from_secs(30) - ms(500));
+        // Progress that moves the deserved expiry (t0 + 33.2 s) more than
+        // half an interval past the stored one (t0 + 32.5 s): refreshed at
+        // once, without sending.
+        s.handle_ack(t0 + SEC * 3 + ms(200), 2);
+        let out = drain(&mut s);
         assert!(
-            matches!(op, StoreOp::Update { expires_in, .. } if expires_in == Duration::from_secs(28)),
-            "{op:?}"
+            matches!(&out[..], [Output::Store(StoreOp::Update { expires_in, .. })]
+            if *expires_in == Duration::from_secs(30)),
+            "{out:?}"
         );
+        s.handle_store(t0 + SEC * 3 + ms(200), StoreReply::Done);
+        assert_eq!(drain(&mut s), [], "no number is due");
+        // Catching up a round trip later stays within the tolerance.
+        s.handle_ack(t0 + SEC * 3 + ms(300), 4);
+        assert_eq!(drain(&mut s), []);
+        assert_eq!(s.poll_timeout(), Some(t0 + SEC * 4));
+        // Everything acknowledged: a full TTL from now.
+        let (op, out) = tick(&mut s, t0 + SEC * 4);
+        assert_eq!(refresh_expiry(&op), Duration::from_secs(30));
+        assert_eq!(out, [number(4, 10)]);
+    }
+
+    /// Numbers were held up for seconds, then everything is acknowledged
+    /// between two ticks, then the stream breaks before the next tick. The
+    /// store must already say "ttl after the catch-up", not "ttl after the
+    /// stall began".
+    #[test]
+    fn acks_after_a_stall_refresh_the_expiry_at_once() {
+        let t0 = Instant::now();
+        let mut s = opened(t0, 10);
+        for i in 1..4 {
+            let (op, _) = tick(&mut s, t0 + SEC * i);
+            assert_eq!(refresh_expiry(&op), Duration::from_secs(30 - u64::from(i)));
+        }
+        s.handle_ack(t0 + SEC * 3 + ms(300), 4);
+        let out = drain(&mut s);
+        assert!(
+            matches!(&out[..], [Output::Store(StoreOp::Update { expires_in, record, .. })]
+            if *expires_in == Duration::from_secs(30) && record.acked == 4),
+            "{out:?}"
+        );
+        s.handle_store(t0 + SEC * 3 + ms(300), StoreReply::Done);
+        assert_eq!(drain(&mut s), []);
+        s.handle_closed(t0 + SEC * 3 + ms(900));
+        assert_eq!(drain(&mut s), [Output::End(End::ClientGone)]);
+    }
+
+    /// DESIGN §3: a stream reset just after an ack arrived. The record must
+    /// live `ttl` after the last moment the stream demonstrably worked, not
+    /// `ttl` after the ack persisted by the previous refresh.
+    #[test]
+    fn expiry_after_a_drop_is_not_a_tick_early() {
+        let t0 = Instant::now();
+        let mut s = opened(t0, 10);
+        s.handle_ack(t0 + ms(20), 1);
+        let (op, _) = tick(&mut s, t0 + SEC);
+        // Persisted at t0 + 1 s: lives until t0 + 31 s, not t0 + 30.02 s.
+        assert_eq!(refresh_expiry(&op), Duration::from_secs(30));
+        s.handle_ack(t0 + SEC + ms(20), 2);
+        s.handle_closed(t0 + SEC + ms(30));
+        assert_eq!(drain(&mut s), [Output::End(End::ClientGone)]);
     }
 
     #[test]
@@ -1253,7 +1414,10 @@ mod tests {
         // An ack of 3 opens room for exactly 3 more (after a refresh).
         s.handle_ack(t0 + ms(2), 3);
         let out = drain(&mut s);
-        assert!(matches!(&out[..], [Output::Store(StoreOp::Update { .. })]), "{out:?}");
+        assert!(
+            matches!(&out[..], [Output::Store(StoreOp::Update { .. })]),
+            "{out:?}"
+        );
         s.handle_store(t0 + ms(2), StoreReply::Done);
         let out = drain(&mut s);
         assert_eq!(out, (8..11).map(|i| number(i, 100)).collect::<Vec<_>>());
@@ -1286,7 +1450,10 @@ mod tests {
         loop {
             while let Some(out) = s.poll_output() {
                 match out {
-                    Output::Store(StoreOp::Delete { client_id, generation }) => {
+                    Output::Store(StoreOp::Delete {
+                        client_id,
+                        generation,
+                    }) => {
                         assert_eq!((client_id, generation), (id(), 1));
                         assert_eq!(sent.len() as u32, count, "deleted before the end");
                         s.handle_store(now, StoreReply::Done);
@@ -1378,7 +1545,11 @@ mod tests {
         ));
         s.handle_store(t0 + SEC, StoreReply::Conflict);
         let out = drain(&mut s);
-        assert_eq!(out, [Output::End(End::Rejected(Reject::TakenOver(id())))], "nothing sent");
+        assert_eq!(
+            out,
+            [Output::End(End::Rejected(Reject::TakenOver(id())))],
+            "nothing sent"
+        );
         assert!(s.is_ended());
     }
 
@@ -1444,9 +1615,23 @@ mod tests {
     fn open_of_a_live_id_is_refused_unless_it_repeats_the_same_open() {
         let t0 = Instant::now();
         let cases = [
-            ("different nonce", Record { nonce: Secret([4; 16]), ..record(10, 1) }, &NONCE[..]),
+            (
+                "different nonce",
+                Record {
+                    nonce: Secret([4; 16]),
+                    ..record(10, 1)
+                },
+                &NONCE[..],
+            ),
             ("different count", record(11, 1), &NONCE[..]),
-            ("no nonce", Record { nonce: Secret::ZERO, ..record(10, 1) }, &[][..]),
+            (
+                "no nonce",
+                Record {
+                    nonce: Secret::ZERO,
+                    ..record(10, 1)
+                },
+                &[][..],
+            ),
         ];
         for (what, live, nonce) in cases {
             let mut s = Session::new(cfg(), t0);
@@ -1458,7 +1643,11 @@ mod tests {
             s.handle_open(t0, open, fresh());
             drain(&mut s);
             s.handle_store(t0, StoreReply::Exists(live));
-            assert_eq!(rejected(&drain(&mut s)), Reject::AlreadyExists(id()), "{what}");
+            assert_eq!(
+                rejected(&drain(&mut s)),
+                Reject::AlreadyExists(id()),
+                "{what}"
+            );
         }
     }
 
@@ -1583,7 +1772,9 @@ mod tests {
         s.handle_store(t0 + SEC, StoreReply::Unavailable("down".into()));
         assert_eq!(
             drain(&mut s),
-            [Output::End(End::Rejected(Reject::StoreUnavailable("down".into())))]
+            [Output::End(End::Rejected(Reject::StoreUnavailable(
+                "down".into()
+            )))]
         );
     }
 
@@ -1613,8 +1804,10 @@ mod tests {
     fn config_validation() {
         assert_eq!(Config::default().validate(), Ok(()));
         assert_eq!(Config::default().silence_timeout, Duration::from_secs(5));
-        let mut c = Config::default();
-        c.window = 0;
+        let c = Config {
+            window: 0,
+            ..Config::default()
+        };
         assert!(c.validate().is_err());
         let short = Config::new(SEC, SEC * 2);
         assert_eq!(short.silence_timeout, SEC);
