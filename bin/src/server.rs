@@ -85,8 +85,9 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
     if args.max_sessions == 0 {
         return Err("--max-sessions must be at least 1".into());
     }
-    if args.stream_buffer == 0 {
-        return Err("--stream-buffer must be at least 1".into());
+    if args.stream_buffer < 2 {
+        // One slot is kept for the final status.
+        return Err("--stream-buffer must be at least 2".into());
     }
     Ok(ServerConfig {
         session,

@@ -61,6 +61,9 @@ pub enum Reject {
         /// The highest acknowledgement so far.
         acked: u32,
     },
+    /// A client message exceeded the server's decode limit.
+    #[error("client message too large: {0}")]
+    MessageTooLarge(String),
     /// A message that is not valid at this point of the conversation.
     #[error("unexpected message: {0}")]
     Unexpected(&'static str),

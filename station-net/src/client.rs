@@ -231,7 +231,9 @@ pub enum Event<'a> {
 
 type Call = Pin<Box<dyn Future<Output = Result<Response<Streaming<ServerMessage>>, Status>> + Send>>;
 
-/// The current stream, if any.
+/// The current stream, if any. One per session, so the size difference
+/// between variants costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 enum Stream {
     None,
     /// Request sent, waiting for response headers.
@@ -246,6 +248,8 @@ enum Stream {
     },
 }
 
+/// What woke the driver; lives only until it is handled.
+#[allow(clippy::large_enum_variant)]
 enum Step {
     Headers(Result<Response<Streaming<ServerMessage>>, Status>),
     Message(Result<Option<ServerMessage>, Status>),

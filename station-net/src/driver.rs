@@ -22,6 +22,7 @@ use crate::status::to_status;
 use crate::store::SessionStore;
 
 type Tx = mpsc::Sender<Result<ServerMessage, Status>>;
+type Permit = mpsc::OwnedPermit<Result<ServerMessage, Status>>;
 
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -36,6 +37,11 @@ pub(crate) async fn drive<S: SessionStore>(
     _slot: OwnedSemaphorePermit,
 ) {
     let _gauge = metrics::AttachedGauge::new();
+    // Keep one buffer slot for the final status, so a client whose buffer is
+    // full (the write-timeout case) still learns why its stream ended.
+    let Ok(last_word) = tx.clone().reserve_owned().await else {
+        return; // The client is already gone.
+    };
     let mut session = Session::new(shared.cfg.session.clone(), now());
     let mut resumed = false;
     loop {
@@ -47,14 +53,14 @@ pub(crate) async fn drive<S: SessionStore>(
                 }
                 Output::Attached(a) => {
                     shared.counters.attached(resumed);
-                    let msg = ServerKind::Attached(Attached {
+                    let msg = ServerKind::Attached(Box::new(Attached {
                         count: a.count,
                         next_index: a.next_index,
                         resume_token: a.token.as_bytes().to_vec(),
                         session_ttl: prost_types::Duration::try_from(a.ttl).ok(),
                         interval: prost_types::Duration::try_from(a.interval).ok(),
                         ack_every: a.ack_every,
-                    });
+                    }));
                     if send(&shared, &mut session, &tx, msg).await {
                         shared.observe(|| StreamEvent::Attached {
                             client_id: session.client_id().expect("attached sessions have an id"),
@@ -83,7 +89,7 @@ pub(crate) async fn drive<S: SessionStore>(
                         });
                     }
                 }
-                Output::End(end) => return finish(&shared, &session, &tx, end).await,
+                Output::End(end) => return finish(&shared, &session, last_word, end),
             }
         }
         let deadline = session.poll_timeout();
@@ -98,6 +104,11 @@ pub(crate) async fn drive<S: SessionStore>(
                 Ok(None) => session.abort(Reject::Unexpected(
                     "client closed its side of the stream before the session completed",
                 )),
+                // tonic reports its own decode limit as OUT_OF_RANGE; every
+                // other error here means the client or connection went away.
+                Err(status) if status.code() == tonic::Code::OutOfRange => {
+                    session.abort(Reject::MessageTooLarge(status.message().to_owned()))
+                }
                 Err(_) => session.handle_closed(now()),
             },
             _ = sleep_until(deadline) => session.handle_timeout(now()),
@@ -168,7 +179,7 @@ async fn send<S: SessionStore>(
     }
 }
 
-async fn finish<S: SessionStore>(shared: &Shared<S>, session: &Session, tx: &Tx, end: End) {
+fn finish<S: SessionStore>(shared: &Shared<S>, session: &Session, last_word: Permit, end: End) {
     let client = session.client_id();
     match end {
         End::Completed => {
@@ -183,8 +194,7 @@ async fn finish<S: SessionStore>(shared: &Shared<S>, session: &Session, tx: &Tx,
             let status = to_status(&reject);
             shared.counters.rejected(status.code(), &reject);
             tracing::debug!(?client, %reject, "stream ended");
-            // Best effort: a client that is gone or stuck cannot be told.
-            let _ = tx.try_send(Err(status));
+            last_word.send(Err(status));
         }
     }
 }

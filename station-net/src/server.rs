@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub rng_seed: Option<u64>,
     /// Serve TLS with this identity instead of plaintext.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// After shutdown begins, connections still open this much later (idle
+    /// or half-open ones) are closed.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +83,7 @@ impl Default for ServerConfig {
             keepalive_timeout: Duration::from_secs(10),
             rng_seed: None,
             tls: None,
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -377,7 +381,7 @@ where
     if let Some(tls) = cfg.tls.clone() {
         builder = builder.tls_config(tls)?;
     }
-    builder
+    let server = builder
         .http2_keepalive_interval(Some(cfg.keepalive_interval))
         .http2_keepalive_timeout(Some(cfg.keepalive_timeout))
         .max_concurrent_streams(Some(cfg.max_concurrent_streams))
@@ -386,8 +390,22 @@ where
         .add_service(reflection)
         .add_service(admin)
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, signal)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, signal);
+    // tonic's graceful shutdown waits for every connection to close; an idle
+    // or half-open one never does, so give them a grace period.
+    let token = station.shared.shutdown.clone();
+    let grace = async {
+        token.cancelled().await;
+        tokio::time::sleep(cfg.shutdown_grace).await;
+    };
+    tokio::select! {
+        biased;
+        served = server => served?,
+        _ = grace => tracing::warn!(
+            grace = ?cfg.shutdown_grace,
+            "connections still open after the shutdown grace period; closing them"
+        ),
+    }
     station.drained().await;
     Ok(())
 }

@@ -21,7 +21,7 @@ pub fn to_status(reject: &Reject) -> Status {
         Reject::AlreadyExists(_) => Code::AlreadyExists,
         Reject::Silent(_) => Code::DeadlineExceeded,
         Reject::TakenOver(_) => Code::Aborted,
-        Reject::Full(_) => Code::ResourceExhausted,
+        Reject::Full(_) | Reject::MessageTooLarge(_) => Code::ResourceExhausted,
         Reject::InjectedFault(_) | Reject::StoreUnavailable(_) | Reject::ShuttingDown => {
             Code::Unavailable
         }
