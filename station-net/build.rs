@@ -12,6 +12,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("numbers_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        // Small per-stream buffers: see src/codec.rs.
+        .codec_path("crate::codec::SmallCodec")
+        // Keep the frequent `Number` variant small: channels and buffers of
+        // `ServerMessage`s are sized by the largest variant.
+        .boxed(".numbers.v1.ServerMessage.kind.attached")
+        .compile_fds(descriptors)?;
     Ok(())
 }
