@@ -19,7 +19,11 @@ const SAVE_EVERY: Duration = Duration::from_millis(100);
 pub async fn run(args: ClientArgs) -> u8 {
     let mut targets = args.endpoint.clone();
     if let Some(port) = args.port {
-        let scheme = if args.tls_ca.is_some() { "https" } else { "http" };
+        let scheme = if args.tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         targets.insert(0, format!("{scheme}://{}:{}", args.host, port));
     }
     let tls_ca = match &args.tls_ca {
@@ -81,7 +85,9 @@ pub async fn run(args: ClientArgs) -> u8 {
                     None => tracing::warn!("{msg}"),
                 }
             }
-            Event::Silent { endpoint } => tracing::warn!(endpoint, "stream went silent; reconnecting"),
+            Event::Silent { endpoint } => {
+                tracing::warn!(endpoint, "stream went silent; reconnecting")
+            }
         }
         let received = client.received();
         match &bar {
@@ -90,7 +96,12 @@ pub async fn run(args: ClientArgs) -> u8 {
                 bar.set_message(format!("reconnects: {}", client.reconnects()));
             }
             None if received >= next_log && received < count => {
-                tracing::info!(received, count, reconnects = client.reconnects(), "progress");
+                tracing::info!(
+                    received,
+                    count,
+                    reconnects = client.reconnects(),
+                    "progress"
+                );
                 next_log = received + (count / 10).max(1);
             }
             None => {}
@@ -137,9 +148,14 @@ fn make_client(args: &ClientArgs, cfg: ClientConfig) -> Result<Client, (u8, Stri
         None => None,
     };
     if let Some(saved) = saved {
-        check_matches(args, &saved, args.state_file.as_deref().expect("loaded from it"))?;
+        check_matches(
+            args,
+            &saved,
+            args.state_file.as_deref().expect("loaded from it"),
+        )?;
         tracing::info!(client = %saved.client_id, next_index = saved.next_index, "resuming from state file");
-        return Client::restore(now, cfg, saved, seed).map_err(|e| (exit::STATE_FILE, e.to_string()));
+        return Client::restore(now, cfg, saved, seed)
+            .map_err(|e| (exit::STATE_FILE, e.to_string()));
     }
     let client_id = args
         .client_id
@@ -148,11 +164,13 @@ fn make_client(args: &ClientArgs, cfg: ClientConfig) -> Result<Client, (u8, Stri
     let count = args
         .count
         .unwrap_or_else(|| rand::random_range(1..=station_core::sequence::MAX_COUNT));
-    let client = Client::new(now, cfg, client_id, count, seed).map_err(|e| (exit::USAGE, e.to_string()))?;
+    let client =
+        Client::new(now, cfg, client_id, count, seed).map_err(|e| (exit::USAGE, e.to_string()))?;
     if let Some(path) = &args.state_file {
         // Persist the id and open nonce before the first Open, so a crash
         // before `Attached` can repeat the same Open.
-        state_file::save(path, &client.snapshot()).map_err(|e| (exit::STATE_FILE, e.to_string()))?;
+        state_file::save(path, &client.snapshot())
+            .map_err(|e| (exit::STATE_FILE, e.to_string()))?;
     }
     Ok(client)
 }
@@ -175,7 +193,10 @@ fn check_matches(args: &ClientArgs, saved: &Snapshot, path: &Path) -> Result<(),
     }
     if let Some(id) = args.client_id {
         if id != saved.client_id.0 {
-            return mismatch(format!("it has client id {}, --client-id is {id}", saved.client_id));
+            return mismatch(format!(
+                "it has client id {}, --client-id is {id}",
+                saved.client_id
+            ));
         }
     }
     Ok(())

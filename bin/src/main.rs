@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod client;
 mod demo;
+mod load;
 mod report;
 mod server;
 mod state_file;
@@ -54,14 +55,18 @@ enum Command {
     /// Serve sessions over gRPC.
     Server(ServerArgs),
     /// Receive a sequence of numbers and verify it.
-    #[command(after_help = "Exit codes: 0 verified, 2 usage error, 3 checksum mismatch, \
+    #[command(
+        after_help = "Exit codes: 0 verified, 2 usage error, 3 checksum mismatch, \
                             4 session expired, 5 session rejected, 6 no server reachable \
-                            or protocol error, 7 bad state file.")]
+                            or protocol error, 7 bad state file."
+    )]
     Client(ClientArgs),
     /// Run a server and a few clients in this process, with faults injected.
     Demo(DemoArgs),
     /// Print a server's counters (live sessions, attached streams, ...).
     Stats(StatsArgs),
+    /// Generate load: many sessions over a few connections, with a report.
+    Load(LoadArgs),
 }
 
 /// `station server` flags.
@@ -103,7 +108,11 @@ pub struct ServerArgs {
     #[arg(long, env = "STATION_WINDOW", default_value_t = 64)]
     pub window: u32,
     /// Most concurrent streams on one HTTP/2 connection.
-    #[arg(long, env = "STATION_MAX_STREAMS_PER_CONNECTION", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "STATION_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 10_000
+    )]
     pub max_streams_per_connection: u32,
     /// Largest client message accepted, in bytes.
     #[arg(long, env = "STATION_MAX_MESSAGE_SIZE", default_value_t = 1024)]
@@ -177,6 +186,38 @@ pub struct DemoArgs {
     pub fail_every: u64,
 }
 
+/// `station load` flags.
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Server(s) as host:port; sessions are spread over them.
+    #[arg(long = "endpoint", required = true, value_delimiter = ',')]
+    pub endpoint: Vec<String>,
+    /// Sessions to run.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+    /// HTTP/2 connections per endpoint to multiplex the sessions over.
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Numbers per session.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub count: u32,
+    /// Sessions started per second (0: all at once).
+    #[arg(long, default_value_t = 0)]
+    pub ramp_up_rate: u64,
+    /// Stop after this long, counting unfinished sessions.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// The server's process id, to report its CPU time and memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Seed for the sessions' client-side randomness.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `station stats` flags.
 #[derive(Args, Debug)]
 pub struct StatsArgs {
@@ -235,6 +276,10 @@ fn main() -> ExitCode {
                 init_tracing("warn");
                 server::stats(args).await
             }
+            Command::Load(args) => {
+                init_tracing("warn");
+                load::run(args).await
+            }
         }
     });
     ExitCode::from(code)
@@ -265,6 +310,8 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.exit_code(), i32::from(exit::USAGE), "{bad}");
         }
-        assert!(Cli::try_parse_from(["station", "client", "--port", "1", "--count", "65535"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["station", "client", "--port", "1", "--count", "65535"]).is_ok()
+        );
     }
 }

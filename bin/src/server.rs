@@ -105,7 +105,11 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
     })
 }
 
-async fn serve<S: SessionStore>(cfg: ServerConfig, store: S, addr: SocketAddr) -> Result<(), String> {
+async fn serve<S: SessionStore>(
+    cfg: ServerConfig,
+    store: S,
+    addr: SocketAddr,
+) -> Result<(), String> {
     let kind = store.kind();
     let gauge_store = store.clone();
     // Live sessions are a store-wide fact; sample them for the gauge.

@@ -53,7 +53,10 @@ pub fn load(path: &Path) -> Result<Option<Snapshot>, StateError> {
     let corrupt = |why: String| StateError::Corrupt(path.into(), why);
     let d: OnDisk = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
     if d.version != VERSION {
-        return Err(corrupt(format!("version {}, expected {VERSION}", d.version)));
+        return Err(corrupt(format!(
+            "version {}, expected {VERSION}",
+            d.version
+        )));
     }
     let secret = |hex: &str| parse_hex(hex).ok_or_else(|| corrupt(format!("bad secret {hex:?}")));
     let snapshot = Snapshot {
@@ -161,10 +164,15 @@ mod tests {
         let path = dir.path().join("state.json");
         for text in ["", "{", "[]", r#"{"version": 99}"#] {
             std::fs::write(&path, text).unwrap();
-            assert!(matches!(load(&path), Err(StateError::Corrupt(..))), "{text:?}");
+            assert!(
+                matches!(load(&path), Err(StateError::Corrupt(..))),
+                "{text:?}"
+            );
         }
         save(&path, &snapshot()).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap().replace("\"next_index\": 4", "\"next_index\": 11");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"next_index\": 4", "\"next_index\": 11");
         std::fs::write(&path, text).unwrap();
         assert!(matches!(load(&path), Err(StateError::Corrupt(..))));
     }

@@ -179,7 +179,11 @@ mod tests {
             let mut second = RunningChecksum::resume(first.value(), first.len());
             (half..count).for_each(|i| second.push(value(seed, i)));
             assert_eq!(checksum(seed, count), whole.value(), "count {count}");
-            assert_eq!(second.value(), whole.value(), "resumed at {half} of {count}");
+            assert_eq!(
+                second.value(),
+                whole.value(),
+                "resumed at {half} of {count}"
+            );
             assert_eq!(second.len(), count);
         }
     }

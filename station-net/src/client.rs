@@ -229,7 +229,8 @@ pub enum Event<'a> {
     },
 }
 
-type Call = Pin<Box<dyn Future<Output = Result<Response<Streaming<ServerMessage>>, Status>> + Send>>;
+type Call =
+    Pin<Box<dyn Future<Output = Result<Response<Streaming<ServerMessage>>, Status>> + Send>>;
 
 /// The current stream, if any. One per session, so the size difference
 /// between variants costs nothing worth boxing for.
@@ -444,7 +445,8 @@ async fn linger(stream: Stream, limit: Duration) {
 }
 
 fn duration(d: Option<prost_types::Duration>) -> Duration {
-    d.and_then(|d| Duration::try_from(d).ok()).unwrap_or_default()
+    d.and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or_default()
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

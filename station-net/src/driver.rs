@@ -13,10 +13,10 @@ use station_core::Reject;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tonic::{Status, Streaming};
 
+use crate::metrics;
 use crate::proto::client_message::Kind as ClientKind;
 use crate::proto::server_message::Kind as ServerKind;
 use crate::proto::{Attached, ClientMessage, Number, ServerMessage};
-use crate::metrics;
 use crate::server::{Shared, StreamEvent};
 use crate::status::to_status;
 use crate::store::SessionStore;

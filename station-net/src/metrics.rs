@@ -5,7 +5,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use tonic::Code;
 
 /// Numbers handed to the transport.
@@ -38,12 +40,28 @@ pub fn describe() {
     describe_counter!(RESUMED, "Sessions resumed on this server");
     describe_counter!(COMPLETED, "Sessions completed and deleted");
     describe_counter!(EXPIRED, "Resumes refused because the session had expired");
-    describe_counter!(TAKEN_OVER, "Streams ended because another stream resumed their session");
-    describe_counter!(REJECTIONS, "Streams refused or ended with an error status, by gRPC code");
-    describe_counter!(STORE_ERRORS, "Session store operations that failed or timed out");
-    describe_histogram!(STORE_LATENCY, Unit::Seconds, "Session store operation latency");
+    describe_counter!(
+        TAKEN_OVER,
+        "Streams ended because another stream resumed their session"
+    );
+    describe_counter!(
+        REJECTIONS,
+        "Streams refused or ended with an error status, by gRPC code"
+    );
+    describe_counter!(
+        STORE_ERRORS,
+        "Session store operations that failed or timed out"
+    );
+    describe_histogram!(
+        STORE_LATENCY,
+        Unit::Seconds,
+        "Session store operation latency"
+    );
     describe_gauge!(STREAMS_ATTACHED, "Streams attached to this server");
-    describe_gauge!(SESSIONS_LIVE, "Live sessions in the store (all servers on it)");
+    describe_gauge!(
+        SESSIONS_LIVE,
+        "Live sessions in the store (all servers on it)"
+    );
 }
 
 /// Per-server counters; each `record_*` also reports to `metrics`.

@@ -25,10 +25,10 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::metrics::Counters;
 use crate::proto::numbers_station_server::{NumbersStation, NumbersStationServer};
 use crate::proto::station_admin_server::{StationAdmin, StationAdminServer};
 use crate::proto::{ClientMessage, ServerMessage, StatsReply, StatsRequest};
-use crate::metrics::Counters;
 use crate::status::to_status;
 use crate::store::SessionStore;
 
@@ -171,14 +171,23 @@ impl<S: SessionStore> Shared<S> {
             return None;
         }
         if !self.faults.offline_for.is_zero() {
-            *self.faults.offline_until.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(now + self.faults.offline_for);
+            *self
+                .faults
+                .offline_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(now + self.faults.offline_for);
         }
-        Some(Reject::InjectedFault("every n-th number fails (--fail-every)"))
+        Some(Reject::InjectedFault(
+            "every n-th number fails (--fail-every)",
+        ))
     }
 
     fn offline(&self, now: Instant) -> bool {
-        let until = self.faults.offline_until.lock().unwrap_or_else(|p| p.into_inner());
+        let until = self
+            .faults
+            .offline_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         until.is_some_and(|t| now < t)
     }
 }
@@ -294,7 +303,9 @@ impl<S: SessionStore> NumbersStation for Station<S> {
             return refuse(Reject::ShuttingDown);
         }
         if shared.offline(Self::now()) {
-            return refuse(Reject::InjectedFault("offline after a failure (--go-offline-for)"));
+            return refuse(Reject::InjectedFault(
+                "offline after a failure (--go-offline-for)",
+            ));
         }
         let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
             return refuse(Reject::Full(shared.cfg.max_sessions));
@@ -374,8 +385,8 @@ where
             .await;
         token.cancel();
     };
-    let service = NumbersStationServer::new(station.clone())
-        .max_decoding_message_size(cfg.max_message_size);
+    let service =
+        NumbersStationServer::new(station.clone()).max_decoding_message_size(cfg.max_message_size);
     let admin = StationAdminServer::new(station.clone());
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = cfg.tls.clone() {

@@ -80,6 +80,8 @@ mod tests {
             assert_eq!(status.code(), code, "{reject:?}");
             assert_eq!(status.message(), reject.to_string());
         }
-        assert!(to_status(&Reject::Expired(id)).message().contains("expired"));
+        assert!(to_status(&Reject::Expired(id))
+            .message()
+            .contains("expired"));
     }
 }

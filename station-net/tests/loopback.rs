@@ -26,14 +26,9 @@ async fn start(cfg: ServerConfig) -> Running {
     let s = station.clone();
     let task = tokio::spawn(async move {
         let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        serve_tcp(
-            s,
-            bind,
-            |a| addr_tx.send(a).unwrap(),
-            async {
-                let _ = stopped.await;
-            },
-        )
+        serve_tcp(s, bind, |a| addr_tx.send(a).unwrap(), async {
+            let _ = stopped.await;
+        })
         .await
         .unwrap();
     });

@@ -23,12 +23,15 @@ struct Pki {
 fn pki() -> Pki {
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_key = KeyPair::generate().unwrap();
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca, ca_key);
-    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .unwrap();
+    let leaf =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
     Pki {
@@ -68,7 +71,14 @@ async fn client(endpoint: String, opts: ChannelOptions) -> station_core::client:
         give_up_unattached: Duration::from_secs(2),
         ..ClientConfig::default()
     };
-    let c = Client::new(Instant::now(), cfg, ClientId::from_random_bytes([3; 16]), 25, 9).unwrap();
+    let c = Client::new(
+        Instant::now(),
+        cfg,
+        ClientId::from_random_bytes([3; 16]),
+        25,
+        9,
+    )
+    .unwrap();
     run(&endpoints, &DriverOptions::default(), c, |_, _| {}).await
 }
 
@@ -89,8 +99,15 @@ async fn clients_without_the_right_trust_are_refused() {
     let pki = pki();
     let (addr, _stop) = start_tls(&pki).await;
     // Plaintext against a TLS server.
-    let plain = client(format!("http://127.0.0.1:{}", addr.port()), ChannelOptions::default()).await;
-    assert!(matches!(plain.verdict, Verdict::Unreachable(_)), "{plain:?}");
+    let plain = client(
+        format!("http://127.0.0.1:{}", addr.port()),
+        ChannelOptions::default(),
+    )
+    .await;
+    assert!(
+        matches!(plain.verdict, Verdict::Unreachable(_)),
+        "{plain:?}"
+    );
     // TLS trusting another authority.
     let other = pki_other_ca();
     let opts = ChannelOptions {
@@ -98,7 +115,10 @@ async fn clients_without_the_right_trust_are_refused() {
         ..ChannelOptions::default()
     };
     let wrong = client(format!("https://localhost:{}", addr.port()), opts).await;
-    assert!(matches!(wrong.verdict, Verdict::Unreachable(_)), "{wrong:?}");
+    assert!(
+        matches!(wrong.verdict, Verdict::Unreachable(_)),
+        "{wrong:?}"
+    );
     // https without any CA is a usage error, caught before connecting.
     let err = Endpoints::tcp(&["https://localhost:1".into()], &ChannelOptions::default());
     assert!(err.is_err());

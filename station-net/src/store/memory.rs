@@ -39,7 +39,9 @@ pub struct MemoryStore {
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore").field("cfg", &self.cfg).finish()
+        f.debug_struct("MemoryStore")
+            .field("cfg", &self.cfg)
+            .finish()
     }
 }
 
@@ -176,5 +178,7 @@ fn shard_of(id: &ClientId) -> usize {
 fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
     // A panic while holding the lock cannot leave a half-written entry
     // (inserts and removes are single calls), so a poisoned lock is usable.
-    shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shard
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

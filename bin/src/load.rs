@@ -1,0 +1,463 @@
+//! `station load`: many sessions against one or more servers, for
+//! benchmarks.
+//!
+//! Opens `--sessions` sessions multiplexed over `--connections` HTTP/2
+//! connections, verifies every checksum, and reports completions, numbers
+//! per second, how late each number arrived against the schedule the
+//! server announced in `Attached` (first number at once, then one per
+//! interval), the first-number latency, and — given the server's pid — its
+//! CPU time and memory from `/proc`. Bounded in count and time.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use station_core::client::{Client, Config as ClientConfig, Outcome, Verdict};
+use station_core::ClientId;
+use station_net::client::{ChannelOptions, DriverOptions, Endpoints, Event};
+
+use crate::{exit, LoadArgs};
+
+/// Latencies are recorded in microseconds, up to this many.
+const MAX_MICROS: u64 = 600_000_000;
+
+/// How late a number arrived against the announced schedule: stream `k`-th
+/// number (index `next_index + k`) is due `k * interval` after `Attached`.
+/// Early arrivals count as zero.
+pub fn lateness(
+    attached_at: Instant,
+    next_index: u32,
+    interval: Duration,
+    index: u32,
+    arrived: Instant,
+) -> Duration {
+    let k = index.saturating_sub(next_index);
+    let due = attached_at + interval * k;
+    arrived.saturating_duration_since(due)
+}
+
+/// Per-session bookkeeping for lateness.
+#[derive(Clone, Copy, Default)]
+struct Schedule {
+    attached: Option<(Instant, u32, Duration)>,
+    started: Option<Instant>,
+    first_seen: bool,
+}
+
+/// Everything measured, shared by all session tasks.
+pub struct Measurements {
+    lateness: Histogram<u64>,
+    first_number: Histogram<u64>,
+    numbers: u64,
+}
+
+impl Measurements {
+    fn new() -> Self {
+        let h = || Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("bounds are valid");
+        Measurements {
+            lateness: h(),
+            first_number: h(),
+            numbers: 0,
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).clamp(1, MAX_MICROS)
+}
+
+/// Server process figures read from `/proc`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcStats {
+    /// User + system CPU seconds.
+    pub cpu_seconds: f64,
+    /// Resident set size now, bytes.
+    pub rss: u64,
+    /// Peak resident set size, bytes.
+    pub peak_rss: u64,
+}
+
+/// Reads a process's CPU time and memory; `None` if it is gone.
+pub fn proc_stats(pid: u32) -> Option<ProcStats> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name, which may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|k| k * 1024)
+    };
+    Some(ProcStats {
+        // Linux reports CPU time in clock ticks of 1/100 s (USER_HZ).
+        cpu_seconds: ticks as f64 / 100.0,
+        rss: kib("VmRSS:")?,
+        peak_rss: kib("VmHWM:")?,
+    })
+}
+
+/// The report.
+pub struct Report {
+    pub sessions: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub unfinished: usize,
+    pub numbers: u64,
+    pub elapsed: Duration,
+    pub interval: Option<Duration>,
+    pub lateness_ms: [f64; 3],
+    pub first_number_ms: [f64; 3],
+    pub server: Option<(ProcStats, ProcStats)>,
+    pub failures: Vec<String>,
+}
+
+impl Report {
+    fn numbers_per_second(&self) -> f64 {
+        self.numbers as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "sessions:        {} ({} completed, {} failed, {} unfinished)\n\
+             elapsed:         {:.2} s\n\
+             numbers:         {} ({:.0}/s)\n\
+             lateness ms:     p50 {:.2}  p99 {:.2}  max {:.2}\n",
+            self.sessions,
+            self.completed,
+            self.failed,
+            self.unfinished,
+            self.elapsed.as_secs_f64(),
+            self.numbers,
+            self.numbers_per_second(),
+            self.lateness_ms[0],
+            self.lateness_ms[1],
+            self.lateness_ms[2],
+        );
+        if let Some(interval) = self.interval.filter(|i| !i.is_zero()) {
+            let ms = interval.as_secs_f64() * 1000.0;
+            out += &format!(
+                "lateness/interval: p50 {:.2}%  p99 {:.2}%  max {:.2}%\n",
+                100.0 * self.lateness_ms[0] / ms,
+                100.0 * self.lateness_ms[1] / ms,
+                100.0 * self.lateness_ms[2] / ms
+            );
+        }
+        out += &format!(
+            "first number ms: p50 {:.2}  p99 {:.2}  max {:.2}\n",
+            self.first_number_ms[0], self.first_number_ms[1], self.first_number_ms[2]
+        );
+        if let Some((idle, end)) = self.server {
+            let per_session =
+                end.peak_rss.saturating_sub(idle.rss) as f64 / self.sessions.max(1) as f64;
+            out += &format!(
+                "server cpu:      {:.2} s\n\
+                 server rss:      idle {:.1} MiB, peak {:.1} MiB, {:.0} B/session above idle\n",
+                end.cpu_seconds - idle.cpu_seconds,
+                idle.rss as f64 / 1048576.0,
+                end.peak_rss as f64 / 1048576.0,
+                per_session
+            );
+        }
+        for f in self.failures.iter().take(5) {
+            out += &format!("failure:         {f}\n");
+        }
+        out
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let server = self.server.map(|(idle, end)| {
+            serde_json::json!({
+                "cpu_seconds": end.cpu_seconds - idle.cpu_seconds,
+                "idle_rss_bytes": idle.rss,
+                "peak_rss_bytes": end.peak_rss,
+                "rss_bytes_per_session_above_idle":
+                    end.peak_rss.saturating_sub(idle.rss) as f64 / self.sessions.max(1) as f64,
+            })
+        });
+        serde_json::json!({
+            "sessions": self.sessions,
+            "completed": self.completed,
+            "failed": self.failed,
+            "unfinished": self.unfinished,
+            "elapsed_seconds": self.elapsed.as_secs_f64(),
+            "numbers": self.numbers,
+            "numbers_per_second": self.numbers_per_second(),
+            "interval_ms": self.interval.map(|i| i.as_secs_f64() * 1000.0),
+            "lateness_ms": {"p50": self.lateness_ms[0], "p99": self.lateness_ms[1], "max": self.lateness_ms[2]},
+            "first_number_ms": {"p50": self.first_number_ms[0], "p99": self.first_number_ms[1], "max": self.first_number_ms[2]},
+            "server": server,
+            "failures": self.failures.iter().take(20).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn percentiles(h: &Histogram<u64>) -> [f64; 3] {
+    if h.is_empty() {
+        return [0.0; 3];
+    }
+    let ms = |v: u64| v as f64 / 1000.0;
+    [
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max()),
+    ]
+}
+
+/// Runs the load described by `args` and returns its report.
+pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
+    if args.endpoint.is_empty() {
+        return Err("give at least one --endpoint".into());
+    }
+    let connections = args.connections.max(1);
+    let mut pools = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        pools.push(
+            Endpoints::tcp(&args.endpoint, &ChannelOptions::default())
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let idle = args.server_pid.and_then(proc_stats);
+    let measurements = Arc::new(Mutex::new(Measurements::new()));
+    let interval_seen: Arc<Mutex<Option<Duration>>> = Arc::new(Mutex::new(None));
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + args.duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    let ramp =
+        (args.ramp_up_rate > 0).then(|| Duration::from_secs_f64(1.0 / args.ramp_up_rate as f64));
+    let mut next_start = tokio::time::Instant::now();
+    for i in 0..args.sessions {
+        if let Some(gap) = ramp {
+            next_start += gap;
+            tokio::time::sleep_until(next_start).await;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        let endpoints = pools[i % connections].clone();
+        let measurements = measurements.clone();
+        let interval_seen = interval_seen.clone();
+        let count = args.count;
+        let seed = args.seed.wrapping_add(i as u64);
+        tasks.spawn(async move {
+            let id = ClientId::from_random_bytes(rand::random());
+            let now = tokio::time::Instant::now().into_std();
+            let client = Client::new(now, ClientConfig::default(), id, count, seed)
+                .expect("count is validated by clap");
+            let mut schedule = Schedule {
+                started: Some(Instant::now()),
+                ..Schedule::default()
+            };
+            let observe = |event: Event<'_>, _: &Client| match event {
+                Event::Attached {
+                    next_index,
+                    interval,
+                    ..
+                } => {
+                    schedule.attached = Some((Instant::now(), next_index, interval));
+                    interval_seen
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(interval);
+                }
+                Event::Number { index } => {
+                    let arrived = Instant::now();
+                    let mut m = measurements.lock().unwrap_or_else(|p| p.into_inner());
+                    m.numbers += 1;
+                    if let Some((at, next, interval)) = schedule.attached {
+                        m.lateness.saturating_record(micros(lateness(
+                            at, next, interval, index, arrived,
+                        )));
+                    }
+                    if !schedule.first_seen {
+                        schedule.first_seen = true;
+                        if let Some(t0) = schedule.started {
+                            m.first_number.saturating_record(micros(arrived - t0));
+                        }
+                    }
+                }
+                _ => {}
+            };
+            station_net::client::run(&endpoints, &DriverOptions::default(), client, observe).await
+        });
+    }
+    let sessions = tasks.len();
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(sessions);
+    loop {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(Some(Ok(outcome))) => outcomes.push(outcome),
+            Ok(Some(Err(e))) => return Err(format!("a session task failed: {e}")),
+            Ok(None) => break,
+            Err(_) => {
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let end = args.server_pid.and_then(proc_stats);
+    let completed = outcomes
+        .iter()
+        .filter(|o| o.verdict == Verdict::Verified)
+        .count();
+    let failures: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o.verdict != Verdict::Verified)
+        .map(|o| format!("{}: {:?}", o.client_id, o.verdict))
+        .collect();
+    let m = measurements.lock().unwrap_or_else(|p| p.into_inner());
+    let interval = *interval_seen.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(Report {
+        sessions,
+        completed,
+        failed: outcomes.len() - completed,
+        unfinished: sessions - outcomes.len(),
+        numbers: m.numbers,
+        elapsed,
+        interval,
+        lateness_ms: percentiles(&m.lateness),
+        first_number_ms: percentiles(&m.first_number),
+        server: idle.zip(end),
+        failures,
+    })
+}
+
+/// `station load`.
+pub async fn run(args: LoadArgs) -> u8 {
+    match measure(&args).await {
+        Ok(report) => {
+            if args.json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.text());
+            }
+            if report.completed == report.sessions {
+                exit::SUCCESS
+            } else {
+                exit::REJECTED
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::USAGE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lateness_is_measured_against_the_announced_schedule() {
+        let t0 = Instant::now();
+        let i = Duration::from_millis(100);
+        // Resumed at index 5: index 5 due at once, index 7 due 200 ms later.
+        assert_eq!(
+            lateness(t0, 5, i, 5, t0 + Duration::from_millis(3)),
+            Duration::from_millis(3)
+        );
+        assert_eq!(
+            lateness(t0, 5, i, 7, t0 + Duration::from_millis(230)),
+            Duration::from_millis(30)
+        );
+        // Early counts as on time.
+        assert_eq!(
+            lateness(t0, 5, i, 7, t0 + Duration::from_millis(150)),
+            Duration::ZERO
+        );
+        // Interval zero: everything is due at once.
+        assert_eq!(
+            lateness(t0, 0, Duration::ZERO, 9, t0 + Duration::from_millis(4)),
+            Duration::from_millis(4)
+        );
+    }
+
+    fn args(endpoint: String, sessions: usize, duration: Duration) -> LoadArgs {
+        LoadArgs {
+            endpoint: vec![endpoint],
+            sessions,
+            connections: 2,
+            count: 5,
+            ramp_up_rate: 0,
+            duration,
+            server_pid: Some(std::process::id()),
+            seed: 7,
+            json: false,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_run_completes_and_counts_every_number() {
+        use station_net::{serve_tcp, ServerConfig, Station};
+        let cfg = ServerConfig {
+            session: station_core::server::Config::new(
+                Duration::from_millis(10),
+                Duration::from_secs(5),
+            ),
+            ..ServerConfig::default()
+        };
+        let station = Station::new(cfg, station_net::store::MemoryStore::default());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(serve_tcp(
+            station,
+            "127.0.0.1:0".parse().unwrap(),
+            |a| tx.send(a).unwrap(),
+            std::future::pending(),
+        ));
+        let addr = rx.await.unwrap();
+        let report = measure(&args(addr.to_string(), 6, Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                report.sessions,
+                report.completed,
+                report.failed,
+                report.unfinished
+            ),
+            (6, 6, 0, 0)
+        );
+        assert_eq!(report.numbers, 30);
+        assert_eq!(report.interval, Some(Duration::from_millis(10)));
+        assert!(report.server.is_some());
+        let json = report.json();
+        assert_eq!(json["completed"], 6);
+        assert!(report.text().contains("6 completed"));
+    }
+
+    #[tokio::test]
+    async fn sessions_that_cannot_finish_are_reported_unfinished() {
+        // A port with nothing listening: clients keep retrying until the
+        // run's time limit.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let report = measure(&args(
+            format!("127.0.0.1:{port}"),
+            3,
+            Duration::from_millis(500),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            (report.sessions, report.completed, report.unfinished),
+            (3, 0, 3)
+        );
+        assert_eq!(report.numbers, 0);
+    }
+
+    #[test]
+    fn proc_stats_reads_this_process() {
+        let s = proc_stats(std::process::id()).expect("/proc is readable");
+        assert!(s.rss > 0 && s.peak_rss >= s.rss, "{s:?}");
+        assert!(proc_stats(u32::MAX).is_none());
+    }
+}

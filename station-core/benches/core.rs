@@ -1,0 +1,151 @@
+//! Costs of the core's hot paths, without any I/O.
+//!
+//! `cargo bench -p station-core --bench core`
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use station_core::sequence::{self, MAX_COUNT};
+use station_core::server::{
+    Config, Fresh, Lookup, Open, Output, Record, Resume, Session, StoreOp, StoreReply,
+};
+use station_core::{ClientId, Secret};
+
+const ID: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+const TOKEN: Secret = Secret([7; 16]);
+
+fn fresh() -> Fresh {
+    Fresh {
+        seed: 42,
+        token: TOKEN,
+    }
+}
+
+/// Answers every store operation with success, as an in-memory store would.
+fn drain(session: &mut Session, now: Instant) -> usize {
+    let mut outputs = 0;
+    while let Some(out) = session.poll_output() {
+        outputs += 1;
+        if let Output::Store(_) = out {
+            session.handle_store(now, StoreReply::Done);
+        }
+    }
+    outputs
+}
+
+/// A session attached at `t0` with `count` numbers, first number sent.
+fn attached(count: u32, t0: Instant) -> Session {
+    let mut s = Session::new(Config::default(), t0);
+    let open = Open {
+        client_id: ID,
+        count,
+        nonce: &[],
+    };
+    s.handle_open(t0, open, fresh());
+    drain(&mut s, t0);
+    s
+}
+
+fn benches(c: &mut Criterion) {
+    let t0 = Instant::now();
+    let second = Duration::from_secs(1);
+
+    c.bench_function(
+        "open (validate, create, attach, first number) n=65535",
+        |b| b.iter(|| black_box(attached(MAX_COUNT, t0))),
+    );
+
+    c.bench_function("tick (refresh + send one number)", |b| {
+        b.iter_batched(
+            || {
+                let mut s = attached(MAX_COUNT, t0);
+                s.handle_ack(t0, 1);
+                drain(&mut s, t0);
+                s
+            },
+            |mut s| {
+                s.handle_timeout(t0 + second);
+                black_box(drain(&mut s, t0 + second))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    c.bench_function("ack", |b| {
+        b.iter_batched(
+            || attached(MAX_COUNT, t0),
+            |mut s| {
+                s.handle_ack(t0, 1);
+                black_box(drain(&mut s, t0))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    c.bench_function("final number with checksum n=65535", |b| {
+        b.iter_batched(
+            || {
+                // Resume at the last index: the next send is the final one.
+                let mut s = Session::new(Config::default(), t0);
+                let resume = Resume {
+                    client_id: ID,
+                    token: TOKEN.as_bytes(),
+                    next_index: MAX_COUNT - 1,
+                };
+                s.handle_resume(t0, resume);
+                s
+            },
+            |mut s| {
+                let _load = s.poll_output();
+                s.handle_store(t0, StoreReply::Loaded(Lookup::Live(record())));
+                black_box(drain(&mut s, t0))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    c.bench_function(
+        "resume at index 60000 (load, take over, attach, first number)",
+        |b| {
+            b.iter(|| {
+                let mut s = Session::new(Config::default(), t0);
+                let resume = Resume {
+                    client_id: ID,
+                    token: TOKEN.as_bytes(),
+                    next_index: 60_000,
+                };
+                s.handle_resume(t0, resume);
+                match s.poll_output() {
+                    Some(Output::Store(StoreOp::Load(_))) => {}
+                    other => panic!("expected a load, got {other:?}"),
+                }
+                s.handle_store(t0, StoreReply::Loaded(Lookup::Live(record())));
+                black_box(drain(&mut s, t0))
+            })
+        },
+    );
+
+    c.bench_function("sequence::checksum n=65535", |b| {
+        b.iter(|| black_box(sequence::checksum(black_box(42), MAX_COUNT)))
+    });
+
+    c.bench_function("sequence::value", |b| {
+        b.iter(|| black_box(sequence::value(black_box(42), black_box(60_000))))
+    });
+}
+
+fn record() -> Record {
+    Record {
+        client_id: ClientId::parse(ID).expect("valid id"),
+        token: TOKEN,
+        nonce: Secret::ZERO,
+        seed: 42,
+        count: MAX_COUNT,
+        acked: 0,
+        generation: 1,
+    }
+}
+
+criterion_group!(core, benches);
+criterion_main!(core);
