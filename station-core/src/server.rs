@@ -519,6 +519,19 @@ impl Session {
         if let StoreReply::Unavailable(why) = reply {
             return self.fail(Reject::StoreUnavailable(why));
         }
+        if let StoreReply::Exists(live) | StoreReply::Loaded(Lookup::Live(live)) = &reply {
+            // The store is shared and outlives this code: never trust a
+            // record that could not have been written by a session.
+            let plausible = (1..=MAX_COUNT).contains(&live.count)
+                && live.acked <= live.count
+                && Some(live.client_id) == self.client_id;
+            if !plausible {
+                return self.fail(Reject::StoreUnavailable(format!(
+                    "store returned an implausible record for {:?}",
+                    self.client_id
+                )));
+            }
+        }
         match (pending, reply) {
             (Pending::Create { until }, StoreReply::Done) => {
                 self.persisted_until = until;

@@ -264,6 +264,25 @@ impl Checker {
 mod tests {
     use super::*;
 
+    /// Found by the fuzzer: a store record with an impossible count was
+    /// attached as is.
+    #[test]
+    fn implausible_store_records_end_the_stream() {
+        let events = [
+            Event::Resume {
+                id: 255,
+                right_token: true,
+                token_len: 16,
+                next_index: 1_869_555_311,
+            },
+            Event::Store(Answer::Live {
+                count: 2_610_670_319,
+            }),
+            Event::Store(Answer::Done),
+        ];
+        assert_eq!(run(&events), Ok(()));
+    }
+
     #[test]
     fn a_plain_session_passes_the_checks() {
         let events = [
