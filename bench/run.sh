@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Reproduces the tables in BENCHMARKS.md. Release builds, loopback only,
+# every run bounded by --duration. Usage: bench/run.sh [scale|maxrate|first|redis|all]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q -p station --bin station --example baseline
+S=target/release/station
+B=target/release/examples/baseline
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+
+start() { # start <name> <command...>: runs a server, sets PORT and PID
+    local log="$OUT/$1.server.log"; shift
+    "$@" > "$log" 2>&1 &
+    PID=$!
+    for _ in $(seq 100); do
+        PORT=$(grep -o 'listening on .*:[0-9]*' "$log" | grep -o '[0-9]*$' || true)
+        [ -n "$PORT" ] && return 0
+        sleep 0.1
+    done
+    echo "server did not start: $*" >&2; exit 1
+}
+stop() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
+
+scale() { # sessions at 1 s interval, ramped up at 10,000/s, 30 numbers each
+    for n in ${SCALE:-10000 20000 40000}; do
+        for rep in 1 2 3; do
+            start "scale-$n-$rep" $S server --port 0 --interval 1s
+            $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections 64 --count 30 \
+                --ramp-up-rate 10000 --server-pid $PID --duration 300s --json > "$OUT/scale-station-$n-$rep.json" || true
+            stop
+            start "scale-base-$n-$rep" $B --port 0 --interval 1s
+            $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections 64 --count 30 \
+                --ramp-up-rate 10000 --server-pid $PID --duration 300s --json > "$OUT/scale-baseline-$n-$rep.json" || true
+            stop
+        done
+    done
+}
+
+maxrate() { # interval 0, long sequences: station vs baseline, alternating
+    for rep in 1 2 3; do
+        start "max-$rep" $S server --port 0 --interval 0s
+        $S load --endpoint 127.0.0.1:$PORT --sessions ${MAX_SESSIONS:-100} --connections 16 --count 65535 \
+            --server-pid $PID --duration 600s --json > "$OUT/max-station-$rep.json" || true
+        stop
+        start "maxb-$rep" $B --port 0 --interval 0s
+        $S load --endpoint 127.0.0.1:$PORT --sessions ${MAX_SESSIONS:-100} --connections 16 --count 65535 \
+            --server-pid $PID --duration 600s --json > "$OUT/max-baseline-$rep.json" || true
+        stop
+    done
+}
+
+first() { # first-number latency, n = 1 against n = 65535, same server
+    start first $S server --port 0 --interval 1s
+    for rep in 1 2 3; do
+        for count in 1 65535; do
+            $S load --endpoint 127.0.0.1:$PORT --sessions 1000 --connections 16 --count $count \
+                --ramp-up-rate 2000 --duration 5s --json > "$OUT/first-$count-$rep.json" || true
+        done
+    done
+    stop
+}
+
+redis() { # the Redis store at 1 s interval
+    local dir; dir=$(mktemp -d)
+    local rport; rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    redis-server --port "$rport" --bind 127.0.0.1 --dir "$dir" --save "" --appendonly no > "$OUT/redis.log" 2>&1 &
+    local rpid=$!
+    sleep 0.5
+    for n in ${REDIS_SCALE:-5000 10000 20000}; do
+        start "redis-$n" $S server --port 0 --interval 1s --store redis://127.0.0.1:$rport/0
+        $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections 64 --count 30 \
+            --ramp-up-rate 10000 --server-pid $PID --duration 300s --json > "$OUT/redis-$n.json" || true
+        stop
+    done
+    kill $rpid; rm -rf "$dir"
+}
+
+case "${1:-all}" in
+    scale) scale ;; maxrate) maxrate ;; first) first ;; redis) redis ;;
+    all) scale; maxrate; first; redis ;;
+esac
