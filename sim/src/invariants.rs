@@ -1,0 +1,411 @@
+//! The checks run after every simulation: DESIGN §5's four invariants,
+//! plus "every run ends by itself" and the scenario's promised outcomes.
+//!
+//! The checker trusts only what it observed: the values servers handed to
+//! the transport (observer `Sent` events), the client's running totals
+//! after each number, the store's contents, and the fault schedule as
+//! applied. It recomputes sums and CRCs itself (with `crc32fast`, not the
+//! system's own checksum code).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use station_core::client::{Code, Verdict};
+use station_core::server::Lookup;
+use station_core::Reject;
+use station_net::StreamEvent;
+
+use crate::report::{ClientReport, Report};
+use crate::scenario::{Expect, Finale, Scenario};
+
+/// Which rule a run broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Invariant {
+    /// The run did not end by itself, a host failed, or a task panicked.
+    Ends,
+    /// 1: a completed client holds exactly the server's sequence and its
+    /// checksum verifies.
+    Sequence,
+    /// 2: expired only if cut off for about the TTL; completes otherwise.
+    Expiry,
+    /// 3: no session state remains once every client finished or expired.
+    NoLeak,
+    /// 4: never two streams delivering one session at once.
+    OneStream,
+    /// The scenario's promised outcome for a client.
+    Expected,
+}
+
+/// One broken rule, with the evidence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The rule.
+    pub invariant: Invariant,
+    /// The client concerned, if one.
+    pub client: Option<usize>,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.client {
+            Some(c) => write!(f, "[{:?}] client-{c}: {}", self.invariant, self.detail),
+            None => write!(f, "[{:?}] {}", self.invariant, self.detail),
+        }
+    }
+}
+
+/// Checks `report` against every invariant. Empty means the run passed.
+pub fn check(scenario: &Scenario, report: &Report) -> Vec<Violation> {
+    let mut v = Vec::new();
+    ends(report, &mut v);
+    for (c, client) in report.clients.iter().enumerate() {
+        let events = client_events(report, c);
+        sequence(c, client, &events, &mut v);
+        expiry(scenario, c, client, &mut v);
+        one_stream(c, &events, &mut v);
+        finale(c, report, &events, &mut v);
+    }
+    no_leak(report, &mut v);
+    v
+}
+
+fn violation(v: &mut Vec<Violation>, invariant: Invariant, client: Option<usize>, detail: String) {
+    v.push(Violation {
+        invariant,
+        client,
+        detail,
+    });
+}
+
+fn ends(report: &Report, v: &mut Vec<Violation>) {
+    if let Some(e) = &report.error {
+        violation(v, Invariant::Ends, None, format!("simulation stopped: {e}"));
+    }
+    for (c, client) in report.clients.iter().enumerate() {
+        if client.outcome.is_none() {
+            violation(v, Invariant::Ends, Some(c), "never finished (hangs)".into());
+        }
+    }
+    for p in crate::run::panics() {
+        violation(v, Invariant::Ends, None, format!("a task panicked: {p}"));
+    }
+}
+
+/// Server events about client `c`, in order.
+fn client_events(report: &Report, c: usize) -> Vec<&StreamEvent> {
+    let id = report.clients[c].id;
+    report
+        .server_events
+        .iter()
+        .map(|e| &e.event)
+        .filter(|e| match e {
+            StreamEvent::Attached { client_id, .. }
+            | StreamEvent::Sent { client_id, .. }
+            | StreamEvent::Completed { client_id } => *client_id == id,
+        })
+        .collect()
+}
+
+/// A session's values as sent, keyed by index. A session starts with a
+/// generation-1 `Attached` (a `Create`); takeovers keep it.
+fn incarnations(
+    c: usize,
+    events: &[&StreamEvent],
+    v: &mut Vec<Violation>,
+) -> Vec<BTreeMap<u32, u32>> {
+    let mut sessions: Vec<BTreeMap<u32, u32>> = Vec::new();
+    for e in events {
+        match e {
+            StreamEvent::Attached { generation: 1, .. } => sessions.push(BTreeMap::new()),
+            StreamEvent::Attached { .. } | StreamEvent::Completed { .. } => {}
+            StreamEvent::Sent {
+                index,
+                value,
+                generation,
+                ..
+            } => {
+                let Some(session) = sessions.last_mut() else {
+                    violation(
+                        v,
+                        Invariant::Sequence,
+                        Some(c),
+                        format!("#{index} sent before any Attached"),
+                    );
+                    continue;
+                };
+                let first = *session.entry(*index).or_insert(*value);
+                if first != *value {
+                    violation(
+                        v,
+                        Invariant::Sequence,
+                        Some(c),
+                        format!(
+                            "#{index} sent as {first:08x} and later as {value:08x} (generation {generation}) in one session"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    sessions
+}
+
+fn sequence(c: usize, client: &ClientReport, events: &[&StreamEvent], v: &mut Vec<Violation>) {
+    let sessions = incarnations(c, events, v);
+    let Some(outcome) = &client.outcome else {
+        return;
+    };
+    match outcome.verdict {
+        Verdict::Verified => {}
+        Verdict::ChecksumMismatch => {
+            return violation(
+                v,
+                Invariant::Sequence,
+                Some(c),
+                format!(
+                    "checksum mismatch: server {:08x?}, client {:08x}",
+                    outcome.server_checksum, outcome.client_checksum
+                ),
+            )
+        }
+        _ => return,
+    }
+    let count = client.count;
+    let Some(values) = sessions
+        .iter()
+        .rev()
+        .find(|s| (0..count).all(|i| s.contains_key(&i)))
+    else {
+        return violation(
+            v,
+            Invariant::Sequence,
+            Some(c),
+            format!("Verified, but no server session sent all {count} numbers"),
+        );
+    };
+    // Prefix sums and CRCs of the server's sequence, recomputed here.
+    let mut sums = Vec::with_capacity(count as usize + 1);
+    let mut crcs = Vec::with_capacity(count as usize + 1);
+    let (mut sum, mut crc) = (0u64, crc32fast::Hasher::new());
+    sums.push(0);
+    crcs.push(crc.clone().finalize());
+    for i in 0..count {
+        let value = values[&i];
+        sum += u64::from(value);
+        crc.update(&value.to_be_bytes());
+        sums.push(sum);
+        crcs.push(crc.clone().finalize());
+    }
+    for p in &client.progress {
+        let n = p.next_index as usize;
+        if n >= sums.len() || sums[n] != p.sum || crcs[n] != p.crc {
+            return violation(
+                v,
+                Invariant::Sequence,
+                Some(c),
+                format!(
+                    "after {} numbers (at {:?}) the client held sum {} crc {:08x}; the server's first {} give sum {} crc {:08x}",
+                    p.next_index, p.at, p.sum, p.crc, p.next_index,
+                    sums.get(n).copied().unwrap_or_default(),
+                    crcs.get(n).copied().unwrap_or_default()
+                ),
+            );
+        }
+    }
+    let (total, crc) = (sums[count as usize], crcs[count as usize]);
+    let ok = outcome.received == count
+        && outcome.sum == total
+        && outcome.client_checksum == crc
+        && outcome.server_checksum == Some(crc);
+    if !ok {
+        violation(
+            v,
+            Invariant::Sequence,
+            Some(c),
+            format!(
+                "Verified with received {}/{count} sum {} crc {:08x} server crc {:08x?}; the server's sequence gives sum {total} crc {crc:08x}",
+                outcome.received, outcome.sum, outcome.client_checksum, outcome.server_checksum
+            ),
+        );
+    }
+}
+
+/// The longest cut-off that must count as "about the TTL": a client is
+/// cut off from just after its last exchange, which can precede the
+/// start of the scheduled outage by up to two intervals (a number, then
+/// its lost acknowledgement).
+fn expiry_threshold(scenario: &Scenario) -> Duration {
+    scenario
+        .session
+        .ttl
+        .saturating_sub(scenario.session.interval * 2)
+}
+
+fn expiry(scenario: &Scenario, c: usize, client: &ClientReport, v: &mut Vec<Violation>) {
+    let Some(outcome) = &client.outcome else {
+        return;
+    };
+    let isolation = client.longest_isolation();
+    let verdict = &outcome.verdict;
+    let justified_expiry = isolation >= expiry_threshold(scenario);
+    match verdict {
+        Verdict::Verified => {}
+        Verdict::Expired(_) if justified_expiry => {}
+        Verdict::Expired(message) => violation(
+            v,
+            Invariant::Expiry,
+            Some(c),
+            format!(
+                "rejected as expired ({message}) but its longest cut-off was {isolation:?} (TTL {:?})",
+                scenario.session.ttl
+            ),
+        ),
+        Verdict::Rejected {
+            code: Code::NotFound,
+            ..
+        } if client.expect == Expect::CompleteOrRejected => {}
+        other => violation(
+            v,
+            Invariant::Expected,
+            Some(c),
+            format!("ended {other:?}, which no scenario allows"),
+        ),
+    }
+    let expected = match client.expect {
+        Expect::Complete => matches!(verdict, Verdict::Verified),
+        Expect::Expire => matches!(verdict, Verdict::Expired(_)),
+        Expect::CompleteOrExpire => matches!(verdict, Verdict::Verified | Verdict::Expired(_)),
+        Expect::CompleteOrRejected => matches!(
+            verdict,
+            Verdict::Verified
+                | Verdict::Expired(_)
+                | Verdict::Rejected {
+                    code: Code::NotFound,
+                    ..
+                }
+        ),
+        Expect::ExpiredByServer => {
+            *verdict == Verdict::Expired(Reject::Expired(client.id).to_string())
+        }
+    };
+    if !expected {
+        violation(
+            v,
+            Invariant::Expected,
+            Some(c),
+            format!(
+                "expected {:?}, ended {verdict:?} (longest cut-off {isolation:?})",
+                client.expect
+            ),
+        );
+    }
+}
+
+/// After a stream of generation `g + 1` attached, no stream of an older
+/// generation may send.
+fn one_stream(c: usize, events: &[&StreamEvent], v: &mut Vec<Violation>) {
+    let mut newest = 0u64;
+    for e in events {
+        match e {
+            StreamEvent::Attached { generation, .. } => {
+                // Generation 1 starts a new session (the old one is gone).
+                newest = if *generation == 1 { 1 } else { newest.max(*generation) };
+            }
+            StreamEvent::Sent {
+                generation, index, ..
+            } if *generation < newest => violation(
+                v,
+                Invariant::OneStream,
+                Some(c),
+                format!(
+                    "a generation-{generation} stream sent #{index} after generation {newest} attached"
+                ),
+            ),
+            StreamEvent::Sent { .. } | StreamEvent::Completed { .. } => {}
+        }
+    }
+}
+
+/// A session whose final acknowledgement arrived is deleted at once; the
+/// scenario may also promise whether that happens.
+fn finale(c: usize, report: &Report, events: &[&StreamEvent], v: &mut Vec<Violation>) {
+    // Only the client's last session counts.
+    let completed = events
+        .iter()
+        .rev()
+        .find(|e| {
+            matches!(
+                e,
+                StreamEvent::Attached { generation: 1, .. } | StreamEvent::Completed { .. }
+            )
+        })
+        .is_some_and(|e| matches!(e, StreamEvent::Completed { .. }));
+    let at_done = report.store_at_done.get(c);
+    if let (true, Some(Lookup::Live(record))) = (completed, at_done) {
+        violation(
+            v,
+            Invariant::NoLeak,
+            Some(c),
+            format!("session completed but still live in the store: {record:?}"),
+        );
+    }
+    let verified = report.clients[c]
+        .outcome
+        .as_ref()
+        .is_some_and(|o| o.verdict == Verdict::Verified);
+    match report.clients[c].finale {
+        Finale::Any => {}
+        Finale::DeletedOnAck if !(verified && completed) => violation(
+            v,
+            Invariant::Expected,
+            Some(c),
+            "the final acknowledgement should have completed (deleted) the session".into(),
+        ),
+        Finale::LeftToExpire if !verified || completed || !matches!(at_done, Some(Lookup::Live(_))) => {
+            violation(
+                v,
+                Invariant::Expected,
+                Some(c),
+                format!(
+                    "the final acknowledgement was lost: the session should be left to expire (completed {completed}, store {at_done:?})"
+                ),
+            )
+        }
+        Finale::DeletedOnAck | Finale::LeftToExpire => {}
+    }
+}
+
+fn no_leak(report: &Report, v: &mut Vec<Violation>) {
+    if report.live_at_end > 0 {
+        let live: Vec<usize> = report
+            .store_at_end
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| matches!(l, Lookup::Live(_)))
+            .map(|(c, _)| c)
+            .collect();
+        violation(
+            v,
+            Invariant::NoLeak,
+            None,
+            format!(
+                "{} session(s) still live a TTL after every client finished (clients {live:?})",
+                report.live_at_end
+            ),
+        );
+    }
+    if report.attached_at_end > 0 {
+        violation(
+            v,
+            Invariant::NoLeak,
+            None,
+            format!(
+                "{} stream(s) still attached a TTL after every client finished",
+                report.attached_at_end
+            ),
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! What a run produced: [`Report`].
+
+use std::fmt;
+use std::time::Duration;
+
+use station_core::client::Outcome;
+use station_core::server::Lookup;
+use station_core::ClientId;
+use station_net::StreamEvent;
+
+use crate::scenario::{Expect, Finale};
+
+/// Everything observed in one run, for the invariant checks.
+#[derive(Debug)]
+pub struct Report {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The seed.
+    pub seed: u64,
+    /// Per client, in plan order.
+    pub clients: Vec<ClientReport>,
+    /// Every server stream event, in the order they happened.
+    pub server_events: Vec<ServerEvent>,
+    /// When the last client finished (`None` if one never did).
+    pub clients_done_at: Option<Duration>,
+    /// What the store held for each client right after the last client
+    /// finished.
+    pub store_at_done: Vec<Lookup>,
+    /// What the store held for each client when the run ended.
+    pub store_at_end: Vec<Lookup>,
+    /// Live sessions in every store when the run ended.
+    pub live_at_end: u64,
+    /// Streams still attached on running servers when the run ended.
+    pub attached_at_end: u64,
+    /// Simulated time when the run ended.
+    pub ended_at: Duration,
+    /// turmoil steps taken.
+    pub steps: u64,
+    /// Why the simulation stopped early (a host failed, or clients were
+    /// still running at the time limit).
+    pub error: Option<String>,
+    /// The event trace, one line per event.
+    pub trace: Vec<String>,
+    /// FNV-1a hash of [`Report::trace`].
+    pub trace_hash: u64,
+}
+
+/// One client's side of a run.
+#[derive(Debug)]
+pub struct ClientReport {
+    /// Its id.
+    pub id: ClientId,
+    /// Numbers asked for.
+    pub count: u32,
+    /// What the scenario promised.
+    pub expect: Expect,
+    /// What the scenario promised about its session after completion.
+    pub finale: Finale,
+    /// How it ended (`None`: still running when the run stopped).
+    pub outcome: Option<Outcome>,
+    /// When it finished.
+    pub finished_at: Option<Duration>,
+    /// After each new number: (time, numbers held, running sum, CRC).
+    pub progress: Vec<Progress>,
+    /// Periods during which the fault schedule left it no working stream
+    /// to any running server (partitioned in either direction, held, or
+    /// server down), while it ran.
+    pub isolation: Vec<(Duration, Duration)>,
+}
+
+/// The client's running totals after one new number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// When it arrived.
+    pub at: Duration,
+    /// Numbers held.
+    pub next_index: u32,
+    /// Sum of the numbers held.
+    pub sum: u64,
+    /// CRC-32 of the numbers held.
+    pub crc: u32,
+}
+
+/// A server stream event, with where and when.
+#[derive(Clone, Debug)]
+pub struct ServerEvent {
+    /// Simulated time.
+    pub at: Duration,
+    /// Server index.
+    pub server: usize,
+    /// Which boot of that server (0 first).
+    pub boot: u64,
+    /// What happened.
+    pub event: StreamEvent,
+}
+
+impl ClientReport {
+    /// Longest isolation period.
+    pub fn longest_isolation(&self) -> Duration {
+        self.isolation
+            .iter()
+            .map(|(from, to)| *to - *from)
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// FNV-1a, 64 bits: a stable hash (std's `DefaultHasher` may change
+/// between Rust releases).
+pub fn fnv1a(lines: &[String]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for line in lines {
+        for b in line.bytes().chain(std::iter::once(b'\n')) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "run {} seed {}: ended at {:?} after {} steps, trace hash {:016x}",
+            self.scenario, self.seed, self.ended_at, self.steps, self.trace_hash
+        )?;
+        if let Some(e) = &self.error {
+            writeln!(f, "  simulation error: {e}")?;
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            let verdict = c.outcome.as_ref().map_or("still running".to_string(), |o| {
+                format!(
+                    "{:?} received {}/{} reconnects {}",
+                    o.verdict, o.received, o.count, o.reconnects
+                )
+            });
+            writeln!(
+                f,
+                "  client-{i} {}: {verdict}; finished {:?}; longest isolation {:?}; store at end {:?}",
+                c.id,
+                c.finished_at,
+                c.longest_isolation(),
+                self.store_at_end.get(i)
+            )?;
+        }
+        writeln!(
+            f,
+            "  live sessions at end {}, attached streams at end {}",
+            self.live_at_end, self.attached_at_end
+        )
+    }
+}

@@ -1,0 +1,312 @@
+//! What a run simulates: [`Scenario`].
+//!
+//! A scenario is plain data — hosts, clients, the fault schedule, network
+//! settings — drawn from a seed by the scenario builders in the tests, so a
+//! failing run can be printed and replayed. The harness ([`crate::run()`])
+//! turns it into a turmoil simulation and a [`Report`](crate::Report).
+
+use std::fmt;
+use std::time::Duration;
+
+use station_core::server::Config as SessionConfig;
+
+/// Everything one run needs besides its seed.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Short name, for messages.
+    pub name: String,
+    /// Interval, TTL and the rest of the servers' session settings.
+    pub session: SessionConfig,
+    /// Number of server hosts (`server-0`, `server-1`, ...).
+    pub servers: usize,
+    /// Where sessions live.
+    pub store: StoreKind,
+    /// A bug injected into the system under test (tests of the checker).
+    pub bug: Bug,
+    /// The clients (`client-0`, `client-1`, ...), one host each.
+    pub clients: Vec<ClientPlan>,
+    /// Faults, applied in order of their due times (ties by position).
+    pub faults: Vec<Fault>,
+    /// Latency and loss of every link.
+    pub net: NetPlan,
+    /// turmoil's step: hosts and network advance this much per step.
+    pub tick: Duration,
+    /// The run fails if clients are still running after this much
+    /// simulated time: every run ends by itself.
+    pub limit: Duration,
+}
+
+/// Where the servers keep sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// One in-process store handed to every server host (standing in for
+    /// Redis): it outlives server crashes.
+    Shared,
+    /// Each server boot makes its own in-memory store: a crash loses every
+    /// session the server held, as with the real `--store memory`.
+    PerBoot,
+}
+
+/// A deliberate bug, injected through the store the servers use, to show
+/// that the invariant checker catches broken systems.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// None: the real system.
+    None,
+    /// The store forgets sessions after a third of the time it was asked
+    /// to keep them (a TTL bug): clients cut off well under the TTL come
+    /// back to an expired session.
+    ForgetsEarly,
+    /// A resumed session continues with another seed (a server that
+    /// changes or skips numbers after a drop).
+    ReseedsOnResume,
+    /// Deleting a completed session does nothing (a leak until expiry).
+    KeepsCompleted,
+}
+
+/// One client: what it asks for, when, and where.
+#[derive(Clone, Debug)]
+pub struct ClientPlan {
+    /// Numbers asked for.
+    pub count: u32,
+    /// When the client starts (simulated time).
+    pub start: Duration,
+    /// Server indices, in the order the client tries them.
+    pub endpoints: Vec<usize>,
+    /// What the scenario promises about this client's outcome.
+    pub expect: Expect,
+    /// What the scenario promises about its session once it completed.
+    pub finale: Finale,
+}
+
+/// What happens to a completed client's session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finale {
+    /// Either (faults may or may not lose the final acknowledgement).
+    Any,
+    /// The final acknowledgement arrives: the session is deleted at once.
+    DeletedOnAck,
+    /// The final acknowledgement is lost: the session stays until it
+    /// expires (and must then be gone).
+    LeftToExpire,
+}
+
+/// The outcome a scenario promises for a client (on top of the invariants
+/// every run is checked for).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Must end `Verified`.
+    Complete,
+    /// Must end `Expired`.
+    Expire,
+    /// `Verified`, or `Expired` if the schedule cut it off for about the
+    /// TTL or longer.
+    CompleteOrExpire,
+    /// `Verified`, or a clear rejection (`NOT_FOUND`: its session was lost
+    /// with a crashed server, or it expired).
+    CompleteOrRejected,
+    /// Must end `Expired` because the *server* said so (`NOT_FOUND`,
+    /// "expired"), not because the client gave up by itself.
+    ExpiredByServer,
+}
+
+/// When a fault is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    /// At this simulated time.
+    At(Duration),
+    /// `delay` after client `client` received number `index` for the first
+    /// time (a cut-off "right after a delivery").
+    Received {
+        /// Client index.
+        client: usize,
+        /// Number index.
+        index: u32,
+        /// Extra delay.
+        delay: Duration,
+    },
+    /// `delay` after a server first sent number `index` to client
+    /// `client` (to lose that very message).
+    Sent {
+        /// Client index.
+        client: usize,
+        /// Number index.
+        index: u32,
+        /// Extra delay.
+        delay: Duration,
+    },
+    /// `delay` after fault number `fault` was applied.
+    After {
+        /// Index in [`Scenario::faults`].
+        fault: usize,
+        /// Extra delay.
+        delay: Duration,
+    },
+}
+
+/// What a fault does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Drop every message between the client and these servers (turmoil
+    /// `partition`; a TCP connection across it is dead for good).
+    Cut {
+        /// Client index.
+        client: usize,
+        /// Server indices.
+        servers: Vec<usize>,
+    },
+    /// Undo a [`Action::Cut`] (turmoil `repair`).
+    Heal {
+        /// Client index.
+        client: usize,
+        /// Server indices.
+        servers: Vec<usize>,
+    },
+    /// Drop the messages in one direction only: from the client to the
+    /// servers (`upstream`: acknowledgements and requests are lost, numbers
+    /// still arrive) or back (turmoil `partition_oneway`).
+    CutOneway {
+        /// Client index.
+        client: usize,
+        /// Server indices.
+        servers: Vec<usize>,
+        /// Client to servers if true, servers to client if false.
+        upstream: bool,
+    },
+    /// Undo a [`Action::CutOneway`] (turmoil `repair_oneway`).
+    HealOneway {
+        /// Client index.
+        client: usize,
+        /// Server indices.
+        servers: Vec<usize>,
+        /// As in the cut.
+        upstream: bool,
+    },
+    /// Hold every message between the client and these servers until
+    /// released (turmoil `hold`: a stall, connections survive).
+    Hold {
+        /// Client index.
+        client: usize,
+        /// Server indices.
+        servers: Vec<usize>,
+    },
+    /// Deliver what was held (turmoil `release`).
+    Release {
+        /// Client index.
+        client: usize,
+        /// Server indices.
+        servers: Vec<usize>,
+    },
+    /// Stop the server's software (turmoil `crash`).
+    Crash(usize),
+    /// Start the server's software again (turmoil `bounce`).
+    Restart(usize),
+    /// Probability that a message breaks its link (turmoil `fail_rate`).
+    FailRate(f64),
+    /// Largest message latency on every link.
+    MaxLatency(Duration),
+}
+
+/// A fault and when it happens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fault {
+    /// When.
+    pub when: When,
+    /// What.
+    pub action: Action,
+}
+
+/// Network settings at the start of a run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NetPlan {
+    /// Smallest one-way latency.
+    pub min_latency: Duration,
+    /// Largest one-way latency (exponentially distributed in between).
+    pub max_latency: Duration,
+    /// Probability that a message breaks its link (turmoil drops it and
+    /// everything in flight, and the link stays down until repaired).
+    pub fail_rate: f64,
+    /// Probability that a broken link is repaired at each message.
+    pub repair_rate: f64,
+}
+
+impl Default for NetPlan {
+    fn default() -> Self {
+        NetPlan {
+            min_latency: Duration::from_millis(1),
+            max_latency: Duration::from_millis(50),
+            fail_rate: 0.0,
+            repair_rate: 1.0,
+        }
+    }
+}
+
+impl Scenario {
+    /// A scenario with the production session settings (1 s interval,
+    /// 30 s TTL), one server, the given clients and no faults.
+    pub fn new(name: impl Into<String>, clients: Vec<ClientPlan>) -> Self {
+        Scenario {
+            name: name.into(),
+            session: SessionConfig::default(),
+            servers: 1,
+            store: StoreKind::Shared,
+            bug: Bug::None,
+            clients,
+            faults: Vec::new(),
+            net: NetPlan::default(),
+            tick: Duration::from_millis(10),
+            limit: Duration::from_secs(600),
+        }
+    }
+
+    /// Host name of server `i`.
+    pub fn server_host(i: usize) -> String {
+        format!("server-{i}")
+    }
+
+    /// Host name of client `i`.
+    pub fn client_host(i: usize) -> String {
+        format!("client-{i}")
+    }
+}
+
+impl ClientPlan {
+    /// A client of `count` numbers starting at `start` on server 0.
+    pub fn new(count: u32, start: Duration, expect: Expect) -> Self {
+        ClientPlan {
+            count,
+            start,
+            endpoints: vec![0],
+            expect,
+            finale: Finale::Any,
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "scenario {}: {} server(s), store {:?}, bug {:?}, interval {:?}, ttl {:?}, tick {:?}, net {:?}",
+            self.name,
+            self.servers,
+            self.store,
+            self.bug,
+            self.session.interval,
+            self.session.ttl,
+            self.tick,
+            self.net
+        )?;
+        for (i, c) in self.clients.iter().enumerate() {
+            writeln!(
+                f,
+                "  client-{i}: count {} start {:?} endpoints {:?} expect {:?} finale {:?}",
+                c.count, c.start, c.endpoints, c.expect, c.finale
+            )?;
+        }
+        for (i, fault) in self.faults.iter().enumerate() {
+            writeln!(f, "  fault {i}: {:?} when {:?}", fault.action, fault.when)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,251 @@
+//! Seed sweeps: run a scenario builder over many seeds, check every run,
+//! and print how to replay a failure.
+//!
+//! Environment:
+//!
+//! - `SIM_SEED=<n>`: run only seed `n`, print its report and trace hash
+//!   (and its whole trace with `SIM_TRACE=1`).
+//! - `SIM_SEEDS=<count>`: sweep seeds `1..=count` instead of the test's
+//!   default.
+//! - `SIM_THREADS=<n>`: worker threads per sweep (default: the machine's
+//!   parallelism). Seeds are independent, so the result is the same.
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use station_core::client::Verdict;
+
+use crate::invariants::{check, Violation};
+use crate::run::run;
+use crate::scenario::Scenario;
+
+/// The test binary that holds the scenarios (`sim/tests/scenarios/`).
+pub const TEST_BINARY: &str = "scenarios";
+
+/// Trace lines shown for a failing run.
+const TRACE_TAIL: usize = 60;
+
+/// The outcome of one seed.
+#[derive(Debug)]
+pub struct SeedResult {
+    /// The seed.
+    pub seed: u64,
+    /// Hash of the run's event trace.
+    pub trace_hash: u64,
+    /// Simulated time the run took.
+    pub sim_time: Duration,
+    /// Broken invariants (empty: passed).
+    pub violations: Vec<Violation>,
+    /// The scenario, report and trace tail, kept for failures only.
+    pub details: Option<String>,
+    /// Each client's verdict, by kind (`Verified`, `Expired`, ...).
+    pub verdicts: Vec<&'static str>,
+    /// Reconnections of all clients.
+    pub reconnects: u64,
+}
+
+/// The path of a test inside the scenarios binary, from the calling
+/// module's `module_path!()` (use the [`test_path!`](crate::test_path)
+/// macro).
+pub fn test_path(module_path: &str, name: &str) -> String {
+    match module_path.split_once("::") {
+        Some((_, inner)) => format!("{inner}::{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// The one-line command that replays `seed` of `test`.
+pub fn replay_command(test: &str, seed: u64) -> String {
+    format!("SIM_SEED={seed} cargo test -p sim --test {TEST_BINARY} -- {test} --exact --nocapture")
+}
+
+/// The seeds to run: `SIM_SEED`, else `1..=SIM_SEEDS`, else
+/// `1..=default`.
+pub fn seeds(default: u64) -> Vec<u64> {
+    if let Some(seed) = env_u64("SIM_SEED") {
+        return vec![seed];
+    }
+    (1..=env_u64("SIM_SEEDS").unwrap_or(default)).collect()
+}
+
+/// `SIM_SEED`, else `1..=default` (ignoring `SIM_SEEDS`: for tests whose
+/// cost grows faster than their seeds, such as the replay tests).
+pub fn seed_or_first(default: u64) -> Vec<u64> {
+    match env_u64("SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => (1..=default).collect(),
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let text = std::env::var(name).ok()?;
+    match text.trim().parse() {
+        Ok(n) => Some(n),
+        Err(_) => panic!("{name}={text:?} is not a number"),
+    }
+}
+
+/// Runs and checks `build(seed)` for every seed, on worker threads.
+pub fn run_seeds(seeds: &[u64], build: &(dyn Fn(u64) -> Scenario + Sync)) -> Vec<SeedResult> {
+    let threads = env_u64("SIM_THREADS")
+        .map(|n| n as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, seeds.len().max(1));
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(Vec::with_capacity(seeds.len()));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&seed) = seeds.get(i) else { return };
+                let result = run_one(seed, build);
+                results
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(result);
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    results.sort_by_key(|r| r.seed);
+    results
+}
+
+fn run_one(seed: u64, build: &(dyn Fn(u64) -> Scenario + Sync)) -> SeedResult {
+    let scenario = build(seed);
+    let report = run(&scenario, seed);
+    let violations = check(&scenario, &report);
+    let single = std::env::var_os("SIM_SEED").is_some();
+    let details = (!violations.is_empty() || single).then(|| {
+        let mut text = format!("{scenario}{report}");
+        let show_all = std::env::var_os("SIM_TRACE").is_some_and(|v| v != "0");
+        let skip = if show_all {
+            0
+        } else {
+            report.trace.len().saturating_sub(TRACE_TAIL)
+        };
+        if skip > 0 {
+            text += &format!(
+                "  trace (last {TRACE_TAIL} of {} lines; SIM_TRACE=1 shows all):\n",
+                report.trace.len()
+            );
+        } else {
+            text += &format!("  trace ({} lines):\n", report.trace.len());
+        }
+        for line in &report.trace[skip..] {
+            text += &format!("    {line}\n");
+        }
+        text
+    });
+    let verdicts = report
+        .clients
+        .iter()
+        .map(|c| match &c.outcome {
+            None => "unfinished",
+            Some(o) => verdict_kind(&o.verdict),
+        })
+        .collect();
+    let reconnects = report
+        .clients
+        .iter()
+        .filter_map(|c| c.outcome.as_ref())
+        .map(|o| u64::from(o.reconnects))
+        .sum();
+    SeedResult {
+        seed,
+        trace_hash: report.trace_hash,
+        sim_time: report.ended_at,
+        violations,
+        details,
+        verdicts,
+        reconnects,
+    }
+}
+
+fn verdict_kind(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Verified => "verified",
+        Verdict::ChecksumMismatch => "checksum-mismatch",
+        Verdict::Expired(_) => "expired",
+        Verdict::Rejected { .. } => "rejected",
+        Verdict::ProtocolError(_) => "protocol-error",
+        Verdict::Unreachable(_) => "unreachable",
+    }
+}
+
+/// Sweeps `test` (see [`test_path!`](crate::test_path)) over its seeds
+/// and panics, with the replay command, if any run breaks an invariant.
+/// Prints seeds per second when done.
+pub fn sweep(test: &str, default_seeds: u64, build: impl Fn(u64) -> Scenario + Sync) {
+    let seeds = seeds(default_seeds);
+    let started = Instant::now();
+    let results = run_seeds(&seeds, &build);
+    let failed: Vec<&SeedResult> = results
+        .iter()
+        .filter(|r| !r.violations.is_empty())
+        .collect();
+    summary(test, &results, failed.len(), started.elapsed());
+    if seeds.len() == 1 {
+        if let Some(details) = &results[0].details {
+            println!("{details}");
+        }
+        println!(
+            "seed {} trace hash {:016x}",
+            results[0].seed, results[0].trace_hash
+        );
+    }
+    if failed.is_empty() {
+        return;
+    }
+    let mut text = String::new();
+    for r in failed.iter().take(3) {
+        text += &format!("\n=== {test} seed {} FAILED ===\n", r.seed);
+        for v in &r.violations {
+            text += &format!("  {v}\n");
+        }
+        if let Some(details) = &r.details {
+            text += details;
+        }
+        text += &format!("  replay: {}\n", replay_command(test, r.seed));
+    }
+    let first = failed[0].seed;
+    let seeds_failed: Vec<u64> = failed.iter().map(|r| r.seed).collect();
+    panic!(
+        "{text}\n{} of {} seeds failed: {seeds_failed:?}\nreplay the first with:\n  {}\n",
+        failed.len(),
+        results.len(),
+        replay_command(test, first)
+    );
+}
+
+/// One line per sweep, straight to stderr so the test harness does not
+/// capture it.
+fn summary(test: &str, results: &[SeedResult], failed: usize, took: Duration) {
+    let secs = took.as_secs_f64().max(1e-9);
+    let simulated: Duration = results.iter().map(|r| r.sim_time).sum();
+    let mut verdicts = std::collections::BTreeMap::new();
+    for v in results.iter().flat_map(|r| &r.verdicts) {
+        *verdicts.entry(*v).or_insert(0u64) += 1;
+    }
+    let verdicts: Vec<String> = verdicts.iter().map(|(v, n)| format!("{n} {v}")).collect();
+    let reconnects: u64 = results.iter().map(|r| r.reconnects).sum();
+    let line = format!(
+        "sim {test}: {} seed(s) in {:.1}s = {:.1} seeds/s ({:.0} s simulated; clients: {}; {reconnects} reconnects), {failed} failed\n",
+        results.len(),
+        secs,
+        results.len() as f64 / secs,
+        simulated.as_secs_f64(),
+        verdicts.join(", "),
+    );
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// The test path of `name` in the calling module of the scenarios binary.
+#[macro_export]
+macro_rules! test_path {
+    ($name:expr) => {
+        $crate::sweep::test_path(module_path!(), $name)
+    };
+}

@@ -1,0 +1,13 @@
+//! Every scenario of DESIGN §5 as its own test, each swept over many seeds
+//! (see the `sim` crate docs for running, sweeping and replaying), plus
+//! replay and broken-variant tests.
+
+mod broken;
+mod common;
+mod crash;
+mod expiry;
+mod failover;
+mod finale;
+mod loss;
+mod partitions;
+mod replay;
