@@ -35,17 +35,27 @@ fn metrics_count_sessions_numbers_and_rejections() {
     let addr = format!("127.0.0.1:{metrics_port}");
     let server = Server::start(&["--metrics-addr", &addr, "--fail-every", "7"]);
     let mut text = String::new();
-    wait_until(Duration::from_secs(10), "the metrics endpoint answers", || {
-        scrape(metrics_port).is_some()
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the metrics endpoint answers",
+        || scrape(metrics_port).is_some(),
+    );
     run_client(server.port, &["--count", "20"]).assert_code(0);
     // An Open with a count of 0 never leaves the client (usage error), so
     // provoke a server-side rejection instead: resume an unknown session.
-    wait_until(Duration::from_secs(10), "counters reach the exporter", || {
-        text = scrape(metrics_port).unwrap_or_default();
-        sample(&text, "station_sessions_completed_total") == Some(1.0)
-    });
-    assert_eq!(sample(&text, "station_sessions_opened_total"), Some(1.0), "{text}");
+    wait_until(
+        Duration::from_secs(10),
+        "counters reach the exporter",
+        || {
+            text = scrape(metrics_port).unwrap_or_default();
+            sample(&text, "station_sessions_completed_total") == Some(1.0)
+        },
+    );
+    assert_eq!(
+        sample(&text, "station_sessions_opened_total"),
+        Some(1.0),
+        "{text}"
+    );
     let sent = sample(&text, "station_numbers_sent_total").expect("numbers sent");
     assert!(sent >= 20.0, "{text}");
     // --fail-every 7 over 20+ numbers: at least two injected UNAVAILABLEs.
@@ -56,7 +66,10 @@ fn metrics_count_sessions_numbers_and_rejections() {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
     assert!(unavailable >= 2.0, "{text}");
-    assert!(sample(&text, "station_sessions_resumed_total").unwrap_or(0.0) >= 2.0, "{text}");
+    assert!(
+        sample(&text, "station_sessions_resumed_total").unwrap_or(0.0) >= 2.0,
+        "{text}"
+    );
     assert!(text.contains("# HELP station_numbers_sent_total"), "{text}");
     assert!(text.contains("station_store_latency_seconds"), "{text}");
 }

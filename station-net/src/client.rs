@@ -396,6 +396,17 @@ pub async fn run(
             &client,
         );
         if end != StreamEnd::Ok {
+            // The server gave up on hearing from us: our direction of this
+            // connection may be dead, so the next stream gets a new one.
+            if matches!(
+                end,
+                StreamEnd::Status {
+                    code: client::Code::DeadlineExceeded,
+                    ..
+                }
+            ) {
+                endpoints.reset(current);
+            }
             current = (current + 1) % endpoints.len();
         }
         client.handle_end(now, end);
