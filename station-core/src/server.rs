@@ -704,9 +704,14 @@ impl Session {
     }
 
     fn take_over(&mut self, now: Instant, live: Record, next_index: u32) {
+        let Some(generation) = live.generation.checked_add(1) else {
+            return self.fail(Reject::StoreUnavailable(
+                "stored generation cannot go higher".into(),
+            ));
+        };
         let record = Record {
             acked: next_index,
-            generation: live.generation + 1,
+            generation,
             ..live
         };
         self.record = Some(record);

@@ -62,11 +62,15 @@ pub(crate) async fn drive<S: SessionStore>(
                         ack_every: a.ack_every,
                     }));
                     if send(&shared, &mut session, &tx, msg).await {
-                        shared.observe(|| StreamEvent::Attached {
-                            client_id: session.client_id().expect("attached sessions have an id"),
-                            generation: session.generation().expect("attached sessions have one"),
-                            next_index: a.next_index,
-                        });
+                        if let (Some(client_id), Some(generation)) =
+                            (session.client_id(), session.generation())
+                        {
+                            shared.observe(|| StreamEvent::Attached {
+                                client_id,
+                                generation,
+                                next_index: a.next_index,
+                            });
+                        }
                     }
                 }
                 Output::Send(n) => {
@@ -81,12 +85,16 @@ pub(crate) async fn drive<S: SessionStore>(
                     });
                     if send(&shared, &mut session, &tx, msg).await {
                         shared.counters.number_sent();
-                        shared.observe(|| StreamEvent::Sent {
-                            client_id: session.client_id().expect("attached sessions have an id"),
-                            generation: session.generation().expect("attached sessions have one"),
-                            index: n.index,
-                            value: n.value,
-                        });
+                        if let (Some(client_id), Some(generation)) =
+                            (session.client_id(), session.generation())
+                        {
+                            shared.observe(|| StreamEvent::Sent {
+                                client_id,
+                                generation,
+                                index: n.index,
+                                value: n.value,
+                            });
+                        }
                     }
                 }
                 Output::End(end) => return finish(&shared, &session, last_word, end),
