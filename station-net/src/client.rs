@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use station_core::client::{self, Client, Outcome, Output, Request, StreamEnd};
 use tokio::sync::mpsc;
@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Response, Status, Streaming};
 
+use crate::clock::{now, sleep_until};
 use crate::proto::client_message::Kind as ClientKind;
 use crate::proto::numbers_station_client::NumbersStationClient;
 use crate::proto::server_message::Kind as ServerKind;
@@ -274,10 +275,6 @@ impl Stream {
     }
 }
 
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
-
 /// Runs `client` to its outcome over `endpoints`, reporting progress to
 /// `observe` (called with the client after each event, e.g. to snapshot it).
 pub async fn run(
@@ -458,11 +455,4 @@ async fn linger(stream: Stream, limit: Duration) {
 fn duration(d: Option<prost_types::Duration>) -> Duration {
     d.and_then(|d| Duration::try_from(d).ok())
         .unwrap_or_default()
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
 }

@@ -6,13 +6,13 @@
 //! timer. Every protocol decision is the session's.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use station_core::server::{End, Open, Output, Resume, Session, StoreOp, StoreReply};
 use station_core::Reject;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tonic::{Status, Streaming};
 
+use crate::clock::{now, sleep_until};
 use crate::metrics;
 use crate::proto::client_message::Kind as ClientKind;
 use crate::proto::server_message::Kind as ServerKind;
@@ -23,10 +23,6 @@ use crate::store::SessionStore;
 
 type Tx = mpsc::Sender<Result<ServerMessage, Status>>;
 type Permit = mpsc::OwnedPermit<Result<ServerMessage, Status>>;
-
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
 
 /// Drives one stream until it ends. `_slot` holds this stream's place under
 /// `--max-sessions` and is released on return.
@@ -204,12 +200,5 @@ fn finish<S: SessionStore>(shared: &Shared<S>, session: &Session, last_word: Per
             tracing::debug!(?client, %reject, "stream ended");
             last_word.send(Err(status));
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }

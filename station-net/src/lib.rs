@@ -18,6 +18,7 @@
 //! decision: those are the core's.
 
 pub mod client;
+mod clock;
 pub mod codec;
 mod driver;
 pub mod metrics;

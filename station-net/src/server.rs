@@ -278,11 +278,6 @@ impl<S: SessionStore> Station<S> {
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
     }
-
-    fn now() -> Instant {
-        // tokio's clock, so paused test clocks and turmoil drive the core.
-        tokio::time::Instant::now().into_std()
-    }
 }
 
 #[tonic::async_trait]
@@ -302,7 +297,7 @@ impl<S: SessionStore> NumbersStation for Station<S> {
         if shared.shutdown.is_cancelled() {
             return refuse(Reject::ShuttingDown);
         }
-        if shared.offline(Self::now()) {
+        if shared.offline(crate::clock::now()) {
             return refuse(Reject::InjectedFault(
                 "offline after a failure (--go-offline-for)",
             ));
