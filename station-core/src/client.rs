@@ -92,38 +92,31 @@ pub struct Attached<'a> {
     pub ack_every: u32,
 }
 
-/// A number as received.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Number {
-    /// Index in the sequence.
-    pub index: u32,
-    /// The value.
-    pub value: u32,
-    /// Present on the final number.
-    pub checksum: Option<u32>,
-}
+/// A number as received: the same message the server sends.
+pub use crate::server::Number;
 
-/// A gRPC status code, as the client needs to tell them apart.
+/// A gRPC status code; each variant's value is its number on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
 #[allow(missing_docs)]
 pub enum Code {
-    Ok,
-    Cancelled,
-    Unknown,
-    InvalidArgument,
-    DeadlineExceeded,
-    NotFound,
-    AlreadyExists,
-    PermissionDenied,
-    ResourceExhausted,
-    FailedPrecondition,
-    Aborted,
-    OutOfRange,
-    Unimplemented,
-    Internal,
-    Unavailable,
-    DataLoss,
-    Unauthenticated,
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
 }
 
 impl Code {

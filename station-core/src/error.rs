@@ -1,5 +1,6 @@
 //! Why a server session refuses or ends a stream.
 
+use crate::client::Code;
 use crate::ClientId;
 
 /// Longest client-supplied text echoed back in an error message.
@@ -7,8 +8,8 @@ const ECHO_LIMIT: usize = 64;
 
 /// A reason the server refuses a request or ends a stream early.
 ///
-/// Each variant is one fact a client can act on; `station-net` maps every
-/// variant to exactly one gRPC status code in one place.
+/// Each variant is one fact a client can act on, with exactly one gRPC
+/// status code ([`Reject::code`]), which `station-net` sends.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Reject {
     /// The client id is not a UUID.
@@ -89,6 +90,30 @@ pub enum Reject {
 }
 
 impl Reject {
+    /// The gRPC status code this rejection is sent with. One arm per
+    /// variant, no `_`, so a new variant forces a decision here.
+    pub fn code(&self) -> Code {
+        match self {
+            Reject::BadClientId(_)
+            | Reject::BadCount(_)
+            | Reject::BadNonce(_)
+            | Reject::MalformedToken(_)
+            | Reject::BadNextIndex { .. }
+            | Reject::AckBeyondSent { .. }
+            | Reject::AckBackwards { .. }
+            | Reject::Unexpected(_) => Code::InvalidArgument,
+            Reject::BadToken(_) => Code::PermissionDenied,
+            Reject::Unknown(_) | Reject::Expired(_) => Code::NotFound,
+            Reject::AlreadyExists(_) => Code::AlreadyExists,
+            Reject::Silent(_) => Code::DeadlineExceeded,
+            Reject::TakenOver(_) => Code::Aborted,
+            Reject::Full(_) | Reject::MessageTooLarge(_) => Code::ResourceExhausted,
+            Reject::InjectedFault(_) | Reject::StoreUnavailable(_) | Reject::ShuttingDown => {
+                Code::Unavailable
+            }
+        }
+    }
+
     /// Builds [`Reject::BadClientId`], truncating what is echoed back.
     pub fn bad_client_id(text: &str) -> Self {
         let mut echo: String = text.chars().take(ECHO_LIMIT).collect();

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use crate::client::{self, Client, Code, Outcome, Request, StreamEnd, Verdict};
+use crate::client::{self, Client, Outcome, Request, StreamEnd, Verdict};
 use crate::sequence::{self, mix64, RunningChecksum};
 use crate::server::{self, End, Fresh, Lookup, Output, Record, Session, StoreOp, StoreReply};
 use crate::{ClientId, Reject, Secret};
@@ -103,30 +103,6 @@ impl ModelStore {
     pub(crate) fn live_count(&mut self, now: Instant) -> usize {
         self.expire(now);
         self.live.len()
-    }
-}
-
-/// The gRPC code `station-net` sends for a rejection (mirrors its
-/// `status::to_status`, which this crate cannot depend on).
-pub(crate) fn code_of(reject: &Reject) -> Code {
-    match reject {
-        Reject::BadClientId(_)
-        | Reject::BadCount(_)
-        | Reject::BadNonce(_)
-        | Reject::MalformedToken(_)
-        | Reject::BadNextIndex { .. }
-        | Reject::AckBeyondSent { .. }
-        | Reject::AckBackwards { .. }
-        | Reject::Unexpected(_) => Code::InvalidArgument,
-        Reject::BadToken(_) => Code::PermissionDenied,
-        Reject::Unknown(_) | Reject::Expired(_) => Code::NotFound,
-        Reject::AlreadyExists(_) => Code::AlreadyExists,
-        Reject::Silent(_) => Code::DeadlineExceeded,
-        Reject::TakenOver(_) => Code::Aborted,
-        Reject::Full(_) | Reject::MessageTooLarge(_) => Code::ResourceExhausted,
-        Reject::InjectedFault(_) | Reject::StoreUnavailable(_) | Reject::ShuttingDown => {
-            Code::Unavailable
-        }
     }
 }
 
@@ -764,7 +740,7 @@ impl Harness {
                 }
                 Output::End(End::Rejected(reject)) => {
                     let end = StreamEnd::Status {
-                        code: code_of(&reject),
+                        code: reject.code(),
                         message: reject.to_string(),
                     };
                     self.send(sid, Event::Client(sid, Down::End(end)));
@@ -1176,7 +1152,7 @@ mod tests {
         // The client hears ABORTED on its current stream and resumes.
         while c.poll_output().is_some() {}
         let end = StreamEnd::Status {
-            code: code_of(&reject),
+            code: reject.code(),
             message: reject.to_string(),
         };
         c.handle_end(t0, end);

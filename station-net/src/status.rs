@@ -1,32 +1,14 @@
-//! The one place where core errors become gRPC statuses and back.
+//! Where core errors become gRPC statuses and back. Which code a rejection
+//! gets is decided once, by `Reject::code` in the core.
 
 use station_core::client::{Code as ClientCode, StreamEnd};
 use station_core::Reject;
 use tonic::{Code, Status};
 
-/// The gRPC status for a core rejection. One arm per variant, no `_`, so a
-/// new variant forces a decision here.
+/// The gRPC status for a core rejection: its code ([`Reject::code`]) and its
+/// human message.
 pub fn to_status(reject: &Reject) -> Status {
-    let code = match reject {
-        Reject::BadClientId(_)
-        | Reject::BadCount(_)
-        | Reject::BadNonce(_)
-        | Reject::MalformedToken(_)
-        | Reject::BadNextIndex { .. }
-        | Reject::AckBeyondSent { .. }
-        | Reject::AckBackwards { .. }
-        | Reject::Unexpected(_) => Code::InvalidArgument,
-        Reject::BadToken(_) => Code::PermissionDenied,
-        Reject::Unknown(_) | Reject::Expired(_) => Code::NotFound,
-        Reject::AlreadyExists(_) => Code::AlreadyExists,
-        Reject::Silent(_) => Code::DeadlineExceeded,
-        Reject::TakenOver(_) => Code::Aborted,
-        Reject::Full(_) | Reject::MessageTooLarge(_) => Code::ResourceExhausted,
-        Reject::InjectedFault(_) | Reject::StoreUnavailable(_) | Reject::ShuttingDown => {
-            Code::Unavailable
-        }
-    };
-    Status::new(code, reject.to_string())
+    Status::new(Code::from(reject.code() as i32), reject.to_string())
 }
 
 /// How the client sees a failed stream or call.
@@ -83,5 +65,17 @@ mod tests {
         assert!(to_status(&Reject::Expired(id))
             .message()
             .contains("expired"));
+    }
+
+    #[test]
+    fn core_codes_carry_their_wire_numbers() {
+        for n in 0..=16 {
+            let status = Status::new(Code::from(n), "x");
+            let StreamEnd::Status { code, .. } = to_stream_end(&status) else {
+                assert_eq!(n, 0, "only OK has no status");
+                continue;
+            };
+            assert_eq!(code as i32, n, "{code:?}");
+        }
     }
 }
