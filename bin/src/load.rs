@@ -37,10 +37,13 @@ pub fn lateness(
 }
 
 /// Per-session bookkeeping for lateness.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Schedule {
+    /// When, at which index and with which interval the latest stream
+    /// attached.
     attached: Option<(Instant, u32, Duration)>,
-    started: Option<Instant>,
+    /// When the session started.
+    started: Instant,
     first_seen: bool,
 }
 
@@ -250,8 +253,9 @@ pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
             let client = Client::new(now, ClientConfig::default(), id, count, seed)
                 .expect("count is validated by clap");
             let mut schedule = Schedule {
-                started: Some(Instant::now()),
-                ..Schedule::default()
+                attached: None,
+                started: Instant::now(),
+                first_seen: false,
             };
             let observe = |event: Event<'_>, _: &Client| match event {
                 Event::Attached {
@@ -276,9 +280,8 @@ pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
                     }
                     if !schedule.first_seen {
                         schedule.first_seen = true;
-                        if let Some(t0) = schedule.started {
-                            m.first_number.saturating_record(micros(arrived - t0));
-                        }
+                        m.first_number
+                            .saturating_record(micros(arrived - schedule.started));
                     }
                 }
                 _ => {}
