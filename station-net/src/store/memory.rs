@@ -1,7 +1,7 @@
 //! [`MemoryStore`]: sessions in this process, for a single server (or
 //! several simulated servers sharing one process).
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::{Entry as Slot, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,11 @@ struct Entry {
     expires_at: Instant,
 }
 
-type Shard = BTreeMap<ClientId, Entry>;
+// A HashMap (SipHash with a random key, so client-chosen ids cannot force
+// collisions): one lookup per operation, where a BTreeMap walked ~10 nodes
+// of cache misses at 100,000 sessions. Nothing depends on its order: sweeps
+// and counts visit every entry.
+type Shard = HashMap<ClientId, Entry>;
 
 /// Sessions in memory, striped over [`SHARDS`] mutexes.
 ///
@@ -110,20 +114,28 @@ impl MemoryStore {
             StoreOp::Delete { client_id, .. } => *client_id,
         };
         let mut shard = lock(&self.shards[shard_of(&id)]);
-        let state = match shard.get(&id) {
-            Some(e) if now < e.expires_at => Lookup::Live(e.record),
-            Some(e) if now < e.expires_at + self.cfg.remember_expired => Lookup::Expired,
-            Some(_) => {
-                shard.remove(&id);
-                Lookup::Missing
+        let slot = shard.entry(id);
+        let state = match &slot {
+            Slot::Occupied(e) if now < e.get().expires_at => Lookup::Live(e.get().record),
+            Slot::Occupied(e) if now < e.get().expires_at + self.cfg.remember_expired => {
+                Lookup::Expired
             }
-            None => Lookup::Missing,
+            // Past remembering: as good as missing (and replaced or
+            // dropped below).
+            Slot::Occupied(_) | Slot::Vacant(_) => Lookup::Missing,
         };
         match (op, state) {
-            (StoreOp::Load(_), state) => StoreReply::Loaded(state),
+            (StoreOp::Load(_), state) => {
+                if state == Lookup::Missing {
+                    if let Slot::Occupied(e) = slot {
+                        e.remove();
+                    }
+                }
+                StoreReply::Loaded(state)
+            }
             (StoreOp::Create { .. }, Lookup::Live(live)) => StoreReply::Exists(live),
             (StoreOp::Create { record, expires_in }, _) => {
-                shard.insert(id, entry(record, now, expires_in));
+                put(slot, entry(record, now, expires_in));
                 StoreReply::Done
             }
             (
@@ -134,13 +146,15 @@ impl MemoryStore {
                 },
                 Lookup::Live(live),
             ) if live.generation == expect_generation => {
-                shard.insert(id, entry(record, now, expires_in));
+                put(slot, entry(record, now, expires_in));
                 StoreReply::Done
             }
             (StoreOp::Delete { generation, .. }, Lookup::Live(live))
                 if live.generation == generation =>
             {
-                shard.remove(&id);
+                if let Slot::Occupied(e) = slot {
+                    e.remove();
+                }
                 StoreReply::Done
             }
             (StoreOp::Update { .. } | StoreOp::Delete { .. }, _) => StoreReply::Conflict,
@@ -148,9 +162,22 @@ impl MemoryStore {
     }
 }
 
+fn put(slot: Slot<'_, ClientId, Entry>, entry: Entry) {
+    match slot {
+        Slot::Occupied(mut e) => *e.get_mut() = entry,
+        Slot::Vacant(e) => {
+            e.insert(entry);
+        }
+    }
+}
+
 impl SessionStore for MemoryStore {
     async fn execute(&self, op: StoreOp) -> StoreReply {
         self.apply(op)
+    }
+
+    fn execute_now(&self, op: StoreOp) -> Result<StoreReply, StoreOp> {
+        Ok(self.apply(op))
     }
 
     async fn live_sessions(&self) -> Result<u64, StoreError> {

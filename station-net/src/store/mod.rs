@@ -58,6 +58,14 @@ pub trait SessionStore: Clone + Send + Sync + 'static {
     /// Failures come back as [`StoreReply::Unavailable`].
     fn execute(&self, op: StoreOp) -> impl Future<Output = StoreReply> + Send;
 
+    /// Performs `op` at once if this store can without waiting (an
+    /// in-process store can), or hands it back for [`execute`](Self::execute).
+    /// Lets a stream run a store operation per number without allocating a
+    /// future for it.
+    fn execute_now(&self, op: StoreOp) -> Result<StoreReply, StoreOp> {
+        Err(op)
+    }
+
     /// Sessions that exist and have not expired.
     fn live_sessions(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
