@@ -12,13 +12,16 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
 use station_core::client::{self, Client, Outcome, Output, Request, StreamEnd};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 use tonic::{Response, Status, Streaming};
 
 use crate::clock::{now, sleep_until};
+use crate::coalesce::Coalesce;
 use crate::proto::client_message::Kind as ClientKind;
 use crate::proto::numbers_station_client::NumbersStationClient;
 use crate::proto::server_message::Kind as ServerKind;
@@ -95,6 +98,24 @@ impl std::fmt::Debug for Endpoints {
     }
 }
 
+/// Opens a TCP connection for a channel, with writes coalesced
+/// ([`Coalesce`]): the acknowledgements of many sessions on one connection
+/// then share writes. (TLS, if configured, is layered on top by tonic.)
+async fn connect(uri: Uri, limit: Duration) -> std::io::Result<TokioIo<Coalesce<TcpStream>>> {
+    let host = uri.host().unwrap_or("localhost");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    let tcp = tokio::time::timeout(limit, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    // Numbers are tiny and latency matters more than packing.
+    tcp.set_nodelay(true)?;
+    Ok(TokioIo::new(Coalesce::new(tcp)))
+}
+
 impl Endpoints {
     /// Endpoints from channel factories (e.g. over turmoil's network).
     pub fn new(targets: Vec<(String, ChannelFactory)>) -> Result<Self, EndpointError> {
@@ -139,9 +160,13 @@ impl Endpoints {
                 .connect_timeout(opts.connect_timeout)
                 .http2_keep_alive_interval(opts.keepalive_interval)
                 .keep_alive_timeout(opts.keepalive_timeout)
-                .keep_alive_while_idle(true)
-                .tcp_nodelay(true);
-            let make: ChannelFactory = Arc::new(move || endpoint.connect_lazy());
+                .keep_alive_while_idle(true);
+            let connect_timeout = opts.connect_timeout;
+            let make: ChannelFactory = Arc::new(move || {
+                endpoint.connect_with_connector_lazy(tower::service_fn(move |uri| {
+                    connect(uri, connect_timeout)
+                }))
+            });
             targets.push((addr.clone(), make));
         }
         Self::new(targets)

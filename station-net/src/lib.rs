@@ -8,6 +8,7 @@
 //! - `driver`: one task per stream, driving a core `Session`.
 //! - [`client`]: [`client::run`], driving a core `Client` across streams and
 //!   endpoints.
+//! - [`coalesce`]: write coalescing under HTTP/2 connections.
 //! - [`metrics`]: counters for the `Stats` RPC and Prometheus.
 //! - [`status`]: the one mapping between core errors and gRPC statuses.
 //! - [`store`]: the [`SessionStore`](store::SessionStore) trait,
@@ -19,6 +20,7 @@
 
 pub mod client;
 mod clock;
+pub mod coalesce;
 pub mod codec;
 mod driver;
 pub mod metrics;
