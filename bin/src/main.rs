@@ -104,7 +104,8 @@ pub struct ServerArgs {
     /// long [default: 3 intervals + 2s, at most half the TTL].
     #[arg(long, env = "STATION_SILENCE_TIMEOUT", value_parser = parse_duration)]
     pub silence_timeout: Option<Duration>,
-    /// Most numbers sent ahead of the client's acknowledgements.
+    /// Most numbers sent ahead of the client's acknowledgements (at most
+    /// 2048, so that a window always fits HTTP/2's default stream window).
     #[arg(long, env = "STATION_WINDOW", default_value_t = 64)]
     pub window: u32,
     /// Most concurrent streams on one HTTP/2 connection.
@@ -117,12 +118,10 @@ pub struct ServerArgs {
     /// Largest client message accepted, in bytes.
     #[arg(long, env = "STATION_MAX_MESSAGE_SIZE", default_value_t = 1024)]
     pub max_message_size: usize,
-    /// Messages buffered per stream before a slow reader blocks its stream.
-    #[arg(long, env = "STATION_STREAM_BUFFER", default_value_t = 16)]
-    pub stream_buffer: usize,
-    /// A client that does not read for this long loses its stream.
-    #[arg(long, env = "STATION_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub write_timeout: Duration,
+    /// Timer slack: ticks due within this much of each other are sent
+    /// together, in fewer writes (numbers are up to this much late; 0s: exact).
+    #[arg(long, env = "STATION_TICK_SLACK", default_value = "5ms", value_parser = parse_duration)]
+    pub tick_slack: Duration,
     /// HTTP/2 keepalive PING interval.
     #[arg(long, env = "STATION_KEEPALIVE", default_value = "10s", value_parser = parse_duration)]
     pub keepalive: Duration,

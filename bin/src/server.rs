@@ -81,28 +81,24 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
         session.silence_timeout = silence;
     }
     session.window = args.window;
-    session.validate()?;
     if args.max_sessions == 0 {
         return Err("--max-sessions must be at least 1".into());
     }
-    if args.stream_buffer < 2 {
-        // One slot is kept for the final status.
-        return Err("--stream-buffer must be at least 2".into());
-    }
-    Ok(ServerConfig {
+    let cfg = ServerConfig {
         session,
         max_sessions: args.max_sessions,
         fail_every: args.fail_every,
         go_offline_for: args.go_offline_for,
-        write_timeout: args.write_timeout,
-        stream_buffer: args.stream_buffer,
+        tick_slack: args.tick_slack,
         max_message_size: args.max_message_size,
         max_concurrent_streams: args.max_streams_per_connection,
         keepalive_interval: args.keepalive,
         keepalive_timeout: args.keepalive,
         tls: tls(args)?,
         ..ServerConfig::default()
-    })
+    };
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 async fn serve<S: SessionStore>(

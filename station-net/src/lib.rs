@@ -5,7 +5,8 @@
 //!
 //! - [`server`]: [`Station`], the tonic service, and [`serve`], which runs it
 //!   with health checking, reflection and graceful shutdown.
-//! - `driver`: one task per stream, driving a core `Session`.
+//! - `driver`: each stream's response body drives a core `Session` on
+//!   hyper's task for the stream (no task or channel of its own).
 //! - [`client`]: [`client::run`], driving a core `Client` across streams and
 //!   endpoints.
 //! - [`coalesce`]: write coalescing under HTTP/2 connections.

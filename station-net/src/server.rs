@@ -1,8 +1,9 @@
 //! The gRPC server: [`Station`] implements the generated service traits and
 //! [`serve`] runs it, with health checking and reflection, until shutdown.
 //!
-//! Each stream gets one task ([`crate::driver`]) that owns the stream's core
-//! [`Session`](station_core::server::Session). Shared state is small: the
+//! Each stream's response body ([`SessionStream`]) owns the stream's core
+//! [`Session`](station_core::server::Session) and drives it on the task
+//! hyper runs for the stream. Shared state is small: the
 //! store handle, a random source for new sessions, counters, the fault
 //! injector and the shutdown token.
 
@@ -17,18 +18,19 @@ use rand::{RngCore, SeedableRng};
 use station_core::server::Fresh;
 use station_core::{ClientId, Reject, Secret};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::Semaphore;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::coalesce::Coalesce;
+pub use crate::driver::SessionStream;
 use crate::metrics::Counters;
 use crate::proto::numbers_station_server::{NumbersStation, NumbersStationServer};
 use crate::proto::station_admin_server::{StationAdmin, StationAdminServer};
-use crate::proto::{ClientMessage, ServerMessage, StatsReply, StatsRequest};
+use crate::proto::{ClientMessage, StatsReply, StatsRequest};
 use crate::status::to_status;
 use crate::store::SessionStore;
 
@@ -45,10 +47,11 @@ pub struct ServerConfig {
     pub go_offline_for: Duration,
     /// A store operation slower than this fails with UNAVAILABLE.
     pub store_timeout: Duration,
-    /// A client that does not read for this long loses its stream.
-    pub write_timeout: Duration,
-    /// Messages buffered per stream between the session task and HTTP/2.
-    pub stream_buffer: usize,
+    /// Timer slack: a stream's ticks are rounded up to a multiple of this
+    /// (since the server started), so streams due close together wake
+    /// together and share writes. Numbers are up to this much late; zero
+    /// wakes each stream at its exact tick.
+    pub tick_slack: Duration,
     /// Largest client message accepted (bytes). Client messages are tiny.
     pub max_message_size: usize,
     /// Most concurrent streams per HTTP/2 connection.
@@ -67,6 +70,31 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
 }
 
+/// The largest session window a server accepts.
+///
+/// A number takes at most 23 bytes of HTTP/2 flow-controlled data, so 2048
+/// of them fit the default 64 KiB stream window a client grants. Within
+/// that, the session window — not HTTP/2 flow control — is what stops the
+/// server sending to a client that stopped reading, and the session's
+/// silence timeout then ends the stream. Beyond it, such a stream would
+/// instead wait on flow control for as long as its connection lives.
+pub const MAX_WINDOW: u32 = 2048;
+
+impl ServerConfig {
+    /// Checks that the settings can work together.
+    pub fn validate(&self) -> Result<(), String> {
+        self.session.validate()?;
+        if self.session.window > MAX_WINDOW {
+            return Err(format!(
+                "window {} is above {MAX_WINDOW}: a window must fit HTTP/2's default stream \
+                 window, so that a client that stops reading is stopped by the window",
+                self.session.window
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -75,8 +103,7 @@ impl Default for ServerConfig {
             fail_every: None,
             go_offline_for: Duration::ZERO,
             store_timeout: Duration::from_secs(2),
-            write_timeout: Duration::from_secs(10),
-            stream_buffer: 16,
+            tick_slack: Duration::from_millis(5),
             max_message_size: 1024,
             max_concurrent_streams: 10_000,
             keepalive_interval: Duration::from_secs(10),
@@ -126,6 +153,8 @@ pub type Observer = Arc<dyn Fn(&StreamEvent) + Send + Sync>;
 
 pub(crate) struct Shared<S> {
     pub cfg: ServerConfig,
+    /// When the service was made: the origin of tick-slack slots.
+    pub epoch: Instant,
     pub observer: Option<Observer>,
     pub store: S,
     rng: Mutex<StdRng>,
@@ -225,6 +254,7 @@ impl<S: SessionStore> Station<S> {
         };
         Station {
             shared: Arc::new(Shared {
+                epoch: crate::clock::now(),
                 slots: Arc::new(Semaphore::new(cfg.max_sessions)),
                 cfg,
                 observer,
@@ -273,7 +303,7 @@ impl<S: SessionStore> Station<S> {
         self.shared.shutdown.cancel();
     }
 
-    /// Waits until every stream task has finished (after shutdown began).
+    /// Waits until every stream has ended (after shutdown began).
     pub async fn drained(&self) {
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
@@ -282,7 +312,7 @@ impl<S: SessionStore> Station<S> {
 
 #[tonic::async_trait]
 impl<S: SessionStore> NumbersStation for Station<S> {
-    type StreamStream = ReceiverStream<Result<ServerMessage, Status>>;
+    type StreamStream = SessionStream<S>;
 
     async fn stream(
         &self,
@@ -305,12 +335,11 @@ impl<S: SessionStore> NumbersStation for Station<S> {
         let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
             return refuse(Reject::Full(shared.cfg.max_sessions));
         };
-        let (tx, rx) = mpsc::channel(shared.cfg.stream_buffer);
-        let inbound = request.into_inner();
-        shared
-            .tasks
-            .spawn(crate::driver::drive(shared.clone(), inbound, tx, slot));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(SessionStream::new(
+            shared.clone(),
+            request.into_inner(),
+            slot,
+        )))
     }
 }
 
@@ -438,9 +467,12 @@ where
     let incoming = tokio_stream::StreamExt::map(
         tokio_stream::wrappers::TcpListenerStream::new(listener),
         |conn| {
-            conn.inspect(|stream| {
-                // Numbers are tiny and latency matters more than packing.
+            conn.map(|stream| {
+                // Numbers are tiny and latency matters more than packing:
+                // no Nagle delay, but frames of the streams ready together
+                // share a write.
                 let _ = stream.set_nodelay(true);
+                Coalesce::new(stream)
             })
         },
     );

@@ -29,7 +29,7 @@ struct Entry {
 // and counts visit every entry.
 type Shard = HashMap<ClientId, Entry>;
 
-/// Sessions in memory, striped over [`SHARDS`] mutexes.
+/// Sessions in memory, striped over 64 mutexes.
 ///
 /// A `std::sync::Mutex` is right here (as in mini-redis): critical sections
 /// are a map lookup and never await. Expired entries are dropped lazily on
