@@ -22,16 +22,18 @@ start() { # start <name> <command...>: runs a server, sets PORT and PID
 }
 stop() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
 
-scale() { # sessions at 1 s interval, ramped up at 10,000/s, 30 numbers each
-    for n in ${SCALE:-10000 20000 40000}; do
+scale() { # sessions at 1 s interval, ramped up at 5,000/s, 60 numbers each
+    # (so all of them are live at once for the last 40 s of the ramp-up's
+    # worth: 100,000 sessions take 20 s to open)
+    for n in ${SCALE:-40000 100000}; do
         for rep in 1 2 3; do
             start "scale-$n-$rep" $S server --port 0 --interval 1s
-            $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections 64 --count 30 \
-                --ramp-up-rate 10000 --server-pid $PID --duration 300s --json > "$OUT/scale-station-$n-$rep.json" || true
+            $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections 64 --count 60 \
+                --ramp-up-rate 5000 --server-pid $PID --duration 300s --json > "$OUT/scale-station-$n-$rep.json" || true
             stop
             start "scale-base-$n-$rep" $B --port 0 --interval 1s
-            $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections 64 --count 30 \
-                --ramp-up-rate 10000 --server-pid $PID --duration 300s --json > "$OUT/scale-baseline-$n-$rep.json" || true
+            $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections 64 --count 60 \
+                --ramp-up-rate 5000 --server-pid $PID --duration 300s --json > "$OUT/scale-baseline-$n-$rep.json" || true
             stop
         done
     done
@@ -40,11 +42,11 @@ scale() { # sessions at 1 s interval, ramped up at 10,000/s, 30 numbers each
 maxrate() { # interval 0, long sequences: station vs baseline, alternating
     for rep in 1 2 3; do
         start "max-$rep" $S server --port 0 --interval 0s
-        $S load --endpoint 127.0.0.1:$PORT --sessions ${MAX_SESSIONS:-100} --connections 16 --count 65535 \
+        $S load --endpoint 127.0.0.1:$PORT --sessions ${MAX_SESSIONS:-1000} --connections 16 --count 65535 \
             --server-pid $PID --duration 600s --json > "$OUT/max-station-$rep.json" || true
         stop
         start "maxb-$rep" $B --port 0 --interval 0s
-        $S load --endpoint 127.0.0.1:$PORT --sessions ${MAX_SESSIONS:-100} --connections 16 --count 65535 \
+        $S load --endpoint 127.0.0.1:$PORT --sessions ${MAX_SESSIONS:-1000} --connections 16 --count 65535 \
             --server-pid $PID --duration 600s --json > "$OUT/max-baseline-$rep.json" || true
         stop
     done
@@ -69,8 +71,8 @@ redis() { # the Redis store at 1 s interval
     sleep 0.5
     for n in ${REDIS_SCALE:-5000 10000 20000}; do
         start "redis-$n" $S server --port 0 --interval 1s --store redis://127.0.0.1:$rport/0
-        $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections 64 --count 30 \
-            --ramp-up-rate 10000 --server-pid $PID --duration 300s --json > "$OUT/redis-$n.json" || true
+        $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections 64 --count 60 \
+            --ramp-up-rate 5000 --server-pid $PID --duration 300s --json > "$OUT/redis-$n.json" || true
         stop
     done
     kill $rpid; rm -rf "$dir"
