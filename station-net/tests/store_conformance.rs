@@ -366,6 +366,47 @@ async fn racing_takeovers_have_one_winner<S: SessionStore>(store: S) {
     assert_eq!(load(&store, rec.client_id).await, Lookup::Live(expected));
 }
 
+async fn concurrent_updates_of_many_sessions_get_their_own_answers<S: SessionStore>(store: S) {
+    // More updates at once than a Redis batch holds, half of them stale:
+    // however they are grouped, each gets the answer it would alone.
+    const SESSIONS: u32 = 300;
+    let records: Vec<Record> = (0..SESSIONS).map(|_| record()).collect();
+    for rec in &records {
+        assert_eq!(create(&store, *rec, LONG).await, StoreReply::Done);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, rec) in records.iter().enumerate() {
+        let refreshed = Record {
+            acked: i as u32 + 1,
+            ..*rec
+        };
+        let stale = Record {
+            acked: 999,
+            generation: 5,
+            ..*rec
+        };
+        let (a, b) = (store.clone(), store.clone());
+        tasks.spawn(async move { (i, true, update(&a, refreshed, 1, LONG).await) });
+        tasks.spawn(async move { (i, false, update(&b, stale, 4, LONG).await) });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (i, fresh, reply) = joined.expect("update task panicked");
+        let expected = if fresh {
+            StoreReply::Done
+        } else {
+            StoreReply::Conflict
+        };
+        assert_eq!(reply, expected, "session {i}, fresh generation: {fresh}");
+    }
+    for (i, rec) in records.iter().enumerate() {
+        let expected = Record {
+            acked: i as u32 + 1,
+            ..*rec
+        };
+        assert_eq!(load(&store, rec.client_id).await, Lookup::Live(expected));
+    }
+}
+
 async fn many_sessions_concurrently_leave_store_empty<S: SessionStore>(store: S) {
     const SESSIONS: usize = 200;
     let mut tasks = tokio::task::JoinSet::new();
@@ -454,6 +495,7 @@ conformance!(
     refresh_extends_expiry,
     live_sessions_counts_only_live,
     racing_takeovers_have_one_winner,
+    concurrent_updates_of_many_sessions_get_their_own_answers,
     many_sessions_concurrently_leave_store_empty,
 );
 

@@ -30,10 +30,25 @@
 //!
 //! # Atomicity
 //!
-//! Each [`StoreOp`] is exactly one Lua script (`EVALSHA`, loaded on demand by
+//! Each [`StoreOp`] runs in a Lua script (`EVALSHA`, loaded on demand by
 //! [`redis::Script`]): Redis runs a script without interleaving any other
 //! command, so "read the state, compare the generation, write" is a single
 //! atomic step, whichever server sends it.
+//!
+//! # Batching
+//!
+//! `Update` is the hot path: every stream refreshes its session before each
+//! number. Updates from all of a store's streams go to one task, which
+//! sends whatever has queued up (at most [`MAX_BATCH`]) as one script call
+//! and hands each caller its own answer. The script applies them in order,
+//! each with its own compare-and-set, so two updates of one session in a
+//! batch behave as if sent one after the other. Nothing waits on a timer:
+//! while one call is out, the next batch gathers, so batches grow with the
+//! load and a lone update goes at once. One call per batch instead of one
+//! per number is what lets a server refresh tens of thousands of sessions
+//! a second (BENCHMARKS.md). The keys of a batch may live in different
+//! hash slots, so this store needs a single Redis (or a proxy), not Redis
+//! Cluster.
 //!
 //! # Failures
 //!
@@ -58,6 +73,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script, ScriptInvocation};
+use tokio::sync::{mpsc, oneshot};
 use station_core::server::{Lookup, Record, StoreOp, StoreReply};
 use station_core::ClientId;
 
@@ -151,23 +167,39 @@ put(KEYS[1], ARGV[1], ARGV[2], now, expires_in, remember)
 return {'done'}
 "#;
 
-/// `StoreOp::Update`: compare-and-set on the generation (a refresh keeps
-/// it, a takeover bumps it; both look the same here).
+/// `StoreOp::Update`, for a batch of sessions: for each, a compare-and-set
+/// on the generation (a refresh keeps it, a takeover bumps it; both look
+/// the same here), applied in order.
 ///
-/// KEYS[1] = session key; ARGV = new record bytes, its generation, expected
-/// generation, expires_in (µs), remember_expired (µs). Writes only if the
-/// record is live and its generation equals the expected one (compared as
-/// decimal strings, exact for any u64). Returns `{'done'}`, `{'conflict'}`
+/// KEYS = the session keys; ARGV[1] = remember_expired (µs), then four
+/// arguments per key: new record bytes, its generation, expected
+/// generation, expires_in (µs). Writes a record only if it is live and its
+/// generation equals the expected one (compared as decimal strings, exact
+/// for any u64). Returns one reply per key: `{'done'}`, `{'conflict'}`
 /// (generation moved on, or record expired or gone) or `{'corrupt', reason}`.
-const UPDATE: &str = r#"
+const UPDATE_MANY: &str = r#"
 local now = now_us()
-local expires_in, remember = tonumber(ARGV[4]), tonumber(ARGV[5])
-local st, f = state(KEYS[1], now, remember)
-if st == 'corrupt' then return {st, f} end
-if st ~= 'live' or f[2] ~= ARGV[3] then return {'conflict'} end
-put(KEYS[1], ARGV[1], ARGV[2], now, expires_in, remember)
-return {'done'}
+local remember = tonumber(ARGV[1])
+local replies = {}
+for i, key in ipairs(KEYS) do
+  local a = 2 + (i - 1) * 4
+  local st, f = state(key, now, remember)
+  if st == 'corrupt' then
+    replies[i] = {st, f}
+  elseif st ~= 'live' or f[2] ~= ARGV[a + 2] then
+    replies[i] = {'conflict'}
+  else
+    put(key, ARGV[a], ARGV[a + 1], now, tonumber(ARGV[a + 3]), remember)
+    replies[i] = {'done'}
+  end
+end
+return replies
 "#;
+
+/// Most updates sent in one script call. Redis runs nothing else while a
+/// script runs; at a few microseconds per update this bounds that to about
+/// a millisecond.
+pub const MAX_BATCH: usize = 256;
 
 /// `StoreOp::Delete`: compare-and-delete on the generation.
 ///
@@ -200,7 +232,7 @@ return n
 struct Scripts {
     load: Script,
     create: Script,
-    update: Script,
+    update_many: Script,
     delete: Script,
     count_live: Script,
 }
@@ -210,7 +242,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
     Scripts {
         load: script(LOAD),
         create: script(CREATE),
-        update: script(UPDATE),
+        update_many: script(UPDATE_MANY),
         delete: script(DELETE),
         count_live: script(COUNT_LIVE),
     }
@@ -219,12 +251,22 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
 /// Sessions in Redis, shared by every server pointed at the same Redis and
 /// prefix. See the [module docs](self) for the key layout and scripts.
 ///
-/// Cloning is cheap: clones share one multiplexed connection.
+/// Cloning is cheap: clones share one multiplexed connection and one
+/// batching task for updates.
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: Arc<str>,
     cfg: StoreConfig,
+    updates: mpsc::UnboundedSender<QueuedUpdate>,
+}
+
+/// An update waiting for its batch, and where its answer goes.
+struct QueuedUpdate {
+    record: Record,
+    expect_generation: u64,
+    expires_in: Duration,
+    reply: oneshot::Sender<Result<StoreReply, String>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -262,10 +304,21 @@ impl RedisStore {
         let conn = client
             .get_connection_manager_lazy(config)
             .map_err(|e| StoreError::Config(format!("Redis connection settings: {e}")))?;
+        let prefix: Arc<str> = prefix.into();
+        // Unbounded, yet bounded in practice: each stream has at most one
+        // store operation in flight.
+        let (updates, queue) = mpsc::unbounded_channel();
+        tokio::spawn(send_batches(
+            conn.clone(),
+            prefix.clone(),
+            micros(cfg.remember_expired),
+            queue,
+        ));
         let store = RedisStore {
             conn,
-            prefix: prefix.into(),
+            prefix,
             cfg,
+            updates,
         };
         store.probe().await;
         Ok(store)
@@ -289,24 +342,15 @@ impl RedisStore {
 
     /// The key holding `id`'s session.
     fn key(&self, id: &ClientId) -> String {
-        format!("{}session:{}", self.prefix, id)
+        session_key(&self.prefix, id)
     }
 
     fn remember_us(&self) -> u64 {
         micros(self.cfg.remember_expired)
     }
 
-    /// Runs one script, retrying once only if the first attempt could not
-    /// even connect (so it was certainly not applied).
     async fn invoke(&self, what: &str, inv: &ScriptInvocation<'_>) -> Result<Vec<Vec<u8>>, String> {
-        let mut conn = self.conn.clone();
-        let result = match inv.invoke_async::<Vec<Vec<u8>>>(&mut conn).await {
-            // The manager has started a new connection attempt; a Redis that
-            // just came back answers this one.
-            Err(e) if e.is_connection_refusal() => inv.invoke_async(&mut conn).await,
-            other => other,
-        };
-        result.map_err(|e| failed(what, &e))
+        invoke(&self.conn, what, inv).await
     }
 
     /// Performs `op` without the overall deadline.
@@ -348,16 +392,16 @@ impl RedisStore {
                 expect_generation,
                 expires_in,
             } => {
-                let id = record.client_id;
-                let mut inv = SCRIPTS.update.prepare_invoke();
-                inv.key(self.key(&id))
-                    .arg(&record.to_bytes()[..])
-                    .arg(record.generation.to_string())
-                    .arg(expect_generation.to_string())
-                    .arg(micros(expires_in))
-                    .arg(remember);
-                let reply = self.invoke("update", &inv).await?;
-                done_or_conflict("update", &id, &reply)
+                let stopped = || "redis update: the batching task has stopped".to_string();
+                let (reply, answer) = oneshot::channel();
+                let queued = QueuedUpdate {
+                    record,
+                    expect_generation,
+                    expires_in,
+                    reply,
+                };
+                self.updates.send(queued).map_err(|_| stopped())?;
+                answer.await.map_err(|_| stopped())?
             }
             StoreOp::Delete {
                 client_id,
@@ -436,6 +480,81 @@ impl SessionStore for RedisStore {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+}
+
+/// The key holding `id`'s session under `prefix`.
+fn session_key(prefix: &str, id: &ClientId) -> String {
+    format!("{prefix}session:{id}")
+}
+
+/// Runs one script, retrying once only if the first attempt could not even
+/// connect (so it was certainly not applied).
+async fn invoke<T: redis::FromRedisValue>(
+    conn: &ConnectionManager,
+    what: &str,
+    inv: &ScriptInvocation<'_>,
+) -> Result<T, String> {
+    let mut conn = conn.clone();
+    let result = match inv.invoke_async::<T>(&mut conn).await {
+        // The manager has started a new connection attempt; a Redis that
+        // just came back answers this one.
+        Err(e) if e.is_connection_refusal() => inv.invoke_async(&mut conn).await,
+        other => other,
+    };
+    result.map_err(|e| failed(what, &e))
+}
+
+/// The batching task: sends queued updates, up to [`MAX_BATCH`] per script
+/// call, one call at a time; ends when every handle to the store is gone.
+async fn send_batches(
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    remember_us: u64,
+    mut queue: mpsc::UnboundedReceiver<QueuedUpdate>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // A caller that gave up (its operation timed out) is not sent.
+        batch.retain(|q: &QueuedUpdate| !q.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let mut inv = SCRIPTS.update_many.prepare_invoke();
+        inv.arg(remember_us);
+        for q in &batch {
+            inv.key(session_key(&prefix, &q.record.client_id))
+                .arg(&q.record.to_bytes()[..])
+                .arg(q.record.generation.to_string())
+                .arg(q.expect_generation.to_string())
+                .arg(micros(q.expires_in));
+        }
+        let call = invoke::<Vec<Vec<Vec<u8>>>>(&conn, "update", &inv);
+        let replies = match tokio::time::timeout(OPERATION_TIMEOUT, call).await {
+            Ok(Ok(replies)) if replies.len() == batch.len() => Ok(replies),
+            Ok(Ok(replies)) => Err(format!(
+                "redis update: {} replies to a batch of {}",
+                replies.len(),
+                batch.len()
+            )),
+            Ok(Err(message)) => Err(message),
+            Err(_) => Err(format!(
+                "redis update: no answer within {OPERATION_TIMEOUT:?}"
+            )),
+        };
+        match replies {
+            Ok(replies) => {
+                for (q, reply) in batch.drain(..).zip(replies) {
+                    let id = q.record.client_id;
+                    let _ = q.reply.send(done_or_conflict("update", &id, &reply));
+                }
+            }
+            Err(message) => {
+                for q in batch.drain(..) {
+                    let _ = q.reply.send(Err(message.clone()));
+                }
+            }
+        }
     }
 }
 
