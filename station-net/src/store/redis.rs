@@ -73,9 +73,9 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script, ScriptInvocation};
-use tokio::sync::{mpsc, oneshot};
 use station_core::server::{Lookup, Record, StoreOp, StoreReply};
 use station_core::ClientId;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{SessionStore, StoreConfig, StoreError};
 
