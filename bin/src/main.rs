@@ -120,7 +120,7 @@ pub struct ServerArgs {
     pub max_message_size: usize,
     /// Timer slack: ticks due within this much of each other are sent
     /// together, in fewer writes (numbers are up to this much late; 0s: exact).
-    #[arg(long, env = "STATION_TICK_SLACK", default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, env = "STATION_TICK_SLACK", default_value = "5ms", value_parser = parse_duration)]
     pub tick_slack: Duration,
     /// HTTP/2 keepalive PING interval.
     #[arg(long, env = "STATION_KEEPALIVE", default_value = "10s", value_parser = parse_duration)]

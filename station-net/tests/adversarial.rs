@@ -1318,8 +1318,8 @@ fn a_window_beyond_http2_flow_control_is_refused() {
 
 #[tokio::test]
 async fn no_number_is_sent_after_an_injected_fault_ends_a_burst() {
-    // Not an adversarial client, but the same path as the write timeout: a
-    // stream aborted in the middle of a burst must not send the rest of it.
+    // Not an adversarial client, but the same path as any abort: a stream
+    // ended in the middle of a burst must not send the rest of it.
     let session = SessionConfig {
         interval: Duration::ZERO,
         ..SessionConfig::new(Duration::ZERO, TTL)
