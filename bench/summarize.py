@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Prints the BENCHMARKS.md tables from bench/results/*.json: the median of
+the repetitions of each row, with the range in parentheses."""
+import glob, json, os, re, statistics, sys
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
+
+def load(pattern):
+    runs = []
+    for path in sorted(glob.glob(os.path.join(OUT, pattern))):
+        try:
+            with open(path) as f:
+                runs.append(json.load(f))
+        except (OSError, ValueError):
+            print(f"(skipped unreadable {path})", file=sys.stderr)
+    return runs
+
+def med(values, fmt="{:.1f}"):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    m = fmt.format(statistics.median(values))
+    if len(values) == 1:
+        return m
+    return f"{m} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+def server(r, key):
+    return (r.get("server") or {}).get(key)
+
+def scale():
+    sizes = sorted({(int(m.group(1)), int(m.group(2))) for p in glob.glob(os.path.join(OUT, "scale-*.json"))
+                    if (m := re.search(r"-(\d+)x(\d+)-\d+\.json$", p))})
+    print("| server | sessions | connections | runs | failed | lateness p99 (ms) | lateness max (ms) | server CPU (s) | server CPU per number (µs) | RSS per session above idle (B) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n, m in sizes:
+        for kind, label in (("station", "station"), ("station0", "station, --tick-slack 0s"),
+                             ("baselinerun1", "baseline (beside the 0s rows)"), ("baseline", "baseline")):
+            runs = load(f"scale-{kind}-{n}x{m}-*.json")
+            if not runs:
+                continue
+            print(f"| {label} | {n:,} | {m} | {len(runs)} | {med([r['failed'] for r in runs], '{:.0f}')} "
+                  f"| {med([r['lateness_ms']['p99'] for r in runs])} "
+                  f"| {med([r['lateness_ms']['max'] for r in runs])} "
+                  f"| {med([server(r, 'cpu_seconds') for r in runs])} "
+                  f"| {med([server(r, 'cpu_seconds') / r['numbers'] * 1e6 if r['numbers'] else None for r in runs])} "
+                  f"| {med([server(r, 'rss_bytes_per_session_above_idle') for r in runs], '{:,.0f}')} |")
+
+def maxrate():
+    print("| server | runs | numbers/s | server CPU (s) |")
+    print("|---|---|---|---|")
+    rates = {}
+    for kind in ("station", "baseline"):
+        runs = load(f"max-{kind}-*.json")
+        if not runs:
+            continue
+        rates[kind] = [r["numbers_per_second"] for r in runs]
+        print(f"| {kind} | {len(runs)} | {med(rates[kind], '{:,.0f}')} | {med([server(r, 'cpu_seconds') for r in runs])} |")
+    if len(rates) == 2:
+        pairs = [s / b for s, b in zip(rates["station"], rates["baseline"])]
+        print(f"\nratio station / baseline, run by run: {med(pairs, '{:.2f}')}")
+
+def first():
+    print("| count | runs | p50 (ms) | p99 (ms) |")
+    print("|---|---|---|---|")
+    p50 = {}
+    for count in (1, 65535):
+        runs = load(f"first-{count}-*.json")
+        if not runs:
+            continue
+        p50[count] = [r["first_number_ms"]["p50"] for r in runs]
+        print(f"| {count:,} | {len(runs)} | {med(p50[count], '{:.2f}')} | {med([r['first_number_ms']['p99'] for r in runs], '{:.2f}')} |")
+    if len(p50) == 2:
+        print(f"\nratio n = 65,535 / n = 1 at p50, run by run: {med([a / b for a, b in zip(p50[65535], p50[1])], '{:.2f}')}")
+
+def redis():
+    print("| sessions | failed | lateness p99 (ms) | lateness max (ms) | server CPU (s) |")
+    print("|---|---|---|---|---|")
+    runs = sorted(load("redis-*.json"), key=lambda r: r["sessions"])
+    for r in runs:
+        print(f"| {r['sessions']:,} | {r['failed']} | {r['lateness_ms']['p99']:.1f} | {r['lateness_ms']['max']:.1f} | {server(r, 'cpu_seconds') or 0:.1f} |")
+
+for title, table in (("Scale", scale), ("Max rate", maxrate), ("First number", first), ("Redis", redis)):
+    print(f"\n## {title}\n")
+    table()
