@@ -391,18 +391,7 @@ impl RedisStore {
                 record,
                 expect_generation,
                 expires_in,
-            } => {
-                let stopped = || "redis update: the batching task has stopped".to_string();
-                let (reply, answer) = oneshot::channel();
-                let queued = QueuedUpdate {
-                    record,
-                    expect_generation,
-                    expires_in,
-                    reply,
-                };
-                self.updates.send(queued).map_err(|_| stopped())?;
-                answer.await.map_err(|_| stopped())?
-            }
+            } => self.update(record, expect_generation, expires_in).await,
             StoreOp::Delete {
                 client_id,
                 generation,
@@ -415,6 +404,25 @@ impl RedisStore {
                 done_or_conflict("delete", &client_id, &reply)
             }
         }
+    }
+
+    /// Queues an update for the batching task and waits for its answer.
+    async fn update(
+        &self,
+        record: Record,
+        expect_generation: u64,
+        expires_in: Duration,
+    ) -> Result<StoreReply, String> {
+        let stopped = || "redis update: the batching task has stopped".to_string();
+        let (reply, answer) = oneshot::channel();
+        let queued = QueuedUpdate {
+            record,
+            expect_generation,
+            expires_in,
+            reply,
+        };
+        self.updates.send(queued).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Counts live sessions: `SCAN` for this store's keys, then count them
@@ -465,7 +473,21 @@ impl SessionStore for RedisStore {
             StoreOp::Update { .. } => "update",
             StoreOp::Delete { .. } => "delete",
         };
-        match tokio::time::timeout(OPERATION_TIMEOUT, self.run(op)).await {
+        // An update (one per number sent) waits on the batching task in a
+        // small future; the others (a few per stream) build script calls
+        // whose futures are ten times larger, so they are boxed rather than
+        // making every update's future that large.
+        let run = async {
+            match op {
+                StoreOp::Update {
+                    record,
+                    expect_generation,
+                    expires_in,
+                } => self.update(record, expect_generation, expires_in).await,
+                other => Box::pin(self.run(other)).await,
+            }
+        };
+        match tokio::time::timeout(OPERATION_TIMEOUT, run).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(message)) => StoreReply::Unavailable(message),
             Err(_) => StoreReply::Unavailable(format!(
