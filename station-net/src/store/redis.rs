@@ -113,11 +113,17 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
+-- One HMGET in the common case: the type and existence checks run only
+-- when it fails or finds nothing (refreshes run this once per number).
 local function state(key, now, remember)
-  local kind = redis.call('TYPE', key)['ok']
-  if kind == 'none' then return 'missing' end
-  if kind ~= 'hash' then return 'corrupt', 'the key holds a ' .. kind .. ', not a hash' end
-  local f = redis.call('HMGET', key, 'record', 'generation', 'expires_at_us')
+  local f = redis.pcall('HMGET', key, 'record', 'generation', 'expires_at_us')
+  if f.err then
+    return 'corrupt', 'the key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash'
+  end
+  if not f[1] and not f[2] and not f[3] then
+    if redis.call('EXISTS', key) == 0 then return 'missing' end
+    return 'corrupt', 'the hash lacks record, generation and expires_at_us'
+  end
   local expires_at = tonumber(f[3])
   if not f[1] or not f[2] or not expires_at then
     return 'corrupt', 'the hash lacks record or generation, or expires_at_us is not a number'
@@ -131,11 +137,17 @@ end
 -- remember later. All durations in microseconds; PEXPIRE takes
 -- milliseconds, rounded up so the key never dies before its logical end (a
 -- zero TTL deletes the key at once, which is what a zero duration means).
-local function put(key, record, generation, now, expires_in, remember)
-  redis.call('DEL', key)
+local function rewrite(key, record, generation, now, expires_in, remember)
   redis.call('HSET', key, 'record', record, 'generation', generation,
     'expires_at_us', string.format('%.0f', now + expires_in))
   redis.call('PEXPIRE', key, string.format('%.0f', math.ceil((expires_in + remember) / 1000)))
+end
+
+-- As rewrite, for a key that may hold anything (an expired record, or
+-- fields this store did not write).
+local function put(key, record, generation, now, expires_in, remember)
+  redis.call('DEL', key)
+  rewrite(key, record, generation, now, expires_in, remember)
 end
 "#;
 
@@ -189,7 +201,8 @@ for i, key in ipairs(KEYS) do
   elseif st ~= 'live' or f[2] ~= ARGV[a + 2] then
     replies[i] = {'conflict'}
   else
-    put(key, ARGV[a], ARGV[a + 1], now, tonumber(ARGV[a + 3]), remember)
+    -- A live record of ours: its three fields are all there is to replace.
+    rewrite(key, ARGV[a], ARGV[a + 1], now, tonumber(ARGV[a + 3]), remember)
     replies[i] = {'done'}
   end
 end
