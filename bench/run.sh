@@ -70,7 +70,7 @@ redis() { # the Redis store at 1 s interval
     redis-server --port "$rport" --bind 127.0.0.1 --dir "$dir" --save "" --appendonly no > "$OUT/redis.log" 2>&1 &
     local rpid=$!
     sleep 0.5
-    for n in ${REDIS_SCALE:-5000 10000 20000}; do
+    for n in ${REDIS_SCALE:-20000 30000 40000}; do
         start "redis-$n" $S server --port 0 --interval 1s --store redis://127.0.0.1:$rport/0
         $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections 64 --count 60 \
             --ramp-up-rate 5000 --server-pid $PID --duration 300s --json > "$OUT/redis-$n.json" || true
