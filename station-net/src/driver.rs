@@ -7,8 +7,8 @@
 //! yields a message), then registers for the first of shutdown, a client
 //! message, or the session's timer, all on hyper's task. Compared with a
 //! task per stream feeding a channel, that saves a task, a channel and a
-//! wake-up per message, about 2.7 KiB and a third of the CPU per session
-//! (BENCHMARKS.md).
+//! wake-up per message: about 2 KiB of the 5.5 KiB a session cost, and a
+//! fifth of the server's CPU per number (BENCHMARKS.md).
 //!
 //! Backpressure comes from the session's window: it sends at most `window`
 //! numbers beyond the client's acknowledgement, and ends a stream whose
