@@ -100,17 +100,16 @@ impl std::fmt::Debug for Endpoints {
 
 /// Opens a TCP connection for a channel, with writes coalesced
 /// ([`Coalesce`]): the acknowledgements of many sessions on one connection
-/// then share writes. (TLS, if configured, is layered on top by tonic.)
-async fn connect(uri: Uri, limit: Duration) -> std::io::Result<TokioIo<Coalesce<TcpStream>>> {
+/// then share writes. tonic layers TLS (if configured) and the endpoint's
+/// connect timeout on top.
+async fn connect(uri: Uri) -> std::io::Result<TokioIo<Coalesce<TcpStream>>> {
     let host = uri.host().unwrap_or("localhost");
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
         Some("https") => 443,
         _ => 80,
     });
-    let tcp = tokio::time::timeout(limit, TcpStream::connect((host, port)))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let tcp = TcpStream::connect((host, port)).await?;
     // Numbers are tiny and latency matters more than packing.
     tcp.set_nodelay(true)?;
     Ok(TokioIo::new(Coalesce::new(tcp)))
@@ -161,12 +160,8 @@ impl Endpoints {
                 .http2_keep_alive_interval(opts.keepalive_interval)
                 .keep_alive_timeout(opts.keepalive_timeout)
                 .keep_alive_while_idle(true);
-            let connect_timeout = opts.connect_timeout;
-            let make: ChannelFactory = Arc::new(move || {
-                endpoint.connect_with_connector_lazy(tower::service_fn(move |uri| {
-                    connect(uri, connect_timeout)
-                }))
-            });
+            let make: ChannelFactory =
+                Arc::new(move || endpoint.connect_with_connector_lazy(tower::service_fn(connect)));
             targets.push((addr.clone(), make));
         }
         Self::new(targets)
