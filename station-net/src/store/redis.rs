@@ -362,10 +362,6 @@ impl RedisStore {
         micros(self.cfg.remember_expired)
     }
 
-    async fn invoke(&self, what: &str, inv: &ScriptInvocation<'_>) -> Result<Vec<Vec<u8>>, String> {
-        invoke(&self.conn, what, inv).await
-    }
-
     /// Performs `op` without the overall deadline.
     async fn run(&self, op: StoreOp) -> Result<StoreReply, String> {
         let remember = self.remember_us();
@@ -373,7 +369,7 @@ impl RedisStore {
             StoreOp::Load(id) => {
                 let mut inv = SCRIPTS.load.prepare_invoke();
                 inv.key(self.key(&id)).arg(remember);
-                let reply = self.invoke("load", &inv).await?;
+                let reply = invoke::<Vec<Vec<u8>>>(&self.conn, "load", &inv).await?;
                 Ok(StoreReply::Loaded(match split(&id, &reply)? {
                     ("live", [record, generation]) => {
                         Lookup::Live(decode(&id, record, generation)?)
@@ -391,7 +387,7 @@ impl RedisStore {
                     .arg(record.generation.to_string())
                     .arg(micros(expires_in))
                     .arg(remember);
-                let reply = self.invoke("create", &inv).await?;
+                let reply = invoke::<Vec<Vec<u8>>>(&self.conn, "create", &inv).await?;
                 match split(&id, &reply)? {
                     ("done", []) => Ok(StoreReply::Done),
                     ("exists", [live, generation]) => {
@@ -413,7 +409,7 @@ impl RedisStore {
                 inv.key(self.key(&client_id))
                     .arg(generation.to_string())
                     .arg(remember);
-                let reply = self.invoke("delete", &inv).await?;
+                let reply = invoke::<Vec<Vec<u8>>>(&self.conn, "delete", &inv).await?;
                 done_or_conflict("delete", &client_id, &reply)
             }
         }
