@@ -19,6 +19,8 @@ use station_core::testkit::{run, Answer, Event};
 enum FuzzAnswer {
     Done,
     Conflict,
+    WriteExpired,
+    WriteMissing,
     Unavailable,
     Exists { count: u32, nonce: u8 },
     Live { count: u32 },
@@ -50,6 +52,8 @@ fn convert(e: FuzzEvent) -> Event {
         FuzzEvent::Store(a) => Event::Store(match a {
             FuzzAnswer::Done => Answer::Done,
             FuzzAnswer::Conflict => Answer::Conflict,
+            FuzzAnswer::WriteExpired => Answer::WriteExpired,
+            FuzzAnswer::WriteMissing => Answer::WriteMissing,
             FuzzAnswer::Unavailable => Answer::Unavailable,
             FuzzAnswer::Exists { count, nonce } => Answer::Exists { count, nonce },
             FuzzAnswer::Live { count } => Answer::Live { count },

@@ -19,6 +19,8 @@ fn fresh() -> Fresh {
     Fresh {
         seed: 42,
         token: TOKEN,
+        incarnation: 1,
+        holder: 2,
     }
 }
 
@@ -93,7 +95,7 @@ fn benches(c: &mut Criterion) {
                     token: TOKEN.as_bytes(),
                     next_index: MAX_COUNT - 1,
                 };
-                s.handle_resume(t0, resume);
+                s.handle_resume(t0, resume, fresh());
                 s
             },
             |mut s| {
@@ -115,7 +117,7 @@ fn benches(c: &mut Criterion) {
                     token: TOKEN.as_bytes(),
                     next_index: 60_000,
                 };
-                s.handle_resume(t0, resume);
+                s.handle_resume(t0, resume, fresh());
                 match s.poll_output() {
                     Some(Output::Store(StoreOp::Load(_))) => {}
                     other => panic!("expected a load, got {other:?}"),
@@ -144,6 +146,8 @@ fn record() -> Record {
         count: MAX_COUNT,
         acked: 0,
         generation: 1,
+        incarnation: 1,
+        holder: 2,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Why a server session refuses or ends a stream.
 
 use crate::client::Code;
-use crate::ClientId;
+use crate::{ClientId, Reason};
 
 /// Longest client-supplied text echoed back in an error message.
 const ECHO_LIMIT: usize = 64;
@@ -43,6 +43,10 @@ pub enum Reject {
     /// The session existed but stayed detached longer than the TTL.
     #[error("session {0} expired: detached for longer than the session TTL")]
     Expired(ClientId),
+    /// The record vanished from the store while this stream held it: the
+    /// store restarted without its data, or lost writes in a failover.
+    #[error("session {0} was lost by the session store (restarted without its data?); it cannot be resumed")]
+    Lost(ClientId),
     /// `Open` for an id whose session is live.
     #[error("session {0} already exists and is live; resume it with its token")]
     AlreadyExists(ClientId),
@@ -90,9 +94,9 @@ pub enum Reject {
 }
 
 impl Reject {
-    /// The gRPC status code this rejection is sent with. One arm per
-    /// variant, no `_`, so a new variant forces a decision here.
-    pub fn code(&self) -> Code {
+    /// The machine-readable reason this rejection is sent with. One arm
+    /// per variant, no `_`, so a new variant forces a decision here.
+    pub fn reason(&self) -> Reason {
         match self {
             Reject::BadClientId(_)
             | Reject::BadCount(_)
@@ -101,17 +105,25 @@ impl Reject {
             | Reject::BadNextIndex { .. }
             | Reject::AckBeyondSent { .. }
             | Reject::AckBackwards { .. }
-            | Reject::Unexpected(_) => Code::InvalidArgument,
-            Reject::BadToken(_) => Code::PermissionDenied,
-            Reject::Unknown(_) | Reject::Expired(_) => Code::NotFound,
-            Reject::AlreadyExists(_) => Code::AlreadyExists,
-            Reject::Silent(_) => Code::DeadlineExceeded,
-            Reject::TakenOver(_) => Code::Aborted,
-            Reject::Full(_) | Reject::MessageTooLarge(_) => Code::ResourceExhausted,
-            Reject::InjectedFault(_) | Reject::StoreUnavailable(_) | Reject::ShuttingDown => {
-                Code::Unavailable
-            }
+            | Reject::Unexpected(_) => Reason::BadRequest,
+            Reject::BadToken(_) => Reason::TokenMismatch,
+            Reject::Unknown(_) => Reason::SessionUnknown,
+            Reject::Expired(_) => Reason::SessionExpired,
+            Reject::Lost(_) => Reason::SessionLost,
+            Reject::AlreadyExists(_) => Reason::SessionExists,
+            Reject::Silent(_) => Reason::ClientSilent,
+            Reject::TakenOver(_) => Reason::TakenOver,
+            Reject::Full(_) => Reason::ServerFull,
+            Reject::MessageTooLarge(_) => Reason::MessageTooLarge,
+            Reject::InjectedFault(_) => Reason::InjectedFault,
+            Reject::StoreUnavailable(_) => Reason::StoreUnavailable,
+            Reject::ShuttingDown => Reason::ShuttingDown,
         }
+    }
+
+    /// The gRPC status code this rejection is sent with: its reason's.
+    pub fn code(&self) -> Code {
+        self.reason().code()
     }
 
     /// Builds [`Reject::BadClientId`], truncating what is echoed back.

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use crate::client::{self, Client, Outcome, Request, StreamEnd, Verdict};
 use crate::sequence::{self, mix64, RunningChecksum};
 use crate::server::{self, End, Fresh, Lookup, Output, Record, Session, StoreOp, StoreReply};
+use crate::store::{self, Write};
 use crate::{ClientId, Reject, Secret};
 
 /// The session store as documented on [`StoreOp`], with expiry.
@@ -51,46 +52,31 @@ impl ModelStore {
         }
     }
 
-    /// Performs `op` atomically at `now`.
+    /// Performs `op` atomically at `now`, as [`store::decide`] says.
     pub(crate) fn apply(&mut self, now: Instant, op: StoreOp) -> StoreReply {
         self.expire(now);
-        match op {
-            StoreOp::Load(id) => StoreReply::Loaded(match self.live.get(&id) {
-                Some((record, _)) => Lookup::Live(*record),
-                None if self.expired.contains_key(&id) => Lookup::Expired,
-                None => Lookup::Missing,
-            }),
-            StoreOp::Create { record, expires_in } => {
-                let id = record.client_id;
-                if let Some((live, _)) = self.live.get(&id) {
-                    return StoreReply::Exists(*live);
-                }
+        let id = match &op {
+            StoreOp::Load(id) => *id,
+            StoreOp::Create { record, .. } | StoreOp::Update { record, .. } => record.client_id,
+            StoreOp::Delete { client_id, .. } => *client_id,
+        };
+        let stored = match self.live.get(&id) {
+            Some((record, _)) => Lookup::Live(*record),
+            None if self.expired.contains_key(&id) => Lookup::Expired,
+            None => Lookup::Missing,
+        };
+        let (reply, write) = store::decide(&stored, &op);
+        match write {
+            Write::Nothing => {}
+            Write::Put { record, expires_in } => {
                 self.expired.remove(&id);
                 self.live.insert(id, (record, now + expires_in));
-                StoreReply::Done
             }
-            StoreOp::Update {
-                record,
-                expect_generation,
-                expires_in,
-            } => match self.live.get_mut(&record.client_id) {
-                Some(entry) if entry.0.generation == expect_generation => {
-                    *entry = (record, now + expires_in);
-                    StoreReply::Done
-                }
-                _ => StoreReply::Conflict,
-            },
-            StoreOp::Delete {
-                client_id,
-                generation,
-            } => match self.live.get(&client_id) {
-                Some((record, _)) if record.generation == generation => {
-                    self.live.remove(&client_id);
-                    StoreReply::Done
-                }
-                _ => StoreReply::Conflict,
-            },
+            Write::Remove => {
+                self.live.remove(&id);
+            }
         }
+        reply
     }
 
     /// The live record for `id` at `now`, with its expiry.
@@ -553,6 +539,8 @@ impl Harness {
                                     .try_into()
                                     .expect("16 bytes"),
                             ),
+                            incarnation: self.draw(),
+                            holder: self.draw(),
                         };
                         let id = self.id_text.clone();
                         let open = server::Open {
@@ -574,7 +562,13 @@ impl Harness {
                             token: token.as_bytes(),
                             next_index,
                         };
-                        self.session(sid).handle_resume(now, resume);
+                        let fresh = Fresh {
+                            seed: 0,
+                            token: Secret::ZERO,
+                            incarnation: 0,
+                            holder: self.draw(),
+                        };
+                        self.session(sid).handle_resume(now, resume, fresh);
                     }
                     Up::Ack(n) => self.session(sid).handle_ack(now, n),
                     Up::Closed => self.session(sid).handle_closed(now),
@@ -912,6 +906,8 @@ mod tests {
             count: 3,
             acked: 0,
             generation,
+            incarnation: 1,
+            holder: generation,
         };
         let mut s = ModelStore::default();
         assert_eq!(
@@ -942,13 +938,15 @@ mod tests {
         );
         assert_eq!(
             s.apply(t0 + secs(10), update(2, 3, secs(30))),
-            StoreReply::Conflict
+            StoreReply::Expired
         );
         let delete = |generation| StoreOp::Delete {
             client_id: id,
+            incarnation: 1,
             generation,
         };
-        assert_eq!(s.apply(t0 + secs(10), delete(2)), StoreReply::Conflict);
+        // Nothing of ours is live to delete.
+        assert_eq!(s.apply(t0 + secs(10), delete(2)), StoreReply::Done);
         // An expired record is replaced by a new one.
         assert_eq!(s.apply(t0 + secs(11), create(1)), StoreReply::Done);
         assert_eq!(s.live_count(t0 + secs(11)), 1);
@@ -1090,6 +1088,8 @@ mod tests {
             count: 10,
             acked: 4,
             generation: 1,
+            incarnation: 7,
+            holder: 1,
         };
         let create = StoreOp::Create {
             record: live,
@@ -1112,19 +1112,26 @@ mod tests {
         };
         let mut c = Client::restore(t0, client::Config::default(), snapshot, 1).unwrap();
         let id_text = id.to_string();
-        let resume = |s: &mut Session| {
+        // Each stream draws its own holder.
+        let fresh = |holder| Fresh {
+            seed: 0,
+            token: Secret::ZERO,
+            incarnation: 0,
+            holder,
+        };
+        let resume = |s: &mut Session, holder| {
             let r = server::Resume {
                 client_id: &id_text,
                 token: token.as_bytes(),
                 next_index: 4,
             };
-            s.handle_resume(t0, r);
+            s.handle_resume(t0, r, fresh(holder));
         };
         // The stale stream and the current one both load generation 1.
         let mut stale = Session::new(cfg.clone(), t0);
         let mut current = Session::new(cfg, t0);
-        resume(&mut stale);
-        resume(&mut current);
+        resume(&mut stale, 2);
+        resume(&mut current, 3);
         for s in [&mut stale, &mut current] {
             let Some(Output::Store(op)) = s.poll_output() else {
                 panic!()
@@ -1174,7 +1181,7 @@ mod tests {
             token: token.as_bytes(),
             next_index: 4,
         };
-        again.handle_resume(at, r);
+        again.handle_resume(at, r, fresh(4));
         while let Some(out) = again.poll_output() {
             if let Output::Store(op) = out {
                 let reply = store.apply(at, op);

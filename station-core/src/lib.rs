@@ -19,10 +19,12 @@
 //!
 //! # Server sessions
 //!
-//! A session is a small [`server::Record`] (72 bytes: id, token, nonce,
-//! seed, count, acknowledged index, generation) in a store. Its life:
+//! A session is a small [`server::Record`] (88 bytes: id, token, nonce,
+//! seed, count, acknowledged index, generation, incarnation, holder) in a
+//! store; [`store`] says how a store answers each operation. Its life:
 //!
-//! 1. **Open** creates the record (generation 1) and attaches the stream.
+//! 1. **Open** creates the record (generation 1, a random incarnation) and
+//!    attaches the stream.
 //! 2. **Attached**: one number per interval, the first at once; before each
 //!    burst the stream refreshes the record's expiry to `ttl` after the
 //!    stream was last known to work (everything sent was acknowledged),
@@ -52,7 +54,8 @@
 //! let now = Instant::now(); // the adapter's clock, not the core's
 //! let mut session = Session::new(Config::default(), now);
 //! let open = Open { client_id: "67e55044-10b1-426f-9247-bb680e5fe0c8", count: 3, nonce: &[] };
-//! session.handle_open(now, open, Fresh { seed: 7, token: Secret([9; 16]) });
+//! let fresh = Fresh { seed: 7, token: Secret([9; 16]), incarnation: 3, holder: 4 };
+//! session.handle_open(now, open, fresh);
 //! while let Some(output) = session.poll_output() {
 //!     match output {
 //!         Output::Store(_op) => session.handle_store(now, StoreReply::Done),
@@ -69,8 +72,10 @@
 pub mod client;
 mod error;
 mod ids;
+mod reason;
 pub mod sequence;
 pub mod server;
+pub mod store;
 pub mod testkit;
 
 #[cfg(test)]
@@ -78,3 +83,4 @@ mod harness;
 
 pub use error::Reject;
 pub use ids::{ClientId, Secret};
+pub use reason::{Reason, DOMAIN};

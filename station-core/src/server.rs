@@ -105,13 +105,22 @@ pub struct Record {
     pub count: u32,
     /// The client holds every number below this index.
     pub acked: u32,
-    /// Bumped by every takeover; every write is a compare-and-set on it.
+    /// Bumped by every takeover; every write is a compare-and-set on it
+    /// and on `incarnation`.
     pub generation: u64,
+    /// Random, drawn when the session was opened and kept across
+    /// takeovers: tells this session from a later one with the same client
+    /// id (reused after expiry), which starts again at generation 1.
+    pub incarnation: u64,
+    /// Random, drawn by the stream that wrote this generation: lets a write
+    /// re-sent after a lost reply recognise that it was applied, where two
+    /// rival takeovers to the same generation differ.
+    pub holder: u64,
 }
 
 impl Record {
     /// Length of [`Record::to_bytes`].
-    pub const ENCODED_LEN: usize = 72;
+    pub const ENCODED_LEN: usize = 88;
 
     /// A fixed big-endian layout for stores that keep bytes (Redis).
     pub fn to_bytes(&self) -> [u8; Self::ENCODED_LEN] {
@@ -123,6 +132,8 @@ impl Record {
         b[56..60].copy_from_slice(&self.count.to_be_bytes());
         b[60..64].copy_from_slice(&self.acked.to_be_bytes());
         b[64..72].copy_from_slice(&self.generation.to_be_bytes());
+        b[72..80].copy_from_slice(&self.incarnation.to_be_bytes());
+        b[80..88].copy_from_slice(&self.holder.to_be_bytes());
         b
     }
 
@@ -131,14 +142,17 @@ impl Record {
         let b: &[u8; Self::ENCODED_LEN] = b.try_into().ok()?;
         let arr16 =
             |r: std::ops::Range<usize>| -> [u8; 16] { b[r].try_into().expect("range is 16 bytes") };
+        let u64_at = |at: usize| u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"));
         let record = Record {
             client_id: ClientId(uuid::Uuid::from_bytes(arr16(0..16))),
             token: Secret(arr16(16..32)),
             nonce: Secret(arr16(32..48)),
-            seed: u64::from_be_bytes(b[48..56].try_into().expect("8 bytes")),
+            seed: u64_at(48),
             count: u32::from_be_bytes(b[56..60].try_into().expect("4 bytes")),
             acked: u32::from_be_bytes(b[60..64].try_into().expect("4 bytes")),
-            generation: u64::from_be_bytes(b[64..72].try_into().expect("8 bytes")),
+            generation: u64_at(64),
+            incarnation: u64_at(72),
+            holder: u64_at(80),
         };
         (1..=MAX_COUNT).contains(&record.count).then_some(record)
     }
@@ -166,13 +180,18 @@ pub struct Resume<'a> {
     pub next_index: u32,
 }
 
-/// Fresh randomness for a new session, drawn by the caller.
+/// Fresh randomness for a stream, drawn by the caller for each `Open` and
+/// `Resume`.
 #[derive(Clone, Copy, Debug)]
 pub struct Fresh {
-    /// Seed of the new session's sequence.
+    /// Seed of the new session's sequence (`Open` only).
     pub seed: u64,
-    /// The new session's resume token.
+    /// The new session's resume token (`Open` only).
     pub token: Secret,
+    /// The new session's [`Record::incarnation`] (`Open` only).
+    pub incarnation: u64,
+    /// This stream's [`Record::holder`].
+    pub holder: u64,
 }
 
 /// What a session wants from the store. Answer with [`Session::handle_store`].
@@ -182,15 +201,23 @@ pub enum StoreOp {
     Load(ClientId),
     /// Insert a new record unless a live one exists for the id (an expired
     /// one is replaced). Answer `Done`, or `Exists` with the live record.
+    /// Idempotent: a live record with this incarnation and holder is this
+    /// very write, applied before: `Done`.
     Create {
         /// The new record.
         record: Record,
         /// Time from now until it expires.
         expires_in: Duration,
     },
-    /// Replace the record if its stored generation is `expect_generation`,
-    /// and set its expiry. Answer `Done`, or `Conflict` if the generation
-    /// differs or the record is gone.
+    /// Replace the record if the stored one is live, of `record`'s
+    /// incarnation and at `expect_generation`, and set its expiry. Answer
+    /// `Done`; `Conflict` if a newer generation of the incarnation holds it;
+    /// `Expired` if it expired (or another incarnation replaced it);
+    /// `Missing` if there is none.
+    ///
+    /// Idempotent: if the stored record already has `record`'s incarnation,
+    /// generation and holder, this write (or its twin) was applied before
+    /// and its reply lost: answer `Done` without writing again.
     Update {
         /// The new contents (its generation may be `expect_generation + 1`).
         record: Record,
@@ -199,11 +226,15 @@ pub enum StoreOp {
         /// Time from now until it expires.
         expires_in: Duration,
     },
-    /// Delete the record if its generation matches. Answer `Done` or
-    /// `Conflict`.
+    /// Delete the record if it is live at this incarnation and generation.
+    /// Answer `Done`, also when nothing of this incarnation is left to
+    /// delete (a repeated delete, or an expired or lost record); `Conflict`
+    /// if a newer generation of the incarnation holds it (left untouched).
     Delete {
         /// Which session.
         client_id: ClientId,
+        /// Incarnation the stored record must have.
+        incarnation: u64,
         /// Generation the stored record must have.
         generation: u64,
     },
@@ -230,8 +261,16 @@ pub enum StoreReply {
     Done,
     /// `Create` refused: this live record holds the id.
     Exists(Record),
-    /// `Update` or `Delete` refused: generation moved on, or record gone.
+    /// `Update` or `Delete` refused: a newer generation of the same
+    /// incarnation holds the session (it was taken over).
     Conflict,
+    /// `Update` refused: the session expired, or a later incarnation of its
+    /// id replaced it (which can only happen after it expired).
+    Expired,
+    /// `Update` refused: no record at all, though the stream held one: the
+    /// store lost it (a restart without persistence, a failover that lost
+    /// writes), or a stream that took it over completed it.
+    Missing,
     /// The store failed or timed out.
     Unavailable(String),
 }
@@ -331,6 +370,8 @@ pub struct Session {
     client_id: Option<ClientId>,
     /// Known from the first store answer on (from `Open` for a new session).
     record: Option<Record>,
+    /// This stream's [`Record::holder`], from its first message's `Fresh`.
+    holder: u64,
     /// Next index to send.
     sent: u32,
     /// The client holds every number below this index.
@@ -364,6 +405,7 @@ impl Session {
             pending: None,
             client_id: None,
             record: None,
+            holder: 0,
             sent: 0,
             acked: 0,
             next_tick: now,
@@ -423,11 +465,14 @@ impl Session {
                 count: open.count,
                 acked: 0,
                 generation: 1,
+                incarnation: fresh.incarnation,
+                holder: fresh.holder,
             })
         })();
         match checked {
             Ok(record) => {
                 self.heard(now);
+                self.holder = fresh.holder;
                 self.phase = Phase::Attaching;
                 self.client_id = Some(record.client_id);
                 self.record = Some(record);
@@ -444,8 +489,8 @@ impl Session {
     }
 
     /// Handles the client's `Resume`. Outputs a `Load`, or ends the stream
-    /// if the request is malformed.
-    pub fn handle_resume(&mut self, now: Instant, resume: Resume<'_>) {
+    /// if the request is malformed. Of `fresh`, only the holder is used.
+    pub fn handle_resume(&mut self, now: Instant, resume: Resume<'_>, fresh: Fresh) {
         if self.phase != Phase::Idle {
             return self.unexpected("Resume after the stream's first message");
         }
@@ -457,6 +502,7 @@ impl Session {
         match checked {
             Ok((client_id, token)) => {
                 self.heard(now);
+                self.holder = fresh.holder;
                 self.phase = Phase::Attaching;
                 self.client_id = Some(client_id);
                 self.pending = Some(Pending::Load {
@@ -577,12 +623,12 @@ impl Session {
             (
                 Pending::TakeOver { .. } | Pending::Refresh { .. } | Pending::Delete,
                 StoreReply::Conflict,
-            ) => {
-                let id = self
-                    .record
-                    .expect("attached streams have a record")
-                    .client_id;
-                self.fail(Reject::TakenOver(id));
+            ) => self.fail(Reject::TakenOver(self.record_id())),
+            (Pending::TakeOver { .. } | Pending::Refresh { .. }, StoreReply::Expired) => {
+                self.fail(Reject::Expired(self.record_id()))
+            }
+            (Pending::TakeOver { .. } | Pending::Refresh { .. }, StoreReply::Missing) => {
+                self.fail(Reject::Lost(self.record_id()))
             }
             (pending, reply) => self.fail(Reject::StoreUnavailable(format!(
                 "store answered {reply:?} to {pending:?}"
@@ -654,6 +700,12 @@ impl Session {
         self.record.map_or(0, |r| r.count)
     }
 
+    fn record_id(&self) -> ClientId {
+        self.record
+            .expect("a stream that writes has a record")
+            .client_id
+    }
+
     fn load_id(&self) -> ClientId {
         self.client_id
             .expect("handle_resume records the client id before loading")
@@ -712,6 +764,7 @@ impl Session {
         let record = Record {
             acked: next_index,
             generation,
+            holder: self.holder,
             ..live
         };
         self.record = Some(record);
@@ -760,6 +813,7 @@ impl Session {
             self.pending = Some(Pending::Delete);
             self.out.push_back(Output::Store(StoreOp::Delete {
                 client_id: record.client_id,
+                incarnation: record.incarnation,
                 generation: record.generation,
             }));
         } else if self.refresh_due || (self.can_send() && self.next_tick <= now) {
@@ -822,6 +876,8 @@ mod tests {
     const SEED: u64 = 0x5eed;
     const TOKEN: Secret = Secret([7; 16]);
     const NONCE: [u8; 16] = [3; 16];
+    const INCARNATION: u64 = 0x1_2c42;
+    const HOLDER: u64 = 0x401d;
     const SEC: Duration = Duration::from_secs(1);
 
     fn id() -> ClientId {
@@ -836,6 +892,8 @@ mod tests {
         Fresh {
             seed: SEED,
             token: TOKEN,
+            incarnation: INCARNATION,
+            holder: HOLDER,
         }
     }
 
@@ -864,6 +922,8 @@ mod tests {
             count,
             acked: 0,
             generation,
+            incarnation: INCARNATION,
+            holder: HOLDER,
         }
     }
 
@@ -934,6 +994,7 @@ mod tests {
                 token: TOKEN.as_bytes(),
                 next_index,
             },
+            fresh(),
         );
         assert_eq!(drain(&mut s), [Output::Store(StoreOp::Load(id()))]);
         s.handle_store(
@@ -969,6 +1030,7 @@ mod tests {
                 token,
                 next_index,
             },
+            fresh(),
         );
         assert_eq!(drain(&mut s), [Output::Store(StoreOp::Load(id()))]);
         s.handle_store(t0, StoreReply::Loaded(lookup));
@@ -1038,6 +1100,7 @@ mod tests {
                     token: TOKEN.as_bytes(),
                     next_index: 0,
                 },
+                fresh(),
             );
             assert!(matches!(rejected(&drain(&mut s)), Reject::BadClientId(_)));
             assert_eq!(s.client_id(), None);
@@ -1086,6 +1149,7 @@ mod tests {
                     token: &token,
                     next_index: 0,
                 },
+                fresh(),
             );
             assert_eq!(rejected(&drain(&mut s)), Reject::MalformedToken(len));
         }
@@ -1149,6 +1213,7 @@ mod tests {
             drain(&mut s),
             [Output::Store(StoreOp::Delete {
                 client_id: id(),
+                incarnation: INCARNATION,
                 generation: 2
             })]
         );
@@ -1214,7 +1279,7 @@ mod tests {
             token: TOKEN.as_bytes(),
             next_index: 0,
         };
-        s.handle_resume(t0, resume);
+        s.handle_resume(t0, resume, fresh());
         assert!(matches!(rejected(&drain(&mut s)), Reject::Unexpected(_)));
         // Ack while attaching.
         let mut s = Session::new(cfg(), t0);
@@ -1471,6 +1536,7 @@ mod tests {
                     Output::Store(StoreOp::Delete {
                         client_id,
                         generation,
+                        ..
                     }) => {
                         assert_eq!((client_id, generation), (id(), 1));
                         assert_eq!(sent.len() as u32, count, "deleted before the end");
@@ -1522,6 +1588,7 @@ mod tests {
             drain(&mut s),
             [Output::Store(StoreOp::Delete {
                 client_id: id(),
+                incarnation: INCARNATION,
                 generation: 1
             })]
         );
@@ -1549,6 +1616,30 @@ mod tests {
             &drain(&mut s)[..],
             [Output::Store(StoreOp::Delete { .. })]
         ));
+    }
+
+    #[test]
+    fn a_refresh_that_finds_the_session_expired_or_gone_says_so() {
+        // A stream paused past the TTL finds its session expired (or
+        // replaced by a later incarnation); one whose store lost its data
+        // finds nothing. Neither is a takeover.
+        for (reply, reject) in [
+            (StoreReply::Expired, Reject::Expired(id())),
+            (StoreReply::Missing, Reject::Lost(id())),
+        ] {
+            let t0 = Instant::now();
+            let mut s = opened(t0, 10);
+            s.handle_ack(t0, 1);
+            s.handle_timeout(t0 + SEC);
+            assert!(matches!(
+                &drain(&mut s)[..],
+                [Output::Store(StoreOp::Update { .. })]
+            ));
+            s.handle_store(t0 + SEC, reply);
+            let out = drain(&mut s);
+            assert_eq!(out, [Output::End(End::Rejected(reject.clone()))]);
+            assert_eq!(rejected(&out).code(), crate::client::Code::NotFound);
+        }
     }
 
     #[test]
@@ -1590,7 +1681,7 @@ mod tests {
             token: TOKEN.as_bytes(),
             next_index: 0,
         };
-        s.handle_resume(t0, resume);
+        s.handle_resume(t0, resume, fresh());
         drain(&mut s);
         s.handle_store(t0, StoreReply::Loaded(Lookup::Live(record(5, 1))));
         drain(&mut s);
@@ -1605,6 +1696,8 @@ mod tests {
         let other = Fresh {
             seed: 1,
             token: Secret([9; 16]),
+            incarnation: 99,
+            holder: HOLDER,
         };
         s.handle_open(t0, open_msg(10), other);
         drain(&mut s);
@@ -1797,9 +1890,11 @@ mod tests {
     }
 
     #[test]
-    fn record_round_trips_through_bytes() {
-        println!("size_of::<Record>() = {}", std::mem::size_of::<Record>());
-        assert!(std::mem::size_of::<Record>() <= 128);
+    fn record_round_trips_through_a_pinned_encoding() {
+        // The encoding is shared by every server of a Redis deployment and
+        // outlives upgrades: its size and layout are pinned.
+        assert_eq!(std::mem::size_of::<Record>(), 88);
+        assert!(Record::ENCODED_LEN <= 128);
         let r = Record {
             client_id: id(),
             token: Secret([0xa5; 16]),
@@ -1808,14 +1903,32 @@ mod tests {
             count: MAX_COUNT,
             acked: 1234,
             generation: u64::MAX - 1,
+            incarnation: 0x1122_3344_5566_7788,
+            holder: 0x99aa_bbcc_ddee_ff00,
         };
         let bytes = r.to_bytes();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let golden = [
+            "67e5504410b1426f9247bb680e5fe0c8", // client id
+            "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5", // token
+            "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a", // nonce
+            "0123456789abcdef",                 // seed
+            "0000ffff",                         // count
+            "000004d2",                         // acked
+            "fffffffffffffffe",                 // generation
+            "1122334455667788",                 // incarnation
+            "99aabbccddeeff00",                 // holder
+        ]
+        .concat();
+        assert_eq!(hex, golden);
         assert_eq!(bytes.len(), Record::ENCODED_LEN);
         assert_eq!(Record::from_bytes(&bytes), Some(r));
-        assert_eq!(Record::from_bytes(&bytes[..71]), None);
-        assert_eq!(Record::from_bytes(&[0; 73]), None);
+        assert_eq!(Record::from_bytes(&bytes[..87]), None);
+        assert_eq!(Record::from_bytes(&[0; 89]), None);
+        // The layout before incarnations (72 bytes) is not a record.
+        assert_eq!(Record::from_bytes(&bytes[..72]), None);
         // A count of zero is not a record.
-        assert_eq!(Record::from_bytes(&[0; 72]), None);
+        assert_eq!(Record::from_bytes(&[0; 88]), None);
     }
 
     #[test]

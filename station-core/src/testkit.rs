@@ -62,6 +62,10 @@ pub enum Answer {
     Done,
     /// `Conflict`.
     Conflict,
+    /// `Expired`: a write found the session expired.
+    WriteExpired,
+    /// `Missing`: a write found no record.
+    WriteMissing,
     /// `Unavailable`.
     Unavailable,
     /// `Exists` with a live record of this count and nonce byte.
@@ -110,6 +114,8 @@ pub fn run(events: &[Event]) -> Result<(), String> {
                     Fresh {
                         seed: FRESH_SEED,
                         token: TOKEN,
+                        incarnation: 1,
+                        holder: 2,
                     },
                 );
             }
@@ -125,7 +131,13 @@ pub fn run(events: &[Event]) -> Result<(), String> {
                     token: &token,
                     next_index,
                 };
-                session.handle_resume(now, resume);
+                let fresh = Fresh {
+                    seed: 0,
+                    token: Secret::ZERO,
+                    incarnation: 0,
+                    holder: 3,
+                };
+                session.handle_resume(now, resume, fresh);
             }
             Event::Ack(n) => session.handle_ack(now, n),
             // Answered whatever was asked, or nothing (an adapter bug the
@@ -173,10 +185,14 @@ impl Answer {
             count,
             acked: 0,
             generation: 3,
+            incarnation: 1,
+            holder: 2,
         };
         match self {
             Answer::Done => StoreReply::Done,
             Answer::Conflict => StoreReply::Conflict,
+            Answer::WriteExpired => StoreReply::Expired,
+            Answer::WriteMissing => StoreReply::Missing,
             Answer::Unavailable => StoreReply::Unavailable("fuzzed".into()),
             Answer::Exists { count, nonce } => {
                 // If the session attaches to this record, its numbers follow

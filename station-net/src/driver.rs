@@ -272,7 +272,7 @@ fn handle<S: SessionStore>(shared: &Shared<S>, session: &mut Session, msg: Clien
                 token: &resume.resume_token,
                 next_index: resume.next_index,
             };
-            session.handle_resume(now, resume);
+            session.handle_resume(now, resume, shared.fresh());
         }
         Some(ClientKind::Ack(ack)) => session.handle_ack(now, ack.next_index),
         None => session.abort(Reject::Unexpected("empty ClientMessage")),

@@ -183,7 +183,7 @@ impl<S: SessionStore> Shared<S> {
         }
     }
 
-    /// Randomness for a new session: a CSPRNG, because tokens are secrets.
+    /// Randomness for a new stream: a CSPRNG, because tokens are secrets.
     pub(crate) fn fresh(&self) -> Fresh {
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
         let mut token = [0u8; Secret::LEN];
@@ -191,6 +191,8 @@ impl<S: SessionStore> Shared<S> {
         Fresh {
             seed: rng.next_u64(),
             token: Secret(token),
+            incarnation: rng.next_u64(),
+            holder: rng.next_u64(),
         }
     }
 

@@ -39,6 +39,18 @@ fn record() -> Record {
         count: 1 + rand::random::<u32>() % 0xffff,
         acked: 0,
         generation: 1,
+        incarnation: rand::random(),
+        holder: rand::random(),
+    }
+}
+
+/// `rec` as a takeover by another stream writes it: the next generation,
+/// and that stream's holder.
+fn taken_over(rec: Record) -> Record {
+    Record {
+        generation: rec.generation + 1,
+        holder: rand::random(),
+        ..rec
     }
 }
 
@@ -68,10 +80,12 @@ async fn update<S: SessionStore>(
         .await
 }
 
-async fn delete<S: SessionStore>(store: &S, client_id: ClientId, generation: u64) -> StoreReply {
+/// Deletes `rec`'s session at `generation` of its incarnation.
+async fn delete<S: SessionStore>(store: &S, rec: &Record, generation: u64) -> StoreReply {
     store
         .execute(StoreOp::Delete {
-            client_id,
+            client_id: rec.client_id,
+            incarnation: rec.incarnation,
             generation,
         })
         .await
@@ -115,6 +129,8 @@ async fn record_fields_round_trip<S: SessionStore>(store: S) {
         count: 0xffff,
         acked: 0xffff,
         generation: u64::MAX - 1,
+        incarnation: u64::MAX,
+        holder: u64::MAX - 2,
         ..record()
     };
     assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
@@ -122,6 +138,7 @@ async fn record_fields_round_trip<S: SessionStore>(store: S) {
     // Generations near u64::MAX compare exactly (no float rounding).
     let next = Record {
         generation: u64::MAX,
+        holder: 1,
         ..rec
     };
     assert_eq!(
@@ -175,8 +192,7 @@ async fn update_refreshes_and_takes_over<S: SessionStore>(store: S) {
     // Takeover: generation + 1.
     let taken = Record {
         acked: 3,
-        generation: 2,
-        ..rec
+        ..taken_over(rec)
     };
     assert_eq!(update(&store, taken, 1, LONG).await, StoreReply::Done);
     assert_eq!(load(&store, rec.client_id).await, Lookup::Live(taken));
@@ -189,28 +205,29 @@ async fn update_refreshes_and_takes_over<S: SessionStore>(store: S) {
 async fn update_with_stale_generation_conflicts<S: SessionStore>(store: S) {
     let rec = record();
     assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
-    let taken = Record {
-        generation: 2,
-        ..rec
-    };
+    let taken = taken_over(rec);
     assert_eq!(update(&store, taken, 1, LONG).await, StoreReply::Done);
     // The old owner's refresh and a second takeover from generation 1 fail.
     let stale = Record { acked: 7, ..rec };
     assert_eq!(update(&store, stale, 1, LONG).await, StoreReply::Conflict);
-    let late_takeover = Record { acked: 1, ..taken };
+    let late_takeover = Record {
+        acked: 1,
+        ..taken_over(rec)
+    };
     assert_eq!(
         update(&store, late_takeover, 1, LONG).await,
         StoreReply::Conflict
     );
     // A generation from the future fails too.
-    assert_eq!(update(&store, taken, 3, LONG).await, StoreReply::Conflict);
+    let future = taken_over(taken);
+    assert_eq!(update(&store, future, 3, LONG).await, StoreReply::Conflict);
     assert_eq!(load(&store, rec.client_id).await, Lookup::Live(taken));
 }
 
-async fn update_of_missing_or_expired_conflicts<S: SessionStore>(store: S) {
+async fn update_of_missing_or_expired_is_refused<S: SessionStore>(store: S) {
     // Never created: the update must not create it.
     let ghost = record();
-    assert_eq!(update(&store, ghost, 1, LONG).await, StoreReply::Conflict);
+    assert_eq!(update(&store, ghost, 1, LONG).await, StoreReply::Missing);
     assert_eq!(load(&store, ghost.client_id).await, Lookup::Missing);
     // Expired: the update must not revive it.
     let rec = record();
@@ -219,35 +236,96 @@ async fn update_of_missing_or_expired_conflicts<S: SessionStore>(store: S) {
         StoreReply::Done
     );
     sleep(Duration::from_millis(200)).await;
-    assert_eq!(update(&store, rec, 1, LONG).await, StoreReply::Conflict);
+    assert_eq!(update(&store, rec, 1, LONG).await, StoreReply::Expired);
     assert_eq!(load(&store, rec.client_id).await, Lookup::Expired);
-    // Deleted: same.
+    // Deleted (or lost by the store): gone, not taken over.
     let gone = record();
     assert_eq!(create(&store, gone, LONG).await, StoreReply::Done);
-    assert_eq!(delete(&store, gone.client_id, 1).await, StoreReply::Done);
-    assert_eq!(update(&store, gone, 1, LONG).await, StoreReply::Conflict);
+    assert_eq!(delete(&store, &gone, 1).await, StoreReply::Done);
+    assert_eq!(update(&store, gone, 1, LONG).await, StoreReply::Missing);
     assert_eq!(load(&store, gone.client_id).await, Lookup::Missing);
 }
 
 async fn delete_checks_generation<S: SessionStore>(store: S) {
     let rec = record();
     assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
-    assert_eq!(delete(&store, rec.client_id, 2).await, StoreReply::Conflict);
-    assert_eq!(delete(&store, rec.client_id, 0).await, StoreReply::Conflict);
+    assert_eq!(delete(&store, &rec, 2).await, StoreReply::Conflict);
+    assert_eq!(delete(&store, &rec, 0).await, StoreReply::Conflict);
     assert_eq!(load(&store, rec.client_id).await, Lookup::Live(rec));
-    assert_eq!(delete(&store, rec.client_id, 1).await, StoreReply::Done);
-    // Deleted means gone, not expired.
+    assert_eq!(delete(&store, &rec, 1).await, StoreReply::Done);
+    // Deleted means gone, not expired; deleting again is done (a delete
+    // re-sent after its reply was lost).
     assert_eq!(load(&store, rec.client_id).await, Lookup::Missing);
-    assert_eq!(delete(&store, rec.client_id, 1).await, StoreReply::Conflict);
-    // An expired record cannot be deleted (it is no one's any more).
+    assert_eq!(delete(&store, &rec, 1).await, StoreReply::Done);
+    // An expired record is left as it is (still reported expired), and
+    // the delete is done: nothing live of its incarnation is left.
     let old = record();
     assert_eq!(
         create(&store, old, Duration::from_millis(100)).await,
         StoreReply::Done
     );
     sleep(Duration::from_millis(200)).await;
-    assert_eq!(delete(&store, old.client_id, 1).await, StoreReply::Conflict);
+    assert_eq!(delete(&store, &old, 1).await, StoreReply::Done);
     assert_eq!(load(&store, old.client_id).await, Lookup::Expired);
+}
+
+async fn a_paused_stream_cannot_write_over_a_later_incarnation<S: SessionStore>(store: S) {
+    // A stream at generation 1 stalls past the TTL; the client id is
+    // reused by a new session, which starts at generation 1 again.
+    let old = record();
+    assert_eq!(
+        create(&store, old, Duration::from_millis(100)).await,
+        StoreReply::Done
+    );
+    sleep(Duration::from_millis(200)).await;
+    let new = Record {
+        client_id: old.client_id,
+        ..record()
+    };
+    assert_eq!(create(&store, new, LONG).await, StoreReply::Done);
+    // The stalled stream wakes: its refresh, its takeover and its delete
+    // must all leave the new session alone.
+    let refresh = Record { acked: 3, ..old };
+    assert_eq!(update(&store, refresh, 1, LONG).await, StoreReply::Expired);
+    assert_eq!(
+        update(&store, taken_over(old), 1, LONG).await,
+        StoreReply::Expired
+    );
+    assert_eq!(delete(&store, &old, 1).await, StoreReply::Done);
+    assert_eq!(load(&store, new.client_id).await, Lookup::Live(new));
+}
+
+async fn repeated_writes_apply_once_and_report_no_false_conflict<S: SessionStore>(store: S) {
+    // Each write is sent twice, as after a lost reply.
+    let rec = record();
+    assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
+    assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
+    let refreshed = Record { acked: 2, ..rec };
+    for _ in 0..2 {
+        assert_eq!(update(&store, refreshed, 1, LONG).await, StoreReply::Done);
+    }
+    let taken = Record {
+        acked: 1,
+        ..taken_over(refreshed)
+    };
+    for _ in 0..2 {
+        assert_eq!(update(&store, taken, 1, LONG).await, StoreReply::Done);
+    }
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(taken));
+    // A rival takeover to the same generation by another stream is not
+    // mistaken for a repeat.
+    let rival = taken_over(refreshed);
+    assert_eq!(update(&store, rival, 1, LONG).await, StoreReply::Conflict);
+    // Nor is the stale stream's refresh, nor a repeat of its own takeover
+    // once a newer one followed.
+    let newer = taken_over(taken);
+    assert_eq!(update(&store, newer, 2, LONG).await, StoreReply::Done);
+    assert_eq!(update(&store, taken, 1, LONG).await, StoreReply::Conflict);
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(newer));
+    for _ in 0..2 {
+        assert_eq!(delete(&store, &rec, 3).await, StoreReply::Done);
+    }
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Missing);
 }
 
 async fn expiry_live_then_expired_then_missing<S: SessionStore>(store: S) {
@@ -330,7 +408,7 @@ async fn live_sessions_counts_only_live<S: SessionStore>(store: S) {
     // Expired ones are remembered but not live.
     assert_eq!(load(&store, short[0].client_id).await, Lookup::Expired);
     assert_eq!(live(&store).await, 3);
-    assert_eq!(delete(&store, long[0].client_id, 1).await, StoreReply::Done);
+    assert_eq!(delete(&store, &long[0], 1).await, StoreReply::Done);
     assert_eq!(live(&store).await, 2);
 }
 
@@ -343,8 +421,7 @@ async fn racing_takeovers_have_one_winner<S: SessionStore>(store: S) {
         let store = store.clone();
         let mine = Record {
             acked: i,
-            generation: 2,
-            ..rec
+            ..taken_over(rec)
         };
         tasks.spawn(async move { (i, update(&store, mine, 1, LONG).await) });
     }
@@ -358,12 +435,10 @@ async fn racing_takeovers_have_one_winner<S: SessionStore>(store: S) {
         }
     }
     assert_eq!(winners.len(), 1, "winners: {winners:?}");
-    let expected = Record {
-        acked: winners[0],
-        generation: 2,
-        ..rec
+    let Lookup::Live(stored) = load(&store, rec.client_id).await else {
+        panic!("the session is gone");
     };
-    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(expected));
+    assert_eq!((stored.acked, stored.generation), (winners[0], 2));
 }
 
 async fn concurrent_updates_of_many_sessions_get_their_own_answers<S: SessionStore>(store: S) {
@@ -418,14 +493,11 @@ async fn many_sessions_concurrently_leave_store_empty<S: SessionStore>(store: S)
             assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
             let refreshed = Record { acked: 1, ..rec };
             assert_eq!(update(&store, refreshed, 1, LONG).await, StoreReply::Done);
-            let taken = Record {
-                generation: 2,
-                ..refreshed
-            };
+            let taken = taken_over(refreshed);
             assert_eq!(update(&store, taken, 1, LONG).await, StoreReply::Done);
             assert_eq!(load(&store, id).await, Lookup::Live(taken));
-            assert_eq!(delete(&store, id, 1).await, StoreReply::Conflict);
-            assert_eq!(delete(&store, id, 2).await, StoreReply::Done);
+            assert_eq!(delete(&store, &rec, 1).await, StoreReply::Conflict);
+            assert_eq!(delete(&store, &rec, 2).await, StoreReply::Done);
             id
         });
     }
@@ -489,7 +561,9 @@ conformance!(
     create_over_expired_record_succeeds,
     update_refreshes_and_takes_over,
     update_with_stale_generation_conflicts,
-    update_of_missing_or_expired_conflicts,
+    update_of_missing_or_expired_is_refused,
+    a_paused_stream_cannot_write_over_a_later_incarnation,
+    repeated_writes_apply_once_and_report_no_false_conflict,
     delete_checks_generation,
     expiry_live_then_expired_then_missing,
     refresh_extends_expiry,
@@ -843,10 +917,7 @@ async fn redis_servers_share_sessions_and_prefixes_isolate() {
     let rec = record();
     assert_eq!(create(&a, rec, LONG).await, StoreReply::Done);
     assert_eq!(load(&b, rec.client_id).await, Lookup::Live(rec));
-    let taken = Record {
-        generation: 2,
-        ..rec
-    };
+    let taken = taken_over(rec);
     assert_eq!(update(&b, taken, 1, LONG).await, StoreReply::Done);
     assert_eq!(update(&a, rec, 1, LONG).await, StoreReply::Conflict);
     assert_eq!(load(&other, rec.client_id).await, Lookup::Missing);

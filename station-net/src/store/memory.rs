@@ -5,7 +5,7 @@ use std::collections::hash_map::{Entry as Slot, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use station_core::server::{Lookup, Record, StoreOp, StoreReply};
+use station_core::store::{decide, Lookup, Record, StoreOp, StoreReply, Write};
 use station_core::ClientId;
 
 use super::{SessionStore, StoreConfig, StoreError};
@@ -124,41 +124,19 @@ impl MemoryStore {
             // dropped below).
             Slot::Occupied(_) | Slot::Vacant(_) => Lookup::Missing,
         };
-        match (op, state) {
-            (StoreOp::Load(_), state) => {
-                if state == Lookup::Missing {
-                    if let Slot::Occupied(e) = slot {
-                        e.remove();
-                    }
-                }
-                StoreReply::Loaded(state)
+        let (reply, write) = decide(&state, &op);
+        match (write, slot) {
+            (Write::Put { record, expires_in }, slot) => put(slot, entry(record, now, expires_in)),
+            (Write::Remove, Slot::Occupied(e)) => {
+                e.remove();
             }
-            (StoreOp::Create { .. }, Lookup::Live(live)) => StoreReply::Exists(live),
-            (StoreOp::Create { record, expires_in }, _) => {
-                put(slot, entry(record, now, expires_in));
-                StoreReply::Done
+            // Past remembering: drop it while we are here.
+            (Write::Nothing, Slot::Occupied(e)) if state == Lookup::Missing => {
+                e.remove();
             }
-            (
-                StoreOp::Update {
-                    record,
-                    expect_generation,
-                    expires_in,
-                },
-                Lookup::Live(live),
-            ) if live.generation == expect_generation => {
-                put(slot, entry(record, now, expires_in));
-                StoreReply::Done
-            }
-            (StoreOp::Delete { generation, .. }, Lookup::Live(live))
-                if live.generation == generation =>
-            {
-                if let Slot::Occupied(e) = slot {
-                    e.remove();
-                }
-                StoreReply::Done
-            }
-            (StoreOp::Update { .. } | StoreOp::Delete { .. }, _) => StoreReply::Conflict,
+            (Write::Remove | Write::Nothing, _) => {}
         }
+        reply
     }
 }
 

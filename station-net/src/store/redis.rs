@@ -7,7 +7,7 @@
 //!
 //! | field           | contents                                                   |
 //! |-----------------|------------------------------------------------------------|
-//! | `record`        | [`Record::to_bytes`], 72 bytes                             |
+//! | `record`        | [`Record::to_bytes`], 88 bytes                             |
 //! | `generation`    | the record's generation in decimal, for compare-and-set    |
 //! | `expires_at_us` | logical expiry, microseconds since the Unix epoch on *Redis's* clock |
 //!
@@ -143,6 +143,10 @@ local function rewrite(key, record, generation, now, expires_in, remember)
   redis.call('PEXPIRE', key, string.format('%.0f', math.ceil((expires_in + remember) / 1000)))
 end
 
+-- The incarnation inside a record's bytes (`Record::to_bytes`): Lua
+-- compares this 8-byte string exactly, where it could not compare u64s.
+local function incarnation(record) return string.sub(record, 73, 80) end
+
 -- As rewrite, for a key that may hold anything (an expired record, or
 -- fields this store did not write).
 local function put(key, record, generation, now, expires_in, remember)
@@ -167,28 +171,36 @@ return {st}
 ///
 /// KEYS[1] = session key; ARGV = record bytes, generation, expires_in (µs),
 /// remember_expired (µs). An expired or missing record is replaced.
-/// Returns `{'done'}`, `{'exists', record, generation}` (the live record,
+/// Returns `{'done'}` (also for this very record, byte for byte, written
+/// before: a repeated create), `{'exists', record, generation}` (the live record,
 /// left untouched) or `{'corrupt', reason}` (nothing written).
 const CREATE: &str = r#"
 local now = now_us()
 local expires_in, remember = tonumber(ARGV[3]), tonumber(ARGV[4])
 local st, f = state(KEYS[1], now, remember)
 if st == 'corrupt' then return {st, f} end
-if st == 'live' then return {'exists', f[1], f[2]} end
+if st == 'live' then
+  if f[1] == ARGV[1] and f[2] == ARGV[2] then return {'done'} end
+  return {'exists', f[1], f[2]}
+end
 put(KEYS[1], ARGV[1], ARGV[2], now, expires_in, remember)
 return {'done'}
 "#;
 
 /// `StoreOp::Update`, for a batch of sessions: for each, a compare-and-set
-/// on the generation (a refresh keeps it, a takeover bumps it; both look
-/// the same here), applied in order.
+/// on the incarnation and generation (a refresh keeps the generation, a
+/// takeover bumps it; both look the same here), applied in order. The
+/// table is `station_core::store::decide`'s.
 ///
 /// KEYS = the session keys; ARGV[1] = remember_expired (µs), then four
 /// arguments per key: new record bytes, its generation, expected
-/// generation, expires_in (µs). Writes a record only if it is live and its
-/// generation equals the expected one (compared as decimal strings, exact
-/// for any u64). Returns one reply per key: `{'done'}`, `{'conflict'}`
-/// (generation moved on, or record expired or gone) or `{'corrupt', reason}`.
+/// generation, expires_in (µs). Writes a record only if it is live, of the
+/// new record's incarnation, and its generation equals the expected one
+/// (compared as decimal strings, exact for any u64). Returns one reply per
+/// key: `{'done'}` (also for a takeover applied before, whose reply was
+/// lost: the stored record is byte for byte the new one, holder included), `{'conflict'}` (a newer
+/// generation holds it), `{'expired'}` (expired, or another incarnation
+/// holds the id), `{'missing'}` or `{'corrupt', reason}`.
 const UPDATE_MANY: &str = r#"
 local now = now_us()
 local remember = tonumber(ARGV[1])
@@ -198,12 +210,19 @@ for i, key in ipairs(KEYS) do
   local st, f = state(key, now, remember)
   if st == 'corrupt' then
     replies[i] = {st, f}
-  elseif st ~= 'live' or f[2] ~= ARGV[a + 2] then
-    replies[i] = {'conflict'}
-  else
+  elseif st == 'missing' then
+    replies[i] = {'missing'}
+  elseif st ~= 'live' or incarnation(f[1]) ~= incarnation(ARGV[a]) then
+    replies[i] = {'expired'}
+  elseif f[2] == ARGV[a + 2] then
     -- A live record of ours: its three fields are all there is to replace.
     rewrite(key, ARGV[a], ARGV[a + 1], now, tonumber(ARGV[a + 3]), remember)
     replies[i] = {'done'}
+  elseif f[1] == ARGV[a] and f[2] == ARGV[a + 1] then
+    -- Exactly the record this write carries, holder included.
+    replies[i] = {'done'}
+  else
+    replies[i] = {'conflict'}
   end
 end
 return replies
@@ -214,15 +233,19 @@ return replies
 /// a millisecond.
 pub const MAX_BATCH: usize = 256;
 
-/// `StoreOp::Delete`: compare-and-delete on the generation.
+/// `StoreOp::Delete`: compare-and-delete on the incarnation and
+/// generation.
 ///
-/// KEYS[1] = session key; ARGV = generation, remember_expired (µs). Deletes
-/// only a live record of that generation. Returns `{'done'}`,
-/// `{'conflict'}` or `{'corrupt', reason}`.
+/// KEYS[1] = session key; ARGV = generation, remember_expired (µs),
+/// incarnation (its 8 big-endian bytes). Deletes only a live record of that
+/// incarnation and generation. Returns `{'done'}` (also when nothing of the
+/// incarnation is left: a repeated delete, an expired or lost record),
+/// `{'conflict'}` (a newer generation holds it) or `{'corrupt', reason}`.
 const DELETE: &str = r#"
 local st, f = state(KEYS[1], now_us(), tonumber(ARGV[2]))
 if st == 'corrupt' then return {st, f} end
-if st ~= 'live' or f[2] ~= ARGV[1] then return {'conflict'} end
+if st ~= 'live' or incarnation(f[1]) ~= ARGV[3] then return {'done'} end
+if f[2] ~= ARGV[1] then return {'conflict'} end
 redis.call('DEL', KEYS[1])
 return {'done'}
 "#;
@@ -403,14 +426,16 @@ impl RedisStore {
             } => self.update(record, expect_generation, expires_in).await,
             StoreOp::Delete {
                 client_id,
+                incarnation,
                 generation,
             } => {
                 let mut inv = SCRIPTS.delete.prepare_invoke();
                 inv.key(self.key(&client_id))
                     .arg(generation.to_string())
-                    .arg(remember);
+                    .arg(remember)
+                    .arg(&incarnation.to_be_bytes()[..]);
                 let reply = invoke::<Vec<Vec<u8>>>(&self.conn, "delete", &inv).await?;
-                done_or_conflict("delete", &client_id, &reply)
+                write_reply("delete", &client_id, &reply)
             }
         }
     }
@@ -577,7 +602,7 @@ async fn send_batches(
             Ok(replies) => {
                 for (q, reply) in batch.drain(..).zip(replies) {
                     let id = q.record.client_id;
-                    let _ = q.reply.send(done_or_conflict("update", &id, &reply));
+                    let _ = q.reply.send(write_reply("update", &id, &reply));
                 }
             }
             Err(message) => {
@@ -644,10 +669,13 @@ fn split<'a>(id: &ClientId, reply: &'a [Vec<u8>]) -> Result<(&'a str, &'a [Vec<u
     Ok((tag, rest))
 }
 
-fn done_or_conflict(what: &str, id: &ClientId, reply: &[Vec<u8>]) -> Result<StoreReply, String> {
+/// The reply of a script that writes.
+fn write_reply(what: &str, id: &ClientId, reply: &[Vec<u8>]) -> Result<StoreReply, String> {
     match split(id, reply)? {
         ("done", []) => Ok(StoreReply::Done),
         ("conflict", []) => Ok(StoreReply::Conflict),
+        ("expired", []) => Ok(StoreReply::Expired),
+        ("missing", []) => Ok(StoreReply::Missing),
         _ => Err(unexpected(what, reply)),
     }
 }

@@ -1,0 +1,250 @@
+//! The store contract, decided in one place: [`decide`].
+//!
+//! A store keeps one record per client id, each live until its expiry and
+//! then remembered as expired for a while. For every [`StoreOp`] the reply
+//! and the write depend only on what is stored for the id and on the op,
+//! and [`decide`] computes both. In-process stores call it under their lock;
+//! the Redis scripts implement the same table in Lua, and the store
+//! conformance tests hold every store to it.
+//!
+//! # Fencing
+//!
+//! A write names the record it expects by its *incarnation* (random, drawn
+//! when the session was opened) and *generation* (bumped by each takeover).
+//! Both are compared, so a stream that was paused past the TTL cannot write
+//! over a later session that reuses the client id: the later one starts at
+//! generation 1 again, but with another incarnation.
+//!
+//! # Idempotence
+//!
+//! A write whose reply was lost may be sent again (by the adapter after a
+//! timeout, or by a Redis cluster client after a dropped connection). The
+//! stored record is then exactly the one the write carries, *holder*
+//! (random, drawn by the writing stream) included: it was applied, and the
+//! answer is `Done` without writing again (a refresh,
+//! which keeps the generation, simply applies again: same record, expiry
+//! counted from now). Two rival
+//! takeovers to the same generation carry different holders, so the loser
+//! still sees a conflict. A repeated `Delete` finds nothing of its
+//! incarnation left and is `Done` as well.
+
+use std::time::Duration;
+
+pub use crate::server::{Lookup, Record, StoreOp, StoreReply};
+
+/// What a store must write for one operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Nothing.
+    Nothing,
+    /// Store `record`, live for `expires_in` from now.
+    Put {
+        /// The new contents.
+        record: Record,
+        /// Time from now until it expires.
+        expires_in: Duration,
+    },
+    /// Remove the record.
+    Remove,
+}
+
+/// The reply to `op` and the write that goes with it, given what the store
+/// holds for the op's client id now.
+pub fn decide(stored: &Lookup, op: &StoreOp) -> (StoreReply, Write) {
+    use StoreReply as R;
+    let done = |write| (R::Done, write);
+    match (op, stored) {
+        (StoreOp::Load(_), stored) => (R::Loaded(stored.clone()), Write::Nothing),
+
+        (StoreOp::Create { record, .. }, Lookup::Live(live)) if written_by(live, record) => {
+            done(Write::Nothing)
+        }
+        (StoreOp::Create { .. }, Lookup::Live(live)) => (R::Exists(*live), Write::Nothing),
+        (StoreOp::Create { record, expires_in }, Lookup::Expired | Lookup::Missing) => {
+            done(Write::Put {
+                record: *record,
+                expires_in: *expires_in,
+            })
+        }
+
+        (
+            StoreOp::Update {
+                record,
+                expect_generation,
+                expires_in,
+            },
+            Lookup::Live(live),
+        ) if live.incarnation == record.incarnation => {
+            if live.generation == *expect_generation {
+                // A refresh (sent again or not) or a takeover.
+                done(Write::Put {
+                    record: *record,
+                    expires_in: *expires_in,
+                })
+            } else if written_by(live, record) {
+                // A takeover applied before, its reply lost.
+                done(Write::Nothing)
+            } else {
+                (R::Conflict, Write::Nothing)
+            }
+        }
+        // Another incarnation holds the id: ours expired before it came.
+        (StoreOp::Update { .. }, Lookup::Live(_) | Lookup::Expired) => (R::Expired, Write::Nothing),
+        (StoreOp::Update { .. }, Lookup::Missing) => (R::Missing, Write::Nothing),
+
+        (
+            StoreOp::Delete {
+                incarnation,
+                generation,
+                ..
+            },
+            Lookup::Live(live),
+        ) if live.incarnation == *incarnation => {
+            if live.generation == *generation {
+                done(Write::Remove)
+            } else {
+                (R::Conflict, Write::Nothing)
+            }
+        }
+        // Nothing of this incarnation left to delete: deleted already (a
+        // repeated delete), expired, or lost.
+        (StoreOp::Delete { .. }, _) => done(Write::Nothing),
+    }
+}
+
+/// Whether `stored` is what the write of `ours` put there: the very same
+/// record. Its holder makes it one stream's alone.
+fn written_by(stored: &Record, ours: &Record) -> bool {
+    stored == ours
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ClientId, Secret};
+
+    fn rec(incarnation: u64, generation: u64, holder: u64) -> Record {
+        Record {
+            client_id: ClientId::from_random_bytes([4; 16]),
+            token: Secret([1; 16]),
+            nonce: Secret::ZERO,
+            seed: 9,
+            count: 10,
+            acked: 0,
+            generation,
+            incarnation,
+            holder,
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    fn update(record: Record, expect_generation: u64) -> StoreOp {
+        StoreOp::Update {
+            record,
+            expect_generation,
+            expires_in: TTL,
+        }
+    }
+
+    fn delete(incarnation: u64, generation: u64) -> StoreOp {
+        StoreOp::Delete {
+            client_id: rec(0, 0, 0).client_id,
+            incarnation,
+            generation,
+        }
+    }
+
+    #[test]
+    fn updates_are_fenced_by_incarnation_and_generation() {
+        let live = Lookup::Live(rec(1, 3, 7));
+        let put = |record| Write::Put {
+            record,
+            expires_in: TTL,
+        };
+        // A refresh by the holder, and a takeover.
+        assert_eq!(
+            decide(&live, &update(rec(1, 3, 7), 3)),
+            (StoreReply::Done, put(rec(1, 3, 7)))
+        );
+        assert_eq!(
+            decide(&live, &update(rec(1, 4, 8), 3)),
+            (StoreReply::Done, put(rec(1, 4, 8)))
+        );
+        // A stale stream of the same incarnation: taken over.
+        assert_eq!(
+            decide(&live, &update(rec(1, 2, 5), 2)),
+            (StoreReply::Conflict, Write::Nothing)
+        );
+        // A paused stream of an earlier incarnation at the same generation.
+        assert_eq!(
+            decide(&live, &update(rec(2, 3, 7), 3)),
+            (StoreReply::Expired, Write::Nothing)
+        );
+        assert_eq!(
+            decide(&Lookup::Expired, &update(rec(1, 3, 7), 3)),
+            (StoreReply::Expired, Write::Nothing)
+        );
+        assert_eq!(
+            decide(&Lookup::Missing, &update(rec(1, 3, 7), 3)),
+            (StoreReply::Missing, Write::Nothing)
+        );
+    }
+
+    #[test]
+    fn repeated_writes_are_done_once_and_rivals_still_conflict() {
+        // The takeover to generation 4 by holder 8 was applied; its reply
+        // was lost and it is sent again.
+        let after = Lookup::Live(rec(1, 4, 8));
+        assert_eq!(
+            decide(&after, &update(rec(1, 4, 8), 3)),
+            (StoreReply::Done, Write::Nothing)
+        );
+        // A rival takeover from generation 3 by another stream.
+        assert_eq!(
+            decide(&after, &update(rec(1, 4, 9), 3)),
+            (StoreReply::Conflict, Write::Nothing)
+        );
+        // A repeated create, and a create by another open.
+        let created = Lookup::Live(rec(5, 1, 6));
+        let create = |record| StoreOp::Create {
+            record,
+            expires_in: TTL,
+        };
+        assert_eq!(
+            decide(&created, &create(rec(5, 1, 6))),
+            (StoreReply::Done, Write::Nothing)
+        );
+        assert_eq!(
+            decide(&created, &create(rec(6, 1, 2))),
+            (StoreReply::Exists(rec(5, 1, 6)), Write::Nothing)
+        );
+        // A repeated delete finds nothing and is done.
+        assert_eq!(
+            decide(&created, &delete(5, 1)),
+            (StoreReply::Done, Write::Remove)
+        );
+        assert_eq!(
+            decide(&Lookup::Missing, &delete(5, 1)),
+            (StoreReply::Done, Write::Nothing)
+        );
+    }
+
+    #[test]
+    fn deletes_touch_only_their_own_generation_of_their_incarnation() {
+        let live = Lookup::Live(rec(1, 3, 7));
+        assert_eq!(
+            decide(&live, &delete(1, 2)),
+            (StoreReply::Conflict, Write::Nothing)
+        );
+        assert_eq!(
+            decide(&live, &delete(2, 3)),
+            (StoreReply::Done, Write::Nothing),
+            "a later incarnation is not ours to delete"
+        );
+        assert_eq!(
+            decide(&Lookup::Expired, &delete(1, 3)),
+            (StoreReply::Done, Write::Nothing)
+        );
+    }
+}
