@@ -245,6 +245,17 @@ fn init_tracing(default: &str) {
         .init();
 }
 
+/// Raises the soft limit on open files to the hard limit, as Go's runtime
+/// does by itself: each connection is a descriptor, and the stock soft limit
+/// (1,024) is far below what one server or load generator holds. Logs the
+/// limit in force.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(open_files_limit = limit, "file descriptor limit"),
+        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -261,6 +272,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => {
                 init_tracing("info");
+                raise_open_files_limit();
                 server::run(args).await
             }
             Command::Client(args) => {
@@ -276,7 +288,8 @@ fn main() -> ExitCode {
                 server::stats(args).await
             }
             Command::Load(args) => {
-                init_tracing("warn");
+                init_tracing("warn,station=info");
+                raise_open_files_limit();
                 load::run(args).await
             }
         }

@@ -10,6 +10,8 @@
 //! - [`client`]: [`client::run`], driving a core `Client` across streams and
 //!   endpoints.
 //! - [`coalesce`]: write coalescing under HTTP/2 connections.
+//! - [`incoming`]: accepted TCP connections, with an accept loop that backs
+//!   off when file descriptors run out.
 //! - [`metrics`]: counters for the `Stats` RPC and Prometheus.
 //! - [`status`]: the one mapping between core errors and gRPC statuses.
 //! - [`store`]: the [`SessionStore`](store::SessionStore) trait,
@@ -24,6 +26,7 @@ mod clock;
 pub mod coalesce;
 pub mod codec;
 mod driver;
+pub mod incoming;
 pub mod metrics;
 pub mod server;
 pub mod status;

@@ -25,7 +25,6 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::coalesce::Coalesce;
 pub use crate::driver::SessionStream;
 use crate::metrics::Counters;
 use crate::proto::numbers_station_server::{NumbersStation, NumbersStationServer};
@@ -469,17 +468,6 @@ where
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
     on_bound(local);
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            conn.map(|stream| {
-                // Numbers are tiny and latency matters more than packing:
-                // no Nagle delay, but frames of the streams ready together
-                // share a write.
-                let _ = stream.set_nodelay(true);
-                Coalesce::new(stream)
-            })
-        },
-    );
+    let incoming = crate::incoming::Incoming::new(listener);
     serve(station, incoming, shutdown).await
 }

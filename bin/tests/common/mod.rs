@@ -247,7 +247,13 @@ impl Server {
     pub fn start(extra: &[&str]) -> Server {
         let mut args = vec!["server", "--port", "0", "--interval", "10ms"];
         args.extend_from_slice(extra);
-        let mut proc = Proc::spawn(format!("server {extra:?}"), station(&args));
+        Server::spawn(format!("server {extra:?}"), station(&args))
+    }
+
+    /// Spawns `cmd`, a `station server --port 0 …` command set up by the
+    /// caller; waits (bounded) for its `listening on 127.0.0.1:PORT` line.
+    pub fn spawn(name: impl Into<String>, cmd: Command) -> Server {
+        let mut proc = Proc::spawn(name, cmd);
         let deadline = Instant::now() + Duration::from_secs(10);
         let port = loop {
             let out = proc.stdout_so_far();

@@ -1,0 +1,96 @@
+//! The server out of file descriptors: it raises its soft limit at start
+//! and logs it; when accepting fails for want of descriptors it pauses,
+//! says so once, keeps serving the streams it has, and accepts again once
+//! descriptors are freed.
+
+mod common;
+
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Soft and hard limit the server runs under: room for the runtime, the
+/// listener and a few connections, then nothing.
+const LIMIT: u64 = 64;
+/// Idle connections opened to use up the server's descriptors (the rest
+/// wait in the listen backlog).
+const HOGS: usize = 100;
+
+/// The server's user + system CPU time so far, from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat has a command")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+#[test]
+fn out_of_descriptors_the_server_pauses_accepting_and_keeps_serving() {
+    let mut cmd = station(["server", "--port", "0", "--interval", "100ms"]);
+    cmd.env("RUST_LOG", "info");
+    // SAFETY: setrlimit is a single system call, safe between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| rlimit::setrlimit(rlimit::Resource::NOFILE, LIMIT, LIMIT));
+    }
+    let server = Server::spawn("server with 64 descriptors", cmd);
+    let stderr = server.proc.stderr_so_far();
+    assert!(
+        stderr.contains(&format!("open_files_limit={LIMIT}")),
+        "the server logs its limit at start:\n{stderr}"
+    );
+
+    // A client attached before the descriptors run out: 40 numbers, 4 s.
+    let client = spawn_client(server.port, &["--count", "40"]);
+    server.wait_stats(Duration::from_secs(10), "the client's stream", |s| {
+        s["attached_streams"] == 1 && s["numbers_sent"].as_u64().unwrap_or(0) >= 3
+    });
+
+    let addr = format!("127.0.0.1:{}", server.port);
+    let hogs: Vec<TcpStream> = (0..HOGS)
+        .map(|_| TcpStream::connect(&addr).expect("the kernel completes handshakes"))
+        .collect();
+    wait_until(Duration::from_secs(5), "accepting fails", || {
+        server
+            .proc
+            .stderr_so_far()
+            .contains("cannot accept connections")
+    });
+
+    // Paused, not spinning: well under half a core over a second and a half
+    // (a spinning accept loop takes a whole one).
+    let (cpu0, t0) = (cpu_time(server.proc.id()), Instant::now());
+    std::thread::sleep(Duration::from_millis(1500));
+    let (cpu, wall) = (cpu_time(server.proc.id()) - cpu0, t0.elapsed());
+    assert!(
+        cpu < wall / 2,
+        "the server used {cpu:?} of CPU in {wall:?} while out of descriptors"
+    );
+
+    // The attached client is served to the end meanwhile.
+    let out = client.finish(CLIENT_TIMEOUT);
+    out.assert_code(0);
+
+    // Descriptors freed: new connections are accepted again.
+    drop(hogs);
+    let out = run_client(server.port, &["--count", "3"]);
+    out.assert_code(0);
+    let stderr = server.proc.stderr_so_far();
+    assert_eq!(
+        stderr.matches("cannot accept connections").count(),
+        1,
+        "said once per episode:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("accepting connections again"),
+        "says when it recovers:\n{stderr}"
+    );
+}
