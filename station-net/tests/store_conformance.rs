@@ -11,12 +11,14 @@
 //! under a couple of seconds. The stores are on tokio's clock (memory) and
 //! Redis's clock (redis), both real here.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use station_core::server::{Lookup, Record, StoreOp, StoreReply};
 use station_core::{ClientId, Secret};
 use station_net::store::{MemoryStore, RedisStore, SessionStore, StoreConfig, StoreError};
-use station_net::testing::RedisServer;
+use station_net::testing::{RedisCluster, RedisServer};
 use tokio::time::{sleep, timeout, Instant};
 
 /// Short enough that the Expired → Missing step fits in a test.
@@ -526,6 +528,34 @@ async fn redis_store() -> Option<(RedisServer, RedisStore)> {
     Some((server, store))
 }
 
+/// One cluster for the cluster tests that run at the same time (a cluster
+/// takes seconds to form): each test holds it while it runs, with a key
+/// prefix of its own, and the last one to finish stops it. A test that
+/// starts after that starts another.
+fn shared_cluster() -> Option<Arc<RedisCluster>> {
+    static SHARED: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
+    let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(cluster) = shared.upgrade() {
+        return Some(cluster);
+    }
+    let cluster = Arc::new(RedisCluster::start()?);
+    *shared = Arc::downgrade(&cluster);
+    Some(cluster)
+}
+
+/// A store on the shared cluster, under a prefix no other test uses.
+async fn cluster_store() -> Option<(Arc<RedisCluster>, RedisStore)> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let cluster = tokio::task::spawn_blocking(shared_cluster)
+        .await
+        .expect("starting the cluster")?;
+    let prefix = format!("conformance{}:", NEXT.fetch_add(1, Ordering::Relaxed));
+    let store = RedisStore::connect(&cluster.url(), &prefix, config())
+        .await
+        .expect("valid URL");
+    Some((cluster, store))
+}
+
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
         mod memory {
@@ -547,6 +577,19 @@ macro_rules! conformance {
                         return;
                     };
                     assert_eq!(super::SessionStore::kind(&store), "redis");
+                    super::$check(store).await;
+                }
+            )*
+        }
+
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let Some((_cluster, store)) = super::cluster_store().await else {
+                        return;
+                    };
+                    assert_eq!(super::SessionStore::kind(&store), "redis-cluster");
                     super::$check(store).await;
                 }
             )*

@@ -1,9 +1,27 @@
-//! [`RedisStore`]: sessions in Redis, shared by several servers.
+//! [`RedisStore`]: sessions in Redis, shared by several servers: one Redis
+//! (with replicas if you like) or a Redis Cluster.
+//!
+//! # Deployments and URLs
+//!
+//! | `--store` | what it is |
+//! |---|---|
+//! | `redis://host:6379/0` | one Redis (`rediss://` for TLS) |
+//! | `redis://a:6379,redis://b:6379` | a primary and its replicas: the store writes to whichever answers `ROLE` as the primary, and looks again on `READONLY` or a lost connection |
+//! | `redis+cluster://h1:7000,h2:7001` | a Redis Cluster (`rediss+cluster://` for TLS); the user, password and query apply to every node |
+//!
+//! Sentinel is not supported: with replicas, list every endpoint, and let
+//! whatever promotes a replica (an operator's `REPLICAOF NO ONE`, or an
+//! orchestrator) do so; the store finds the new primary by itself.
 //!
 //! # Key layout
 //!
-//! One hash per session, `{prefix}session:{client id}` (the id in its
-//! hyphenated form), with three fields:
+//! One hash per session. With one Redis its key is
+//! `{prefix}session:{client id}` (the id in its hyphenated form); in a
+//! cluster it is `{prefix}{b}:session:{client id}`, where `{b}`, braces
+//! included, is a hash tag naming one of [`BUCKETS`] buckets, a fixed
+//! function of the id ([`bucket_of`]). All the keys of a bucket hash to one
+//! slot, so a batch of updates of one bucket is one script call on one
+//! node. The hash has three fields:
 //!
 //! | field           | contents                                                   |
 //! |-----------------|------------------------------------------------------------|
@@ -18,7 +36,8 @@
 //! # Time and expiry
 //!
 //! Every script reads the time with Redis's `TIME`, so all servers sharing
-//! the store share one clock and no server's clock skew matters. A write
+//! the store share one clock and no server's clock skew matters (in a
+//! cluster, each node's clock for the sessions it holds). A write
 //! stores `expires_at_us = TIME + expires_in` and sets the key's TTL
 //! (`PEXPIRE`) to `expires_in + remember_expired`. Between the two the key
 //! still exists but the session is logically expired: `Load` answers
@@ -30,59 +49,64 @@
 //!
 //! # Atomicity
 //!
-//! Each [`StoreOp`] runs in a Lua script (`EVALSHA`, loaded on demand by
-//! [`redis::Script`]): Redis runs a script without interleaving any other
-//! command, so "read the state, compare the generation, write" is a single
-//! atomic step, whichever server sends it.
+//! Each [`StoreOp`] runs in a Lua script (`EVALSHA`, loaded on every node at
+//! start and again by [`redis::Script`] on `NOSCRIPT`): Redis runs a script
+//! without interleaving any other command, so "read the state, compare the
+//! generation, write" is a single atomic step, whichever server sends it.
 //!
 //! # Batching
 //!
 //! `Update` is the hot path: every stream refreshes its session before each
-//! number. Updates from all of a store's streams go to one task, which
-//! sends whatever has queued up (at most [`MAX_BATCH`]) as one script call
-//! and hands each caller its own answer. The script applies them in order,
-//! each with its own compare-and-set, so two updates of one session in a
-//! batch behave as if sent one after the other. Nothing waits on a timer:
-//! while one call is out, the next batch gathers, so batches grow with the
-//! load and a lone update goes at once. One call per batch instead of one
-//! per number is what lets a server refresh tens of thousands of sessions
-//! a second (BENCHMARKS.md). The keys of a batch may live in different
-//! hash slots, so this store needs a single Redis (or a proxy), not Redis
-//! Cluster.
+//! number. Updates from all of a store's streams go to one task per bucket
+//! (one in all with a single Redis), which sends whatever has queued up (at
+//! most [`MAX_BATCH`]) as one script call and hands each caller its own
+//! answer; the buckets' tasks run concurrently. The script applies them in
+//! order, each with its own compare-and-set, so two updates of one session
+//! in a batch behave as if sent one after the other. Nothing waits on a
+//! timer: while one call is out, the next batch gathers, so batches grow
+//! with the load and a lone update goes at once. One call per batch instead
+//! of one per number is what lets a server refresh tens of thousands of
+//! sessions a second (BENCHMARKS.md).
 //!
 //! # Failures
 //!
 //! Every Redis error, timeout or unreadable stored value becomes
-//! [`StoreReply::Unavailable`] with a message saying what failed; nothing
-//! here panics on what Redis returns. Connections come from a
-//! [`ConnectionManager`], which is created lazily (a server starts while
-//! Redis is down) and reconnects by itself after a failure. A write whose
-//! answer was lost (connection dropped, timeout) may or may not have been
-//! applied: it is reported as `Unavailable` and never retried here, because
-//! retrying a compare-and-set that did apply would report a false conflict.
-//! Only an operation that failed to *connect* (so was never sent) is retried,
-//! once.
+//! [`StoreReply::Unavailable`] with a message saying what failed (for logs;
+//! clients are told only that the store is unavailable); nothing here
+//! panics on what Redis returns. Connecting is lazy (a server starts while
+//! Redis is down), and connections are re-established after failures.
+//! A write whose answer was lost may have been applied; sending it again is
+//! safe, because every script is idempotent: a stored record byte for byte
+//! the write's own means "already applied" and answers `done`, never a
+//! false conflict. So the cluster client may retry after a dropped
+//! connection or a redirection, and with one Redis an operation is retried
+//! once when it could not connect or reached a replica.
+//!
+//! Redis replication is asynchronous: a failover, or a restart without
+//! persistence, can lose writes Redis acknowledged. A session whose key is
+//! gone is reported as [`StoreReply::Missing`] (the store lost it), never as
+//! a takeover.
 //!
 //! All deadlines run on tokio's clock: use this store on a runtime whose
 //! clock is not paused (a paused clock jumps straight to the timeouts while
 //! the runtime waits for Redis).
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script, ScriptInvocation};
+use redis::{RedisError, ScriptInvocation};
 use station_core::server::{Lookup, Record, StoreOp, StoreReply};
 use station_core::ClientId;
 use tokio::sync::{mpsc, oneshot};
 
+use self::conn::{query_slot_primary, Conn, Target, RESPONSE_TIMEOUT};
+use self::scripts::SCRIPTS;
 use super::{SessionStore, StoreConfig, StoreError};
 
-/// Each attempt to open a TCP connection to Redis gives up after this.
-const CONNECTION_TIMEOUT: Duration = Duration::from_millis(500);
-/// A command sent on an open connection gives up after this.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+mod conn;
+mod scripts;
+
 /// Hard bound on one operation, reconnection attempts included: a dead or
 /// unreachable Redis yields `Unavailable` within this.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
@@ -95,206 +119,113 @@ const _: () = assert!(4_000_000_000_000_000 + 2 * MAX_DURATION_US < 1 << 53);
 /// Keys per `SCAN` step and per counting script in `live_sessions`.
 const SCAN_BATCH: usize = 1000;
 
-/// Lua shared by every script: the clock and the three states of a key.
-///
-/// `state(key, now, remember)` returns `'live'`, `'expired'` or `'missing'`
-/// and the hash's fields `{record, generation, expires_at_us}`, or
-/// `'corrupt'` and a reason when the key holds something this store did not
-/// write. Its rule is `MemoryStore::apply`'s: live before the logical expiry,
-/// expired for `remember` after it, missing after that (even if the key's
-/// TTL, rounded up to whole milliseconds, has not quite run out).
-const PRELUDE: &str = r#"
--- Redis < 5 needs this to allow writes after TIME; later versions always
--- replicate script effects and keep the call only as a no-op.
-if redis.replicate_commands then redis.replicate_commands() end
-
-local function now_us()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-
--- One HMGET in the common case: the type and existence checks run only
--- when it fails or finds nothing (refreshes run this once per number).
-local function state(key, now, remember)
-  local f = redis.pcall('HMGET', key, 'record', 'generation', 'expires_at_us')
-  if f.err then
-    return 'corrupt', 'the key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash'
-  end
-  if not f[1] and not f[2] and not f[3] then
-    if redis.call('EXISTS', key) == 0 then return 'missing' end
-    return 'corrupt', 'the hash lacks record, generation and expires_at_us'
-  end
-  local expires_at = tonumber(f[3])
-  if not f[1] or not f[2] or not expires_at then
-    return 'corrupt', 'the hash lacks record or generation, or expires_at_us is not a number'
-  end
-  if now < expires_at then return 'live', f end
-  if now < expires_at + remember then return 'expired', f end
-  return 'missing', f
-end
-
--- Replaces the key's contents: logical expiry at now + expires_in, key gone
--- remember later. All durations in microseconds; PEXPIRE takes
--- milliseconds, rounded up so the key never dies before its logical end (a
--- zero TTL deletes the key at once, which is what a zero duration means).
-local function rewrite(key, record, generation, now, expires_in, remember)
-  redis.call('HSET', key, 'record', record, 'generation', generation,
-    'expires_at_us', string.format('%.0f', now + expires_in))
-  redis.call('PEXPIRE', key, string.format('%.0f', math.ceil((expires_in + remember) / 1000)))
-end
-
--- The incarnation inside a record's bytes (`Record::to_bytes`): Lua
--- compares this 8-byte string exactly, where it could not compare u64s.
-local function incarnation(record) return string.sub(record, 73, 80) end
-
--- As rewrite, for a key that may hold anything (an expired record, or
--- fields this store did not write).
-local function put(key, record, generation, now, expires_in, remember)
-  redis.call('DEL', key)
-  rewrite(key, record, generation, now, expires_in, remember)
-end
-"#;
-
-/// `StoreOp::Load`.
-///
-/// KEYS[1] = session key; ARGV[1] = remember_expired (µs).
-/// Returns `{'live', record, generation}`, `{'expired'}`, `{'missing'}` or
-/// `{'corrupt', reason}`. Writes nothing.
-const LOAD: &str = r#"
-local st, f = state(KEYS[1], now_us(), tonumber(ARGV[1]))
-if st == 'corrupt' then return {st, f} end
-if st == 'live' then return {st, f[1], f[2]} end
-return {st}
-"#;
-
-/// `StoreOp::Create`: insert unless a live record holds the id.
-///
-/// KEYS[1] = session key; ARGV = record bytes, generation, expires_in (µs),
-/// remember_expired (µs). An expired or missing record is replaced.
-/// Returns `{'done'}` (also for this very record, byte for byte, written
-/// before: a repeated create), `{'exists', record, generation}` (the live record,
-/// left untouched) or `{'corrupt', reason}` (nothing written).
-const CREATE: &str = r#"
-local now = now_us()
-local expires_in, remember = tonumber(ARGV[3]), tonumber(ARGV[4])
-local st, f = state(KEYS[1], now, remember)
-if st == 'corrupt' then return {st, f} end
-if st == 'live' then
-  if f[1] == ARGV[1] and f[2] == ARGV[2] then return {'done'} end
-  return {'exists', f[1], f[2]}
-end
-put(KEYS[1], ARGV[1], ARGV[2], now, expires_in, remember)
-return {'done'}
-"#;
-
-/// `StoreOp::Update`, for a batch of sessions: for each, a compare-and-set
-/// on the incarnation and generation (a refresh keeps the generation, a
-/// takeover bumps it; both look the same here), applied in order. The
-/// table is `station_core::store::decide`'s.
-///
-/// KEYS = the session keys; ARGV[1] = remember_expired (µs), then four
-/// arguments per key: new record bytes, its generation, expected
-/// generation, expires_in (µs). Writes a record only if it is live, of the
-/// new record's incarnation, and its generation equals the expected one
-/// (compared as decimal strings, exact for any u64). Returns one reply per
-/// key: `{'done'}` (also for a takeover applied before, whose reply was
-/// lost: the stored record is byte for byte the new one, holder included), `{'conflict'}` (a newer
-/// generation holds it), `{'expired'}` (expired, or another incarnation
-/// holds the id), `{'missing'}` or `{'corrupt', reason}`.
-const UPDATE_MANY: &str = r#"
-local now = now_us()
-local remember = tonumber(ARGV[1])
-local replies = {}
-for i, key in ipairs(KEYS) do
-  local a = 2 + (i - 1) * 4
-  local st, f = state(key, now, remember)
-  if st == 'corrupt' then
-    replies[i] = {st, f}
-  elseif st == 'missing' then
-    replies[i] = {'missing'}
-  elseif st ~= 'live' or incarnation(f[1]) ~= incarnation(ARGV[a]) then
-    replies[i] = {'expired'}
-  elseif f[2] == ARGV[a + 2] then
-    -- A live record of ours: its three fields are all there is to replace.
-    rewrite(key, ARGV[a], ARGV[a + 1], now, tonumber(ARGV[a + 3]), remember)
-    replies[i] = {'done'}
-  elseif f[1] == ARGV[a] and f[2] == ARGV[a + 1] then
-    -- Exactly the record this write carries, holder included.
-    replies[i] = {'done'}
-  else
-    replies[i] = {'conflict'}
-  end
-end
-return replies
-"#;
-
 /// Most updates sent in one script call. Redis runs nothing else while a
 /// script runs; at a few microseconds per update this bounds that to about
 /// a millisecond.
 pub const MAX_BATCH: usize = 256;
 
-/// `StoreOp::Delete`: compare-and-delete on the incarnation and
-/// generation.
+/// Buckets of sessions in a cluster: each is one hash slot, so one node
+/// holds it and a batch of its updates is one script call.
 ///
-/// KEYS[1] = session key; ARGV = generation, remember_expired (µs),
-/// incarnation (its 8 big-endian bytes). Deletes only a live record of that
-/// incarnation and generation. Returns `{'done'}` (also when nothing of the
-/// incarnation is left: a repeated delete, an expired or lost record),
-/// `{'conflict'}` (a newer generation holds it) or `{'corrupt', reason}`.
-const DELETE: &str = r#"
-local st, f = state(KEYS[1], now_us(), tonumber(ARGV[2]))
-if st == 'corrupt' then return {st, f} end
-if st ~= 'live' or incarnation(f[1]) ~= ARGV[3] then return {'done'} end
-if f[2] ~= ARGV[1] then return {'conflict'} end
-redis.call('DEL', KEYS[1])
-return {'done'}
-"#;
+/// 64, because: a cluster spreads sessions over its primaries only as
+/// finely as there are buckets, and 64 buckets over 3 to 16 primaries give
+/// each primary 4 to 21 of them (slots can be moved to even out the
+/// rest); more buckets would cut a server's updates into more, smaller
+/// script calls (each call costs Redis about as much as a few updates), so
+/// fewer sessions per call under load. The count is part of the key
+/// layout: servers sharing a cluster must agree on it, so it is fixed here.
+pub const BUCKETS: usize = 64;
 
-/// `live_sessions`: how many of KEYS are logically live now. Keys that are
-/// gone or hold something else are not counted. Writes nothing.
-const COUNT_LIVE: &str = r#"
-local now = now_us()
-local n = 0
-for _, key in ipairs(KEYS) do
-  if redis.call('TYPE', key)['ok'] == 'hash' then
-    local expires_at = tonumber(redis.call('HGET', key, 'expires_at_us'))
-    if expires_at and now < expires_at then n = n + 1 end
-  end
-end
-return n
-"#;
-
-/// The scripts, each with its SHA-1 computed once.
-struct Scripts {
-    load: Script,
-    create: Script,
-    update_many: Script,
-    delete: Script,
-    count_live: Script,
+/// The bucket of `id` in a cluster: FNV-1a over the id's 16 bytes, modulo
+/// [`BUCKETS`]. Fixed forever (servers of different versions sharing a
+/// cluster must agree), which is why it is spelled out rather than taken
+/// from a hasher that may change.
+pub fn bucket_of(id: &ClientId) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in id.0.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % BUCKETS as u64) as usize
 }
 
-static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
-    let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
-    Scripts {
-        load: script(LOAD),
-        create: script(CREATE),
-        update_many: script(UPDATE_MANY),
-        delete: script(DELETE),
-        count_live: script(COUNT_LIVE),
+/// The hash slot of a key, as Redis Cluster computes it: CRC16 (XMODEM) of
+/// its hash tag (the text between the first `{` and the next `}`, if not
+/// empty) or of the whole key, modulo 16384.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    let mut crc: u16 = 0;
+    for &byte in tagged.unwrap_or(key) {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
     }
-});
+    crc % 16384
+}
 
-/// Sessions in Redis, shared by every server pointed at the same Redis and
-/// prefix. See the [module docs](self) for the key layout and scripts.
+/// Where sessions' keys are.
+#[derive(Clone, Debug)]
+struct Layout {
+    prefix: Arc<str>,
+    /// Keys carry a bucket's hash tag (a cluster).
+    tagged: bool,
+}
+
+impl Layout {
+    /// How many batching tasks: one per bucket, or one.
+    fn queues(&self) -> usize {
+        if self.tagged {
+            BUCKETS
+        } else {
+            1
+        }
+    }
+
+    /// Which batching task `id`'s updates go to.
+    fn queue(&self, id: &ClientId) -> usize {
+        if self.tagged {
+            bucket_of(id)
+        } else {
+            0
+        }
+    }
+
+    /// The key holding `id`'s session.
+    fn key(&self, id: &ClientId) -> String {
+        if self.tagged {
+            format!("{}{{{}}}:session:{id}", self.prefix, bucket_of(id))
+        } else {
+            format!("{}session:{id}", self.prefix)
+        }
+    }
+
+    /// What every key of bucket `b` starts with (tagged layout).
+    fn bucket_prefix(&self, b: usize) -> String {
+        format!("{}{{{b}}}:session:", self.prefix)
+    }
+}
+
+/// Sessions in Redis, shared by every server pointed at the same Redis (or
+/// cluster) and prefix. See the [module docs](self) for the key layout and
+/// scripts.
 ///
-/// Cloning is cheap: clones share one multiplexed connection and one
-/// batching task for updates.
+/// Cloning is cheap: clones share the connections and the batching tasks.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
-    prefix: Arc<str>,
+    conn: Conn,
+    layout: Layout,
     cfg: StoreConfig,
-    updates: mpsc::UnboundedSender<QueuedUpdate>,
+    /// One queue per batching task.
+    updates: Arc<[mpsc::UnboundedSender<QueuedUpdate>]>,
 }
 
 /// An update waiting for its batch, and where its answer goes.
@@ -308,65 +239,90 @@ struct QueuedUpdate {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.prefix)
+            .field("layout", &self.layout)
             .field("cfg", &self.cfg)
             .finish()
     }
 }
 
 impl RedisStore {
-    /// A store on `url` (`redis://host:port/db`), keys named
-    /// `{prefix}session:{client id}`.
+    /// A store on `url`, keys under `prefix`; the URL forms are in the
+    /// [module docs](self). `rediss://` trusts the system's root
+    /// certificates (and `SSL_CERT_FILE` if set); see
+    /// [`connect_with_ca`](Self::connect_with_ca) for a private CA.
     ///
     /// Connecting is lazy: this fails only if the URL or settings are wrong
     /// ([`StoreError::Config`]), never because Redis is down right now. It
-    /// does try one `PING` (for at most a second) and logs a warning if Redis
-    /// does not answer, so a wrong address shows at startup.
+    /// does try a `PING` (for at most a second), loads the scripts on every
+    /// node, and logs a warning if Redis does not answer, so a wrong
+    /// address shows at startup.
     ///
     /// Must be called inside a tokio runtime.
     pub async fn connect(url: &str, prefix: &str, cfg: StoreConfig) -> Result<Self, StoreError> {
+        Self::connect_with_ca(url, prefix, cfg, None).await
+    }
+
+    /// As [`connect`](Self::connect), trusting `root_ca` (PEM) instead of
+    /// the system's roots for `rediss://`.
+    pub async fn connect_with_ca(
+        url: &str,
+        prefix: &str,
+        cfg: StoreConfig,
+        root_ca: Option<&[u8]>,
+    ) -> Result<Self, StoreError> {
         // The URL may hold a password: the errors below do not repeat it.
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Config(format!("invalid Redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECTION_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            // Few, quick reconnection attempts per failure: the caller's
-            // own retries (the client's) are the long-term ones, and each
-            // operation must end within OPERATION_TIMEOUT.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(200));
-        let conn = client
-            .get_connection_manager_lazy(config)
-            .map_err(|e| StoreError::Config(format!("Redis connection settings: {e}")))?;
-        let prefix: Arc<str> = prefix.into();
+        let target = Target::parse(url).map_err(StoreError::Config)?;
+        let tagged = matches!(target, Target::Cluster(_));
+        if tagged && (prefix.contains('{') || prefix.contains('}')) {
+            return Err(StoreError::Config(
+                "with Redis Cluster the key prefix must not contain `{` or `}` \
+                 (the keys' hash tags follow it)"
+                    .into(),
+            ));
+        }
+        let conn = Conn::open(target, root_ca).map_err(StoreError::Config)?;
+        let layout = Layout {
+            prefix: prefix.into(),
+            tagged,
+        };
         // Unbounded, yet bounded in practice: each stream has at most one
         // store operation in flight.
-        let (updates, queue) = mpsc::unbounded_channel();
-        tokio::spawn(send_batches(
-            conn.clone(),
-            prefix.clone(),
-            micros(cfg.remember_expired),
-            queue,
-        ));
+        let updates: Vec<_> = (0..layout.queues())
+            .map(|_| {
+                let (updates, queue) = mpsc::unbounded_channel();
+                tokio::spawn(send_batches(
+                    conn.clone(),
+                    layout.clone(),
+                    micros(cfg.remember_expired),
+                    queue,
+                ));
+                updates
+            })
+            .collect();
         let store = RedisStore {
             conn,
-            prefix,
+            layout,
             cfg,
-            updates,
+            updates: updates.into(),
         };
         store.probe().await;
         Ok(store)
     }
 
-    /// Logs whether Redis answers a `PING` now; never fails.
+    /// Logs whether Redis answers a `PING` now, and loads the scripts on
+    /// every node (so the first `EVALSHA` of each finds it); never fails.
     async fn probe(&self) {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("PING");
-        let ping = cmd.query_async::<String>(&mut conn);
-        match tokio::time::timeout(Duration::from_secs(1), ping).await {
-            Ok(Ok(_)) => tracing::debug!(prefix = %self.prefix, "redis session store connected"),
+        let start = async {
+            self.conn.query::<redis::Value>(&redis::cmd("PING")).await?;
+            for source in SCRIPTS.sources() {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(source);
+                self.conn.query::<redis::Value>(&load).await?;
+            }
+            Ok::<(), RedisError>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(1), start).await {
+            Ok(Ok(())) => tracing::debug!(layout = ?self.layout, "redis session store connected"),
             Ok(Err(e)) => {
                 tracing::warn!("redis session store not reachable yet (will retry on use): {e}")
             }
@@ -378,7 +334,7 @@ impl RedisStore {
 
     /// The key holding `id`'s session.
     fn key(&self, id: &ClientId) -> String {
-        session_key(&self.prefix, id)
+        self.layout.key(id)
     }
 
     fn remember_us(&self) -> u64 {
@@ -440,7 +396,7 @@ impl RedisStore {
         }
     }
 
-    /// Queues an update for the batching task and waits for its answer.
+    /// Queues an update for its batching task and waits for its answer.
     async fn update(
         &self,
         record: Record,
@@ -449,24 +405,44 @@ impl RedisStore {
     ) -> Result<StoreReply, String> {
         let stopped = || "redis update: the batching task has stopped".to_string();
         let (reply, answer) = oneshot::channel();
+        let queue = &self.updates[self.layout.queue(&record.client_id)];
         let queued = QueuedUpdate {
             record,
             expect_generation,
             expires_in,
             reply,
         };
-        self.updates.send(queued).map_err(|_| stopped())?;
+        queue.send(queued).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Counts live sessions: `SCAN` for this store's keys, then count them
-    /// in batches with a script. For stats and tests, not the hot path: it
-    /// walks the whole keyspace, and it is not a snapshot (sessions created
-    /// or ended during the walk may or may not be counted).
+    /// Counts live sessions. For stats and tests, not the hot path: it
+    /// walks every key of this store, and it is not a snapshot (sessions
+    /// created or ended during the walk may or may not be counted).
     async fn count_live(&self) -> Result<u64, StoreError> {
         let unavailable = |e: String| StoreError::Unavailable(e);
-        let mut conn = self.conn.clone();
-        let pattern = format!("{}session:*", glob_escape(&self.prefix));
+        let groups = match &self.conn {
+            Conn::Cluster(cluster) => self.cluster_keys(cluster).await,
+            Conn::Single(_) => self.scan_keys().await.map(|keys| vec![keys]),
+        }
+        .map_err(unavailable)?;
+        let mut live = 0;
+        // In a cluster, a group is a bucket: its keys share a slot.
+        for chunk in groups.iter().flat_map(|keys| keys.chunks(SCAN_BATCH)) {
+            let mut inv = SCRIPTS.count_live.prepare_invoke();
+            for key in chunk {
+                inv.key(key);
+            }
+            live += bounded("count", self.conn.invoke::<u64>(&inv))
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(live)
+    }
+
+    /// This store's keys on one Redis, by `SCAN`.
+    async fn scan_keys(&self) -> Result<Vec<Vec<u8>>, String> {
+        let pattern = format!("{}session:*", glob_escape(&self.layout.prefix));
         // SCAN may return a key more than once: collect into a set.
         let mut keys = BTreeSet::new();
         let mut cursor = 0u64;
@@ -477,25 +453,47 @@ impl RedisStore {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(SCAN_BATCH);
-            let step = scan.query_async::<(u64, Vec<Vec<u8>>)>(&mut conn);
-            let (next, batch) = bounded("scan", step).await.map_err(unavailable)?;
+            let step = self.conn.query::<(u64, Vec<Vec<u8>>)>(&scan);
+            let (next, batch) = bounded("scan", step).await?;
             keys.extend(batch);
             cursor = next;
             if cursor == 0 {
                 break;
             }
         }
-        let keys: Vec<Vec<u8>> = keys.into_iter().collect();
-        let mut live = 0;
-        for chunk in keys.chunks(SCAN_BATCH) {
-            let mut inv = SCRIPTS.count_live.prepare_invoke();
-            for key in chunk {
-                inv.key(key);
+        Ok(keys.into_iter().collect())
+    }
+
+    /// This store's keys in a cluster: bucket by bucket, the keys of the
+    /// bucket's slot, asked of the primary that serves it (so every primary
+    /// holding a bucket is asked). One list per bucket.
+    async fn cluster_keys(
+        &self,
+        cluster: &redis::cluster_async::ClusterConnection,
+    ) -> Result<Vec<Vec<Vec<u8>>>, String> {
+        let mut keys = Vec::new();
+        for b in 0..BUCKETS {
+            let prefix = self.layout.bucket_prefix(b);
+            let slot = key_slot(prefix.as_bytes());
+            let mut count = redis::cmd("CLUSTER");
+            count.arg("COUNTKEYSINSLOT").arg(slot);
+            let n: u64 = bounded("count", query_slot_primary(cluster, slot, count)).await?;
+            if n == 0 {
+                continue;
             }
-            let count = inv.invoke_async::<u64>(&mut conn);
-            live += bounded("count", count).await.map_err(unavailable)?;
+            let mut get = redis::cmd("CLUSTER");
+            get.arg("GETKEYSINSLOT").arg(slot).arg(n);
+            let in_slot: Vec<Vec<u8>> =
+                bounded("count", query_slot_primary(cluster, slot, get)).await?;
+            // Other prefixes' buckets of the same number share the slot.
+            keys.push(
+                in_slot
+                    .into_iter()
+                    .filter(|k| k.starts_with(prefix.as_bytes()))
+                    .collect(),
+            );
         }
-        Ok(live)
+        Ok(keys)
     }
 }
 
@@ -535,37 +533,29 @@ impl SessionStore for RedisStore {
     }
 
     fn kind(&self) -> &'static str {
-        "redis"
+        if self.layout.tagged {
+            "redis-cluster"
+        } else {
+            "redis"
+        }
     }
 }
 
-/// The key holding `id`'s session under `prefix`.
-fn session_key(prefix: &str, id: &ClientId) -> String {
-    format!("{prefix}session:{id}")
-}
-
-/// Runs one script, retrying once only if the first attempt could not even
-/// connect (so it was certainly not applied).
+/// Runs one script; see [`Conn::invoke`] for its retries.
 async fn invoke<T: redis::FromRedisValue>(
-    conn: &ConnectionManager,
+    conn: &Conn,
     what: &str,
     inv: &ScriptInvocation<'_>,
 ) -> Result<T, String> {
-    let mut conn = conn.clone();
-    let result = match inv.invoke_async::<T>(&mut conn).await {
-        // The manager has started a new connection attempt; a Redis that
-        // just came back answers this one.
-        Err(e) if e.is_connection_refusal() => inv.invoke_async(&mut conn).await,
-        other => other,
-    };
-    result.map_err(|e| failed(what, &e))
+    conn.invoke(inv).await.map_err(|e| failed(what, &e))
 }
 
-/// The batching task: sends queued updates, up to [`MAX_BATCH`] per script
-/// call, one call at a time; ends when every handle to the store is gone.
+/// A batching task: sends its queue's updates, up to [`MAX_BATCH`] per
+/// script call, one call at a time; ends when every handle to the store is
+/// gone.
 async fn send_batches(
-    conn: ConnectionManager,
-    prefix: Arc<str>,
+    conn: Conn,
+    layout: Layout,
     remember_us: u64,
     mut queue: mpsc::UnboundedReceiver<QueuedUpdate>,
 ) {
@@ -579,7 +569,7 @@ async fn send_batches(
         let mut inv = SCRIPTS.update_many.prepare_invoke();
         inv.arg(remember_us);
         for q in &batch {
-            inv.key(session_key(&prefix, &q.record.client_id))
+            inv.key(layout.key(&q.record.client_id))
                 .arg(&q.record.to_bytes()[..])
                 .arg(q.record.generation.to_string())
                 .arg(q.expect_generation.to_string())
