@@ -7,7 +7,14 @@
 //!   endpoint for its `ROLE` and move to the one that is the primary.
 //! - [`Conn::Cluster`]: Redis Cluster, through redis-rs's async cluster
 //!   client, which routes each command by its first key's hash slot,
-//!   follows `MOVED` and `ASK`, and refreshes its slot map after failovers.
+//!   follows `MOVED` and `ASK`, and retries `TRYAGAIN` during a slot
+//!   migration. When a primary dies, that client (redis-rs 1.8) keeps
+//!   reconnecting to the dead address and never learns that a replica took
+//!   over (measured: requests to its slots timed out until restart, while a
+//!   new connection worked at once). So a request that times out or loses
+//!   its connection replaces the whole cluster connection (at most once a
+//!   second) and is sent once more on the new one, which reads the
+//!   current topology from the configured nodes.
 //!
 //! Both run the same scripts: a batch's keys share a hash slot in the
 //! cluster's key layout, so a script never spans nodes.
@@ -30,9 +37,11 @@ pub(super) const CONNECTION_TIMEOUT: Duration = Duration::from_millis(500);
 /// A command sent on an open connection gives up after this.
 pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A cluster request, redirections and retries included, gives up after
-/// this (a little under the store's own bound on an operation, so the
-/// cluster client's error, which says more, arrives first).
-const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_millis(1800);
+/// this: under half the store's bound on an operation, so that a request
+/// that failed this way can be sent once more on a new connection.
+const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_millis(900);
+/// A cluster connection is replaced at most this often.
+const CLUSTER_RENEWAL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a `--store` URL names.
 #[derive(Debug)]
@@ -116,7 +125,7 @@ fn cluster_nodes(node_scheme: &str, rest: &str) -> Result<Vec<ConnectionInfo>, S
 #[derive(Clone)]
 pub(super) enum Conn {
     Single(Single),
-    Cluster(ClusterConnection),
+    Cluster(Cluster),
 }
 
 impl Conn {
@@ -158,9 +167,7 @@ impl Conn {
                 let client = builder
                     .build()
                     .map_err(|e| format!("Redis Cluster settings: {e}"))?;
-                Ok(Conn::Cluster(
-                    client.get_pending_async_connection_with_config(ClusterConfig::new()),
-                ))
+                Ok(Conn::Cluster(Cluster::new(client)))
             }
         }
     }
@@ -176,11 +183,7 @@ impl Conn {
     ) -> RedisResult<T> {
         match self {
             Conn::Single(single) => single.invoke(inv).await,
-            // `invoke_async` sends EVALSHA; on NOSCRIPT (a node that
-            // restarted, or joined after the scripts were loaded) it sends
-            // SCRIPT LOAD, which the cluster client sends to every node, and
-            // EVALSHA again.
-            Conn::Cluster(cluster) => inv.invoke_async(&mut cluster.clone()).await,
+            Conn::Cluster(cluster) => cluster.invoke(inv).await,
         }
     }
 
@@ -189,7 +192,7 @@ impl Conn {
     pub(super) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         match self {
             Conn::Single(single) => cmd.query_async(&mut single.current().1).await,
-            Conn::Cluster(cluster) => cmd.query_async(&mut cluster.clone()).await,
+            Conn::Cluster(cluster) => cmd.query_async(&mut cluster.connection()).await,
         }
     }
 }
@@ -206,6 +209,86 @@ pub(super) async fn query_slot_primary<T: FromRedisValue>(
     )));
     let value = cluster.clone().route_command(cmd, route).await?;
     Ok(redis::from_redis_value(value)?)
+}
+
+/// A Redis Cluster: the cluster client, and the connection in use.
+#[derive(Clone)]
+pub(super) struct Cluster {
+    client: ClusterClient,
+    current: Arc<Mutex<CurrentCluster>>,
+}
+
+struct CurrentCluster {
+    epoch: u64,
+    since: tokio::time::Instant,
+    conn: ClusterConnection,
+}
+
+impl Cluster {
+    fn new(client: ClusterClient) -> Cluster {
+        let conn = client.get_pending_async_connection_with_config(ClusterConfig::new());
+        Cluster {
+            client,
+            current: Arc::new(Mutex::new(CurrentCluster {
+                epoch: 0,
+                since: tokio::time::Instant::now(),
+                conn,
+            })),
+        }
+    }
+
+    /// The connection in use.
+    pub(super) fn connection(&self) -> ClusterConnection {
+        self.current().1
+    }
+
+    fn current(&self) -> (u64, ClusterConnection) {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        (current.epoch, current.conn.clone())
+    }
+
+    /// `invoke_async` sends EVALSHA; on NOSCRIPT (a node that restarted, or
+    /// joined after the scripts were loaded) it sends SCRIPT LOAD, which
+    /// the cluster client sends to every node, and EVALSHA again.
+    async fn invoke<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> RedisResult<T> {
+        let (epoch, mut conn) = self.current();
+        let first = inv.invoke_async::<T>(&mut conn).await;
+        match &first {
+            Err(e) if stuck(e) && self.renew(epoch, e) => {
+                inv.invoke_async(&mut self.connection()).await
+            }
+            _ => first,
+        }
+    }
+
+    /// Replaces the connection of epoch `seen` with a new one, unless it
+    /// was replaced since or less than [`CLUSTER_RENEWAL_INTERVAL`] ago.
+    /// Returns whether the connection now in use is newer than `seen`.
+    fn renew(&self, seen: u64, why: &RedisError) -> bool {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.epoch != seen {
+            return true;
+        }
+        if current.since.elapsed() < CLUSTER_RENEWAL_INTERVAL {
+            return false;
+        }
+        tracing::warn!("redis cluster: {why}; reconnecting to read the current topology");
+        current.conn = self
+            .client
+            .get_pending_async_connection_with_config(ClusterConfig::new());
+        current.epoch += 1;
+        current.since = tokio::time::Instant::now();
+        true
+    }
+}
+
+/// Whether a cluster request failed in a way a new connection may cure.
+fn stuck(e: &RedisError) -> bool {
+    e.is_timeout()
+        || e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.kind() == ErrorKind::ClusterConnectionNotFound
 }
 
 /// One Redis, or a primary and its replicas.

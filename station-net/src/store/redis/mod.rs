@@ -422,7 +422,7 @@ impl RedisStore {
     async fn count_live(&self) -> Result<u64, StoreError> {
         let unavailable = |e: String| StoreError::Unavailable(e);
         let groups = match &self.conn {
-            Conn::Cluster(cluster) => self.cluster_keys(cluster).await,
+            Conn::Cluster(cluster) => self.cluster_keys(&cluster.connection()).await,
             Conn::Single(_) => self.scan_keys().await.map(|keys| vec![keys]),
         }
         .map_err(unavailable)?;
@@ -626,7 +626,7 @@ fn micros(d: Duration) -> u64 {
 
 fn failed(what: &str, e: &RedisError) -> String {
     if e.is_timeout() {
-        format!("redis {what}: no answer within {RESPONSE_TIMEOUT:?}")
+        format!("redis {what}: no answer in time ({RESPONSE_TIMEOUT:?} per reply)")
     } else {
         format!("redis {what}: {e}")
     }
@@ -727,6 +727,109 @@ mod tests {
         assert_eq!(micros(Duration::from_millis(300)), 300_000);
         assert_eq!(micros(Duration::from_nanos(1_999)), 1);
         assert_eq!(micros(Duration::MAX), MAX_DURATION_US);
+    }
+
+    #[test]
+    fn key_slots_are_redis_clusters() {
+        // The examples of the Redis Cluster specification.
+        assert_eq!(key_slot(b"123456789"), 0x31c3);
+        assert_eq!(
+            key_slot(b"{user1000}.following"),
+            key_slot(b"{user1000}.followers")
+        );
+        assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
+        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
+        assert_eq!(key_slot(b"foo{bar}{zap}"), key_slot(b"bar"));
+        // And redis-rs's routing agrees, for our keys too.
+        use redis::cluster_routing::{Route, SlotAddr};
+        let layout = Layout {
+            prefix: "station:".into(),
+            tagged: true,
+        };
+        for _ in 0..200 {
+            let id = ClientId::from_random_bytes(rand::random());
+            let key = layout.key(&id);
+            assert_eq!(
+                Route::new(key_slot(key.as_bytes()), SlotAddr::Master),
+                Route::with_key(key.as_bytes(), SlotAddr::Master),
+                "{key}"
+            );
+            let bucket = layout.bucket_prefix(bucket_of(&id));
+            assert!(key.starts_with(&bucket), "{key} not under {bucket}");
+            assert_eq!(key_slot(key.as_bytes()), key_slot(bucket.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn buckets_are_fixed_and_spread_over_three_primaries() {
+        // The bucket of an id never changes: servers of different versions
+        // sharing a cluster must agree.
+        let id = ClientId::from_random_bytes([7; 16]);
+        assert_eq!(bucket_of(&id), 53);
+        // redis-cli's three default slot ranges each get about a third.
+        let mut per_primary = [0; 3];
+        for b in 0..BUCKETS {
+            let slot = key_slot(format!("p:{{{b}}}:session:").as_bytes());
+            per_primary[usize::from(slot / 5461).min(2)] += 1;
+        }
+        assert_eq!(per_primary, [21, 22, 21]);
+        // Random ids fill every bucket.
+        let mut seen = [false; BUCKETS];
+        for _ in 0..10_000 {
+            seen[bucket_of(&ClientId::from_random_bytes(rand::random()))] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+
+    #[test]
+    fn store_urls_parse() {
+        let nodes = |url: &str| match Target::parse(url).expect(url) {
+            Target::Cluster(nodes) => nodes
+                .iter()
+                .map(|n| n.addr().to_string())
+                .collect::<Vec<_>>(),
+            other => panic!("{url}: {other:?}"),
+        };
+        assert_eq!(
+            nodes("redis+cluster://127.0.0.1:7000,127.0.0.1:7001"),
+            ["127.0.0.1:7000", "127.0.0.1:7001"]
+        );
+        assert_eq!(nodes("redis+cluster://h:1/"), ["h:1"]);
+        match Target::parse("redis+cluster://u:p%40ss@a:1,b:2/0?protocol=resp3").expect("url") {
+            Target::Cluster(n) => {
+                assert_eq!(n.len(), 2);
+                for node in &n {
+                    assert_eq!(node.redis_settings().username(), Some("u"));
+                    assert_eq!(node.redis_settings().password(), Some("p@ss"));
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        match Target::parse("redis://127.0.0.1:1/0,redis://127.0.0.1:2/0").expect("url") {
+            Target::Single(endpoints) => assert_eq!(endpoints.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            "redis+cluster://",
+            "redis+cluster://a:1,,b:2",
+            "redis+cluster://a:notaport",
+            "redis://a:1,http://b:2",
+            "",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[tokio::test]
+    async fn cluster_prefix_must_not_hold_a_hash_tag() {
+        let err = RedisStore::connect(
+            "redis+cluster://127.0.0.1:1",
+            "a{b}:",
+            StoreConfig::default(),
+        )
+        .await
+        .expect_err("a prefix with braces");
+        assert!(matches!(err, StoreError::Config(_)), "{err}");
     }
 
     #[tokio::test]
