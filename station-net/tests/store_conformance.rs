@@ -1339,3 +1339,105 @@ async fn cluster_refreshes_survive_resharding_noscript_and_failovers() {
     assert_eq!(end.0 + end.2, SESSIONS);
     assert_eq!(live(&store).await, end.0 as u64);
 }
+
+// ---------------------------------------------------------------------------
+// A primary and its replica, given as two endpoints.
+// ---------------------------------------------------------------------------
+
+/// Makes `server` a primary (`REPLICAOF NO ONE`), as an operator would.
+fn promote(server: &RedisServer) {
+    let reply = server.command(&["REPLICAOF", "NO", "ONE"]);
+    assert!(
+        matches!(&reply, Ok(Reply::Status(s)) if s.starts_with("OK")),
+        "REPLICAOF NO ONE on {}: {reply:?}",
+        server.port()
+    );
+}
+
+/// Waits until the primary on `primary` has handed every write to its
+/// replica (`WAIT 1`), so a role swap loses nothing.
+fn wait_replicated(primary: &RedisServer) {
+    let reply = primary.command(&["WAIT", "1", "5000"]);
+    assert_eq!(reply, Ok(Reply::Int(1)), "WAIT on {}", primary.port());
+}
+
+/// A store given a primary and its replica follows the primary through a
+/// role swap (the old primary, now a replica, answers `READONLY`) and
+/// through a crash of the primary after which an operator promotes the
+/// replica (`REPLICAOF NO ONE`): each time the store asks both endpoints
+/// for their role and moves to the primary, and sessions carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_store_follows_the_primary_among_its_endpoints() {
+    const SESSIONS: usize = 20;
+    let Some(one) = RedisServer::start() else {
+        return;
+    };
+    let mut two = RedisServer::start().expect("a second redis-server");
+    blocking_replicate(&two, &one).await;
+    let url = format!("{},{}", one.url(), two.url());
+    let store = RedisStore::connect(&url, "pair:", config())
+        .await
+        .expect("valid URL");
+    let mut latest: Vec<Record> = (0..SESSIONS).map(|_| record()).collect();
+    for rec in &latest {
+        assert_eq!(create(&store, *rec, LONG).await, StoreReply::Done);
+    }
+    let mut tally = Tally::default();
+    refresh_all(&store, &mut latest, &mut tally).await;
+    assert_eq!(tally.done, SESSIONS as u64, "{tally:?}");
+
+    // Role swap: `two` becomes the primary, `one` its replica. The store
+    // still writes to `one`, which now answers READONLY.
+    wait_replicated(&one);
+    promote(&two);
+    blocking_replicate(&one, &two).await;
+    let before = tally.done;
+    refresh_all(&store, &mut latest, &mut tally).await;
+    eprintln!("after the role swap: {tally:?}");
+    assert_eq!(
+        tally.done - before,
+        SESSIONS as u64,
+        "every refresh after the role swap should find the new primary: {tally:?}"
+    );
+    assert_eq!(audit(&store, &latest).await, (SESSIONS, 0, 0));
+
+    // The primary (`two`) crashes; the operator promotes `one`.
+    wait_replicated(&two);
+    two.stop();
+    promote(&one);
+    let rounds = refresh_until_clean(&store, &mut latest, &mut tally).await;
+    eprintln!("after the crash and promotion: clean after {rounds} round(s); {tally:?}");
+    assert_eq!(audit(&store, &latest).await, (SESSIONS, 0, 0));
+    assert_eq!(live(&store).await, SESSIONS as u64);
+    // Nothing was ever answered as a conflict or an expiry: refresh_all
+    // panics on those.
+}
+
+async fn blocking_replicate(replica: &RedisServer, primary: &RedisServer) {
+    // Sync takes a moment; the runtime's threads need not wait on it.
+    let (r, p) = (replica.port(), primary.port());
+    tokio::task::spawn_blocking(move || {
+        let reply = station_net::testing::command(r, &["REPLICAOF", "127.0.0.1", &p.to_string()]);
+        assert!(
+            matches!(&reply, Ok(Reply::Status(s)) if s.starts_with("OK")),
+            "REPLICAOF on {r}: {reply:?}"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = station_net::testing::command(r, &["INFO", "replication"])
+                .ok()
+                .and_then(|r| r.text())
+                .unwrap_or_default();
+            if info.contains("master_link_status:up") {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{r} did not sync with {p} within 10 s: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .expect("replication set-up");
+}
