@@ -48,6 +48,8 @@ pub struct RedisServer {
     dir: PathBuf,
     /// Settings after the defaults (later ones win in `redis-server`).
     extra: Vec<String>,
+    /// Listens with TLS only, on `port` (plain port off).
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -97,6 +99,7 @@ impl RedisServer {
                 port,
                 dir: make_dir(port),
                 extra: settings(),
+                tls: false,
                 child: None,
             };
             match server.spawn_and_wait() {
@@ -116,6 +119,60 @@ impl RedisServer {
     /// Sends one command to this server; see [`command`].
     pub fn command(&self, args: &[&str]) -> Result<Reply, String> {
         command(self.port, args)
+    }
+
+    /// Starts a server that speaks TLS only (`--tls-port`, `--port 0`),
+    /// with this certificate and key (PEM), not asking clients for
+    /// certificates; waits until its log says it is ready. Its URL is
+    /// [`tls_url`](Self::tls_url); [`command`] cannot talk to it.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Option<RedisServer> {
+        let binary = find_on_path("redis-server").or_else(|| {
+            missing("redis-server")?;
+            None
+        })?;
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let dir = make_dir(port);
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            std::fs::write(&cert, cert_pem).expect("write the certificate");
+            std::fs::write(&key, key_pem).expect("write the key");
+            let mut server = RedisServer {
+                binary: binary.clone(),
+                port: 0,
+                dir,
+                extra: vec![
+                    "--port".into(),
+                    "0".into(),
+                    "--tls-port".into(),
+                    port.to_string(),
+                    "--tls-cert-file".into(),
+                    cert.display().to_string(),
+                    "--tls-key-file".into(),
+                    key.display().to_string(),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ],
+                tls: true,
+                child: None,
+            };
+            match server.spawn_and_wait() {
+                Ok(()) => {
+                    server.port = port;
+                    return Some(server);
+                }
+                Err(e) => last_error = e,
+            }
+        }
+        panic!(
+            "could not start redis-server with TLS after {START_ATTEMPTS} attempts: {last_error}"
+        );
+    }
+
+    /// `rediss://localhost:{port}/0`, for a server started with
+    /// [`start_tls`](Self::start_tls) (the name its certificate is for).
+    pub fn tls_url(&self) -> String {
+        format!("rediss://localhost:{}/0", self.port)
     }
 
     /// `redis://127.0.0.1:{port}/0`.
@@ -201,7 +258,12 @@ impl RedisServer {
             }
             // Checking the pid makes sure the answer comes from our server,
             // not from another one that holds the port.
-            if answers(self.port, pid) {
+            let up = if self.tls {
+                ready_in_log(&log, pid)
+            } else {
+                answers(self.port, pid)
+            };
+            if up {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -285,6 +347,14 @@ fn answers(port: u16, pid: u32) -> bool {
         Ok(reply.ends_with(b"\r\n+PONG\r\n") && contains(&reply, pid_line.as_bytes()))
     };
     exchange().unwrap_or(false)
+}
+
+/// Whether process `pid`'s log says it accepts connections.
+fn ready_in_log(log: &Path, pid: u32) -> bool {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let me = format!("{pid}:M ");
+    text.lines()
+        .any(|l| l.starts_with(&me) && l.contains("Ready to accept connections"))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

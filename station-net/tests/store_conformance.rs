@@ -1441,3 +1441,58 @@ async fn blocking_replicate(replica: &RedisServer, primary: &RedisServer) {
     .await
     .expect("replication set-up");
 }
+
+// ---------------------------------------------------------------------------
+// TLS.
+// ---------------------------------------------------------------------------
+
+/// A private CA, and a certificate it signed for localhost and 127.0.0.1
+/// (PEM: CA, certificate, key).
+fn private_pki() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("leaf params");
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf_cert = leaf
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf certificate");
+    (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
+}
+
+/// `rediss://` to a Redis that speaks only TLS (`--tls-port`, `--port 0`),
+/// its certificate verified against a private CA the store is given. A
+/// store that does not trust that CA cannot talk to it: verification is
+/// real, not skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rediss_verifies_the_server_against_the_given_ca() {
+    let (ca, cert, key) = private_pki();
+    let Some(redis) = RedisServer::start_tls(&cert, &key) else {
+        return;
+    };
+    let store =
+        RedisStore::connect_with_ca(&redis.tls_url(), "tls:", config(), Some(ca.as_bytes()))
+            .await
+            .expect("valid URL");
+    let rec = record();
+    assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(rec));
+    let next = Record { acked: 1, ..rec };
+    assert_eq!(update(&store, next, 1, LONG).await, StoreReply::Done);
+    assert_eq!(live(&store).await, 1);
+
+    let untrusting = RedisStore::connect(&redis.tls_url(), "tls:", config())
+        .await
+        .expect("valid URL");
+    let reply = untrusting.execute(StoreOp::Load(rec.client_id)).await;
+    eprintln!("without the CA: {reply:?}");
+    assert_unavailable(&reply, "load without trusting the CA");
+}
