@@ -214,7 +214,7 @@ pub(super) async fn query_slot_primary<T: FromRedisValue>(
 /// A Redis Cluster: the cluster client, and the connection in use.
 #[derive(Clone)]
 pub(super) struct Cluster {
-    client: ClusterClient,
+    client: Arc<ClusterClient>,
     current: Arc<Mutex<CurrentCluster>>,
 }
 
@@ -228,7 +228,7 @@ impl Cluster {
     fn new(client: ClusterClient) -> Cluster {
         let conn = client.get_pending_async_connection_with_config(ClusterConfig::new());
         Cluster {
-            client,
+            client: Arc::new(client),
             current: Arc::new(Mutex::new(CurrentCluster {
                 epoch: 0,
                 since: tokio::time::Instant::now(),
