@@ -94,7 +94,9 @@ pub struct ServerArgs {
     /// Most sessions attached at once; more get RESOURCE_EXHAUSTED.
     #[arg(long, env = "STATION_MAX_SESSIONS", default_value_t = 250_000)]
     pub max_sessions: usize,
-    /// Session store: `memory`, or a Redis URL such as redis://127.0.0.1:6379/0.
+    /// Session store: `memory`, or a Redis URL: redis://127.0.0.1:6379/0 (one
+    /// Redis; rediss:// for TLS), redis://a:6379,redis://b:6379 (a primary and
+    /// its replicas), redis+cluster://h1:7000,h2:7001 (Redis Cluster).
     #[arg(long, env = "STATION_STORE", default_value = "memory")]
     pub store: String,
     /// Prefix of every Redis key, to share one Redis between deployments.

@@ -40,14 +40,18 @@ pub async fn run(args: ServerArgs) -> u8 {
         let result = serve(cfg, store, addr).await;
         sweeper.abort();
         result
-    } else if args.store.starts_with("redis://") || args.store.starts_with("rediss://") {
+    } else if ["redis", "valkey"]
+        .iter()
+        .any(|s| args.store.starts_with(s))
+    {
         match RedisStore::connect(&args.store, &args.redis_prefix, store_cfg).await {
             Ok(store) => serve(cfg, store, addr).await,
             Err(e) => Err(e.to_string()),
         }
     } else {
         eprintln!(
-            "error: --store must be `memory` or a redis:// URL, not {:?}",
+            "error: --store must be `memory` or a Redis URL (redis://, rediss://, \
+             redis+cluster://), not {:?}",
             args.store
         );
         return exit::USAGE;

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use harness::*;
-use station_net::testing::RedisServer;
+use station_net::testing::{RedisCluster, RedisServer};
 use uuid::Uuid;
 
 /// Time between two numbers in every server started here.
@@ -33,7 +33,7 @@ mod harness {
     use std::time::{Duration, Instant};
 
     use station_core::server::Record;
-    use station_net::testing::RedisServer;
+    use station_net::testing::{RedisCluster, RedisServer};
     use uuid::Uuid;
 
     use super::INTERVAL;
@@ -194,6 +194,18 @@ mod harness {
     impl Server {
         /// Starts one and waits (bounded) for its `listening on` line.
         pub fn start(dir: &Path, name: &str, redis: &RedisServer, prefix: &str) -> Server {
+            Self::start_on(dir, name, &redis.url(), prefix, INTERVAL)
+        }
+
+        /// Starts one on the store at `store_url`, sending a number every
+        /// `interval`.
+        pub fn start_on(
+            dir: &Path,
+            name: &str,
+            store_url: &str,
+            prefix: &str,
+            interval: &str,
+        ) -> Server {
             let args = [
                 "server",
                 "--host",
@@ -201,11 +213,11 @@ mod harness {
                 "--port",
                 "0",
                 "--store",
-                &redis.url(),
+                store_url,
                 "--redis-prefix",
                 prefix,
                 "--interval",
-                INTERVAL,
+                interval,
                 "--session-ttl",
                 "30s",
             ]
@@ -396,6 +408,43 @@ mod harness {
             ),
             Ok(Reply::Nil) => None,
             other => panic!("HGET {key} record: {other:?}"),
+        }
+    }
+
+    /// The session record a Redis Cluster holds for `id`, if any: the
+    /// node serving the key's slot answers, the others redirect.
+    pub fn cluster_record(cluster: &RedisCluster, prefix: &str, id: Uuid) -> Option<Record> {
+        let bucket = station_net::store::redis::bucket_of(&station_core::ClientId(id));
+        let key = format!("{prefix}{{{bucket}}}:session:{id}");
+        for node in cluster.nodes().iter().filter(|n| n.is_running()) {
+            match redis_command(node.port(), &[b"HGET", key.as_bytes(), b"record"]) {
+                Ok(Reply::Bulk(bytes)) => {
+                    return Some(
+                        Record::from_bytes(&bytes)
+                            .unwrap_or_else(|| panic!("{key} holds no valid record: {bytes:?}")),
+                    )
+                }
+                Ok(Reply::Nil) => return None,
+                // MOVED from the nodes that do not serve it.
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    /// Waits (bounded) until the cluster holds `id`'s session.
+    pub fn wait_cluster_record(cluster: &RedisCluster, prefix: &str, id: Uuid) -> Record {
+        let deadline = Instant::now() + SHORT;
+        loop {
+            if let Some(record) = cluster_record(cluster, prefix, id) {
+                assert_eq!(record.client_id.0, id, "record under the wrong key");
+                return record;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "session {id} did not appear in the cluster within {SHORT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -665,4 +714,319 @@ fn crashed_client_resumes_from_its_state_file_on_another_server() {
         "client killed at next_index {saved}, resumed on B; verified in {:?}",
         started.elapsed()
     );
+}
+
+/// The primary that serves the most of a cluster store's buckets under
+/// `prefix`, and those bucket slots.
+fn busiest_primary(cluster: &RedisCluster, prefix: &str) -> (u16, Vec<u16>) {
+    use station_net::store::redis::{key_slot, BUCKETS};
+    let slots: Vec<u16> = (0..BUCKETS)
+        .map(|b| key_slot(format!("{prefix}{{{b}}}:").as_bytes()))
+        .collect();
+    let topology = cluster.topology().expect("cluster topology");
+    topology
+        .iter()
+        .filter(|n| n.primary && !n.failing)
+        .map(|n| {
+            let mine: Vec<u16> = slots.iter().copied().filter(|&s| n.serves(s)).collect();
+            (n.port, mine)
+        })
+        .max_by_key(|(_, mine)| mine.len())
+        .expect("a primary")
+}
+
+/// How many of `clients` are still running.
+fn running(clients: &mut [Proc]) -> usize {
+    clients
+        .iter_mut()
+        .map(|c| usize::from(c.try_exited().is_none()))
+        .sum()
+}
+
+/// Issue 12: two servers on a Redis Cluster (three primaries, three
+/// replicas), 50 clients at 50 ms a number. While they stream: (a) every
+/// bucket slot of one primary migrates to another, keys and all; (b) a
+/// replica takes over by `CLUSTER FAILOVER`; (c) a primary is killed
+/// (SIGKILL) and its replica takes over by itself. Every client completes
+/// with its session's exact sequence, or, only where the cluster lost
+/// acknowledged writes, ends saying the store lost its session (never
+/// "taken over", never a wrong sequence). Prints how many ended each way.
+#[test]
+fn cluster_clients_complete_through_resharding_and_failovers() {
+    const CLIENTS: usize = 50;
+    const COUNT: u32 = 240; // 12 s of numbers at 50 ms.
+    let Some(mut cluster) = RedisCluster::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let dir = tmp.path();
+    let prefix = "e2e-cluster:";
+    let a = Server::start_on(dir, "server-a", &cluster.url(), prefix, "50ms");
+    let b = Server::start_on(dir, "server-b", &cluster.url(), prefix, "50ms");
+
+    let started = Instant::now();
+    let ids: Vec<Uuid> = (0..CLIENTS).map(|_| Uuid::new_v4()).collect();
+    let mut clients: Vec<Proc> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let order = if i % 2 == 0 { [&a, &b] } else { [&b, &a] };
+            spawn_client(dir, &format!("client-{i}"), &order, COUNT, id, None)
+        })
+        .collect();
+    let records: Vec<_> = ids
+        .iter()
+        .map(|&id| wait_cluster_record(&cluster, prefix, id))
+        .collect();
+    eprintln!(
+        "{CLIENTS} sessions in the cluster after {:?}",
+        started.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // (a) Resharding: the busiest primary's bucket slots move away.
+    let (from, slots) = busiest_primary(&cluster, prefix);
+    let to = cluster
+        .topology()
+        .expect("topology")
+        .into_iter()
+        .find(|n| n.primary && n.port != from)
+        .expect("another primary")
+        .port;
+    let live = running(&mut clients);
+    let mut moved = 0;
+    for &slot in &slots {
+        moved += cluster.migrate_slot(slot, to);
+    }
+    cluster.wait_healthy(Duration::from_secs(20));
+    eprintln!(
+        "(a) at {:?}, {live} clients streaming: migrated {} bucket slots ({moved} keys) from {from} to {to}",
+        started.elapsed(),
+        slots.len()
+    );
+    assert!(
+        live > CLIENTS / 2,
+        "most clients ended before the resharding"
+    );
+    assert!(moved > 0, "no session moved");
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // (b) Manual failover of the busiest primary.
+    let (primary, _) = busiest_primary(&cluster, prefix);
+    let topology = cluster.topology().expect("topology");
+    let primary_id = topology
+        .iter()
+        .find(|n| n.port == primary)
+        .expect("the primary")
+        .id
+        .clone();
+    let replica = topology
+        .iter()
+        .find(|n| n.primary_id.as_deref() == Some(primary_id.as_str()))
+        .expect("a replica")
+        .port;
+    let live = running(&mut clients);
+    cluster.manual_failover(replica);
+    eprintln!(
+        "(b) at {:?}, {live} clients streaming: replica {replica} took over from {primary} (CLUSTER FAILOVER)",
+        started.elapsed()
+    );
+    assert!(live > CLIENTS / 2, "most clients ended before the failover");
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // (c) kill -9 of the busiest primary; its replica takes over by itself.
+    let (victim, _) = busiest_primary(&cluster, prefix);
+    let live = running(&mut clients);
+    let killed_at = started.elapsed();
+    let heir = cluster.kill_and_fail_over(victim);
+    eprintln!(
+        "(c) at {killed_at:?}, {live} clients streaming: killed primary {victim}; {heir:?} took over after {:?}",
+        started.elapsed() - killed_at
+    );
+    assert!(live > CLIENTS / 2, "most clients ended before the kill");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut verified, mut lost, mut reconnects) = (0, 0, 0);
+    for (client, record) in clients.iter_mut().zip(&records) {
+        let out = client.wait_until(deadline);
+        if out.code == Some(0) {
+            let json = assert_verified(&out, record);
+            reconnects += json["reconnects"].as_u64().expect("reconnects");
+            verified += 1;
+        } else {
+            let json = out.json();
+            let result = json["result"].as_str().unwrap_or_default();
+            assert!(
+                result.contains("lost by the session store"),
+                "a client failed for another reason than a lost session:\n{out}"
+            );
+            lost += 1;
+        }
+    }
+    eprintln!(
+        "cluster e2e: {verified} clients verified their checksum, {lost} were told the store \
+         lost their session; {reconnects} reconnects; {:?} in all",
+        started.elapsed()
+    );
+    assert_eq!(verified + lost, CLIENTS);
+    assert_store_empties_cluster(dir, a.port, &cluster, prefix);
+}
+
+/// Waits (bounded) until `station stats` on `port` reports no live session
+/// and no primary holds a key under `prefix`.
+fn assert_store_empties_cluster(
+    dir: &std::path::Path,
+    port: u16,
+    cluster: &RedisCluster,
+    prefix: &str,
+) {
+    let deadline = Instant::now() + SHORT;
+    loop {
+        let stats = stats(dir, port);
+        let pattern = format!("{prefix}*");
+        let left: usize = cluster
+            .nodes()
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| match n.command(&["KEYS", &pattern]) {
+                Ok(station_net::testing::Reply::Array(keys)) => keys.len(),
+                other => panic!("KEYS on {}: {other:?}", n.port()),
+            })
+            .sum();
+        if counter(&stats, "live_sessions") == 0 && left == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not empty within {SHORT:?}: stats {stats}, {left} keys left"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How the clients of a Redis restart test ended.
+#[derive(Debug, Default)]
+struct Ends {
+    /// Completed with their session's exact sequence.
+    verified: usize,
+    /// Told NOT_FOUND: the store lost their session.
+    lost: usize,
+    /// Told NOT_FOUND: no such session (forgotten) on resuming.
+    forgotten: usize,
+    /// Sessions whose key was gone right after Redis came back.
+    keys_missing: usize,
+    /// Clients still streaming when Redis was killed.
+    streaming: usize,
+}
+
+/// Issue 12: Redis is killed (SIGKILL) while two servers' clients stream,
+/// then started again on the same data directory, with `settings` on top
+/// of the test server's (AOF on, RDB off). Every client either completes
+/// with its exact sequence or ends NOT_FOUND saying the store lost (or
+/// forgot) its session: never "taken over", never another sequence.
+fn redis_restart_mid_stream(settings: &[&str], label: &str) -> Option<Ends> {
+    const CLIENTS: usize = 20;
+    const COUNT: u32 = 150; // 3 s of numbers at 20 ms.
+    let mut redis = RedisServer::start_with(settings)?;
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let dir = tmp.path();
+    let prefix = format!("e2e-restart-{label}:");
+    let a = Server::start(dir, "server-a", &redis, &prefix);
+    let b = Server::start(dir, "server-b", &redis, &prefix);
+    let started = Instant::now();
+    let ids: Vec<Uuid> = (0..CLIENTS).map(|_| Uuid::new_v4()).collect();
+    let mut clients: Vec<Proc> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let order = if i % 2 == 0 { [&a, &b] } else { [&b, &a] };
+            spawn_client(dir, &format!("client-{i}"), &order, COUNT, id, None)
+        })
+        .collect();
+    let records: Vec<_> = ids
+        .iter()
+        .map(|&id| wait_record(&redis, &prefix, id))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000).saturating_sub(started.elapsed()));
+    let mut ends = Ends {
+        streaming: running(&mut clients),
+        ..Ends::default()
+    };
+    assert!(ends.streaming > 0, "no client was streaming at the kill");
+    redis.restart();
+    ends.keys_missing = ids
+        .iter()
+        .filter(|&&id| stored_record(&redis, &prefix, id).is_none())
+        .count();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    for (client, record) in clients.iter_mut().zip(&records) {
+        let out = client.wait_until(deadline);
+        if out.code == Some(0) {
+            assert_verified(&out, record);
+            ends.verified += 1;
+            continue;
+        }
+        let result = out.json()["result"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            result.contains("NotFound"),
+            "a client failed otherwise than NOT_FOUND:\n{out}"
+        );
+        if result.contains("lost by the session store") {
+            ends.lost += 1;
+        } else if result.contains("forgotten") {
+            ends.forgotten += 1;
+        } else {
+            panic!("NOT_FOUND without saying the session was lost or forgotten:\n{out}");
+        }
+    }
+    eprintln!(
+        "redis restart ({label}): {} of {CLIENTS} clients streaming at the kill; {} session keys \
+         gone after the restart; clients: {} verified, {} told the store lost the session, {} told \
+         it was forgotten; {:?}",
+        ends.streaming,
+        ends.keys_missing,
+        ends.verified,
+        ends.lost,
+        ends.forgotten,
+        started.elapsed()
+    );
+    Some(ends)
+}
+
+/// With `appendfsync always`, Redis writes and fsyncs every write before
+/// acknowledging it: a restart loses no session.
+#[test]
+fn redis_killed_and_restarted_with_aof_always_loses_nothing() {
+    let Some(ends) = redis_restart_mid_stream(&["--appendfsync", "always"], "always") else {
+        return;
+    };
+    assert_eq!(ends.keys_missing, 0, "{ends:?}");
+    assert_eq!(ends.verified, 20, "{ends:?}");
+}
+
+/// With `appendfsync everysec` (Redis's default), a killed process loses
+/// what it acknowledged but had not yet written to the file (a machine
+/// crash would lose up to a second more); measured and printed.
+#[test]
+fn redis_killed_and_restarted_with_aof_everysec() {
+    let Some(ends) = redis_restart_mid_stream(&["--appendfsync", "everysec"], "everysec") else {
+        return;
+    };
+    assert_eq!(ends.verified + ends.lost + ends.forgotten, 20, "{ends:?}");
+}
+
+/// Without persistence a restart loses every session: each client still
+/// streaming is told NOT_FOUND, lost or forgotten, and none gets a new
+/// session or another sequence.
+#[test]
+fn redis_restarted_without_persistence_tells_clients_their_session_is_lost() {
+    let Some(ends) = redis_restart_mid_stream(&["--appendonly", "no"], "none") else {
+        return;
+    };
+    assert_eq!(ends.keys_missing, 20, "{ends:?}");
+    assert_eq!(ends.lost + ends.forgotten, ends.streaming, "{ends:?}");
+    assert_eq!(ends.verified, 20 - ends.streaming, "{ends:?}");
 }

@@ -1,10 +1,13 @@
 //! Test fixtures, for this crate's tests and for other crates' tests.
 //!
 //! [`RedisServer`] runs a throwaway `redis-server` on a free loopback port,
-//! so tests of [`RedisStore`](crate::store::RedisStore) need no Redis set up
+//! and [`RedisCluster`] six of them joined into a Redis Cluster (three
+//! primaries, each with a replica), so tests of
+//! [`RedisStore`](crate::store::RedisStore) need no Redis set up
 //! beforehand and never touch a Redis someone else runs (on 6379 or
-//! anywhere else). Only the standard library is used, so the module costs
-//! nothing to build into the library.
+//! anywhere else). [`command`] sends one command to a Redis with a tiny
+//! client of its own (not the `redis` crate under test). Only the standard
+//! library is used, so the module costs nothing to build into the library.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -43,7 +46,23 @@ pub struct RedisServer {
     binary: PathBuf,
     port: u16,
     dir: PathBuf,
+    /// Settings after the defaults (later ones win in `redis-server`).
+    extra: Vec<String>,
+    /// Listens with TLS only, on `port` (plain port off).
+    tls: bool,
     child: Option<Child>,
+}
+
+/// Whether Redis tests must run: in CI a missing Redis is an error.
+fn missing(what: &str) -> Option<std::convert::Infallible> {
+    if std::env::var_os("CI").is_some() {
+        panic!("{what} not on PATH but CI is set: install it");
+    }
+    eprintln!(
+        "\n*** SKIPPING Redis test: {what} is not on PATH. ***\n\
+         *** Install Redis to run it (set CI=1 to make this an error). ***\n"
+    );
+    None
 }
 
 impl RedisServer {
@@ -54,16 +73,24 @@ impl RedisServer {
     /// environment variable is set, so CI never silently skips the Redis
     /// tests. Panics if the server does not come up within 10 s.
     pub fn start() -> Option<RedisServer> {
-        let Some(binary) = find_on_path("redis-server") else {
-            if std::env::var_os("CI").is_some() {
-                panic!("redis-server not on PATH but CI is set: install it");
-            }
-            eprintln!(
-                "\n*** SKIPPING Redis test: redis-server is not on PATH. ***\n\
-                 *** Install Redis to run it (set CI=1 to make this an error). ***\n"
-            );
-            return None;
-        };
+        Self::start_with(&[])
+    }
+
+    /// As [`start`](Self::start), with more settings after the defaults,
+    /// e.g. `["--appendfsync", "always"]` or `["--appendonly", "no"]` (a
+    /// later setting overrides an earlier one).
+    pub fn start_with(settings: &[&str]) -> Option<RedisServer> {
+        let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
+        Self::launch(&|| settings.clone())
+    }
+
+    /// Starts a server whose extra settings `settings` gives, asked again
+    /// for each attempt (so it can pick fresh ports).
+    fn launch(settings: &dyn Fn() -> Vec<String>) -> Option<RedisServer> {
+        let binary = find_on_path("redis-server").or_else(|| {
+            missing("redis-server")?;
+            None
+        })?;
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
@@ -71,6 +98,8 @@ impl RedisServer {
                 binary: binary.clone(),
                 port,
                 dir: make_dir(port),
+                extra: settings(),
+                tls: false,
                 child: None,
             };
             match server.spawn_and_wait() {
@@ -80,6 +109,70 @@ impl RedisServer {
             }
         }
         panic!("could not start redis-server after {START_ATTEMPTS} attempts: {last_error}");
+    }
+
+    /// The server's data directory (its log is `redis.log` in it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Sends one command to this server; see [`command`].
+    pub fn command(&self, args: &[&str]) -> Result<Reply, String> {
+        command(self.port, args)
+    }
+
+    /// Starts a server that speaks TLS only (`--tls-port`, `--port 0`),
+    /// with this certificate and key (PEM), not asking clients for
+    /// certificates; waits until its log says it is ready. Its URL is
+    /// [`tls_url`](Self::tls_url); [`command`] cannot talk to it.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Option<RedisServer> {
+        let binary = find_on_path("redis-server").or_else(|| {
+            missing("redis-server")?;
+            None
+        })?;
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let dir = make_dir(port);
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            std::fs::write(&cert, cert_pem).expect("write the certificate");
+            std::fs::write(&key, key_pem).expect("write the key");
+            let mut server = RedisServer {
+                binary: binary.clone(),
+                port: 0,
+                dir,
+                extra: vec![
+                    "--port".into(),
+                    "0".into(),
+                    "--tls-port".into(),
+                    port.to_string(),
+                    "--tls-cert-file".into(),
+                    cert.display().to_string(),
+                    "--tls-key-file".into(),
+                    key.display().to_string(),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ],
+                tls: true,
+                child: None,
+            };
+            match server.spawn_and_wait() {
+                Ok(()) => {
+                    server.port = port;
+                    return Some(server);
+                }
+                Err(e) => last_error = e,
+            }
+        }
+        panic!(
+            "could not start redis-server with TLS after {START_ATTEMPTS} attempts: {last_error}"
+        );
+    }
+
+    /// `rediss://localhost:{port}/0`, for a server started with
+    /// [`start_tls`](Self::start_tls) (the name its certificate is for).
+    pub fn tls_url(&self) -> String {
+        format!("rediss://localhost:{}/0", self.port)
     }
 
     /// `redis://127.0.0.1:{port}/0`.
@@ -143,6 +236,7 @@ impl RedisServer {
             .args(["--daemonize", "no"])
             .arg("--logfile")
             .arg(&log)
+            .args(&self.extra)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -164,7 +258,12 @@ impl RedisServer {
             }
             // Checking the pid makes sure the answer comes from our server,
             // not from another one that holds the port.
-            if answers(self.port, pid) {
+            let up = if self.tls {
+                ready_in_log(&log, pid)
+            } else {
+                answers(self.port, pid)
+            };
+            if up {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -250,6 +349,14 @@ fn answers(port: u16, pid: u32) -> bool {
     exchange().unwrap_or(false)
 }
 
+/// Whether process `pid`'s log says it accepts connections.
+fn ready_in_log(log: &Path, pid: u32) -> bool {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let me = format!("{pid}:M ");
+    text.lines()
+        .any(|l| l.starts_with(&me) && l.contains("Ready to accept connections"))
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -258,4 +365,542 @@ fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("(no log: {e})"));
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// A reply of Redis's RESP2 protocol, as [`command`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Nil,
+    Status(String),
+    Error(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Array(Vec<Reply>),
+}
+
+impl Reply {
+    /// The reply as text: a status, or a bulk string read as UTF-8.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Reply::Status(s) => Some(s.clone()),
+            Reply::Bulk(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        }
+    }
+}
+
+/// Sends one command to the Redis on loopback `port`, on a fresh
+/// connection, each step bounded (1 s to connect, 5 s to answer), and
+/// returns its reply; an error reply is `Ok(Reply::Error(..))`.
+pub fn command(port: u16, args: &[&str]) -> Result<Reply, String> {
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    command_bytes(port, &args)
+}
+
+/// [`command`] with binary arguments.
+pub fn command_bytes(port: u16, args: &[&[u8]]) -> Result<Reply, String> {
+    let exchange = || -> std::io::Result<Reply> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let mut msg = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            msg.extend(format!("${}\r\n", arg.len()).bytes());
+            msg.extend_from_slice(arg);
+            msg.extend(b"\r\n");
+        }
+        conn.write_all(&msg)?;
+        parse(&mut std::io::BufReader::new(conn))
+    };
+    exchange().map_err(|e| format!("{} on port {port}: {e}", describe(args)))
+}
+
+fn describe(args: &[&[u8]]) -> String {
+    args.iter()
+        .take(3)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn parse(r: &mut impl std::io::BufRead) -> std::io::Result<Reply> {
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(bad("connection closed".into()));
+    }
+    let line = line.trim_end_matches("\r\n");
+    let (kind, rest) = line.split_at(line.len().min(1));
+    let number = || {
+        rest.parse::<i64>()
+            .map_err(|e| bad(format!("{line:?}: {e}")))
+    };
+    Ok(match kind {
+        "+" => Reply::Status(rest.into()),
+        "-" => Reply::Error(rest.into()),
+        ":" => Reply::Int(number()?),
+        "$" if number()? < 0 => Reply::Nil,
+        "$" => {
+            let len = usize::try_from(number()?).map_err(|e| bad(e.to_string()))?;
+            let mut data = vec![0; len + 2];
+            r.read_exact(&mut data)?;
+            data.truncate(len);
+            Reply::Bulk(data)
+        }
+        "*" if number()? < 0 => Reply::Nil,
+        "*" => (0..number()?)
+            .map(|_| parse(r))
+            .collect::<std::io::Result<_>>()
+            .map(Reply::Array)?,
+        _ => return Err(bad(format!("unexpected reply line {line:?}"))),
+    })
+}
+
+/// [`command`], expecting text (a status or a bulk string).
+fn text(port: u16, args: &[&str]) -> Result<String, String> {
+    match command(port, args)? {
+        Reply::Error(e) => Err(format!("{} on port {port}: {e}", args.join(" "))),
+        reply => reply
+            .text()
+            .ok_or_else(|| format!("{}: unexpected reply {reply:?}", args.join(" "))),
+    }
+}
+
+/// How long [`RedisCluster`] waits for the cluster to form or heal.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A private Redis Cluster for one test: six `redis-server
+/// --cluster-enabled yes` processes on free loopback ports, each in its own
+/// data directory, joined by `redis-cli --cluster create …
+/// --cluster-replicas 1` into three primaries with one replica each. Every
+/// process is killed on drop.
+///
+/// Nodes time out after 1.5 s (`cluster-node-timeout 1500`), so a killed
+/// primary's replica takes over within a few seconds, and a cluster with a
+/// primary down still serves the other primaries' slots
+/// (`cluster-require-full-coverage no`). Nodes keep an append-only file,
+/// like [`RedisServer`].
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    cli: PathBuf,
+}
+
+/// One line of `CLUSTER NODES`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterNode {
+    pub id: String,
+    pub port: u16,
+    pub primary: bool,
+    /// Marked failing (`fail` or `fail?`) by the node asked.
+    pub failing: bool,
+    /// The node's primary, for a replica.
+    pub primary_id: Option<String>,
+    /// Slots served, as inclusive ranges.
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl ClusterNode {
+    /// Whether it serves `slot`.
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(lo, hi)| (lo..=hi).contains(&slot))
+    }
+}
+
+impl RedisCluster {
+    /// Starts six nodes, creates the cluster and waits (bounded) until every
+    /// node reports `cluster_state:ok` and every replica is in sync.
+    ///
+    /// Returns `None`, after a loud message, when `redis-server` or
+    /// `redis-cli` is missing; panics instead when `CI` is set. Panics if the
+    /// cluster does not form within 30 s.
+    pub fn start() -> Option<RedisCluster> {
+        let cli = find_on_path("redis-cli").or_else(|| {
+            missing("redis-cli")?;
+            None
+        })?;
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            nodes.push(RedisServer::launch(&|| {
+                vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    "nodes.conf".into(),
+                    "--cluster-node-timeout".into(),
+                    "1500".into(),
+                    // A free port of its own for the cluster bus, rather
+                    // than port + 10000, which may be taken or too large.
+                    "--cluster-port".into(),
+                    free_port().to_string(),
+                    "--cluster-require-full-coverage".into(),
+                    "no".into(),
+                ]
+            })?);
+        }
+        let cluster = RedisCluster { nodes, cli };
+        cluster.create();
+        cluster.wait_healthy(CLUSTER_TIMEOUT);
+        Some(cluster)
+    }
+
+    /// `redis-cli --cluster create … --cluster-replicas 1 --cluster-yes`,
+    /// bounded; panics with its output if it fails.
+    fn create(&self) {
+        let out = self.nodes[0].dir.join("cluster-create.log");
+        let file = std::fs::File::create(&out).expect("create log file");
+        let mut cmd = Command::new(&self.cli);
+        cmd.args(["--cluster", "create"]);
+        for node in &self.nodes {
+            cmd.arg(format!("127.0.0.1:{}", node.port));
+        }
+        cmd.args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone file"))
+            .stderr(file);
+        let mut child = cmd.spawn().expect("run redis-cli");
+        let deadline = Instant::now() + CLUSTER_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait on redis-cli") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "redis-cli --cluster create did not finish within {CLUSTER_TIMEOUT:?}:\n{}",
+                    log_tail(&out)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            status.success(),
+            "redis-cli --cluster create failed ({status}):\n{}",
+            log_tail(&out)
+        );
+    }
+
+    /// `redis+cluster://127.0.0.1:p1,…` with every node.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// The nodes, in the order they were started.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// The node listening on `port`.
+    pub fn node_mut(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no cluster node on port {port}"))
+    }
+
+    /// The cluster as a running node sees it (`CLUSTER NODES`): the first
+    /// running node whose view can be read.
+    pub fn topology(&self) -> Result<Vec<ClusterNode>, String> {
+        let mut last = String::from("no node is running");
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            match text(node.port, &["CLUSTER", "NODES"]) {
+                Ok(view) => return parse_nodes(&view),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The primary serving `slot` now, as the cluster sees it.
+    pub fn primary_of(&self, slot: u16) -> Result<ClusterNode, String> {
+        self.topology()?
+            .into_iter()
+            .find(|n| n.primary && !n.failing && n.serves(slot))
+            .ok_or_else(|| format!("no healthy primary serves slot {slot}"))
+    }
+
+    /// Waits until every running node says `cluster_state:ok`, agrees on
+    /// which primary serves every slot, no running node is marked failing,
+    /// and every running replica's link to its primary is up. Panics with
+    /// what was last seen after `limit`.
+    pub fn wait_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let problem = self.health_problem();
+            let Some(problem) = problem else { return };
+            if Instant::now() >= deadline {
+                panic!("the cluster was not healthy within {limit:?}: {problem}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What is wrong with the cluster now, if anything.
+    fn health_problem(&self) -> Option<String> {
+        let mut views = Vec::new();
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            let info = match text(node.port, &["CLUSTER", "INFO"]) {
+                Ok(info) => info,
+                Err(e) => return Some(e),
+            };
+            if !info.contains("cluster_state:ok") {
+                return Some(format!("node {} is not cluster_state:ok", node.port));
+            }
+            let view = match text(node.port, &["CLUSTER", "NODES"]).and_then(|v| parse_nodes(&v)) {
+                Ok(view) => view,
+                Err(e) => return Some(e),
+            };
+            let Some(me) = view.iter().find(|n| n.port == node.port) else {
+                return Some(format!("node {} is not in its own view", node.port));
+            };
+            if !me.primary {
+                let replication = match text(node.port, &["INFO", "replication"]) {
+                    Ok(r) => r,
+                    Err(e) => return Some(e),
+                };
+                if !replication.contains("master_link_status:up") {
+                    return Some(format!("replica {} is not in sync", node.port));
+                }
+            }
+            let running: Vec<u16> = self
+                .nodes
+                .iter()
+                .filter(|n| n.is_running())
+                .map(|n| n.port)
+                .collect();
+            if let Some(bad) = view.iter().find(|n| running.contains(&n.port) && n.failing) {
+                return Some(format!("node {} sees {} failing", node.port, bad.port));
+            }
+            let mut owners: Vec<(u16, u16, u16)> = view
+                .iter()
+                .filter(|n| n.primary && !n.failing)
+                .flat_map(|n| n.slots.iter().map(move |&(lo, hi)| (lo, hi, n.port)))
+                .collect();
+            owners.sort_unstable();
+            views.push((node.port, owners));
+        }
+        let (first_port, first) = views.first()?;
+        let covered: u32 = first
+            .iter()
+            .map(|&(lo, hi, _)| u32::from(hi - lo) + 1)
+            .sum();
+        if covered != 16384 {
+            return Some(format!(
+                "node {first_port} sees {covered} of 16384 slots served"
+            ));
+        }
+        if let Some((port, _)) = views.iter().find(|(_, v)| v != first) {
+            return Some(format!(
+                "nodes {first_port} and {port} disagree on who serves which slots"
+            ));
+        }
+        None
+    }
+
+    /// Moves `slot` to the primary on `to_port`, keys and all, as
+    /// `redis-cli --cluster reshard` does: `CLUSTER SETSLOT … IMPORTING` on
+    /// the target, `MIGRATING` on the source, `MIGRATE` the keys in
+    /// batches, then `SETSLOT … NODE` on both and every other primary.
+    /// While it runs, clients are redirected with `ASK`. Returns how many
+    /// keys moved. Panics on failure (bounded: at most 10 s of batches).
+    pub fn migrate_slot(&self, slot: u16, to_port: u16) -> usize {
+        let nodes = self.topology().expect("cluster topology");
+        let source = nodes
+            .iter()
+            .find(|n| n.primary && n.serves(slot))
+            .unwrap_or_else(|| panic!("no primary serves slot {slot}"))
+            .clone();
+        let target = nodes
+            .iter()
+            .find(|n| n.port == to_port && n.primary)
+            .unwrap_or_else(|| panic!("no primary on port {to_port}"))
+            .clone();
+        if source.port == target.port {
+            return 0;
+        }
+        let slot_s = slot.to_string();
+        let ok = |port: u16, args: &[&str]| {
+            let reply = text(port, args).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(reply, "OK", "{} on port {port}", args.join(" "));
+        };
+        ok(
+            target.port,
+            &["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &source.id],
+        );
+        ok(
+            source.port,
+            &["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &target.id],
+        );
+        let mut moved = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let keys = match command(source.port, &["CLUSTER", "GETKEYSINSLOT", &slot_s, "100"]) {
+                Ok(Reply::Array(keys)) => keys
+                    .into_iter()
+                    .filter_map(|k| match k {
+                        Reply::Bulk(k) => Some(k),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+                other => panic!("GETKEYSINSLOT {slot}: {other:?}"),
+            };
+            if keys.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slot {slot} still had keys after 10 s of MIGRATE"
+            );
+            let port = to_port.to_string();
+            let mut args: Vec<&[u8]> = vec![
+                b"MIGRATE",
+                b"127.0.0.1",
+                port.as_bytes(),
+                b"",
+                b"0",
+                b"5000",
+                b"REPLACE",
+                b"KEYS",
+            ];
+            args.extend(keys.iter().map(Vec::as_slice));
+            match command_bytes(source.port, &args) {
+                Ok(Reply::Status(s)) if s == "OK" || s == "NOKEY" => moved += keys.len(),
+                other => panic!("MIGRATE of slot {slot}: {other:?}"),
+            }
+        }
+        let node_args = ["CLUSTER", "SETSLOT", &slot_s, "NODE", &target.id];
+        ok(target.port, &node_args);
+        ok(source.port, &node_args);
+        for other in nodes
+            .iter()
+            .filter(|n| n.primary && !n.failing && n.port != source.port && n.port != target.port)
+        {
+            // Best effort, as redis-cli does: the epoch spreads it anyway.
+            let _ = command(other.port, &node_args);
+        }
+        moved
+    }
+
+    /// A manual failover: `CLUSTER FAILOVER` on the replica on
+    /// `replica_port`, which becomes the primary of its primary's slots
+    /// once it has caught up. Waits (bounded) until it is a primary and the
+    /// cluster is healthy.
+    pub fn manual_failover(&self, replica_port: u16) {
+        let reply = text(replica_port, &["CLUSTER", "FAILOVER"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reply, "OK", "CLUSTER FAILOVER on {replica_port}");
+        let deadline = Instant::now() + CLUSTER_TIMEOUT;
+        loop {
+            let role = match command(replica_port, &["ROLE"]) {
+                Ok(Reply::Array(parts)) => parts.first().and_then(Reply::text),
+                _ => None,
+            };
+            if role.as_deref() == Some("master") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{replica_port} did not become a primary within {CLUSTER_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.wait_healthy(CLUSTER_TIMEOUT);
+    }
+
+    /// Kills the node on `port` (`SIGKILL`, like a crash) and, if it was a
+    /// primary, waits (bounded) until its replica has taken over its slots
+    /// and the cluster is healthy again without it. Returns the port of the
+    /// replica that took over, if it was a primary.
+    pub fn kill_and_fail_over(&mut self, port: u16) -> Option<u16> {
+        let before = self.topology().expect("cluster topology");
+        let killed = before
+            .iter()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"))
+            .clone();
+        self.node_mut(port).stop();
+        if !killed.primary {
+            return None;
+        }
+        let deadline = Instant::now() + CLUSTER_TIMEOUT;
+        let heir = loop {
+            let heir = self.topology().ok().and_then(|now| {
+                let slot = killed.slots.first()?.0;
+                now.into_iter()
+                    .find(|n| n.primary && !n.failing && n.port != port && n.serves(slot))
+            });
+            if let Some(heir) = heir {
+                break heir.port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replica took over from the killed primary {port} within {CLUSTER_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        self.wait_healthy_without(port, CLUSTER_TIMEOUT);
+        Some(heir)
+    }
+
+    /// As [`wait_healthy`](Self::wait_healthy), but tolerating that the
+    /// nodes see the stopped node on `gone` as failing.
+    fn wait_healthy_without(&self, gone: u16, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.health_problem() {
+                None => return,
+                Some(p) if Instant::now() >= deadline => {
+                    panic!("the cluster did not heal within {limit:?} after {gone} died: {p}")
+                }
+                Some(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+/// Parses `CLUSTER NODES`.
+fn parse_nodes(view: &str) -> Result<Vec<ClusterNode>, String> {
+    view.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let bad = || format!("unreadable CLUSTER NODES line {line:?}");
+            if f.len() < 8 {
+                return Err(bad());
+            }
+            // ip:port@busport[,hostname]
+            let port = f[1]
+                .split('@')
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(bad)?;
+            let flags: Vec<&str> = f[2].split(',').collect();
+            let mut slots = Vec::new();
+            for range in &f[8..] {
+                if range.starts_with('[') {
+                    continue; // a slot being imported or migrated
+                }
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                slots.push((
+                    lo.parse().map_err(|_| bad())?,
+                    hi.parse().map_err(|_| bad())?,
+                ));
+            }
+            Ok(ClusterNode {
+                id: f[0].to_string(),
+                port,
+                primary: flags.contains(&"master"),
+                failing: flags.contains(&"fail") || flags.contains(&"fail?"),
+                primary_id: (f[3] != "-").then(|| f[3].to_string()),
+                slots,
+            })
+        })
+        .collect()
 }
