@@ -84,6 +84,11 @@ pub fn decide(stored: &Lookup, op: &StoreOp) -> (StoreReply, Write) {
             } else if written_by(live, record) {
                 // A takeover applied before, its reply lost.
                 done(Write::Nothing)
+            } else if live.generation < *expect_generation {
+                // Older than what this stream was confirmed to hold: the
+                // store lost writes (a failover to a replica that had not
+                // seen them), not a takeover.
+                (R::Missing, Write::Nothing)
             } else {
                 (R::Conflict, Write::Nothing)
             }
@@ -100,7 +105,9 @@ pub fn decide(stored: &Lookup, op: &StoreOp) -> (StoreReply, Write) {
             },
             Lookup::Live(live),
         ) if live.incarnation == *incarnation => {
-            if live.generation == *generation {
+            if live.generation <= *generation {
+                // Ours, or an older generation that a store losing writes
+                // brought back: the session is complete either way.
                 done(Write::Remove)
             } else {
                 (R::Conflict, Write::Nothing)
@@ -176,6 +183,11 @@ mod tests {
             decide(&live, &update(rec(1, 2, 5), 2)),
             (StoreReply::Conflict, Write::Nothing)
         );
+        // A store that lost the takeover to generation 3: not a takeover.
+        assert_eq!(
+            decide(&Lookup::Live(rec(1, 2, 6)), &update(rec(1, 3, 7), 3)),
+            (StoreReply::Missing, Write::Nothing)
+        );
         // A paused stream of an earlier incarnation at the same generation.
         assert_eq!(
             decide(&live, &update(rec(2, 3, 7), 3)),
@@ -236,6 +248,11 @@ mod tests {
         assert_eq!(
             decide(&live, &delete(1, 2)),
             (StoreReply::Conflict, Write::Nothing)
+        );
+        assert_eq!(
+            decide(&live, &delete(1, 4)),
+            (StoreReply::Done, Write::Remove),
+            "a store that lost generation 4 still holds the session, complete"
         );
         assert_eq!(
             decide(&live, &delete(2, 3)),

@@ -220,9 +220,10 @@ async fn update_with_stale_generation_conflicts<S: SessionStore>(store: S) {
         update(&store, late_takeover, 1, LONG).await,
         StoreReply::Conflict
     );
-    // A generation from the future fails too.
+    // A generation from the future fails too: the store is behind what the
+    // stream was confirmed to hold, so it lost writes.
     let future = taken_over(taken);
-    assert_eq!(update(&store, future, 3, LONG).await, StoreReply::Conflict);
+    assert_eq!(update(&store, future, 3, LONG).await, StoreReply::Missing);
     assert_eq!(load(&store, rec.client_id).await, Lookup::Live(taken));
 }
 
@@ -251,7 +252,7 @@ async fn update_of_missing_or_expired_is_refused<S: SessionStore>(store: S) {
 async fn delete_checks_generation<S: SessionStore>(store: S) {
     let rec = record();
     assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
-    assert_eq!(delete(&store, &rec, 2).await, StoreReply::Conflict);
+    // An older stream's delete: a newer generation holds the session.
     assert_eq!(delete(&store, &rec, 0).await, StoreReply::Conflict);
     assert_eq!(load(&store, rec.client_id).await, Lookup::Live(rec));
     assert_eq!(delete(&store, &rec, 1).await, StoreReply::Done);
@@ -295,6 +296,22 @@ async fn a_paused_stream_cannot_write_over_a_later_incarnation<S: SessionStore>(
     );
     assert_eq!(delete(&store, &old, 1).await, StoreReply::Done);
     assert_eq!(load(&store, new.client_id).await, Lookup::Live(new));
+}
+
+async fn a_store_that_lost_writes_says_so_rather_than_taken_over<S: SessionStore>(store: S) {
+    // The stream took the session over to generation 3 and the store
+    // confirmed it, then lost that write (a failover to a replica that had
+    // not seen it): generation 2 is back.
+    let rec = record();
+    let two = taken_over(rec);
+    assert_eq!(create(&store, two, LONG).await, StoreReply::Done);
+    let three = taken_over(two);
+    let refresh = Record { acked: 4, ..three };
+    assert_eq!(update(&store, refresh, 3, LONG).await, StoreReply::Missing);
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Live(two));
+    // Its final delete still removes the session: it is complete.
+    assert_eq!(delete(&store, &three, 3).await, StoreReply::Done);
+    assert_eq!(load(&store, rec.client_id).await, Lookup::Missing);
 }
 
 async fn repeated_writes_apply_once_and_report_no_false_conflict<S: SessionStore>(store: S) {
@@ -457,14 +474,17 @@ async fn concurrent_updates_of_many_sessions_get_their_own_answers<S: SessionSto
             acked: i as u32 + 1,
             ..*rec
         };
+        // A stream of generation 0, taken over by the one that wrote
+        // generation 1.
         let stale = Record {
             acked: 999,
-            generation: 5,
+            generation: 0,
+            holder: rand::random(),
             ..*rec
         };
         let (a, b) = (store.clone(), store.clone());
         tasks.spawn(async move { (i, true, update(&a, refreshed, 1, LONG).await) });
-        tasks.spawn(async move { (i, false, update(&b, stale, 4, LONG).await) });
+        tasks.spawn(async move { (i, false, update(&b, stale, 0, LONG).await) });
     }
     while let Some(joined) = tasks.join_next().await {
         let (i, fresh, reply) = joined.expect("update task panicked");
@@ -607,6 +627,7 @@ conformance!(
     update_of_missing_or_expired_is_refused,
     a_paused_stream_cannot_write_over_a_later_incarnation,
     repeated_writes_apply_once_and_report_no_false_conflict,
+    a_store_that_lost_writes_says_so_rather_than_taken_over,
     delete_checks_generation,
     expiry_live_then_expired_then_missing,
     refresh_extends_expiry,

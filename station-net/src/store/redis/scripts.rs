@@ -22,6 +22,12 @@ const PRELUDE: &str = r#"
 -- replicate script effects and keep the call only as a no-op.
 if redis.replicate_commands then redis.replicate_commands() end
 
+-- Whether generation `a` is lower than `b`, both u64s in decimal without
+-- leading zeros: exact, where tonumber would round past 2^53.
+local function older(a, b)
+  return #a < #b or (#a == #b and a < b)
+end
+
 local function now_us()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -114,7 +120,8 @@ return {'done'}
 /// key: `{'done'}` (also for a takeover applied before, whose reply was
 /// lost: the stored record is byte for byte the new one, holder included), `{'conflict'}` (a newer
 /// generation holds it), `{'expired'}` (expired, or another incarnation
-/// holds the id), `{'missing'}` or `{'corrupt', reason}`.
+/// holds the id), `{'missing'}` (no record, or an older generation than
+/// expected: the store lost writes) or `{'corrupt', reason}`.
 const UPDATE_MANY: &str = r#"
 local now = now_us()
 local remember = tonumber(ARGV[1])
@@ -135,6 +142,9 @@ for i, key in ipairs(KEYS) do
   elseif f[1] == ARGV[a] and f[2] == ARGV[a + 1] then
     -- Exactly the record this write carries, holder included.
     replies[i] = {'done'}
+  elseif older(f[2], ARGV[a + 2]) then
+    -- Older than the stream was confirmed to hold: the store lost writes.
+    replies[i] = {'missing'}
   else
     replies[i] = {'conflict'}
   end
@@ -147,14 +157,15 @@ return replies
 ///
 /// KEYS[1] = session key; ARGV = generation, remember_expired (µs),
 /// incarnation (its 8 big-endian bytes). Deletes only a live record of that
-/// incarnation and generation. Returns `{'done'}` (also when nothing of the
+/// incarnation and generation, or an older one (the store lost the
+/// takeover to ours). Returns `{'done'}` (also when nothing of the
 /// incarnation is left: a repeated delete, an expired or lost record),
 /// `{'conflict'}` (a newer generation holds it) or `{'corrupt', reason}`.
 const DELETE: &str = r#"
 local st, f = state(KEYS[1], now_us(), tonumber(ARGV[2]))
 if st == 'corrupt' then return {st, f} end
 if st ~= 'live' or incarnation(f[1]) ~= ARGV[3] then return {'done'} end
-if f[2] ~= ARGV[1] then return {'conflict'} end
+if f[2] ~= ARGV[1] and not older(f[2], ARGV[1]) then return {'conflict'} end
 redis.call('DEL', KEYS[1])
 return {'done'}
 "#;
