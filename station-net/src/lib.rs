@@ -31,12 +31,12 @@ pub mod store;
 pub mod testing;
 
 pub mod proto {
-    //! Generated from `proto/numbers/v1/station.proto`.
+    //! Generated from `proto/numbersstation/v1/station.proto`.
     #![allow(missing_docs, clippy::all)]
-    tonic::include_proto!("numbers.v1");
+    tonic::include_proto!("numbersstation.v1");
     /// Encoded descriptors, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("numbers_descriptor");
+        tonic::include_file_descriptor_set!("numbersstation_descriptor");
 }
 
 pub use server::{serve, serve_tcp, Observer, ServeError, ServerConfig, Station, StreamEvent};
