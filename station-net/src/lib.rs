@@ -11,6 +11,7 @@
 //!   endpoints.
 //! - [`coalesce`]: write coalescing under HTTP/2 connections.
 //! - [`metrics`]: counters for the `Stats` RPC and Prometheus.
+//! - [`overload`]: the scheduling-lateness signal new sessions are shed on.
 //! - [`status`]: the one mapping between core errors and gRPC statuses.
 //! - [`store`]: the [`SessionStore`](store::SessionStore) trait,
 //!   [`MemoryStore`](store::MemoryStore) and [`RedisStore`](store::RedisStore).
@@ -25,6 +26,7 @@ pub mod coalesce;
 pub mod codec;
 mod driver;
 pub mod metrics;
+pub mod overload;
 pub mod server;
 pub mod status;
 pub mod store;
