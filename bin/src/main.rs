@@ -94,8 +94,8 @@ pub struct ServerArgs {
     /// Most sessions attached at once; more get RESOURCE_EXHAUSTED.
     #[arg(long, env = "STATION_MAX_SESSIONS", default_value_t = 250_000)]
     pub max_sessions: usize,
-    /// Shed new sessions (RESOURCE_EXHAUSTED, reason OVERLOADED) while the
-    /// server's ticks run this late on average; 0s never sheds.
+    /// Shed new sessions (Open: RESOURCE_EXHAUSTED, reason OVERLOADED) while
+    /// the server's ticks run this late on average; 0s never sheds.
     #[arg(long, env = "STATION_SHED_WHEN_LATE", default_value = "250ms", value_parser = parse_duration)]
     pub shed_when_late: Duration,
     /// When a full or overloaded server, or one whose store failed, tells

@@ -271,6 +271,16 @@ fn handle<S: SessionStore>(shared: &Shared<S>, session: &mut Session, msg: Clien
     let now = now();
     match msg.kind {
         Some(ClientKind::Open(open)) => {
+            // An overloaded server sheds new sessions before any store
+            // work, but lets every existing session resume: refusing a
+            // resume only turns lateness into an expired session.
+            if let Some(late) = shared
+                .overload
+                .shedding()
+                .filter(|_| session.client_id().is_none())
+            {
+                return session.abort(Reject::Overloaded(late));
+            }
             let open = Open {
                 client_id: &open.client_id,
                 count: open.count,

@@ -13,11 +13,14 @@
 //! stops only when it falls below half of it: hysteresis, so the signal
 //! does not flap and admit a burst of sessions the moment it dips.
 //!
-//! While it sheds, new streams (`Open`, and `Resume` that would attach) are
-//! refused at once with RESOURCE_EXHAUSTED, reason OVERLOADED and a
-//! `RetryInfo`, before any store work: the sessions already attached keep
-//! their schedule, instead of every session falling late until clients'
-//! watchdogs drop their streams and reconnect all together.
+//! While it sheds, new sessions (`Open`) are refused at once with
+//! RESOURCE_EXHAUSTED, reason OVERLOADED and a `RetryInfo`, before any
+//! store work: the sessions already admitted keep their schedule, instead
+//! of every session falling late until clients' watchdogs drop their
+//! streams and reconnect all together. `Resume` is never shed: a session
+//! refused its resume for longer than the TTL expires, which is worse for
+//! its client than lateness (BENCHMARKS.md measured it: shedding resumes
+//! too made most sessions of an overloaded run expire).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -88,6 +91,7 @@ impl Overload {
         } else {
             new >= threshold
         };
+        crate::metrics::set_overload(Duration::from_micros(new), now);
         if now != was {
             self.shedding.store(now, Ordering::Relaxed);
             let late = Duration::from_micros(new);

@@ -400,11 +400,6 @@ impl<S: SessionStore> NumbersStation for Station<S> {
                 "offline after a failure (--go-offline-for)",
             ));
         }
-        // Refused before the first message is read, so before any store
-        // work: a shed stream costs the server almost nothing.
-        if let Some(late) = shared.overload.shedding() {
-            return refuse(Reject::Overloaded(late));
-        }
         let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
             return refuse(Reject::Full(shared.cfg.max_sessions));
         };

@@ -434,8 +434,8 @@ async fn an_overloaded_server_sheds_new_sessions_with_retry_info() {
 
     server.hog.store(true, Ordering::Relaxed);
     server.until_shedding(true).await;
-    for msg in [open(&id(2), 10, 1), resume(&id(1), &token, 0)] {
-        let status = Raw::start(&ch, msg).await.rejection().await;
+    for i in 2..4 {
+        let status = Raw::start(&ch, open(&id(i), 10, 1)).await.rejection().await;
         let delay = assert_reason(&status, Reason::Overloaded).expect("RetryInfo");
         assert!(
             delay >= retry_after && delay < retry_after * 3 / 2,
@@ -451,6 +451,11 @@ async fn an_overloaded_server_sheds_new_sessions_with_retry_info() {
         matches!(kept.next().await, Ok(Some(_))),
         "the attached session still gets numbers"
     );
+    // An existing session may always come back: shedding its resume would
+    // only let it expire.
+    let mut resumed = Raw::start(&ch, resume(&id(1), &token, 0)).await;
+    assert_eq!(resumed.attached().await.next_index, 0);
+    assert!(server.station.overload().shedding().is_some());
 
     // Caught up: new sessions are admitted again.
     server.hog.store(false, Ordering::Relaxed);
