@@ -1894,7 +1894,7 @@ mod tests {
         // The encoding is shared by every server of a Redis deployment and
         // outlives upgrades: its size and layout are pinned.
         assert_eq!(std::mem::size_of::<Record>(), 88);
-        assert!(Record::ENCODED_LEN <= 128);
+        const { assert!(Record::ENCODED_LEN <= 128) };
         let r = Record {
             client_id: id(),
             token: Secret([0xa5; 16]),
