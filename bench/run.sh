@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the tables in BENCHMARKS.md. Release builds, loopback only,
-# every run bounded by --duration. Usage: bench/run.sh [scale|maxrate|first|redis|all]
+# every run bounded by --duration. Usage: bench/run.sh [scale|maxrate|first|redis|overload|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p station --bin station --example baseline
@@ -79,7 +79,26 @@ redis() { # the Redis store at 1 s interval
     kill $rpid; rm -rf "$dir"
 }
 
+overload() { # at 100 ms, what the server carries (OVERLOAD_BASE sessions),
+    # then twice that with shedding off (--shed-when-late 0s) and on (the
+    # default 250 ms), alternating; 100 numbers a session, opened at 4,000/s
+    local base=${OVERLOAD_BASE:-10000}
+    local n=$((2 * base))
+    start "overload-base" $S server --port 0 --interval 100ms --shed-when-late 0s
+    $S load --endpoint 127.0.0.1:$PORT --sessions $base --connections 16 --count 100 \
+        --ramp-up-rate 4000 --server-pid $PID --duration 120s --json > "$OUT/overload-$base-base.json" || true
+    stop
+    for rep in $(seq ${OVERLOAD_REPS:-2}); do
+        for shed in 0s 250ms; do
+            start "overload-$shed-$rep" $S server --port 0 --interval 100ms --shed-when-late $shed
+            $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections 16 --count 100 \
+                --ramp-up-rate 4000 --server-pid $PID --duration 120s --json > "$OUT/overload-$n-shed$shed-$rep.json" || true
+            stop
+        done
+    done
+}
+
 case "${1:-all}" in
-    scale) scale ;; maxrate) maxrate ;; first) first ;; redis) redis ;;
-    all) scale; CONNECTIONS=16 SCALE=100000 scale; maxrate; first; redis ;;
+    scale) scale ;; maxrate) maxrate ;; first) first ;; redis) redis ;; overload) overload ;;
+    all) scale; CONNECTIONS=16 SCALE=100000 scale; maxrate; first; redis; overload ;;
 esac

@@ -4,12 +4,12 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
-    let file = root.join("numbers/v1/station.proto");
+    let file = root.join("numbersstation/v1/station.proto");
     println!("cargo:rerun-if-changed={}", root.display());
     let descriptors = protox::compile([&file], [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
-        out.join("numbers_descriptor.bin"),
+        out.join("numbersstation_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
     tonic_prost_build::configure()
@@ -17,7 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::SmallCodec")
         // Keep the frequent `Number` variant small: channels and buffers of
         // `ServerMessage`s are sized by the largest variant.
-        .boxed(".numbers.v1.ServerMessage.kind.attached")
+        .boxed(".numbersstation.v1.ServerMessage.kind.attached")
         .compile_fds(descriptors)?;
     Ok(())
 }

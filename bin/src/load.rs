@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use station_core::client::{Client, Config as ClientConfig, Outcome, Verdict};
+use station_core::client::{Client, Code, Config as ClientConfig, Outcome, StreamEnd, Verdict};
 use station_core::ClientId;
 use station_net::client::{ChannelOptions, DriverOptions, Endpoints, Event};
 
@@ -52,6 +52,14 @@ pub struct Measurements {
     lateness: Histogram<u64>,
     first_number: Histogram<u64>,
     numbers: u64,
+    /// Streams opened after a session's first, whatever ended the one
+    /// before (including those never attached).
+    reconnects: u64,
+    /// Streams the client dropped because they went silent.
+    silent_drops: u64,
+    /// Streams refused or ended RESOURCE_EXHAUSTED (a full or overloaded
+    /// server).
+    exhausted: u64,
 }
 
 impl Measurements {
@@ -61,6 +69,9 @@ impl Measurements {
             lateness: h(),
             first_number: h(),
             numbers: 0,
+            reconnects: 0,
+            silent_drops: 0,
+            exhausted: 0,
         }
     }
 }
@@ -112,6 +123,9 @@ pub struct Report {
     pub failed: usize,
     pub unfinished: usize,
     pub numbers: u64,
+    pub reconnects: u64,
+    pub silent_drops: u64,
+    pub exhausted: u64,
     pub elapsed: Duration,
     pub interval: Option<Duration>,
     pub lateness_ms: [f64; 3],
@@ -130,6 +144,7 @@ impl Report {
             "sessions:        {} ({} completed, {} failed, {} unfinished)\n\
              elapsed:         {:.2} s\n\
              numbers:         {} ({:.0}/s)\n\
+             reconnects:      {} ({} silent streams dropped, {} RESOURCE_EXHAUSTED)\n\
              lateness ms:     p50 {:.2}  p99 {:.2}  max {:.2}\n",
             self.sessions,
             self.completed,
@@ -138,6 +153,9 @@ impl Report {
             self.elapsed.as_secs_f64(),
             self.numbers,
             self.numbers_per_second(),
+            self.reconnects,
+            self.silent_drops,
+            self.exhausted,
             self.lateness_ms[0],
             self.lateness_ms[1],
             self.lateness_ms[2],
@@ -191,6 +209,9 @@ impl Report {
             "elapsed_seconds": self.elapsed.as_secs_f64(),
             "numbers": self.numbers,
             "numbers_per_second": self.numbers_per_second(),
+            "reconnects": self.reconnects,
+            "silent_drops": self.silent_drops,
+            "resource_exhausted": self.exhausted,
             "interval_ms": self.interval.map(|i| i.as_secs_f64() * 1000.0),
             "lateness_ms": {"p50": self.lateness_ms[0], "p99": self.lateness_ms[1], "max": self.lateness_ms[2]},
             "first_number_ms": {"p50": self.first_number_ms[0], "p99": self.first_number_ms[1], "max": self.first_number_ms[2]},
@@ -257,7 +278,36 @@ pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
                 started: Instant::now(),
                 first_seen: false,
             };
+            let mut connects = 0u32;
             let observe = |event: Event<'_>, _: &Client| match event {
+                Event::Connecting { .. } => {
+                    connects += 1;
+                    if connects > 1 {
+                        measurements
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .reconnects += 1;
+                    }
+                }
+                Event::Silent { .. } => {
+                    measurements
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .silent_drops += 1;
+                }
+                Event::Failed {
+                    end:
+                        StreamEnd::Status {
+                            code: Code::ResourceExhausted,
+                            ..
+                        },
+                    ..
+                } => {
+                    measurements
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .exhausted += 1;
+                }
                 Event::Attached {
                     next_index,
                     interval,
@@ -321,6 +371,9 @@ pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
         failed: outcomes.len() - completed,
         unfinished: sessions - outcomes.len(),
         numbers: m.numbers,
+        reconnects: m.reconnects,
+        silent_drops: m.silent_drops,
+        exhausted: m.exhausted,
         elapsed,
         interval,
         lateness_ms: percentiles(&m.lateness),
@@ -427,6 +480,7 @@ mod tests {
             (6, 6, 0, 0)
         );
         assert_eq!(report.numbers, 30);
+        assert_eq!(report.reconnects, 0);
         assert_eq!(report.interval, Some(Duration::from_millis(10)));
         assert!(report.server.is_some());
         let json = report.json();
@@ -455,6 +509,7 @@ mod tests {
             (3, 0, 3)
         );
         assert_eq!(report.numbers, 0);
+        assert!(report.reconnects >= 3, "each session retried");
     }
 
     #[test]

@@ -94,6 +94,15 @@ pub struct ServerArgs {
     /// Most sessions attached at once; more get RESOURCE_EXHAUSTED.
     #[arg(long, env = "STATION_MAX_SESSIONS", default_value_t = 250_000)]
     pub max_sessions: usize,
+    /// Shed new sessions (Open: RESOURCE_EXHAUSTED, reason OVERLOADED) while
+    /// the server's ticks run this late on average; 0s never sheds.
+    #[arg(long, env = "STATION_SHED_WHEN_LATE", default_value = "250ms", value_parser = parse_duration)]
+    pub shed_when_late: Duration,
+    /// When a full or overloaded server, or one whose store failed, tells
+    /// clients to come back (RetryInfo, grpc-retry-pushback-ms), plus a
+    /// random 0-50 %.
+    #[arg(long, env = "STATION_RETRY_AFTER", default_value = "2s", value_parser = parse_duration)]
+    pub retry_after: Duration,
     /// Session store: `memory`, or a Redis URL: redis://127.0.0.1:6379/0 (one
     /// Redis; rediss:// for TLS), redis://a:6379,redis://b:6379 (a primary and
     /// its replicas), redis+cluster://h1:7000,h2:7001 (Redis Cluster).

@@ -99,6 +99,8 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
         keepalive_interval: args.keepalive,
         keepalive_timeout: args.keepalive,
         tls: tls(args)?,
+        retry_after: args.retry_after,
+        shed_when_late: Some(args.shed_when_late).filter(|d| !d.is_zero()),
         ..ServerConfig::default()
     };
     cfg.validate()?;

@@ -82,6 +82,10 @@ pub enum Reject {
     /// The server refuses more sessions.
     #[error("server is full: {0} sessions attached")]
     Full(usize),
+    /// The server is too busy to keep its sessions' schedule and refuses
+    /// new streams until it catches up.
+    #[error("server is overloaded (its ticks run {0:?} late); come back later")]
+    Overloaded(std::time::Duration),
     /// Fault injection (`--fail-every`, `--go-offline-for`).
     #[error("injected fault: {0}")]
     InjectedFault(&'static str),
@@ -114,6 +118,7 @@ impl Reject {
             Reject::Silent(_) => Reason::ClientSilent,
             Reject::TakenOver(_) => Reason::TakenOver,
             Reject::Full(_) => Reason::ServerFull,
+            Reject::Overloaded(_) => Reason::Overloaded,
             Reject::MessageTooLarge(_) => Reason::MessageTooLarge,
             Reject::InjectedFault(_) => Reason::InjectedFault,
             Reject::StoreUnavailable(_) => Reason::StoreUnavailable,

@@ -160,6 +160,137 @@ mod tests {
         assert_eq!(Reason::parse("NO_SUCH_REASON"), None);
     }
 
+    const PROTO: &str = include_str!("../../proto/numbersstation/v1/station.proto");
+    const README: &str = include_str!("../../README.md");
+
+    /// `UNAVAILABLE` for `Code::Unavailable`: the wire name of a code.
+    fn code_name(code: Code) -> String {
+        let mut name = String::new();
+        for (i, c) in format!("{code:?}").chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                name.push('_');
+            }
+            name.push(c.to_ascii_uppercase());
+        }
+        name
+    }
+
+    const ALL_CODES: [Code; 17] = [
+        Code::Ok,
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+
+    /// Checks one printed reason table: rows of (reason, code, yes/no).
+    fn check_reason_table(doc: &str, rows: Vec<(String, String, String)>) {
+        let mut seen = Vec::new();
+        for (reason, code, retry) in rows {
+            let Some(r) = Reason::parse(&reason) else {
+                continue;
+            };
+            assert!(!seen.contains(&r), "{doc}: {r} listed twice");
+            seen.push(r);
+            assert_eq!(code, code_name(r.code()), "{doc}: code of {r}");
+            let expected = if r.is_retryable() { "yes" } else { "no" };
+            assert_eq!(retry, expected, "{doc}: retry of {r}");
+        }
+        assert_eq!(seen, Reason::ALL.to_vec(), "{doc}: every reason, in order");
+    }
+
+    /// Checks one printed "retry by code" list against `Code::is_retryable`.
+    fn check_code_list(doc: &str, list: &str) {
+        let listed: Vec<&str> = list
+            .split(|c: char| c.is_whitespace() || matches!(c, ',' | '`' | '.'))
+            .filter(|w| !w.is_empty())
+            .collect();
+        for code in ALL_CODES {
+            let name = code_name(code);
+            assert_eq!(
+                listed.contains(&name.as_str()),
+                code.is_retryable(),
+                "{doc}: {name} in the retry-by-code list"
+            );
+        }
+        assert_eq!(
+            listed.len(),
+            ALL_CODES.iter().filter(|c| c.is_retryable()).count(),
+            "{doc}: {listed:?}"
+        );
+    }
+
+    #[test]
+    fn the_proto_prints_the_retry_table_the_code_follows() {
+        // The rows under the `reason code retry meaning` header, up to the
+        // next empty comment line.
+        let rows = PROTO
+            .lines()
+            .skip_while(|l| {
+                l.split_whitespace().collect::<Vec<_>>()[..]
+                    != ["//", "reason", "code", "retry", "meaning"]
+            })
+            .skip(1)
+            .take_while(|l| l.trim() != "//")
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|w| w.len() >= 3)
+            .map(|w| (w[0].clone(), w[1].clone(), w[2].clone()))
+            .collect();
+        check_reason_table("station.proto", rows);
+        let line = PROTO
+            .lines()
+            .find_map(|l| l.strip_prefix("//   retry by code:"))
+            .expect("station.proto has a retry-by-code line");
+        check_code_list("station.proto", line);
+        assert!(PROTO.contains(&format!("domain \"{DOMAIN}\"")));
+        assert!(PROTO.contains(&format!("package {DOMAIN};")));
+    }
+
+    #[test]
+    fn the_readme_prints_the_retry_table_the_code_follows() {
+        let cell = |c: &str| c.trim().trim_matches('`').to_owned();
+        let rows = README
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .map(|l| l.split('|').skip(1).map(cell).collect::<Vec<_>>())
+            .filter(|c| c.len() >= 3)
+            .map(|c| (c[0].clone(), c[1].clone(), c[2].clone()))
+            .collect();
+        check_reason_table("README.md", rows);
+        let line = README
+            .lines()
+            .find_map(|l| l.strip_prefix("Retried by code:"))
+            .expect("README has a `Retried by code:` line");
+        check_code_list("README.md", line);
+        assert!(README.contains(DOMAIN));
+    }
+
+    #[test]
+    fn code_names_are_the_wire_names() {
+        assert_eq!(code_name(Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
+        assert_eq!(code_name(Code::Ok), "OK");
+        for (i, c) in ALL_CODES.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
+
     #[test]
     fn reasons_and_codes_agree_on_retrying_but_for_oversized_messages() {
         // A client that reads only codes still behaves, except that it

@@ -36,7 +36,6 @@ use crate::proto::client_message::Kind as ClientKind;
 use crate::proto::server_message::Kind as ServerKind;
 use crate::proto::{Attached, ClientMessage, Number, ServerMessage};
 use crate::server::{Shared, StreamEvent};
-use crate::status::to_status;
 use crate::store::SessionStore;
 
 type StoreFuture = Pin<Box<dyn Future<Output = StoreReply> + Send>>;
@@ -201,13 +200,26 @@ impl<S: SessionStore> Stream for SessionStream<S> {
                                 "client closed its side of the stream before the session completed",
                             ));
                         }
-                        // tonic reports its own decode limit as OUT_OF_RANGE;
-                        // every other error here means the client or
-                        // connection went away.
+                        // tonic reports its own decode limit as OUT_OF_RANGE.
                         Some(Err(status)) if status.code() == tonic::Code::OutOfRange => {
                             *this.inbound_done = true;
                             session.abort(Reject::MessageTooLarge(status.message().to_owned()));
                         }
+                        // A message that is not a valid `ClientMessage`:
+                        // tonic reports bytes it cannot decode as INTERNAL
+                        // with no underlying error, where a broken
+                        // connection carries its h2 or I/O error.
+                        Some(Err(status))
+                            if status.code() == tonic::Code::Internal
+                                && std::error::Error::source(&status).is_none() =>
+                        {
+                            *this.inbound_done = true;
+                            session.abort(Reject::Unexpected(
+                                "the client's message is not a valid ClientMessage",
+                            ));
+                        }
+                        // Every other error here means the client or the
+                        // connection went away.
                         Some(Err(_)) => {
                             *this.inbound_done = true;
                             session.handle_closed(now());
@@ -259,6 +271,16 @@ fn handle<S: SessionStore>(shared: &Shared<S>, session: &mut Session, msg: Clien
     let now = now();
     match msg.kind {
         Some(ClientKind::Open(open)) => {
+            // An overloaded server sheds new sessions before any store
+            // work, but lets every existing session resume: refusing a
+            // resume only turns lateness into an expired session.
+            if let Some(late) = shared
+                .overload
+                .shedding()
+                .filter(|_| session.client_id().is_none())
+            {
+                return session.abort(Reject::Overloaded(late));
+            }
             let open = Open {
                 client_id: &open.client_id,
                 count: open.count,
@@ -327,7 +349,7 @@ fn finish<S: SessionStore>(shared: &Shared<S>, session: &Session, end: End) -> O
             None
         }
         End::Rejected(reject) => {
-            let status = to_status(&reject);
+            let status = shared.status(&reject, now());
             shared.counters.rejected(status.code(), &reject);
             tracing::debug!(?client, %reject, "stream ended");
             Some(status)

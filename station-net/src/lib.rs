@@ -13,6 +13,7 @@
 //! - [`incoming`]: accepted TCP connections, with an accept loop that backs
 //!   off when file descriptors run out.
 //! - [`metrics`]: counters for the `Stats` RPC and Prometheus.
+//! - [`overload`]: the scheduling-lateness signal new sessions are shed on.
 //! - [`status`]: the one mapping between core errors and gRPC statuses.
 //! - [`store`]: the [`SessionStore`](store::SessionStore) trait,
 //!   [`MemoryStore`](store::MemoryStore) and [`RedisStore`](store::RedisStore).
@@ -28,18 +29,19 @@ pub mod codec;
 mod driver;
 pub mod incoming;
 pub mod metrics;
+pub mod overload;
 pub mod server;
 pub mod status;
 pub mod store;
 pub mod testing;
 
 pub mod proto {
-    //! Generated from `proto/numbers/v1/station.proto`.
+    //! Generated from `proto/numbersstation/v1/station.proto`.
     #![allow(missing_docs, clippy::all)]
-    tonic::include_proto!("numbers.v1");
+    tonic::include_proto!("numbersstation.v1");
     /// Encoded descriptors, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("numbers_descriptor");
+        tonic::include_file_descriptor_set!("numbersstation_descriptor");
 }
 
 pub use server::{serve, serve_tcp, Observer, ServeError, ServerConfig, Station, StreamEvent};

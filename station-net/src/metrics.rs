@@ -32,6 +32,10 @@ pub const STORE_LATENCY: &str = "station_store_latency_seconds";
 pub const STREAMS_ATTACHED: &str = "station_streams_attached";
 /// Sessions live in the store (shared by every server on the store).
 pub const SESSIONS_LIVE: &str = "station_sessions_live";
+/// Smoothed scheduling lateness the server sheds on (seconds).
+pub const LATENESS: &str = "station_scheduling_lateness_seconds";
+/// 1 while the server sheds new sessions, else 0.
+pub const SHEDDING: &str = "station_shedding";
 
 /// Registers help texts with the installed recorder.
 pub fn describe() {
@@ -62,6 +66,18 @@ pub fn describe() {
         SESSIONS_LIVE,
         "Live sessions in the store (all servers on it)"
     );
+    describe_gauge!(
+        LATENESS,
+        Unit::Seconds,
+        "Smoothed lateness of the server's timers (the overload signal)"
+    );
+    describe_gauge!(SHEDDING, "1 while the server sheds new sessions");
+}
+
+/// Reports the overload signal.
+pub(crate) fn set_overload(lateness: Duration, shedding: bool) {
+    gauge!(LATENESS).set(lateness.as_secs_f64());
+    gauge!(SHEDDING).set(if shedding { 1.0 } else { 0.0 });
 }
 
 /// Per-server counters; each `record_*` also reports to `metrics`.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use station_core::server::Fresh;
-use station_core::{ClientId, Reject, Secret};
+use station_core::{ClientId, Reason, Reject, Secret};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 use tokio_stream::Stream;
@@ -27,10 +27,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub use crate::driver::SessionStream;
 use crate::metrics::Counters;
+use crate::overload::Overload;
 use crate::proto::numbers_station_server::{NumbersStation, NumbersStationServer};
 use crate::proto::station_admin_server::{StationAdmin, StationAdminServer};
 use crate::proto::{ClientMessage, StatsReply, StatsRequest};
-use crate::status::to_status;
+use crate::status::{to_status, to_status_with_retry};
 use crate::store::SessionStore;
 
 /// Everything a server can be told.
@@ -70,6 +71,17 @@ pub struct ServerConfig {
     /// After shutdown begins, connections still open this much later (idle
     /// or half-open ones) are closed.
     pub shutdown_grace: Duration,
+    /// When a full server (`max_sessions`), an overloaded one or one whose
+    /// store failed tells clients to come back (`RetryInfo` and
+    /// `grpc-retry-pushback-ms`), plus a random 0–50 % so refused clients
+    /// do not all return at once. The server cannot know when a place will
+    /// free up (a session ends when its client finishes or leaves), so this
+    /// is a pace, not a promise: long against the cost of a refusal, short
+    /// against the session TTL, so a refused resume still finds its session.
+    pub retry_after: Duration,
+    /// Shed new sessions while the server's ticks run this late on average
+    /// (see [`crate::overload`]); `None` never sheds.
+    pub shed_when_late: Option<Duration>,
 }
 
 /// The largest session window a server accepts.
@@ -113,6 +125,8 @@ impl Default for ServerConfig {
             rng_seed: None,
             tls: None,
             shutdown_grace: Duration::from_secs(5),
+            retry_after: Duration::from_secs(2),
+            shed_when_late: None,
         }
     }
 }
@@ -165,6 +179,7 @@ pub(crate) struct Shared<S> {
     pub tasks: TaskTracker,
     slots: Arc<Semaphore>,
     faults: Faults,
+    pub overload: Arc<Overload>,
 }
 
 /// Fault injection state, shared by all streams of the server.
@@ -215,13 +230,53 @@ impl<S: SessionStore> Shared<S> {
         ))
     }
 
-    fn offline(&self, now: Instant) -> bool {
+    /// How long the server stays offline after an injected failure
+    /// (`--go-offline-for`); zero when it is not offline.
+    fn offline_left(&self, now: Instant) -> Duration {
         let until = self
             .faults
             .offline_until
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        until.is_some_and(|t| now < t)
+        until.map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
+    }
+
+    /// When a client refused for `reject` should come back: the server's
+    /// best estimate, sent as `RetryInfo` and `grpc-retry-pushback-ms` with
+    /// the UNAVAILABLE and RESOURCE_EXHAUSTED statuses that call for it.
+    pub(crate) fn retry_after(&self, reject: &Reject, now: Instant) -> Option<Duration> {
+        match reject.reason() {
+            // Exactly when the injected outage ends (zero without one).
+            Reason::InjectedFault => Some(self.offline_left(now)),
+            // This server is going away: resume elsewhere now, spread over
+            // one interval so the other servers are not hit all at once.
+            Reason::ShuttingDown => Some(self.jitter(Duration::ZERO, self.cfg.session.interval)),
+            Reason::ServerFull | Reason::Overloaded | Reason::StoreUnavailable => {
+                let base = self.cfg.retry_after;
+                Some(self.jitter(base, base / 2))
+            }
+            _ => None,
+        }
+    }
+
+    /// `base` plus a uniformly random part of `spread`.
+    fn jitter(&self, base: Duration, spread: Duration) -> Duration {
+        let nanos = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX);
+        if nanos == 0 {
+            return base;
+        }
+        let extra = self
+            .rng
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_u64()
+            % nanos;
+        base.saturating_add(Duration::from_nanos(extra))
+    }
+
+    /// The status ending a stream for `reject`, with its retry delay.
+    pub(crate) fn status(&self, reject: &Reject, now: Instant) -> Status {
+        to_status_with_retry(reject, self.retry_after(reject, now))
     }
 }
 
@@ -259,6 +314,7 @@ impl<S: SessionStore> Station<S> {
         Station {
             shared: Arc::new(Shared {
                 epoch: crate::clock::now(),
+                overload: Arc::new(Overload::new(cfg.shed_when_late)),
                 slots: Arc::new(Semaphore::new(cfg.max_sessions)),
                 cfg,
                 observer,
@@ -290,7 +346,7 @@ impl<S: SessionStore> Station<S> {
             .store
             .live_sessions()
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| to_status(&Reject::StoreUnavailable(e.to_string())))?;
         Ok(StatsReply {
             live_sessions: live,
             attached_streams: self.attached_streams(),
@@ -300,6 +356,12 @@ impl<S: SessionStore> Station<S> {
             sessions_completed: Counters::get(&c.completed),
             streams_rejected: Counters::get(&c.rejected),
         })
+    }
+
+    /// The overload signal new sessions are shed on (see
+    /// [`crate::overload`]): tests and simulations may feed it.
+    pub fn overload(&self) -> &Overload {
+        &self.shared.overload
     }
 
     /// Ends every stream with UNAVAILABLE and refuses new ones.
@@ -323,15 +385,16 @@ impl<S: SessionStore> NumbersStation for Station<S> {
         request: Request<Streaming<ClientMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let shared = &self.shared;
+        let now = crate::clock::now();
         let refuse = |reject: Reject| {
-            let status = to_status(&reject);
+            let status = shared.status(&reject, now);
             shared.counters.rejected(status.code(), &reject);
             Err(status)
         };
         if shared.shutdown.is_cancelled() {
             return refuse(Reject::ShuttingDown);
         }
-        if shared.offline(crate::clock::now()) {
+        if !shared.offline_left(now).is_zero() {
             return refuse(Reject::InjectedFault(
                 "offline after a failure (--go-offline-for)",
             ));
@@ -400,6 +463,11 @@ where
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let token = station.shared.shutdown.clone();
+    // Measures scheduling lateness for load shedding, while serving.
+    let probe = tokio::spawn(crate::overload::probe(
+        station.shared.overload.clone(),
+        token.child_token(),
+    ));
     let health_for_signal = health.clone();
     let signal = async move {
         tokio::select! {
@@ -445,6 +513,7 @@ where
             "connections still open after the shutdown grace period; closing them"
         ),
     }
+    probe.abort();
     station.drained().await;
     Ok(())
 }

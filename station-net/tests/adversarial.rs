@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use station_core::client::{Client, Config as ClientConfig, Outcome, Verdict};
 use station_core::server::Config as SessionConfig;
-use station_core::ClientId;
+use station_core::{ClientId, Reason, DOMAIN};
 use station_net::client::{run, ChannelOptions, DriverOptions, Endpoints, Event};
 use station_net::proto::client_message::Kind;
 use station_net::proto::numbers_station_client::NumbersStationClient;
@@ -34,6 +34,7 @@ use tokio::time::timeout;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
+use tonic_types::StatusExt;
 
 /// Time between numbers on the default test server.
 const INTERVAL: Duration = Duration::from_millis(20);
@@ -388,6 +389,26 @@ fn assert_status(status: &Status, code: Code, needles: &[&str]) {
             status.message()
         );
     }
+    if code != Code::Ok {
+        assert_error_info(status);
+    }
+}
+
+/// Every rejection carries `ErrorInfo` in the service's domain, with a
+/// known reason whose code is the status's.
+#[track_caller]
+fn assert_error_info(status: &Status) -> Reason {
+    let details = status
+        .check_error_details()
+        .expect("grpc-status-details-bin decodes");
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo: {status:?}"));
+    assert_eq!(info.domain, DOMAIN, "{status:?}");
+    let reason =
+        Reason::parse(&info.reason).unwrap_or_else(|| panic!("unknown reason {:?}", info.reason));
+    assert_eq!(reason.code() as i32, status.code() as i32, "{status:?}");
+    reason
 }
 
 /// Reads an attached stream's numbers `from..to`, acknowledging each.
@@ -954,6 +975,9 @@ async fn an_oversized_message_fails_the_stream_not_the_server() {
             "oversized {what}: message {:?} does not give the limit",
             status.message()
         );
+        if status.code() == Code::ResourceExhausted {
+            assert_eq!(assert_error_info(status), Reason::MessageTooLarge);
+        }
     }
     good.verified().await;
     drop(channel);

@@ -1,0 +1,477 @@
+//! The error contract over a real loopback server: every rejection carries
+//! `google.rpc.ErrorInfo` with its reason and the service's domain, and
+//! UNAVAILABLE and RESOURCE_EXHAUSTED say when to come back, in
+//! `google.rpc.RetryInfo` and gRFC A6's `grpc-retry-pushback-ms`.
+//!
+//! Every server binds 127.0.0.1 on an OS-picked port; every wait is bounded.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use station_core::server::Config as SessionConfig;
+use station_core::{Reason, DOMAIN};
+use station_net::proto::client_message::Kind;
+use station_net::proto::numbers_station_client::NumbersStationClient;
+use station_net::proto::server_message::Kind as ServerKind;
+use station_net::proto::{Attached, ClientMessage, Open, Resume, ServerMessage};
+use station_net::status::PUSHBACK_KEY;
+use station_net::store::MemoryStore;
+use station_net::{serve_tcp, ServerConfig, Station};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
+use tonic_types::StatusExt;
+
+/// Bound on any single wait for the server.
+const STEP: Duration = Duration::from_secs(5);
+const INTERVAL: Duration = Duration::from_millis(20);
+
+fn config() -> ServerConfig {
+    ServerConfig {
+        session: SessionConfig::new(INTERVAL, Duration::from_secs(4)),
+        shutdown_grace: Duration::from_secs(1),
+        ..ServerConfig::default()
+    }
+}
+
+/// Serves `station` on the current runtime; returns its address and a
+/// sender that stops it.
+async fn serve(station: Station<MemoryStore>) -> (SocketAddr, oneshot::Sender<()>) {
+    let (addr_tx, addr_rx) = oneshot::channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(serve_tcp(
+        station,
+        "127.0.0.1:0".parse().unwrap(),
+        move |a| addr_tx.send(a).unwrap(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let addr = timeout(STEP, addr_rx).await.unwrap().unwrap();
+    (addr, stop)
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    timeout(
+        STEP,
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect(),
+    )
+    .await
+    .expect("connects in time")
+    .expect("connects")
+}
+
+fn id(n: u64) -> String {
+    format!("00000000-0000-4000-8000-{n:012x}")
+}
+
+fn open(client_id: &str, count: u32, nonce: u8) -> ClientMessage {
+    ClientMessage {
+        kind: Some(Kind::Open(Open {
+            client_id: client_id.into(),
+            count,
+            open_nonce: vec![nonce; 16],
+        })),
+    }
+}
+
+fn resume(client_id: &str, token: &[u8], next_index: u32) -> ClientMessage {
+    ClientMessage {
+        kind: Some(Kind::Resume(Resume {
+            client_id: client_id.into(),
+            resume_token: token.to_vec(),
+            next_index,
+        })),
+    }
+}
+
+/// A stream driven by hand.
+struct Raw {
+    // Held so the client's side of the stream stays open.
+    _tx: mpsc::Sender<ClientMessage>,
+    rx: Result<Streaming<ServerMessage>, Status>,
+}
+
+impl Raw {
+    async fn start(channel: &Channel, first: ClientMessage) -> Raw {
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(first).await.unwrap();
+        let mut client = NumbersStationClient::new(channel.clone());
+        let rx = timeout(STEP, client.stream(ReceiverStream::new(rx)))
+            .await
+            .expect("server answers in time")
+            .map(|r| r.into_inner());
+        Raw { _tx: tx, rx }
+    }
+
+    /// The next message, or the status the stream ended with.
+    async fn next(&mut self) -> Result<Option<ServerMessage>, Status> {
+        match &mut self.rx {
+            Ok(s) => timeout(STEP, s.message()).await.expect("message in time"),
+            Err(status) => Err(status.clone()),
+        }
+    }
+
+    async fn attached(&mut self) -> Attached {
+        match self.next().await {
+            Ok(Some(ServerMessage {
+                kind: Some(ServerKind::Attached(a)),
+            })) => *a,
+            other => panic!("expected Attached, got {other:?}"),
+        }
+    }
+
+    /// Reads until the stream ends with an error status.
+    async fn rejection(&mut self) -> Status {
+        for _ in 0..1000 {
+            match self.next().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("stream ended OK, expected a rejection"),
+                Err(status) => return status,
+            }
+        }
+        panic!("no rejection after 1000 messages");
+    }
+}
+
+/// Asserts the status's code and ErrorInfo; returns its retry delay (from
+/// RetryInfo, checked against the pushback trailer), if any.
+#[track_caller]
+fn assert_reason(status: &Status, reason: Reason) -> Option<Duration> {
+    assert_eq!(
+        status.code() as i32,
+        reason.code() as i32,
+        "{reason}: {status:?}"
+    );
+    let details = status
+        .check_error_details()
+        .expect("grpc-status-details-bin decodes");
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo: {status:?}"));
+    assert_eq!(info.reason, reason.as_str(), "{status:?}");
+    assert_eq!(info.domain, DOMAIN);
+    let pushback = status
+        .metadata()
+        .get(PUSHBACK_KEY)
+        .map(|v| v.to_str().unwrap().parse::<i64>().unwrap());
+    let delay = details.retry_info().and_then(|r| r.retry_delay);
+    match delay {
+        Some(d) => assert_eq!(
+            pushback,
+            Some(d.as_nanos().div_ceil(1_000_000) as i64),
+            "pushback agrees with RetryInfo"
+        ),
+        None => assert!(matches!(pushback, None | Some(-1)), "{pushback:?}"),
+    }
+    delay
+}
+
+#[tokio::test]
+async fn rejections_carry_their_reason_over_the_wire() {
+    let station = Station::new(config(), MemoryStore::default());
+    let (addr, stop) = serve(station).await;
+    let ch = channel(addr).await;
+    let live = id(1);
+    let mut owner = Raw::start(&ch, open(&live, 1000, 1)).await;
+    let token = owner.attached().await.resume_token;
+
+    let mut wrong = token.clone();
+    wrong[0] ^= 1;
+    let cases = [
+        (resume(&live, &wrong, 0), Reason::TokenMismatch),
+        (resume(&id(2), &token, 0), Reason::SessionUnknown),
+        (open(&live, 10, 2), Reason::SessionExists),
+        (open(&id(3), 0, 1), Reason::BadRequest),
+        (open("not-a-uuid", 10, 1), Reason::BadRequest),
+        (resume(&live, &token, 1001), Reason::BadRequest),
+    ];
+    for (first, reason) in cases {
+        let status = Raw::start(&ch, first).await.rejection().await;
+        assert_eq!(assert_reason(&status, reason), None, "{reason}: no retry");
+        assert!(status.metadata().get(PUSHBACK_KEY).is_none());
+    }
+    // A wrong token names the session, and nothing secret.
+    let status = Raw::start(&ch, resume(&live, &wrong, 0))
+        .await
+        .rejection()
+        .await;
+    let details = status.get_error_details();
+    let info = details.error_info().unwrap();
+    assert_eq!(info.metadata.get("client_id"), Some(&live));
+    assert_eq!(info.metadata.len(), 1);
+
+    // Resuming takes the session over: the old stream ends TAKEN_OVER.
+    let mut thief = Raw::start(&ch, resume(&live, &token, 0)).await;
+    thief.attached().await;
+    let status = owner.rejection().await;
+    assert_eq!(assert_reason(&status, Reason::TakenOver), None);
+    drop(thief);
+    let _ = stop.send(());
+}
+
+/// Not a `ClientMessage`: field 1 (`open`, a message) as a varint.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Bogus {
+    #[prost(uint32, tag = "1")]
+    open: u32,
+}
+
+#[tokio::test]
+async fn bytes_that_do_not_decode_are_a_bad_request() {
+    let station = Station::new(config(), MemoryStore::default());
+    let (addr, stop) = serve(station).await;
+    let mut grpc = tonic::client::Grpc::new(channel(addr).await);
+    timeout(STEP, grpc.ready()).await.unwrap().unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/numbersstation.v1.NumbersStation/Stream",
+    );
+    let codec = tonic_prost::ProstCodec::<Bogus, ServerMessage>::default();
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(Bogus { open: 7 }).await.unwrap();
+    let request = tonic::Request::new(ReceiverStream::new(rx));
+    let mut raw = Raw {
+        _tx: mpsc::channel(1).0,
+        rx: timeout(STEP, grpc.streaming(request, path, codec))
+            .await
+            .unwrap()
+            .map(|r| r.into_inner()),
+    };
+    let status = raw.rejection().await;
+    assert_eq!(assert_reason(&status, Reason::BadRequest), None);
+    assert!(status.message().contains("not a valid"), "{status:?}");
+    drop(tx);
+    let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn a_full_server_says_when_to_come_back() {
+    let retry_after = Duration::from_millis(400);
+    let station = Station::new(
+        ServerConfig {
+            max_sessions: 1,
+            retry_after,
+            ..config()
+        },
+        MemoryStore::default(),
+    );
+    let (addr, stop) = serve(station).await;
+    let ch = channel(addr).await;
+    let mut first = Raw::start(&ch, open(&id(1), 1000, 1)).await;
+    let token = first.attached().await.resume_token;
+    for (i, msg) in [open(&id(2), 10, 1), resume(&id(1), &token, 0)]
+        .into_iter()
+        .enumerate()
+    {
+        let status = Raw::start(&ch, msg).await.rejection().await;
+        let delay = assert_reason(&status, Reason::ServerFull).expect("RetryInfo");
+        // --retry-after plus up to half of it, so refused clients spread out.
+        assert!(
+            delay >= retry_after && delay < retry_after * 3 / 2,
+            "{i}: {delay:?}"
+        );
+        assert!(status.message().contains("full"), "{status:?}");
+    }
+    let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn an_offline_server_tells_the_time_left() {
+    let offline = Duration::from_secs(5);
+    let station = Station::new(
+        ServerConfig {
+            fail_every: Some(1.try_into().unwrap()),
+            go_offline_for: offline,
+            ..config()
+        },
+        MemoryStore::default(),
+    );
+    let (addr, stop) = serve(station).await;
+    let ch = channel(addr).await;
+    // The first number fails and takes the server offline for 5 s.
+    let mut raw = Raw::start(&ch, open(&id(1), 10, 1)).await;
+    raw.attached().await;
+    let status = raw.rejection().await;
+    let delay = assert_reason(&status, Reason::InjectedFault).expect("RetryInfo");
+    assert!(
+        delay > offline - Duration::from_secs(1) && delay <= offline,
+        "{delay:?}"
+    );
+    // A new stream meanwhile is told the time left, not the whole outage.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = Raw::start(&ch, open(&id(2), 10, 1)).await.rejection().await;
+    let left = assert_reason(&status, Reason::InjectedFault).expect("RetryInfo");
+    assert!(
+        left < delay && left > offline - Duration::from_secs(2),
+        "{left:?} after {delay:?}"
+    );
+    let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn shutting_down_spreads_resumes_over_one_interval() {
+    let interval = Duration::from_millis(500);
+    let station = Station::new(
+        ServerConfig {
+            session: SessionConfig::new(interval, Duration::from_secs(4)),
+            ..config()
+        },
+        MemoryStore::default(),
+    );
+    let (addr, stop) = serve(station.clone()).await;
+    let ch = channel(addr).await;
+    let mut raw = Raw::start(&ch, open(&id(1), 100, 1)).await;
+    raw.attached().await;
+    station.begin_shutdown();
+    let status = raw.rejection().await;
+    let delay = assert_reason(&status, Reason::ShuttingDown).expect("RetryInfo");
+    assert!(delay < interval, "{delay:?}");
+    let _ = stop.send(());
+}
+
+/// Runs a server on a runtime of its own (one thread), so that a test can
+/// starve that runtime without starving its own client.
+struct Isolated {
+    addr: SocketAddr,
+    station: Station<MemoryStore>,
+    hog: Arc<AtomicBool>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Isolated {
+    fn start(cfg: ServerConfig) -> Isolated {
+        let station = Station::new(cfg, MemoryStore::default());
+        let hog = Arc::new(AtomicBool::new(false));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (s, h) = (station.clone(), hog.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                // While `hog` is set, hold the runtime's only thread 50 ms
+                // at a time, as a server with too much work would.
+                tokio::spawn(async move {
+                    loop {
+                        if h.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(50));
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                });
+                let _ = serve_tcp(
+                    s,
+                    "127.0.0.1:0".parse().unwrap(),
+                    move |a| addr_tx.send(a).unwrap(),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await;
+            });
+        });
+        let addr = addr_rx.recv_timeout(STEP).expect("server binds in time");
+        Isolated {
+            addr,
+            station,
+            hog,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits (bounded) until the overload signal reads `shedding`.
+    async fn until_shedding(&self, shedding: bool) {
+        for _ in 0..500 {
+            if self.station.overload().shedding().is_some() == shedding {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "overload signal never became {shedding} (lateness {:?})",
+            self.station.overload().lateness()
+        );
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        self.hog.store(false, Ordering::Relaxed);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_server_sheds_new_sessions_with_retry_info() {
+    let retry_after = Duration::from_millis(700);
+    let server = Isolated::start(ServerConfig {
+        shed_when_late: Some(Duration::from_millis(20)),
+        retry_after,
+        ..config()
+    });
+    let ch = channel(server.addr).await;
+    // A session attached before the overload keeps its stream.
+    let mut kept = Raw::start(&ch, open(&id(1), 1000, 1)).await;
+    let token = kept.attached().await.resume_token;
+    assert!(server.station.overload().shedding().is_none());
+
+    server.hog.store(true, Ordering::Relaxed);
+    server.until_shedding(true).await;
+    for i in 2..4 {
+        let status = Raw::start(&ch, open(&id(i), 10, 1)).await.rejection().await;
+        let delay = assert_reason(&status, Reason::Overloaded).expect("RetryInfo");
+        assert!(
+            delay >= retry_after && delay < retry_after * 3 / 2,
+            "{delay:?}"
+        );
+        let details = status.get_error_details();
+        let late: u64 = details.error_info().unwrap().metadata["lateness_ms"]
+            .parse()
+            .unwrap();
+        assert!(late >= 10, "lateness_ms {late}");
+    }
+    assert!(
+        matches!(kept.next().await, Ok(Some(_))),
+        "the attached session still gets numbers"
+    );
+    // An existing session may always come back: shedding its resume would
+    // only let it expire.
+    let mut resumed = Raw::start(&ch, resume(&id(1), &token, 0)).await;
+    assert_eq!(resumed.attached().await.next_index, 0);
+    assert!(server.station.overload().shedding().is_some());
+
+    // Caught up: new sessions are admitted again.
+    server.hog.store(false, Ordering::Relaxed);
+    server.until_shedding(false).await;
+    let mut later = Raw::start(&ch, open(&id(3), 10, 1)).await;
+    assert_eq!(later.attached().await.count, 10);
+}
+
+#[tokio::test]
+async fn shedding_is_off_unless_configured() {
+    let station = Station::new(config(), MemoryStore::default());
+    assert!(!station.overload().enabled());
+    station.overload().observe(Duration::from_secs(10));
+    assert!(station.overload().shedding().is_none());
+    let (addr, stop) = serve(station).await;
+    let ch = channel(addr).await;
+    Raw::start(&ch, open(&id(1), 10, 1)).await.attached().await;
+    let _ = stop.send(());
+}
