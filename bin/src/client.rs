@@ -48,7 +48,7 @@ pub async fn run(args: ClientArgs) -> u8 {
         }
     };
     let cfg = ClientConfig {
-        give_up_unattached: args.give_up_after,
+        give_up_without_progress: args.give_up_after,
         ..ClientConfig::default()
     };
     let client = match make_client(&args, cfg) {

@@ -16,7 +16,17 @@ use std::time::{Duration, Instant};
 
 use crate::ids::{ClientId, Secret};
 use crate::sequence::{mix64, RunningChecksum, MAX_COUNT};
+use crate::server::MAX_DURATION;
 use crate::Reject;
+
+/// `t + d`, or a moment so far away that it never comes if that is past
+/// what the clock can represent. Every deadline goes through here: the
+/// durations come from the configuration and from servers, and neither may
+/// make the client panic.
+fn later(t: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    t.checked_add(d).or_else(|| t.checked_add(FAR)).unwrap_or(t)
+}
 
 /// Client settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,9 +35,11 @@ pub struct Config {
     pub backoff_initial: Duration,
     /// Largest reconnection delay.
     pub backoff_max: Duration,
-    /// Give up if no server attached the session this long after the first
-    /// attempt.
-    pub give_up_unattached: Duration,
+    /// Give up if no server sent a number we did not hold for this long
+    /// (counted from the first attempt until the first number). An `Attached` alone is not progress,
+    /// so a server that attaches and then fails every stream cannot keep
+    /// the client retrying forever.
+    pub give_up_without_progress: Duration,
     /// Wait this long for `Attached` after connecting.
     pub attach_timeout: Duration,
     /// Drop a stream silent for this many intervals plus `silence_grace`.
@@ -43,7 +55,7 @@ impl Default for Config {
         Config {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
-            give_up_unattached: Duration::from_secs(60),
+            give_up_without_progress: Duration::from_secs(60),
             attach_timeout: Duration::from_secs(5),
             silence_intervals: 3,
             silence_grace: Duration::from_secs(2),
@@ -177,7 +189,8 @@ pub enum Verdict {
     },
     /// Servers kept breaking the protocol.
     ProtocolError(String),
-    /// No server attached the session in time.
+    /// No server attached the session, or none sent a new number, within
+    /// `give_up_without_progress`.
     Unreachable(String),
 }
 
@@ -276,8 +289,11 @@ pub struct Client {
     /// Last time a server proved the session alive (an `Attached` or a
     /// number): the session cannot expire before `last_heard + ttl`.
     last_heard: Option<Instant>,
-    first_attempt: Instant,
-    /// Consecutive failed attempts, for the backoff.
+    /// When this process started on the session, or last received a
+    /// number it did not hold: the give-up clock for
+    /// `give_up_without_progress` starts here.
+    last_progress: Instant,
+    /// Failed attempts since the last progress, for the backoff.
     failures: u32,
     protocol_errors: u32,
     reconnects: u32,
@@ -343,7 +359,7 @@ impl Client {
             interval: Duration::ZERO,
             ttl: None,
             last_heard: None,
-            first_attempt: now,
+            last_progress: now,
             failures: 0,
             protocol_errors: 0,
             reconnects: 0,
@@ -416,6 +432,17 @@ impl Client {
                 a.count, self.count
             ));
         }
+        if a.ttl > MAX_DURATION || a.interval > MAX_DURATION {
+            // Not a setting any valid server uses (its own validation
+            // refuses them); deadlines computed from them are meaningless.
+            return self.protocol_error(
+                now,
+                format!(
+                    "server announced a session TTL of {:?} and an interval of {:?} (at most {:?} is valid)",
+                    a.ttl, a.interval, MAX_DURATION
+                ),
+            );
+        }
         if a.next_index != self.next_index {
             return self.protocol_error(
                 now,
@@ -430,7 +457,9 @@ impl Client {
         self.interval = a.interval;
         self.ack_every = a.ack_every.max(1);
         self.acked = self.next_index;
-        self.failures = 0;
+        // The session is alive (the server just refreshed it), but this is
+        // not progress: the backoff and the give-up clock go on until a
+        // number arrives.
         self.last_heard = Some(now);
         self.phase = Phase::Streaming { last: now };
         if self.next_index == self.count {
@@ -467,6 +496,8 @@ impl Client {
             );
         }
         self.protocol_errors = 0;
+        self.failures = 0;
+        self.last_progress = now;
         self.sum += u64::from(n.value);
         self.crc.push(n.value);
         self.next_index += 1;
@@ -511,11 +542,11 @@ impl Client {
     /// Handles time passing. Calling it early is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.phase {
-            Phase::Connecting { since } if now >= since + self.cfg.attach_timeout => {
+            Phase::Connecting { since } if now >= later(since, self.cfg.attach_timeout) => {
                 self.out.push_back(Output::Disconnect);
                 self.retry(now, "no Attached in time".into());
             }
-            Phase::Streaming { last } if now >= last + self.silence() => {
+            Phase::Streaming { last } if now >= later(last, self.silence()) => {
                 self.out.push_back(Output::Disconnect);
                 self.retry(now, "stream went silent".into());
             }
@@ -533,15 +564,17 @@ impl Client {
     /// Changed by every `handle_*` call.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Connecting { since } => Some(since + self.cfg.attach_timeout),
-            Phase::Streaming { last } => Some(last + self.silence()),
+            Phase::Connecting { since } => Some(later(since, self.cfg.attach_timeout)),
+            Phase::Streaming { last } => Some(later(last, self.silence())),
             Phase::Backoff { until } => Some(until),
             Phase::Done => None,
         }
     }
 
     fn silence(&self) -> Duration {
-        self.interval * self.cfg.silence_intervals + self.cfg.silence_grace
+        self.interval
+            .saturating_mul(self.cfg.silence_intervals)
+            .saturating_add(self.cfg.silence_grace)
     }
 
     fn connect(&mut self, now: Instant) {
@@ -569,12 +602,14 @@ impl Client {
     fn retry(&mut self, now: Instant, why: String) {
         self.failures += 1;
         let delay = self.backoff();
-        let deadline = match (self.last_heard, self.ttl) {
-            // The server forgets the session `ttl` after it last heard from
-            // us, which was no earlier than we last heard from it.
-            (Some(heard), Some(ttl)) => heard + ttl,
-            _ => self.first_attempt + self.cfg.give_up_unattached,
+        // The server forgets the session `ttl` after it last heard from us,
+        // which was no earlier than we last heard from it.
+        let expiry = match (self.last_heard, self.ttl) {
+            (Some(heard), Some(ttl)) => Some(later(heard, ttl)),
+            _ => None,
         };
+        let stalled = later(self.last_progress, self.cfg.give_up_without_progress);
+        let deadline = expiry.map_or(stalled, |e| e.min(stalled));
         // Squeeze in a last attempt just before the deadline rather than
         // sleeping past it -- once: a failure at that last moment gives up
         // (`at == now` although `delay` is not zero), or a failure reported
@@ -582,20 +617,37 @@ impl Client {
         let last_chance = deadline
             .checked_sub(self.cfg.backoff_initial)
             .unwrap_or(now);
-        let at = (now + delay).min(last_chance);
+        let at = later(now, delay).min(last_chance);
         if now >= deadline || at < now || (at == now && !delay.is_zero()) {
-            let verdict = if self.token.is_some() {
-                Verdict::Expired(format!(
-                    "could not resume before the session expired (last error: {why})"
-                ))
-            } else {
-                Verdict::Unreachable(format!(
-                    "no server attached the session (last error: {why})"
-                ))
-            };
-            return self.finish(verdict);
+            return self.give_up(expiry.is_some_and(|e| e <= stalled), why);
         }
         self.phase = Phase::Backoff { until: at };
+    }
+
+    /// Ends the session at its give-up deadline: the session's expiry if
+    /// `expired`, else `give_up_without_progress`.
+    fn give_up(&mut self, expired: bool, why: String) {
+        let verdict = if expired {
+            Verdict::Expired(format!(
+                "could not resume before the session expired (last error: {why})"
+            ))
+        } else if self.ttl.is_some() {
+            let limit = self.cfg.give_up_without_progress;
+            Verdict::Unreachable(format!(
+                "no progress for {limit:?}: servers attached the session but sent no new number (last error: {why})"
+            ))
+        } else if self.token.is_some() {
+            // Restored from a snapshot and never attached since: we cannot
+            // tell whether the session outlived our absence.
+            Verdict::Expired(format!(
+                "could not resume the session in time; it may have expired (last error: {why})"
+            ))
+        } else {
+            Verdict::Unreachable(format!(
+                "no server attached the session (last error: {why})"
+            ))
+        };
+        self.finish(verdict)
     }
 
     /// Exponential backoff with "equal jitter": half fixed, half random, so
@@ -759,6 +811,84 @@ mod tests {
 
     fn transport() -> StreamEnd {
         StreamEnd::Transport("connection reset".into())
+    }
+
+    fn unavailable() -> StreamEnd {
+        StreamEnd::Status {
+            code: Code::Unavailable,
+            message: "injected fault".into(),
+        }
+    }
+
+    /// A hostile server announced durations of 2^62 s: computing the
+    /// watchdog and give-up deadlines from them overflowed `Instant` and the
+    /// client panicked. Such an `Attached` is now a protocol error.
+    #[test]
+    fn absurd_durations_in_attached_are_protocol_errors() {
+        let t0 = Instant::now();
+        let huge = Duration::from_secs(1 << 62);
+        let just_over = MAX_DURATION + Duration::from_nanos(1);
+        for (ttl, interval) in [(huge, SEC), (TTL, huge), (huge, huge), (just_over, SEC)] {
+            let mut c = new_client(t0, 10);
+            c.handle_attached(
+                t0,
+                Attached {
+                    ttl,
+                    interval,
+                    ..attached(10, 0, 1)
+                },
+            );
+            assert_eq!(drain(&mut c), [Output::Disconnect], "{ttl:?} {interval:?}");
+            assert!(!c.is_finished());
+            // Not attached: the retry opens again.
+            let at = c.poll_timeout().unwrap();
+            c.handle_timeout(at);
+            assert!(matches!(
+                &drain(&mut c)[..],
+                [Output::Connect(Request::Open { .. })]
+            ));
+        }
+        // The longest valid settings are accepted, and their deadlines
+        // computed without overflow.
+        let mut c = new_client(t0, 10);
+        c.handle_attached(
+            t0,
+            Attached {
+                ttl: MAX_DURATION,
+                interval: MAX_DURATION,
+                ..attached(10, 0, 1)
+            },
+        );
+        assert_eq!(drain(&mut c), []);
+        assert!(c.poll_timeout().unwrap() > t0 + MAX_DURATION * 3);
+        c.handle_end(t0 + SEC, transport());
+        assert!(c.poll_timeout().is_some());
+    }
+
+    /// Absurd client settings (refused by `Config::validate`, but the
+    /// machine must not trust that it was called) do not panic either.
+    #[test]
+    fn absurd_config_durations_do_not_panic() {
+        let t0 = Instant::now();
+        let huge = Duration::from_secs(1 << 62);
+        let cfg = Config {
+            backoff_initial: huge,
+            backoff_max: huge,
+            give_up_without_progress: huge,
+            attach_timeout: huge,
+            silence_intervals: u32::MAX,
+            silence_grace: huge,
+            max_protocol_errors: 1,
+        };
+        let mut c = new_client_with(t0, cfg, 10, 1);
+        assert!(c.poll_timeout().is_some());
+        c.handle_timeout(t0 + SEC);
+        c.handle_attached(t0 + SEC, attached(10, 0, 1));
+        feed(&mut c, t0 + SEC, 0..1, 10);
+        assert!(c.poll_timeout().is_some());
+        c.handle_end(t0 + SEC * 2, transport());
+        let _ = c.poll_timeout();
+        drain(&mut c);
     }
 
     #[test]
@@ -1151,18 +1281,69 @@ mod tests {
     }
 
     #[test]
-    fn attaching_resets_the_backoff() {
+    fn only_progress_resets_the_backoff() {
         let t0 = Instant::now();
+        let cfg = Config::default();
         let mut c = new_client(t0, 10);
         let mut now = t0;
         for _ in 0..6 {
             let (at, _) = fail_and_reconnect(&mut c, now, transport());
             now = at;
         }
+        // Attaching is not progress: the backoff keeps growing.
         c.handle_attached(now, attached(10, 0, 1));
+        let (at, out) = fail_and_reconnect(&mut c, now, transport());
+        assert!(at - now >= cfg.backoff_max / 2, "{:?}", at - now);
+        assert!(matches!(&out[..], [Output::Connect(_)]), "{out:?}");
+        now = at;
+        // A new number is.
+        c.handle_attached(now, attached(10, 0, 1));
+        feed(&mut c, now, 0..1, 10);
         c.handle_end(now, transport());
         let delay = c.poll_timeout().unwrap() - now;
-        assert!(delay <= Config::default().backoff_initial, "{delay:?}");
+        assert!(delay <= cfg.backoff_initial, "{delay:?}");
+    }
+
+    /// A server that attaches and then ends every stream UNAVAILABLE (as
+    /// `--fail-every 1` does) used to keep the client retrying forever:
+    /// each `Attached` reset the backoff and the give-up deadline.
+    #[test]
+    fn a_server_that_attaches_then_always_fails_is_given_up_on() {
+        let t0 = Instant::now();
+        let cfg = Config::default();
+        let limit = t0 + cfg.give_up_without_progress;
+        let mut c = new_client(t0, 3);
+        let mut now = t0;
+        let mut attempts = 0;
+        let outcome = loop {
+            assert!(
+                attempts < 10_000,
+                "still retrying after {attempts} attempts"
+            );
+            attempts += 1;
+            c.handle_attached(now, attached(3, 0, 1));
+            assert_eq!(drain(&mut c), []);
+            c.handle_end(now, unavailable());
+            let out = drain(&mut c);
+            if let Some(Output::Finished(o)) = out.last() {
+                break o.clone();
+            }
+            now = c.poll_timeout().expect("backing off");
+            assert!(now <= limit, "retrying at {:?}", now - t0);
+            c.handle_timeout(now);
+            assert!(matches!(&drain(&mut c)[..], [Output::Connect(_)]));
+        };
+        assert!(
+            matches!(&outcome.verdict, Verdict::Unreachable(m) if m.contains("no progress")),
+            "{outcome:?}"
+        );
+        assert!(
+            now + cfg.backoff_max >= limit,
+            "gave up early: {:?}",
+            now - t0
+        );
+        // Backed off, not hammering: a handful of attempts in a minute.
+        assert!((5..40).contains(&attempts), "{attempts} attempts");
     }
 
     #[test]
@@ -1224,11 +1405,11 @@ mod tests {
             let out = drain(&mut c);
             if let Some(Output::Finished(o)) = out.last() {
                 assert!(matches!(o.verdict, Verdict::Unreachable(_)), "{o:?}");
-                assert!(now >= t0 + cfg.give_up_unattached - cfg.backoff_initial);
+                assert!(now >= t0 + cfg.give_up_without_progress - cfg.backoff_initial);
                 break;
             }
             now = c.poll_timeout().unwrap();
-            assert!(now < t0 + cfg.give_up_unattached);
+            assert!(now < t0 + cfg.give_up_without_progress);
             c.handle_timeout(now);
             assert!(matches!(
                 &drain(&mut c)[..],

@@ -219,7 +219,8 @@ pub(crate) struct Harness {
     faults: Faults,
     /// Last time the client heard from a server on its current stream.
     client_heard: Option<Instant>,
-    attached_once: bool,
+    /// Last time the client accepted a number it did not hold.
+    last_progress: Option<Instant>,
     /// Seed of the numbers the client accepted.
     accepted_seed: Option<u64>,
     /// Per session (seed): the latest generation that sent, and by which
@@ -274,7 +275,7 @@ impl Harness {
             store_down_until: start,
             faults: Faults::default(),
             client_heard: None,
-            attached_once: false,
+            last_progress: None,
             accepted_seed: None,
             senders: BTreeMap::new(),
             outcome: None,
@@ -582,7 +583,6 @@ impl Harness {
                 match down {
                     Down::Attached(a) => {
                         self.client_heard = Some(now);
-                        self.attached_once = true;
                         let a = client::Attached {
                             count: a.count,
                             next_index: a.next_index,
@@ -627,6 +627,7 @@ impl Harness {
                 n.index
             ));
         }
+        self.last_progress = Some(self.now);
         let seed = self.streams[&sid]
             .seed
             .expect("a sending stream has a record");
@@ -812,7 +813,8 @@ impl Harness {
     ///    nothing heard from a server for at least `ttl` minus what the
     ///    network accounts for (latency, injected delays, lost acks) and
     ///    the client's last-moment squeeze (`backoff_initial`);
-    ///    `Unreachable` only if it never attached for `give_up_unattached`;
+    ///    `Unreachable` only if no number it did not hold arrived for
+    ///    `give_up_without_progress`;
     ///    no other verdict;
     /// 3. no session is live once the TTL has passed after the end;
     /// 4. only the current generation's stream sends (checked as it sends).
@@ -863,9 +865,8 @@ impl Harness {
             }
             Verdict::Unreachable(why) => {
                 let cfg = &self.setup.client;
-                if self.attached_once
-                    || at - self.start + cfg.backoff_initial < cfg.give_up_unattached
-                {
+                let since = self.last_progress.unwrap_or(self.start);
+                if at - since + cfg.backoff_initial < cfg.give_up_without_progress {
                     self.violation(format!("unreachable too early: {why}"));
                 }
             }

@@ -29,6 +29,12 @@ use crate::ids::{ClientId, Secret};
 use crate::sequence::{self, MAX_COUNT};
 use crate::Reject;
 
+/// Longest session TTL, interval or silence timeout a server may use, and
+/// so the longest a client accepts in `Attached`: long enough for any real
+/// deployment, short enough that deadlines computed from it never overflow
+/// a clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Server settings that shape every session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
