@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::ids::{ClientId, Secret};
 use crate::sequence::{mix64, RunningChecksum, MAX_COUNT};
 use crate::server::MAX_DURATION;
-use crate::Reject;
+use crate::{Reason, Reject};
 
 /// `t + d`, or a moment so far away that it never comes if that is past
 /// what the clock can represent. Every deadline goes through here: the
@@ -164,11 +164,42 @@ pub enum StreamEnd {
     Status {
         /// The status code.
         code: Code,
-        /// The server's message.
+        /// The server's message, for people: never used to decide.
         message: String,
+        /// The machine-readable reason (`google.rpc.ErrorInfo` of our
+        /// domain), if the status carried one we know. Statuses made by the
+        /// transport carry none and are judged by `code` alone.
+        reason: Option<Reason>,
+        /// How long the server asked us to wait before trying again
+        /// (`google.rpc.RetryInfo`, or `grpc-retry-pushback-ms`).
+        retry_after: Option<Duration>,
     },
     /// Connecting failed or the connection broke without a status.
     Transport(String),
+}
+
+impl StreamEnd {
+    /// A status that carries no reason (made by the transport, or by a
+    /// server that predates reasons): judged by its code alone.
+    pub fn code_only(code: Code, message: impl Into<String>) -> Self {
+        StreamEnd::Status {
+            code,
+            message: message.into(),
+            reason: None,
+            retry_after: None,
+        }
+    }
+
+    /// How a server's rejection reaches the client: its code, reason and
+    /// message, without pushback.
+    pub fn rejected(reject: &Reject) -> Self {
+        StreamEnd::Status {
+            code: reject.code(),
+            message: reject.to_string(),
+            reason: Some(reject.reason()),
+            retry_after: None,
+        }
+    }
 }
 
 /// The final result.
@@ -184,7 +215,10 @@ pub enum Verdict {
     Rejected {
         /// The status code.
         code: Code,
-        /// The server's message.
+        /// The server's reason, if it gave one.
+        reason: Option<Reason>,
+        /// What happened: for a lost or forgotten session our own words,
+        /// else the server's message.
         message: String,
     },
     /// Servers kept breaking the protocol.
@@ -516,26 +550,47 @@ impl Client {
             return;
         }
         match end {
-            StreamEnd::Ok => self.retry(now, "server ended the stream early".into()),
-            StreamEnd::Transport(why) => self.retry(now, why),
-            StreamEnd::Status { code, message } if code.is_retryable() => {
-                self.retry(now, format!("{code:?}: {message}"))
-            }
+            StreamEnd::Ok => self.retry(now, "server ended the stream early".into(), None),
+            StreamEnd::Transport(why) => self.retry(now, why, None),
             StreamEnd::Status {
-                code: Code::NotFound,
+                code,
                 message,
+                reason,
+                retry_after,
             } => {
-                let verdict = if message.contains("expired") {
-                    Verdict::Expired(message)
-                } else {
-                    Verdict::Rejected {
-                        code: Code::NotFound,
+                // The one retry table: by reason when the server gave one,
+                // by code only for statuses the transport made up.
+                let retryable = reason.map_or(code.is_retryable(), Reason::is_retryable);
+                if retryable {
+                    let what = reason.map_or_else(|| format!("{code:?}"), |r| r.to_string());
+                    return self.retry(now, format!("{what}: {message}"), retry_after);
+                }
+                let verdict = match reason {
+                    Some(Reason::SessionExpired) => Verdict::Expired(message),
+                    Some(Reason::SessionLost) => Verdict::Rejected {
+                        code,
+                        reason,
+                        message: format!(
+                            "the server lost the session (its store no longer has it); \
+                             start a new session (server said: {message})"
+                        ),
+                    },
+                    Some(Reason::SessionUnknown) => Verdict::Rejected {
+                        code,
+                        reason,
+                        message: format!(
+                            "the server does not know the session (never opened, already \
+                             completed, or forgotten); start a new session (server said: {message})"
+                        ),
+                    },
+                    _ => Verdict::Rejected {
+                        code,
+                        reason,
                         message,
-                    }
+                    },
                 };
                 self.finish(verdict)
             }
-            StreamEnd::Status { code, message } => self.finish(Verdict::Rejected { code, message }),
         }
     }
 
@@ -544,11 +599,11 @@ impl Client {
         match self.phase {
             Phase::Connecting { since } if now >= later(since, self.cfg.attach_timeout) => {
                 self.out.push_back(Output::Disconnect);
-                self.retry(now, "no Attached in time".into());
+                self.retry(now, "no Attached in time".into(), None);
             }
             Phase::Streaming { last } if now >= later(last, self.silence()) => {
                 self.out.push_back(Output::Disconnect);
-                self.retry(now, "stream went silent".into());
+                self.retry(now, "stream went silent".into(), None);
             }
             Phase::Backoff { until } if now >= until => self.connect(now),
             _ => {}
@@ -599,8 +654,14 @@ impl Client {
     }
 
     /// A retryable failure: back off, or give up if no retry can succeed.
-    fn retry(&mut self, now: Instant, why: String) {
-        self.failures += 1;
+    ///
+    /// `pushback` is the server's "not before" (RetryInfo): the next attempt
+    /// waits at least that long. If that is past the last moment an attempt
+    /// can still succeed (the session's expiry, or the give-up deadline),
+    /// the client gives up at once rather than disobey the server or sleep
+    /// into a deadline it cannot meet.
+    fn retry(&mut self, now: Instant, why: String, pushback: Option<Duration>) {
+        self.failures = self.failures.saturating_add(1);
         let delay = self.backoff();
         // The server forgets the session `ttl` after it last heard from us,
         // which was no earlier than we last heard from it.
@@ -610,6 +671,7 @@ impl Client {
         };
         let stalled = later(self.last_progress, self.cfg.give_up_without_progress);
         let deadline = expiry.map_or(stalled, |e| e.min(stalled));
+        let expired = expiry.is_some_and(|e| e <= stalled);
         // Squeeze in a last attempt just before the deadline rather than
         // sleeping past it -- once: a failure at that last moment gives up
         // (`at == now` although `delay` is not zero), or a failure reported
@@ -617,9 +679,22 @@ impl Client {
         let last_chance = deadline
             .checked_sub(self.cfg.backoff_initial)
             .unwrap_or(now);
-        let at = later(now, delay).min(last_chance);
+        let mut at = later(now, delay).min(last_chance);
+        if let Some(wait) = pushback {
+            let not_before = later(now, wait);
+            if not_before > last_chance && now < deadline {
+                let left = deadline.saturating_duration_since(now);
+                return self.give_up(
+                    expired,
+                    format!(
+                        "{why}; the server asked us to wait {wait:?}, but only {left:?} are left"
+                    ),
+                );
+            }
+            at = at.max(not_before);
+        }
         if now >= deadline || at < now || (at == now && !delay.is_zero()) {
-            return self.give_up(expiry.is_some_and(|e| e <= stalled), why);
+            return self.give_up(expired, why);
         }
         self.phase = Phase::Backoff { until: at };
     }
@@ -671,7 +746,7 @@ impl Client {
             return self.fatal_protocol(why);
         }
         self.out.push_back(Output::Disconnect);
-        self.retry(now, format!("protocol error: {why}"));
+        self.retry(now, format!("protocol error: {why}"), None);
     }
 
     fn fatal_protocol(&mut self, why: String) {
@@ -814,9 +889,23 @@ mod tests {
     }
 
     fn unavailable() -> StreamEnd {
-        StreamEnd::Status {
-            code: Code::Unavailable,
-            message: "injected fault".into(),
+        StreamEnd::rejected(&Reject::InjectedFault("fail-every"))
+    }
+
+    fn with_pushback(end: StreamEnd, wait: Duration) -> StreamEnd {
+        match end {
+            StreamEnd::Status {
+                code,
+                message,
+                reason,
+                ..
+            } => StreamEnd::Status {
+                code,
+                message,
+                reason,
+                retry_after: Some(wait),
+            },
+            other => other,
         }
     }
 
@@ -1160,7 +1249,7 @@ mod tests {
     }
 
     #[test]
-    fn retryable_and_fatal_status_codes() {
+    fn statuses_without_a_reason_are_judged_by_code() {
         let t0 = Instant::now();
         let retried = [
             Code::Unavailable,
@@ -1173,10 +1262,7 @@ mod tests {
         ];
         for code in retried {
             let mut c = new_client(t0, 3);
-            let end = StreamEnd::Status {
-                code,
-                message: "try again".into(),
-            };
+            let end = StreamEnd::code_only(code, "try again");
             let (_, out) = fail_and_reconnect(&mut c, t0, end);
             assert!(
                 matches!(&out[..], [Output::Connect(_)]),
@@ -1189,53 +1275,181 @@ mod tests {
             let (_, out) = fail_and_reconnect(&mut c, t0, end);
             assert!(matches!(&out[..], [Output::Connect(_)]), "{out:?}");
         }
-        let expired = Reject::Expired(id()).to_string();
-        let cases = [
-            (Code::NotFound, expired.clone(), Verdict::Expired(expired)),
-            (
-                Code::NotFound,
-                "no such session".to_string(),
+        // Every other code is final; the message is never read, so
+        // "expired" in it does not make an expiry.
+        let expired_text = Reject::Expired(id()).to_string();
+        for code in [
+            Code::NotFound,
+            Code::PermissionDenied,
+            Code::InvalidArgument,
+            Code::AlreadyExists,
+            Code::FailedPrecondition,
+            Code::OutOfRange,
+            Code::Unimplemented,
+            Code::DataLoss,
+            Code::Unauthenticated,
+        ] {
+            let o = end_after_one_number(t0, StreamEnd::code_only(code, expired_text.clone()));
+            assert_eq!(
+                o.verdict,
                 Verdict::Rejected {
-                    code: Code::NotFound,
-                    message: "no such session".into(),
-                },
-            ),
-            (
-                Code::PermissionDenied,
-                "bad token".to_string(),
-                Verdict::Rejected {
-                    code: Code::PermissionDenied,
-                    message: "bad token".into(),
-                },
-            ),
-            (
-                Code::InvalidArgument,
-                "bad count".to_string(),
-                Verdict::Rejected {
-                    code: Code::InvalidArgument,
-                    message: "bad count".into(),
-                },
-            ),
-            (
-                Code::AlreadyExists,
-                "live".to_string(),
-                Verdict::Rejected {
-                    code: Code::AlreadyExists,
-                    message: "live".into(),
-                },
-            ),
-        ];
-        for (code, message, verdict) in cases {
-            let mut c = new_client(t0, 3);
-            c.handle_attached(t0, attached(3, 0, 1));
-            feed(&mut c, t0, 0..1, 3);
-            c.handle_end(t0, StreamEnd::Status { code, message });
-            let out = drain(&mut c);
-            let o = finished(&out);
-            assert_eq!(o.verdict, verdict);
-            assert_eq!((o.received, o.server_checksum), (1, None));
-            assert!(c.is_finished());
+                    code,
+                    reason: None,
+                    message: expired_text.clone(),
+                }
+            );
         }
+    }
+
+    /// Attaches a session of 3, takes one number, then ends the stream.
+    fn end_after_one_number(t0: Instant, end: StreamEnd) -> Outcome {
+        let mut c = new_client(t0, 3);
+        c.handle_attached(t0, attached(3, 0, 1));
+        feed(&mut c, t0, 0..1, 3);
+        c.handle_end(t0, end);
+        let out = drain(&mut c);
+        let o = finished(&out);
+        assert_eq!((o.received, o.server_checksum), (1, None));
+        assert!(c.is_finished());
+        o
+    }
+
+    #[test]
+    fn statuses_with_a_reason_are_judged_by_reason_not_code() {
+        let t0 = Instant::now();
+        for reason in Reason::ALL {
+            // A code that disagrees with the reason's retryability, so the
+            // decision can only come from the reason.
+            let code = if reason.is_retryable() {
+                Code::InvalidArgument
+            } else {
+                Code::Unavailable
+            };
+            let end = StreamEnd::Status {
+                code,
+                message: "expired".into(),
+                reason: Some(reason),
+                retry_after: None,
+            };
+            if reason.is_retryable() {
+                let mut c = new_client(t0, 3);
+                let (_, out) = fail_and_reconnect(&mut c, t0, end);
+                assert!(
+                    matches!(&out[..], [Output::Connect(_)]),
+                    "{reason}: {out:?}"
+                );
+                continue;
+            }
+            let o = end_after_one_number(t0, end);
+            match reason {
+                Reason::SessionExpired => {
+                    assert_eq!(o.verdict, Verdict::Expired("expired".into()))
+                }
+                Reason::SessionLost | Reason::SessionUnknown => {
+                    let Verdict::Rejected {
+                        reason: got,
+                        message,
+                        ..
+                    } = &o.verdict
+                    else {
+                        panic!("{reason}: {o:?}")
+                    };
+                    assert_eq!(*got, Some(reason));
+                    let says = if reason == Reason::SessionLost {
+                        "lost the session"
+                    } else {
+                        "does not know the session"
+                    };
+                    assert!(message.contains(says), "{message}");
+                }
+                _ => assert_eq!(
+                    o.verdict,
+                    Verdict::Rejected {
+                        code,
+                        reason: Some(reason),
+                        message: "expired".into()
+                    },
+                    "{reason}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn pushback_delays_the_next_attempt() {
+        let t0 = Instant::now();
+        let cfg = Config::default();
+        for wait in [ms(1), SEC * 3, SEC * 20] {
+            let mut c = new_client(t0, 10);
+            c.handle_attached(t0, attached(10, 0, 1));
+            feed(&mut c, t0, 0..1, 10);
+            let end = with_pushback(StreamEnd::rejected(&Reject::Full(1)), wait);
+            let (at, out) = fail_and_reconnect(&mut c, t0, end);
+            assert_eq!(out, [resume(1)], "{wait:?}");
+            // At least the pushback, and no later than the backoff would
+            // have been anyway if that is longer.
+            assert!(at - t0 >= wait, "{wait:?}: {:?}", at - t0);
+            assert!(
+                at - t0 <= wait.max(cfg.backoff_initial),
+                "{wait:?}: {:?}",
+                at - t0
+            );
+        }
+        // On a status that is not retried, pushback changes nothing.
+        let end = with_pushback(StreamEnd::rejected(&Reject::BadToken(id())), SEC);
+        assert!(matches!(
+            end_after_one_number(t0, end).verdict,
+            Verdict::Rejected { .. }
+        ));
+    }
+
+    #[test]
+    fn pushback_past_the_deadline_gives_up_at_once() {
+        let t0 = Instant::now();
+        let cfg = Config::default();
+        // Attached: the session expires TTL after the last number.
+        let mut c = new_client(t0, 10);
+        c.handle_attached(t0, attached(10, 0, 1));
+        feed(&mut c, t0, 0..1, 10);
+        let end = with_pushback(StreamEnd::rejected(&Reject::ShuttingDown), TTL);
+        c.handle_end(t0 + SEC, end);
+        let o = finished(&drain(&mut c));
+        assert!(
+            matches!(&o.verdict, Verdict::Expired(m) if m.contains("asked us to wait")),
+            "{o:?}"
+        );
+        // Just inside: waits, and tries once before the expiry.
+        let mut c = new_client(t0, 10);
+        c.handle_attached(t0, attached(10, 0, 1));
+        feed(&mut c, t0, 0..1, 10);
+        let wait = TTL - SEC - cfg.backoff_initial;
+        let end = with_pushback(StreamEnd::rejected(&Reject::ShuttingDown), wait);
+        let (at, out) = fail_and_reconnect(&mut c, t0 + SEC, end);
+        assert_eq!(out, [resume(1)]);
+        assert_eq!(at, t0 + SEC + wait);
+        // Never attached: the give-up deadline bounds it instead.
+        let mut c = new_client(t0, 10);
+        let wait = cfg.give_up_without_progress;
+        c.handle_end(
+            t0,
+            with_pushback(StreamEnd::rejected(&Reject::Full(1)), wait),
+        );
+        let o = finished(&drain(&mut c));
+        assert!(
+            matches!(&o.verdict, Verdict::Unreachable(m) if m.contains("asked us to wait")),
+            "{o:?}"
+        );
+        // An absurd pushback is no exception.
+        let mut c = new_client(t0, 10);
+        let huge = Duration::from_secs(u64::MAX);
+        c.handle_end(
+            t0,
+            with_pushback(StreamEnd::rejected(&Reject::Full(1)), huge),
+        );
+        assert!(matches!(
+            finished(&drain(&mut c)).verdict,
+            Verdict::Unreachable(_)
+        ));
     }
 
     fn backoff_delays(seed: u64, n: usize) -> Vec<Duration> {
@@ -1554,14 +1768,9 @@ mod tests {
         let t0 = Instant::now();
         let snap = complete_snapshot(5);
         for end in [
-            StreamEnd::Status {
-                code: Code::NotFound,
-                message: Reject::Expired(id()).to_string(),
-            },
-            StreamEnd::Status {
-                code: Code::NotFound,
-                message: "no session".into(),
-            },
+            StreamEnd::rejected(&Reject::Expired(id())),
+            StreamEnd::rejected(&Reject::Unknown(id())),
+            StreamEnd::code_only(Code::NotFound, "no session"),
         ] {
             let mut c = Client::restore(t0, Config::default(), snap, 1).unwrap();
             drain(&mut c);

@@ -734,10 +734,7 @@ impl Harness {
                     self.send(sid, Event::Client(sid, Down::End(StreamEnd::Ok)))
                 }
                 Output::End(End::Rejected(reject)) => {
-                    let end = StreamEnd::Status {
-                        code: reject.code(),
-                        message: reject.to_string(),
-                    };
+                    let end = StreamEnd::rejected(&reject);
                     self.send(sid, Event::Client(sid, Down::End(end)));
                 }
             }
@@ -1159,10 +1156,7 @@ mod tests {
         assert_eq!(reject, Reject::TakenOver(id));
         // The client hears ABORTED on its current stream and resumes.
         while c.poll_output().is_some() {}
-        let end = StreamEnd::Status {
-            code: reject.code(),
-            message: reject.to_string(),
-        };
+        let end = StreamEnd::rejected(&reject);
         c.handle_end(t0, end);
         assert_eq!(c.poll_output(), None);
         let at = c.poll_timeout().expect("retrying");

@@ -1,9 +1,15 @@
 //! Where core errors become gRPC statuses and back. Which code a rejection
 //! gets is decided once, by `Reject::code` in the core.
 
+use std::time::Duration;
+
 use station_core::client::{Code as ClientCode, StreamEnd};
-use station_core::Reject;
+use station_core::{Reason, Reject, DOMAIN};
 use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// gRFC A6's server pushback header: milliseconds to wait before retrying.
+pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 
 /// The gRPC status for a core rejection: its code ([`Reject::code`]) and its
 /// human message.
@@ -12,6 +18,14 @@ pub fn to_status(reject: &Reject) -> Status {
 }
 
 /// How the client sees a failed stream or call.
+///
+/// The reason comes only from a `google.rpc.ErrorInfo` of our [`DOMAIN`]
+/// (another domain's reasons, e.g. a proxy's, mean nothing here; a reason
+/// this version does not know is dropped, leaving the code to decide). The
+/// pushback comes from `google.rpc.RetryInfo`, else from the
+/// `grpc-retry-pushback-ms` header; a negative or unparsable header is
+/// ignored. Details that do not decode are ignored: they come from the
+/// network, and the code still says enough.
 pub fn to_stream_end(status: &Status) -> StreamEnd {
     let code = match status.code() {
         Code::Ok => return StreamEnd::Ok,
@@ -32,10 +46,26 @@ pub fn to_stream_end(status: &Status) -> StreamEnd {
         Code::DataLoss => ClientCode::DataLoss,
         Code::Unauthenticated => ClientCode::Unauthenticated,
     };
+    let details = status.get_error_details();
+    let reason = details
+        .error_info()
+        .filter(|info| info.domain == DOMAIN)
+        .and_then(|info| Reason::parse(&info.reason));
+    let retry_after = details
+        .retry_info()
+        .and_then(|info| info.retry_delay)
+        .or_else(|| pushback_header(status));
     StreamEnd::Status {
         code,
         message: status.message().to_string(),
+        reason,
+        retry_after,
     }
+}
+
+fn pushback_header(status: &Status) -> Option<Duration> {
+    let text = status.metadata().get(PUSHBACK_HEADER)?.to_str().ok()?;
+    text.trim().parse::<u64>().ok().map(Duration::from_millis)
 }
 
 #[cfg(test)]
@@ -65,6 +95,87 @@ mod tests {
         assert!(to_status(&Reject::Expired(id))
             .message()
             .contains("expired"));
+    }
+
+    fn with_details(code: Code, details: tonic_types::ErrorDetails) -> Status {
+        Status::with_error_details(code, "message for people", details)
+    }
+
+    fn parts(end: StreamEnd) -> (ClientCode, Option<Reason>, Option<Duration>) {
+        match end {
+            StreamEnd::Status {
+                code,
+                reason,
+                retry_after,
+                ..
+            } => (code, reason, retry_after),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn reasons_and_pushback_are_read_from_the_details() {
+        use tonic_types::ErrorDetails;
+        for reason in Reason::ALL {
+            let details = ErrorDetails::with_error_info(reason.as_str(), DOMAIN, []);
+            let end = to_stream_end(&with_details(Code::from(reason.code() as i32), details));
+            assert_eq!(parts(end), (reason.code(), Some(reason), None), "{reason}");
+        }
+        // Another domain's reason, or a reason we do not know: none.
+        let foreign = ErrorDetails::with_error_info("SESSION_EXPIRED", "proxy.example", []);
+        let end = to_stream_end(&with_details(Code::NotFound, foreign));
+        assert_eq!(parts(end).1, None);
+        let unknown = ErrorDetails::with_error_info("FROM_THE_FUTURE", DOMAIN, []);
+        let end = to_stream_end(&with_details(Code::Unavailable, unknown));
+        assert_eq!(parts(end), (ClientCode::Unavailable, None, None));
+        // RetryInfo, with or without ErrorInfo.
+        let mut details = ErrorDetails::with_retry_info(Some(Duration::from_millis(1500)));
+        details.set_error_info("SERVER_FULL", DOMAIN, []);
+        let end = to_stream_end(&with_details(Code::ResourceExhausted, details));
+        assert_eq!(
+            parts(end),
+            (
+                ClientCode::ResourceExhausted,
+                Some(Reason::ServerFull),
+                Some(Duration::from_millis(1500))
+            )
+        );
+        // Details that do not decode are ignored.
+        let garbage = Status::with_details(Code::Unavailable, "x", vec![0xff, 0x01, 0x02].into());
+        assert_eq!(
+            parts(to_stream_end(&garbage)),
+            (ClientCode::Unavailable, None, None)
+        );
+    }
+
+    #[test]
+    fn pushback_falls_back_to_the_grpc_header() {
+        let mut status = Status::unavailable("busy");
+        status
+            .metadata_mut()
+            .insert(PUSHBACK_HEADER, "250".parse().unwrap());
+        assert_eq!(
+            parts(to_stream_end(&status)).2,
+            Some(Duration::from_millis(250))
+        );
+        // RetryInfo wins over the header.
+        let details = tonic_types::ErrorDetails::with_retry_info(Some(Duration::from_secs(2)));
+        let mut status = with_details(Code::Unavailable, details);
+        status
+            .metadata_mut()
+            .insert(PUSHBACK_HEADER, "250".parse().unwrap());
+        assert_eq!(
+            parts(to_stream_end(&status)).2,
+            Some(Duration::from_secs(2))
+        );
+        // Negative or garbage: ignored.
+        for bad in ["-1", "soon", ""] {
+            let mut status = Status::unavailable("busy");
+            status
+                .metadata_mut()
+                .insert(PUSHBACK_HEADER, bad.parse().unwrap());
+            assert_eq!(parts(to_stream_end(&status)).2, None, "{bad:?}");
+        }
     }
 
     #[test]
