@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::ids::{ClientId, Secret};
 use crate::sequence::{mix64, RunningChecksum, MAX_COUNT};
-use crate::server::MAX_DURATION;
+use crate::server::{ACK_ROUND_TRIP, MAX_DURATION};
 use crate::{Reason, Reject};
 
 /// `t + d`, or a moment so far away that it never comes if that is past
@@ -61,6 +61,67 @@ impl Default for Config {
             silence_grace: Duration::from_secs(2),
             max_protocol_errors: 5,
         }
+    }
+}
+
+impl Config {
+    /// Checks that the settings can work; the error names the rule broken.
+    ///
+    /// 1. `backoff_initial` is positive (zero reconnects in a tight loop)
+    ///    and at most `backoff_max`;
+    /// 2. `give_up_without_progress` is longer than `backoff_initial` (else
+    ///    no failure is ever retried);
+    /// 3. `attach_timeout` is positive;
+    /// 4. the watchdog allows more than one interval between messages
+    ///    (`silence_intervals` at least 1), plus at least a round trip
+    ///    ([`ACK_ROUND_TRIP`](crate::server::ACK_ROUND_TRIP)) of grace: a
+    ///    working server sends one number per interval, and one whose
+    ///    window is full waits for our acknowledgement's round trip;
+    /// 5. `max_protocol_errors` is at least 1;
+    /// 6. no duration is longer than [`MAX_DURATION`].
+    ///
+    /// How the watchdog fits the server's TTL is known only at `Attached`;
+    /// see [`Client`].
+    pub fn validate(&self) -> Result<(), String> {
+        if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
+            return Err(format!(
+                "the first reconnection delay ({:?}) must be positive and at most the largest \
+                 ({:?})",
+                self.backoff_initial, self.backoff_max
+            ));
+        }
+        if self.give_up_without_progress <= self.backoff_initial {
+            return Err(format!(
+                "giving up after {:?} without progress leaves no time to retry even once \
+                 (the first reconnection waits {:?})",
+                self.give_up_without_progress, self.backoff_initial
+            ));
+        }
+        if self.attach_timeout.is_zero() {
+            return Err("the attach timeout must be positive".into());
+        }
+        if self.silence_intervals == 0 || self.silence_grace < ACK_ROUND_TRIP {
+            return Err(format!(
+                "the silence allowance ({} intervals + {:?}) must exceed one interval by at \
+                 least {ACK_ROUND_TRIP:?}: a working server sends a number every interval, \
+                 and waits a round trip for acknowledgements when its window is full",
+                self.silence_intervals, self.silence_grace
+            ));
+        }
+        if self.max_protocol_errors == 0 {
+            return Err("max_protocol_errors must be at least 1".into());
+        }
+        for (name, d) in [
+            ("largest reconnection delay", self.backoff_max),
+            ("give-up time", self.give_up_without_progress),
+            ("attach timeout", self.attach_timeout),
+            ("silence grace", self.silence_grace),
+        ] {
+            if d > MAX_DURATION {
+                return Err(format!("{name} ({d:?}) is longer than {MAX_DURATION:?}"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -626,10 +687,23 @@ impl Client {
         }
     }
 
+    /// How long the current stream may stay silent before the watchdog
+    /// drops it: `silence_intervals` intervals plus `silence_grace`, but
+    /// never more than halfway from one interval to the session's TTL. A
+    /// watchdog slower than the TTL would notice a dead stream only once
+    /// the session it could have resumed had expired (with a 10 s interval
+    /// and a 30 s TTL, 3 intervals + 2 s is 32 s; this makes it 20 s).
     fn silence(&self) -> Duration {
-        self.interval
+        let allowance = self
+            .interval
             .saturating_mul(self.cfg.silence_intervals)
-            .saturating_add(self.cfg.silence_grace)
+            .saturating_add(self.cfg.silence_grace);
+        match self.ttl {
+            Some(ttl) if ttl > self.interval => {
+                allowance.min(self.interval + (ttl - self.interval) / 2)
+            }
+            _ => allowance,
+        }
     }
 
     fn connect(&mut self, now: Instant) {
@@ -1652,6 +1726,93 @@ mod tests {
             c.poll_timeout(),
             Some(at + Config::default().attach_timeout)
         );
+    }
+
+    #[test]
+    fn the_watchdog_fires_well_before_the_session_expires() {
+        let t0 = Instant::now();
+        let mut c = new_client(t0, 10);
+        c.handle_attached(
+            t0,
+            Attached {
+                interval: SEC * 10,
+                ..attached(10, 0, 1)
+            },
+        );
+        feed(&mut c, t0, 0..1, 10);
+        // 3 intervals + 2 s would be 32 s, past the 30 s TTL.
+        assert_eq!(c.poll_timeout(), Some(t0 + SEC * 20));
+        c.handle_timeout(t0 + SEC * 20);
+        assert_eq!(drain(&mut c), [Output::Disconnect]);
+        assert!(!c.is_finished());
+    }
+
+    #[test]
+    fn config_validation_names_the_rule() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let d = Config::default;
+        let cases = [
+            (
+                Config {
+                    backoff_initial: Duration::ZERO,
+                    ..d()
+                },
+                "reconnection delay",
+            ),
+            (
+                Config {
+                    backoff_max: ms(10),
+                    ..d()
+                },
+                "at most the largest",
+            ),
+            (
+                Config {
+                    give_up_without_progress: ms(100),
+                    ..d()
+                },
+                "retry even once",
+            ),
+            (
+                Config {
+                    attach_timeout: Duration::ZERO,
+                    ..d()
+                },
+                "attach timeout",
+            ),
+            (
+                Config {
+                    silence_intervals: 0,
+                    ..d()
+                },
+                "exceed one interval",
+            ),
+            (
+                Config {
+                    silence_grace: Duration::ZERO,
+                    ..d()
+                },
+                "exceed one interval",
+            ),
+            (
+                Config {
+                    max_protocol_errors: 0,
+                    ..d()
+                },
+                "max_protocol_errors",
+            ),
+            (
+                Config {
+                    give_up_without_progress: MAX_DURATION * 2,
+                    ..d()
+                },
+                "give-up time",
+            ),
+        ];
+        for (cfg, says) in cases {
+            let err = cfg.validate().unwrap_err();
+            assert!(err.contains(says), "{cfg:?}: {err}");
+        }
     }
 
     #[test]

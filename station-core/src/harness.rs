@@ -1230,11 +1230,91 @@ mod tests {
             .unwrap_or(1000)
     }
 
+    /// A server and client configuration drawn from the whole space the
+    /// flags reach, biased towards the edges of the validation rules.
+    fn configs() -> impl Strategy<Value = (server::Config, client::Config)> {
+        let interval = prop_oneof![
+            Just(Duration::ZERO),
+            ms(1..100),
+            ms(100..5_000),
+            ms(5_000..60_000),
+        ];
+        let ttl = prop_oneof![ms(1..5_000), ms(5_000..60_000), ms(60_000..300_000)];
+        let silence = proptest::option::of(prop_oneof![ms(0..1_000), ms(1_000..60_000)]);
+        let window = prop_oneof![1u32..8, 8u32..=2048];
+        let client = (0u32..4, ms(0..3_000), ms(0..500), ms(0..20_000));
+        (interval, ttl, silence, window, client).prop_map(
+            |(interval, ttl, silence, window, (k, grace, backoff, give_up))| {
+                let mut server = server::Config::new(interval, ttl);
+                if let Some(silence) = silence {
+                    server.silence_timeout = silence;
+                }
+                server.window = window;
+                let client = client::Config {
+                    silence_intervals: k,
+                    silence_grace: grace,
+                    backoff_initial: backoff,
+                    give_up_without_progress: give_up.max(Duration::from_secs(10)),
+                    ..client::Config::default()
+                };
+                (server, client)
+            },
+        )
+    }
+
+    #[test]
+    fn the_configurations_of_the_issue_are_refused() {
+        assert!(server::Config::new(secs(40), secs(30)).validate().is_err());
+        let mut c = server::Config::new(Duration::from_millis(40), secs(30));
+        c.window = 256;
+        assert!(c.validate().is_err());
+        // Run anyway, they do fail: the rules are not mere caution. The
+        // first expires at its first refresh; the second has every stream
+        // ended for silence before its first acknowledgement (64 numbers).
+        for (server, count) in [(server::Config::new(secs(40), secs(30)), 5), (c, 200)] {
+            let setup = Setup {
+                server,
+                ..Setup::new(count)
+            };
+            let (_, outcome, _) = Harness::run(Instant::now(), setup, 1, &[], false);
+            let outcome = outcome.expect("finished");
+            assert!(
+                outcome.verdict != Verdict::Verified || outcome.reconnects > 0,
+                "{outcome:?}"
+            );
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig {
             cases: cases(),
             ..ProptestConfig::default()
         })]
+
+        /// Every configuration is either refused at start or completes an
+        /// undisturbed session: nothing valid fails on its own.
+        #[test]
+        fn every_configuration_is_refused_or_completes_a_session(
+            seed: u64,
+            count in 1u32..=20,
+            (server, client) in configs(),
+        ) {
+            if server.validate().is_err() || client.validate().is_err() {
+                return Ok(());
+            }
+            let setup = Setup { server, client, ..Setup::new(count) };
+            let (violations, outcome, _) = Harness::run(Instant::now(), setup.clone(), seed, &[], false);
+            let verified = outcome.as_ref().is_some_and(|o| o.verdict == Verdict::Verified);
+            let clean = outcome.as_ref().is_some_and(|o| o.reconnects == 0);
+            if !violations.is_empty() || !verified || !clean {
+                let (_, _, trace) = Harness::run(Instant::now(), setup.clone(), seed, &[], true);
+                prop_assert!(
+                    false,
+                    "{:?}\n{:#?}\n{:?}\n{}",
+                    setup, violations, outcome, trace.unwrap_or_default()
+                );
+            }
+        }
 
         #[test]
         fn faults_never_break_the_invariants(
