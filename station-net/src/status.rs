@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
+use prost::Message;
 use station_core::client::{Code as ClientCode, StreamEnd};
 use station_core::{Reason, Reject, DOMAIN};
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
+use tonic_types::{pb, ErrorInfo, RetryInfo};
 
 /// gRFC A6's server pushback header: milliseconds to wait before retrying.
 pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
@@ -23,9 +24,14 @@ pub fn to_status(reject: &Reject) -> Status {
 /// (another domain's reasons, e.g. a proxy's, mean nothing here; a reason
 /// this version does not know is dropped, leaving the code to decide). The
 /// pushback comes from `google.rpc.RetryInfo`, else from the
-/// `grpc-retry-pushback-ms` header; a negative or unparsable header is
+/// `grpc-retry-pushback-ms` header; a negative or unparsable delay is
 /// ignored. Details that do not decode are ignored: they come from the
 /// network, and the code still says enough.
+///
+/// The details are decoded here rather than with `tonic_types::StatusExt`,
+/// whose `RetryInfo` conversion goes through prost's `Duration` conversion,
+/// which overflows (a panic with overflow checks) on a delay of `i64::MIN`
+/// seconds: no server may crash the client.
 pub fn to_stream_end(status: &Status) -> StreamEnd {
     let code = match status.code() {
         Code::Ok => return StreamEnd::Ok,
@@ -46,21 +52,53 @@ pub fn to_stream_end(status: &Status) -> StreamEnd {
         Code::DataLoss => ClientCode::DataLoss,
         Code::Unauthenticated => ClientCode::Unauthenticated,
     };
-    let details = status.get_error_details();
-    let reason = details
-        .error_info()
-        .filter(|info| info.domain == DOMAIN)
-        .and_then(|info| Reason::parse(&info.reason));
-    let retry_after = details
-        .retry_info()
-        .and_then(|info| info.retry_delay)
-        .or_else(|| pushback_header(status));
+    let (reason, retry_info) = details(status);
+    let retry_after = retry_info.or_else(|| pushback_header(status));
     StreamEnd::Status {
         code,
         message: status.message().to_string(),
         reason,
         retry_after,
     }
+}
+
+/// The reason (first `ErrorInfo` of our domain) and the retry delay (first
+/// `RetryInfo`) in a status's details.
+fn details(status: &Status) -> (Option<Reason>, Option<Duration>) {
+    let Ok(decoded) = pb::Status::decode(status.details()) else {
+        return (None, None);
+    };
+    let mut reason = None;
+    let mut retry_after = None;
+    for any in &decoded.details {
+        match any.type_url.as_str() {
+            ErrorInfo::TYPE_URL if reason.is_none() => {
+                reason = pb::ErrorInfo::decode(any.value.as_slice())
+                    .ok()
+                    .filter(|info| info.domain == DOMAIN)
+                    .and_then(|info| Reason::parse(&info.reason));
+            }
+            RetryInfo::TYPE_URL if retry_after.is_none() => {
+                retry_after = pb::RetryInfo::decode(any.value.as_slice())
+                    .ok()
+                    .and_then(|info| info.retry_delay)
+                    .and_then(wire_duration);
+            }
+            _ => {}
+        }
+    }
+    (reason, retry_after)
+}
+
+/// A `google.protobuf.Duration` from the network as a `Duration`; `None` if
+/// negative (or of mixed signs).
+///
+/// Not prost's `TryFrom`: it negates the seconds of a negative duration,
+/// which overflows (a panic with overflow checks) for `i64::MIN`.
+pub(crate) fn wire_duration(d: prost_types::Duration) -> Option<Duration> {
+    let secs = u64::try_from(d.seconds).ok()?;
+    let nanos = u64::try_from(d.nanos).ok()?;
+    Some(Duration::from_secs(secs).saturating_add(Duration::from_nanos(nanos)))
 }
 
 fn pushback_header(status: &Status) -> Option<Duration> {
@@ -72,6 +110,7 @@ fn pushback_header(status: &Status) -> Option<Duration> {
 mod tests {
     use super::*;
     use station_core::ClientId;
+    use tonic_types::StatusExt;
 
     #[test]
     fn rejections_map_to_documented_codes() {
@@ -146,6 +185,41 @@ mod tests {
             parts(to_stream_end(&garbage)),
             (ClientCode::Unavailable, None, None)
         );
+    }
+
+    /// A hostile RetryInfo: prost's conversion (used by tonic-types)
+    /// overflows on `i64::MIN` seconds. Ours ignores negative delays.
+    #[test]
+    fn extreme_retry_delays_do_not_panic() {
+        for (seconds, nanos, want) in [
+            (i64::MIN, 0, None),
+            (i64::MIN, i32::MIN, None),
+            (-1, 5, None),
+            (
+                i64::MAX,
+                999_999_999,
+                Some(Duration::new(i64::MAX as u64, 999_999_999)),
+            ),
+            (
+                i64::MAX,
+                i32::MAX,
+                Some(Duration::new(i64::MAX as u64 + 2, 147_483_647)),
+            ),
+        ] {
+            let retry = pb::RetryInfo {
+                retry_delay: Some(prost_types::Duration { seconds, nanos }),
+            };
+            let body = pb::Status {
+                code: Code::Unavailable as i32,
+                message: "x".into(),
+                details: vec![prost_types::Any {
+                    type_url: RetryInfo::TYPE_URL.into(),
+                    value: retry.encode_to_vec(),
+                }],
+            };
+            let status = Status::with_details(Code::Unavailable, "x", body.encode_to_vec().into());
+            assert_eq!(parts(to_stream_end(&status)).2, want, "{seconds} {nanos}");
+        }
     }
 
     #[test]
