@@ -1970,7 +1970,7 @@ mod tests {
         // The encoding is shared by every server of a Redis deployment and
         // outlives upgrades: its size and layout are pinned.
         assert_eq!(std::mem::size_of::<Record>(), 88);
-        assert!(Record::ENCODED_LEN <= 128);
+        const { assert!(Record::ENCODED_LEN <= 128) };
         let r = Record {
             client_id: id(),
             token: Secret([0xa5; 16]),
@@ -2041,15 +2041,19 @@ mod tests {
         c.window = 128;
         assert_eq!(c.validate(), Ok(()));
         // Explicit silence timeouts too short for an ack's round trip.
-        let mut c = Config::default();
-        c.silence_timeout = ms(200);
+        let c = Config {
+            silence_timeout: ms(200),
+            ..Config::default()
+        };
         assert!(c
             .validate()
             .unwrap_err()
             .contains("acknowledge every 1 numbers"));
         // Absurd durations.
-        let mut c = Config::default();
-        c.ttl = MAX_DURATION * 2;
+        let c = Config {
+            ttl: MAX_DURATION * 2,
+            ..Config::default()
+        };
         assert!(c.validate().unwrap_err().contains("session TTL"));
         let c = Config::new(Duration::from_secs(1 << 62), Duration::from_secs(1 << 62));
         assert!(c.validate().is_err());
