@@ -47,9 +47,12 @@ pub async fn run(args: ClientArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    let cfg = ClientConfig {
-        give_up_unattached: args.give_up_after,
-        ..ClientConfig::default()
+    let cfg = match config(&args) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
     };
     let client = match make_client(&args, cfg) {
         Ok(c) => c,
@@ -137,6 +140,18 @@ pub async fn run(args: ClientArgs) -> u8 {
         println!("{}", report::text(&outcome));
     }
     report::exit_code(&outcome)
+}
+
+/// The client machine's settings from the flags, refused (naming the rule)
+/// if they cannot work.
+pub(crate) fn config(args: &ClientArgs) -> Result<ClientConfig, String> {
+    let cfg = ClientConfig {
+        give_up_without_progress: args.give_up_after,
+        ..ClientConfig::default()
+    };
+    cfg.validate()
+        .map_err(|e| format!("--give-up-after {:?}: {e}", args.give_up_after))?;
+    Ok(cfg)
 }
 
 /// A new client, or one restored from the state file.

@@ -32,8 +32,15 @@ pub fn lateness(
     arrived: Instant,
 ) -> Duration {
     let k = index.saturating_sub(next_index);
-    let due = attached_at + interval * k;
-    arrived.saturating_duration_since(due)
+    // A hostile server's interval must not overflow: a number due beyond
+    // the clock's range is simply not late.
+    match interval
+        .checked_mul(k)
+        .and_then(|d| attached_at.checked_add(d))
+    {
+        Some(due) => arrived.saturating_duration_since(due),
+        None => Duration::ZERO,
+    }
 }
 
 /// Per-session bookkeeping for lateness.

@@ -20,7 +20,7 @@ mod state_file;
 pub mod exit {
     /// Every number arrived and the checksum verified.
     pub const SUCCESS: u8 = 0;
-    /// Bad flags (clap's own code).
+    /// Bad flags (clap's own code), or settings that cannot work together.
     pub const USAGE: u8 = 2;
     /// Every number arrived but the checksums differ.
     pub const CHECKSUM_MISMATCH: u8 = 3;
@@ -57,8 +57,9 @@ enum Command {
     /// Receive a sequence of numbers and verify it.
     #[command(
         after_help = "Exit codes: 0 verified, 2 usage error, 3 checksum mismatch, \
-                            4 session expired, 5 session rejected, 6 no server reachable \
-                            or protocol error, 7 bad state file."
+                            4 session expired, 5 session rejected, 6 no server reachable, \
+                            no progress within --give-up-after, or protocol error, \
+                            7 bad state file."
     )]
     Client(ClientArgs),
     /// Run a server and a few clients in this process, with faults injected.
@@ -177,7 +178,8 @@ pub struct ClientArgs {
     /// certificates; makes --port connect with TLS.
     #[arg(long, env = "STATION_TLS_CA")]
     pub tls_ca: Option<std::path::PathBuf>,
-    /// Give up if no server attaches the session for this long.
+    /// Give up if no server sends a new number for this long (servers that
+    /// attach the session but fail every stream do not count).
     #[arg(long, env = "STATION_GIVE_UP_AFTER", default_value = "60s", value_parser = parse_duration)]
     pub give_up_after: Duration,
 }
@@ -324,6 +326,63 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    fn server_config(args: &[&str]) -> Result<station_net::ServerConfig, String> {
+        let argv = ["station", "server", "--port", "0"].iter().chain(args);
+        match Cli::try_parse_from(argv).expect("flags parse").command {
+            Command::Server(args) => server::config(&args),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unworkable_server_settings_are_refused_with_the_rule() {
+        let cases: [(&[&str], &str); 4] = [
+            (
+                &["--interval", "40s", "--session-ttl", "30s"],
+                "plus silence timeout",
+            ),
+            (
+                &["--interval", "40ms", "--window", "256"],
+                "acknowledge every 64",
+            ),
+            (&["--silence-timeout", "100ms"], "acknowledge every 1"),
+            (&["--session-ttl", "1000d"], "session TTL"),
+        ];
+        for (args, rule) in cases {
+            let err = server_config(args).unwrap_err();
+            assert!(err.contains(rule), "{args:?}: {err}");
+        }
+        assert!(server_config(&[]).is_ok());
+        assert!(server_config(&["--interval", "40ms", "--window", "128"]).is_ok());
+        // A huge interval is refused, not an overflow.
+        assert!(server_config(&["--interval", "100000000000d"]).is_err());
+    }
+
+    #[test]
+    fn unworkable_client_settings_are_refused_with_the_rule() {
+        let parse = |give_up: &str| {
+            let argv = [
+                "station",
+                "client",
+                "--port",
+                "1",
+                "--give-up-after",
+                give_up,
+            ];
+            match Cli::try_parse_from(argv).expect("flags parse").command {
+                Command::Client(args) => client::config(&args),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(parse("60s").is_ok());
+        let err = parse("0s").unwrap_err();
+        assert!(
+            err.contains("--give-up-after") && err.contains("retry"),
+            "{err}"
+        );
+        assert!(parse("1000d").is_err());
     }
 
     #[test]

@@ -21,9 +21,16 @@ pub fn result_line(outcome: &Outcome) -> String {
         Verdict::Verified => "SUCCESS: all numbers received, checksum verified".into(),
         Verdict::ChecksumMismatch => "FAILURE: checksum mismatch".into(),
         Verdict::Expired(why) => format!("FAILURE: session expired: {why}"),
-        Verdict::Rejected { code, message } => {
-            format!("FAILURE: session rejected by the server ({code:?}): {message}")
-        }
+        Verdict::Rejected {
+            code,
+            reason: Some(reason),
+            message,
+        } => format!("FAILURE: session rejected by the server ({code:?}, {reason}): {message}"),
+        Verdict::Rejected {
+            code,
+            reason: None,
+            message,
+        } => format!("FAILURE: session rejected by the server ({code:?}): {message}"),
         Verdict::ProtocolError(why) => format!("FAILURE: protocol error: {why}"),
         Verdict::Unreachable(why) => format!("FAILURE: no server reachable: {why}"),
     }

@@ -79,7 +79,7 @@ fn tls(args: &ServerArgs) -> Result<Option<ServerTlsConfig>, String> {
     Ok(Some(ServerTlsConfig::new().identity(identity)))
 }
 
-fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
+pub(crate) fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
     let mut session = SessionConfig::new(args.interval, args.session_ttl);
     if let Some(silence) = args.silence_timeout {
         session.silence_timeout = silence;

@@ -274,6 +274,47 @@ fn bogus_store_is_a_usage_error() {
 }
 
 #[test]
+fn unworkable_settings_are_usage_errors_that_name_the_rule() {
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[
+                "server",
+                "--port",
+                "0",
+                "--interval",
+                "40s",
+                "--session-ttl",
+                "30s",
+            ],
+            "plus silence timeout",
+        ),
+        (
+            &[
+                "server",
+                "--port",
+                "0",
+                "--interval",
+                "40ms",
+                "--window",
+                "256",
+            ],
+            "acknowledge every 64 numbers",
+        ),
+        (
+            &["client", "--port", "1", "--give-up-after", "0s"],
+            "--give-up-after",
+        ),
+    ];
+    for (args, rule) in cases {
+        let out = run_station(args);
+        assert_no_panic(&out);
+        out.assert_code(code::USAGE);
+        assert!(out.stderr.contains(rule), "{args:?}: {out}");
+        assert!(!out.stdout.contains("listening"), "{out}");
+    }
+}
+
+#[test]
 fn fifty_concurrent_clients_complete_and_leave_nothing_behind() {
     const CLIENTS: usize = 50;
     // A server-wide fault every 40 numbers: about a hundred reconnections.

@@ -16,7 +16,17 @@ use std::time::{Duration, Instant};
 
 use crate::ids::{ClientId, Secret};
 use crate::sequence::{mix64, RunningChecksum, MAX_COUNT};
-use crate::Reject;
+use crate::server::{ACK_ROUND_TRIP, MAX_DURATION};
+use crate::{Reason, Reject};
+
+/// `t + d`, or a moment so far away that it never comes if that is past
+/// what the clock can represent. Every deadline goes through here: the
+/// durations come from the configuration and from servers, and neither may
+/// make the client panic.
+fn later(t: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    t.checked_add(d).or_else(|| t.checked_add(FAR)).unwrap_or(t)
+}
 
 /// Client settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,9 +35,11 @@ pub struct Config {
     pub backoff_initial: Duration,
     /// Largest reconnection delay.
     pub backoff_max: Duration,
-    /// Give up if no server attached the session this long after the first
-    /// attempt.
-    pub give_up_unattached: Duration,
+    /// Give up if no server sent a number we did not hold for this long
+    /// (counted from the first attempt until the first number). An `Attached` alone is not progress,
+    /// so a server that attaches and then fails every stream cannot keep
+    /// the client retrying forever.
+    pub give_up_without_progress: Duration,
     /// Wait this long for `Attached` after connecting.
     pub attach_timeout: Duration,
     /// Drop a stream silent for this many intervals plus `silence_grace`.
@@ -43,12 +55,73 @@ impl Default for Config {
         Config {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
-            give_up_unattached: Duration::from_secs(60),
+            give_up_without_progress: Duration::from_secs(60),
             attach_timeout: Duration::from_secs(5),
             silence_intervals: 3,
             silence_grace: Duration::from_secs(2),
             max_protocol_errors: 5,
         }
+    }
+}
+
+impl Config {
+    /// Checks that the settings can work; the error names the rule broken.
+    ///
+    /// 1. `backoff_initial` is positive (zero reconnects in a tight loop)
+    ///    and at most `backoff_max`;
+    /// 2. `give_up_without_progress` is longer than `backoff_initial` (else
+    ///    no failure is ever retried);
+    /// 3. `attach_timeout` is positive;
+    /// 4. the watchdog allows more than one interval between messages
+    ///    (`silence_intervals` at least 1), plus at least a round trip
+    ///    ([`ACK_ROUND_TRIP`](crate::server::ACK_ROUND_TRIP)) of grace: a
+    ///    working server sends one number per interval, and one whose
+    ///    window is full waits for our acknowledgement's round trip;
+    /// 5. `max_protocol_errors` is at least 1;
+    /// 6. no duration is longer than [`MAX_DURATION`].
+    ///
+    /// How the watchdog fits the server's TTL is known only at `Attached`;
+    /// see [`Client`].
+    pub fn validate(&self) -> Result<(), String> {
+        if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
+            return Err(format!(
+                "the first reconnection delay ({:?}) must be positive and at most the largest \
+                 ({:?})",
+                self.backoff_initial, self.backoff_max
+            ));
+        }
+        if self.give_up_without_progress <= self.backoff_initial {
+            return Err(format!(
+                "giving up after {:?} without progress leaves no time to retry even once \
+                 (the first reconnection waits {:?})",
+                self.give_up_without_progress, self.backoff_initial
+            ));
+        }
+        if self.attach_timeout.is_zero() {
+            return Err("the attach timeout must be positive".into());
+        }
+        if self.silence_intervals == 0 || self.silence_grace < ACK_ROUND_TRIP {
+            return Err(format!(
+                "the silence allowance ({} intervals + {:?}) must exceed one interval by at \
+                 least {ACK_ROUND_TRIP:?}: a working server sends a number every interval, \
+                 and waits a round trip for acknowledgements when its window is full",
+                self.silence_intervals, self.silence_grace
+            ));
+        }
+        if self.max_protocol_errors == 0 {
+            return Err("max_protocol_errors must be at least 1".into());
+        }
+        for (name, d) in [
+            ("largest reconnection delay", self.backoff_max),
+            ("give-up time", self.give_up_without_progress),
+            ("attach timeout", self.attach_timeout),
+            ("silence grace", self.silence_grace),
+        ] {
+            if d > MAX_DURATION {
+                return Err(format!("{name} ({d:?}) is longer than {MAX_DURATION:?}"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -152,11 +225,42 @@ pub enum StreamEnd {
     Status {
         /// The status code.
         code: Code,
-        /// The server's message.
+        /// The server's message, for people: never used to decide.
         message: String,
+        /// The machine-readable reason (`google.rpc.ErrorInfo` of our
+        /// domain), if the status carried one we know. Statuses made by the
+        /// transport carry none and are judged by `code` alone.
+        reason: Option<Reason>,
+        /// How long the server asked us to wait before trying again
+        /// (`google.rpc.RetryInfo`, or `grpc-retry-pushback-ms`).
+        retry_after: Option<Duration>,
     },
     /// Connecting failed or the connection broke without a status.
     Transport(String),
+}
+
+impl StreamEnd {
+    /// A status that carries no reason (made by the transport, or by a
+    /// server that predates reasons): judged by its code alone.
+    pub fn code_only(code: Code, message: impl Into<String>) -> Self {
+        StreamEnd::Status {
+            code,
+            message: message.into(),
+            reason: None,
+            retry_after: None,
+        }
+    }
+
+    /// How a server's rejection reaches the client: its code, reason and
+    /// message, without pushback.
+    pub fn rejected(reject: &Reject) -> Self {
+        StreamEnd::Status {
+            code: reject.code(),
+            message: reject.to_string(),
+            reason: Some(reject.reason()),
+            retry_after: None,
+        }
+    }
 }
 
 /// The final result.
@@ -172,12 +276,16 @@ pub enum Verdict {
     Rejected {
         /// The status code.
         code: Code,
-        /// The server's message.
+        /// The server's reason, if it gave one.
+        reason: Option<Reason>,
+        /// What happened: for a lost or forgotten session our own words,
+        /// else the server's message.
         message: String,
     },
     /// Servers kept breaking the protocol.
     ProtocolError(String),
-    /// No server attached the session in time.
+    /// No server attached the session, or none sent a new number, within
+    /// `give_up_without_progress`.
     Unreachable(String),
 }
 
@@ -276,8 +384,11 @@ pub struct Client {
     /// Last time a server proved the session alive (an `Attached` or a
     /// number): the session cannot expire before `last_heard + ttl`.
     last_heard: Option<Instant>,
-    first_attempt: Instant,
-    /// Consecutive failed attempts, for the backoff.
+    /// When this process started on the session, or last received a
+    /// number it did not hold: the give-up clock for
+    /// `give_up_without_progress` starts here.
+    last_progress: Instant,
+    /// Failed attempts since the last progress, for the backoff.
     failures: u32,
     protocol_errors: u32,
     reconnects: u32,
@@ -343,7 +454,7 @@ impl Client {
             interval: Duration::ZERO,
             ttl: None,
             last_heard: None,
-            first_attempt: now,
+            last_progress: now,
             failures: 0,
             protocol_errors: 0,
             reconnects: 0,
@@ -416,6 +527,17 @@ impl Client {
                 a.count, self.count
             ));
         }
+        if a.ttl > MAX_DURATION || a.interval > MAX_DURATION {
+            // Not a setting any valid server uses (its own validation
+            // refuses them); deadlines computed from them are meaningless.
+            return self.protocol_error(
+                now,
+                format!(
+                    "server announced a session TTL of {:?} and an interval of {:?} (at most {:?} is valid)",
+                    a.ttl, a.interval, MAX_DURATION
+                ),
+            );
+        }
         if a.next_index != self.next_index {
             return self.protocol_error(
                 now,
@@ -430,7 +552,9 @@ impl Client {
         self.interval = a.interval;
         self.ack_every = a.ack_every.max(1);
         self.acked = self.next_index;
-        self.failures = 0;
+        // The session is alive (the server just refreshed it), but this is
+        // not progress: the backoff and the give-up clock go on until a
+        // number arrives.
         self.last_heard = Some(now);
         self.phase = Phase::Streaming { last: now };
         if self.next_index == self.count {
@@ -467,6 +591,8 @@ impl Client {
             );
         }
         self.protocol_errors = 0;
+        self.failures = 0;
+        self.last_progress = now;
         self.sum += u64::from(n.value);
         self.crc.push(n.value);
         self.next_index += 1;
@@ -485,39 +611,60 @@ impl Client {
             return;
         }
         match end {
-            StreamEnd::Ok => self.retry(now, "server ended the stream early".into()),
-            StreamEnd::Transport(why) => self.retry(now, why),
-            StreamEnd::Status { code, message } if code.is_retryable() => {
-                self.retry(now, format!("{code:?}: {message}"))
-            }
+            StreamEnd::Ok => self.retry(now, "server ended the stream early".into(), None),
+            StreamEnd::Transport(why) => self.retry(now, why, None),
             StreamEnd::Status {
-                code: Code::NotFound,
+                code,
                 message,
+                reason,
+                retry_after,
             } => {
-                let verdict = if message.contains("expired") {
-                    Verdict::Expired(message)
-                } else {
-                    Verdict::Rejected {
-                        code: Code::NotFound,
+                // The one retry table: by reason when the server gave one,
+                // by code only for statuses the transport made up.
+                let retryable = reason.map_or(code.is_retryable(), Reason::is_retryable);
+                if retryable {
+                    let what = reason.map_or_else(|| format!("{code:?}"), |r| r.to_string());
+                    return self.retry(now, format!("{what}: {message}"), retry_after);
+                }
+                let verdict = match reason {
+                    Some(Reason::SessionExpired) => Verdict::Expired(message),
+                    Some(Reason::SessionLost) => Verdict::Rejected {
+                        code,
+                        reason,
+                        message: format!(
+                            "the server lost the session (its store no longer has it); \
+                             start a new session (server said: {message})"
+                        ),
+                    },
+                    Some(Reason::SessionUnknown) => Verdict::Rejected {
+                        code,
+                        reason,
+                        message: format!(
+                            "the server does not know the session (never opened, already \
+                             completed, or forgotten); start a new session (server said: {message})"
+                        ),
+                    },
+                    _ => Verdict::Rejected {
+                        code,
+                        reason,
                         message,
-                    }
+                    },
                 };
                 self.finish(verdict)
             }
-            StreamEnd::Status { code, message } => self.finish(Verdict::Rejected { code, message }),
         }
     }
 
     /// Handles time passing. Calling it early is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.phase {
-            Phase::Connecting { since } if now >= since + self.cfg.attach_timeout => {
+            Phase::Connecting { since } if now >= later(since, self.cfg.attach_timeout) => {
                 self.out.push_back(Output::Disconnect);
-                self.retry(now, "no Attached in time".into());
+                self.retry(now, "no Attached in time".into(), None);
             }
-            Phase::Streaming { last } if now >= last + self.silence() => {
+            Phase::Streaming { last } if now >= later(last, self.silence()) => {
                 self.out.push_back(Output::Disconnect);
-                self.retry(now, "stream went silent".into());
+                self.retry(now, "stream went silent".into(), None);
             }
             Phase::Backoff { until } if now >= until => self.connect(now),
             _ => {}
@@ -533,15 +680,30 @@ impl Client {
     /// Changed by every `handle_*` call.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Connecting { since } => Some(since + self.cfg.attach_timeout),
-            Phase::Streaming { last } => Some(last + self.silence()),
+            Phase::Connecting { since } => Some(later(since, self.cfg.attach_timeout)),
+            Phase::Streaming { last } => Some(later(last, self.silence())),
             Phase::Backoff { until } => Some(until),
             Phase::Done => None,
         }
     }
 
+    /// How long the current stream may stay silent before the watchdog
+    /// drops it: `silence_intervals` intervals plus `silence_grace`, but
+    /// never more than halfway from one interval to the session's TTL. A
+    /// watchdog slower than the TTL would notice a dead stream only once
+    /// the session it could have resumed had expired (with a 10 s interval
+    /// and a 30 s TTL, 3 intervals + 2 s is 32 s; this makes it 20 s).
     fn silence(&self) -> Duration {
-        self.interval * self.cfg.silence_intervals + self.cfg.silence_grace
+        let allowance = self
+            .interval
+            .saturating_mul(self.cfg.silence_intervals)
+            .saturating_add(self.cfg.silence_grace);
+        match self.ttl {
+            Some(ttl) if ttl > self.interval => {
+                allowance.min(self.interval + (ttl - self.interval) / 2)
+            }
+            _ => allowance,
+        }
     }
 
     fn connect(&mut self, now: Instant) {
@@ -566,15 +728,24 @@ impl Client {
     }
 
     /// A retryable failure: back off, or give up if no retry can succeed.
-    fn retry(&mut self, now: Instant, why: String) {
-        self.failures += 1;
+    ///
+    /// `pushback` is the server's "not before" (RetryInfo): the next attempt
+    /// waits at least that long. If that is past the last moment an attempt
+    /// can still succeed (the session's expiry, or the give-up deadline),
+    /// the client gives up at once rather than disobey the server or sleep
+    /// into a deadline it cannot meet.
+    fn retry(&mut self, now: Instant, why: String, pushback: Option<Duration>) {
+        self.failures = self.failures.saturating_add(1);
         let delay = self.backoff();
-        let deadline = match (self.last_heard, self.ttl) {
-            // The server forgets the session `ttl` after it last heard from
-            // us, which was no earlier than we last heard from it.
-            (Some(heard), Some(ttl)) => heard + ttl,
-            _ => self.first_attempt + self.cfg.give_up_unattached,
+        // The server forgets the session `ttl` after it last heard from us,
+        // which was no earlier than we last heard from it.
+        let expiry = match (self.last_heard, self.ttl) {
+            (Some(heard), Some(ttl)) => Some(later(heard, ttl)),
+            _ => None,
         };
+        let stalled = later(self.last_progress, self.cfg.give_up_without_progress);
+        let deadline = expiry.map_or(stalled, |e| e.min(stalled));
+        let expired = expiry.is_some_and(|e| e <= stalled);
         // Squeeze in a last attempt just before the deadline rather than
         // sleeping past it -- once: a failure at that last moment gives up
         // (`at == now` although `delay` is not zero), or a failure reported
@@ -582,20 +753,50 @@ impl Client {
         let last_chance = deadline
             .checked_sub(self.cfg.backoff_initial)
             .unwrap_or(now);
-        let at = (now + delay).min(last_chance);
+        let mut at = later(now, delay).min(last_chance);
+        if let Some(wait) = pushback {
+            let not_before = later(now, wait);
+            if not_before > last_chance && now < deadline {
+                let left = deadline.saturating_duration_since(now);
+                return self.give_up(
+                    expired,
+                    format!(
+                        "{why}; the server asked us to wait {wait:?}, but only {left:?} are left"
+                    ),
+                );
+            }
+            at = at.max(not_before);
+        }
         if now >= deadline || at < now || (at == now && !delay.is_zero()) {
-            let verdict = if self.token.is_some() {
-                Verdict::Expired(format!(
-                    "could not resume before the session expired (last error: {why})"
-                ))
-            } else {
-                Verdict::Unreachable(format!(
-                    "no server attached the session (last error: {why})"
-                ))
-            };
-            return self.finish(verdict);
+            return self.give_up(expired, why);
         }
         self.phase = Phase::Backoff { until: at };
+    }
+
+    /// Ends the session at its give-up deadline: the session's expiry if
+    /// `expired`, else `give_up_without_progress`.
+    fn give_up(&mut self, expired: bool, why: String) {
+        let verdict = if expired {
+            Verdict::Expired(format!(
+                "could not resume before the session expired (last error: {why})"
+            ))
+        } else if self.ttl.is_some() {
+            let limit = self.cfg.give_up_without_progress;
+            Verdict::Unreachable(format!(
+                "no progress for {limit:?}: servers attached the session but sent no new number (last error: {why})"
+            ))
+        } else if self.token.is_some() {
+            // Restored from a snapshot and never attached since: we cannot
+            // tell whether the session outlived our absence.
+            Verdict::Expired(format!(
+                "could not resume the session in time; it may have expired (last error: {why})"
+            ))
+        } else {
+            Verdict::Unreachable(format!(
+                "no server attached the session (last error: {why})"
+            ))
+        };
+        self.finish(verdict)
     }
 
     /// Exponential backoff with "equal jitter": half fixed, half random, so
@@ -619,7 +820,7 @@ impl Client {
             return self.fatal_protocol(why);
         }
         self.out.push_back(Output::Disconnect);
-        self.retry(now, format!("protocol error: {why}"));
+        self.retry(now, format!("protocol error: {why}"), None);
     }
 
     fn fatal_protocol(&mut self, why: String) {
@@ -759,6 +960,98 @@ mod tests {
 
     fn transport() -> StreamEnd {
         StreamEnd::Transport("connection reset".into())
+    }
+
+    fn unavailable() -> StreamEnd {
+        StreamEnd::rejected(&Reject::InjectedFault("fail-every"))
+    }
+
+    fn with_pushback(end: StreamEnd, wait: Duration) -> StreamEnd {
+        match end {
+            StreamEnd::Status {
+                code,
+                message,
+                reason,
+                ..
+            } => StreamEnd::Status {
+                code,
+                message,
+                reason,
+                retry_after: Some(wait),
+            },
+            other => other,
+        }
+    }
+
+    /// A hostile server announced durations of 2^62 s: computing the
+    /// watchdog and give-up deadlines from them overflowed `Instant` and the
+    /// client panicked. Such an `Attached` is now a protocol error.
+    #[test]
+    fn absurd_durations_in_attached_are_protocol_errors() {
+        let t0 = Instant::now();
+        let huge = Duration::from_secs(1 << 62);
+        let just_over = MAX_DURATION + Duration::from_nanos(1);
+        for (ttl, interval) in [(huge, SEC), (TTL, huge), (huge, huge), (just_over, SEC)] {
+            let mut c = new_client(t0, 10);
+            c.handle_attached(
+                t0,
+                Attached {
+                    ttl,
+                    interval,
+                    ..attached(10, 0, 1)
+                },
+            );
+            assert_eq!(drain(&mut c), [Output::Disconnect], "{ttl:?} {interval:?}");
+            assert!(!c.is_finished());
+            // Not attached: the retry opens again.
+            let at = c.poll_timeout().unwrap();
+            c.handle_timeout(at);
+            assert!(matches!(
+                &drain(&mut c)[..],
+                [Output::Connect(Request::Open { .. })]
+            ));
+        }
+        // The longest valid settings are accepted, and their deadlines
+        // computed without overflow.
+        let mut c = new_client(t0, 10);
+        c.handle_attached(
+            t0,
+            Attached {
+                ttl: MAX_DURATION,
+                interval: MAX_DURATION,
+                ..attached(10, 0, 1)
+            },
+        );
+        assert_eq!(drain(&mut c), []);
+        assert!(c.poll_timeout().unwrap() > t0 + MAX_DURATION * 3);
+        c.handle_end(t0 + SEC, transport());
+        assert!(c.poll_timeout().is_some());
+    }
+
+    /// Absurd client settings (refused by `Config::validate`, but the
+    /// machine must not trust that it was called) do not panic either.
+    #[test]
+    fn absurd_config_durations_do_not_panic() {
+        let t0 = Instant::now();
+        let huge = Duration::from_secs(1 << 62);
+        let cfg = Config {
+            backoff_initial: huge,
+            backoff_max: huge,
+            give_up_without_progress: huge,
+            attach_timeout: huge,
+            silence_intervals: u32::MAX,
+            silence_grace: huge,
+            max_protocol_errors: 1,
+        };
+        let mut c = new_client_with(t0, cfg, 10, 1);
+        assert!(c.poll_timeout().is_some());
+        c.handle_timeout(t0 + SEC);
+        c.handle_attached(t0 + SEC, attached(10, 0, 1));
+        feed(&mut c, t0 + SEC, 0..1, 10);
+        assert!(c.poll_timeout().is_some());
+        c.handle_end(t0 + SEC * 2, transport());
+        let _ = c.poll_timeout();
+        drain(&mut c);
     }
 
     #[test]
@@ -1030,7 +1323,7 @@ mod tests {
     }
 
     #[test]
-    fn retryable_and_fatal_status_codes() {
+    fn statuses_without_a_reason_are_judged_by_code() {
         let t0 = Instant::now();
         let retried = [
             Code::Unavailable,
@@ -1043,10 +1336,7 @@ mod tests {
         ];
         for code in retried {
             let mut c = new_client(t0, 3);
-            let end = StreamEnd::Status {
-                code,
-                message: "try again".into(),
-            };
+            let end = StreamEnd::code_only(code, "try again");
             let (_, out) = fail_and_reconnect(&mut c, t0, end);
             assert!(
                 matches!(&out[..], [Output::Connect(_)]),
@@ -1059,53 +1349,181 @@ mod tests {
             let (_, out) = fail_and_reconnect(&mut c, t0, end);
             assert!(matches!(&out[..], [Output::Connect(_)]), "{out:?}");
         }
-        let expired = Reject::Expired(id()).to_string();
-        let cases = [
-            (Code::NotFound, expired.clone(), Verdict::Expired(expired)),
-            (
-                Code::NotFound,
-                "no such session".to_string(),
+        // Every other code is final; the message is never read, so
+        // "expired" in it does not make an expiry.
+        let expired_text = Reject::Expired(id()).to_string();
+        for code in [
+            Code::NotFound,
+            Code::PermissionDenied,
+            Code::InvalidArgument,
+            Code::AlreadyExists,
+            Code::FailedPrecondition,
+            Code::OutOfRange,
+            Code::Unimplemented,
+            Code::DataLoss,
+            Code::Unauthenticated,
+        ] {
+            let o = end_after_one_number(t0, StreamEnd::code_only(code, expired_text.clone()));
+            assert_eq!(
+                o.verdict,
                 Verdict::Rejected {
-                    code: Code::NotFound,
-                    message: "no such session".into(),
-                },
-            ),
-            (
-                Code::PermissionDenied,
-                "bad token".to_string(),
-                Verdict::Rejected {
-                    code: Code::PermissionDenied,
-                    message: "bad token".into(),
-                },
-            ),
-            (
-                Code::InvalidArgument,
-                "bad count".to_string(),
-                Verdict::Rejected {
-                    code: Code::InvalidArgument,
-                    message: "bad count".into(),
-                },
-            ),
-            (
-                Code::AlreadyExists,
-                "live".to_string(),
-                Verdict::Rejected {
-                    code: Code::AlreadyExists,
-                    message: "live".into(),
-                },
-            ),
-        ];
-        for (code, message, verdict) in cases {
-            let mut c = new_client(t0, 3);
-            c.handle_attached(t0, attached(3, 0, 1));
-            feed(&mut c, t0, 0..1, 3);
-            c.handle_end(t0, StreamEnd::Status { code, message });
-            let out = drain(&mut c);
-            let o = finished(&out);
-            assert_eq!(o.verdict, verdict);
-            assert_eq!((o.received, o.server_checksum), (1, None));
-            assert!(c.is_finished());
+                    code,
+                    reason: None,
+                    message: expired_text.clone(),
+                }
+            );
         }
+    }
+
+    /// Attaches a session of 3, takes one number, then ends the stream.
+    fn end_after_one_number(t0: Instant, end: StreamEnd) -> Outcome {
+        let mut c = new_client(t0, 3);
+        c.handle_attached(t0, attached(3, 0, 1));
+        feed(&mut c, t0, 0..1, 3);
+        c.handle_end(t0, end);
+        let out = drain(&mut c);
+        let o = finished(&out);
+        assert_eq!((o.received, o.server_checksum), (1, None));
+        assert!(c.is_finished());
+        o
+    }
+
+    #[test]
+    fn statuses_with_a_reason_are_judged_by_reason_not_code() {
+        let t0 = Instant::now();
+        for reason in Reason::ALL {
+            // A code that disagrees with the reason's retryability, so the
+            // decision can only come from the reason.
+            let code = if reason.is_retryable() {
+                Code::InvalidArgument
+            } else {
+                Code::Unavailable
+            };
+            let end = StreamEnd::Status {
+                code,
+                message: "expired".into(),
+                reason: Some(reason),
+                retry_after: None,
+            };
+            if reason.is_retryable() {
+                let mut c = new_client(t0, 3);
+                let (_, out) = fail_and_reconnect(&mut c, t0, end);
+                assert!(
+                    matches!(&out[..], [Output::Connect(_)]),
+                    "{reason}: {out:?}"
+                );
+                continue;
+            }
+            let o = end_after_one_number(t0, end);
+            match reason {
+                Reason::SessionExpired => {
+                    assert_eq!(o.verdict, Verdict::Expired("expired".into()))
+                }
+                Reason::SessionLost | Reason::SessionUnknown => {
+                    let Verdict::Rejected {
+                        reason: got,
+                        message,
+                        ..
+                    } = &o.verdict
+                    else {
+                        panic!("{reason}: {o:?}")
+                    };
+                    assert_eq!(*got, Some(reason));
+                    let says = if reason == Reason::SessionLost {
+                        "lost the session"
+                    } else {
+                        "does not know the session"
+                    };
+                    assert!(message.contains(says), "{message}");
+                }
+                _ => assert_eq!(
+                    o.verdict,
+                    Verdict::Rejected {
+                        code,
+                        reason: Some(reason),
+                        message: "expired".into()
+                    },
+                    "{reason}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn pushback_delays_the_next_attempt() {
+        let t0 = Instant::now();
+        let cfg = Config::default();
+        for wait in [ms(1), SEC * 3, SEC * 20] {
+            let mut c = new_client(t0, 10);
+            c.handle_attached(t0, attached(10, 0, 1));
+            feed(&mut c, t0, 0..1, 10);
+            let end = with_pushback(StreamEnd::rejected(&Reject::Full(1)), wait);
+            let (at, out) = fail_and_reconnect(&mut c, t0, end);
+            assert_eq!(out, [resume(1)], "{wait:?}");
+            // At least the pushback, and no later than the backoff would
+            // have been anyway if that is longer.
+            assert!(at - t0 >= wait, "{wait:?}: {:?}", at - t0);
+            assert!(
+                at - t0 <= wait.max(cfg.backoff_initial),
+                "{wait:?}: {:?}",
+                at - t0
+            );
+        }
+        // On a status that is not retried, pushback changes nothing.
+        let end = with_pushback(StreamEnd::rejected(&Reject::BadToken(id())), SEC);
+        assert!(matches!(
+            end_after_one_number(t0, end).verdict,
+            Verdict::Rejected { .. }
+        ));
+    }
+
+    #[test]
+    fn pushback_past_the_deadline_gives_up_at_once() {
+        let t0 = Instant::now();
+        let cfg = Config::default();
+        // Attached: the session expires TTL after the last number.
+        let mut c = new_client(t0, 10);
+        c.handle_attached(t0, attached(10, 0, 1));
+        feed(&mut c, t0, 0..1, 10);
+        let end = with_pushback(StreamEnd::rejected(&Reject::ShuttingDown), TTL);
+        c.handle_end(t0 + SEC, end);
+        let o = finished(&drain(&mut c));
+        assert!(
+            matches!(&o.verdict, Verdict::Expired(m) if m.contains("asked us to wait")),
+            "{o:?}"
+        );
+        // Just inside: waits, and tries once before the expiry.
+        let mut c = new_client(t0, 10);
+        c.handle_attached(t0, attached(10, 0, 1));
+        feed(&mut c, t0, 0..1, 10);
+        let wait = TTL - SEC - cfg.backoff_initial;
+        let end = with_pushback(StreamEnd::rejected(&Reject::ShuttingDown), wait);
+        let (at, out) = fail_and_reconnect(&mut c, t0 + SEC, end);
+        assert_eq!(out, [resume(1)]);
+        assert_eq!(at, t0 + SEC + wait);
+        // Never attached: the give-up deadline bounds it instead.
+        let mut c = new_client(t0, 10);
+        let wait = cfg.give_up_without_progress;
+        c.handle_end(
+            t0,
+            with_pushback(StreamEnd::rejected(&Reject::Full(1)), wait),
+        );
+        let o = finished(&drain(&mut c));
+        assert!(
+            matches!(&o.verdict, Verdict::Unreachable(m) if m.contains("asked us to wait")),
+            "{o:?}"
+        );
+        // An absurd pushback is no exception.
+        let mut c = new_client(t0, 10);
+        let huge = Duration::from_secs(u64::MAX);
+        c.handle_end(
+            t0,
+            with_pushback(StreamEnd::rejected(&Reject::Full(1)), huge),
+        );
+        assert!(matches!(
+            finished(&drain(&mut c)).verdict,
+            Verdict::Unreachable(_)
+        ));
     }
 
     fn backoff_delays(seed: u64, n: usize) -> Vec<Duration> {
@@ -1151,18 +1569,69 @@ mod tests {
     }
 
     #[test]
-    fn attaching_resets_the_backoff() {
+    fn only_progress_resets_the_backoff() {
         let t0 = Instant::now();
+        let cfg = Config::default();
         let mut c = new_client(t0, 10);
         let mut now = t0;
         for _ in 0..6 {
             let (at, _) = fail_and_reconnect(&mut c, now, transport());
             now = at;
         }
+        // Attaching is not progress: the backoff keeps growing.
         c.handle_attached(now, attached(10, 0, 1));
+        let (at, out) = fail_and_reconnect(&mut c, now, transport());
+        assert!(at - now >= cfg.backoff_max / 2, "{:?}", at - now);
+        assert!(matches!(&out[..], [Output::Connect(_)]), "{out:?}");
+        now = at;
+        // A new number is.
+        c.handle_attached(now, attached(10, 0, 1));
+        feed(&mut c, now, 0..1, 10);
         c.handle_end(now, transport());
         let delay = c.poll_timeout().unwrap() - now;
-        assert!(delay <= Config::default().backoff_initial, "{delay:?}");
+        assert!(delay <= cfg.backoff_initial, "{delay:?}");
+    }
+
+    /// A server that attaches and then ends every stream UNAVAILABLE (as
+    /// `--fail-every 1` does) used to keep the client retrying forever:
+    /// each `Attached` reset the backoff and the give-up deadline.
+    #[test]
+    fn a_server_that_attaches_then_always_fails_is_given_up_on() {
+        let t0 = Instant::now();
+        let cfg = Config::default();
+        let limit = t0 + cfg.give_up_without_progress;
+        let mut c = new_client(t0, 3);
+        let mut now = t0;
+        let mut attempts = 0;
+        let outcome = loop {
+            assert!(
+                attempts < 10_000,
+                "still retrying after {attempts} attempts"
+            );
+            attempts += 1;
+            c.handle_attached(now, attached(3, 0, 1));
+            assert_eq!(drain(&mut c), []);
+            c.handle_end(now, unavailable());
+            let out = drain(&mut c);
+            if let Some(Output::Finished(o)) = out.last() {
+                break o.clone();
+            }
+            now = c.poll_timeout().expect("backing off");
+            assert!(now <= limit, "retrying at {:?}", now - t0);
+            c.handle_timeout(now);
+            assert!(matches!(&drain(&mut c)[..], [Output::Connect(_)]));
+        };
+        assert!(
+            matches!(&outcome.verdict, Verdict::Unreachable(m) if m.contains("no progress")),
+            "{outcome:?}"
+        );
+        assert!(
+            now + cfg.backoff_max >= limit,
+            "gave up early: {:?}",
+            now - t0
+        );
+        // Backed off, not hammering: a handful of attempts in a minute.
+        assert!((5..40).contains(&attempts), "{attempts} attempts");
     }
 
     #[test]
@@ -1224,11 +1693,11 @@ mod tests {
             let out = drain(&mut c);
             if let Some(Output::Finished(o)) = out.last() {
                 assert!(matches!(o.verdict, Verdict::Unreachable(_)), "{o:?}");
-                assert!(now >= t0 + cfg.give_up_unattached - cfg.backoff_initial);
+                assert!(now >= t0 + cfg.give_up_without_progress - cfg.backoff_initial);
                 break;
             }
             now = c.poll_timeout().unwrap();
-            assert!(now < t0 + cfg.give_up_unattached);
+            assert!(now < t0 + cfg.give_up_without_progress);
             c.handle_timeout(now);
             assert!(matches!(
                 &drain(&mut c)[..],
@@ -1257,6 +1726,93 @@ mod tests {
             c.poll_timeout(),
             Some(at + Config::default().attach_timeout)
         );
+    }
+
+    #[test]
+    fn the_watchdog_fires_well_before_the_session_expires() {
+        let t0 = Instant::now();
+        let mut c = new_client(t0, 10);
+        c.handle_attached(
+            t0,
+            Attached {
+                interval: SEC * 10,
+                ..attached(10, 0, 1)
+            },
+        );
+        feed(&mut c, t0, 0..1, 10);
+        // 3 intervals + 2 s would be 32 s, past the 30 s TTL.
+        assert_eq!(c.poll_timeout(), Some(t0 + SEC * 20));
+        c.handle_timeout(t0 + SEC * 20);
+        assert_eq!(drain(&mut c), [Output::Disconnect]);
+        assert!(!c.is_finished());
+    }
+
+    #[test]
+    fn config_validation_names_the_rule() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let d = Config::default;
+        let cases = [
+            (
+                Config {
+                    backoff_initial: Duration::ZERO,
+                    ..d()
+                },
+                "reconnection delay",
+            ),
+            (
+                Config {
+                    backoff_max: ms(10),
+                    ..d()
+                },
+                "at most the largest",
+            ),
+            (
+                Config {
+                    give_up_without_progress: ms(100),
+                    ..d()
+                },
+                "retry even once",
+            ),
+            (
+                Config {
+                    attach_timeout: Duration::ZERO,
+                    ..d()
+                },
+                "attach timeout",
+            ),
+            (
+                Config {
+                    silence_intervals: 0,
+                    ..d()
+                },
+                "exceed one interval",
+            ),
+            (
+                Config {
+                    silence_grace: Duration::ZERO,
+                    ..d()
+                },
+                "exceed one interval",
+            ),
+            (
+                Config {
+                    max_protocol_errors: 0,
+                    ..d()
+                },
+                "max_protocol_errors",
+            ),
+            (
+                Config {
+                    give_up_without_progress: MAX_DURATION * 2,
+                    ..d()
+                },
+                "give-up time",
+            ),
+        ];
+        for (cfg, says) in cases {
+            let err = cfg.validate().unwrap_err();
+            assert!(err.contains(says), "{cfg:?}: {err}");
+        }
     }
 
     #[test]
@@ -1373,14 +1929,9 @@ mod tests {
         let t0 = Instant::now();
         let snap = complete_snapshot(5);
         for end in [
-            StreamEnd::Status {
-                code: Code::NotFound,
-                message: Reject::Expired(id()).to_string(),
-            },
-            StreamEnd::Status {
-                code: Code::NotFound,
-                message: "no session".into(),
-            },
+            StreamEnd::rejected(&Reject::Expired(id())),
+            StreamEnd::rejected(&Reject::Unknown(id())),
+            StreamEnd::code_only(Code::NotFound, "no session"),
         ] {
             let mut c = Client::restore(t0, Config::default(), snap, 1).unwrap();
             drain(&mut c);

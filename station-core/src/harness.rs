@@ -219,7 +219,8 @@ pub(crate) struct Harness {
     faults: Faults,
     /// Last time the client heard from a server on its current stream.
     client_heard: Option<Instant>,
-    attached_once: bool,
+    /// Last time the client accepted a number it did not hold.
+    last_progress: Option<Instant>,
     /// Seed of the numbers the client accepted.
     accepted_seed: Option<u64>,
     /// Per session (seed): the latest generation that sent, and by which
@@ -274,7 +275,7 @@ impl Harness {
             store_down_until: start,
             faults: Faults::default(),
             client_heard: None,
-            attached_once: false,
+            last_progress: None,
             accepted_seed: None,
             senders: BTreeMap::new(),
             outcome: None,
@@ -582,7 +583,6 @@ impl Harness {
                 match down {
                     Down::Attached(a) => {
                         self.client_heard = Some(now);
-                        self.attached_once = true;
                         let a = client::Attached {
                             count: a.count,
                             next_index: a.next_index,
@@ -627,6 +627,7 @@ impl Harness {
                 n.index
             ));
         }
+        self.last_progress = Some(self.now);
         let seed = self.streams[&sid]
             .seed
             .expect("a sending stream has a record");
@@ -733,10 +734,7 @@ impl Harness {
                     self.send(sid, Event::Client(sid, Down::End(StreamEnd::Ok)))
                 }
                 Output::End(End::Rejected(reject)) => {
-                    let end = StreamEnd::Status {
-                        code: reject.code(),
-                        message: reject.to_string(),
-                    };
+                    let end = StreamEnd::rejected(&reject);
                     self.send(sid, Event::Client(sid, Down::End(end)));
                 }
             }
@@ -812,7 +810,8 @@ impl Harness {
     ///    nothing heard from a server for at least `ttl` minus what the
     ///    network accounts for (latency, injected delays, lost acks) and
     ///    the client's last-moment squeeze (`backoff_initial`);
-    ///    `Unreachable` only if it never attached for `give_up_unattached`;
+    ///    `Unreachable` only if no number it did not hold arrived for
+    ///    `give_up_without_progress`;
     ///    no other verdict;
     /// 3. no session is live once the TTL has passed after the end;
     /// 4. only the current generation's stream sends (checked as it sends).
@@ -863,9 +862,8 @@ impl Harness {
             }
             Verdict::Unreachable(why) => {
                 let cfg = &self.setup.client;
-                if self.attached_once
-                    || at - self.start + cfg.backoff_initial < cfg.give_up_unattached
-                {
+                let since = self.last_progress.unwrap_or(self.start);
+                if at - since + cfg.backoff_initial < cfg.give_up_without_progress {
                     self.violation(format!("unreachable too early: {why}"));
                 }
             }
@@ -1159,10 +1157,7 @@ mod tests {
         assert_eq!(reject, Reject::TakenOver(id));
         // The client hears ABORTED on its current stream and resumes.
         while c.poll_output().is_some() {}
-        let end = StreamEnd::Status {
-            code: reject.code(),
-            message: reject.to_string(),
-        };
+        let end = StreamEnd::rejected(&reject);
         c.handle_end(t0, end);
         assert_eq!(c.poll_output(), None);
         let at = c.poll_timeout().expect("retrying");
@@ -1236,11 +1231,91 @@ mod tests {
             .unwrap_or(1000)
     }
 
+    /// A server and client configuration drawn from the whole space the
+    /// flags reach, biased towards the edges of the validation rules.
+    fn configs() -> impl Strategy<Value = (server::Config, client::Config)> {
+        let interval = prop_oneof![
+            Just(Duration::ZERO),
+            ms(1..100),
+            ms(100..5_000),
+            ms(5_000..60_000),
+        ];
+        let ttl = prop_oneof![ms(1..5_000), ms(5_000..60_000), ms(60_000..300_000)];
+        let silence = proptest::option::of(prop_oneof![ms(0..1_000), ms(1_000..60_000)]);
+        let window = prop_oneof![1u32..8, 8u32..=2048];
+        let client = (0u32..4, ms(0..3_000), ms(0..500), ms(0..20_000));
+        (interval, ttl, silence, window, client).prop_map(
+            |(interval, ttl, silence, window, (k, grace, backoff, give_up))| {
+                let mut server = server::Config::new(interval, ttl);
+                if let Some(silence) = silence {
+                    server.silence_timeout = silence;
+                }
+                server.window = window;
+                let client = client::Config {
+                    silence_intervals: k,
+                    silence_grace: grace,
+                    backoff_initial: backoff,
+                    give_up_without_progress: give_up.max(Duration::from_secs(10)),
+                    ..client::Config::default()
+                };
+                (server, client)
+            },
+        )
+    }
+
+    #[test]
+    fn the_configurations_of_the_issue_are_refused() {
+        assert!(server::Config::new(secs(40), secs(30)).validate().is_err());
+        let mut c = server::Config::new(Duration::from_millis(40), secs(30));
+        c.window = 256;
+        assert!(c.validate().is_err());
+        // Run anyway, they do fail: the rules are not mere caution. The
+        // first expires at its first refresh; the second has every stream
+        // ended for silence before its first acknowledgement (64 numbers).
+        for (server, count) in [(server::Config::new(secs(40), secs(30)), 5), (c, 200)] {
+            let setup = Setup {
+                server,
+                ..Setup::new(count)
+            };
+            let (_, outcome, _) = Harness::run(Instant::now(), setup, 1, &[], false);
+            let outcome = outcome.expect("finished");
+            assert!(
+                outcome.verdict != Verdict::Verified || outcome.reconnects > 0,
+                "{outcome:?}"
+            );
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig {
             cases: cases(),
             ..ProptestConfig::default()
         })]
+
+        /// Every configuration is either refused at start or completes an
+        /// undisturbed session: nothing valid fails on its own.
+        #[test]
+        fn every_configuration_is_refused_or_completes_a_session(
+            seed: u64,
+            count in 1u32..=20,
+            (server, client) in configs(),
+        ) {
+            if server.validate().is_err() || client.validate().is_err() {
+                return Ok(());
+            }
+            let setup = Setup { server, client, ..Setup::new(count) };
+            let (violations, outcome, _) = Harness::run(Instant::now(), setup.clone(), seed, &[], false);
+            let verified = outcome.as_ref().is_some_and(|o| o.verdict == Verdict::Verified);
+            let clean = outcome.as_ref().is_some_and(|o| o.reconnects == 0);
+            if !violations.is_empty() || !verified || !clean {
+                let (_, _, trace) = Harness::run(Instant::now(), setup.clone(), seed, &[], true);
+                prop_assert!(
+                    false,
+                    "{:?}\n{:#?}\n{:?}\n{}",
+                    setup, violations, outcome, trace.unwrap_or_default()
+                );
+            }
+        }
 
         #[test]
         fn faults_never_break_the_invariants(

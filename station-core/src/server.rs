@@ -29,6 +29,16 @@ use crate::ids::{ClientId, Secret};
 use crate::sequence::{self, MAX_COUNT};
 use crate::Reject;
 
+/// Longest session TTL, interval or silence timeout a server may use, and
+/// so the longest a client accepts in `Attached`: long enough for any real
+/// deployment, short enough that deadlines computed from it never overflow
+/// a clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What [`Config::validate`] allows an acknowledgement for its round trip
+/// (network and scheduling) beyond the time its numbers take to be sent.
+pub const ACK_ROUND_TRIP: Duration = Duration::from_millis(250);
+
 /// Server settings that shape every session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -49,7 +59,10 @@ pub struct Config {
 impl Config {
     /// Settings for `interval` and `ttl`, other fields derived from them.
     pub fn new(interval: Duration, ttl: Duration) -> Self {
-        let silence = (interval * 3 + Duration::from_secs(2)).min(ttl / 2);
+        let silence = interval
+            .saturating_mul(3)
+            .saturating_add(Duration::from_secs(2))
+            .min(ttl / 2);
         Config {
             interval,
             ttl,
@@ -68,15 +81,78 @@ impl Config {
         }
     }
 
-    /// Checks that the settings can work together.
+    /// Checks that the settings can work together; the error names the rule
+    /// broken. Each rule is one a session cannot survive breaking:
+    ///
+    /// 1. `window` is at least 1, and at least `ack_every` (clients
+    ///    acknowledge only every `ack_every` numbers, and the server stops
+    ///    at the window waiting for them);
+    /// 2. the TTL, interval and silence timeout are at most [`MAX_DURATION`]
+    ///    (clients refuse larger ones as absurd);
+    /// 3. the silence timeout is positive and shorter than the TTL;
+    /// 4. `interval + silence_timeout <= ttl`: a stream refreshes its session
+    ///    once per interval, setting it to expire `ttl` after the client was
+    ///    last heard, which may be up to a silence timeout earlier; if the
+    ///    next refresh can come after that, sessions expire under a stream
+    ///    that works (e.g. an interval longer than the TTL);
+    /// 5. `(ack_every - 1) * interval + ACK_ROUND_TRIP < silence_timeout`:
+    ///    a client acknowledges every `ack_every` numbers, one interval
+    ///    apart, the acknowledgement takes a round trip, and the server ends
+    ///    a stream whose acknowledgement it waited for longer than the
+    ///    silence timeout (e.g. a 40 ms interval with a window of 256 asks
+    ///    for an ack every 64 numbers, 2.52 s after the first, against a
+    ///    2.12 s timeout).
     pub fn validate(&self) -> Result<(), String> {
         if self.window == 0 {
             return Err("window must be at least 1".into());
+        }
+        let ack_every = self.ack_every();
+        if ack_every > self.window {
+            return Err(format!(
+                "clients acknowledge every {ack_every} numbers, more than the window ({}): \
+                 the server would stop at the window and wait forever",
+                self.window
+            ));
+        }
+        for (name, d) in [
+            ("session TTL", self.ttl),
+            ("interval", self.interval),
+            ("silence timeout", self.silence_timeout),
+        ] {
+            if d > MAX_DURATION {
+                return Err(format!(
+                    "{name} ({d:?}) is longer than the {MAX_DURATION:?} clients accept"
+                ));
+            }
         }
         if self.silence_timeout.is_zero() || self.silence_timeout >= self.ttl {
             return Err(format!(
                 "silence timeout ({:?}) must be positive and shorter than the session TTL ({:?})",
                 self.silence_timeout, self.ttl
+            ));
+        }
+        if self.interval + self.silence_timeout > self.ttl {
+            return Err(format!(
+                "interval ({:?}) plus silence timeout ({:?}) must not exceed the session \
+                 TTL ({:?}): each refresh keeps a session for the TTL after the client was last \
+                 heard, up to a silence timeout earlier, and the next refresh comes an interval \
+                 later, so sessions would expire under working streams (raise --session-ttl or \
+                 lower --interval)",
+                self.interval, self.silence_timeout, self.ttl
+            ));
+        }
+        let ack_wait = self
+            .interval
+            .saturating_mul(ack_every - 1)
+            .saturating_add(ACK_ROUND_TRIP);
+        if ack_wait >= self.silence_timeout {
+            return Err(format!(
+                "clients acknowledge every {ack_every} numbers at an interval of {:?}, so the \
+                 server waits {ack_wait:?} for an acknowledgement (counting {ACK_ROUND_TRIP:?} \
+                 for its round trip), which is not shorter than the silence timeout ({:?}): \
+                 streams would be ended for silence (lower --window, or raise --silence-timeout \
+                 or --session-ttl)",
+                self.interval, self.silence_timeout
             ));
         }
         Ok(())
@@ -1947,5 +2023,47 @@ mod tests {
         c.silence_timeout = c.ttl;
         assert!(c.validate().is_err());
         assert_eq!(Config::new(ms(10), SEC * 30).ack_every(), 16);
+    }
+
+    /// The unworkable configurations of issue 13, and one per rule: each is
+    /// refused with a message that names the rule.
+    #[test]
+    fn unworkable_configurations_are_refused_with_the_rule() {
+        // Every stream would end at its first refresh.
+        let err = Config::new(SEC * 40, SEC * 30).validate().unwrap_err();
+        assert!(err.contains("interval (40s) plus silence timeout"), "{err}");
+        // An ack asked every 64 numbers at 40 ms: 2.52 s against 2.12 s.
+        let mut c = Config::new(ms(40), SEC * 30);
+        c.window = 256;
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("acknowledge every 64 numbers"), "{err}");
+        // ...which a smaller window fixes.
+        c.window = 128;
+        assert_eq!(c.validate(), Ok(()));
+        // Explicit silence timeouts too short for an ack's round trip.
+        let c = Config {
+            silence_timeout: ms(200),
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("acknowledge every 1 numbers"));
+        // Absurd durations.
+        let c = Config {
+            ttl: MAX_DURATION * 2,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("session TTL"));
+        let c = Config::new(Duration::from_secs(1 << 62), Duration::from_secs(1 << 62));
+        assert!(c.validate().is_err());
+        // Just inside the refresh rule.
+        let mut c = Config::new(SEC * 10, SEC * 30);
+        assert_eq!(c.silence_timeout, SEC * 15);
+        assert_eq!(c.validate(), Ok(()));
+        c.interval = SEC * 15;
+        assert_eq!(c.validate(), Ok(()));
+        c.interval = SEC * 15 + ms(1);
+        assert!(c.validate().is_err());
     }
 }

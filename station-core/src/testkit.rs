@@ -6,6 +6,8 @@
 //! of range, tokens of the wrong length, acks anywhere, store answers that do
 //! not match the question — because the session must turn all of them into
 //! errors, never a panic or a wrong number.
+//!
+//! [`client`] does the same for the client machine, fed hostile servers.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,8 @@ use crate::server::{
     Config, End, Fresh, Lookup, Open, Output, Record, Resume, Session, StoreReply,
 };
 use crate::{ClientId, Secret};
+
+pub mod client;
 
 /// The id every valid event uses.
 const ID: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";

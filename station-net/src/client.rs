@@ -26,7 +26,7 @@ use crate::proto::client_message::Kind as ClientKind;
 use crate::proto::numbers_station_client::NumbersStationClient;
 use crate::proto::server_message::Kind as ServerKind;
 use crate::proto::{Ack, ClientMessage, Open, Resume, ServerMessage};
-use crate::status::to_stream_end;
+use crate::status::{to_stream_end, wire_duration};
 
 /// Builds a fresh channel to one endpoint.
 pub type ChannelFactory = Arc<dyn Fn() -> Channel + Send + Sync>;
@@ -472,7 +472,43 @@ async fn linger(stream: Stream, limit: Duration) {
     }
 }
 
+/// A server's duration as the core takes it: missing or negative is zero,
+/// anything else as large as it is (the core refuses absurd ones). See
+/// [`wire_duration`] for why not prost's conversion.
 fn duration(d: Option<prost_types::Duration>) -> Duration {
-    d.and_then(|d| Duration::try_from(d).ok())
-        .unwrap_or_default()
+    d.and_then(wire_duration).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire's durations come from the server: any value must convert
+    /// without panicking (prost's conversion panicked on `i64::MIN`
+    /// seconds). Huge ones reach the core as they are (it refuses them as a
+    /// protocol error); negative or missing ones become zero.
+    #[test]
+    fn any_wire_duration_converts() {
+        let extremes = [i64::MIN, -1, 0, 1, 1 << 62, i64::MAX];
+        let nanos = [i32::MIN, -1, 0, 999_999_999, 1_000_000_000, i32::MAX];
+        for seconds in extremes {
+            for nanos in nanos {
+                let d = duration(Some(prost_types::Duration { seconds, nanos }));
+                if seconds < 0 || nanos < 0 {
+                    assert_eq!(d, Duration::ZERO, "{seconds} {nanos}");
+                }
+            }
+        }
+        assert_eq!(duration(None), Duration::ZERO);
+        let negative = prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        };
+        assert_eq!(duration(Some(negative)), Duration::ZERO);
+        let d = duration(Some(prost_types::Duration {
+            seconds: 1 << 62,
+            nanos: 0,
+        }));
+        assert_eq!(d, Duration::from_secs(1 << 62));
+    }
 }

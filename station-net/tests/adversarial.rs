@@ -1284,7 +1284,10 @@ async fn stopped_reader_is_dropped_as_silent(interval: Duration, good_count: u32
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_stopped_by_the_window_and_dropped_as_silent() {
-    stopped_reader_is_dropped_as_silent(Duration::from_millis(5), 200, 15).await;
+    // 3 ms, not slower: a window of 2048 asks for an acknowledgement every
+    // 512 numbers, which must come within the 2 s silence timeout (the
+    // server refuses configurations where it cannot).
+    stopped_reader_is_dropped_as_silent(Duration::from_millis(3), 200, 15).await;
 }
 
 #[tokio::test]
@@ -1327,6 +1330,9 @@ async fn a_client_that_withholds_flow_control_holds_only_its_own_stream() {
 #[test]
 fn a_window_beyond_http2_flow_control_is_refused() {
     let mut cfg = config();
+    // Unpaced: at 20 ms, the widest window's acknowledgement every 512
+    // numbers could not come within the silence timeout, a rule of its own.
+    cfg.session.interval = Duration::ZERO;
     cfg.session.window = MAX_WINDOW;
     assert_eq!(cfg.validate(), Ok(()));
     cfg.session.window = MAX_WINDOW + 1;

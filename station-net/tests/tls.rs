@@ -68,7 +68,7 @@ async fn start_tls(pki: &Pki) -> (SocketAddr, oneshot::Sender<()>) {
 async fn client(endpoint: String, opts: ChannelOptions) -> station_core::client::Outcome {
     let endpoints = Endpoints::tcp(&[endpoint], &opts).unwrap();
     let cfg = ClientConfig {
-        give_up_unattached: Duration::from_secs(2),
+        give_up_without_progress: Duration::from_secs(2),
         ..ClientConfig::default()
     };
     let c = Client::new(
