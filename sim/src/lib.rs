@@ -129,6 +129,8 @@ pub mod rng;
 pub mod run;
 pub mod scenario;
 pub mod store;
+pub mod storenet;
+pub mod swarm;
 pub mod sweep;
 
 pub use invariants::{check, Invariant, Violation};
@@ -136,7 +138,7 @@ pub use report::Report;
 pub use rng::SimRng;
 pub use run::run;
 pub use scenario::{
-    Action, Bug, ClientPlan, Expect, Fault, Finale, NetPlan, Scenario, StoreKind, When,
+    Action, Bug, ClientPlan, Expect, Fault, Finale, NetPlan, Scenario, StoreKind, StoreNet, When,
 };
 pub use sweep::{replay_command, sweep};
 

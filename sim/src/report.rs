@@ -9,6 +9,7 @@ use station_core::ClientId;
 use station_net::StreamEvent;
 
 use crate::scenario::{Expect, Finale};
+use crate::store::StoreWrite;
 
 /// Everything observed in one run, for the invariant checks.
 #[derive(Debug)]
@@ -43,6 +44,20 @@ pub struct Report {
     pub trace: Vec<String>,
     /// FNV-1a hash of [`Report::trace`].
     pub trace_hash: u64,
+    /// Every write that changed what a store holds, in order.
+    pub store_writes: Vec<StoreWrite>,
+    /// Every time a store lost its data (a store host restarted empty, or
+    /// a server with a per-boot store crashed).
+    pub data_losses: Vec<DataLoss>,
+}
+
+/// A store lost its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataLoss {
+    /// Simulated time.
+    pub at: Duration,
+    /// The client ids whose sessions were live in it.
+    pub live: Vec<ClientId>,
 }
 
 /// One client's side of a run.
