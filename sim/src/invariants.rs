@@ -153,7 +153,7 @@ fn lost_precisely(scenario: &Scenario, report: &Report, v: &mut Vec<Violation>) 
         for id in &loss.live {
             for (c, client) in report.clients.iter().enumerate() {
                 let running = client.id == *id
-                    && scenario.clients[c].start <= loss.at
+                    && client.started_at.is_some_and(|t| t <= loss.at)
                     && client.finished_at.is_none_or(|t| t > loss.at);
                 let Some(outcome) = client.outcome.as_ref().filter(|_| running) else {
                     continue;
@@ -214,13 +214,11 @@ fn ends(report: &Report, v: &mut Vec<Violation>) {
 /// the id, the events from its start on are its own.
 fn client_events<'r>(scenario: &Scenario, report: &'r Report, c: usize) -> Vec<&'r StreamEvent> {
     let id = report.clients[c].id;
-    let from = scenario.clients[c].start;
-    let until = report
-        .clients
-        .iter()
-        .zip(&scenario.clients)
-        .filter(|(other, plan)| other.id == id && plan.start > from)
-        .map(|(_, plan)| plan.start)
+    let started = |c: usize| report.clients[c].started_at.unwrap_or(scenario.clients[c].start);
+    let from = started(c);
+    let until = (0..report.clients.len())
+        .filter(|&k| report.clients[k].id == id && started(k) > from)
+        .map(started)
         .min();
     report
         .server_events
@@ -236,7 +234,8 @@ fn client_events<'r>(scenario: &Scenario, report: &'r Report, c: usize) -> Vec<&
 }
 
 /// A session's values as sent, keyed by index. A session starts with a
-/// generation-1 `Attached` (a `Create`); takeovers keep it.
+/// generation-1 `Attached` (a `Create`), or with the client's first
+/// `Attached` whatever its generation; takeovers keep it.
 fn incarnations(
     c: usize,
     events: &[&StreamEvent],
@@ -246,6 +245,10 @@ fn incarnations(
     for e in events {
         match e {
             StreamEvent::Attached { generation: 1, .. } => sessions.push(BTreeMap::new()),
+            // A session whose first `Attached` was never sent: its `Create`
+            // was applied but the answer lost, and the repeated `Open`
+            // took it over.
+            StreamEvent::Attached { .. } if sessions.is_empty() => sessions.push(BTreeMap::new()),
             StreamEvent::Attached { .. } | StreamEvent::Completed { .. } => {}
             StreamEvent::Sent {
                 index,
@@ -368,6 +371,7 @@ fn expiry_threshold(scenario: &Scenario) -> Duration {
         .session
         .ttl
         .saturating_sub(scenario.session.interval * 2)
+        .saturating_sub(scenario.expiry_slack)
 }
 
 fn expiry(scenario: &Scenario, c: usize, client: &ClientReport, v: &mut Vec<Violation>) {

@@ -71,6 +71,9 @@ pub struct ClientReport {
     pub expect: Expect,
     /// What the scenario promised about its session after completion.
     pub finale: Finale,
+    /// When it started (`None`: it never did; a client reusing an id waits
+    /// for the id's first user to finish).
+    pub started_at: Option<Duration>,
     /// How it ended (`None`: still running when the run stopped).
     pub outcome: Option<Outcome>,
     /// When it finished.

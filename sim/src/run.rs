@@ -101,6 +101,8 @@ struct State {
     progress: Vec<Vec<Progress>>,
     outcomes: Vec<Option<(Outcome, Duration)>>,
     data_losses: Vec<DataLoss>,
+    /// When each client started.
+    started: Vec<Option<Duration>>,
 }
 
 /// The servers' current stations and stores, updated at every boot.
@@ -279,6 +281,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         state: Mutex::new(State {
             progress: vec![Vec::new(); n_clients],
             outcomes: vec![None; n_clients],
+            started: vec![None; n_clients],
             ..State::default()
         }),
     });
@@ -382,6 +385,13 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         let plan = plan.clone();
         sim.client(Scenario::client_host(c), async move {
             tokio::time::sleep(plan.start).await;
+            if let Some(k) = plan.reuse_id_of {
+                // An id is reused once its first user finished or gave up.
+                while shared.state().outcomes[k].is_none() {
+                    tokio::time::sleep(DRAIN_POLL).await;
+                }
+            }
+            shared.state().started[c] = Some(shared.now());
             let targets = plan
                 .endpoints
                 .iter()
@@ -524,6 +534,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         .map(|(c, plan)| {
             let done = state.outcomes[c].take();
             let end = done.as_ref().map_or(ended_at, |(_, at)| *at);
+            let started_at = state.started[c];
             ClientReport {
                 id: clients[c].0,
                 count: plan.count,
@@ -532,7 +543,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
                 finished_at: done.as_ref().map(|(_, at)| *at),
                 outcome: done.map(|(o, _)| o),
                 progress: std::mem::take(&mut state.progress[c]),
-                isolation: faults.isolation(c, plan.start, end),
+                isolation: faults.isolation(c, started_at.unwrap_or(plan.start), end),
+                started_at,
             }
         })
         .collect();

@@ -39,6 +39,11 @@ pub struct Scenario {
     /// The run fails if clients are still running after this much
     /// simulated time: every run ends by itself.
     pub limit: Duration,
+    /// Subtracted from the cut-off that justifies an expiry (invariant 2),
+    /// for schedules that do not leave a client time to reconnect after
+    /// an outage ends before the TTL is up (the swarm's: up to the 5 s
+    /// backoff cap plus a connection's setup).
+    pub expiry_slack: Duration,
 }
 
 /// Where the servers keep sessions.
@@ -145,8 +150,9 @@ pub struct ClientPlan {
     pub expect: Expect,
     /// What the scenario promises about its session once it completed.
     pub finale: Finale,
-    /// Use client `k`'s id instead of a fresh one: an id reused (after the
-    /// first session expired).
+    /// Use client `k`'s id instead of a fresh one: an id reused. The
+    /// client starts at `start` or once client `k` finished, whichever is
+    /// later (an id is reused after its first user gave up).
     pub reuse_id_of: Option<usize>,
 }
 
@@ -380,6 +386,7 @@ impl Scenario {
             net: NetPlan::default(),
             tick: Duration::from_millis(10),
             limit: Duration::from_secs(600),
+            expiry_slack: Duration::ZERO,
         }
     }
 
