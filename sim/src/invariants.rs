@@ -164,10 +164,11 @@ fn lost_precisely(scenario: &Scenario, report: &Report, v: &mut Vec<Violation>) 
                     Verdict::Rejected {
                         code: Code::NotFound,
                         message,
-                    } => *message == told(Reject::Lost(*id)) || *message == told(Reject::Unknown(*id)),
-                    Verdict::Expired(_) => {
-                        client.longest_isolation() >= expiry_threshold(scenario)
+                    } => {
+                        *message == told(Reject::Lost(*id))
+                            || *message == told(Reject::Unknown(*id))
                     }
+                    Verdict::Expired(_) => client.longest_isolation() >= expiry_threshold(scenario),
                     _ => false,
                 };
                 if !precise {
@@ -214,7 +215,11 @@ fn ends(report: &Report, v: &mut Vec<Violation>) {
 /// the id, the events from its start on are its own.
 fn client_events<'r>(scenario: &Scenario, report: &'r Report, c: usize) -> Vec<&'r StreamEvent> {
     let id = report.clients[c].id;
-    let started = |c: usize| report.clients[c].started_at.unwrap_or(scenario.clients[c].start);
+    let started = |c: usize| {
+        report.clients[c]
+            .started_at
+            .unwrap_or(scenario.clients[c].start)
+    };
     let from = started(c);
     let until = (0..report.clients.len())
         .filter(|&k| report.clients[k].id == id && started(k) > from)

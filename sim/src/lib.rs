@@ -33,6 +33,9 @@
 //!   stamped with simulated time.
 //! - `SIM_SEEDS` applies to the scenario sweeps and the `broken` tests;
 //!   the `replay` tests run their first seeds (or `SIM_SEED`).
+//! - `SIM_FIRST_SEED=<n>` starts the `SIM_SEEDS` seeds at `n` instead of
+//!   1 (to split a long sweep, or continue one). A long sweep names each
+//!   failing seed on its progress output as soon as it fails.
 //! - `SIM_THREADS=<n>` sets the worker threads of a sweep (default: the
 //!   machine's parallelism); it does not change any run.
 //! - A bug found in the system under test gets a minimal reproduction: a

@@ -478,10 +478,12 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
             .map(|(id, _)| {
                 stores(scenario, &shared_store, store_host.as_ref(), registry)
                     .iter()
-                    .fold(Lookup::Missing, |acc, mem| match (acc, store::lookup(mem, *id)) {
-                        (Lookup::Live(r), _) | (_, Lookup::Live(r)) => Lookup::Live(r),
-                        (Lookup::Expired, _) | (_, Lookup::Expired) => Lookup::Expired,
-                        _ => Lookup::Missing,
+                    .fold(Lookup::Missing, |acc, mem| {
+                        match (acc, store::lookup(mem, *id)) {
+                            (Lookup::Live(r), _) | (_, Lookup::Live(r)) => Lookup::Live(r),
+                            (Lookup::Expired, _) | (_, Lookup::Expired) => Lookup::Expired,
+                            _ => Lookup::Missing,
+                        }
                     })
             })
             .collect()
@@ -523,7 +525,6 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
     let store_at_end = lookups(&registry);
     let ended_at = sim.elapsed();
     drop(sim);
-    drop(step);
     let store_writes = std::mem::take(&mut *lock(&writes));
 
     let mut state = std::mem::take(&mut *shared.state());

@@ -57,13 +57,7 @@ pub fn lookup(mem: &MemoryStore, id: ClientId) -> Lookup {
 
 /// Performs `op` on `mem` with `bug` planted, at simulated time `at`, and
 /// logs the write to `log` if it changed what is stored.
-pub fn apply(
-    mem: &MemoryStore,
-    bug: Bug,
-    op: StoreOp,
-    at: Duration,
-    log: &WriteLog,
-) -> StoreReply {
+pub fn apply(mem: &MemoryStore, bug: Bug, op: StoreOp, at: Duration, log: &WriteLog) -> StoreReply {
     if matches!(op, StoreOp::Load(_)) {
         let reply = mem.apply(op);
         return match (bug, reply) {

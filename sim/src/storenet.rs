@@ -332,8 +332,7 @@ impl StoreHost {
 
 /// Runs the store host: accepts servers' connections and answers them.
 pub async fn serve(host: Arc<StoreHost>) -> io::Result<()> {
-    let listener =
-        turmoil::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, PORT)).await?;
+    let listener = turmoil::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, PORT)).await?;
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(connection(stream, host.clone()));
@@ -452,7 +451,11 @@ impl SessionStore for NetStore {
             let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             lock(&inner.pending).insert(id, tx);
-            if inner.calls.send(Msg::Frame(id, encode_op(id, &op))).is_err() {
+            if inner
+                .calls
+                .send(Msg::Frame(id, encode_op(id, &op)))
+                .is_err()
+            {
                 break;
             }
             if let Ok(Ok(reply)) = tokio::time::timeout(inner.op_timeout, rx).await {

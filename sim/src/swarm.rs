@@ -30,9 +30,7 @@
 use std::time::Duration;
 
 use crate::rng::SimRng;
-use crate::scenario::{
-    Action, ClientPlan, Expect, Fault, NetPlan, Scenario, StoreKind, When,
-};
+use crate::scenario::{Action, ClientPlan, Expect, Fault, NetPlan, Scenario, StoreKind, When};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -188,7 +186,8 @@ pub fn swarm(seed: u64) -> Scenario {
                 Expect::Any,
             );
             old.endpoints = vec![victim];
-            let mut new = ClientPlan::new(rng.range_u32(15..40), t + opens, Expect::CompleteOrRejected);
+            let mut new =
+                ClientPlan::new(rng.range_u32(15..40), t + opens, Expect::CompleteOrRejected);
             new.endpoints = (1..servers)
                 .map(|k| (victim + k) % servers)
                 .chain([victim])
@@ -239,14 +238,22 @@ pub fn swarm(seed: u64) -> Scenario {
         let t = rng.millis(secs(3)..secs(25));
         let len = rng.millis(Duration::from_millis(500)..secs(12));
         at(&mut s.faults, t, Action::CrashStore);
-        at(&mut s.faults, t + len, Action::RestartStore { lose_data: false });
+        at(
+            &mut s.faults,
+            t + len,
+            Action::RestartStore { lose_data: false },
+        );
         on.push(format!("store-crash-keeps-data({len:?})"));
     }
     if kind(&mut rng, "store-crash-loses-data", 0.25, &mut off) {
         let t = rng.millis(secs(30)..secs(50));
         let len = rng.millis(Duration::from_millis(500)..secs(5));
         at(&mut s.faults, t, Action::CrashStore);
-        at(&mut s.faults, t + len, Action::RestartStore { lose_data: true });
+        at(
+            &mut s.faults,
+            t + len,
+            Action::RestartStore { lose_data: true },
+        );
         on.push(format!("store-crash-loses-data({len:?})"));
     }
     s.swarm = Some(format!(

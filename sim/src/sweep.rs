@@ -63,13 +63,15 @@ pub fn replay_command(test: &str, seed: u64) -> String {
     format!("SIM_SEED={seed} cargo test -p sim --test {TEST_BINARY} -- {test} --exact --nocapture")
 }
 
-/// The seeds to run: `SIM_SEED`, else `1..=SIM_SEEDS`, else
-/// `1..=default`.
+/// The seeds to run: `SIM_SEED`, else `SIM_SEEDS` seeds (default
+/// `default`) from `SIM_FIRST_SEED` (default 1), so a long sweep can be
+/// split or continued.
 pub fn seeds(default: u64) -> Vec<u64> {
     if let Some(seed) = env_u64("SIM_SEED") {
         return vec![seed];
     }
-    (1..=env_u64("SIM_SEEDS").unwrap_or(default)).collect()
+    let first = env_u64("SIM_FIRST_SEED").unwrap_or(1);
+    (first..first + env_u64("SIM_SEEDS").unwrap_or(default)).collect()
 }
 
 /// `SIM_SEED`, else `1..=default` (ignoring `SIM_SEEDS`: for tests whose
@@ -104,7 +106,7 @@ pub fn run_seeds(seeds: &[u64], build: &(dyn Fn(u64) -> Scenario + Sync)) -> Vec
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&seed) = seeds.get(i) else { return };
                 let result = run_one(seed, build);
-                progress.done(!result.violations.is_empty());
+                progress.done(&result);
                 results
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -289,13 +291,23 @@ impl Progress {
         }
     }
 
-    fn done(&self, failed: bool) {
+    fn done(&self, result: &SeedResult) {
         if !self.on {
             return;
         }
+        let failed = !result.violations.is_empty();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.0 += 1;
         state.1 += usize::from(failed);
+        if failed {
+            let first = result.violations.first().map(ToString::to_string);
+            let line = format!(
+                "  ... seed {} FAILED: {}\n",
+                result.seed,
+                first.unwrap_or_default()
+            );
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
         if state.2.elapsed() < PROGRESS_EVERY && state.0 < self.total {
             return;
         }

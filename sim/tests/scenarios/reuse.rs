@@ -34,7 +34,10 @@ pub fn paused_server_wakes_after_reuse(seed: u64) -> Scenario {
     let mut new = ClientPlan::new(rng.range_u32(20..40), pause_at + opens, Expect::Complete);
     new.endpoints = vec![1, 0];
     new.reuse_id_of = Some(0);
-    let mut s = Scenario::new("paused server wakes after its client's id was reused", vec![old, new]);
+    let mut s = Scenario::new(
+        "paused server wakes after its client's id was reused",
+        vec![old, new],
+    );
     s.servers = 2;
     s.store = StoreKind::Host;
     let wake = pause_at + opens + rng.millis(secs(2)..secs(6));
