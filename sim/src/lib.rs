@@ -131,7 +131,8 @@
 //!    for at least the TTL less two intervals (its last exchange can
 //!    precede the scheduled cut-off by a number and its lost
 //!    acknowledgement; cut-offs less than 12 s apart count as one, and
-//!    swarm runs allow 7 s more for the backoff after an outage). The
+//!    swarm runs allow 7 s more for the backoff after an outage, and 8 s
+//!    for each other endpoint the client may try in vain first). The
 //!    converse is each scenario's promise: clients cut off for well under
 //!    the TTL must complete.
 //! 3. **No leak**: a session whose final acknowledgement arrived is gone

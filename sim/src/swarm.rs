@@ -65,8 +65,11 @@ pub fn swarm(seed: u64) -> Scenario {
     s.servers = servers;
     s.store = StoreKind::Host;
     // Outages of every kind overlap here, and may end with the client in
-    // a backoff of up to 5 s and then connecting.
-    s.expiry_slack = Duration::from_secs(7);
+    // a backoff of up to 5 s and then connecting (7 s), and trying each
+    // other endpoint in turn, which may be down, paused or cut from the
+    // store, for a connect timeout and a backoff each (8 s). The exact
+    // expiry rule is the `expiry` scenarios' to test.
+    s.expiry_slack = Duration::from_secs(7) + Duration::from_secs(8) * (servers as u32 - 1);
     let mut on: Vec<String> = Vec::new();
     let ttl = s.session.ttl;
     let mut off: Vec<&str> = Vec::new();
