@@ -21,7 +21,7 @@
 //! - A sweep prints one line per test on stderr: seeds, wall time, seeds
 //!   per second, simulated time, the clients' verdicts and reconnections,
 //!   failures, and how many seeds exercised each fault kind
-//!   ([`Scenario::fault_kinds`]). Sweeps of 200 seeds or more also print a
+//!   ([`Scenario::fault_kinds`]). Sweeps of 1,000 seeds or more also print a
 //!   progress line every 10 s (`SIM_PROGRESS=0` turns it off).
 //! - A failing run prints the broken invariants, the scenario (for a swarm
 //!   run, first the fault kinds and rates it drew), the report, the tail of

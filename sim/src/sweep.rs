@@ -282,7 +282,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 impl Progress {
     fn new(total: usize) -> Self {
         let now = Instant::now();
-        let on = total >= 200 && std::env::var_os("SIM_PROGRESS").is_none_or(|v| v != "0");
+        let on = total >= 1000 && std::env::var_os("SIM_PROGRESS").is_none_or(|v| v != "0");
         Progress {
             total,
             started: now,
