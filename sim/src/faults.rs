@@ -44,6 +44,9 @@ struct Links {
     store_stalled: Vec<bool>,
     /// The store host is down.
     store_down: bool,
+    /// The store host's links are so slow that operations time out (a
+    /// round trip at the largest latency is past the servers' timeout).
+    store_slow: bool,
     /// Per client: isolated since.
     since: Vec<Option<Duration>>,
     /// Per client: closed isolation periods.
@@ -61,6 +64,7 @@ impl Links {
             store_held: vec![false; servers],
             store_stalled: vec![false; servers],
             store_down: false,
+            store_slow: false,
             since: vec![None; clients],
             periods: vec![Vec::new(); clients],
         }
@@ -78,6 +82,7 @@ impl Links {
                     || self.store_held[s]
                     || self.store_stalled[s]
                     || self.store_down
+                    || self.store_slow
             });
             match (isolated, self.since[c]) {
                 (true, None) => self.since[c] = Some(now),
@@ -255,6 +260,7 @@ fn apply(
         Action::StoreLatency(d) => {
             if host_store {
                 *store_latency = *d;
+                links.store_slow = *d * 2 >= scenario.store_net.op_timeout;
                 for s in 0..scenario.servers {
                     sim.set_link_max_message_latency(server(s), store, *d);
                 }

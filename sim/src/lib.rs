@@ -128,6 +128,7 @@
 //!    equal what the checker recomputes from the servers' values.
 //! 2. **Expiry**: a client is rejected as expired only if the fault
 //!    schedule left it no way to a running server that can reach the store
+//!    in time (a store latency spike past the servers' timeout counts as cut)
 //!    for at least the TTL less two intervals (its last exchange can
 //!    precede the scheduled cut-off by a number and its lost
 //!    acknowledgement; cut-offs less than 12 s apart count as one, and
