@@ -1,10 +1,24 @@
 //! Applying a scenario's faults to the simulation, and measuring how long
 //! each client was left without a working stream.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use station_core::ClientId;
+
 use crate::run::{lock, Registry};
-use crate::scenario::{Action, Scenario, When};
+use crate::scenario::{Action, Scenario, StoreKind, When};
+use crate::storenet::{self, StoreHost};
+
+/// What applying faults needs besides the simulation.
+pub(crate) struct Env<'a> {
+    pub registry: &'a Registry,
+    pub store_host: Option<&'a Arc<StoreHost>>,
+    /// Every client's id, in plan order.
+    pub ids: &'a [ClientId],
+    /// Sessions lost by a store: (when, the ids that were live).
+    pub on_loss: &'a dyn Fn(Duration, Vec<ClientId>),
+}
 
 /// An event a fault can wait for.
 #[derive(Clone, Copy, Debug)]
@@ -22,6 +36,17 @@ struct Links {
     oneway: Vec<Vec<bool>>,
     held: Vec<Vec<bool>>,
     down: Vec<bool>,
+    /// Per server: partitioned from the store host.
+    store_cut: Vec<bool>,
+    /// Per server: its link to the store host held (paused).
+    store_held: Vec<bool>,
+    /// Per server: its link to the store host held (stalled).
+    store_stalled: Vec<bool>,
+    /// The store host is down.
+    store_down: bool,
+    /// The store host's links are so slow that operations time out (a
+    /// round trip at the largest latency is past the servers' timeout).
+    store_slow: bool,
     /// Per client: isolated since.
     since: Vec<Option<Duration>>,
     /// Per client: closed isolation periods.
@@ -35,6 +60,11 @@ impl Links {
             oneway: vec![vec![false; servers]; clients],
             held: vec![vec![false; servers]; clients],
             down: vec![false; servers],
+            store_cut: vec![false; servers],
+            store_held: vec![false; servers],
+            store_stalled: vec![false; servers],
+            store_down: false,
+            store_slow: false,
             since: vec![None; clients],
             periods: vec![Vec::new(); clients],
         }
@@ -42,10 +72,18 @@ impl Links {
 
     fn update(&mut self, scenario: &Scenario, now: Duration) {
         for (c, plan) in scenario.clients.iter().enumerate() {
-            let isolated = plan
-                .endpoints
-                .iter()
-                .all(|&s| self.cut[c][s] || self.oneway[c][s] || self.held[c][s] || self.down[s]);
+            // A server that cannot reach the store cannot serve either.
+            let isolated = plan.endpoints.iter().all(|&s| {
+                self.cut[c][s]
+                    || self.oneway[c][s]
+                    || self.held[c][s]
+                    || self.down[s]
+                    || self.store_cut[s]
+                    || self.store_held[s]
+                    || self.store_stalled[s]
+                    || self.store_down
+                    || self.store_slow
+            });
             match (isolated, self.since[c]) {
                 (true, None) => self.since[c] = Some(now),
                 (false, Some(from)) => {
@@ -72,17 +110,21 @@ impl Links {
     }
 }
 
-/// Applies one fault. `latency` is the network's current (min, max).
+/// Applies one fault. `latency` is the network's current (min, max);
+/// `store_latency` the largest on the servers' links to the store host.
 fn apply(
     sim: &mut turmoil::Sim<'_>,
     scenario: &Scenario,
     links: &mut Links,
-    registry: &Registry,
+    env: &Env<'_>,
     latency: &mut (Duration, Duration),
+    store_latency: &mut Duration,
     action: &Action,
 ) {
     let client = Scenario::client_host;
     let server = Scenario::server_host;
+    let host_store = scenario.store == StoreKind::Host;
+    let store = storenet::HOST;
     match action {
         Action::Cut { client: c, servers } => {
             for &s in servers {
@@ -140,19 +182,115 @@ fn apply(
             for c in 0..scenario.clients.len() {
                 sim.set_link_latency(client(c), server(*s), latency.0);
             }
+            if host_store {
+                sim.set_link_latency(server(*s), store, latency.0);
+            }
             sim.crash(server(*s));
             for c in 0..scenario.clients.len() {
                 sim.set_link_max_message_latency(client(c), server(*s), latency.1);
             }
+            if host_store {
+                sim.set_link_max_message_latency(server(*s), store, *store_latency);
+            }
             links.down[*s] = true;
             // Its tasks are gone, and with them a per-boot store.
-            lock(registry)[*s] = None;
+            if let Some((crashed, _)) = lock(env.registry)[*s].take() {
+                if scenario.store == StoreKind::PerBoot {
+                    let live: Vec<ClientId> = env
+                        .ids
+                        .iter()
+                        .copied()
+                        .filter(|id| {
+                            matches!(crashed.lookup(*id), station_core::server::Lookup::Live(_))
+                        })
+                        .collect();
+                    (env.on_loss)(sim.elapsed(), live);
+                }
+            }
         }
         Action::Restart(s) => {
             sim.bounce(server(*s));
             links.down[*s] = false;
         }
         Action::FailRate(p) => sim.set_fail_rate(*p),
+        Action::Pause(s) => {
+            for c in 0..scenario.clients.len() {
+                sim.hold(client(c), server(*s));
+                links.held[c][*s] = true;
+            }
+            if host_store {
+                sim.hold(server(*s), store);
+            }
+            links.store_held[*s] = true;
+        }
+        Action::Unpause(s) => {
+            for c in 0..scenario.clients.len() {
+                sim.release(client(c), server(*s));
+                links.held[c][*s] = false;
+            }
+            if host_store {
+                sim.release(server(*s), store);
+            }
+            links.store_held[*s] = false;
+        }
+        Action::CutStore(s) => {
+            if host_store {
+                sim.partition(server(*s), store);
+                links.store_cut[*s] = true;
+            }
+        }
+        Action::HealStore(s) => {
+            if host_store {
+                sim.repair(server(*s), store);
+                links.store_cut[*s] = false;
+            }
+        }
+        Action::HoldStore(s) => {
+            if host_store {
+                sim.hold(server(*s), store);
+                links.store_stalled[*s] = true;
+            }
+        }
+        Action::ReleaseStore(s) => {
+            if host_store {
+                sim.release(server(*s), store);
+                links.store_stalled[*s] = false;
+            }
+        }
+        Action::StoreLatency(d) => {
+            if host_store {
+                *store_latency = *d;
+                links.store_slow = *d * 2 >= scenario.store_net.op_timeout;
+                for s in 0..scenario.servers {
+                    sim.set_link_max_message_latency(server(s), store, *d);
+                }
+            }
+        }
+        Action::CrashStore => {
+            if host_store {
+                // As for a server crash: the close messages' order must
+                // not matter.
+                for s in 0..scenario.servers {
+                    sim.set_link_latency(server(s), store, latency.0);
+                }
+                sim.crash(store);
+                for s in 0..scenario.servers {
+                    sim.set_link_max_message_latency(server(s), store, *store_latency);
+                }
+                links.store_down = true;
+            }
+        }
+        Action::RestartStore { lose_data } => {
+            if let (true, Some(host)) = (host_store, env.store_host) {
+                if *lose_data {
+                    (env.on_loss)(sim.elapsed(), host.lose_data(env.ids));
+                }
+                if !sim.is_host_running(store) {
+                    sim.bounce(store);
+                }
+                links.store_down = false;
+            }
+        }
         Action::MaxLatency(d) => {
             latency.1 = *d;
             sim.set_max_message_latency(*d);
@@ -181,6 +319,8 @@ pub(crate) struct FaultState {
     links: Links,
     /// The network's current (min, max) latency.
     latency: (Duration, Duration),
+    /// Largest latency of the servers' links to the store host.
+    store_latency: Duration,
     /// When each fault was applied.
     applied: Vec<Option<Duration>>,
 }
@@ -190,6 +330,7 @@ impl FaultState {
         FaultState {
             links: Links::new(scenario.clients.len(), scenario.servers),
             latency: (scenario.net.min_latency, scenario.net.max_latency),
+            store_latency: scenario.store_net.latency,
             applied: vec![None; scenario.faults.len()],
         }
     }
@@ -211,7 +352,7 @@ impl FaultState {
         &mut self,
         sim: &mut turmoil::Sim<'_>,
         scenario: &Scenario,
-        registry: &Registry,
+        env: &Env<'_>,
         happened: impl Fn(Trigger) -> Option<Duration>,
         log: impl Fn(Duration, String),
     ) {
@@ -241,8 +382,9 @@ impl FaultState {
                         sim,
                         scenario,
                         &mut self.links,
-                        registry,
+                        env,
                         &mut self.latency,
+                        &mut self.store_latency,
                         &fault.action,
                     );
                     self.applied[i] = Some(now);

@@ -1,5 +1,7 @@
-//! The checks run after every simulation: DESIGN §5's four invariants,
-//! plus "every run ends by itself" and the scenario's promised outcomes.
+//! The checks run after every simulation: the five invariants of the
+//! simulation's design (sequence, expiry, no leak, one stream, and
+//! incarnation fencing seen at the store), precise news of sessions a store
+//! lost, "every run ends by itself", and the scenario's promised outcomes.
 //!
 //! The checker trusts only what it observed: the values servers handed to
 //! the transport (observer `Sent` events), the client's running totals
@@ -12,8 +14,8 @@ use std::fmt;
 use std::time::Duration;
 
 use station_core::client::{Code, Verdict};
-use station_core::server::Lookup;
-use station_core::Reject;
+use station_core::server::{Lookup, StoreOp};
+use station_core::{ClientId, Reject};
 use station_net::StreamEvent;
 
 use crate::report::{ClientReport, Report};
@@ -33,6 +35,15 @@ pub enum Invariant {
     NoLeak,
     /// 4: never two streams delivering one session at once.
     OneStream,
+    /// 5: a record is only ever written by a stream of its own
+    /// incarnation, and within an incarnation its generation only goes up,
+    /// by a takeover (seen at the store: every write that changed it).
+    Incarnation,
+    /// A client whose session a store lost with its data is told so
+    /// precisely: `NOT_FOUND` with reason `SESSION_LOST` or
+    /// `SESSION_UNKNOWN`, never "expired" (unless it was also cut off for
+    /// the TTL), "taken over", or a silently new sequence.
+    LostPrecisely,
     /// The scenario's promised outcome for a client.
     Expected,
 }
@@ -62,14 +73,120 @@ pub fn check(scenario: &Scenario, report: &Report) -> Vec<Violation> {
     let mut v = Vec::new();
     ends(report, &mut v);
     for (c, client) in report.clients.iter().enumerate() {
-        let events = client_events(report, c);
+        let events = client_events(scenario, report, c);
         sequence(c, client, &events, &mut v);
         expiry(scenario, c, client, &mut v);
         one_stream(c, &events, &mut v);
         finale(c, report, &events, &mut v);
     }
     no_leak(report, &mut v);
+    incarnation(report, &mut v);
+    lost_precisely(scenario, report, &mut v);
     v
+}
+
+/// The client (first in plan order) with `id`, for messages.
+fn client_of(report: &Report, id: ClientId) -> Option<usize> {
+    report.clients.iter().position(|c| c.id == id)
+}
+
+/// Every write that changed a stored record: a live record changes only by
+/// a write of its own incarnation at its own generation (a refresh) or the
+/// next one by another stream (a takeover), or by the `Delete` of its
+/// incarnation and generation; a record appears only by its `Create`.
+fn incarnation(report: &Report, v: &mut Vec<Violation>) {
+    for w in &report.store_writes {
+        let id = crate::store::op_id(&w.op);
+        let wrong = match (&w.before, &w.after) {
+            (Lookup::Live(b), Lookup::Live(a)) if a.incarnation != b.incarnation => Some(format!(
+                "a write of incarnation {:016x} replaced the live record of incarnation {:016x} (generation {})",
+                a.incarnation, b.incarnation, b.generation
+            )),
+            (Lookup::Live(b), Lookup::Live(a)) if a.generation < b.generation => Some(format!(
+                "a stale stream wrote generation {} over generation {} of incarnation {:016x}",
+                a.generation, b.generation, b.incarnation
+            )),
+            (Lookup::Live(b), Lookup::Live(a))
+                if a.holder != b.holder && a.generation <= b.generation =>
+            {
+                Some(format!(
+                    "another stream wrote generation {} over generation {} of incarnation {:016x} without a takeover's bump",
+                    a.generation, b.generation, b.incarnation
+                ))
+            }
+            (Lookup::Live(b), Lookup::Expired | Lookup::Missing) => match &w.op {
+                StoreOp::Delete {
+                    incarnation,
+                    generation,
+                    ..
+                } if *incarnation == b.incarnation && *generation == b.generation => None,
+                op => Some(format!(
+                    "the live record of incarnation {:016x} generation {} was removed by {op:?}",
+                    b.incarnation, b.generation
+                )),
+            },
+            (Lookup::Expired | Lookup::Missing, Lookup::Live(a)) => match &w.op {
+                StoreOp::Create { record, .. } if record == a => None,
+                op => Some(format!(
+                    "a record of incarnation {:016x} appeared by {op:?}",
+                    a.incarnation
+                )),
+            },
+            _ => None,
+        };
+        if let Some(detail) = wrong {
+            violation(
+                v,
+                Invariant::Incarnation,
+                client_of(report, id),
+                format!("at {:?}: {detail} (reply {:?})", w.at, w.reply),
+            );
+        }
+    }
+}
+
+/// Clients running when a store lost their sessions end `Verified`, or
+/// `NOT_FOUND` with the lost or unknown session's own message, or expired
+/// if they were also cut off for about the TTL.
+fn lost_precisely(scenario: &Scenario, report: &Report, v: &mut Vec<Violation>) {
+    for loss in &report.data_losses {
+        for id in &loss.live {
+            for (c, client) in report.clients.iter().enumerate() {
+                let running = client.id == *id
+                    && client.started_at.is_some_and(|t| t <= loss.at)
+                    && client.finished_at.is_none_or(|t| t > loss.at);
+                let Some(outcome) = client.outcome.as_ref().filter(|_| running) else {
+                    continue;
+                };
+                let told = |r: Reject| r.to_string();
+                let precise = match &outcome.verdict {
+                    Verdict::Verified => true,
+                    Verdict::Rejected {
+                        code: Code::NotFound,
+                        message,
+                    } => {
+                        *message == told(Reject::Lost(*id))
+                            || *message == told(Reject::Unknown(*id))
+                    }
+                    Verdict::Expired(_) => client.longest_isolation() >= expiry_threshold(scenario),
+                    _ => false,
+                };
+                if !precise {
+                    violation(
+                        v,
+                        Invariant::LostPrecisely,
+                        Some(c),
+                        format!(
+                            "its session was lost with the store's data at {:?}, and it ended {:?} (longest cut-off {:?}), not NOT_FOUND SESSION_LOST or SESSION_UNKNOWN",
+                            loss.at,
+                            outcome.verdict,
+                            client.longest_isolation()
+                        ),
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn violation(v: &mut Vec<Violation>, invariant: Invariant, client: Option<usize>, detail: String) {
@@ -94,12 +211,24 @@ fn ends(report: &Report, v: &mut Vec<Violation>) {
     }
 }
 
-/// Server events about client `c`, in order.
-fn client_events(report: &Report, c: usize) -> Vec<&StreamEvent> {
+/// Server events about client `c`, in order. When a later client reuses
+/// the id, the events from its start on are its own.
+fn client_events<'r>(scenario: &Scenario, report: &'r Report, c: usize) -> Vec<&'r StreamEvent> {
     let id = report.clients[c].id;
+    let started = |c: usize| {
+        report.clients[c]
+            .started_at
+            .unwrap_or(scenario.clients[c].start)
+    };
+    let from = started(c);
+    let until = (0..report.clients.len())
+        .filter(|&k| report.clients[k].id == id && started(k) > from)
+        .map(started)
+        .min();
     report
         .server_events
         .iter()
+        .filter(|e| e.at >= from && until.is_none_or(|t| e.at < t))
         .map(|e| &e.event)
         .filter(|e| match e {
             StreamEvent::Attached { client_id, .. }
@@ -110,7 +239,8 @@ fn client_events(report: &Report, c: usize) -> Vec<&StreamEvent> {
 }
 
 /// A session's values as sent, keyed by index. A session starts with a
-/// generation-1 `Attached` (a `Create`); takeovers keep it.
+/// generation-1 `Attached` (a `Create`), or with the client's first
+/// `Attached` whatever its generation; takeovers keep it.
 fn incarnations(
     c: usize,
     events: &[&StreamEvent],
@@ -120,6 +250,10 @@ fn incarnations(
     for e in events {
         match e {
             StreamEvent::Attached { generation: 1, .. } => sessions.push(BTreeMap::new()),
+            // A session whose first `Attached` was never sent: its `Create`
+            // was applied but the answer lost, and the repeated `Open`
+            // took it over.
+            StreamEvent::Attached { .. } if sessions.is_empty() => sessions.push(BTreeMap::new()),
             StreamEvent::Attached { .. } | StreamEvent::Completed { .. } => {}
             StreamEvent::Sent {
                 index,
@@ -242,6 +376,7 @@ fn expiry_threshold(scenario: &Scenario) -> Duration {
         .session
         .ttl
         .saturating_sub(scenario.session.interval * 2)
+        .saturating_sub(scenario.expiry_slack)
 }
 
 fn expiry(scenario: &Scenario, c: usize, client: &ClientReport, v: &mut Vec<Violation>) {
@@ -267,6 +402,7 @@ fn expiry(scenario: &Scenario, c: usize, client: &ClientReport, v: &mut Vec<Viol
             code: Code::NotFound,
             ..
         } if client.expect == Expect::CompleteOrRejected => {}
+        _ if client.expect == Expect::Any => {}
         other => violation(
             v,
             Invariant::Expected,
@@ -287,6 +423,7 @@ fn expiry(scenario: &Scenario, c: usize, client: &ClientReport, v: &mut Vec<Viol
                     ..
                 }
         ),
+        Expect::Any => true,
         Expect::ExpiredByServer => {
             *verdict == Verdict::Expired(Reject::Expired(client.id).to_string())
         }

@@ -1,10 +1,11 @@
-//! Deterministic simulations of Numbers Station (DESIGN §5).
+//! Deterministic simulations of Numbers Station.
 //!
 //! The real `station-net` server and client driver run over turmoil's
 //! simulated network: tonic over turmoil's TCP, the same code paths as in
 //! production — only the socket types ([`net`]) and the clock differ.
-//! Every run is driven by one seed and is checked against the invariants
-//! of DESIGN §5 when it ends.
+//! The session store is either in-process or a host of its own on the
+//! simulated network ([`storenet`]). Every run is driven by one seed and
+//! is checked against the invariants below when it ends.
 //!
 //! # Running, sweeping, replaying
 //!
@@ -12,25 +13,35 @@
 //! cargo test -p sim                       # every scenario over its default seeds
 //! SIM_SEEDS=500 cargo test -p sim         # sweep seeds 1..=500 in every scenario
 //! SIM_SEEDS=2000 cargo test -p sim --test scenarios -- partitions   # one family
-//! SIM_SEED=42 cargo test -p sim --test scenarios -- partitions::short_outages_complete --exact --nocapture
+//! SIM_SEED=42 cargo test -p sim --test scenarios -- swarm::swarm_with_a_faulty_store_host --exact --nocapture
+//! # a long sweep: 100,000 swarm runs, a progress line every 10 s
+//! SIM_SEEDS=100000 cargo test -p sim --test scenarios -- swarm::swarm_with_a_faulty_store_host --exact
 //! ```
 //!
 //! - A sweep prints one line per test on stderr: seeds, wall time, seeds
-//!   per second, simulated time, the clients' verdicts and reconnections.
-//! - A failing run prints the broken invariants, the scenario, the report,
-//!   the tail of its event trace, the seed and the exact one-line replay
-//!   command (the last form above).
-//! - `SIM_SEED=<n>` runs that seed only and prints its report and trace
-//!   hash; add `SIM_TRACE=1` for the whole event trace, and
+//!   per second, simulated time, the clients' verdicts and reconnections,
+//!   failures, and how many seeds exercised each fault kind
+//!   ([`Scenario::fault_kinds`]). Sweeps of 1,000 seeds or more also print a
+//!   progress line every 10 s (`SIM_PROGRESS=0` turns it off).
+//! - A failing run prints the broken invariants, the scenario (for a swarm
+//!   run, first the fault kinds and rates it drew), the report, the tail of
+//!   its event trace, the seed and the exact one-line replay command (the
+//!   `SIM_SEED=...` form above).
+//! - `SIM_SEED=<n>` runs that seed only and prints its scenario, report
+//!   and trace hash; add `SIM_TRACE=1` for the whole event trace, and
 //!   `RUST_LOG=station_net=debug` (or `h2=trace`, `turmoil=trace`) for logs
 //!   stamped with simulated time.
 //! - `SIM_SEEDS` applies to the scenario sweeps and the `broken` tests;
 //!   the `replay` tests run their first seeds (or `SIM_SEED`).
+//! - `SIM_FIRST_SEED=<n>` starts the `SIM_SEEDS` seeds at `n` instead of
+//!   1 (to split a long sweep, or continue one). A long sweep names each
+//!   failing seed on its progress output as soon as it fails.
 //! - `SIM_THREADS=<n>` sets the worker threads of a sweep (default: the
 //!   machine's parallelism); it does not change any run.
 //! - A bug found in the system under test gets a minimal reproduction: a
 //!   test in `tests/scenarios/`, `#[ignore]`d (with the reason) until it
-//!   is fixed, then kept as a regression test. Run ignored ones with
+//!   is fixed, then kept as a regression test (as `reuse.rs` is for
+//!   issue 11). Run ignored ones with
 //!   `cargo test -p sim --test scenarios -- --ignored`.
 //!
 //! The same seed gives the same run, event for event: the `replay` tests
@@ -39,31 +50,65 @@
 //! # Layout
 //!
 //! - [`scenario`]: [`Scenario`] — hosts, clients and their counts, the
-//!   fault schedule, TTL and interval, network settings — as plain data.
-//!   The builders in `tests/scenarios/` draw one from a seed.
+//!   fault schedule, TTL and interval, network and store settings — as
+//!   plain data. The builders in `tests/scenarios/` and [`swarm`] draw one
+//!   from a seed.
+//! - [`swarm`]: swarm testing — each seed draws which fault kinds are on
+//!   and at what rates; the run prints its draw first.
 //! - [`run`](mod@run): the harness. Builds the turmoil simulation, steps
 //!   it, applies faults when they fall due (at a time, or right after a
 //!   given number was sent or received), keeps the servers running after
 //!   the clients finished until no session is left (or a TTL has passed),
 //!   and returns a [`Report`]: per-client outcome, running sums and CRCs,
-//!   isolation periods, server stream events, store contents, the event
-//!   trace and its hash.
+//!   isolation periods, server stream events, every write that changed a
+//!   stored record, store data losses, the event trace and its hash.
 //! - [`invariants`]: [`check`] turns a report into [`Violation`]s.
 //! - [`sweep`](mod@sweep): runs a builder over seeds on worker threads,
-//!   prints seeds per second and replay commands.
+//!   prints seeds per second, fault-kind counts and replay commands.
 //! - [`net`]: turmoil sockets shaped for `station_net::serve` and
 //!   `station_net::client::Endpoints`.
+//! - [`storenet`]: the store host and the servers' [`storenet::NetStore`],
+//!   a `SessionStore` over a small length-prefixed protocol, with a
+//!   per-operation timeout (then `Unavailable`) and one re-send on a new
+//!   connection, so a write whose reply was lost is sent twice.
+//! - [`store`]: the real `MemoryStore` on the simulation's clock, with
+//!   the planted [`Bug`]s and the write log the invariants read; used by
+//!   the in-process stores and by the store host alike.
 //! - [`clock`]: one simulated clock for every store handle.
-//! - [`store`]: the `MemoryStore` on that clock, with test-only [`Bug`]s.
 //! - [`rng`]: everything random derives from the run's seed.
+//!
+//! # Stores ([`StoreKind`])
+//!
+//! - `Shared`: one in-process store for every server (standing in for
+//!   Redis; it never fails).
+//! - `PerBoot`: each server boot has its own (the real `--store memory`);
+//!   a crash loses its sessions.
+//! - `Host`: the store is the host `store` on the network
+//!   ([`storenet`]), with the real `MemoryStore` (so the one store table,
+//!   `station_core::store::decide`) on the simulated clock. Its faults:
+//!   latency ([`Action::StoreLatency`], [`StoreNet::latency`]); one server
+//!   cut off from it but not from its clients ([`Action::CutStore`]) or
+//!   stalled ([`Action::HoldStore`]); replies lost after the write was
+//!   applied ([`StoreNet::reply_loss`]: the host drops the reply and the
+//!   connection); a crash ([`Action::CrashStore`]) and a restart that keeps
+//!   its data or loses it ([`Action::RestartStore`]).
+//!
+//! Other faults: cuts, one-way cuts and stalls of a client's links;
+//! turmoil's random link failures; latency spikes; server crashes and
+//! restarts; a server paused ([`Action::Pause`]: every link it has held —
+//! to its clients and to the store — then released, so whatever it sent
+//! arrives late, as from a process stopped and woken; its own timers still
+//! run meanwhile); and client ids reused after expiry
+//! ([`ClientPlan::reuse_id_of`]).
 //!
 //! # What is random, and where it comes from
 //!
 //! One seed drives everything: the scenario (client counts and start
-//! times, fault times and lengths, latencies, loss rates) via [`SimRng`];
-//! client ids (`ClientId::from_random_bytes`) and client PRNG seeds
-//! (nonces, backoff jitter); each server boot's `ServerConfig::rng_seed`
-//! (session seeds and tokens); and turmoil's network RNG
+//! times, fault kinds, times and lengths, latencies, loss rates) via
+//! [`SimRng`]; client ids (`ClientId::from_random_bytes`) and client PRNG
+//! seeds (nonces, backoff jitter); each server boot's
+//! `ServerConfig::rng_seed` (session seeds, tokens, incarnations and
+//! holders); which replies the store host loses; and turmoil's network RNG
 //! (`Builder::rng_seed`: latencies, random link failures).
 //!
 //! Runs replay exactly because nothing else is random: the adapter's
@@ -82,20 +127,35 @@
 //!    number, its final sum and checksum, and the server's checksum all
 //!    equal what the checker recomputes from the servers' values.
 //! 2. **Expiry**: a client is rejected as expired only if the fault
-//!    schedule left it no way to a running server for at least the TTL
-//!    less two intervals (its last exchange can precede the scheduled
-//!    cut-off by a number and its lost acknowledgement). The converse is
-//!    each scenario's promise: clients cut off for well under the TTL must
-//!    complete.
+//!    schedule left it no way to a running server that can reach the store
+//!    in time (a store latency spike past the servers' timeout counts as cut)
+//!    for at least the TTL less two intervals (its last exchange can
+//!    precede the scheduled cut-off by a number and its lost
+//!    acknowledgement; cut-offs less than 12 s apart count as one, and
+//!    swarm runs allow 7 s more for the backoff after an outage, and 8 s
+//!    for each other endpoint the client may try in vain first). The
+//!    converse is each scenario's promise: clients cut off for well under
+//!    the TTL must complete.
 //! 3. **No leak**: a session whose final acknowledgement arrived is gone
 //!    from the store at once; a TTL after the last client finished, no
 //!    session is live and no stream attached.
 //! 4. **One stream**: once a stream of generation `g + 1` attached a
 //!    session, no stream of an older generation sends for it.
+//! 5. **Incarnation** (seen at the store, on every write that changed a
+//!    record): a record is only ever written by a stream of its own
+//!    incarnation — a live record is replaced only by its own incarnation,
+//!    at its own generation (a refresh) or a higher one written by another
+//!    stream (a takeover), removed only by the `Delete` of its incarnation
+//!    and generation, and created only by a `Create` over nothing live.
 //!
-//! Also: every run ends by itself (turmoil's `simulation_duration`), no
-//! host fails and no task panics, and each client ends as its scenario
-//! promised ([`Expect`], [`Finale`]).
+//! Also: a client whose session a store lost with its data (a store host
+//! restarted empty, a per-boot store's server crashed) is told so
+//! precisely — `NOT_FOUND` with the message of `SESSION_LOST` or
+//! `SESSION_UNKNOWN`, never "expired" unless it was cut off for the TTL
+//! anyway, never `ABORTED` "taken over", never a silently new sequence
+//! ([`Invariant::LostPrecisely`]); every run ends by itself (turmoil's
+//! `simulation_duration`), no host fails and no task panics; and each
+//! client ends as its scenario promised ([`Expect`], [`Finale`]).
 //!
 //! # Scenarios (`tests/scenarios/`)
 //!
@@ -109,8 +169,23 @@
 //! | `crash::a_session_lost_in_a_restart_is_rejected_not_expired` | regression: a lost session is "unknown", not "expired" |
 //! | `failover::shared_store_failover_after_a_server_crash` | 2–3 servers, one store, one crashes: all fail over and complete |
 //! | `finale::*` | final number or final acknowledgement lost |
+//! | `swarm::swarm_with_a_faulty_store_host` | swarm testing over every fault kind, the store a host of its own |
+//! | `reuse::a_paused_server_cannot_write_over_a_reused_id` | regression (issue 11): a server paused past the TTL wakes after the id was reused; its held refresh must not apply |
+//! | `reuse::a_late_delete_cannot_remove_a_reused_id` | a held `Delete` of a completed session arrives after the id was reused |
 //! | `replay::*` | same seed twice, same trace hash |
-//! | `broken::*` | injected bugs ([`Bug`]) are caught by the checker |
+//! | `broken::*` | every planted [`Bug`] (one per rule) is caught by the checker |
+//!
+//! # Planted bugs (`broken.rs`)
+//!
+//! Each [`Bug`] breaks one rule from the simulation's side — the store's
+//! table (by rewriting the operation or misreading what is stored before
+//! the real `decide` runs), the servers' settings, or bytes on the
+//! simulated wire — never production code, and a test shows the default
+//! seeds catch it: fencing of `Create`, of `Update` by incarnation (the
+//! fencing before issue 11) and by generation, and of `Delete`; the
+//! takeover's generation bump; expiry too early and too late; deletion on
+//! the final acknowledgement; the resume index; the client's give-up
+//! deadline; and a server that changes numbers after a drop.
 //!
 //! # Time
 //!
@@ -129,6 +204,8 @@ pub mod rng;
 pub mod run;
 pub mod scenario;
 pub mod store;
+pub mod storenet;
+pub mod swarm;
 pub mod sweep;
 
 pub use invariants::{check, Invariant, Violation};
@@ -136,7 +213,7 @@ pub use report::Report;
 pub use rng::SimRng;
 pub use run::run;
 pub use scenario::{
-    Action, Bug, ClientPlan, Expect, Fault, Finale, NetPlan, Scenario, StoreKind, When,
+    Action, Bug, ClientPlan, Expect, Fault, Finale, NetPlan, Scenario, StoreKind, StoreNet, When,
 };
 pub use sweep::{replay_command, sweep};
 

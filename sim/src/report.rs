@@ -9,6 +9,7 @@ use station_core::ClientId;
 use station_net::StreamEvent;
 
 use crate::scenario::{Expect, Finale};
+use crate::store::StoreWrite;
 
 /// Everything observed in one run, for the invariant checks.
 #[derive(Debug)]
@@ -43,6 +44,20 @@ pub struct Report {
     pub trace: Vec<String>,
     /// FNV-1a hash of [`Report::trace`].
     pub trace_hash: u64,
+    /// Every write that changed what a store holds, in order.
+    pub store_writes: Vec<StoreWrite>,
+    /// Every time a store lost its data (a store host restarted empty, or
+    /// a server with a per-boot store crashed).
+    pub data_losses: Vec<DataLoss>,
+}
+
+/// A store lost its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataLoss {
+    /// Simulated time.
+    pub at: Duration,
+    /// The client ids whose sessions were live in it.
+    pub live: Vec<ClientId>,
 }
 
 /// One client's side of a run.
@@ -56,6 +71,9 @@ pub struct ClientReport {
     pub expect: Expect,
     /// What the scenario promised about its session after completion.
     pub finale: Finale,
+    /// When it started (`None`: it never did; a client reusing an id waits
+    /// for the id's first user to finish).
+    pub started_at: Option<Duration>,
     /// How it ended (`None`: still running when the run stopped).
     pub outcome: Option<Outcome>,
     /// When it finished.
@@ -94,14 +112,32 @@ pub struct ServerEvent {
     pub event: StreamEvent,
 }
 
+/// After an outage ends, how long a client may take to have a working
+/// stream again: turmoil's TCP does not retransmit, so a connection that
+/// lost a message is dead for good, and the worst case (a one-way cut of
+/// acknowledgements: the server's silence timeout, the attach timeout of a
+/// resume on the half-dead connection, then a new connection) is about
+/// 11 s. Outages separated by less than this count as one.
+pub const RECOVERY: Duration = Duration::from_secs(12);
+
 impl ClientReport {
-    /// Longest isolation period.
+    /// Longest isolation period, periods separated by less than
+    /// [`RECOVERY`] counted as one (with the gap).
     pub fn longest_isolation(&self) -> Duration {
-        self.isolation
-            .iter()
-            .map(|(from, to)| *to - *from)
-            .max()
-            .unwrap_or_default()
+        let mut periods = self.isolation.clone();
+        periods.sort();
+        let mut longest = Duration::ZERO;
+        let mut current: Option<(Duration, Duration)> = None;
+        for (from, to) in periods {
+            current = match current {
+                Some((start, end)) if from < end + RECOVERY => Some((start, end.max(to))),
+                _ => Some((from, to)),
+            };
+            if let Some((start, end)) = current {
+                longest = longest.max(end - start);
+            }
+        }
+        longest
     }
 }
 

@@ -16,23 +16,69 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, SystemTime};
 
 use station_core::client::{Client, Config as ClientConfig, Outcome, Request};
-use station_core::server::Lookup;
+use station_core::server::{Lookup, StoreOp, StoreReply};
 use station_core::ClientId;
 use station_net::client::{self as driver, DriverOptions, Endpoints, Event};
+use station_net::store::{MemoryStore, SessionStore, StoreError};
 use station_net::{ServerConfig, Station, StreamEvent};
 
 use crate::clock::SimClock;
-use crate::faults::{FaultState, Trigger};
+use crate::faults::{Env, FaultState, Trigger};
 use crate::net;
-use crate::report::{fnv1a, ClientReport, Progress, Report, ServerEvent};
+use crate::report::{fnv1a, ClientReport, DataLoss, Progress, Report, ServerEvent};
 use crate::rng::{derive, SimRng};
-use crate::scenario::{Scenario, StoreKind};
-use crate::store::SimStore;
+use crate::scenario::{Bug, Scenario, StoreKind};
+use crate::store::{self, SimStore, WriteLog};
+use crate::storenet::{self, NetStore, StoreHost};
 
 /// Sub-seed purposes (see [`derive()`]).
 const SEED_TURMOIL: u64 = 1;
 const SEED_CLIENTS: u64 = 2;
 const SEED_SERVER: u64 = 3;
+const SEED_STORE: u64 = 4;
+
+/// The store a server boot uses: in-process, or the store host.
+#[derive(Clone, Debug)]
+pub enum ServerStore {
+    /// An in-process store ([`StoreKind::Shared`], [`StoreKind::PerBoot`]).
+    Sim(SimStore),
+    /// The store host over the network ([`StoreKind::Host`]).
+    Net(NetStore),
+}
+
+impl ServerStore {
+    /// What an in-process store holds for `id` (`Missing` for the host's
+    /// handle: look at the host's data instead).
+    pub fn lookup(&self, id: ClientId) -> Lookup {
+        match self {
+            ServerStore::Sim(s) => s.lookup(id),
+            ServerStore::Net(_) => Lookup::Missing,
+        }
+    }
+}
+
+impl SessionStore for ServerStore {
+    async fn execute(&self, op: StoreOp) -> StoreReply {
+        match self {
+            ServerStore::Sim(s) => s.execute(op).await,
+            ServerStore::Net(n) => n.execute(op).await,
+        }
+    }
+
+    async fn live_sessions(&self) -> Result<u64, StoreError> {
+        match self {
+            ServerStore::Sim(s) => s.live_sessions().await,
+            ServerStore::Net(n) => n.live_sessions().await,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ServerStore::Sim(s) => s.kind(),
+            ServerStore::Net(n) => n.kind(),
+        }
+    }
+}
 
 /// How often the drain phase looks at the stores.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
@@ -54,10 +100,13 @@ struct State {
     sent: BTreeMap<(usize, u32), Duration>,
     progress: Vec<Vec<Progress>>,
     outcomes: Vec<Option<(Outcome, Duration)>>,
+    data_losses: Vec<DataLoss>,
+    /// When each client started.
+    started: Vec<Option<Duration>>,
 }
 
 /// The servers' current stations and stores, updated at every boot.
-pub(crate) type Registry = Arc<Mutex<Vec<Option<(SimStore, Station<SimStore>)>>>>;
+pub(crate) type Registry = Arc<Mutex<Vec<Option<(ServerStore, Station<ServerStore>)>>>>;
 
 impl State {
     /// When a fault trigger's event first happened, if it has.
@@ -211,19 +260,28 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
 
     // Client identities and PRNG seeds, from the run's seed.
     let mut rng = SimRng::new(derive(seed, &[SEED_CLIENTS]));
-    let clients: Vec<(ClientId, u64)> = (0..n_clients)
+    let mut clients: Vec<(ClientId, u64)> = (0..n_clients)
         .map(|_| (ClientId::from_random_bytes(rng.bytes16()), rng.next_u64()))
         .collect();
+    for (c, plan) in scenario.clients.iter().enumerate() {
+        if let Some(k) = plan.reuse_id_of {
+            clients[c].0 = clients[k].0;
+        }
+    }
+    let ids: Vec<ClientId> = clients.iter().map(|(id, _)| *id).collect();
     let shared = Arc::new(Shared {
         clock: clock.clone(),
+        // A reused id names the client that used it first.
         ids: clients
             .iter()
             .enumerate()
+            .rev()
             .map(|(i, (id, _))| (*id, i))
             .collect(),
         state: Mutex::new(State {
             progress: vec![Vec::new(); n_clients],
             outcomes: vec![None; n_clients],
+            started: vec![None; n_clients],
             ..State::default()
         }),
     });
@@ -239,21 +297,59 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         .repair_rate(scenario.net.repair_rate)
         .build();
 
-    let shared_store = SimStore::new(&clock, scenario.bug);
+    if let Some(swarm) = &scenario.swarm {
+        shared.log(Duration::ZERO, format!("swarm: {swarm}"));
+    }
+    let writes: WriteLog = Arc::default();
+    let shared_store = SimStore::new(&clock, scenario.bug, &writes);
+    let store_host = (scenario.store == StoreKind::Host).then(|| {
+        let logger = shared.clone();
+        let host = StoreHost::new(
+            &clock,
+            scenario.bug,
+            &scenario.store_net,
+            derive(seed, &[SEED_STORE]),
+            &writes,
+            move |line| logger.log(logger.now(), line),
+        );
+        let boots = AtomicU64::new(0);
+        let (shared, for_host) = (shared.clone(), host.clone());
+        sim.host(storenet::HOST, move || {
+            let boot = boots.fetch_add(1, Ordering::Relaxed);
+            shared.log(shared.now(), format!("store.{boot} boot"));
+            let host = for_host.clone();
+            async move {
+                storenet::serve(host).await?;
+                Ok(())
+            }
+        });
+        host
+    });
     let registry: Registry = Arc::new(Mutex::new(vec![None; n_servers]));
     let boots: Arc<Vec<AtomicU64>> = Arc::new((0..n_servers).map(|_| AtomicU64::new(0)).collect());
     for s in 0..n_servers {
         let (shared, registry, boots) = (shared.clone(), registry.clone(), boots.clone());
-        let (clock, shared_store) = (clock.clone(), shared_store.clone());
+        let (clock, shared_store, writes) = (clock.clone(), shared_store.clone(), writes.clone());
         let (session, store_kind, bug) = (scenario.session.clone(), scenario.store, scenario.bug);
+        let store_net = scenario.store_net;
         sim.host(Scenario::server_host(s), move || {
             let boot = boots[s].fetch_add(1, Ordering::Relaxed);
-            let store = match store_kind {
-                StoreKind::Shared => shared_store.clone(),
-                StoreKind::PerBoot => SimStore::new(&clock, bug),
+            let (store, connection) = match store_kind {
+                StoreKind::Shared => (ServerStore::Sim(shared_store.clone()), None),
+                StoreKind::PerBoot => (ServerStore::Sim(SimStore::new(&clock, bug, &writes)), None),
+                StoreKind::Host => {
+                    let (store, connection) = NetStore::new(&store_net);
+                    (ServerStore::Net(store), Some(connection))
+                }
             };
+            let mut session = session.clone();
+            if bug == Bug::GivesUpEarly {
+                // Clients hear a third of the TTL (the store keeps sessions
+                // three times what the servers ask: the real TTL).
+                session.ttl /= 3;
+            }
             let cfg = ServerConfig {
-                session: session.clone(),
+                session,
                 rng_seed: Some(derive(seed, &[SEED_SERVER, s as u64, boot])),
                 ..ServerConfig::default()
             };
@@ -265,11 +361,23 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
             lock(&registry)[s] = Some((store, station.clone()));
             shared.log(shared.now(), format!("s{s}.{boot} boot"));
             async move {
-                let incoming = net::incoming().await?;
+                if let Some(connection) = connection {
+                    tokio::spawn(connection.run());
+                }
+                let incoming = net::incoming(bug == Bug::ResumeIndexOff).await?;
                 station_net::serve(station, incoming, std::future::pending()).await?;
                 Ok(())
             }
         });
+    }
+    if store_host.is_some() {
+        for s in 0..n_servers {
+            sim.set_link_max_message_latency(
+                Scenario::server_host(s),
+                storenet::HOST,
+                scenario.store_net.latency,
+            );
+        }
     }
     for (c, plan) in scenario.clients.iter().enumerate() {
         let (id, client_seed) = clients[c];
@@ -277,6 +385,13 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         let plan = plan.clone();
         sim.client(Scenario::client_host(c), async move {
             tokio::time::sleep(plan.start).await;
+            if let Some(k) = plan.reuse_id_of {
+                // An id is reused once its first user finished or gave up.
+                while shared.state().outcomes[k].is_none() {
+                    tokio::time::sleep(DRAIN_POLL).await;
+                }
+            }
+            shared.state().started[c] = Some(shared.now());
             let targets = plan
                 .endpoints
                 .iter()
@@ -319,11 +434,22 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
     let mut steps = 0u64;
     let mut error = None;
     let mut clients_done_at = None;
+    let on_loss = |at: Duration, live: Vec<ClientId>| {
+        let names: Vec<String> = live.iter().map(|id| shared.client_name(id)).collect();
+        shared.log(at, format!("store lost its data: live sessions {names:?}"));
+        shared.state().data_losses.push(DataLoss { at, live });
+    };
+    let env = Env {
+        registry: &registry,
+        store_host: store_host.as_ref(),
+        ids: &ids,
+        on_loss: &on_loss,
+    };
     let mut step = |sim: &mut turmoil::Sim<'_>, faults: &mut FaultState| -> Result<bool, String> {
         faults.apply_due(
             sim,
             scenario,
-            &registry,
+            &env,
             |time| shared.state().time_of(time),
             |now, line| shared.log(now, line),
         );
@@ -350,14 +476,15 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         clients
             .iter()
             .map(|(id, _)| {
-                stores(scenario, &shared_store, registry).iter().fold(
-                    Lookup::Missing,
-                    |acc, store| match (acc, store.lookup(*id)) {
-                        (Lookup::Live(r), _) | (_, Lookup::Live(r)) => Lookup::Live(r),
-                        (Lookup::Expired, _) | (_, Lookup::Expired) => Lookup::Expired,
-                        _ => Lookup::Missing,
-                    },
-                )
+                stores(scenario, &shared_store, store_host.as_ref(), registry)
+                    .iter()
+                    .fold(Lookup::Missing, |acc, mem| {
+                        match (acc, store::lookup(mem, *id)) {
+                            (Lookup::Live(r), _) | (_, Lookup::Live(r)) => Lookup::Live(r),
+                            (Lookup::Expired, _) | (_, Lookup::Expired) => Lookup::Expired,
+                            _ => Lookup::Missing,
+                        }
+                    })
             })
             .collect()
     };
@@ -367,9 +494,9 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
     // stream attached, or the TTL (plus slack) has passed since the last
     // client finished. What is left then is a leak.
     let measure = |sim: &mut turmoil::Sim<'_>| {
-        let live = stores(scenario, &shared_store, &registry)
+        let live = stores(scenario, &shared_store, store_host.as_ref(), &registry)
             .iter()
-            .map(SimStore::live)
+            .map(MemoryStore::live)
             .sum::<u64>();
         let attached = (0..n_servers)
             .filter(|&s| sim.is_host_running(Scenario::server_host(s)))
@@ -398,6 +525,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
     let store_at_end = lookups(&registry);
     let ended_at = sim.elapsed();
     drop(sim);
+    let store_writes = std::mem::take(&mut *lock(&writes));
 
     let mut state = std::mem::take(&mut *shared.state());
     let client_reports = scenario
@@ -407,6 +535,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         .map(|(c, plan)| {
             let done = state.outcomes[c].take();
             let end = done.as_ref().map_or(ended_at, |(_, at)| *at);
+            let started_at = state.started[c];
             ClientReport {
                 id: clients[c].0,
                 count: plan.count,
@@ -415,7 +544,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
                 finished_at: done.as_ref().map(|(_, at)| *at),
                 outcome: done.map(|(o, _)| o),
                 progress: std::mem::take(&mut state.progress[c]),
-                isolation: faults.isolation(c, plan.start, end),
+                isolation: faults.isolation(c, started_at.unwrap_or(plan.start), end),
+                started_at,
             }
         })
         .collect();
@@ -435,18 +565,29 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         error,
         trace: state.trace,
         trace_hash,
+        store_writes,
+        data_losses: state.data_losses,
     }
 }
 
 /// The stores holding sessions now.
-fn stores(scenario: &Scenario, shared: &SimStore, registry: &Registry) -> Vec<SimStore> {
+fn stores(
+    scenario: &Scenario,
+    shared: &SimStore,
+    host: Option<&Arc<StoreHost>>,
+    registry: &Registry,
+) -> Vec<MemoryStore> {
     match scenario.store {
-        StoreKind::Shared => vec![shared.clone()],
+        StoreKind::Shared => vec![shared.memory().clone()],
         StoreKind::PerBoot => lock(registry)
             .iter()
             .flatten()
-            .map(|(store, _)| store.clone())
+            .filter_map(|(store, _)| match store {
+                ServerStore::Sim(s) => Some(s.memory().clone()),
+                ServerStore::Net(_) => None,
+            })
             .collect(),
+        StoreKind::Host => host.map(|h| h.data()).into_iter().collect(),
     }
 }
 

@@ -21,6 +21,11 @@ pub struct Scenario {
     pub servers: usize,
     /// Where sessions live.
     pub store: StoreKind,
+    /// The store host's own settings (with [`StoreKind::Host`]).
+    pub store_net: StoreNet,
+    /// The swarm settings this scenario was drawn with, printed first
+    /// (see [`crate::swarm`]); `None` for hand-made scenarios.
+    pub swarm: Option<String>,
     /// A bug injected into the system under test (tests of the checker).
     pub bug: Bug,
     /// The clients (`client-0`, `client-1`, ...), one host each.
@@ -34,11 +39,21 @@ pub struct Scenario {
     /// The run fails if clients are still running after this much
     /// simulated time: every run ends by itself.
     pub limit: Duration,
+    /// Subtracted from the cut-off that justifies an expiry (invariant 2),
+    /// for schedules that do not leave a client time to reconnect after
+    /// an outage ends before the TTL is up (the swarm's: up to the 5 s
+    /// backoff cap plus a connection's setup).
+    pub expiry_slack: Duration,
 }
 
 /// Where the servers keep sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreKind {
+    /// A host of its own (`store`) on the simulated network, which the
+    /// servers reach through [`crate::storenet::NetStore`]: it has latency,
+    /// can be partitioned from single servers, can lose replies after
+    /// applying a write, and can crash and restart with or without its data.
+    Host,
     /// One in-process store handed to every server host (standing in for
     /// Redis): it outlives server crashes.
     Shared,
@@ -47,21 +62,79 @@ pub enum StoreKind {
     PerBoot,
 }
 
-/// A deliberate bug, injected through the store the servers use, to show
-/// that the invariant checker catches broken systems.
+/// Settings of the store host ([`StoreKind::Host`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StoreNet {
+    /// Largest latency of a server's link to the store at the start (the
+    /// smallest is the network's [`NetPlan::min_latency`]).
+    pub latency: Duration,
+    /// Probability that the store, having applied an operation, loses its
+    /// reply (and closes the connection): an ambiguous outcome.
+    pub reply_loss: f64,
+    /// How long a server waits for one answer before giving up on it (and
+    /// on the connection).
+    pub op_timeout: Duration,
+    /// Whether a server sends an operation again, once, after a timeout
+    /// (on a new connection): a write whose reply was lost is re-sent.
+    pub resend: bool,
+}
+
+impl Default for StoreNet {
+    fn default() -> Self {
+        StoreNet {
+            latency: Duration::from_millis(3),
+            reply_loss: 0.0,
+            op_timeout: Duration::from_millis(600),
+            resend: true,
+        }
+    }
+}
+
+/// A deliberate bug planted in the system under test, to show that the
+/// invariant checker catches broken systems: one per rule. All are planted
+/// from the simulation's side (the store the servers use, the settings,
+/// or bytes on the simulated wire); no production code changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bug {
     /// None: the real system.
     None,
-    /// The store forgets sessions after a third of the time it was asked
-    /// to keep them (a TTL bug): clients cut off well under the TTL come
-    /// back to an expired session.
+    /// Expiry too early: the store forgets sessions after a third of the
+    /// time it was asked to keep them; clients cut off well under the TTL
+    /// come back to an expired session.
     ForgetsEarly,
+    /// Expiry too late: the store keeps sessions three times as long as it
+    /// was asked to; abandoned sessions outlive the TTL.
+    ForgetsLate,
     /// A resumed session continues with another seed (a server that
-    /// changes or skips numbers after a drop).
+    /// changes numbers after a drop).
     ReseedsOnResume,
-    /// Deleting a completed session does nothing (a leak until expiry).
+    /// Deletion on the final acknowledgement: deleting a completed session
+    /// does nothing (a leak until expiry).
     KeepsCompleted,
+    /// Create fencing: a `Create` replaces a live record instead of
+    /// answering `Exists`.
+    CreateOverwritesLive,
+    /// Update fencing by incarnation (the fencing before issue 11): an
+    /// `Update` compares the generation only, so a paused stream of an
+    /// expired session writes over a later session that reused the id.
+    UpdateIgnoresIncarnation,
+    /// Update fencing by generation: an `Update` of a stream that was taken
+    /// over still applies (its generation is not compared).
+    UpdateIgnoresGeneration,
+    /// Delete fencing: a `Delete` removes the record whatever its
+    /// incarnation, so a late delete of an old session removes a new one.
+    DeleteIgnoresIncarnation,
+    /// The takeover's generation bump: a takeover writes the record at the
+    /// generation it found instead of the next one.
+    TakeoverKeepsGeneration,
+    /// The resume index: the server resumes a session one number off from
+    /// the `next_index` the client asked for (planted by flipping the low
+    /// bit of `Resume.next_index` on the server's side of the wire).
+    ResumeIndexOff,
+    /// The client's give-up deadline: clients give up a third of the TTL
+    /// after they last heard from a server (planted by announcing a third of
+    /// the TTL in `Attached` while the store keeps sessions the full TTL).
+    GivesUpEarly,
 }
 
 /// One client: what it asks for, when, and where.
@@ -77,6 +150,10 @@ pub struct ClientPlan {
     pub expect: Expect,
     /// What the scenario promises about its session once it completed.
     pub finale: Finale,
+    /// Use client `k`'s id instead of a fresh one: an id reused. The
+    /// client starts at `start` or once client `k` finished, whichever is
+    /// later (an id is reused after its first user gave up).
+    pub reuse_id_of: Option<usize>,
 }
 
 /// What happens to a completed client's session.
@@ -108,6 +185,10 @@ pub enum Expect {
     /// Must end `Expired` because the *server* said so (`NOT_FOUND`,
     /// "expired"), not because the client gave up by itself.
     ExpiredByServer,
+    /// Anything: only the invariants are checked (a client whose id a
+    /// later client reuses, which may find its id taken if it is still
+    /// trying to open).
+    Any,
 }
 
 /// When a fault is applied.
@@ -203,8 +284,55 @@ pub enum Action {
     Restart(usize),
     /// Probability that a message breaks its link (turmoil `fail_rate`).
     FailRate(f64),
-    /// Largest message latency on every link.
+    /// Largest message latency on every client-server link.
     MaxLatency(Duration),
+    /// Pause the server: hold every link it has (to every client and to the
+    /// store). Nothing it sends arrives and nothing reaches it until
+    /// [`Action::Unpause`], when everything held is delivered at once: to
+    /// the rest of the system it is a process stopped (GC pause,
+    /// `kill -STOP`) and woken. Its own timers still run meanwhile.
+    Pause(usize),
+    /// Release what [`Action::Pause`] held.
+    Unpause(usize),
+    /// Partition the server from the store host (not from its clients).
+    CutStore(usize),
+    /// Undo a [`Action::CutStore`].
+    HealStore(usize),
+    /// Hold the server's link to the store host (not to its clients): its
+    /// store operations wait, and arrive when [`Action::ReleaseStore`]d.
+    HoldStore(usize),
+    /// Deliver what [`Action::HoldStore`] held.
+    ReleaseStore(usize),
+    /// Largest latency of every server's link to the store host.
+    StoreLatency(Duration),
+    /// Crash the store host.
+    CrashStore,
+    /// Start the store host again, with the data it had, or empty.
+    RestartStore {
+        /// Start empty: every session it held is lost.
+        lose_data: bool,
+    },
+}
+
+impl Action {
+    /// The fault kind, as counted by sweeps.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Cut { .. } | Action::Heal { .. } => "client-cut",
+            Action::CutOneway { .. } | Action::HealOneway { .. } => "client-oneway-cut",
+            Action::Hold { .. } | Action::Release { .. } => "client-stall",
+            Action::Crash(_) | Action::Restart(_) => "server-crash",
+            Action::FailRate(_) => "packet-loss",
+            Action::MaxLatency(_) => "latency-spike",
+            Action::Pause(_) | Action::Unpause(_) => "server-pause",
+            Action::CutStore(_) | Action::HealStore(_) => "store-partition",
+            Action::HoldStore(_) | Action::ReleaseStore(_) => "store-stall",
+            Action::StoreLatency(_) => "store-latency",
+            Action::CrashStore => "store-crash",
+            Action::RestartStore { lose_data: false } => "store-restart-keeps-data",
+            Action::RestartStore { lose_data: true } => "store-restart-loses-data",
+        }
+    }
 }
 
 /// A fault and when it happens.
@@ -250,12 +378,15 @@ impl Scenario {
             session: SessionConfig::default(),
             servers: 1,
             store: StoreKind::Shared,
+            store_net: StoreNet::default(),
+            swarm: None,
             bug: Bug::None,
             clients,
             faults: Vec::new(),
             net: NetPlan::default(),
             tick: Duration::from_millis(10),
             limit: Duration::from_secs(600),
+            expiry_slack: Duration::ZERO,
         }
     }
 
@@ -268,6 +399,25 @@ impl Scenario {
     pub fn client_host(i: usize) -> String {
         format!("client-{i}")
     }
+
+    /// The fault kinds this run exercises, for sweep statistics.
+    pub fn fault_kinds(&self) -> std::collections::BTreeSet<&'static str> {
+        let mut kinds: std::collections::BTreeSet<&'static str> =
+            self.faults.iter().map(|f| f.action.kind()).collect();
+        if self.net.fail_rate > 0.0 {
+            kinds.insert("packet-loss");
+        }
+        if self.store == StoreKind::Host {
+            kinds.insert("store-host");
+            if self.store_net.reply_loss > 0.0 {
+                kinds.insert("store-reply-loss");
+            }
+        }
+        if self.clients.iter().any(|c| c.reuse_id_of.is_some()) {
+            kinds.insert("client-id-reuse");
+        }
+        kinds
+    }
 }
 
 impl ClientPlan {
@@ -279,12 +429,16 @@ impl ClientPlan {
             endpoints: vec![0],
             expect,
             finale: Finale::Any,
+            reuse_id_of: None,
         }
     }
 }
 
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(swarm) = &self.swarm {
+            writeln!(f, "swarm: {swarm}")?;
+        }
         writeln!(
             f,
             "scenario {}: {} server(s), store {:?}, bug {:?}, interval {:?}, ttl {:?}, tick {:?}, net {:?}",
@@ -297,11 +451,20 @@ impl fmt::Display for Scenario {
             self.tick,
             self.net
         )?;
+        if self.store == StoreKind::Host {
+            writeln!(f, "  store host: {:?}", self.store_net)?;
+        }
         for (i, c) in self.clients.iter().enumerate() {
             writeln!(
                 f,
-                "  client-{i}: count {} start {:?} endpoints {:?} expect {:?} finale {:?}",
-                c.count, c.start, c.endpoints, c.expect, c.finale
+                "  client-{i}: count {} start {:?} endpoints {:?} expect {:?} finale {:?}{}",
+                c.count,
+                c.start,
+                c.endpoints,
+                c.expect,
+                c.finale,
+                c.reuse_id_of
+                    .map_or(String::new(), |k| format!(" reuses the id of client-{k}"))
             )?;
         }
         for (i, fault) in self.faults.iter().enumerate() {

@@ -44,6 +44,8 @@ pub struct SeedResult {
     pub verdicts: Vec<&'static str>,
     /// Reconnections of all clients.
     pub reconnects: u64,
+    /// The fault kinds the run exercised ([`Scenario::fault_kinds`]).
+    pub fault_kinds: Vec<&'static str>,
 }
 
 /// The path of a test inside the scenarios binary, from the calling
@@ -61,13 +63,15 @@ pub fn replay_command(test: &str, seed: u64) -> String {
     format!("SIM_SEED={seed} cargo test -p sim --test {TEST_BINARY} -- {test} --exact --nocapture")
 }
 
-/// The seeds to run: `SIM_SEED`, else `1..=SIM_SEEDS`, else
-/// `1..=default`.
+/// The seeds to run: `SIM_SEED`, else `SIM_SEEDS` seeds (default
+/// `default`) from `SIM_FIRST_SEED` (default 1), so a long sweep can be
+/// split or continued.
 pub fn seeds(default: u64) -> Vec<u64> {
     if let Some(seed) = env_u64("SIM_SEED") {
         return vec![seed];
     }
-    (1..=env_u64("SIM_SEEDS").unwrap_or(default)).collect()
+    let first = env_u64("SIM_FIRST_SEED").unwrap_or(1);
+    (first..first + env_u64("SIM_SEEDS").unwrap_or(default)).collect()
 }
 
 /// `SIM_SEED`, else `1..=default` (ignoring `SIM_SEEDS`: for tests whose
@@ -95,12 +99,14 @@ pub fn run_seeds(seeds: &[u64], build: &(dyn Fn(u64) -> Scenario + Sync)) -> Vec
         .clamp(1, seeds.len().max(1));
     let next = AtomicUsize::new(0);
     let results = Mutex::new(Vec::with_capacity(seeds.len()));
+    let progress = Progress::new(seeds.len());
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&seed) = seeds.get(i) else { return };
                 let result = run_one(seed, build);
+                progress.done(&result);
                 results
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -154,6 +160,7 @@ fn run_one(seed: u64, build: &(dyn Fn(u64) -> Scenario + Sync)) -> SeedResult {
         .map(|o| u64::from(o.reconnects))
         .sum();
     SeedResult {
+        fault_kinds: scenario.fault_kinds().into_iter().collect(),
         seed,
         trace_hash: report.trace_hash,
         sim_time: report.ended_at,
@@ -231,8 +238,18 @@ fn summary(test: &str, results: &[SeedResult], failed: usize, took: Duration) {
     }
     let verdicts: Vec<String> = verdicts.iter().map(|(v, n)| format!("{n} {v}")).collect();
     let reconnects: u64 = results.iter().map(|r| r.reconnects).sum();
+    let mut kinds = std::collections::BTreeMap::new();
+    for k in results.iter().flat_map(|r| &r.fault_kinds) {
+        *kinds.entry(*k).or_insert(0u64) += 1;
+    }
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    let kinds = if kinds.is_empty() {
+        "none".to_string()
+    } else {
+        kinds.join(", ")
+    };
     let line = format!(
-        "sim {test}: {} seed(s) in {:.1}s = {:.1} seeds/s ({:.0} s simulated; clients: {}; {reconnects} reconnects), {failed} failed\n",
+        "sim {test}: {} seed(s) in {:.1}s = {:.1} seeds/s ({:.0} s simulated; clients: {}; {reconnects} reconnects), {failed} failed; seeds per fault kind: {kinds}\n",
         results.len(),
         secs,
         results.len() as f64 / secs,
@@ -248,4 +265,62 @@ macro_rules! test_path {
     ($name:expr) => {
         $crate::sweep::test_path(module_path!(), $name)
     };
+}
+
+/// A progress line on stderr every [`PROGRESS_EVERY`] during long sweeps
+/// (`SIM_PROGRESS=0` turns it off).
+struct Progress {
+    total: usize,
+    started: Instant,
+    state: Mutex<(usize, usize, Instant)>,
+    on: bool,
+}
+
+/// How often a long sweep reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        let now = Instant::now();
+        let on = total >= 1000 && std::env::var_os("SIM_PROGRESS").is_none_or(|v| v != "0");
+        Progress {
+            total,
+            started: now,
+            state: Mutex::new((0, 0, now)),
+            on,
+        }
+    }
+
+    fn done(&self, result: &SeedResult) {
+        if !self.on {
+            return;
+        }
+        let failed = !result.violations.is_empty();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 += 1;
+        state.1 += usize::from(failed);
+        if failed {
+            let first = result.violations.first().map(ToString::to_string);
+            let line = format!(
+                "  ... seed {} FAILED: {}\n",
+                result.seed,
+                first.unwrap_or_default()
+            );
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+        if state.2.elapsed() < PROGRESS_EVERY && state.0 < self.total {
+            return;
+        }
+        state.2 = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let line = format!(
+            "  ... {}/{} seeds, {} failed, {:.1} seeds/s, {:.0}s so far\n",
+            state.0,
+            self.total,
+            state.1,
+            state.0 as f64 / secs,
+            secs
+        );
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
 }

@@ -96,7 +96,7 @@ pub fn final_ack_lost(seed: u64) -> Scenario {
 fn final_message_lost_still_completes_and_deletes_on_ack() {
     sweep(
         &test_path!("final_message_lost_still_completes_and_deletes_on_ack"),
-        50,
+        100,
         final_message_lost,
     );
 }
@@ -105,7 +105,7 @@ fn final_message_lost_still_completes_and_deletes_on_ack() {
 fn final_ack_lost_still_completes_and_the_session_expires() {
     sweep(
         &test_path!("final_ack_lost_still_completes_and_the_session_expires"),
-        50,
+        100,
         final_ack_lost,
     );
 }

@@ -11,3 +11,5 @@ mod finale;
 mod loss;
 mod partitions;
 mod replay;
+mod reuse;
+mod swarm;

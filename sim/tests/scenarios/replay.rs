@@ -7,7 +7,7 @@ use sim::{run, Scenario};
 type Builder = fn(u64) -> Scenario;
 
 /// One builder per scenario family.
-const BUILDERS: [(&str, Builder); 7] = [
+const BUILDERS: [(&str, Builder); 9] = [
     ("short outages", crate::partitions::short_outages),
     ("long outages", crate::expiry::long_outages),
     ("expiry boundary", crate::expiry::boundary),
@@ -15,6 +15,8 @@ const BUILDERS: [(&str, Builder); 7] = [
     ("crash", crate::crash::crash),
     ("failover", crate::failover::failover),
     ("final ack lost", crate::finale::final_ack_lost),
+    ("swarm", sim::swarm::swarm),
+    ("id reuse", crate::reuse::paused_server_wakes_after_reuse),
 ];
 
 #[test]

@@ -1,0 +1,610 @@
+//! The store as a host of its own ([`StoreKind::Host`]): a small
+//! request/response protocol over turmoil's TCP between the servers
+//! ([`NetStore`], behind the same `SessionStore` trait as every store) and
+//! the `store` host ([`serve`]), which applies each operation to the real
+//! `MemoryStore` on the simulation's clock.
+//!
+//! Being on the network gives the store the faults a real one has: latency,
+//! a partition from one server but not from its clients, a reply lost after
+//! the write was applied (the host drops the reply and the connection, at
+//! [`StoreNet::reply_loss`]), and crashes that keep or lose its data.
+//!
+//! # Wire format
+//!
+//! Frames are a big-endian `u32` length and then that many bytes: a `u64`
+//! request id, a tag byte and the fields.
+//!
+//! | request | tag | fields |
+//! |---|---|---|
+//! | `Load` | 0 | client id (36 bytes of text) |
+//! | `Create` | 1 | record (`Record::to_bytes`), expiry (`u64` ns) |
+//! | `Update` | 2 | record, expected generation (`u64`), expiry (`u64` ns) |
+//! | `Delete` | 3 | client id, incarnation (`u64`), generation (`u64`) |
+//!
+//! | reply | tag | fields |
+//! |---|---|---|
+//! | `Loaded(Live)` | 0 | record |
+//! | `Loaded(Expired)` | 1 | |
+//! | `Loaded(Missing)` | 2 | |
+//! | `Done` | 3 | |
+//! | `Exists` | 4 | record |
+//! | `Conflict` | 5 | |
+//! | `Expired` | 6 | |
+//! | `Missing` | 7 | |
+//! | `Unavailable` | 8 | message (UTF-8) |
+//!
+//! # The client side
+//!
+//! A [`NetStore`] multiplexes every stream's operations of one server boot
+//! over one connection, matched to replies by request id. An operation not
+//! answered within [`StoreNet::op_timeout`] drops the connection (it may be
+//! dead for good: turmoil's TCP does not retransmit) and, with
+//! [`StoreNet::resend`], is sent once more on a new one: a write whose reply
+//! was lost arrives twice, which the store's idempotence must absorb. If
+//! that fails too, the answer is `Unavailable`.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use station_core::server::{Lookup, Record, StoreOp, StoreReply};
+use station_core::ClientId;
+use station_net::store::{MemoryStore, SessionStore, StoreError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::SimClock;
+use crate::rng::SimRng;
+use crate::run::lock;
+use crate::scenario::{Bug, StoreNet};
+use crate::store::{self, WriteLog};
+
+/// The store host's name.
+pub const HOST: &str = "store";
+/// The port it listens on.
+pub const PORT: u16 = 6379;
+/// Largest frame either side accepts.
+const MAX_FRAME: usize = 1024;
+/// How long a server waits for a connection to the store.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn bad(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+fn put_id(out: &mut Vec<u8>, id: &ClientId) {
+    out.extend_from_slice(id.to_string().as_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_nanos(out: &mut Vec<u8>, d: Duration) {
+    put_u64(out, u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+}
+
+/// A cursor over a frame's fields.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(bad("frame too short"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> io::Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> io::Result<u64> {
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn id(&mut self) -> io::Result<ClientId> {
+        let text = std::str::from_utf8(self.take(36)?).map_err(|_| bad("client id"))?;
+        ClientId::parse(text).map_err(|_| bad("client id"))
+    }
+
+    fn record(&mut self) -> io::Result<Record> {
+        Record::from_bytes(self.take(Record::ENCODED_LEN)?).ok_or_else(|| bad("record"))
+    }
+
+    fn nanos(&mut self) -> io::Result<Duration> {
+        Ok(Duration::from_nanos(self.u64()?))
+    }
+
+    fn end(&self) -> io::Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(bad("trailing bytes"))
+        }
+    }
+}
+
+/// A request frame (length prefix included).
+pub fn encode_op(id: u64, op: &StoreOp) -> Vec<u8> {
+    let mut out = vec![0; 4];
+    put_u64(&mut out, id);
+    match op {
+        StoreOp::Load(client) => {
+            out.push(0);
+            put_id(&mut out, client);
+        }
+        StoreOp::Create { record, expires_in } => {
+            out.push(1);
+            out.extend_from_slice(&record.to_bytes());
+            put_nanos(&mut out, *expires_in);
+        }
+        StoreOp::Update {
+            record,
+            expect_generation,
+            expires_in,
+        } => {
+            out.push(2);
+            out.extend_from_slice(&record.to_bytes());
+            put_u64(&mut out, *expect_generation);
+            put_nanos(&mut out, *expires_in);
+        }
+        StoreOp::Delete {
+            client_id,
+            incarnation,
+            generation,
+        } => {
+            out.push(3);
+            put_id(&mut out, client_id);
+            put_u64(&mut out, *incarnation);
+            put_u64(&mut out, *generation);
+        }
+    }
+    finish(out)
+}
+
+/// Parses a request frame's body (without the length prefix).
+pub fn decode_op(body: &[u8]) -> io::Result<(u64, StoreOp)> {
+    let mut f = Fields(body);
+    let id = f.u64()?;
+    let op = match f.u8()? {
+        0 => StoreOp::Load(f.id()?),
+        1 => StoreOp::Create {
+            record: f.record()?,
+            expires_in: f.nanos()?,
+        },
+        2 => StoreOp::Update {
+            record: f.record()?,
+            expect_generation: f.u64()?,
+            expires_in: f.nanos()?,
+        },
+        3 => StoreOp::Delete {
+            client_id: f.id()?,
+            incarnation: f.u64()?,
+            generation: f.u64()?,
+        },
+        _ => return Err(bad("unknown request tag")),
+    };
+    f.end()?;
+    Ok((id, op))
+}
+
+/// A reply frame (length prefix included).
+pub fn encode_reply(id: u64, reply: &StoreReply) -> Vec<u8> {
+    let mut out = vec![0; 4];
+    put_u64(&mut out, id);
+    match reply {
+        StoreReply::Loaded(Lookup::Live(record)) => {
+            out.push(0);
+            out.extend_from_slice(&record.to_bytes());
+        }
+        StoreReply::Loaded(Lookup::Expired) => out.push(1),
+        StoreReply::Loaded(Lookup::Missing) => out.push(2),
+        StoreReply::Done => out.push(3),
+        StoreReply::Exists(record) => {
+            out.push(4);
+            out.extend_from_slice(&record.to_bytes());
+        }
+        StoreReply::Conflict => out.push(5),
+        StoreReply::Expired => out.push(6),
+        StoreReply::Missing => out.push(7),
+        StoreReply::Unavailable(why) => {
+            out.push(8);
+            let why = why.as_bytes();
+            out.extend_from_slice(&why[..why.len().min(MAX_FRAME - 16)]);
+        }
+    }
+    finish(out)
+}
+
+/// Parses a reply frame's body (without the length prefix).
+pub fn decode_reply(body: &[u8]) -> io::Result<(u64, StoreReply)> {
+    let mut f = Fields(body);
+    let id = f.u64()?;
+    let reply = match f.u8()? {
+        0 => StoreReply::Loaded(Lookup::Live(f.record()?)),
+        1 => StoreReply::Loaded(Lookup::Expired),
+        2 => StoreReply::Loaded(Lookup::Missing),
+        3 => StoreReply::Done,
+        4 => StoreReply::Exists(f.record()?),
+        5 => StoreReply::Conflict,
+        6 => StoreReply::Expired,
+        7 => StoreReply::Missing,
+        8 => {
+            let rest = f.take(f.0.len())?;
+            StoreReply::Unavailable(String::from_utf8_lossy(rest).into_owned())
+        }
+        _ => return Err(bad("unknown reply tag")),
+    };
+    f.end()?;
+    Ok((id, reply))
+}
+
+fn finish(mut out: Vec<u8>) -> Vec<u8> {
+    let len = u32::try_from(out.len() - 4).expect("frames are small");
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// Reads one frame's body.
+async fn read_frame(r: &mut (impl AsyncReadExt + Unpin)) -> io::Result<Vec<u8>> {
+    let len = r.read_u32().await? as usize;
+    if len > MAX_FRAME {
+        return Err(bad("frame too long"));
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+// ---------------------------------------------------------------------
+// The store host.
+
+/// The store host's state; it outlives the host's boots.
+pub struct StoreHost {
+    /// The data: kept across a restart, or replaced by an empty store.
+    data: Mutex<MemoryStore>,
+    bug: Bug,
+    clock: Arc<SimClock>,
+    writes: WriteLog,
+    reply_loss: f64,
+    /// Draws which replies are lost (seeded; the host runs on the
+    /// simulation's one thread, in a fixed order).
+    rng: Mutex<SimRng>,
+    /// Trace lines: `log(line)`.
+    log: Box<dyn Fn(String) + Send + Sync>,
+}
+
+impl StoreHost {
+    /// A store host with empty data.
+    pub fn new(
+        clock: &Arc<SimClock>,
+        bug: Bug,
+        plan: &StoreNet,
+        seed: u64,
+        writes: &WriteLog,
+        log: impl Fn(String) + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(StoreHost {
+            data: Mutex::new(store::memory(clock)),
+            bug,
+            clock: clock.clone(),
+            writes: writes.clone(),
+            reply_loss: plan.reply_loss,
+            rng: Mutex::new(SimRng::new(seed)),
+            log: Box::new(log),
+        })
+    }
+
+    /// The data now.
+    pub fn data(&self) -> MemoryStore {
+        lock(&self.data).clone()
+    }
+
+    /// Replaces the data with an empty store (a restart without
+    /// persistence); returns the ids that were live.
+    pub fn lose_data(&self, ids: &[ClientId]) -> Vec<ClientId> {
+        let mut data = lock(&self.data);
+        let live = ids
+            .iter()
+            .copied()
+            .filter(|id| matches!(store::lookup(&data, *id), Lookup::Live(_)))
+            .collect();
+        *data = store::memory(&self.clock);
+        live
+    }
+
+    fn apply(&self, op: StoreOp) -> StoreReply {
+        let data = self.data();
+        store::apply(&data, self.bug, op, self.clock.elapsed(), &self.writes)
+    }
+
+    fn loses_reply(&self) -> bool {
+        self.reply_loss > 0.0 && lock(&self.rng).chance(self.reply_loss)
+    }
+}
+
+/// Runs the store host: accepts servers' connections and answers them.
+pub async fn serve(host: Arc<StoreHost>) -> io::Result<()> {
+    let listener = turmoil::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, PORT)).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(connection(stream, host.clone()));
+    }
+}
+
+async fn connection(stream: turmoil::net::TcpStream, host: Arc<StoreHost>) {
+    let (mut r, mut w) = stream.into_split();
+    loop {
+        let Ok(body) = read_frame(&mut r).await else {
+            return;
+        };
+        let Ok((id, op)) = decode_op(&body) else {
+            return;
+        };
+        let summary = summarize(&op);
+        let reply = host.apply(op);
+        if host.loses_reply() {
+            // Applied, but the server never hears: the connection drops.
+            (host.log)(format!("store lost the reply to {summary}: {reply:?}"));
+            return;
+        }
+        if w.write_all(&encode_reply(id, &reply)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A short description of an operation for the trace.
+fn summarize(op: &StoreOp) -> String {
+    match op {
+        StoreOp::Load(id) => format!("load {id}"),
+        StoreOp::Create { record, .. } => format!(
+            "create {} i{:016x} g{}",
+            record.client_id, record.incarnation, record.generation
+        ),
+        StoreOp::Update {
+            record,
+            expect_generation,
+            ..
+        } => format!(
+            "update {} i{:016x} g{}->g{}",
+            record.client_id, record.incarnation, expect_generation, record.generation
+        ),
+        StoreOp::Delete {
+            client_id,
+            incarnation,
+            generation,
+        } => format!("delete {client_id} i{incarnation:016x} g{generation}"),
+    }
+}
+
+// ---------------------------------------------------------------------
+// The servers' side.
+
+enum Msg {
+    /// Send this frame (request id, bytes) if its caller still waits.
+    Frame(u64, Vec<u8>),
+    /// Drop the connection: the next frame opens a new one.
+    Reset,
+}
+
+struct Inner {
+    calls: mpsc::UnboundedSender<Msg>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<StoreReply>>>,
+    next_id: AtomicU64,
+    op_timeout: Duration,
+    resend: bool,
+}
+
+/// A server's handle on the store host: a `SessionStore` over the
+/// simulated network. Make one per server boot with [`NetStore::new`] and
+/// spawn its connection task on that boot's runtime.
+#[derive(Clone)]
+pub struct NetStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NetStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetStore").finish()
+    }
+}
+
+/// The connection task of a [`NetStore`]; spawn it on the server's runtime.
+pub struct Connection {
+    inner: Arc<Inner>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+}
+
+impl NetStore {
+    /// A handle and its connection task.
+    pub fn new(plan: &StoreNet) -> (NetStore, Connection) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            calls: tx,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            op_timeout: plan.op_timeout,
+            resend: plan.resend,
+        });
+        (
+            NetStore {
+                inner: inner.clone(),
+            },
+            Connection { inner, rx },
+        )
+    }
+}
+
+impl SessionStore for NetStore {
+    async fn execute(&self, op: StoreOp) -> StoreReply {
+        let inner = &self.inner;
+        let attempts = if inner.resend { 2 } else { 1 };
+        for _ in 0..attempts {
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            lock(&inner.pending).insert(id, tx);
+            if inner
+                .calls
+                .send(Msg::Frame(id, encode_op(id, &op)))
+                .is_err()
+            {
+                break;
+            }
+            if let Ok(Ok(reply)) = tokio::time::timeout(inner.op_timeout, rx).await {
+                return reply;
+            }
+            lock(&inner.pending).remove(&id);
+            let _ = inner.calls.send(Msg::Reset);
+        }
+        StoreReply::Unavailable(format!(
+            "the store host did not answer within {:?} ({attempts} attempt(s))",
+            inner.op_timeout
+        ))
+    }
+
+    async fn live_sessions(&self) -> Result<u64, StoreError> {
+        Err(StoreError::Unavailable(
+            "the simulated store host does not count sessions".into(),
+        ))
+    }
+
+    fn kind(&self) -> &'static str {
+        "sim-store-host"
+    }
+}
+
+impl Connection {
+    /// Runs until the server's runtime stops.
+    pub async fn run(mut self) {
+        loop {
+            // Wait for something to send.
+            let first = loop {
+                match self.rx.recv().await {
+                    None => return,
+                    Some(Msg::Reset) => continue,
+                    Some(Msg::Frame(id, frame)) if self.waiting(id) => break frame,
+                    Some(Msg::Frame(..)) => continue,
+                }
+            };
+            let connect = turmoil::net::TcpStream::connect((HOST, PORT));
+            let Ok(Ok(stream)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await else {
+                // Its caller times out and tries again.
+                continue;
+            };
+            let (mut r, mut w) = stream.into_split();
+            let inner = self.inner.clone();
+            let reader = Abort(tokio::spawn(async move {
+                while let Ok(body) = read_frame(&mut r).await {
+                    let Ok((id, reply)) = decode_reply(&body) else {
+                        return;
+                    };
+                    if let Some(tx) = lock(&inner.pending).remove(&id) {
+                        let _ = tx.send(reply);
+                    }
+                }
+            }));
+            if w.write_all(&first).await.is_err() {
+                continue;
+            }
+            loop {
+                match self.rx.recv().await {
+                    None => return,
+                    Some(Msg::Reset) => break,
+                    Some(Msg::Frame(id, frame)) if self.waiting(id) => {
+                        if w.write_all(&frame).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Msg::Frame(..)) => {}
+                }
+            }
+            drop(reader);
+        }
+    }
+
+    /// Whether request `id`'s caller still waits for it (frames of callers
+    /// that gave up are not sent late).
+    fn waiting(&self, id: u64) -> bool {
+        lock(&self.inner.pending).contains_key(&id)
+    }
+}
+
+/// Aborts a task when dropped.
+struct Abort(tokio::task::JoinHandle<()>);
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use station_core::Secret;
+
+    fn record() -> Record {
+        Record {
+            client_id: ClientId::from_random_bytes([9; 16]),
+            token: Secret([1; 16]),
+            nonce: Secret([2; 16]),
+            seed: 77,
+            count: 10,
+            acked: 3,
+            generation: 4,
+            incarnation: 0xfeed,
+            holder: 0xbeef,
+        }
+    }
+
+    #[test]
+    fn every_operation_and_reply_round_trips() {
+        let r = record();
+        let ops = [
+            StoreOp::Load(r.client_id),
+            StoreOp::Create {
+                record: r,
+                expires_in: Duration::from_millis(1500),
+            },
+            StoreOp::Update {
+                record: r,
+                expect_generation: 3,
+                expires_in: Duration::from_secs(30),
+            },
+            StoreOp::Delete {
+                client_id: r.client_id,
+                incarnation: 5,
+                generation: 6,
+            },
+        ];
+        for (i, op) in ops.into_iter().enumerate() {
+            let frame = encode_op(i as u64, &op);
+            assert_eq!(decode_op(&frame[4..]).unwrap(), (i as u64, op));
+        }
+        let replies = [
+            StoreReply::Loaded(Lookup::Live(r)),
+            StoreReply::Loaded(Lookup::Expired),
+            StoreReply::Loaded(Lookup::Missing),
+            StoreReply::Done,
+            StoreReply::Exists(r),
+            StoreReply::Conflict,
+            StoreReply::Expired,
+            StoreReply::Missing,
+            StoreReply::Unavailable("down".into()),
+        ];
+        for (i, reply) in replies.into_iter().enumerate() {
+            let frame = encode_reply(i as u64, &reply);
+            assert_eq!(decode_reply(&frame[4..]).unwrap(), (i as u64, reply));
+        }
+        assert!(decode_op(&[0; 9]).is_err());
+        assert!(decode_reply(&[0; 8]).is_err());
+    }
+}
