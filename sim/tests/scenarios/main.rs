@@ -11,3 +11,4 @@ mod finale;
 mod loss;
 mod partitions;
 mod replay;
+mod timeline;
