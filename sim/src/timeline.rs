@@ -303,6 +303,9 @@ impl Model {
                         m.streams[i].completed = true;
                     }
                 }
+                // Kinds of event added later are not drawn (yet).
+                #[allow(unreachable_patterns)]
+                _ => {}
             }
         }
 
@@ -631,6 +634,8 @@ fn verdict_label(v: &Verdict) -> String {
         Verdict::Rejected { code, .. } => format!("rejected {code:?}"),
         Verdict::ProtocolError(_) => "protocol error".into(),
         Verdict::Unreachable(_) => "unreachable".into(),
+        #[allow(unreachable_patterns)] // verdicts added later
+        other => clip(&format!("{other:?}"), 24),
     }
 }
 
@@ -815,8 +820,15 @@ impl Canvas {
     }
 
     /// Ticks for `items` (time, index) from `y` down `h` pixels; ticks
-    /// closer than [`BUCKET`] pixels become one wider mark.
-    fn ticks(&mut self, items: &[(Duration, u32)], y: f64, h: f64, class: &str, what: &str) {
+    /// closer than [`BUCKET`] pixels become one wider mark. Tooltips read
+    /// `<what> <sigil><index>` (`sent #7`, `ack @8`).
+    fn ticks(
+        &mut self,
+        items: &[(Duration, u32)],
+        (y, h): (f64, f64),
+        class: &str,
+        (what, sigil): (&str, char),
+    ) {
         let mut i = 0;
         while i < items.len() {
             let bucket = (self.x(items[i].0) / BUCKET).floor();
@@ -831,7 +843,7 @@ impl Canvas {
                 let x = self.x(t0);
                 let _ = write!(
                     self.svg,
-                    r#"<line class="tick {class}" x1="{x:.1}" x2="{x:.1}" y1="{y:.1}" y2="{:.1}"><title>{what} #{first} at {}</title></line>"#,
+                    r#"<line class="tick {class}" x1="{x:.1}" x2="{x:.1}" y1="{y:.1}" y2="{:.1}"><title>{what} {sigil}{first} at {}</title></line>"#,
                     y + h,
                     seconds(t0),
                 );
@@ -840,7 +852,7 @@ impl Canvas {
                 let (lo, hi) = (first.min(last), first.max(last));
                 let _ = write!(
                     self.svg,
-                    r#"<rect class="tick agg {class}" x="{x:.1}" y="{y:.1}" width="{BUCKET}" height="{h:.1}"><title>{what} #{lo}–#{hi}: {} between {} and {}</title></rect>"#,
+                    r#"<rect class="tick agg {class}" x="{x:.1}" y="{y:.1}" width="{BUCKET}" height="{h:.1}"><title>{what} {sigil}{lo}–{sigil}{hi}: {} between {} and {}</title></rect>"#,
                     group.len(),
                     seconds(t0),
                     seconds(t1),
@@ -929,8 +941,11 @@ fn page(out: &mut String, scenario: &Scenario, report: &Report, m: &Model) {
                     c.span(span, ry + 1.0, ROW_H - 2.0, false);
                 }
             }
-            for &i in streams {
-                stream_bar(&mut c, &m.streams[i], ry, &name);
+            for (k, &i) in streams.iter().enumerate() {
+                let next = streams
+                    .get(k + 1)
+                    .map_or(WIDTH - RIGHT, |&j| c.x(m.streams[j].from));
+                stream_bar(&mut c, &m.streams[i], ry, &name, next);
             }
             ry += ROW_H;
         }
@@ -1028,7 +1043,9 @@ fn axis_step(end: f64) -> f64 {
         .unwrap_or(7200.0)
 }
 
-fn stream_bar(c: &mut Canvas, s: &Stream, y: f64, name: &str) {
+/// A server stream's bar; its label goes inside, or after it if it does
+/// not fit and the row is free up to `next` (where the next bar starts).
+fn stream_bar(c: &mut Canvas, s: &Stream, y: f64, name: &str, next: f64) {
     let x0 = c.x(s.from);
     let x1 = c.x(s.to).max(x0 + 3.0);
     let colour = colour(s.client);
@@ -1067,12 +1084,15 @@ fn stream_bar(c: &mut Canvas, s: &Stream, y: f64, name: &str) {
     } else {
         label
     };
+    let width = text.chars().count() as f64 * CHAR;
     if room >= text.chars().count() {
         c.text(x0 + 3.0, y + 12.0, "barlabel", &text);
+    } else if x1 + 4.0 + width < next - 2.0 {
+        c.text(x1 + 4.0, y + 12.0, "barlabel", &text);
     } else if room >= 3 {
         c.text(x0 + 3.0, y + 12.0, "barlabel", &clip(&text, room));
     }
-    c.ticks(&s.sent, y + 13.0, ROW_H - 15.0, "sent", "sent");
+    c.ticks(&s.sent, (y + 13.0, ROW_H - 15.0), "sent", ("sent", '#'));
 }
 
 /// A client's lane, top to bottom: fault labels and its verdict, numbers
@@ -1115,9 +1135,19 @@ fn client_lane(c: &mut Canvas, lane: &ClientLane, i: usize, y: f64) {
             c.text(x0 + 7.0, y + BAR + 9.0, "heldlabel", label);
         }
     }
-    c.ticks(&lane.numbers, y + NUMBERS, 10.0, "number", "received");
-    c.ticks(&lane.duplicates, y + NUMBERS, 10.0, "dup", "received again");
-    c.ticks(&lane.acks, y + ACKS, 8.0, "ack", "acknowledged up to");
+    c.ticks(
+        &lane.numbers,
+        (y + NUMBERS, 10.0),
+        "number",
+        ("received", '#'),
+    );
+    c.ticks(
+        &lane.duplicates,
+        (y + NUMBERS, 10.0),
+        "dup",
+        ("received again", '#'),
+    );
+    c.ticks(&lane.acks, (y + ACKS, 8.0), "ack", ("ack", '@'));
     for mark in &lane.marks {
         c.mark(mark, y + BAR + 10.0);
     }
@@ -1273,7 +1303,7 @@ fn legend(out: &mut String, m: &Model) {
         out.push_str("</ol>\n");
     }
     let acks = if m.acks_recorded {
-        "<span class=\"key ack\"></span> acknowledgement sent (cumulative)"
+        "<span class=\"sw ack\"></span> ack @n sent (cumulative: it holds every number below n)"
     } else {
         "acknowledgements: not recorded in this report's trace"
     };
@@ -1282,8 +1312,9 @@ fn legend(out: &mut String, m: &Model) {
         r#"<h2>Key</h2>
 <ul class="key">
 <li>Server rows: a bar per stream, from <i>Attached</i> to its last number, labelled <b>c&lt;client&gt; [i&lt;incarnation&gt;] g&lt;generation&gt;</b> (✓: completed); ticks at the bottom: numbers sent.</li>
-<li>Client lanes: the bar is the stream it holds (server, attached <b>@</b>index); <span class="sw number"></span> number received (<span class="sw dup"></span> again), {acks}; ○ connect, <span class="failedkey">×</span> stream failed or went silent, ✓/✗ end and verdict; <span class="sw isolated"></span> isolated by the fault schedule.</li>
+<li>Client lanes: the bar is the stream it holds (server, attached <b>@</b>index); <span class="sw number"></span> number received (<span class="sw dup"></span> again), {acks}; ○ connect, <span class="failedkey">×</span> stream failed or went silent (⊗: and a reconnect at once), ✓/✗ end and verdict; <span class="sw isolated"></span> isolated by the fault schedule.</li>
 <li>Faults: <span class="sw cut"></span> cut, <span class="sw oneway"></span> one direction cut, <span class="sw hold"></span> held (stall), <span class="sw crash"></span> crashed, <span class="sw net"></span> network-wide setting, ◆ other fault.</li>
+<li><span class="vkey">3</span> broken invariant (<span class="vkey">3–7</span> several close together), placed at the time its text names, else when the number it names was sent, else when the client finished; listed above.</li>
 <li>Ticks closer than {BUCKET} px are merged into one wider mark; hover any mark for its numbers and times.</li>
 </ul>"#
     );
@@ -1371,6 +1402,7 @@ ul.key li { margin: 2px 0; }
 .sw.crash { background: rgba(66,66,66,0.4); }
 .sw.net { background: rgba(0,137,123,0.3); }
 .failedkey { color: #c62828; font-weight: bold; }
+.vkey { background: #d50000; color: #fff; font-weight: bold; border-radius: 8px; padding: 0 5px; font-size: 11px; }
 ol.faults { font-family: "DejaVu Sans Mono", monospace; font-size: 12px; }
 "#;
 

@@ -253,3 +253,30 @@ fn a_failing_sweep_names_its_timeline_file() {
     assert!(html.contains(r#"<g class="violation">"#), "{path}");
     assert!(html.contains("[NoLeak]"), "{path}");
 }
+
+#[test]
+fn a_host_the_timeline_does_not_know_gets_a_lane_of_its_own() {
+    // A store host (or any host added later) logs trace lines under its
+    // own name: the timeline gives it a lane without being taught.
+    let scenario = Scenario::new(
+        "plain",
+        vec![ClientPlan::new(4, Duration::ZERO, Expect::Complete)],
+    );
+    let mut report = run(&scenario, 1);
+    report
+        .trace
+        .push("   1.500000 store crash, data kept".into());
+    report.trace.push("   2.250000 store restart".into());
+    let html = timeline::render(&scenario, &report, &check(&scenario, &report));
+    assert_well_formed(&html);
+    assert_one_lane_per_host(&html, &scenario, &report);
+    assert_eq!(lanes(&html).get("store"), Some(&1));
+    assert!(
+        html.contains("crash, data kept at 1.500 s"),
+        "its events are marked"
+    );
+    // The client's acknowledgements are drawn: four numbers, the last
+    // acknowledged by the final ack.
+    assert!(html.contains(r#"class="tick ack""#), "acks are ticks");
+    assert!(html.contains("ack @4 at "), "the final ack");
+}
