@@ -244,6 +244,12 @@ pub fn sweep(test: &str, default_seeds: u64, build: impl Fn(u64) -> Scenario + S
         }
     }
     if failed.is_empty() {
+        if seeds.len() > 1 && timeline::requested() {
+            // Straight to stderr, past the test harness's capture.
+            let _ = std::io::stderr().write_all(
+                b"SIM_TIMELINE: no timeline written: it draws one seed (SIM_SEED) or a failure\n",
+            );
+        }
         return;
     }
     let mut text = String::new();
