@@ -51,6 +51,10 @@ const AXIS: f64 = 28.0;
 const BUCKET: f64 = 3.0;
 /// Rough width of one character of the 11 px monospace font.
 const CHAR: f64 = 6.7;
+/// Violations listed under the picture, and in one marker's tooltip: a
+/// broken run can break a rule at every number.
+const MAX_LISTED: usize = 200;
+const MAX_IN_TOOLTIP: usize = 20;
 /// One colour per client (cycled).
 const PALETTE: [&str; 10] = [
     "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
@@ -1233,10 +1237,14 @@ fn violation_markers(c: &mut Canvas, placed: &[&Placed], y: f64) {
             y - 8.0,
             y + 4.0,
         );
-        let titles: Vec<String> = group
+        let mut titles: Vec<String> = group
             .iter()
+            .take(MAX_IN_TOOLTIP)
             .map(|v| format!("violation {} at {}: {}", v.number, seconds(v.at), v.text))
             .collect();
+        if group.len() > MAX_IN_TOOLTIP {
+            titles.push(format!("… and {} more", group.len() - MAX_IN_TOOLTIP));
+        }
         let _ = write!(c.svg, "<title>{}</title></g>", escape(&titles.join("\n")));
         i = j;
     }
@@ -1291,7 +1299,7 @@ fn summary(out: &mut String, scenario: &Scenario, report: &Report, m: &Model) {
 fn legend(out: &mut String, m: &Model) {
     if !m.violations.is_empty() {
         out.push_str("<h2>Violations</h2>\n<ol class=\"violations\">\n");
-        for v in &m.violations {
+        for v in m.violations.iter().take(MAX_LISTED) {
             let _ = writeln!(
                 out,
                 "<li value=\"{}\">at {}: {}</li>",
@@ -1301,6 +1309,13 @@ fn legend(out: &mut String, m: &Model) {
             );
         }
         out.push_str("</ol>\n");
+        if m.violations.len() > MAX_LISTED {
+            let _ = writeln!(
+                out,
+                "<p class=\"error\">… and {} more (the test's output lists them all)</p>",
+                m.violations.len() - MAX_LISTED
+            );
+        }
     }
     let acks = if m.acks_recorded {
         "<span class=\"sw ack\"></span> ack @n sent (cumulative: it holds every number below n)"
