@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use station_core::client::{Code, Verdict};
 use station_core::server::{Lookup, StoreOp};
-use station_core::{ClientId, Reject};
+use station_core::{ClientId, Reason, Reject};
 use station_net::StreamEvent;
 
 use crate::report::{ClientReport, Report};
@@ -158,16 +158,13 @@ fn lost_precisely(scenario: &Scenario, report: &Report, v: &mut Vec<Violation>) 
                 let Some(outcome) = client.outcome.as_ref().filter(|_| running) else {
                     continue;
                 };
-                let told = |r: Reject| r.to_string();
                 let precise = match &outcome.verdict {
                     Verdict::Verified => true,
                     Verdict::Rejected {
                         code: Code::NotFound,
-                        message,
-                    } => {
-                        *message == told(Reject::Lost(*id))
-                            || *message == told(Reject::Unknown(*id))
-                    }
+                        reason,
+                        ..
+                    } => matches!(reason, Some(Reason::SessionLost | Reason::SessionUnknown)),
                     Verdict::Expired(_) => client.longest_isolation() >= expiry_threshold(scenario),
                     _ => false,
                 };

@@ -47,6 +47,36 @@
 //! The same seed gives the same run, event for event: the `replay` tests
 //! run seeds twice and compare trace hashes.
 //!
+//! # Looking at a run: timelines
+//!
+//! ```text
+//! SIM_TIMELINE=/tmp/run.html SIM_SEED=42 cargo test -p sim --test scenarios -- partitions::short_outages_complete --exact --nocapture
+//! chromium --headless --no-sandbox --disable-gpu --screenshot=/tmp/run.png --window-size=1600,1000 file:///tmp/run.html
+//! ```
+//!
+//! - `SIM_TIMELINE=<path.html>` with `SIM_SEED` writes that run's
+//!   [`timeline`]: one self-contained HTML page (inline SVG and CSS, no
+//!   script, nothing loaded from elsewhere) and prints `timeline: <path>`.
+//!   A relative path is relative to `sim/` (where cargo runs the tests).
+//! - A failing sweep writes the timelines of the failed seeds it shows
+//!   without being asked, to `target/sim-timelines/<test>-seed-<n>.html`
+//!   (or to `SIM_TIMELINE`: then the first failure's only), and its
+//!   failure message names each file next to the replay command.
+//! - A `broken::*` test with `SIM_TIMELINE` set writes the timeline of
+//!   the first seed that caught its bug.
+//! - The page: a time axis in seconds; a lane per host (servers with a
+//!   row per client, any other host the trace names, clients); server
+//!   streams as bars labelled `c<client> g<generation>` (and the
+//!   incarnation once the report carries it) with the numbers sent as
+//!   ticks; on each client's lane the stream it holds, numbers received
+//!   and acknowledgements as ticks, connects, failures and its verdict;
+//!   faults as labelled shaded spans (cut, one-way cut, hold, crash,
+//!   network settings); broken invariants as numbered red markers (text
+//!   in the tooltip) listed under the picture. Ticks closer than 3 px
+//!   merge into one mark, so runs of minutes and thousands of numbers
+//!   stay readable and the page stays well under 1.5 MB. Hover a mark for
+//!   its numbers and times.
+//!
 //! # Layout
 //!
 //! - [`scenario`]: [`Scenario`] — hosts, clients and their counts, the
@@ -65,6 +95,7 @@
 //! - [`invariants`]: [`check`] turns a report into [`Violation`]s.
 //! - [`sweep`](mod@sweep): runs a builder over seeds on worker threads,
 //!   prints seeds per second, fault-kind counts and replay commands.
+//! - [`timeline`]: draws one run's [`Report`] as an HTML page.
 //! - [`net`]: turmoil sockets shaped for `station_net::serve` and
 //!   `station_net::client::Endpoints`.
 //! - [`storenet`]: the store host and the servers' [`storenet::NetStore`],
@@ -174,6 +205,7 @@
 //! | `reuse::a_late_delete_cannot_remove_a_reused_id` | a held `Delete` of a completed session arrives after the id was reused |
 //! | `replay::*` | same seed twice, same trace hash |
 //! | `broken::*` | every planted [`Bug`] (one per rule) is caught by the checker |
+//! | `timeline::*` | timelines of a passing, a planted-bug and a long run: well-formed, a lane per host, violations marked, bounded size |
 //!
 //! # Planted bugs (`broken.rs`)
 //!
@@ -207,6 +239,7 @@ pub mod store;
 pub mod storenet;
 pub mod swarm;
 pub mod sweep;
+pub mod timeline;
 
 pub use invariants::{check, Invariant, Violation};
 pub use report::Report;

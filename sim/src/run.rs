@@ -190,7 +190,16 @@ impl Shared {
                 endpoint,
                 next_index,
                 ..
-            } => format!("c{c} attached {endpoint} @{next_index}"),
+            } => {
+                let line = format!("c{c} attached {endpoint} @{next_index}");
+                if client.is_finished() && client.received() == client.count() {
+                    // It held every number: attaching sent the final ack.
+                    self.log(at, line);
+                    format!("c{c} ack @{}", client.acked())
+                } else {
+                    line
+                }
+            }
             Event::Number { index } => {
                 let snap = client.snapshot();
                 let mut state = self.state();
@@ -211,6 +220,12 @@ impl Shared {
                 state
                     .trace
                     .push(format!("{} c{c} number #{index}", stamp(at)));
+                if new && client.acked() == snap.next_index {
+                    // This number made the client emit a (cumulative) ack.
+                    state
+                        .trace
+                        .push(format!("{} c{c} ack @{}", stamp(at), snap.next_index));
+                }
                 return;
             }
             Event::Failed { endpoint, end } => format!("c{c} failed {endpoint}: {end:?}"),

@@ -9,6 +9,10 @@
 //!   default.
 //! - `SIM_THREADS=<n>`: worker threads per sweep (default: the machine's
 //!   parallelism). Seeds are independent, so the result is the same.
+//! - `SIM_TIMELINE=<path.html>`: write the [timeline](crate::timeline) of
+//!   the `SIM_SEED` run, or of a sweep's first failing seed, there. A
+//!   failing sweep writes the timelines of the seeds it shows even without
+//!   it (under `target/sim-timelines/`), and names the files.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +24,7 @@ use station_core::client::Verdict;
 use crate::invariants::{check, Violation};
 use crate::run::run;
 use crate::scenario::Scenario;
+use crate::timeline;
 
 /// The test binary that holds the scenarios (`sim/tests/scenarios/`).
 pub const TEST_BINARY: &str = "scenarios";
@@ -46,6 +51,10 @@ pub struct SeedResult {
     pub reconnects: u64,
     /// The fault kinds the run exercised ([`Scenario::fault_kinds`]).
     pub fault_kinds: Vec<&'static str>,
+    /// The run's [timeline](crate::timeline) page, kept for a `SIM_SEED`
+    /// run when `SIM_TIMELINE` is set (others are drawn again when needed:
+    /// see [`write_timeline`]).
+    pub timeline: Option<String>,
 }
 
 /// The path of a test inside the scenarios binary, from the calling
@@ -145,6 +154,8 @@ fn run_one(seed: u64, build: &(dyn Fn(u64) -> Scenario + Sync)) -> SeedResult {
         }
         text
     });
+    let timeline = (single && timeline::requested())
+        .then(|| timeline::render(&scenario, &report, &violations));
     let verdicts = report
         .clients
         .iter()
@@ -168,6 +179,39 @@ fn run_one(seed: u64, build: &(dyn Fn(u64) -> Scenario + Sync)) -> SeedResult {
         details,
         verdicts,
         reconnects,
+        timeline,
+    }
+}
+
+/// Writes the timeline of `result`'s run to [`timeline::path_for`] and
+/// returns a line naming the file. The page kept in `result` if any, else
+/// the seed is run again (runs replay exactly; the line says so if this one
+/// did not).
+pub fn write_timeline(
+    test: &str,
+    result: &SeedResult,
+    build: &(dyn Fn(u64) -> Scenario + Sync),
+) -> String {
+    let mut note = String::new();
+    let html = match &result.timeline {
+        Some(html) => html.clone(),
+        None => {
+            let scenario = build(result.seed);
+            let report = run(&scenario, result.seed);
+            if report.trace_hash != result.trace_hash {
+                note = format!(
+                    " (NOTE: drawn from a second run whose trace hash {:016x} differs from {:016x})",
+                    report.trace_hash, result.trace_hash
+                );
+            }
+            timeline::render(&scenario, &report, &check(&scenario, &report))
+        }
+    };
+    let path = timeline::path_for(test, result.seed);
+    let path = std::path::absolute(&path).unwrap_or(path);
+    match timeline::write(&path, &html) {
+        Ok(()) => format!("timeline: {}{note}", path.display()),
+        Err(e) => format!("timeline: could not write {}: {e}", path.display()),
     }
 }
 
@@ -202,12 +246,22 @@ pub fn sweep(test: &str, default_seeds: u64, build: impl Fn(u64) -> Scenario + S
             "seed {} trace hash {:016x}",
             results[0].seed, results[0].trace_hash
         );
+        if failed.is_empty() && timeline::requested() {
+            println!("{}", write_timeline(test, &results[0], &build));
+        }
     }
     if failed.is_empty() {
+        if seeds.len() > 1 && timeline::requested() {
+            // Straight to stderr, past the test harness's capture.
+            let _ = std::io::stderr().write_all(
+                b"SIM_TIMELINE: no timeline written: it draws one seed (SIM_SEED) or a failure\n",
+            );
+        }
         return;
     }
     let mut text = String::new();
-    for r in failed.iter().take(3) {
+    let mut picture = String::new();
+    for (i, r) in failed.iter().take(3).enumerate() {
         text += &format!("\n=== {test} seed {} FAILED ===\n", r.seed);
         for v in &r.violations {
             text += &format!("  {v}\n");
@@ -216,11 +270,19 @@ pub fn sweep(test: &str, default_seeds: u64, build: impl Fn(u64) -> Scenario + S
             text += details;
         }
         text += &format!("  replay: {}\n", replay_command(test, r.seed));
+        // SIM_TIMELINE names one file: the first failure's.
+        if i == 0 || !timeline::requested() {
+            let line = write_timeline(test, r, &build);
+            text += &format!("  {line}\n");
+            if i == 0 {
+                picture = format!("its {line}\n");
+            }
+        }
     }
     let first = failed[0].seed;
     let seeds_failed: Vec<u64> = failed.iter().map(|r| r.seed).collect();
     panic!(
-        "{text}\n{} of {} seeds failed: {seeds_failed:?}\nreplay the first with:\n  {}\n",
+        "{text}\n{} of {} seeds failed: {seeds_failed:?}\nreplay the first with:\n  {}\n{picture}",
         failed.len(),
         results.len(),
         replay_command(test, first)

@@ -482,6 +482,12 @@ impl Client {
         self.next_index
     }
 
+    /// Numbers acknowledged: what the last `Ack` emitted said, or where the
+    /// current stream attached if none has been emitted on it.
+    pub fn acked(&self) -> u32 {
+        self.acked
+    }
+
     /// Streams opened after the first.
     pub fn reconnects(&self) -> u32 {
         self.reconnects

@@ -18,12 +18,13 @@ fn caught(
 ) {
     let test = test_path!(name);
     let seeds = seeds(default_seeds);
-    let results = run_seeds(&seeds, &|seed| {
+    let with_bug = |seed| {
         let mut s = build(seed);
         s.bug = bug;
         s.name = format!("{} with bug {bug:?}", s.name);
         s
-    });
+    };
+    let results = run_seeds(&seeds, &with_bug);
     let catches: Vec<_> = results
         .iter()
         .filter(|r| r.violations.iter().any(|v| v.invariant == expected))
@@ -49,6 +50,9 @@ fn caught(
         }
     }
     println!("replay: {}", replay_command(&test, first.seed));
+    if sim::timeline::requested() {
+        println!("{}", sim::sweep::write_timeline(&test, first, &with_bug));
+    }
 }
 
 /// Expiry too early.

@@ -13,3 +13,4 @@ mod partitions;
 mod replay;
 mod reuse;
 mod swarm;
+mod timeline;
