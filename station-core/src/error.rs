@@ -37,7 +37,7 @@ pub enum Reject {
     BadToken(ClientId),
     /// No session with this id is known (never opened, or completed).
     // Must not say "expired": clients read that word as "known expired"
-    // (DESIGN §2), and here the server does not know.
+    // (ARCHITECTURE.md §2), and here the server does not know.
     #[error("no session {0}: never opened here, already completed, or forgotten")]
     Unknown(ClientId),
     /// The session existed but stayed detached longer than the TTL.

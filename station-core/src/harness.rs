@@ -12,7 +12,7 @@
 //! cut the network off (silently: half-open streams, failing connects),
 //! delay, duplicate or lose one message. Afterwards the run continues
 //! without new faults until the client has finished and every stream has
-//! ended, and [`Harness::check`] tests the invariants of DESIGN §5.
+//! ended, and [`Harness::check`] tests the invariants of ARCHITECTURE.md §6.
 //!
 //! Everything is deterministic: one base `Instant`, seeded randomness, and
 //! `BTreeMap`s only.
@@ -801,7 +801,7 @@ impl Harness {
         }
     }
 
-    /// The invariants (DESIGN §5):
+    /// The invariants (ARCHITECTURE.md §6):
     ///
     /// 1. the client finished; if `Verified`, it holds exactly the sequence
     ///    of the session's seed and the checksums agree; whatever the

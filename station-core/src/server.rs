@@ -17,7 +17,7 @@
 //!
 //! Each refresh sets the record to expire `ttl` after the stream last
 //! worked: now, if the client has acknowledged everything sent, else when
-//! the server began waiting for it (DESIGN §3). Acknowledgements that move
+//! the server began waiting for it (ARCHITECTURE.md §2). Acknowledgements that move
 //! that moment on by more than half an interval since the last write (after
 //! a stall) trigger a refresh of their own, so a drop just before the next
 //! tick does not leave the session expiring early.
@@ -46,7 +46,7 @@ pub struct Config {
     /// window allows.
     pub interval: Duration,
     /// A session is kept this long after the server last heard from its
-    /// client (DESIGN §3).
+    /// client (ARCHITECTURE.md §2).
     pub ttl: Duration,
     /// A stream whose client sends no first message, or none of the
     /// acknowledgements the server waits for, for this long is ended.
@@ -805,7 +805,7 @@ impl Session {
     }
 
     /// How long from `now` the record should live: `ttl` after the stream
-    /// last worked (DESIGN §3). That is `now` if the client has acknowledged
+    /// last worked (ARCHITECTURE.md §2). That is `now` if the client has acknowledged
     /// everything sent, else the moment the server began waiting for it
     /// (its first unacknowledged number or its last acknowledgement), or
     /// the last message heard, whichever is later.
@@ -1537,7 +1537,7 @@ mod tests {
         assert_eq!(drain(&mut s), [Output::End(End::ClientGone)]);
     }
 
-    /// DESIGN §3: a stream reset just after an ack arrived. The record must
+    /// ARCHITECTURE.md §2: a stream reset just after an ack arrived. The record must
     /// live `ttl` after the last moment the stream demonstrably worked, not
     /// `ttl` after the ack persisted by the previous refresh.
     #[test]

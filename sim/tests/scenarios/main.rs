@@ -1,4 +1,4 @@
-//! Every scenario of DESIGN §5 as its own test, each swept over many seeds
+//! Every scenario of ARCHITECTURE.md §6 as its own test, each swept over many seeds
 //! (see the `sim` crate docs for running, sweeping and replaying), plus
 //! replay and broken-variant tests.
 
