@@ -18,7 +18,7 @@ use station_core::server::{Lookup, StoreOp};
 use station_core::{ClientId, Reason, Reject};
 use station_net::StreamEvent;
 
-use crate::report::{ClientReport, Report};
+use crate::report::{ClientReport, Report, ServerEvent};
 use crate::scenario::{Expect, Finale, Scenario};
 
 /// Which rule a run broke.
@@ -33,7 +33,9 @@ pub enum Invariant {
     Expiry,
     /// 3: no session state remains once every client finished or expired.
     NoLeak,
-    /// 4: never two streams delivering one session at once.
+    /// 4: once a newer generation attached, an older stream sends at most
+    /// the one burst a refresh ordered before the takeover authorised
+    /// (all within half an interval), and nothing after it.
     OneStream,
     /// 5: a record is only ever written by a stream of its own
     /// incarnation, and within an incarnation its generation only goes up,
@@ -76,7 +78,12 @@ pub fn check(scenario: &Scenario, report: &Report) -> Vec<Violation> {
         let events = client_events(scenario, report, c);
         sequence(c, client, &events, &mut v);
         expiry(scenario, c, client, &mut v);
-        one_stream(c, &events, &mut v);
+        one_stream(
+            c,
+            &client_server_events(scenario, report, c),
+            scenario.session.interval / 2,
+            &mut v,
+        );
         finale(c, report, &events, &mut v);
     }
     no_leak(report, &mut v);
@@ -211,6 +218,18 @@ fn ends(report: &Report, v: &mut Vec<Violation>) {
 /// Server events about client `c`, in order. When a later client reuses
 /// the id, the events from its start on are its own.
 fn client_events<'r>(scenario: &Scenario, report: &'r Report, c: usize) -> Vec<&'r StreamEvent> {
+    client_server_events(scenario, report, c)
+        .into_iter()
+        .map(|e| &e.event)
+        .collect()
+}
+
+/// [`client_events`] with their times and hosts.
+fn client_server_events<'r>(
+    scenario: &Scenario,
+    report: &'r Report,
+    c: usize,
+) -> Vec<&'r ServerEvent> {
     let id = report.clients[c].id;
     let started = |c: usize| {
         report.clients[c]
@@ -226,8 +245,7 @@ fn client_events<'r>(scenario: &Scenario, report: &'r Report, c: usize) -> Vec<&
         .server_events
         .iter()
         .filter(|e| e.at >= from && until.is_none_or(|t| e.at < t))
-        .map(|e| &e.event)
-        .filter(|e| match e {
+        .filter(|e| match &e.event {
             StreamEvent::Attached { client_id, .. }
             | StreamEvent::Sent { client_id, .. }
             | StreamEvent::Completed { client_id } => *client_id == id,
@@ -438,26 +456,46 @@ fn expiry(scenario: &Scenario, c: usize, client: &ClientReport, v: &mut Vec<Viol
     }
 }
 
-/// After a stream of generation `g + 1` attached, no stream of an older
-/// generation may send.
-fn one_stream(c: usize, events: &[&StreamEvent], v: &mut Vec<Violation>) {
+/// Invariant 4 as the fenced refresh guarantees it. A stream sends a burst
+/// only after the store confirmed its refresh; a refresh the store applied
+/// just before a takeover may have its reply arrive after the new stream
+/// attached, so the old stream may still send that one burst (the same
+/// values: invariant 1 checks them). Every later burst needs another
+/// refresh, which the takeover makes conflict. So after generation `g + 1`
+/// attached, each older stream's sends must all fall within `burst` (half
+/// an interval) of its first such send.
+fn one_stream(c: usize, events: &[&ServerEvent], burst: Duration, v: &mut Vec<Violation>) {
     let mut newest = 0u64;
+    // Per stale stream (server, boot, generation): its first send after a
+    // newer generation attached.
+    let mut stale: BTreeMap<(usize, u64, u64), Duration> = BTreeMap::new();
     for e in events {
-        match e {
+        match &e.event {
             StreamEvent::Attached { generation, .. } => {
                 // Generation 1 starts a new session (the old one is gone).
-                newest = if *generation == 1 { 1 } else { newest.max(*generation) };
+                newest = if *generation == 1 {
+                    1
+                } else {
+                    newest.max(*generation)
+                };
             }
             StreamEvent::Sent {
                 generation, index, ..
-            } if *generation < newest => violation(
-                v,
-                Invariant::OneStream,
-                Some(c),
-                format!(
-                    "a generation-{generation} stream sent #{index} after generation {newest} attached"
-                ),
-            ),
+            } if *generation < newest => {
+                let first = *stale.entry((e.server, e.boot, *generation)).or_insert(e.at);
+                if e.at > first + burst {
+                    violation(
+                        v,
+                        Invariant::OneStream,
+                        Some(c),
+                        format!(
+                            "a generation-{generation} stream sent #{index} at {:?}, a burst after its \
+                             last one ({first:?}) although generation {newest} had attached",
+                            e.at
+                        ),
+                    );
+                }
+            }
             StreamEvent::Sent { .. } | StreamEvent::Completed { .. } => {}
         }
     }
