@@ -64,19 +64,62 @@ first() { # first-number latency, n = 1 against n = 65535, same server
     stop
 }
 
-redis() { # the Redis store at 1 s interval
-    local dir; dir=$(mktemp -d)
-    local rport; rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    redis-server --port "$rport" --bind 127.0.0.1 --dir "$dir" --save "" --appendonly no > "$OUT/redis.log" 2>&1 &
-    local rpid=$!
-    sleep 0.5
-    for n in ${REDIS_SCALE:-20000 30000 40000}; do
-        start "redis-$n" $S server --port 0 --interval 1s --store redis://127.0.0.1:$rport/0
-        $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections 64 --count 60 \
-            --ramp-up-rate 5000 --server-pid $PID --duration 300s --json > "$OUT/redis-$n.json" || true
-        stop
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Redis processes of the store under test: RPIDS (every process, replicas
+# included, since they spend this machine's CPU too) and RPORTS.
+redis_single() { # starts one redis-server, no persistence; sets URL
+    RDIR=$(mktemp -d); local port; port=$(free_port)
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$RDIR" --save "" --appendonly no \
+        > "$OUT/redis-single.log" 2>&1 &
+    RPIDS=$!; RPORTS=$port
+    until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
+    URL=redis://127.0.0.1:$port/0
+}
+redis_cluster() { # starts six nodes (three primaries, three replicas), no persistence; sets URL
+    RDIR=$(mktemp -d); RPIDS=; RPORTS=
+    local port nodes=
+    for _ in 1 2 3 4 5 6; do
+        port=$(free_port); mkdir -p "$RDIR/$port"
+        redis-server --port "$port" --bind 127.0.0.1 --dir "$RDIR/$port" --save "" --appendonly no \
+            --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+            > "$OUT/redis-cluster-$port.log" 2>&1 &
+        RPIDS="$RPIDS $!"; RPORTS="$RPORTS $port"; nodes="$nodes 127.0.0.1:$port"
+        until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
     done
-    kill $rpid; rm -rf "$dir"
+    # shellcheck disable=SC2086
+    redis-cli --cluster create $nodes --cluster-replicas 1 --cluster-yes > "$OUT/redis-cluster-create.log"
+    for port in $RPORTS; do
+        until redis-cli -p "$port" cluster info | grep -q cluster_state:ok; do sleep 0.2; done
+    done
+    URL=redis+cluster://$(echo $nodes | tr ' ' ',')
+}
+redis_down() { kill $RPIDS 2>/dev/null || true; wait $RPIDS 2>/dev/null || true; rm -rf "$RDIR"; }
+redis_usage() { # prints {"cpu_seconds": …, "commands": …} summed over RPIDS and RPORTS
+    local ticks=0 commands=0 pid port
+    for pid in $RPIDS; do ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+    for port in $RPORTS; do
+        commands=$((commands + $(redis-cli -p "$port" info stats | tr -d '\r' | awk -F: '/^total_commands_processed:/ {print $2}')))
+    done
+    echo "{\"cpu_seconds\": $(python3 -c "print($ticks / $(getconf CLK_TCK))"), \"commands\": $commands}"
+}
+
+redis() { # sessions per server on one Redis and on a six-node cluster, alternating,
+    # at 1 s interval; Redis CPU and commands measured around each run
+    for n in ${REDIS_SCALE:-20000 30000}; do
+        for rep in 1 2 3; do
+            for store in single cluster; do
+                "redis_$store"
+                start "redis-$store-$n-$rep" $S server --port 0 --interval 1s --store "$URL"
+                local before; before=$(redis_usage)
+                $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections 64 --count 60 \
+                    --ramp-up-rate 5000 --server-pid $PID --duration 300s --json > "$OUT/redis-$store-$n-$rep.json" || true
+                echo "{\"before\": $before, \"after\": $(redis_usage)}" > "$OUT/redis-$store-$n-$rep.redis"
+                stop
+                redis_down
+            done
+        done
+    done
 }
 
 overload() { # at 100 ms, what the server carries (OVERLOAD_BASE sessions),

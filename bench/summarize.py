@@ -72,13 +72,56 @@ def first():
     if len(p50) == 2:
         print(f"\nratio n = 65,535 / n = 1 at p50, run by run: {med([a / b for a, b in zip(p50[65535], p50[1])], '{:.2f}')}")
 
-def redis():
-    print("| sessions | failed | lateness p99 (ms) | lateness max (ms) | server CPU (s) |")
-    print("|---|---|---|---|---|")
-    runs = sorted(load("redis-*.json"), key=lambda r: r["sessions"])
-    for r in runs:
-        print(f"| {r['sessions']:,} | {r['failed']} | {r['lateness_ms']['p99']:.1f} | {r['lateness_ms']['max']:.1f} | {server(r, 'cpu_seconds') or 0:.1f} |")
+def redis_usage(path):
+    """Redis CPU seconds and commands over one run, from its .redis file."""
+    try:
+        with open(path) as f:
+            u = json.load(f)
+    except (OSError, ValueError):
+        return None, None
+    return (u["after"]["cpu_seconds"] - u["before"]["cpu_seconds"],
+            u["after"]["commands"] - u["before"]["commands"])
 
-for title, table in (("Scale", scale), ("Max rate", maxrate), ("First number", first), ("Redis", redis)):
+def redis():
+    print("| store | sessions | runs | failed | lateness p99 (ms) | lateness max (ms) | server CPU per number (µs) "
+          "| Redis CPU per number (µs) | Redis commands per number |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    sizes = sorted({int(m.group(1)) for p in glob.glob(os.path.join(OUT, "redis-*-*-*.json"))
+                    if (m := re.search(r"redis-(?:single|cluster)-(\d+)-\d+\.json$", p))})
+    for n in sizes:
+        for store, label in (("single", "one Redis"), ("cluster", "cluster, 3 primaries + 3 replicas")):
+            paths = sorted(glob.glob(os.path.join(OUT, f"redis-{store}-{n}-*.json")))
+            runs = load(f"redis-{store}-{n}-*.json")
+            if not runs:
+                continue
+            usage = [redis_usage(p[:-len(".json")] + ".redis") for p in paths]
+            per = lambda values: [v / r["numbers"] if v is not None and r["numbers"] else None
+                                  for v, r in zip(values, runs)]
+            print(f"| {label} | {n:,} | {len(runs)} | {med([r['failed'] for r in runs], '{:.0f}')} "
+                  f"| {med([r['lateness_ms']['p99'] for r in runs])} "
+                  f"| {med([r['lateness_ms']['max'] for r in runs])} "
+                  f"| {med(per([server(r, 'cpu_seconds') * 1e6 for r in runs]))} "
+                  f"| {med(per([c * 1e6 if c is not None else None for c, _ in usage]))} "
+                  f"| {med(per([k for _, k in usage]), '{:.2f}')} |")
+
+def overload():
+    print("| sessions | shedding (`--shed-when-late`) | runs | completed | failed | lateness p99 (ms) | reconnects "
+          "| of which silent drops | of which RESOURCE_EXHAUSTED | server CPU (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = sorted({(int(m.group(1)), m.group(2)) for p in glob.glob(os.path.join(OUT, "overload-*.json"))
+                   if (m := re.search(r"overload-(\d+)-(base|shed[0-9a-z]+)(?:-\d+)?\.json$", p))},
+                  key=lambda r: (r[0], r[1] != "base", r[1]))
+    for n, kind in rows:
+        runs = load(f"overload-{n}-{kind}*.json")
+        label = {"base": "off (what it carries)", "shed0s": "off"}.get(kind, kind.removeprefix("shed") + ", `Open` only")
+        print(f"| {n:,} | {label} | {len(runs)} | {med([r['completed'] for r in runs], '{:,.0f}')} "
+              f"| {med([r['failed'] for r in runs], '{:,.0f}')} "
+              f"| {med([r['lateness_ms']['p99'] for r in runs])} "
+              f"| {med([r.get('reconnects') for r in runs], '{:,.0f}')} "
+              f"| {med([r.get('silent_drops') for r in runs], '{:,.0f}')} "
+              f"| {med([r.get('resource_exhausted') for r in runs], '{:,.0f}')} "
+              f"| {med([server(r, 'cpu_seconds') for r in runs])} |")
+
+for title, table in (("Scale", scale), ("Max rate", maxrate), ("First number", first), ("Redis", redis), ("Overload", overload)):
     print(f"\n## {title}\n")
     table()

@@ -141,10 +141,13 @@ impl Shared {
         let at = self.now();
         let who = format!("s{server}.{boot}");
         let line = match event {
+            // The incarnation stays out of the trace line, so trace hashes
+            // match those recorded before it was observed.
             StreamEvent::Attached {
                 client_id,
                 generation,
                 next_index,
+                ..
             } => format!(
                 "{who} attached {} g{generation} @{next_index}",
                 self.client_name(client_id)

@@ -6,7 +6,7 @@
 //!   any), each server (with a row per client it streamed to), every
 //!   other host seen in the trace (a store host, say), then each client.
 //! - Server streams are bars from `Attached` to their last event,
-//!   labelled with client, incarnation (when the report carries it) and
+//!   labelled with client, incarnation (its top 16 bits, in hex) and
 //!   generation; the numbers they sent are ticks on the bar.
 //! - On a client's lane: the stream it held (bar, labelled with the
 //!   server and the index it attached at), numbers received above it
@@ -121,7 +121,7 @@ struct Stream {
     client: Option<usize>,
     boot: u64,
     generation: u64,
-    incarnation: Option<u64>,
+    incarnation: u64,
     /// Which session of its client (1 = first Open), in order of attach.
     session: usize,
     from: Duration,
@@ -219,14 +219,6 @@ fn server_host(host: &str) -> Option<(usize, u64)> {
     Some((s.parse().ok()?, boot.parse().ok()?))
 }
 
-/// The incarnation of the session a stream event belongs to.
-///
-/// HOOK: server stream events do not carry the record's incarnation yet.
-/// When `StreamEvent::Attached` (or [`ServerEvent`]) gains it, return it
-/// here and the bars show it (as 4 hex digits) next to the generation.
-fn incarnation(_event: &ServerEvent) -> Option<u64> {
-    None
-}
 
 impl Model {
     fn build(scenario: &Scenario, report: &Report, violations: &[Violation]) -> Model {
@@ -265,6 +257,7 @@ impl Model {
             match &e.event {
                 StreamEvent::Attached {
                     client_id,
+                    incarnation,
                     generation,
                     next_index,
                 } => {
@@ -278,7 +271,7 @@ impl Model {
                         client,
                         boot: e.boot,
                         generation: *generation,
-                        incarnation: incarnation(e),
+                        incarnation: *incarnation,
                         session: *session,
                         from: e.at,
                         to: e.at,
@@ -1053,17 +1046,14 @@ fn stream_bar(c: &mut Canvas, s: &Stream, y: f64, name: &str, next: f64) {
     let x0 = c.x(s.from);
     let x1 = c.x(s.to).max(x0 + 3.0);
     let colour = colour(s.client);
-    let inc = s.incarnation.map(|i| format!("{:04x}", i >> 48));
-    let label = match &inc {
-        Some(inc) => format!("{name} i{inc} g{}", s.generation),
-        None => format!("{name} g{}", s.generation),
-    };
+    let inc = format!("{:04x}", s.incarnation >> 48);
+    let label = format!("{name} i{inc} g{}", s.generation);
     let first = s.sent.first().map(|(_, n)| *n);
     let last = s.sent.last().map(|(_, n)| *n);
     let title = format!(
         "{name}, session {} (incarnation {}), generation {}, boot {}: attached at {} from #{}; {}{}",
         s.session,
-        inc.as_deref().unwrap_or("not in the report"),
+        inc,
         s.generation,
         s.boot,
         seconds(s.from),

@@ -508,6 +508,14 @@ impl Session {
         }
     }
 
+    /// The incarnation of the session this stream holds, with
+    /// [`generation`](Self::generation): drawn when the session was opened,
+    /// kept across takeovers (ARCHITECTURE.md §2, fencing).
+    pub fn incarnation(&self) -> Option<u64> {
+        self.generation()
+            .and(self.record.map(|r| r.incarnation))
+    }
+
     /// Whether the stream has ended (the last output was [`Output::End`]).
     pub fn is_ended(&self) -> bool {
         self.phase == Phase::Ended

@@ -129,11 +129,14 @@ impl<S: SessionStore> Stream for SessionStream<S> {
                     },
                     Output::Attached(a) => {
                         shared.counters.attached(*this.resumed);
-                        if let (Some(client_id), Some(generation)) =
-                            (session.client_id(), session.generation())
-                        {
+                        if let (Some(client_id), Some(generation), Some(incarnation)) = (
+                            session.client_id(),
+                            session.generation(),
+                            session.incarnation(),
+                        ) {
                             shared.observe(|| StreamEvent::Attached {
                                 client_id,
+                                incarnation,
                                 generation,
                                 next_index: a.next_index,
                             });

@@ -140,6 +140,9 @@ pub enum StreamEvent {
     Attached {
         /// The session.
         client_id: ClientId,
+        /// The incarnation of the session (drawn at Open, kept across
+        /// takeovers).
+        incarnation: u64,
         /// The generation the stream holds.
         generation: u64,
         /// First index the stream sends.

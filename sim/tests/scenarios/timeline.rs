@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use sim::sweep::{run_seeds, seeds};
 use sim::{check, run, timeline, Bug, ClientPlan, Expect, Report, Scenario};
+use station_net::StreamEvent;
 
 /// Largest page for the runs drawn here: ticks closer than a few pixels
 /// are merged, so even minutes of numbers every 20 ms stay well below.
@@ -126,12 +127,24 @@ fn a_failover_run_draws_every_host_stream_and_crash() {
         !html.contains(r#"class="violation""#),
         "no violation marked"
     );
-    // Each client's first stream is a bar labelled with its generation.
-    for c in 0..scenario.clients.len() {
-        assert!(
-            html.contains(&format!(r#"class="barlabel">c{c} g1"#)),
-            "no generation-1 bar for c{c}"
-        );
+    // Each client's first stream is a bar labelled with its incarnation
+    // (top 16 bits) and generation.
+    for (c, client) in report.clients.iter().enumerate() {
+        let incarnation = report
+            .server_events
+            .iter()
+            .find_map(|e| match e.event {
+                StreamEvent::Attached {
+                    client_id,
+                    incarnation,
+                    generation: 1,
+                    ..
+                } if client_id == client.id => Some(incarnation),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("c{c} never attached at generation 1"));
+        let label = format!(r#"class="barlabel">c{c} i{:04x} g1"#, incarnation >> 48);
+        assert!(html.contains(&label), "no bar {label}");
     }
     assert!(
         html.contains(r#"class="span crash""#),
