@@ -2,12 +2,14 @@
 //! benchmarks.
 //!
 //! Opens `--sessions` sessions multiplexed over `--connections` HTTP/2
-//! connections, verifies every checksum, and reports completions, numbers
+//! connections (or one connection each, `--connection-per-session`, spread
+//! over `--source-addresses`), verifies every checksum, and reports completions, numbers
 //! per second, how late each number arrived against the schedule the
 //! server announced in `Attached` (first number at once, then one per
 //! interval), the first-number latency, and — given the server's pid — its
 //! CPU time and memory from `/proc`. Bounded in count and time.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -245,13 +247,28 @@ pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
     if args.endpoint.is_empty() {
         return Err("give at least one --endpoint".into());
     }
+    // Connection `k` binds source address 127.0.0.(1 + k mod N), or lets
+    // the kernel choose when there is one.
+    let source_addresses = args.source_addresses.max(1);
+    let connection = |k: usize| {
+        let opts = ChannelOptions {
+            local_address: (source_addresses > 1)
+                .then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (k % usize::from(source_addresses)) as u8))),
+            ..ChannelOptions::default()
+        };
+        Endpoints::tcp(&args.endpoint, &opts).map_err(|e| e.to_string())
+    };
+    // Multiplexed: every session takes one of a few shared pools. One per
+    // session: each session's task makes its own when it starts.
     let connections = args.connections.max(1);
     let mut pools = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        pools.push(
-            Endpoints::tcp(&args.endpoint, &ChannelOptions::default())
-                .map_err(|e| e.to_string())?,
-        );
+    if !args.connection_per_session {
+        for k in 0..connections {
+            pools.push(connection(k)?);
+        }
+    } else {
+        // Fail on a bad endpoint now, not in every session.
+        connection(0)?;
     }
     let idle = args.server_pid.and_then(proc_stats);
     let measurements = Arc::new(Mutex::new(Measurements::new()));
@@ -270,7 +287,10 @@ pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
         if tokio::time::Instant::now() >= deadline {
             break;
         }
-        let endpoints = pools[i % connections].clone();
+        let endpoints = match pools.get(i % connections) {
+            Some(shared) => shared.clone(),
+            None => connection(i)?,
+        };
         let measurements = measurements.clone();
         let interval_seen = interval_seen.clone();
         let count = args.count;
@@ -446,6 +466,8 @@ mod tests {
             endpoint: vec![endpoint],
             sessions,
             connections: 2,
+            connection_per_session: false,
+            source_addresses: 1,
             count: 5,
             ramp_up_rate: 0,
             duration,
@@ -455,9 +477,12 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn small_run_completes_and_counts_every_number() {
-        use station_net::{serve_tcp, ServerConfig, Station};
+    /// Runs `args` (endpoint filled in) against an in-process server at a
+    /// 10 ms interval; returns the report and the source address of every
+    /// connection the server accepted.
+    async fn run_recorded(mut args: LoadArgs) -> (Report, Vec<std::net::SocketAddr>) {
+        use station_net::{serve, ServerConfig, Station};
+        use tokio_stream::StreamExt;
         let cfg = ServerConfig {
             session: station_core::server::Config::new(
                 Duration::from_millis(10),
@@ -466,17 +491,27 @@ mod tests {
             ..ServerConfig::default()
         };
         let station = Station::new(cfg, station_net::store::MemoryStore::default());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(serve_tcp(
-            station,
-            "127.0.0.1:0".parse().unwrap(),
-            |a| tx.send(a).unwrap(),
-            std::future::pending(),
-        ));
-        let addr = rx.await.unwrap();
-        let report = measure(&args(addr.to_string(), 6, Duration::from_secs(60)))
-            .await
-            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        args.endpoint = vec![listener.local_addr().unwrap().to_string()];
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let seen = peers.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(
+            move |conn: std::io::Result<tokio::net::TcpStream>| {
+                if let Ok(conn) = &conn {
+                    seen.lock().unwrap().push(conn.peer_addr().unwrap());
+                }
+                conn
+            },
+        );
+        tokio::spawn(serve(station, incoming, std::future::pending()));
+        let report = measure(&args).await.unwrap();
+        let peers = peers.lock().unwrap().clone();
+        (report, peers)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_run_completes_and_counts_every_number() {
+        let (report, peers) = run_recorded(args(String::new(), 6, Duration::from_secs(60))).await;
         assert_eq!(
             (
                 report.sessions,
@@ -490,9 +525,26 @@ mod tests {
         assert_eq!(report.reconnects, 0);
         assert_eq!(report.interval, Some(Duration::from_millis(10)));
         assert!(report.server.is_some());
+        // Six sessions multiplexed over two connections.
+        assert_eq!(peers.len(), 2, "{peers:?}");
         let json = report.json();
         assert_eq!(json["completed"], 6);
         assert!(report.text().contains("6 completed"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_connection_per_session_spreads_over_source_addresses() {
+        let mut a = args(String::new(), 6, Duration::from_secs(60));
+        a.connection_per_session = true;
+        a.source_addresses = 3;
+        let (report, peers) = run_recorded(a).await;
+        assert_eq!((report.completed, report.failed, report.reconnects), (6, 0, 0));
+        assert_eq!(peers.len(), 6, "one connection per session: {peers:?}");
+        let sources: std::collections::BTreeSet<_> = peers.iter().map(|p| p.ip()).collect();
+        let expected: std::collections::BTreeSet<IpAddr> = (1..=3)
+            .map(|d| IpAddr::V4(Ipv4Addr::new(127, 0, 0, d)))
+            .collect();
+        assert_eq!(sources, expected);
     }
 
     #[tokio::test]

@@ -208,8 +208,17 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1000)]
     pub sessions: usize,
     /// HTTP/2 connections per endpoint to multiplex the sessions over.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, conflicts_with = "connection_per_session")]
     pub connections: usize,
+    /// Give every session its own connection, as separate client processes
+    /// would have (instead of multiplexing them over --connections).
+    #[arg(long)]
+    pub connection_per_session: bool,
+    /// Spread connections over this many source addresses, 127.0.0.1 to
+    /// 127.0.0.N, each with its own ephemeral ports (Linux gives about
+    /// 28,000 per address and server): for loopback servers only.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub source_addresses: u8,
     /// Numbers per session.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=65535))]
     pub count: u32,

@@ -36,7 +36,7 @@ use station_core::client::Verdict;
 use station_net::StreamEvent;
 
 use crate::invariants::Violation;
-use crate::report::{Report, ServerEvent};
+use crate::report::Report;
 use crate::scenario::{Action, Scenario};
 
 /// Width of the picture, in pixels.

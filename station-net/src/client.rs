@@ -7,6 +7,7 @@
 //! rotates to the next endpoint when a stream fails, so a client given
 //! several servers fails over between them.
 
+use std::net::{IpAddr, SocketAddr};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use station_core::client::{self, Client, Outcome, Output, Request, StreamEnd};
-use tokio::net::TcpStream;
+use tokio::net::{lookup_host, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
@@ -43,6 +44,11 @@ pub struct ChannelOptions {
     /// PEM certificate(s) of the authority that signed the servers'
     /// certificates; required for `https://` endpoints.
     pub tls_ca: Option<Vec<u8>>,
+    /// Source address to bind before connecting. Each source address has
+    /// its own ephemeral ports, so a load generator can open more
+    /// connections to one server than one address allows (about 28,000 on
+    /// Linux's default range) by spreading them over 127.0.0.1–127.0.0.N.
+    pub local_address: Option<IpAddr>,
 }
 
 impl Default for ChannelOptions {
@@ -52,6 +58,7 @@ impl Default for ChannelOptions {
             keepalive_interval: Duration::from_secs(5),
             keepalive_timeout: Duration::from_secs(5),
             tls_ca: None,
+            local_address: None,
         }
     }
 }
@@ -101,15 +108,52 @@ impl std::fmt::Debug for Endpoints {
 /// Opens a TCP connection for a channel, with writes coalesced
 /// ([`Coalesce`]): the acknowledgements of many sessions on one connection
 /// then share writes. tonic layers TLS (if configured) and the endpoint's
-/// connect timeout on top.
-async fn connect(uri: Uri) -> std::io::Result<TokioIo<Coalesce<TcpStream>>> {
+/// connect timeout on top. With `local`, the socket is bound to that
+/// source address (any port) first.
+async fn connect(
+    uri: Uri,
+    local: Option<IpAddr>,
+) -> std::io::Result<TokioIo<Coalesce<TcpStream>>> {
     let host = uri.host().unwrap_or("localhost");
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
         Some("https") => 443,
         _ => 80,
     });
-    let tcp = TcpStream::connect((host, port)).await?;
+    let tcp = match local {
+        None => TcpStream::connect((host, port)).await?,
+        Some(local) => {
+            let mut last = None;
+            let mut tcp = None;
+            // The first resolved address of the source address's family.
+            for addr in lookup_host((host, port)).await? {
+                if addr.is_ipv4() != local.is_ipv4() {
+                    continue;
+                }
+                let socket = if local.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                socket.bind(SocketAddr::new(local, 0))?;
+                match socket.connect(addr).await {
+                    Ok(stream) => {
+                        tcp = Some(stream);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            tcp.ok_or_else(|| {
+                last.unwrap_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::AddrNotAvailable,
+                        format!("{host} has no address of the family of {local}"),
+                    )
+                })
+            })?
+        }
+    };
     // Numbers are tiny and latency matters more than packing.
     tcp.set_nodelay(true)?;
     Ok(TokioIo::new(Coalesce::new(tcp)))
@@ -160,8 +204,10 @@ impl Endpoints {
                 .http2_keep_alive_interval(opts.keepalive_interval)
                 .keep_alive_timeout(opts.keepalive_timeout)
                 .keep_alive_while_idle(true);
-            let make: ChannelFactory =
-                Arc::new(move || endpoint.connect_with_connector_lazy(tower::service_fn(connect)));
+            let local = opts.local_address;
+            let make: ChannelFactory = Arc::new(move || {
+                endpoint.connect_with_connector_lazy(tower::service_fn(move |uri| connect(uri, local)))
+            });
             targets.push((addr.clone(), make));
         }
         Self::new(targets)
