@@ -252,8 +252,14 @@ pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
     let source_addresses = args.source_addresses.max(1);
     let connection = |k: usize| {
         let opts = ChannelOptions {
-            local_address: (source_addresses > 1)
-                .then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (k % usize::from(source_addresses)) as u8))),
+            local_address: (source_addresses > 1).then(|| {
+                IpAddr::V4(Ipv4Addr::new(
+                    127,
+                    0,
+                    0,
+                    1 + (k % usize::from(source_addresses)) as u8,
+                ))
+            }),
             ..ChannelOptions::default()
         };
         Endpoints::tcp(&args.endpoint, &opts).map_err(|e| e.to_string())
@@ -538,7 +544,10 @@ mod tests {
         a.connection_per_session = true;
         a.source_addresses = 3;
         let (report, peers) = run_recorded(a).await;
-        assert_eq!((report.completed, report.failed, report.reconnects), (6, 0, 0));
+        assert_eq!(
+            (report.completed, report.failed, report.reconnects),
+            (6, 0, 0)
+        );
         assert_eq!(peers.len(), 6, "one connection per session: {peers:?}");
         let sources: std::collections::BTreeSet<_> = peers.iter().map(|p| p.ip()).collect();
         let expected: std::collections::BTreeSet<IpAddr> = (1..=3)

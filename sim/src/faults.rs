@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use station_core::client::Config as ClientConfig;
 use station_core::ClientId;
 
 use crate::run::{lock, Registry};
@@ -29,6 +30,14 @@ pub(crate) enum Trigger {
     Sent { client: usize, index: u32 },
 }
 
+/// One-way trips before a reconnecting client has its `Attached`: the
+/// TCP handshake (two), the request, the answer. A network whose largest
+/// latency puts them past the client's attach timeout cuts clients off as
+/// surely as a partition: every attempt may time out (seed 23678 of the
+/// swarm: a 2.9 s spike). It counts as isolation, as a store too slow for
+/// the servers' timeout does.
+const ATTACH_LEGS: u32 = 4;
+
 /// Which links and servers are down, to measure client isolation.
 struct Links {
     cut: Vec<Vec<bool>>,
@@ -47,6 +56,9 @@ struct Links {
     /// The store host's links are so slow that operations time out (a
     /// round trip at the largest latency is past the servers' timeout).
     store_slow: bool,
+    /// The client-server links are so slow that a client cannot attach:
+    /// see [`ATTACH_LEGS`].
+    slow: bool,
     /// Per client: isolated since.
     since: Vec<Option<Duration>>,
     /// Per client: closed isolation periods.
@@ -65,6 +77,7 @@ impl Links {
             store_stalled: vec![false; servers],
             store_down: false,
             store_slow: false,
+            slow: false,
             since: vec![None; clients],
             periods: vec![Vec::new(); clients],
         }
@@ -83,6 +96,7 @@ impl Links {
                     || self.store_stalled[s]
                     || self.store_down
                     || self.store_slow
+                    || self.slow
             });
             match (isolated, self.since[c]) {
                 (true, None) => self.since[c] = Some(now),
@@ -293,6 +307,7 @@ fn apply(
         }
         Action::MaxLatency(d) => {
             latency.1 = *d;
+            links.slow = *d * ATTACH_LEGS >= ClientConfig::default().attach_timeout;
             sim.set_max_message_latency(*d);
             // Links given their own settings by a crash follow too.
             for c in 0..scenario.clients.len() {

@@ -219,7 +219,6 @@ fn server_host(host: &str) -> Option<(usize, u64)> {
     Some((s.parse().ok()?, boot.parse().ok()?))
 }
 
-
 impl Model {
     fn build(scenario: &Scenario, report: &Report, violations: &[Violation]) -> Model {
         let index: BTreeMap<_, _> = report

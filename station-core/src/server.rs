@@ -512,8 +512,7 @@ impl Session {
     /// [`generation`](Self::generation): drawn when the session was opened,
     /// kept across takeovers (ARCHITECTURE.md §2, fencing).
     pub fn incarnation(&self) -> Option<u64> {
-        self.generation()
-            .and(self.record.map(|r| r.incarnation))
+        self.generation().and(self.record.map(|r| r.incarnation))
     }
 
     /// Whether the stream has ended (the last output was [`Output::End`]).

@@ -7,8 +7,8 @@
 //! rotates to the next endpoint when a stream fails, so a client given
 //! several servers fails over between them.
 
-use std::net::{IpAddr, SocketAddr};
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -110,10 +110,7 @@ impl std::fmt::Debug for Endpoints {
 /// then share writes. tonic layers TLS (if configured) and the endpoint's
 /// connect timeout on top. With `local`, the socket is bound to that
 /// source address (any port) first.
-async fn connect(
-    uri: Uri,
-    local: Option<IpAddr>,
-) -> std::io::Result<TokioIo<Coalesce<TcpStream>>> {
+async fn connect(uri: Uri, local: Option<IpAddr>) -> std::io::Result<TokioIo<Coalesce<TcpStream>>> {
     let host = uri.host().unwrap_or("localhost");
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
@@ -206,7 +203,8 @@ impl Endpoints {
                 .keep_alive_while_idle(true);
             let local = opts.local_address;
             let make: ChannelFactory = Arc::new(move || {
-                endpoint.connect_with_connector_lazy(tower::service_fn(move |uri| connect(uri, local)))
+                endpoint
+                    .connect_with_connector_lazy(tower::service_fn(move |uri| connect(uri, local)))
             });
             targets.push((addr.clone(), make));
         }
