@@ -159,7 +159,9 @@
 //!    equal what the checker recomputes from the servers' values.
 //! 2. **Expiry**: a client is rejected as expired only if the fault
 //!    schedule left it no way to a running server that can reach the store
-//!    in time (a store latency spike past the servers' timeout counts as cut)
+//!    in time (a store latency spike past the servers' timeout counts as cut,
+//!    and so does a client-server latency spike that puts the four one-way
+//!    trips of an attach past the client's attach timeout)
 //!    for at least the TTL less two intervals (its last exchange can
 //!    precede the scheduled cut-off by a number and its lost
 //!    acknowledgement; cut-offs less than 12 s apart count as one, and
