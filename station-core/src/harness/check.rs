@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::{Harness, StreamId};
 use crate::client::Verdict;
 use crate::sequence::{self, RunningChecksum};
-use crate::server::{self, Session};
+use crate::server;
 
 impl Harness {
     /// Checks the client's progress on one number: at most one step, in
@@ -68,7 +68,7 @@ impl Harness {
     pub(super) fn all_ended(&self) -> bool {
         self.streams
             .values()
-            .all(|s| s.session.as_ref().is_none_or(Session::is_ended))
+            .all(|s| s.session.as_ref().is_none_or(server::Stream::is_ended))
     }
 
     /// Runs without new faults until the client has finished, every stream

@@ -1,6 +1,6 @@
 //! A deterministic harness that runs the core end to end, without I/O.
 //!
-//! One [`Client`] talks to one server [`Session`] per stream (a new session
+//! One [`Client`] talks to one server [`server::Stream`] per stream (a new machine
 //! for every connection, as `station-net` does) over a modelled network: a
 //! queue of in-flight messages with latency, kept in order per stream and
 //! direction. Sessions share a [`ModelStore`] that implements [`StoreOp`]
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::{self, Client, Outcome, Request, StreamEnd, Verdict};
 use crate::sequence::{self, mix64, RunningChecksum};
-use crate::server::{self, End, Fresh, Lookup, Output, Record, Session, StoreOp, StoreReply};
+use crate::server::{self, End, Fresh, Lookup, Output, Record, StoreOp, StoreReply};
 use crate::{ClientId, Reject, Secret};
 
 mod check;
@@ -72,7 +72,7 @@ impl Event {
 
 struct Stream {
     /// `None` for a connection attempt that failed.
-    session: Option<Session>,
+    session: Option<server::Stream>,
     /// Generation and seed of the record this stream last wrote.
     generation: Option<u64>,
     seed: Option<u64>,
@@ -304,7 +304,7 @@ impl Harness {
         let sessions = self
             .streams
             .values()
-            .filter_map(|s| s.session.as_ref().and_then(Session::poll_timeout));
+            .filter_map(|s| s.session.as_ref().and_then(server::Stream::poll_timeout));
         self.queue
             .keys()
             .next()
@@ -358,7 +358,7 @@ impl Harness {
         panic!("livelock: a timer stays due after handle_timeout (or events never end)");
     }
 
-    fn session(&mut self, sid: StreamId) -> &mut Session {
+    fn session(&mut self, sid: StreamId) -> &mut server::Stream {
         self.streams
             .get_mut(&sid)
             .and_then(|s| s.session.as_mut())
@@ -371,7 +371,7 @@ impl Harness {
         match ev {
             Event::Server(sid, up) => {
                 let alive = self.streams.get(&sid).and_then(|s| s.session.as_ref());
-                if alive.is_none_or(Session::is_ended) {
+                if alive.is_none_or(server::Stream::is_ended) {
                     return;
                 }
                 match up {
@@ -501,7 +501,7 @@ impl Harness {
         self.current = Some(sid);
         let reachable = self.now >= self.partition_until;
         let stream = Stream {
-            session: reachable.then(|| Session::new(self.setup.server.clone(), self.now)),
+            session: reachable.then(|| server::Stream::new(self.setup.server.clone(), self.now)),
             generation: None,
             seed: None,
             broken: !reachable,

@@ -1,11 +1,11 @@
-//! The server's side of one stream: [`Session`].
+//! The server's side of one stream: [`Stream`].
 //!
-//! One `Session` machine runs per gRPC stream. It attaches the stream to a
+//! One `Stream` machine runs per gRPC stream. It attaches the stream to a
 //! session record (new on `Open`, loaded on `Resume`), paces the numbers,
 //! checks acknowledgements and ends the stream. The record itself lives in a
 //! store shared by every stream — and, with Redis, by every server — so the
 //! machine asks for store operations as outputs ([`Output::Store`]) and is
-//! told the answers ([`Session::handle_store`]). Only one operation is
+//! told the answers ([`Stream::handle_store`]). Only one operation is
 //! outstanding at a time.
 //!
 //! Every operation that writes is a compare-and-set on the record's
@@ -22,7 +22,7 @@
 //! a stall) trigger a refresh of their own, so a drop just before the next
 //! tick does not leave the session expiring early.
 //!
-//! The machine is [`Session`] (this file); the record it keeps in the store
+//! The machine is [`Stream`] (this file); the record it keeps in the store
 //! is in `record.rs`, its settings in `config.rs`, what it receives and
 //! emits in `messages.rs`, and the store operations it asks for
 //! ([`StoreOp`], [`StoreReply`]) in [`crate::store`].
@@ -79,7 +79,7 @@ enum Pending {
 /// [`poll_timeout`](Self::poll_timeout) and call
 /// [`handle_timeout`](Self::handle_timeout).
 #[derive(Debug)]
-pub struct Session {
+pub struct Stream {
     cfg: Config,
     phase: Phase,
     pending: Option<Pending>,
@@ -112,11 +112,11 @@ pub struct Session {
     out: VecDeque<Output>,
 }
 
-impl Session {
+impl Stream {
     /// A stream was accepted at `now`; it must send `Open` or `Resume` within
     /// the silence timeout.
     pub fn new(cfg: Config, now: Instant) -> Self {
-        Session {
+        Stream {
             cfg,
             phase: Phase::Idle,
             pending: None,

@@ -41,7 +41,7 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn drain(s: &mut Session) -> Vec<Output> {
+fn drain(s: &mut Stream) -> Vec<Output> {
     std::iter::from_fn(|| s.poll_output()).collect()
 }
 
@@ -95,8 +95,8 @@ fn rejected(out: &[Output]) -> Reject {
 
 /// A session opened at `t0` with `cfg`: `Attached` and the first number
 /// are already drained.
-fn opened_with(cfg: Config, t0: Instant, count: u32) -> Session {
-    let mut s = Session::new(cfg, t0);
+fn opened_with(cfg: Config, t0: Instant, count: u32) -> Stream {
+    let mut s = Stream::new(cfg, t0);
     s.handle_open(t0, open_msg(count), fresh());
     let out = drain(&mut s);
     assert!(
@@ -114,14 +114,14 @@ fn record_at(count: u32, generation: u64) -> Record {
     record(count, generation)
 }
 
-fn opened(t0: Instant, count: u32) -> Session {
+fn opened(t0: Instant, count: u32) -> Stream {
     opened_with(cfg(), t0, count)
 }
 
 /// A session resumed at `t0` at `next_index` of a live record of
 /// generation `generation`; `Attached` and the first burst are drained.
-fn resumed(t0: Instant, count: u32, generation: u64, next_index: u32) -> (Session, Vec<Output>) {
-    let mut s = Session::new(cfg(), t0);
+fn resumed(t0: Instant, count: u32, generation: u64, next_index: u32) -> (Stream, Vec<Output>) {
+    let mut s = Stream::new(cfg(), t0);
     s.handle_resume(
         t0,
         Resume {
@@ -157,7 +157,7 @@ fn resumed(t0: Instant, count: u32, generation: u64, next_index: u32) -> (Sessio
 
 fn resume_rejection(lookup: Lookup, token: &[u8], next_index: u32) -> Reject {
     let t0 = Instant::now();
-    let mut s = Session::new(cfg(), t0);
+    let mut s = Stream::new(cfg(), t0);
     s.handle_resume(
         t0,
         Resume {
@@ -178,7 +178,7 @@ fn resume_rejection(lookup: Lookup, token: &[u8], next_index: u32) -> Reject {
 
 /// Drives an attached session at `now`: fires the timer, confirms the
 /// refresh, and returns what it sent.
-fn tick(s: &mut Session, now: Instant) -> (StoreOp, Vec<Output>) {
+fn tick(s: &mut Stream, now: Instant) -> (StoreOp, Vec<Output>) {
     s.handle_timeout(now);
     let out = drain(s);
     let [Output::Store(op)] = &out[..] else {

@@ -56,7 +56,7 @@ fn a_stale_resume_winning_the_store_race_does_not_end_the_client() {
         incarnation: 0,
         holder,
     };
-    let resume = |s: &mut Session, holder| {
+    let resume = |s: &mut server::Stream, holder| {
         let r = server::Resume {
             client_id: &id_text,
             token: token.as_bytes(),
@@ -65,8 +65,8 @@ fn a_stale_resume_winning_the_store_race_does_not_end_the_client() {
         s.handle_resume(t0, r, fresh(holder));
     };
     // The stale stream and the current one both load generation 1.
-    let mut stale = Session::new(cfg.clone(), t0);
-    let mut current = Session::new(cfg, t0);
+    let mut stale = server::Stream::new(cfg.clone(), t0);
+    let mut current = server::Stream::new(cfg, t0);
     resume(&mut stale, 2);
     resume(&mut current, 3);
     for s in [&mut stale, &mut current] {
@@ -109,7 +109,7 @@ fn a_stale_resume_winning_the_store_race_does_not_end_the_client() {
     ));
     // That resume takes the session back; the stale stream's next
     // refresh fails and it ends without sending again.
-    let mut again = Session::new(server::Config::default(), at);
+    let mut again = server::Stream::new(server::Config::default(), at);
     let r = server::Resume {
         client_id: &id_text,
         token: token.as_bytes(),

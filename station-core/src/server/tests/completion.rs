@@ -6,7 +6,7 @@ use super::*;
 /// numbers sent.
 fn run_to_completion(count: u32) -> Vec<Number> {
     let t0 = Instant::now();
-    let mut s = Session::new(cfg(), t0);
+    let mut s = Stream::new(cfg(), t0);
     s.handle_open(t0, open_msg(count), fresh());
     let mut sent = Vec::new();
     let mut now = t0;

@@ -6,7 +6,7 @@ use super::*;
 fn count_is_validated() {
     let t0 = Instant::now();
     for bad in [0, MAX_COUNT + 1, u32::MAX] {
-        let mut s = Session::new(cfg(), t0);
+        let mut s = Stream::new(cfg(), t0);
         s.handle_open(t0, open_msg(bad), fresh());
         let out = drain(&mut s);
         assert_eq!(out.len(), 1);
@@ -14,7 +14,7 @@ fn count_is_validated() {
         assert!(s.is_ended());
     }
     for good in [1, MAX_COUNT] {
-        let mut s = Session::new(cfg(), t0);
+        let mut s = Stream::new(cfg(), t0);
         s.handle_open(t0, open_msg(good), fresh());
         let out = drain(&mut s);
         assert!(
@@ -29,7 +29,7 @@ fn count_is_validated() {
 fn malformed_client_ids_are_rejected() {
     let t0 = Instant::now();
     for bad in ["", "nope", "67e5504410b1426f9247bb680e5fe0c8"] {
-        let mut s = Session::new(cfg(), t0);
+        let mut s = Stream::new(cfg(), t0);
         s.handle_open(
             t0,
             Open {
@@ -40,7 +40,7 @@ fn malformed_client_ids_are_rejected() {
             fresh(),
         );
         assert!(matches!(rejected(&drain(&mut s)), Reject::BadClientId(_)));
-        let mut s = Session::new(cfg(), t0);
+        let mut s = Stream::new(cfg(), t0);
         s.handle_resume(
             t0,
             Resume {
@@ -60,7 +60,7 @@ fn nonce_must_be_empty_or_16_bytes() {
     let t0 = Instant::now();
     for (len, ok) in [(0, true), (1, false), (15, false), (16, true), (17, false)] {
         let nonce = vec![1u8; len];
-        let mut s = Session::new(cfg(), t0);
+        let mut s = Stream::new(cfg(), t0);
         let open = Open {
             client_id: ID,
             count: 5,
@@ -89,7 +89,7 @@ fn token_must_be_16_bytes() {
     let t0 = Instant::now();
     for len in [0, 15, 17, 32] {
         let token = vec![7u8; len];
-        let mut s = Session::new(cfg(), t0);
+        let mut s = Stream::new(cfg(), t0);
         s.handle_resume(
             t0,
             Resume {

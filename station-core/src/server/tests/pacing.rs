@@ -6,7 +6,7 @@ use super::*;
 fn numbers_are_paced_one_per_interval_with_a_refresh_before_each() {
     let t0 = Instant::now();
     let count = 5;
-    let mut s = Session::new(cfg(), t0);
+    let mut s = Stream::new(cfg(), t0);
     s.handle_open(t0 + ms(10), open_msg(count), fresh());
     drain(&mut s);
     let attach_at = t0 + ms(20);
@@ -163,7 +163,7 @@ fn window_limits_numbers_beyond_the_ack() {
     let mut cfg = Config::new(Duration::ZERO, Duration::from_secs(30));
     cfg.window = 8;
     assert_eq!(cfg.ack_every(), 2);
-    let mut s = Session::new(cfg.clone(), t0);
+    let mut s = Stream::new(cfg.clone(), t0);
     s.handle_open(t0, open_msg(100), fresh());
     drain(&mut s);
     s.handle_store(t0, StoreReply::Done);

@@ -36,7 +36,7 @@ fn acks_must_not_pass_what_was_sent() {
 fn out_of_order_messages_are_rejected() {
     let t0 = Instant::now();
     // Ack before Open or Resume.
-    let mut s = Session::new(cfg(), t0);
+    let mut s = Stream::new(cfg(), t0);
     s.handle_ack(t0, 0);
     assert!(matches!(rejected(&drain(&mut s)), Reject::Unexpected(_)));
     // A second Open, and a Resume after an Open.
@@ -52,7 +52,7 @@ fn out_of_order_messages_are_rejected() {
     s.handle_resume(t0, resume, fresh());
     assert!(matches!(rejected(&drain(&mut s)), Reject::Unexpected(_)));
     // Ack while attaching.
-    let mut s = Session::new(cfg(), t0);
+    let mut s = Stream::new(cfg(), t0);
     s.handle_open(t0, open_msg(10), fresh());
     drain(&mut s);
     s.handle_ack(t0, 0);
@@ -82,7 +82,7 @@ fn store_answer_without_request_ends_the_stream() {
 #[test]
 fn store_answer_that_does_not_fit_ends_the_stream() {
     let t0 = Instant::now();
-    let mut s = Session::new(cfg(), t0);
+    let mut s = Stream::new(cfg(), t0);
     s.handle_open(t0, open_msg(10), fresh());
     drain(&mut s);
     s.handle_store(t0, StoreReply::Conflict);

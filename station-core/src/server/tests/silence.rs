@@ -5,7 +5,7 @@ use super::*;
 #[test]
 fn silent_before_the_first_message() {
     let t0 = Instant::now();
-    let mut s = Session::new(cfg(), t0);
+    let mut s = Stream::new(cfg(), t0);
     let silence = s.cfg.silence_timeout;
     assert_eq!(s.poll_timeout(), Some(t0 + silence));
     s.handle_timeout(t0 + silence - ms(1));
@@ -67,7 +67,7 @@ fn early_timeouts_are_no_ops() {
         assert_eq!(s.poll_timeout(), Some(t0 + SEC));
     }
     // While a store operation is outstanding nothing times out but silence.
-    let mut s = Session::new(cfg(), t0);
+    let mut s = Stream::new(cfg(), t0);
     s.handle_open(t0, open_msg(10), fresh());
     drain(&mut s);
     assert_eq!(s.poll_timeout(), None);
@@ -83,7 +83,7 @@ fn shutdown_and_abort_end_the_stream() {
     assert_eq!(rejected(&drain(&mut s)), Reject::ShuttingDown);
     s.begin_shutdown(t0);
     assert_eq!(drain(&mut s), []);
-    let mut s = Session::new(cfg(), t0);
+    let mut s = Stream::new(cfg(), t0);
     s.begin_shutdown(t0);
     assert_eq!(rejected(&drain(&mut s)), Reject::ShuttingDown);
     let mut s = opened(t0, 10);
@@ -108,7 +108,7 @@ fn client_gone_ends_quietly() {
 fn store_unavailable_ends_the_stream() {
     let t0 = Instant::now();
     // During attach.
-    let mut s = Session::new(cfg(), t0);
+    let mut s = Stream::new(cfg(), t0);
     s.handle_open(t0, open_msg(10), fresh());
     drain(&mut s);
     s.handle_store(t0, StoreReply::Unavailable("timeout".into()));

@@ -59,7 +59,7 @@ fn delete_conflict_means_taken_over() {
 #[test]
 fn takeover_conflict_means_taken_over() {
     let t0 = Instant::now();
-    let mut s = Session::new(cfg(), t0);
+    let mut s = Stream::new(cfg(), t0);
     let resume = Resume {
         client_id: ID,
         token: TOKEN.as_bytes(),
@@ -76,7 +76,7 @@ fn takeover_conflict_means_taken_over() {
 #[test]
 fn repeated_open_takes_over_from_zero_with_the_live_token() {
     let t0 = Instant::now();
-    let mut s = Session::new(cfg(), t0);
+    let mut s = Stream::new(cfg(), t0);
     let other = Fresh {
         seed: 1,
         token: Secret([9; 16]),
@@ -129,7 +129,7 @@ fn open_of_a_live_id_is_refused_unless_it_repeats_the_same_open() {
         ),
     ];
     for (what, live, nonce) in cases {
-        let mut s = Session::new(cfg(), t0);
+        let mut s = Stream::new(cfg(), t0);
         let open = Open {
             client_id: ID,
             count: 10,
