@@ -10,12 +10,24 @@
 //!
 //! - [`sequence`]: the seekable PRNG (value at any index in O(1) from a 64-bit
 //!   seed) and the CRC-32 checksum.
-//! - [`server`]: [`server::Stream`], the server's side of one stream.
+//! - [`server`]: [`server::Stream`], the server's side of one stream
+//!   (`server/mod.rs`); the stored [`server::Record`] and [`server::Fresh`]
+//!   (`record.rs`); [`server::Config`] and its validation (`config.rs`); what
+//!   a stream receives and emits (`messages.rs`); tests by concern in
+//!   `server/tests/`.
+//! - [`store`]: the store contract: [`store::StoreOp`], [`store::Lookup`],
+//!   [`store::StoreReply`] (also re-exported from [`server`]) and
+//!   [`store::decide`].
 //! - [`client`]: [`client::Client`], the client's side of a whole session
-//!   across reconnections.
+//!   across reconnections (`client/mod.rs`); backoff, pushback and giving up
+//!   (`backoff.rs`); [`client::Config`] and its validation (`config.rs`);
+//!   what it receives and emits (`messages.rs`); tests in `client/tests/`.
 //! - [`Reject`]: every reason a server refuses or ends a stream.
-//! - [`testkit`]: drives a session from arbitrary events and checks its
-//!   outputs (for the fuzz target and property tests).
+//! - [`testkit`]: drives a server stream or a client from arbitrary events
+//!   and checks their outputs (for the fuzz targets and property tests).
+//! - `harness` (tests only): a client and its server streams end to end over
+//!   a modelled network and store, with faults, checked against the
+//!   invariants of ARCHITECTURE.md §6.
 //!
 //! # Server sessions
 //!

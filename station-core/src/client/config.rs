@@ -58,7 +58,7 @@ impl Config {
     /// 6. no duration is longer than [`MAX_DURATION`].
     ///
     /// How the watchdog fits the server's TTL is known only at `Attached`;
-    /// see [`Client`].
+    /// see [`Client`](super::Client).
     pub fn validate(&self) -> Result<(), String> {
         if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
             return Err(format!(
