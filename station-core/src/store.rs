@@ -33,7 +33,8 @@ use std::time::Duration;
 use crate::ids::ClientId;
 pub use crate::server::Record;
 
-/// What a session wants from the store. Answer with [`Stream::handle_store`](crate::server::Stream::handle_store).
+/// What a session wants from the store. Answer with
+/// [`Stream::handle_store`](crate::server::Stream::handle_store).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreOp {
     /// Look the session up. Answer [`StoreReply::Loaded`].

@@ -72,7 +72,8 @@ pub enum End {
 /// An action for the adapter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    /// Perform this store operation, then call [`Stream::handle_store`](super::Stream::handle_store).
+    /// Perform this store operation, then call
+    /// [`Stream::handle_store`](super::Stream::handle_store).
     Store(StoreOp),
     /// Send `Attached`.
     Attached(Attached),

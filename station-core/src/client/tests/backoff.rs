@@ -1,4 +1,5 @@
-//! Backoff and giving up: delays, what resets them, and the deadlines past which no retry can succeed.
+//! Backoff and giving up: delays, what resets them, and the deadlines past
+//! which no retry can succeed.
 
 use super::*;
 

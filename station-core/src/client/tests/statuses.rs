@@ -1,4 +1,5 @@
-//! How the client judges a failed stream: by reason when it has one, else by code, and the server's pushback (ARCHITECTURE.md §2).
+//! How the client judges a failed stream: by reason when it has one, else by
+//! code, and the server's pushback (ARCHITECTURE.md §2).
 
 use super::*;
 

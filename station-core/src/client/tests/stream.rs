@@ -1,4 +1,5 @@
-//! One stream at a time: opening, resuming where the client left off, numbers in order, acknowledgements and the checksum.
+//! One stream at a time: opening, resuming where the client left off,
+//! numbers in order, acknowledgements and the checksum.
 
 use super::*;
 

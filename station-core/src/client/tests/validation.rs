@@ -1,4 +1,5 @@
-//! Settings and announcements the client must refuse or survive: absurd durations, bad counts, unworkable configurations.
+//! Settings and announcements the client must refuse or survive: absurd
+//! durations, bad counts, unworkable configurations.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Completion: the checksum on the final number, and the final acknowledgement deleting the record.
+//! Completion: the checksum on the final number, and the final
+//! acknowledgement deleting the record.
 
 use super::*;
 

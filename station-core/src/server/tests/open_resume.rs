@@ -1,4 +1,5 @@
-//! The first message: `Open` and `Resume` are validated, and a resume attaches where the client asks (or is refused).
+//! The first message: `Open` and `Resume` are validated, and a resume
+//! attaches where the client asks (or is refused).
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Pacing: one number per interval, a refresh before each burst, the expiry each refresh sets, and the window (ARCHITECTURE.md §2).
+//! Pacing: one number per interval, a refresh before each burst, the expiry
+//! each refresh sets, and the window (ARCHITECTURE.md §2).
 
 use super::*;
 

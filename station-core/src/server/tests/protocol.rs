@@ -1,4 +1,5 @@
-//! Clients and stores that break the protocol: acknowledgements out of range, messages out of order, store answers that do not fit.
+//! Clients and stores that break the protocol: acknowledgements out of
+//! range, messages out of order, store answers that do not fit.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! How a stream ends without completing: silence timeouts, shutdown, abort, the client leaving and the store failing.
+//! How a stream ends without completing: silence timeouts, shutdown, abort,
+//! the client leaving and the store failing.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Fencing and takeover: refreshes, deletes and takeovers the store refuses, and repeated `Open`s (ARCHITECTURE.md §2).
+//! Fencing and takeover: refreshes, deletes and takeovers the store refuses,
+//! and repeated `Open`s (ARCHITECTURE.md §2).
 
 use super::*;
 
