@@ -1,4 +1,4 @@
-//! Coverage-guided fuzzing of the server session machine: arbitrary event
+//! Coverage-guided fuzzing of the server stream machine: arbitrary event
 //! lists (hostile client messages, store answers, time, closes), checked by
 //! `station_core::testkit` — no panic, no output after the end, numbers in
 //! order with the right values and checksum.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use station_core::sequence::{self, MAX_COUNT};
 use station_core::server::{
-    Config, Fresh, Lookup, Open, Output, Record, Resume, Session, StoreOp, StoreReply,
+    Config, Fresh, Lookup, Open, Output, Record, Resume, StoreOp, StoreReply, Stream,
 };
 use station_core::{ClientId, Secret};
 
@@ -25,7 +25,7 @@ fn fresh() -> Fresh {
 }
 
 /// Answers every store operation with success, as an in-memory store would.
-fn drain(session: &mut Session, now: Instant) -> usize {
+fn drain(session: &mut Stream, now: Instant) -> usize {
     let mut outputs = 0;
     while let Some(out) = session.poll_output() {
         outputs += 1;
@@ -37,8 +37,8 @@ fn drain(session: &mut Session, now: Instant) -> usize {
 }
 
 /// A session attached at `t0` with `count` numbers, first number sent.
-fn attached(count: u32, t0: Instant) -> Session {
-    let mut s = Session::new(Config::default(), t0);
+fn attached(count: u32, t0: Instant) -> Stream {
+    let mut s = Stream::new(Config::default(), t0);
     let open = Open {
         client_id: ID,
         count,
@@ -89,7 +89,7 @@ fn benches(c: &mut Criterion) {
         b.iter_batched(
             || {
                 // Resume at the last index: the next send is the final one.
-                let mut s = Session::new(Config::default(), t0);
+                let mut s = Stream::new(Config::default(), t0);
                 let resume = Resume {
                     client_id: ID,
                     token: TOKEN.as_bytes(),
@@ -111,7 +111,7 @@ fn benches(c: &mut Criterion) {
         "resume at index 60000 (load, take over, attach, first number)",
         |b| {
             b.iter(|| {
-                let mut s = Session::new(Config::default(), t0);
+                let mut s = Stream::new(Config::default(), t0);
                 let resume = Resume {
                     client_id: ID,
                     token: TOKEN.as_bytes(),

@@ -1,4 +1,4 @@
-//! Why a server session refuses or ends a stream.
+//! Why the server refuses or ends a stream.
 
 use crate::client::Code;
 use crate::{ClientId, Reason};

@@ -10,12 +10,24 @@
 //!
 //! - [`sequence`]: the seekable PRNG (value at any index in O(1) from a 64-bit
 //!   seed) and the CRC-32 checksum.
-//! - [`server`]: [`server::Session`], the server's side of one stream.
+//! - [`server`]: [`server::Stream`], the server's side of one stream
+//!   (`server/mod.rs`); the stored [`server::Record`] and [`server::Fresh`]
+//!   (`record.rs`); [`server::Config`] and its validation (`config.rs`); what
+//!   a stream receives and emits (`messages.rs`); tests by concern in
+//!   `server/tests/`.
+//! - [`store`]: the store contract: [`store::StoreOp`], [`store::Lookup`],
+//!   [`store::StoreReply`] (also re-exported from [`server`]) and
+//!   [`store::decide`].
 //! - [`client`]: [`client::Client`], the client's side of a whole session
-//!   across reconnections.
+//!   across reconnections (`client/mod.rs`); backoff, pushback and giving up
+//!   (`backoff.rs`); [`client::Config`] and its validation (`config.rs`);
+//!   what it receives and emits (`messages.rs`); tests in `client/tests/`.
 //! - [`Reject`]: every reason a server refuses or ends a stream.
-//! - [`testkit`]: drives a session from arbitrary events and checks its
-//!   outputs (for the fuzz target and property tests).
+//! - [`testkit`]: drives a server stream or a client from arbitrary events
+//!   and checks their outputs (for the fuzz targets and property tests).
+//! - `harness` (tests only): a client and its server streams end to end over
+//!   a modelled network and store, with faults, checked against the
+//!   invariants of ARCHITECTURE.md §6.
 //!
 //! # Server sessions
 //!
@@ -48,23 +60,23 @@
 //!
 //! ```no_run
 //! use std::time::Instant;
-//! use station_core::server::{Config, Fresh, Open, Output, Session, StoreReply};
+//! use station_core::server::{Config, Fresh, Open, Output, Stream, StoreReply};
 //! use station_core::Secret;
 //!
 //! let now = Instant::now(); // the adapter's clock, not the core's
-//! let mut session = Session::new(Config::default(), now);
+//! let mut stream = Stream::new(Config::default(), now);
 //! let open = Open { client_id: "67e55044-10b1-426f-9247-bb680e5fe0c8", count: 3, nonce: &[] };
 //! let fresh = Fresh { seed: 7, token: Secret([9; 16]), incarnation: 3, holder: 4 };
-//! session.handle_open(now, open, fresh);
-//! while let Some(output) = session.poll_output() {
+//! stream.handle_open(now, open, fresh);
+//! while let Some(output) = stream.poll_output() {
 //!     match output {
-//!         Output::Store(_op) => session.handle_store(now, StoreReply::Done),
+//!         Output::Store(_op) => stream.handle_store(now, StoreReply::Done),
 //!         Output::Attached(_a) => { /* send Attached */ }
 //!         Output::Send(_n) => { /* send Number */ }
 //!         Output::End(_end) => { /* end the stream */ }
 //!     }
 //! }
-//! let _wake_at = session.poll_timeout();
+//! let _wake_at = stream.poll_timeout();
 //! ```
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]

@@ -30,7 +30,90 @@
 
 use std::time::Duration;
 
-pub use crate::server::{Lookup, Record, StoreOp, StoreReply};
+use crate::ids::ClientId;
+pub use crate::server::Record;
+
+/// What a session wants from the store. Answer with
+/// [`Stream::handle_store`](crate::server::Stream::handle_store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Look the session up. Answer [`StoreReply::Loaded`].
+    Load(ClientId),
+    /// Insert a new record unless a live one exists for the id (an expired
+    /// one is replaced). Answer `Done`, or `Exists` with the live record.
+    /// Idempotent: a live record with this incarnation and holder is this
+    /// very write, applied before: `Done`.
+    Create {
+        /// The new record.
+        record: Record,
+        /// Time from now until it expires.
+        expires_in: Duration,
+    },
+    /// Replace the record if the stored one is live, of `record`'s
+    /// incarnation and at `expect_generation`, and set its expiry. Answer
+    /// `Done`; `Conflict` if a newer generation of the incarnation holds it;
+    /// `Expired` if it expired (or another incarnation replaced it);
+    /// `Missing` if there is none.
+    ///
+    /// Idempotent: if the stored record already has `record`'s incarnation,
+    /// generation and holder, this write (or its twin) was applied before
+    /// and its reply lost: answer `Done` without writing again.
+    Update {
+        /// The new contents (its generation may be `expect_generation + 1`).
+        record: Record,
+        /// Generation the stored record must have.
+        expect_generation: u64,
+        /// Time from now until it expires.
+        expires_in: Duration,
+    },
+    /// Delete the record if it is live at this incarnation and generation.
+    /// Answer `Done`, also when nothing of this incarnation is left to
+    /// delete (a repeated delete, or an expired or lost record); `Conflict`
+    /// if a newer generation of the incarnation holds it (left untouched).
+    Delete {
+        /// Which session.
+        client_id: ClientId,
+        /// Incarnation the stored record must have.
+        incarnation: u64,
+        /// Generation the stored record must have.
+        generation: u64,
+    },
+}
+
+/// A store lookup result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The session is live.
+    Live(Record),
+    /// The session expired recently (stores remember this for a while so
+    /// the client can be told precisely).
+    Expired,
+    /// No such session.
+    Missing,
+}
+
+/// The store's answer to a [`StoreOp`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreReply {
+    /// Answer to `Load`.
+    Loaded(Lookup),
+    /// `Create`, `Update` or `Delete` was applied.
+    Done,
+    /// `Create` refused: this live record holds the id.
+    Exists(Record),
+    /// `Update` or `Delete` refused: a newer generation of the same
+    /// incarnation holds the session (it was taken over).
+    Conflict,
+    /// `Update` refused: the session expired, or a later incarnation of its
+    /// id replaced it (which can only happen after it expired).
+    Expired,
+    /// `Update` refused: no record at all, though the stream held one: the
+    /// store lost it (a restart without persistence, a failover that lost
+    /// writes), or a stream that took it over completed it.
+    Missing,
+    /// The store failed or timed out.
+    Unavailable(String),
+}
 
 /// What a store must write for one operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! Drives a server [`Session`] from arbitrary event lists and checks what it
+//! Drives a server [`Stream`] from arbitrary event lists and checks what it
 //! says: shared by the fuzz target (`fuzz/`) and the property test, so both
 //! hold the machine to the same rules.
 //!
@@ -12,9 +12,7 @@
 use std::time::{Duration, Instant};
 
 use crate::sequence;
-use crate::server::{
-    Config, End, Fresh, Lookup, Open, Output, Record, Resume, Session, StoreReply,
-};
+use crate::server::{Config, End, Fresh, Lookup, Open, Output, Record, Resume, StoreReply, Stream};
 use crate::{ClientId, Secret};
 
 pub mod client;
@@ -96,7 +94,7 @@ pub fn run(events: &[Event]) -> Result<(), String> {
     let t0 = Instant::now();
     let mut now = t0;
     let cfg = Config::new(Duration::from_millis(100), Duration::from_secs(3));
-    let mut session = Session::new(cfg, t0);
+    let mut session = Stream::new(cfg, t0);
     let mut check = Checker::default();
     for event in events {
         match event.clone() {

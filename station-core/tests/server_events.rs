@@ -1,4 +1,4 @@
-//! Property test: a server session fed arbitrary event lists never panics
+//! Property test: a server stream machine fed arbitrary event lists never panics
 //! and never breaks an output rule (see `station_core::testkit`). The fuzz
 //! target in `fuzz/` runs the same checks coverage-guided.
 

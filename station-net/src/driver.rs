@@ -1,4 +1,4 @@
-//! One stream, one core [`Session`], and no task of its own: the stream's
+//! One stream, one core [`server::Stream`](StreamMachine), and no task of its own: the stream's
 //! response body *is* the driver.
 //!
 //! hyper already runs one task per HTTP/2 stream to pull the response body.
@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use station_core::server::{End, Open, Output, Resume, Session, StoreOp, StoreReply};
+use station_core::server::{
+    End, Open, Output, Resume, StoreOp, StoreReply, Stream as StreamMachine,
+};
 use station_core::Reject;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
@@ -44,7 +46,7 @@ pin_project_lite::pin_project! {
     /// The response body of one `Stream` call, driving its session.
     pub struct SessionStream<S> {
         shared: Arc<Shared<S>>,
-        session: Session,
+        session: StreamMachine,
         inbound: Streaming<ClientMessage>,
         // The client half-closed or its side failed: nothing more to read.
         inbound_done: bool,
@@ -84,7 +86,7 @@ impl<S: SessionStore> SessionStream<S> {
     ) -> Self {
         let now = now();
         SessionStream {
-            session: Session::new(shared.cfg.session.clone(), now),
+            session: StreamMachine::new(shared.cfg.session.clone(), now),
             inbound,
             inbound_done: false,
             store: None,
@@ -270,7 +272,7 @@ fn message(kind: ServerKind) -> ServerMessage {
 }
 
 /// Feeds one client message to the session.
-fn handle<S: SessionStore>(shared: &Shared<S>, session: &mut Session, msg: ClientMessage) {
+fn handle<S: SessionStore>(shared: &Shared<S>, session: &mut StreamMachine, msg: ClientMessage) {
     let now = now();
     match msg.kind {
         Some(ClientKind::Open(open)) => {
@@ -336,7 +338,11 @@ fn account(elapsed: Duration, reply: &StoreReply) {
 }
 
 /// Accounts for the end of the stream; the status to end it with, if any.
-fn finish<S: SessionStore>(shared: &Shared<S>, session: &Session, end: End) -> Option<Status> {
+fn finish<S: SessionStore>(
+    shared: &Shared<S>,
+    session: &StreamMachine,
+    end: End,
+) -> Option<Status> {
     let client = session.client_id();
     match end {
         End::Completed => {

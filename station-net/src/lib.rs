@@ -5,7 +5,7 @@
 //!
 //! - [`server`]: [`Station`], the tonic service, and [`serve`], which runs it
 //!   with health checking, reflection and graceful shutdown.
-//! - `driver`: each stream's response body drives a core `Session` on
+//! - `driver`: each stream's response body drives a core `server::Stream` on
 //!   hyper's task for the stream (no task or channel of its own).
 //! - [`client`]: [`client::run`], driving a core `Client` across streams and
 //!   endpoints.

@@ -2,7 +2,7 @@
 //! [`serve`] runs it, with health checking and reflection, until shutdown.
 //!
 //! Each stream's response body ([`SessionStream`]) owns the stream's core
-//! [`Session`](station_core::server::Session) and drives it on the task
+//! [`server::Stream`](station_core::server::Stream) machine and drives it on the task
 //! hyper runs for the stream. Shared state is small: the
 //! store handle, a random source for new sessions, counters, the fault
 //! injector and the shutdown token.

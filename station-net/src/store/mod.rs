@@ -1,6 +1,6 @@
 //! Session stores: where session records live between and during streams.
 //!
-//! The core's [`Session`](station_core::server::Session) asks for
+//! The core's [`server::Stream`](station_core::server::Stream) machine asks for
 //! [`StoreOp`]s and is told [`StoreReply`]s; a store only has to carry them
 //! out atomically. Every write is a compare-and-set on the record's
 //! generation, so several servers can share a store safely.

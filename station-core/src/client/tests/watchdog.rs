@@ -1,0 +1,80 @@
+//! The watchdog and attach timeout, and a finished client staying finished.
+
+use super::*;
+
+#[test]
+fn watchdog_drops_a_silent_stream() {
+    let t0 = Instant::now();
+    let mut c = new_client(t0, 10);
+    c.handle_attached(t0, attached(10, 0, 1));
+    feed(&mut c, t0 + SEC, 0..1, 10);
+    // 3 intervals plus 2 s of grace after the last message.
+    let silent_at = t0 + SEC + SEC * 3 + Duration::from_secs(2);
+    assert_eq!(c.poll_timeout(), Some(silent_at));
+    c.handle_timeout(silent_at - ms(1));
+    assert_eq!(drain(&mut c), []);
+    c.handle_timeout(silent_at);
+    assert_eq!(drain(&mut c), [Output::Disconnect]);
+    let at = c.poll_timeout().unwrap();
+    c.handle_timeout(at);
+    assert_eq!(drain(&mut c), [resume(1)]);
+    assert_eq!(
+        c.poll_timeout(),
+        Some(at + Config::default().attach_timeout)
+    );
+}
+
+#[test]
+fn the_watchdog_fires_well_before_the_session_expires() {
+    let t0 = Instant::now();
+    let mut c = new_client(t0, 10);
+    c.handle_attached(
+        t0,
+        Attached {
+            interval: SEC * 10,
+            ..attached(10, 0, 1)
+        },
+    );
+    feed(&mut c, t0, 0..1, 10);
+    // 3 intervals + 2 s would be 32 s, past the 30 s TTL.
+    assert_eq!(c.poll_timeout(), Some(t0 + SEC * 20));
+    c.handle_timeout(t0 + SEC * 20);
+    assert_eq!(drain(&mut c), [Output::Disconnect]);
+    assert!(!c.is_finished());
+}
+
+#[test]
+fn attach_timeout_drops_the_connection() {
+    let t0 = Instant::now();
+    let cfg = Config::default();
+    let mut c = new_client(t0, 10);
+    assert_eq!(c.poll_timeout(), Some(t0 + cfg.attach_timeout));
+    c.handle_timeout(t0 + cfg.attach_timeout - ms(1));
+    assert_eq!(drain(&mut c), []);
+    c.handle_timeout(t0 + cfg.attach_timeout);
+    assert_eq!(drain(&mut c), [Output::Disconnect]);
+    assert!(c.poll_timeout().unwrap() > t0 + cfg.attach_timeout);
+}
+
+#[test]
+fn finished_is_final() {
+    let t0 = Instant::now();
+    let mut c = new_client(t0, 2);
+    c.handle_attached(t0, attached(2, 0, 1));
+    feed(&mut c, t0, 0..2, 2);
+    assert!(c.is_finished());
+    c.handle_attached(t0, attached(2, 0, 1));
+    c.handle_number(t0, num(1, 2));
+    c.handle_number(t0, num(5, 2));
+    c.handle_end(t0, transport());
+    c.handle_timeout(t0 + Duration::from_secs(3600));
+    assert_eq!(drain(&mut c), []);
+    assert_eq!(c.poll_timeout(), None);
+    // Messages of a dropped stream while backing off are ignored too.
+    let mut c = new_client(t0, 2);
+    c.handle_end(t0, transport());
+    c.handle_attached(t0, attached(2, 0, 1));
+    c.handle_number(t0, num(0, 2));
+    assert_eq!(drain(&mut c), []);
+    assert_eq!(c.received(), 0);
+}

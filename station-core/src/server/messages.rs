@@ -1,0 +1,84 @@
+//! What a server stream receives ([`Open`], [`Resume`]) and what it emits
+//! ([`Output`]: store operations, `Attached`, numbers and the end).
+
+use std::time::Duration;
+
+use crate::ids::Secret;
+use crate::store::StoreOp;
+use crate::Reject;
+
+/// An `Open` as received, before validation.
+#[derive(Clone, Copy, Debug)]
+pub struct Open<'a> {
+    /// Claimed client id (text).
+    pub client_id: &'a str,
+    /// Requested count.
+    pub count: u32,
+    /// Open nonce: empty or 16 bytes.
+    pub nonce: &'a [u8],
+}
+
+/// A `Resume` as received, before validation.
+#[derive(Clone, Copy, Debug)]
+pub struct Resume<'a> {
+    /// Claimed client id (text).
+    pub client_id: &'a str,
+    /// Presented token.
+    pub token: &'a [u8],
+    /// First index the client wants.
+    pub next_index: u32,
+}
+
+/// The reply that attaches a stream, sent before any number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attached {
+    /// Numbers in the session.
+    pub count: u32,
+    /// First index this stream sends.
+    pub next_index: u32,
+    /// The resume token.
+    pub token: Secret,
+    /// Session TTL.
+    pub ttl: Duration,
+    /// Time between numbers.
+    pub interval: Duration,
+    /// Acknowledge at least every this many numbers.
+    pub ack_every: u32,
+}
+
+/// One number to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Number {
+    /// Index in the sequence.
+    pub index: u32,
+    /// The value.
+    pub value: u32,
+    /// The sequence's checksum, on the final number only.
+    pub checksum: Option<u32>,
+}
+
+/// How a stream ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The final acknowledgement arrived and the session was deleted: end the
+    /// stream with status OK.
+    Completed,
+    /// The client went away first; nothing to send.
+    ClientGone,
+    /// End the stream with this error status.
+    Rejected(Reject),
+}
+
+/// An action for the adapter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Perform this store operation, then call
+    /// [`Stream::handle_store`](super::Stream::handle_store).
+    Store(StoreOp),
+    /// Send `Attached`.
+    Attached(Attached),
+    /// Send this number.
+    Send(Number),
+    /// End the stream. Always the last output.
+    End(End),
+}

@@ -1,0 +1,131 @@
+//! How a stream ends without completing: silence timeouts, shutdown, abort,
+//! the client leaving and the store failing.
+
+use super::*;
+
+#[test]
+fn silent_before_the_first_message() {
+    let t0 = Instant::now();
+    let mut s = Stream::new(cfg(), t0);
+    let silence = s.cfg.silence_timeout;
+    assert_eq!(s.poll_timeout(), Some(t0 + silence));
+    s.handle_timeout(t0 + silence - ms(1));
+    assert_eq!(drain(&mut s), [], "early timeout is a no-op");
+    s.handle_timeout(t0 + silence);
+    assert_eq!(
+        drain(&mut s),
+        [Output::End(End::Rejected(Reject::Silent(silence)))]
+    );
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn silent_while_numbers_are_unacknowledged() {
+    let t0 = Instant::now();
+    let mut s = opened(t0, 100);
+    let silence = s.cfg.silence_timeout;
+    assert_eq!(silence, Duration::from_secs(5));
+    // Numbers keep coming each second while the client says nothing...
+    for i in 1..5 {
+        let (_, out) = tick(&mut s, t0 + SEC * i);
+        assert_eq!(out, [number(i, 100)]);
+    }
+    // ...until the silence timeout, counted from the first unacked number.
+    assert_eq!(s.poll_timeout(), Some(t0 + silence));
+    s.handle_timeout(t0 + silence);
+    assert_eq!(rejected(&drain(&mut s)), Reject::Silent(silence));
+}
+
+#[test]
+fn acks_restart_the_silence_timer() {
+    let t0 = Instant::now();
+    let mut s = opened(t0, 100);
+    for i in 1..20 {
+        s.handle_ack(t0 + SEC * i - ms(500), i);
+        let (_, out) = tick(&mut s, t0 + SEC * i);
+        assert_eq!(out, [number(i, 100)]);
+    }
+    assert!(!s.is_ended());
+}
+
+#[test]
+fn silent_waiting_for_the_final_ack() {
+    let t0 = Instant::now();
+    let mut s = opened(t0, 1);
+    let silence = s.cfg.silence_timeout;
+    assert_eq!(s.poll_timeout(), Some(t0 + silence));
+    s.handle_timeout(t0 + silence);
+    assert_eq!(rejected(&drain(&mut s)), Reject::Silent(silence));
+}
+
+#[test]
+fn early_timeouts_are_no_ops() {
+    let t0 = Instant::now();
+    let mut s = opened(t0, 10);
+    for early in [t0, t0 + ms(1), t0 + SEC - ms(1)] {
+        s.handle_timeout(early);
+        assert_eq!(drain(&mut s), []);
+        assert_eq!(s.poll_timeout(), Some(t0 + SEC));
+    }
+    // While a store operation is outstanding nothing times out but silence.
+    let mut s = Stream::new(cfg(), t0);
+    s.handle_open(t0, open_msg(10), fresh());
+    drain(&mut s);
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(t0 + Duration::from_secs(3600));
+    assert_eq!(drain(&mut s), []);
+}
+
+#[test]
+fn shutdown_and_abort_end_the_stream() {
+    let t0 = Instant::now();
+    let mut s = opened(t0, 10);
+    s.begin_shutdown(t0);
+    assert_eq!(rejected(&drain(&mut s)), Reject::ShuttingDown);
+    s.begin_shutdown(t0);
+    assert_eq!(drain(&mut s), []);
+    let mut s = Stream::new(cfg(), t0);
+    s.begin_shutdown(t0);
+    assert_eq!(rejected(&drain(&mut s)), Reject::ShuttingDown);
+    let mut s = opened(t0, 10);
+    s.abort(Reject::InjectedFault("every 3rd"));
+    assert_eq!(rejected(&drain(&mut s)), Reject::InjectedFault("every 3rd"));
+    s.abort(Reject::Full(1));
+    assert_eq!(drain(&mut s), []);
+}
+
+#[test]
+fn client_gone_ends_quietly() {
+    let t0 = Instant::now();
+    let mut s = opened(t0, 10);
+    s.handle_closed(t0);
+    assert_eq!(drain(&mut s), [Output::End(End::ClientGone)]);
+    s.handle_closed(t0);
+    assert_eq!(drain(&mut s), []);
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn store_unavailable_ends_the_stream() {
+    let t0 = Instant::now();
+    // During attach.
+    let mut s = Stream::new(cfg(), t0);
+    s.handle_open(t0, open_msg(10), fresh());
+    drain(&mut s);
+    s.handle_store(t0, StoreReply::Unavailable("timeout".into()));
+    assert_eq!(
+        rejected(&drain(&mut s)),
+        Reject::StoreUnavailable("timeout".into())
+    );
+    // During a refresh.
+    let mut s = opened(t0, 10);
+    s.handle_timeout(t0 + SEC);
+    drain(&mut s);
+    s.handle_store(t0 + SEC, StoreReply::Unavailable("down".into()));
+    assert_eq!(
+        drain(&mut s),
+        [Output::End(End::Rejected(Reject::StoreUnavailable(
+            "down".into()
+        )))]
+    );
+}
