@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the tables in BENCHMARKS.md. Release builds, loopback only,
-# every run bounded by --duration. Usage: bench/run.sh [scale|maxrate|first|redis|overload|all]
+# every run bounded by --duration. Usage: bench/run.sh [scale|perconn|maxrate|first|redis|overload|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p station --bin station --example baseline
@@ -35,6 +35,24 @@ scale() { # sessions at 1 s interval, ramped up at 5,000/s, 60 numbers each
             start "scale-base-$n-$rep" $B --port 0 --interval 1s
             $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections $m --count 60 \
                 --ramp-up-rate 5000 --server-pid $PID --duration 300s --json > "$OUT/scale-baseline-${n}x$m-$rep.json" || true
+            stop
+        done
+    done
+}
+
+perconn() { # one connection per session, as separate client processes have:
+    # PERCONN sessions (19,000 fits this machine's 20,000 descriptors per
+    # process) at 1 s, 60 numbers each, opened at 2,000/s; station and
+    # baseline alternating. Rows land in the scale table (connections =
+    # sessions).
+    local n=${PERCONN:-19000}
+    for rep in 1 2 3; do
+        for kind in station baseline; do
+            if [ $kind = station ]; then start "perconn-$rep" $S server --port 0 --interval 1s
+            else start "perconnb-$rep" $B --port 0 --interval 1s; fi
+            $S load --endpoint 127.0.0.1:$PORT --sessions $n --connection-per-session --source-addresses 4 \
+                --count 60 --ramp-up-rate 2000 --server-pid $PID --duration 300s --json \
+                > "$OUT/scale-$kind-${n}x$n-$rep.json" || true
             stop
         done
     done
@@ -142,6 +160,6 @@ overload() { # at 100 ms, what the server carries (OVERLOAD_BASE sessions),
 }
 
 case "${1:-all}" in
-    scale) scale ;; maxrate) maxrate ;; first) first ;; redis) redis ;; overload) overload ;;
-    all) scale; CONNECTIONS=16 SCALE=100000 scale; maxrate; first; redis; overload ;;
+    scale) scale ;; perconn) perconn ;; maxrate) maxrate ;; first) first ;; redis) redis ;; overload) overload ;;
+    all) scale; CONNECTIONS=16 SCALE=100000 scale; perconn; maxrate; first; redis; overload ;;
 esac

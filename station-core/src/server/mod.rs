@@ -12,15 +12,17 @@
 //! `generation`: a `Resume` bumps it (taking the session over), and a stream
 //! refreshes the record, with its own generation, *before* each burst of
 //! numbers. A stream that was taken over therefore learns it at its next
-//! refresh and ends with [`Reject::TakenOver`] without sending again: two
-//! streams never deliver the same session at once.
+//! refresh and ends with [`Reject::TakenOver`]. The most it can still send
+//! is the one burst a refresh authorised that the store applied just
+//! before the takeover (its reply late), with the same values: the overlap
+//! is bounded to that burst (ARCHITECTURE.md §6, invariant 4).
 //!
 //! Each refresh sets the record to expire `ttl` after the stream last
 //! worked: now, if the client has acknowledged everything sent, else when
-//! the server began waiting for it (ARCHITECTURE.md §2). Acknowledgements that move
-//! that moment on by more than half an interval since the last write (after
-//! a stall) trigger a refresh of their own, so a drop just before the next
-//! tick does not leave the session expiring early.
+//! the server began waiting for it (ARCHITECTURE.md §2). Acknowledgements
+//! that move that moment on by more than half an interval since the last
+//! write (after a stall) trigger a refresh of their own, so a drop just
+//! before the next tick does not leave the session expiring early.
 //!
 //! The machine is [`Stream`] (this file); the record it keeps in the store
 //! is in `record.rs`, its settings in `config.rs`, what it receives and
