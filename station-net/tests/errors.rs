@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use station_core::server::Config as SessionConfig;
-use station_core::{Reason, DOMAIN};
+use station_core::Reason;
 use station_net::proto::client_message::Kind;
 use station_net::proto::numbers_station_client::NumbersStationClient;
 use station_net::proto::server_message::Kind as ServerKind;
@@ -25,6 +25,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 use tonic_types::StatusExt;
+
+mod common;
 
 /// Bound on any single wait for the server.
 const STEP: Duration = Duration::from_secs(5);
@@ -149,14 +151,10 @@ fn assert_reason(status: &Status, reason: Reason) -> Option<Duration> {
         reason.code() as i32,
         "{reason}: {status:?}"
     );
+    assert_eq!(common::error_reason(reason.as_str(), status), reason);
     let details = status
         .check_error_details()
         .expect("grpc-status-details-bin decodes");
-    let info = details
-        .error_info()
-        .unwrap_or_else(|| panic!("no ErrorInfo: {status:?}"));
-    assert_eq!(info.reason, reason.as_str(), "{status:?}");
-    assert_eq!(info.domain, DOMAIN);
     let pushback = status
         .metadata()
         .get(PUSHBACK_KEY)

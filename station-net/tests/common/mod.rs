@@ -1,0 +1,53 @@
+//! Helpers shared by this crate's integration tests (`mod common;` in each
+//! test file that needs them).
+
+#![allow(dead_code)] // Not every test binary uses every helper.
+
+use station_core::{Reason, DOMAIN};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// The status's `google.rpc.ErrorInfo`, checked as every rejection must
+/// carry it: present, in the service's domain, with a reason this version
+/// knows whose code is the status's. Returns the reason; `what` names the
+/// case in every failure.
+#[track_caller]
+pub fn error_reason(what: &str, status: &Status) -> Reason {
+    let details = status.check_error_details().unwrap_or_else(|e| {
+        panic!("{what}: grpc-status-details-bin does not decode ({e}): {status:?}")
+    });
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("{what}: no ErrorInfo: {status:?}"));
+    assert_eq!(info.domain, DOMAIN, "{what}: {status:?}");
+    let reason = Reason::parse(&info.reason)
+        .unwrap_or_else(|| panic!("{what}: unknown reason {:?}", info.reason));
+    assert_eq!(
+        reason.code() as i32,
+        status.code() as i32,
+        "{what}: the reason's code is not the status's: {status:?}"
+    );
+    reason
+}
+
+/// Asserts a rejection exactly: its code, its `ErrorInfo` (see
+/// [`error_reason`]) with this reason, and that its message says every one
+/// of `says`. `what` names the case in every failure.
+#[track_caller]
+pub fn assert_rejected(what: &str, status: &Status, code: Code, reason: Reason, says: &[&str]) {
+    assert_eq!(
+        status.code(),
+        code,
+        "{what}: expected {code:?}, got {:?}: {:?}",
+        status.code(),
+        status.message()
+    );
+    assert_eq!(error_reason(what, status), reason, "{what}: {status:?}");
+    for needle in says {
+        assert!(
+            status.message().contains(needle),
+            "{what}: {code:?} message {:?} does not say {needle:?}",
+            status.message()
+        );
+    }
+}
