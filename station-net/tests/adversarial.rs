@@ -3,10 +3,15 @@
 //! Every test starts its own server on 127.0.0.1 (OS-picked port, 20 ms
 //! interval, 4 s TTL), starts a well-behaved session on it with the real
 //! client driver, then misbehaves with a raw tonic client that sends
-//! hand-built `ClientMessage`s. Each row asserts the exact gRPC status, that
-//! its message helps, that the well-behaved session still completes
-//! `Verified` without a single reconnection, and that nothing on the
-//! server's side panicked. Every wait is bounded.
+//! hand-built `ClientMessage`s. Each case asserts the exact gRPC status and
+//! `ErrorInfo` reason, that its message helps, that the well-behaved session
+//! still completes `Verified` without a single reconnection, and that
+//! nothing on the server's side panicked. Every wait is bounded.
+//!
+//! Most cases are rows of a table (`Row`): a stream's first messages, what
+//! it does next (`Step`), and the status it must end with, run by `run_row`
+//! on a stream of its own. Cases that measure something else (windows,
+//! silence, concurrency, raw TCP) are tests of their own.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use station_core::client::{Client, Config as ClientConfig, Outcome, Verdict};
 use station_core::server::Config as SessionConfig;
-use station_core::{ClientId, Reason, DOMAIN};
+use station_core::{ClientId, Reason};
 use station_net::client::{run, ChannelOptions, DriverOptions, Endpoints, Event};
 use station_net::proto::client_message::Kind;
 use station_net::proto::numbers_station_client::NumbersStationClient;
@@ -34,7 +39,9 @@ use tokio::time::timeout;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
-use tonic_types::StatusExt;
+
+mod common;
+use common::{assert_rejected, error_reason};
 
 /// Time between numbers on the default test server.
 const INTERVAL: Duration = Duration::from_millis(20);
@@ -272,6 +279,8 @@ struct Raw {
     inbound: Option<Streaming<ServerMessage>>,
     /// The call was refused before any response message (trailers only).
     refused: Option<Status>,
+    /// Names the stream (a table row) in panics; empty for others.
+    label: String,
 }
 
 impl Raw {
@@ -292,11 +301,13 @@ impl Raw {
                 tx: Some(tx),
                 inbound: Some(response.into_inner()),
                 refused: None,
+                label: String::new(),
             },
             Err(status) => Raw {
                 tx: Some(tx),
                 inbound: None,
                 refused: Some(status),
+                label: String::new(),
             },
         }
     }
@@ -319,9 +330,12 @@ impl Raw {
             return Err(status);
         }
         let inbound = self.inbound.as_mut().expect("the stream has not ended yet");
-        let msg = timeout(STEP, inbound.message())
-            .await
-            .expect("a server message or the end of the stream within 5 s");
+        let Ok(msg) = timeout(STEP, inbound.message()).await else {
+            panic!(
+                "{}: no server message nor end of the stream within 5 s",
+                self.label
+            );
+        };
         if !matches!(msg, Ok(Some(_))) {
             self.inbound = None;
         }
@@ -334,7 +348,7 @@ impl Raw {
                 kind: Some(ServerKind::Attached(a)),
                 // `Attached` may be boxed in the generated oneof; this takes either.
             })) => Attached::clone(&a),
-            other => panic!("expected Attached, got {other:?}"),
+            other => panic!("{}: expected Attached, got {other:?}", self.label),
         }
     }
 
@@ -343,7 +357,7 @@ impl Raw {
             Ok(Some(ServerMessage {
                 kind: Some(ServerKind::Number(n)),
             })) => n,
-            other => panic!("expected a Number, got {other:?}"),
+            other => panic!("{}: expected a Number, got {other:?}", self.label),
         }
     }
 
@@ -357,58 +371,25 @@ impl Raw {
                 Ok(None) => return (msgs, Status::ok("")),
                 Err(status) => return (msgs, status),
             }
-            assert!(msgs.len() <= 70_000, "the stream never ends");
+            assert!(
+                msgs.len() <= 70_000,
+                "{}: the stream never ends",
+                self.label
+            );
         }
-    }
-
-    /// Reads to the end and returns the status, asserting that nothing was
-    /// attached first.
-    async fn rejection(&mut self) -> Status {
-        let (msgs, status) = self.end().await;
-        assert!(
-            msgs.is_empty(),
-            "rejected stream sent messages first: {msgs:?}"
-        );
-        status
     }
 }
 
+/// A clean end of stream.
 #[track_caller]
-fn assert_status(status: &Status, code: Code, needles: &[&str]) {
+fn assert_ok(status: &Status) {
     assert_eq!(
         status.code(),
-        code,
-        "expected {code:?}, got {:?}: {:?}",
+        Code::Ok,
+        "expected a clean end, got {:?}: {:?}",
         status.code(),
         status.message()
     );
-    for needle in needles {
-        assert!(
-            status.message().contains(needle),
-            "{code:?} message {:?} does not say {needle:?}",
-            status.message()
-        );
-    }
-    if code != Code::Ok {
-        assert_error_info(status);
-    }
-}
-
-/// Every rejection carries `ErrorInfo` in the service's domain, with a
-/// known reason whose code is the status's.
-#[track_caller]
-fn assert_error_info(status: &Status) -> Reason {
-    let details = status
-        .check_error_details()
-        .expect("grpc-status-details-bin decodes");
-    let info = details
-        .error_info()
-        .unwrap_or_else(|| panic!("no ErrorInfo: {status:?}"));
-    assert_eq!(info.domain, DOMAIN, "{status:?}");
-    let reason =
-        Reason::parse(&info.reason).unwrap_or_else(|| panic!("unknown reason {:?}", info.reason));
-    assert_eq!(reason.code() as i32, status.code() as i32, "{status:?}");
-    reason
 }
 
 /// Reads an attached stream's numbers `from..to`, acknowledging each.
@@ -424,16 +405,130 @@ async fn read_and_ack(raw: &mut Raw, from: u32, to: u32) -> Vec<Number> {
 }
 
 // ---------------------------------------------------------------------------
-// Rows: a bad first message.
+// The table: one row per hostile input on a stream, run by `run_row`.
 
-struct FirstMessageCase {
-    name: &'static str,
-    /// Messages sent, then the request stream stays open (unless `half_close`).
-    send: Vec<ClientMessage>,
-    half_close: bool,
+/// What a row does after its stream's first messages, in order.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Waits for `Attached`.
+    Attached,
+    /// Reads the next number (checking its index) without acknowledging it.
+    Number,
+    /// Reads the next number and acknowledges it.
+    Acked,
+    Send(ClientMessage),
+    /// Ends the request stream (END_STREAM): the client half-closes.
+    HalfClose,
+}
+
+/// One hostile input and exactly how the server must answer it.
+struct Row {
+    name: String,
+    /// Sent as the call starts.
+    first: Vec<ClientMessage>,
+    /// Then done in order.
+    steps: Vec<Step>,
+    /// How many messages the server may send after the steps before the
+    /// status: 0 for a stream refused before it said anything.
+    at_most: usize,
     code: Code,
+    reason: Reason,
+    /// Fragments the status message must contain.
     says: Vec<String>,
 }
+
+/// `Row::at_most` for a row that does not bound what comes before the
+/// status (`Raw::end` still does).
+const ANY: usize = usize::MAX;
+
+impl Row {
+    /// A stream that starts with `first` and is refused before any message.
+    fn refused(
+        name: impl Into<String>,
+        first: Vec<ClientMessage>,
+        code: Code,
+        reason: Reason,
+        says: &[&str],
+    ) -> Row {
+        Row {
+            name: name.into(),
+            first,
+            steps: Vec::new(),
+            at_most: 0,
+            code,
+            reason,
+            says: says.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// The same row with `steps` after the first messages, and up to
+    /// `at_most` messages before the status.
+    fn after(self, steps: Vec<Step>, at_most: usize) -> Row {
+        Row {
+            steps,
+            at_most,
+            ..self
+        }
+    }
+}
+
+/// Runs `row` on a stream of its own on `channel` and asserts the status
+/// it ends with; returns that status. Every failure names the row.
+async fn run_row(channel: &Channel, row: &Row) -> Status {
+    let name = &row.name;
+    let mut raw = Raw::start(channel, &row.first).await;
+    raw.label = name.clone();
+    let mut index = 0;
+    for step in &row.steps {
+        match step {
+            Step::Attached => {
+                raw.attached().await;
+            }
+            Step::Number | Step::Acked => {
+                let n = raw.number().await;
+                assert_eq!(n.index, index, "{name}: numbers out of order");
+                index += 1;
+                if matches!(step, Step::Acked) {
+                    assert!(raw.send(ack(index)).await, "{name}: request stream open");
+                }
+            }
+            Step::Send(msg) => {
+                assert!(raw.send(msg.clone()).await, "{name}: request stream open");
+            }
+            Step::HalfClose => raw.half_close(),
+        }
+    }
+    let (msgs, status) = raw.end().await;
+    assert!(
+        msgs.len() <= row.at_most,
+        "{name}: {} messages before the status, at most {} expected: {msgs:?}",
+        msgs.len(),
+        row.at_most
+    );
+    let says: Vec<&str> = row.says.iter().map(String::as_str).collect();
+    assert_rejected(name, &status, row.code, row.reason, &says);
+    assert!(
+        status.message().len() < 300,
+        "{name}: message echoes too much ({} bytes)",
+        status.message().len()
+    );
+    status
+}
+
+/// Runs every row, one after the other, each on its own stream.
+async fn run_rows(channel: &Channel, rows: &[Row]) {
+    for row in rows {
+        run_row(channel, row).await;
+    }
+}
+
+/// `n` numbers read and acknowledged.
+fn acked(n: usize) -> impl Iterator<Item = Step> {
+    std::iter::repeat_n(Step::Acked, n)
+}
+
+// ---------------------------------------------------------------------------
+// Rows: a bad first message.
 
 #[tokio::test]
 async fn bad_first_messages_are_rejected_with_exact_codes() {
@@ -443,141 +538,94 @@ async fn bad_first_messages_are_rejected_with_exact_codes() {
     let nonce = [7u8; 16];
     let unknown = client_id(99).to_string();
     let long_id = "y".repeat(500);
-    let case = |name, send, code, says: &[&str]| FirstMessageCase {
-        name,
-        send,
-        half_close: false,
-        code,
-        says: says.iter().map(|s| s.to_string()).collect(),
+    let bad = |name, first, says: &[&str]| {
+        Row::refused(name, first, Code::InvalidArgument, Reason::BadRequest, says)
     };
-    let cases = vec![
-        case(
+    let rows = vec![
+        bad(
             "malformed UUID",
             vec![open("not-a-uuid", 10, &nonce)],
-            Code::InvalidArgument,
             &["\"not-a-uuid\"", "is not a UUID"],
         ),
-        case(
+        bad(
             "UUID in its simple (unhyphenated) form",
             vec![open("67e5504410b1426f9247bb680e5fe0c8", 10, &nonce)],
-            Code::InvalidArgument,
             &["is not a UUID", "67e55044-10b1-426f-9247-bb680e5fe0c8"],
         ),
-        case(
+        bad(
             "empty client id",
             vec![open("", 10, &nonce)],
-            Code::InvalidArgument,
             &["client id \"\" is not a UUID"],
         ),
-        case(
+        bad(
             "500-byte client id (echo is truncated)",
             vec![open(&long_id, 10, &nonce)],
-            Code::InvalidArgument,
             &["is not a UUID", "…"],
         ),
-        case(
+        bad(
             "count 0",
             vec![open(&client_id(10).to_string(), 0, &nonce)],
-            Code::InvalidArgument,
             &["count 0 is out of range", "1..=65535"],
         ),
-        case(
+        bad(
             "count 65536",
             vec![open(&client_id(11).to_string(), 65_536, &nonce)],
-            Code::InvalidArgument,
             &["count 65536 is out of range", "1..=65535"],
         ),
-        case(
+        bad(
             "count u32::MAX",
             vec![open(&client_id(12).to_string(), u32::MAX, &nonce)],
-            Code::InvalidArgument,
             &["count 4294967295 is out of range", "1..=65535"],
         ),
-        case(
+        bad(
             "5-byte open nonce",
             vec![open(&client_id(13).to_string(), 10, &[1, 2, 3, 4, 5])],
-            Code::InvalidArgument,
             &["nonce", "16 bytes", "got 5"],
         ),
-        case(
+        bad(
             "Ack before Open",
             vec![ack(5)],
-            Code::InvalidArgument,
             &["Ack before Open or Resume"],
         ),
-        case(
+        bad(
             "empty ClientMessage",
             vec![ClientMessage { kind: None }],
-            Code::InvalidArgument,
             &["empty ClientMessage"],
         ),
-        case(
+        Row::refused(
             "Resume of an unknown id",
             vec![resume(&unknown, &[9u8; 16], 0)],
             Code::NotFound,
+            Reason::SessionUnknown,
             &["no session", &unknown],
         ),
-        case(
+        bad(
             "Resume with a malformed UUID",
             vec![resume(
                 "67e55044-10b1-426f-9247-bb680e5fe0cX",
                 &[9u8; 16],
                 0,
             )],
-            Code::InvalidArgument,
             &["is not a UUID"],
         ),
-        case(
+        bad(
             "Resume with a 3-byte token",
             vec![resume(&unknown, &[1, 2, 3], 0)],
-            Code::InvalidArgument,
             &["resume token must be 16 bytes, got 3"],
         ),
-        FirstMessageCase {
-            half_close: true,
-            ..case(
-                "half-close at once (no message)",
-                vec![],
-                Code::InvalidArgument,
-                &["closed its side"],
-            )
-        },
+        bad(
+            "half-close at once (no message)",
+            vec![],
+            &["closed its side"],
+        )
+        .after(vec![Step::HalfClose], 0),
     ];
     let rejected_before = server.stats().await.streams_rejected;
-    for case in &cases {
-        let mut raw = Raw::start(&channel, &case.send).await;
-        if case.half_close {
-            raw.half_close();
-        }
-        let status = raw.rejection().await;
-        assert_eq!(
-            status.code(),
-            case.code,
-            "{}: expected {:?}, got {:?}: {:?}",
-            case.name,
-            case.code,
-            status.code(),
-            status.message()
-        );
-        for needle in &case.says {
-            assert!(
-                status.message().contains(needle.as_str()),
-                "{}: message {:?} does not say {needle:?}",
-                case.name,
-                status.message()
-            );
-        }
-        assert!(
-            status.message().len() < 300,
-            "{}: message echoes too much ({} bytes)",
-            case.name,
-            status.message().len()
-        );
-    }
+    run_rows(&channel, &rows).await;
     let stats = server.stats().await;
     assert_eq!(
         stats.streams_rejected - rejected_before,
-        cases.len() as u64,
+        rows.len() as u64,
         "{stats:?}"
     );
     assert_eq!(
@@ -592,179 +640,202 @@ async fn bad_first_messages_are_rejected_with_exact_codes() {
 }
 
 // ---------------------------------------------------------------------------
-// Rows: Resume.
+// Rows: Resume and Open against live sessions.
 
 #[tokio::test]
-async fn resume_with_a_wrong_token_is_permission_denied_and_disturbs_nobody() {
+async fn resume_and_open_against_live_sessions_are_refused_and_disturb_nobody() {
     let server = start(config()).await;
     let good = good(server.addr, 100, 2).await;
     let channel = server.channel().await;
 
-    // A raw owner too, to see its own stream continue uninterrupted.
+    // Raw owners too, to see their own streams continue uninterrupted.
     let owner_id = client_id(20).to_string();
     let mut owner = Raw::start(&channel, &[open(&owner_id, 30, &[2u8; 16])]).await;
     let token = owner.attached().await.resume_token;
     let mut values = read_and_ack(&mut owner, 0, 5).await;
+    // A short session, for resumes past its end.
+    let short_id = client_id(30).to_string();
+    let mut short = Raw::start(&channel, &[open(&short_id, 5, &[3u8; 16])]).await;
+    let short_token = short.attached().await.resume_token;
+    // A session that a same-nonce Open with another count must not reach.
+    let twin_id = client_id(70).to_string();
+    let mut twin = Raw::start(&channel, &[open(&twin_id, 50, &[7u8; 16])]).await;
+    twin.attached().await;
 
+    let mut rows = Vec::new();
     let mut wrong = token.clone();
     wrong[0] ^= 1;
     let victims = [
-        (good.id.to_string(), vec![0xa5u8; 16]),
-        (owner_id.clone(), wrong.clone()),
-        (owner_id.clone(), vec![0u8; 16]),
+        (
+            "the good session's id",
+            good.id.to_string(),
+            vec![0xa5u8; 16],
+        ),
+        (
+            "the owner's id, one bit off",
+            owner_id.clone(),
+            wrong.clone(),
+        ),
+        ("the owner's id, all zeros", owner_id.clone(), vec![0u8; 16]),
     ];
-    for (victim, guess) in &victims {
+    for (what, victim, guess) in &victims {
         for next_index in [0, 5, 30] {
-            let mut thief = Raw::start(&channel, &[resume(victim, guess, next_index)]).await;
-            let status = thief.rejection().await;
-            assert_status(
-                &status,
+            rows.push(Row::refused(
+                format!("Resume of {what} with a wrong token at {next_index}"),
+                vec![resume(victim, guess, next_index)],
                 Code::PermissionDenied,
+                Reason::TokenMismatch,
                 &["resume token does not match", victim],
-            );
+            ));
         }
     }
     // A wrong-length token is malformed rather than wrong.
-    let mut thief = Raw::start(&channel, &[resume(&owner_id, &token[..15], 0)]).await;
-    assert_status(
-        &thief.rejection().await,
+    rows.push(Row::refused(
+        "Resume with a 15-byte prefix of the token",
+        vec![resume(&owner_id, &token[..15], 0)],
         Code::InvalidArgument,
+        Reason::BadRequest,
         &["resume token must be 16 bytes, got 15"],
-    );
-
-    // The owner's stream carries on to the end and completes with OK.
-    values.extend(read_and_ack(&mut owner, 5, 30).await);
-    assert!(values.last().unwrap().checksum.is_some());
-    let (rest, status) = owner.end().await;
-    assert!(rest.is_empty(), "{rest:?}");
-    assert_status(&status, Code::Ok, &[]);
-    good.verified().await;
-    drop(channel);
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn resume_past_the_end_is_invalid_argument() {
-    let server = start(config()).await;
-    let good = good(server.addr, 100, 3).await;
-    let channel = server.channel().await;
-    let id = client_id(30).to_string();
-    let mut owner = Raw::start(&channel, &[open(&id, 5, &[3u8; 16])]).await;
-    let token = owner.attached().await.resume_token;
+    ));
     for next_index in [6, 1000, u32::MAX] {
-        let mut bad = Raw::start(&channel, &[resume(&id, &token, next_index)]).await;
-        assert_status(
-            &bad.rejection().await,
+        rows.push(Row::refused(
+            format!("Resume at {next_index} of a 5-number session"),
+            vec![resume(&short_id, &short_token, next_index)],
             Code::InvalidArgument,
+            Reason::BadRequest,
             &[
                 &format!("next_index {next_index} is past the end"),
                 "count 5",
             ],
-        );
+        ));
     }
-    // Not disturbed: the owner completes.
-    read_and_ack(&mut owner, 0, 5).await;
+    let victim = good.id.to_string();
+    for (what, nonce) in [("another nonce", vec![0x11u8; 16]), ("no nonce", vec![])] {
+        rows.push(Row::refused(
+            format!("Open of the live good session's id with {what}"),
+            vec![open(&victim, 100, &nonce)],
+            Code::AlreadyExists,
+            Reason::SessionExists,
+            &[&format!("session {victim} already exists"), "resume"],
+        ));
+    }
+    // The same nonce but another count is another Open, not a repeat.
+    rows.push(Row::refused(
+        "Open of a live id with its nonce but another count",
+        vec![open(&twin_id, 51, &[7u8; 16])],
+        Code::AlreadyExists,
+        Reason::SessionExists,
+        &["already exists"],
+    ));
+    run_rows(&channel, &rows).await;
+
+    // The owners' streams carry on: to the end with OK, or for a while.
+    values.extend(read_and_ack(&mut owner, 5, 30).await);
+    assert!(values.last().unwrap().checksum.is_some());
     let (rest, status) = owner.end().await;
     assert!(rest.is_empty(), "{rest:?}");
-    assert_status(&status, Code::Ok, &[]);
+    assert_ok(&status);
+    read_and_ack(&mut short, 0, 5).await;
+    let (rest, status) = short.end().await;
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_ok(&status);
+    read_and_ack(&mut twin, 0, 3).await;
     good.verified().await;
+    drop(twin);
     drop(channel);
     server.stop().await;
 }
 
 // ---------------------------------------------------------------------------
-// Rows: out-of-order messages on an attached stream.
+// Rows: out-of-order messages on a stream.
 
 #[tokio::test]
-async fn ack_beyond_what_was_sent_is_invalid_argument() {
+async fn protocol_violations_on_a_stream_are_invalid_argument() {
     let server = start(config()).await;
     let good = good(server.addr, 100, 4).await;
     let channel = server.channel().await;
+    // A detached session, to resume.
+    let spare = client_id(60).to_string();
+    let mut first = Raw::start(&channel, &[open(&spare, 100, &[6u8; 16])]).await;
+    let token = first.attached().await.resume_token;
+    drop(first);
+
+    let violation = |name: String, first: ClientMessage, steps: Vec<Step>, says: &[&str]| {
+        Row::refused(
+            name,
+            vec![first],
+            Code::InvalidArgument,
+            Reason::BadRequest,
+            says,
+        )
+        .after(steps, ANY)
+    };
+    let fresh = |n: u64| open(&client_id(n).to_string(), 100, &[4u8; 16]);
+    let mut rows = Vec::new();
     // 50 numbers take a second to send; 10_000 is past the count too.
     for (i, beyond) in [50u32, 10_000].into_iter().enumerate() {
-        let id = client_id(40 + i as u64).to_string();
-        let mut raw = Raw::start(&channel, &[open(&id, 100, &[4u8; 16])]).await;
-        raw.attached().await;
-        raw.number().await;
-        assert!(raw.send(ack(beyond)).await);
-        let (_, status) = raw.end().await;
-        assert_status(
-            &status,
-            Code::InvalidArgument,
+        rows.push(violation(
+            format!("Ack of {beyond} after one number"),
+            fresh(40 + i as u64),
+            vec![Step::Attached, Step::Number, Step::Send(ack(beyond))],
             &[
                 &format!("ack next_index {beyond} is beyond the"),
                 "numbers sent",
             ],
-        );
+        ));
     }
-    good.verified().await;
-    drop(channel);
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn ack_going_backwards_is_invalid_argument() {
-    let server = start(config()).await;
-    let good = good(server.addr, 100, 5).await;
-    let channel = server.channel().await;
-    let mut raw = Raw::start(
-        &channel,
-        &[open(&client_id(50).to_string(), 100, &[5u8; 16])],
-    )
-    .await;
-    raw.attached().await;
-    read_and_ack(&mut raw, 0, 3).await;
-    assert!(raw.send(ack(1)).await);
-    let (_, status) = raw.end().await;
-    assert_status(
-        &status,
-        Code::InvalidArgument,
+    rows.push(violation(
+        "Ack of 1 after acknowledging 3".into(),
+        fresh(50),
+        [Step::Attached]
+            .into_iter()
+            .chain(acked(3))
+            .chain([Step::Send(ack(1))])
+            .collect(),
         &["ack next_index 1 goes backwards", "already acknowledged 3"],
-    );
-    good.verified().await;
-    drop(channel);
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn a_second_first_message_on_a_stream_is_invalid_argument() {
-    let server = start(config()).await;
-    let good = good(server.addr, 100, 6).await;
-    let channel = server.channel().await;
-    let id = client_id(60).to_string();
-    let mut first = Raw::start(&channel, &[open(&id, 100, &[6u8; 16])]).await;
-    let token = first.attached().await.resume_token;
-    drop(first);
+    ));
     let seconds = [
         (
             "Open after Open",
-            open(&id, 100, &[6u8; 16]),
+            fresh(61),
+            open(&spare, 100, &[6u8; 16]),
             "Open after the stream's first message",
         ),
         (
             "Resume after Open",
-            resume(&id, &token, 0),
+            fresh(62),
+            resume(&spare, &token, 0),
             "Resume after the stream's first message",
         ),
+        // And on a resumed stream.
+        (
+            "Open after Resume",
+            resume(&spare, &token, 0),
+            open(&spare, 100, &[6u8; 16]),
+            "Open after the stream's first message",
+        ),
     ];
-    for (i, (name, second, says)) in seconds.into_iter().enumerate() {
-        let other = client_id(61 + i as u64).to_string();
-        let mut raw = Raw::start(&channel, &[open(&other, 100, &[6u8; 16])]).await;
-        raw.attached().await;
-        assert!(raw.send(second).await, "{name}");
-        let (_, status) = raw.end().await;
-        assert_status(&status, Code::InvalidArgument, &[says]);
+    for (name, first, second, says) in seconds {
+        rows.push(violation(
+            name.into(),
+            first,
+            vec![Step::Attached, Step::Send(second)],
+            &[says],
+        ));
     }
-    // And on a resumed stream.
-    let mut raw = Raw::start(&channel, &[resume(&id, &token, 0)]).await;
-    raw.attached().await;
-    assert!(raw.send(open(&id, 100, &[6u8; 16])).await);
-    let (_, status) = raw.end().await;
-    assert_status(
-        &status,
-        Code::InvalidArgument,
-        &["Open after the stream's first message"],
+    // Half-closing right after Open: the stream ends promptly.
+    rows.push(
+        Row::refused(
+            "half-close right after Open",
+            vec![open(&client_id(100).to_string(), 50, &[1u8; 16])],
+            Code::InvalidArgument,
+            Reason::BadRequest,
+            &["closed its side"],
+        )
+        .after(vec![Step::HalfClose], 10),
     );
+    run_rows(&channel, &rows).await;
+    server.attached_at_most(1, STEP).await;
     good.verified().await;
     drop(channel);
     server.stop().await;
@@ -772,38 +843,6 @@ async fn a_second_first_message_on_a_stream_is_invalid_argument() {
 
 // ---------------------------------------------------------------------------
 // Rows: Open of a live id.
-
-#[tokio::test]
-async fn open_of_a_live_id_with_another_nonce_is_already_exists() {
-    let server = start(config()).await;
-    let good = good(server.addr, 100, 7).await;
-    let channel = server.channel().await;
-    let victim = good.id.to_string();
-    for nonce in [vec![0x11u8; 16], vec![]] {
-        let mut raw = Raw::start(&channel, &[open(&victim, 100, &nonce)]).await;
-        assert_status(
-            &raw.rejection().await,
-            Code::AlreadyExists,
-            &[&format!("session {victim} already exists"), "resume"],
-        );
-    }
-    // The same nonce but another count is another Open, not a repeat.
-    let id = client_id(70).to_string();
-    let mut owner = Raw::start(&channel, &[open(&id, 50, &[7u8; 16])]).await;
-    owner.attached().await;
-    let mut raw = Raw::start(&channel, &[open(&id, 51, &[7u8; 16])]).await;
-    assert_status(
-        &raw.rejection().await,
-        Code::AlreadyExists,
-        &["already exists"],
-    );
-    // The owner was not disturbed.
-    read_and_ack(&mut owner, 0, 3).await;
-    good.verified().await;
-    drop(owner);
-    drop(channel);
-    server.stop().await;
-}
 
 #[tokio::test]
 async fn a_repeated_open_with_the_same_nonce_attaches_to_the_same_session() {
@@ -826,7 +865,13 @@ async fn a_repeated_open_with_the_same_nonce_attaches_to_the_same_session() {
 
     // The first stream was taken over: it ends with ABORTED.
     let (_, status) = first.end().await;
-    assert_status(&status, Code::Aborted, &["taken over"]);
+    assert_rejected(
+        "the first stream",
+        &status,
+        Code::Aborted,
+        Reason::TakenOver,
+        &["taken over"],
+    );
     // Two sessions live (the good one and this one), not three.
     assert_eq!(server.stats().await.live_sessions, 2);
     good.verified().await;
@@ -853,7 +898,7 @@ async fn messages_after_completion_are_harmless() {
     );
     let (rest, status) = raw.end().await;
     assert!(rest.is_empty(), "{rest:?}");
-    assert_status(&status, Code::Ok, &[]);
+    assert_ok(&status);
     // More messages on the finished stream: accepted or refused locally,
     // either way nothing may crash.
     for msg in [
@@ -880,45 +925,21 @@ async fn messages_after_completion_are_harmless() {
     }
     let (rest, status) = raw.end().await;
     assert!(rest.is_empty(), "{rest:?}");
-    assert_status(&status, Code::Ok, &[]);
+    assert_ok(&status);
 
     // The completed session is gone: resuming it is NOT_FOUND.
-    let mut late = Raw::start(&channel, &[resume(&id, &token, 3)]).await;
-    assert_status(
-        &late.rejection().await,
+    let late = Row::refused(
+        "Resume of a completed session",
+        vec![resume(&id, &token, 3)],
         Code::NotFound,
+        Reason::SessionUnknown,
         &["no session", &id],
     );
+    run_row(&channel, &late).await;
     good.verified().await;
     let stats = server.stats().await;
     assert_eq!(stats.sessions_completed, 3, "{stats:?}");
     assert_eq!(stats.live_sessions, 0, "{stats:?}");
-    drop(channel);
-    server.stop().await;
-}
-
-// ---------------------------------------------------------------------------
-// Rows: half-closing.
-
-#[tokio::test]
-async fn half_closing_right_after_open_ends_with_invalid_argument() {
-    let server = start(config()).await;
-    let good = good(server.addr, 100, 10).await;
-    let channel = server.channel().await;
-    let mut raw = Raw::start(
-        &channel,
-        &[open(&client_id(100).to_string(), 50, &[1u8; 16])],
-    )
-    .await;
-    raw.half_close();
-    let (msgs, status) = raw.end().await;
-    assert!(
-        msgs.len() <= 10,
-        "the stream did not end promptly: {msgs:?}"
-    );
-    assert_status(&status, Code::InvalidArgument, &["closed its side"]);
-    server.attached_at_most(1, STEP).await;
-    good.verified().await;
     drop(channel);
     server.stop().await;
 }
@@ -959,7 +980,7 @@ async fn an_oversized_message_fails_the_stream_not_the_server() {
     .await;
     fine.attached().await;
     read_and_ack(&mut fine, 0, 2).await;
-    assert_status(&fine.end().await.1, Code::Ok, &[]);
+    assert_ok(&fine.end().await.1);
 
     for (what, status) in &codes {
         // tonic reports its decode limit as OUT_OF_RANGE; RESOURCE_EXHAUSTED
@@ -976,7 +997,7 @@ async fn an_oversized_message_fails_the_stream_not_the_server() {
             status.message()
         );
         if status.code() == Code::ResourceExhausted {
-            assert_eq!(assert_error_info(status), Reason::MessageTooLarge);
+            assert_eq!(error_reason(what, status), Reason::MessageTooLarge);
         }
     }
     good.verified().await;
@@ -1106,18 +1127,24 @@ async fn sessions_beyond_max_sessions_are_resource_exhausted() {
 
     // A fourth stream, Open or Resume, is refused at once.
     let extra_id = client_id(139).to_string();
-    let mut extra = Raw::start(&channel, &[open(&extra_id, 10, &[13u8; 16])]).await;
-    assert_status(
-        &extra.rejection().await,
-        Code::ResourceExhausted,
-        &["server is full", "3 sessions"],
-    );
-    let mut extra = Raw::start(&channel, &[resume(&good.id.to_string(), &[0u8; 16], 0)]).await;
-    assert_status(
-        &extra.rejection().await,
-        Code::ResourceExhausted,
-        &["server is full"],
-    );
+    let good_id = good.id.to_string();
+    let full = |name, first| {
+        Row::refused(
+            name,
+            vec![first],
+            Code::ResourceExhausted,
+            Reason::ServerFull,
+            &["server is full"],
+        )
+    };
+    let rows = [
+        Row {
+            says: vec!["server is full".into(), "3 sessions".into()],
+            ..full("a fourth Open", open(&extra_id, 10, &[13u8; 16]))
+        },
+        full("a Resume", resume(&good_id, &[0u8; 16], 0)),
+    ];
+    run_rows(&channel, &rows).await;
     // A refusal never reaches a session.
     assert_eq!(server.stats().await.live_sessions, 3);
 
@@ -1127,7 +1154,7 @@ async fn sessions_beyond_max_sessions_are_resource_exhausted() {
     let mut later = Raw::start(&channel, &[open(&extra_id, 2, &[13u8; 16])]).await;
     later.attached().await;
     read_and_ack(&mut later, 0, 2).await;
-    assert_status(&later.end().await.1, Code::Ok, &[]);
+    assert_ok(&later.end().await.1);
     good.verified().await;
     drop(channel);
     server.stop().await;
@@ -1190,7 +1217,13 @@ async fn a_client_that_never_reads_is_bounded_by_the_window_and_dropped() {
     // Now read what was buffered: the numbers, then why the stream ended.
     let (msgs, status) = sloth.end().await;
     assert!(msgs.len() <= 65, "{} messages", msgs.len());
-    assert_status(&status, Code::DeadlineExceeded, &["silent"]);
+    assert_rejected(
+        "the reader that stopped",
+        &status,
+        Code::DeadlineExceeded,
+        Reason::ClientSilent,
+        &["silent"],
+    );
     eprintln!(
         "never-reading client: {sent_to_sloth} numbers sent, stream dropped after {dropped_after:?}"
     );
@@ -1277,7 +1310,13 @@ async fn stopped_reader_is_dropped_as_silent(interval: Duration, good_count: u32
         "{} messages",
         msgs.len()
     );
-    assert_status(&status, Code::DeadlineExceeded, &["silent"]);
+    assert_rejected(
+        "the reader that stopped",
+        &status,
+        Code::DeadlineExceeded,
+        Reason::ClientSilent,
+        &["silent"],
+    );
     drop(channel);
     server.stop().await;
 }
@@ -1369,7 +1408,13 @@ async fn no_number_is_sent_after_an_injected_fault_ends_a_burst() {
             other => panic!("expected numbers, got {other:?}"),
         })
         .collect();
-    assert_status(&status, Code::Unavailable, &["injected fault"]);
+    assert_rejected(
+        "the faulty burst",
+        &status,
+        Code::Unavailable,
+        Reason::InjectedFault,
+        &["injected fault"],
+    );
     assert_eq!(
         indices,
         (0..4).collect::<Vec<_>>(),
