@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    // Read at run time: `env!` would bake in the directory of whichever
+    // checkout first compiled this script, and a second checkout sharing
+    // the target directory then fails with "not in any include path".
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../proto");
     let file = root.join("numbersstation/v1/station.proto");
     println!("cargo:rerun-if-changed={}", root.display());
     let descriptors = protox::compile([&file], [&root])?;

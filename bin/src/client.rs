@@ -4,11 +4,12 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
-use station_core::client::{Client, Config as ClientConfig, Snapshot};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use station_core::client::{Client, Config as ClientConfig, Snapshot, Verdict};
 use station_core::ClientId;
 use station_net::client::{ChannelOptions, DriverOptions, Endpoints, Event};
 
+use crate::state_file::StateError;
 use crate::{exit, report, state_file, ClientArgs};
 
 /// Progress is written to the state file at most this often (and always on
@@ -24,7 +25,7 @@ pub async fn run(args: ClientArgs) -> u8 {
         } else {
             "http"
         };
-        targets.insert(0, format!("{scheme}://{}:{}", args.host, port));
+        targets.insert(0, crate::url(scheme, &args.host, port));
     }
     let tls_ca = match &args.tls_ca {
         Some(path) => match std::fs::read(path) {
@@ -62,9 +63,11 @@ pub async fn run(args: ClientArgs) -> u8 {
         }
     };
     let count = client.count();
-    let bar = std::io::stderr()
-        .is_terminal()
-        .then(|| progress_bar(u64::from(count)));
+    let bars = std::io::stderr().is_terminal().then(MultiProgress::new);
+    let bar = bars
+        .as_ref()
+        .map(|bars| bars.add(progress_bar(u64::from(count))));
+    let _logs_above_bar = bars.as_ref().map(crate::bars::activate);
     let mut last_save: Option<Instant> = None;
     let mut save_error: Option<String> = None;
     let mut next_log = count / 10;
@@ -82,11 +85,7 @@ pub async fn run(args: ClientArgs) -> u8 {
             }
             Event::Number { .. } => {}
             Event::Failed { endpoint, end } => {
-                let msg = format!("stream to {endpoint} ended: {end:?}");
-                match &bar {
-                    Some(bar) => bar.println(msg),
-                    None => tracing::warn!("{msg}"),
-                }
+                tracing::warn!("stream to {endpoint} ended: {end:?}");
             }
             Event::Silent { endpoint } => {
                 tracing::warn!(endpoint, "stream went silent; reconnecting")
@@ -129,9 +128,11 @@ pub async fn run(args: ClientArgs) -> u8 {
     if let Some(e) = save_error {
         eprintln!("warning: could not keep the state file: {e}");
     }
-    if let (Some(path), true) = (&args.state_file, outcome.verdict.is_success()) {
-        if let Err(e) = state_file::remove(path) {
-            eprintln!("warning: {e}");
+    if let Some(path) = &args.state_file {
+        match settle_state_file(path, &outcome.verdict) {
+            Ok(Some(note)) => eprintln!("{note}"),
+            Ok(None) => {}
+            Err(e) => eprintln!("warning: {e}"),
         }
     }
     if args.json {
@@ -140,6 +141,33 @@ pub async fn run(args: ClientArgs) -> u8 {
         println!("{}", report::text(&outcome));
     }
     report::exit_code(&outcome)
+}
+
+/// What becomes of the state file once the client has its verdict:
+/// removed after success; moved aside to `<path>.ended` when the session
+/// can never be resumed (expired, or rejected: running the same command
+/// again would only repeat the failure), with a note that says so; kept
+/// otherwise (no server reachable, protocol errors, a checksum mismatch),
+/// so that the same command can try again or be looked into.
+fn settle_state_file(path: &Path, verdict: &Verdict) -> Result<Option<String>, StateError> {
+    match verdict {
+        Verdict::Verified => state_file::remove(path).map(|()| None),
+        Verdict::Expired(_) | Verdict::Rejected { .. } => {
+            let mut ended = path.as_os_str().to_owned();
+            ended.push(".ended");
+            let ended = std::path::PathBuf::from(ended);
+            match std::fs::rename(path, &ended) {
+                Ok(()) => Ok(Some(format!(
+                    "the session cannot be resumed: its state file is now {}; run the \
+                     same command again to start a new session",
+                    ended.display()
+                ))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StateError::Io(path.into(), e)),
+            }
+        }
+        Verdict::ChecksumMismatch | Verdict::ProtocolError(_) | Verdict::Unreachable(_) => Ok(None),
+    }
 }
 
 /// The client machine's settings from the flags, refused (naming the rule)
@@ -226,4 +254,52 @@ fn progress_bar(len: u64) -> ProgressBar {
     bar.set_style(style);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use station_core::client::Code;
+
+    /// Issue 13: after exit 4 or 5 the state file stayed, so the same
+    /// command repeated the failure. A dead session's file is moved aside
+    /// (and the note says what to do); a resumable one stays.
+    #[test]
+    fn a_dead_sessions_state_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let ended = dir.path().join("state.json.ended");
+        let dead = [
+            Verdict::Expired("expired".into()),
+            Verdict::Rejected {
+                code: Code::PermissionDenied,
+                reason: None,
+                message: "token".into(),
+            },
+        ];
+        for verdict in dead {
+            std::fs::write(&path, "{}").unwrap();
+            let note = settle_state_file(&path, &verdict).unwrap().unwrap();
+            assert!(
+                note.contains("state.json.ended") && note.contains("again"),
+                "{note}"
+            );
+            assert!(!path.exists() && ended.exists(), "{verdict:?}");
+        }
+        let alive = [
+            Verdict::Unreachable("down".into()),
+            Verdict::ProtocolError("bad".into()),
+            Verdict::ChecksumMismatch,
+        ];
+        for verdict in alive {
+            std::fs::write(&path, "{}").unwrap();
+            assert_eq!(settle_state_file(&path, &verdict).unwrap(), None);
+            assert!(path.exists(), "{verdict:?}");
+        }
+        assert_eq!(settle_state_file(&path, &Verdict::Verified).unwrap(), None);
+        assert!(!path.exists());
+        // No file (never written): nothing to do.
+        let gone = Verdict::Expired("expired".into());
+        assert_eq!(settle_state_file(&path, &gone).unwrap(), None);
+    }
 }

@@ -66,6 +66,7 @@ pub async fn run(args: DemoArgs) -> u8 {
         }
     };
     let bars = std::io::stderr().is_terminal().then(MultiProgress::new);
+    let _logs_above_bars = bars.as_ref().map(crate::bars::activate);
     let mut tasks = Vec::new();
     for i in 0..args.clients {
         let count = rand::random_range(40..=120);

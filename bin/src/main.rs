@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod bars;
 mod client;
 mod demo;
 mod load;
@@ -250,6 +251,16 @@ pub struct StatsArgs {
     pub port: u16,
 }
 
+/// `scheme://host:port`, with an IPv6 literal in brackets (`::1` becomes
+/// `http://[::1]:50051`): without them the URI is invalid.
+pub fn url(scheme: &str, host: &str, port: u16) -> String {
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("{scheme}://[{host}]:{port}")
+    } else {
+        format!("{scheme}://{host}:{port}")
+    }
+}
+
 /// Parses `250ms`, `1s`, `1m30s` (humantime), or a bare number of seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(secs) = text.parse::<u64>() {
@@ -263,7 +274,8 @@ fn init_tracing(default: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Through the progress bars while they are drawn.
+        .with_writer(bars::LogWriter)
         .init();
 }
 
@@ -404,5 +416,19 @@ mod tests {
         assert!(
             Cli::try_parse_from(["station", "client", "--port", "1", "--count", "65535"]).is_ok()
         );
+    }
+
+    /// Issue 13: `--host ::1` built `http://::1:N`, which no URI parser
+    /// accepts. IPv6 literals get brackets; names and IPv4 do not.
+    #[tokio::test]
+    async fn ipv6_hosts_get_brackets_in_urls() {
+        use station_net::client::{ChannelOptions, Endpoints};
+        assert_eq!(url("http", "::1", 50051), "http://[::1]:50051");
+        assert_eq!(url("https", "fe80::1", 1), "https://[fe80::1]:1");
+        assert_eq!(url("http", "127.0.0.1", 2), "http://127.0.0.1:2");
+        assert_eq!(url("http", "localhost", 3), "http://localhost:3");
+        let opts = ChannelOptions::default();
+        assert!(Endpoints::tcp(&[url("http", "::1", 50051)], &opts).is_ok());
+        assert!(Endpoints::tcp(&["http://::1:50051".into()], &opts).is_err());
     }
 }

@@ -175,7 +175,7 @@ async fn shutdown_signal() {
 
 /// `station stats`: prints a server's counters as JSON.
 pub async fn stats(args: StatsArgs) -> u8 {
-    let url = format!("http://{}:{}", args.host, args.port);
+    let url = crate::url("http", &args.host, args.port);
     let result = async {
         let mut admin = StationAdminClient::connect(url.clone())
             .await

@@ -94,16 +94,24 @@ pub fn save(path: &Path, s: &Snapshot) -> Result<(), StateError> {
         server_checksum: s.server_checksum,
     };
     let io = |e| StateError::Io(path.into(), e);
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
     let json = serde_json::to_vec_pretty(&d).expect("plain data always serializes");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    // A temporary file of its own in the same directory (so the rename is
+    // atomic), created 0600: the file holds the resume token, a secret.
+    // Its random name keeps two clients given one state file from writing
+    // into each other's temporary file.
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut f = tempfile::Builder::new()
+        .prefix(".station-state")
+        .tempfile_in(dir)
+        .map_err(io)?;
     f.write_all(&json).map_err(io)?;
     // Durable before the rename makes it visible.
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)
+    f.as_file().sync_all().map_err(io)?;
+    f.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
 }
 
 /// Removes `path` (after success); a missing file is fine.
@@ -175,5 +183,49 @@ mod tests {
             .replace("\"next_index\": 4", "\"next_index\": 11");
         std::fs::write(&path, text).unwrap();
         assert!(matches!(load(&path), Err(StateError::Corrupt(..))));
+    }
+
+    /// Issue 13: the file holds the resume token, so only its owner may
+    /// read it, whatever the umask; and an older, wider file is replaced.
+    #[test]
+    fn the_state_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        save(&path, &snapshot()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+    }
+
+    /// Issue 13: two clients given one state file raced on the fixed
+    /// `<path>.tmp`: one could rename the other's half-written file, or
+    /// fail because it was gone. Each save now has a temporary file of its
+    /// own; concurrent saves all succeed and the file is always whole.
+    #[test]
+    fn concurrent_saves_do_not_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::thread::scope(|scope| {
+            for t in 0..4u32 {
+                let path = &path;
+                scope.spawn(move || {
+                    for i in 0..50u32 {
+                        let mut s = snapshot();
+                        s.next_index = (t + i) % 10;
+                        save(path, &s).unwrap();
+                        assert!(load(path).unwrap().is_some());
+                    }
+                });
+            }
+        });
+        assert!(load(&path).unwrap().is_some());
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["state.json"], "{names:?}");
     }
 }

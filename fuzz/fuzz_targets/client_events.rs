@@ -62,6 +62,7 @@ enum FuzzEvent {
     Status { code: u8, reason: u8, retry_after: Option<FuzzDuration> },
     EndOk,
     Transport,
+    Protocol,
     Wait(FuzzDuration),
     Timeout,
 }
@@ -106,6 +107,7 @@ fn convert(e: FuzzEvent) -> Event {
         },
         FuzzEvent::EndOk => Event::EndOk,
         FuzzEvent::Transport => Event::Transport,
+        FuzzEvent::Protocol => Event::Protocol,
         FuzzEvent::Wait(d) => Event::Wait(d.get()),
         FuzzEvent::Timeout => Event::Timeout,
     }

@@ -61,6 +61,7 @@ fn event() -> impl Strategy<Value = Event> {
             .prop_map(|(code, reason, retry_after)| Event::Status { code, reason, retry_after }),
         1 => Just(Event::EndOk),
         1 => Just(Event::Transport),
+        1 => Just(Event::Protocol),
         2 => duration().prop_map(Event::Wait),
         3 => Just(Event::Timeout),
     ]

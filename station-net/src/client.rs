@@ -446,7 +446,8 @@ pub async fn run(
                 continue;
             }
             Step::Message(Ok(None)) => StreamEnd::Ok,
-            Step::Headers(Err(status)) | Step::Message(Err(status)) => to_stream_end(&status),
+            Step::Headers(Err(status)) => to_stream_end(&status),
+            Step::Message(Err(status)) => message_error(&status),
         };
         stream = Stream::None;
         observe(
@@ -471,6 +472,22 @@ pub async fn run(
             current = (current + 1) % endpoints.len();
         }
         client.handle_end(now, end);
+    }
+}
+
+/// How reading the stream's messages failed. tonic reports a message over
+/// our decode limit as OUT_OF_RANGE, with no details: the server broke the
+/// protocol (its messages are small), it did not reject us. No server of
+/// this protocol ends a stream OUT_OF_RANGE itself (ARCHITECTURE.md §2).
+fn message_error(status: &Status) -> StreamEnd {
+    match to_stream_end(status) {
+        StreamEnd::Status {
+            code: client::Code::OutOfRange,
+            reason: None,
+            message,
+            ..
+        } => StreamEnd::Protocol(format!("a message over the decode limit: {message}")),
+        end => end,
     }
 }
 

@@ -45,3 +45,17 @@ pub mod proto {
 }
 
 pub use server::{serve, serve_tcp, Observer, ServeError, ServerConfig, Station, StreamEvent};
+
+#[cfg(test)]
+mod build_script {
+    /// Issue 13: the build script took `CARGO_MANIFEST_DIR` at compile
+    /// time, so two checkouts sharing a target directory broke each
+    /// other's builds. It must read the variable when it runs.
+    #[test]
+    fn reads_the_manifest_dir_at_run_time() {
+        let script = include_str!("../build.rs");
+        let compile_time = ["env", "!(\"CARGO_MANIFEST_DIR\")"].concat();
+        assert!(!script.contains(&compile_time));
+        assert!(script.contains("std::env::var(\"CARGO_MANIFEST_DIR\")"));
+    }
+}

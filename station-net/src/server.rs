@@ -461,10 +461,15 @@ where
     health
         .set_serving::<NumbersStationServer<Station<S>>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: grpcurl, grpcui, Postman and Evans
+    // releases before 2023 ask for v1alpha only.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection = reflection().build_v1()?;
     let token = station.shared.shutdown.clone();
     // Measures scheduling lateness for load shedding, while serving.
     let probe = tokio::spawn(crate::overload::probe(
@@ -498,6 +503,7 @@ where
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(admin)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, signal);

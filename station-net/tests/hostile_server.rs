@@ -245,3 +245,34 @@ async fn session_lost_is_a_rejection_that_says_so() {
         "{outcome:?}"
     );
 }
+
+/// Issue 13: a server message over the client's decode limit (1 KiB) made
+/// tonic end the stream OUT_OF_RANGE, which the client took for a
+/// rejection (exit 5). The server broke the protocol: after a few tries
+/// the client ends with a protocol error (exit 6).
+#[tokio::test]
+async fn a_message_over_the_decode_limit_is_a_protocol_error() {
+    let (addr, server) = serve(|_| {
+        let mut big = attached(3, secs(30), secs(1));
+        if let Some(Kind::Attached(a)) = &mut big.kind {
+            a.resume_token = vec![7; 4096];
+        }
+        (vec![big], Status::ok(""))
+    })
+    .await;
+    let (outcome, attached) = tokio::time::timeout(
+        Duration::from_secs(30),
+        client(addr, 3, ClientConfig::default()),
+    )
+    .await
+    .expect("the client finishes");
+    assert!(
+        matches!(&outcome.verdict, Verdict::ProtocolError(m) if m.contains("decode limit")),
+        "{outcome:?}"
+    );
+    assert_eq!(attached, 0);
+    assert_eq!(
+        server.streams.load(Ordering::SeqCst),
+        ClientConfig::default().max_protocol_errors
+    );
+}

@@ -80,3 +80,57 @@ async fn completes_through_injected_faults() {
     assert_eq!(outcome.verdict, Verdict::Verified, "{outcome:?}");
     assert!(outcome.reconnects >= 9, "{outcome:?}");
 }
+
+/// Lists the services a server names through reflection, in one version of
+/// the protocol (`v1` or `v1alpha`: the same messages, separate packages).
+macro_rules! list_services {
+    ($version:ident, $addr:expr) => {{
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", $addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        match replies.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+            }
+            other => panic!("{other:?}"),
+        }
+    }};
+}
+
+/// Issue 13: older grpcurl, grpcui, Postman and Evans ask for reflection
+/// v1alpha, and got UNIMPLEMENTED. Both versions list the service.
+#[tokio::test]
+async fn reflection_answers_in_v1_and_v1alpha() {
+    let server = start(fast(5)).await;
+    for services in [
+        list_services!(v1, server.addr),
+        list_services!(v1alpha, server.addr),
+    ] {
+        assert!(
+            services
+                .iter()
+                .any(|s| s == "numbersstation.v1.NumbersStation"),
+            "{services:?}"
+        );
+        assert!(
+            services.iter().any(|s| s == "grpc.health.v1.Health"),
+            "{services:?}"
+        );
+    }
+}

@@ -329,6 +329,7 @@ impl Client {
         match end {
             StreamEnd::Ok => self.retry(now, "server ended the stream early".into(), None),
             StreamEnd::Transport(why) => self.retry(now, why, None),
+            StreamEnd::Protocol(why) => self.protocol_error(now, why),
             StreamEnd::Status {
                 code,
                 message,

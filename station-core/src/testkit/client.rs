@@ -61,6 +61,9 @@ pub enum Event {
     EndOk,
     /// The connection breaks.
     Transport,
+    /// The server's bytes break the protocol below the message level (an
+    /// undecodable or oversized message).
+    Protocol,
     /// Time jumps by this much, then the timer is checked.
     Wait(Duration),
     /// Time jumps to exactly the client's next deadline, which fires.
@@ -197,6 +200,7 @@ pub fn run(count: u32, events: &[Event]) -> Result<(), String> {
             }
             Event::EndOk => client.handle_end(now, StreamEnd::Ok),
             Event::Transport => client.handle_end(now, StreamEnd::Transport("fuzzed".into())),
+            Event::Protocol => client.handle_end(now, StreamEnd::Protocol("fuzzed".into())),
             Event::Wait(d) => {
                 const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
                 now = now
