@@ -23,8 +23,10 @@
 //!   (`backoff.rs`); [`client::Config`] and its validation (`config.rs`);
 //!   what it receives and emits (`messages.rs`); tests in `client/tests/`.
 //! - [`Reject`]: every reason a server refuses or ends a stream.
-//! - [`testkit`]: drives a server stream or a client from arbitrary events
-//!   and checks their outputs (for the fuzz targets and property tests).
+//! - `testkit` (behind the non-default `testkit` feature, so production
+//!   builds carry no clock-reading test code): drives a server stream or a
+//!   client from arbitrary events and checks their outputs (for the fuzz
+//!   targets and property tests).
 //! - `harness` (tests only): a client and its server streams end to end over
 //!   a modelled network and store, with faults, checked against the
 //!   invariants of ARCHITECTURE.md §6.
@@ -88,6 +90,7 @@ mod reason;
 pub mod sequence;
 pub mod server;
 pub mod store;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 
 #[cfg(test)]
