@@ -471,6 +471,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
             |time| shared.state().time_of(time),
             |now, line| shared.log(now, line),
         );
+        faults.heal_random_failures(sim, scenario);
         let done = sim.step().map_err(|e| e.to_string())?;
         steps += 1;
         clock.set_outside(sim.elapsed());
