@@ -25,15 +25,14 @@ const INTERVAL: &str = "20ms";
 mod harness {
     use std::fmt;
     use std::fs::File;
-    use std::io::{BufRead, BufReader, Write};
-    use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+    use std::net::{Ipv4Addr, SocketAddr};
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
 
     use station_core::server::Record;
-    use station_net::testing::{RedisCluster, RedisServer};
+    use station_net::testing::{command_bytes, RedisCluster, RedisServer, Reply};
     use uuid::Uuid;
 
     use super::INTERVAL;
@@ -337,71 +336,10 @@ mod harness {
         json
     }
 
-    /// A reply of Redis's RESP protocol.
-    #[derive(Debug)]
-    #[allow(dead_code)] // Some payloads are only shown, in failure messages.
-    pub enum Reply {
-        Nil,
-        Status(String),
-        Error(String),
-        Int(i64),
-        Bulk(Vec<u8>),
-        Array(Vec<Reply>),
-    }
-
-    fn parse(r: &mut impl BufRead) -> std::io::Result<Reply> {
-        let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
-            return Err(bad("connection closed".into()));
-        }
-        let line = line.trim_end_matches("\r\n");
-        let (kind, rest) = line.split_at(line.len().min(1));
-        let number = || {
-            rest.parse::<i64>()
-                .map_err(|e| bad(format!("{line:?}: {e}")))
-        };
-        Ok(match kind {
-            "+" => Reply::Status(rest.into()),
-            "-" => Reply::Error(rest.into()),
-            ":" => Reply::Int(number()?),
-            "$" if number()? < 0 => Reply::Nil,
-            "$" => {
-                let len = usize::try_from(number()?).expect("non-negative");
-                let mut data = vec![0; len + 2];
-                r.read_exact(&mut data)?;
-                data.truncate(len);
-                Reply::Bulk(data)
-            }
-            "*" if number()? < 0 => Reply::Nil,
-            "*" => (0..number()?)
-                .map(|_| parse(r))
-                .collect::<std::io::Result<_>>()
-                .map(Reply::Array)?,
-            _ => return Err(bad(format!("unexpected reply line {line:?}"))),
-        })
-    }
-
-    /// One command to the Redis on `port`, on a fresh connection, bounded.
-    pub fn redis_command(port: u16, args: &[&[u8]]) -> std::io::Result<Reply> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-        conn.set_write_timeout(Some(Duration::from_secs(2)))?;
-        let mut msg = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            msg.extend(format!("${}\r\n", arg.len()).bytes());
-            msg.extend_from_slice(arg);
-            msg.extend(b"\r\n");
-        }
-        conn.write_all(&msg)?;
-        parse(&mut BufReader::new(conn))
-    }
-
     /// The session record Redis holds for `id`, if any.
     pub fn stored_record(redis: &RedisServer, prefix: &str, id: Uuid) -> Option<Record> {
         let key = format!("{prefix}session:{id}");
-        match redis_command(redis.port(), &[b"HGET", key.as_bytes(), b"record"]) {
+        match command_bytes(redis.port(), &[b"HGET", key.as_bytes(), b"record"]) {
             Ok(Reply::Bulk(bytes)) => Some(
                 Record::from_bytes(&bytes)
                     .unwrap_or_else(|| panic!("{key} holds no valid record: {bytes:?}")),
@@ -417,7 +355,7 @@ mod harness {
         let bucket = station_net::store::redis::bucket_of(&station_core::ClientId(id));
         let key = format!("{prefix}{{{bucket}}}:session:{id}");
         for node in cluster.nodes().iter().filter(|n| n.is_running()) {
-            match redis_command(node.port(), &[b"HGET", key.as_bytes(), b"record"]) {
+            match command_bytes(node.port(), &[b"HGET", key.as_bytes(), b"record"]) {
                 Ok(Reply::Bulk(bytes)) => {
                     return Some(
                         Record::from_bytes(&bytes)
@@ -467,7 +405,7 @@ mod harness {
     /// Every key under `prefix` in Redis.
     pub fn keys(redis: &RedisServer, prefix: &str) -> Vec<String> {
         let pattern = format!("{prefix}*");
-        match redis_command(redis.port(), &[b"KEYS", pattern.as_bytes()]) {
+        match command_bytes(redis.port(), &[b"KEYS", pattern.as_bytes()]) {
             Ok(Reply::Array(items)) => items
                 .into_iter()
                 .map(|item| match item {
