@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use station_core::client::{Client, Config as ClientConfig, Snapshot, Verdict};
-use station_core::ClientId;
+use station_core::{ClientId, Reason};
 use station_net::client::{ChannelOptions, DriverOptions, Endpoints, Event};
 
 use crate::state_file::StateError;
@@ -144,15 +144,32 @@ pub async fn run(args: ClientArgs) -> u8 {
 }
 
 /// What becomes of the state file once the client has its verdict:
-/// removed after success; moved aside to `<path>.ended` when the session
-/// can never be resumed (expired, or rejected: running the same command
-/// again would only repeat the failure), with a note that says so; kept
-/// otherwise (no server reachable, protocol errors, a checksum mismatch),
-/// so that the same command can try again or be looked into.
+/// removed after success; moved aside to `<path>.ended` when a server said
+/// the session is gone for good (expired, unknown, lost, its token refused,
+/// its id held by another client: running the same command again would
+/// only repeat the failure), with a note that says so; kept otherwise (no
+/// server reachable, protocol errors, a checksum mismatch, or a rejection
+/// without one of those reasons, e.g. UNIMPLEMENTED from a service that
+/// is not a station: fix the flags and the same command resumes).
 fn settle_state_file(path: &Path, verdict: &Verdict) -> Result<Option<String>, StateError> {
+    let gone = match verdict {
+        Verdict::Expired(_) => true,
+        Verdict::Rejected {
+            reason: Some(reason),
+            ..
+        } => matches!(
+            reason,
+            Reason::SessionExpired
+                | Reason::SessionUnknown
+                | Reason::SessionLost
+                | Reason::TokenMismatch
+                | Reason::SessionExists
+        ),
+        _ => false,
+    };
     match verdict {
         Verdict::Verified => state_file::remove(path).map(|()| None),
-        Verdict::Expired(_) | Verdict::Rejected { .. } => {
+        _ if gone => {
             let mut ended = path.as_os_str().to_owned();
             ended.push(".ended");
             let ended = std::path::PathBuf::from(ended);
@@ -166,7 +183,7 @@ fn settle_state_file(path: &Path, verdict: &Verdict) -> Result<Option<String>, S
                 Err(e) => Err(StateError::Io(path.into(), e)),
             }
         }
-        Verdict::ChecksumMismatch | Verdict::ProtocolError(_) | Verdict::Unreachable(_) => Ok(None),
+        _ => Ok(None),
     }
 }
 
@@ -273,7 +290,7 @@ mod tests {
             Verdict::Expired("expired".into()),
             Verdict::Rejected {
                 code: Code::PermissionDenied,
-                reason: None,
+                reason: Some(Reason::TokenMismatch),
                 message: "token".into(),
             },
         ];
@@ -290,6 +307,13 @@ mod tests {
             Verdict::Unreachable("down".into()),
             Verdict::ProtocolError("bad".into()),
             Verdict::ChecksumMismatch,
+            // Not a station (no reason): the flags may be wrong; keep the
+            // session to resume once they are fixed.
+            Verdict::Rejected {
+                code: Code::Unimplemented,
+                reason: None,
+                message: "unknown service".into(),
+            },
         ];
         for verdict in alive {
             std::fs::write(&path, "{}").unwrap();
