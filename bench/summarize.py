@@ -5,15 +5,19 @@ import glob, json, os, re, statistics, sys
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
 
-def load(pattern):
+def load_with_paths(pattern):
+    """(path, run) of every readable result matching `pattern`."""
     runs = []
     for path in sorted(glob.glob(os.path.join(OUT, pattern))):
         try:
             with open(path) as f:
-                runs.append(json.load(f))
+                runs.append((path, json.load(f)))
         except (OSError, ValueError):
             print(f"(skipped unreadable {path})", file=sys.stderr)
     return runs
+
+def load(pattern):
+    return [run for _, run in load_with_paths(pattern)]
 
 def med(values, fmt="{:.1f}"):
     values = [v for v in values if v is not None]
@@ -90,11 +94,12 @@ def redis():
                     if (m := re.search(r"redis-(?:single|cluster)-(\d+)-\d+\.json$", p))})
     for n in sizes:
         for store, label in (("single", "one Redis"), ("cluster", "cluster, 3 primaries + 3 replicas")):
-            paths = sorted(glob.glob(os.path.join(OUT, f"redis-{store}-{n}-*.json")))
-            runs = load(f"redis-{store}-{n}-*.json")
-            if not runs:
+            loaded = load_with_paths(f"redis-{store}-{n}-*.json")
+            if not loaded:
                 continue
-            usage = [redis_usage(p[:-len(".json")] + ".redis") for p in paths]
+            runs = [run for _, run in loaded]
+            # Each run's Redis usage from its own side file.
+            usage = [redis_usage(p[:-len(".json")] + ".redis") for p, _ in loaded]
             per = lambda values: [v / r["numbers"] if v is not None and r["numbers"] else None
                                   for v, r in zip(values, runs)]
             print(f"| {label} | {n:,} | {len(runs)} | {med([r['failed'] for r in runs], '{:.0f}')} "
@@ -104,10 +109,20 @@ def redis():
                   f"| {med(per([c * 1e6 if c is not None else None for c, _ in usage]))} "
                   f"| {med(per([k for _, k in usage]), '{:.2f}')} |")
 
+def ends(runs):
+    """Streams ended before their session completed, by how, summed over runs."""
+    total = {}
+    for r in runs:
+        for kind, n in (r.get("stream_ends") or {}).items():
+            total[kind] = total.get(kind, 0) + n
+    if not total:
+        return "–" if all("stream_ends" in r for r in runs) else "not recorded"
+    return ", ".join(f"{k} {n:,}" for k, n in sorted(total.items(), key=lambda kv: -kv[1]))
+
 def overload():
     print("| sessions | shedding (`--shed-when-late`) | runs | completed | failed | lateness p99 (ms) | reconnects "
-          "| of which silent drops | of which RESOURCE_EXHAUSTED | server CPU (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| of which silent drops | of which RESOURCE_EXHAUSTED | server CPU (s) | streams ended, by how (all runs) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = sorted({(int(m.group(1)), m.group(2)) for p in glob.glob(os.path.join(OUT, "overload-*.json"))
                    if (m := re.search(r"overload-(\d+)-(base|shed[0-9a-z]+)(?:-\d+)?\.json$", p))},
                   key=lambda r: (r[0], r[1] != "base", r[1]))
@@ -120,7 +135,7 @@ def overload():
               f"| {med([r.get('reconnects') for r in runs], '{:,.0f}')} "
               f"| {med([r.get('silent_drops') for r in runs], '{:,.0f}')} "
               f"| {med([r.get('resource_exhausted') for r in runs], '{:,.0f}')} "
-              f"| {med([server(r, 'cpu_seconds') for r in runs])} |")
+              f"| {med([server(r, 'cpu_seconds') for r in runs])} | {ends(runs)} |")
 
 for title, table in (("Scale", scale), ("Max rate", maxrate), ("First number", first), ("Redis", redis), ("Overload", overload)):
     print(f"\n## {title}\n")

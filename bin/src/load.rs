@@ -9,6 +9,7 @@
 //! interval), the first-number latency, and — given the server's pid — its
 //! CPU time and memory from `/proc`. Bounded in count and time.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,6 +70,25 @@ pub struct Measurements {
     /// Streams refused or ended RESOURCE_EXHAUSTED (a full or overloaded
     /// server).
     exhausted: u64,
+    /// Streams that ended before their session completed, by how: the
+    /// status code and reason, or the transport. Streams the client itself
+    /// dropped as silent are `silent_drops`, not here.
+    stream_ends: BTreeMap<String, u64>,
+}
+
+/// How a stream ended, as a short stable label for the report.
+fn end_kind(end: &StreamEnd) -> String {
+    match end {
+        StreamEnd::Ok => "OK before the end".into(),
+        StreamEnd::Status {
+            code,
+            reason: Some(reason),
+            ..
+        } => format!("{code:?} {reason}"),
+        StreamEnd::Status { code, .. } => format!("{code:?}"),
+        StreamEnd::Transport(_) => "transport".into(),
+        StreamEnd::Protocol(_) => "protocol".into(),
+    }
 }
 
 impl Measurements {
@@ -81,6 +101,7 @@ impl Measurements {
             reconnects: 0,
             silent_drops: 0,
             exhausted: 0,
+            stream_ends: BTreeMap::new(),
         }
     }
 }
@@ -135,6 +156,7 @@ pub struct Report {
     pub reconnects: u64,
     pub silent_drops: u64,
     pub exhausted: u64,
+    pub stream_ends: BTreeMap<String, u64>,
     pub elapsed: Duration,
     pub interval: Option<Duration>,
     pub lateness_ms: [f64; 3],
@@ -221,6 +243,7 @@ impl Report {
             "reconnects": self.reconnects,
             "silent_drops": self.silent_drops,
             "resource_exhausted": self.exhausted,
+            "stream_ends": self.stream_ends,
             "interval_ms": self.interval.map(|i| i.as_secs_f64() * 1000.0),
             "lateness_ms": {"p50": self.lateness_ms[0], "p99": self.lateness_ms[1], "max": self.lateness_ms[2]},
             "first_number_ms": {"p50": self.first_number_ms[0], "p99": self.first_number_ms[1], "max": self.first_number_ms[2]},
@@ -328,18 +351,18 @@ pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
                         .unwrap_or_else(|p| p.into_inner())
                         .silent_drops += 1;
                 }
-                Event::Failed {
-                    end:
+                Event::Failed { end, .. } => {
+                    let mut m = measurements.lock().unwrap_or_else(|p| p.into_inner());
+                    if matches!(
+                        end,
                         StreamEnd::Status {
                             code: Code::ResourceExhausted,
                             ..
-                        },
-                    ..
-                } => {
-                    measurements
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .exhausted += 1;
+                        }
+                    ) {
+                        m.exhausted += 1;
+                    }
+                    *m.stream_ends.entry(end_kind(end)).or_default() += 1;
                 }
                 Event::Attached {
                     next_index,
@@ -367,7 +390,6 @@ pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
                             .saturating_record(micros(arrived - schedule.started));
                     }
                 }
-                _ => {}
             };
             station_net::client::run(&endpoints, &DriverOptions::default(), client, observe).await
         });
@@ -407,6 +429,7 @@ pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
         reconnects: m.reconnects,
         silent_drops: m.silent_drops,
         exhausted: m.exhausted,
+        stream_ends: m.stream_ends.clone(),
         elapsed,
         interval,
         lateness_ms: percentiles(&m.lateness),
@@ -529,6 +552,7 @@ mod tests {
         );
         assert_eq!(report.numbers, 30);
         assert_eq!(report.reconnects, 0);
+        assert!(report.stream_ends.is_empty(), "{:?}", report.stream_ends);
         assert_eq!(report.interval, Some(Duration::from_millis(10)));
         assert!(report.server.is_some());
         // Six sessions multiplexed over two connections.
@@ -578,6 +602,10 @@ mod tests {
         );
         assert_eq!(report.numbers, 0);
         assert!(report.reconnects >= 3, "each session retried");
+        // Every failed attempt is counted by how it ended.
+        let ends: u64 = report.stream_ends.values().sum();
+        assert!(ends >= report.reconnects, "{:?}", report.stream_ends);
+        assert!(report.json()["stream_ends"].is_object());
     }
 
     #[test]
