@@ -477,8 +477,10 @@ pub async fn run(
 
 /// How reading the stream's messages failed. tonic reports a message over
 /// our decode limit as OUT_OF_RANGE, with no details: the server broke the
-/// protocol (its messages are small), it did not reject us. No server of
-/// this protocol ends a stream OUT_OF_RANGE itself (ARCHITECTURE.md §2).
+/// protocol (its messages are small), it did not reject us. A station
+/// never sends OUT_OF_RANGE to a client that keeps to the protocol (its
+/// own OUT_OF_RANGE answers a client message over its limit), and every
+/// status it sends carries an ErrorInfo reason.
 fn message_error(status: &Status) -> StreamEnd {
     match to_stream_end(status) {
         StreamEnd::Status {

@@ -119,9 +119,9 @@ pub enum StreamEnd {
     /// Connecting failed or the connection broke without a status.
     Transport(String),
     /// The server's bytes broke the protocol below the message level: a
-    /// message the client cannot decode, or one over its decode limit
-    /// (tonic reports that as OUT_OF_RANGE, but no server said it). Counts
-    /// as a protocol error, not a rejection.
+    /// message over the client's decode limit (tonic reports it as
+    /// OUT_OF_RANGE with no details; no station ends a stream to a client
+    /// that way). Counts as a protocol error, not a rejection.
     Protocol(String),
 }
 
