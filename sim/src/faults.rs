@@ -352,8 +352,15 @@ pub(crate) struct FaultState {
 
 impl FaultState {
     pub(crate) fn new(scenario: &Scenario) -> Self {
+        let mut links = Links::new(scenario.clients.len(), scenario.servers);
+        // Networks too slow from the start, as the latency faults judge them.
+        links.slow =
+            scenario.net.max_latency * ATTACH_LEGS >= ClientConfig::default().attach_timeout;
+        links.store_slow = scenario.store == StoreKind::Host
+            && scenario.store_net.latency * 2 >= scenario.store_net.op_timeout;
+        links.update(scenario, Duration::ZERO);
         FaultState {
-            links: Links::new(scenario.clients.len(), scenario.servers),
+            links,
             latency: (scenario.net.min_latency, scenario.net.max_latency),
             store_latency: scenario.store_net.latency,
             applied: vec![None; scenario.faults.len()],
