@@ -21,6 +21,9 @@ start() { # start <name> <command...>: runs a server, sets PORT and PID
     echo "server did not start: $*" >&2; exit 1
 }
 stop() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
+PID=; RPIDS=; RDIR=
+# Whatever ends the script, no server or Redis is left running.
+trap 'stop; [ -z "$RPIDS" ] || redis_down' EXIT
 
 scale() { # sessions at 1 s interval, ramped up at 5,000/s, 60 numbers each
     # (so 100,000 sessions are all live together for 40 s), over
@@ -82,7 +85,22 @@ first() { # first-number latency, n = 1 against n = 65535, same server
     stop
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free loopback port at most 55535: a cluster node's bus port is 10,000
+# above its own.
+free_port() { python3 -c '
+import random, socket
+for _ in range(1000):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", random.randint(20000, 55535)))
+    except OSError:
+        continue
+    print(s.getsockname()[1]); break'; }
+# Waits (at most 10 s) until the Redis on port $1 answers PING.
+redis_wait() {
+    for _ in $(seq 100); do redis-cli -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+    echo "redis on port $1 did not start" >&2; return 1
+}
 
 # Redis processes of the store under test: RPIDS (every process, replicas
 # included, since they spend this machine's CPU too) and RPORTS.
@@ -91,7 +109,7 @@ redis_single() { # starts one redis-server, no persistence; sets URL
     redis-server --port "$port" --bind 127.0.0.1 --dir "$RDIR" --save "" --appendonly no \
         > "$OUT/redis-single.log" 2>&1 &
     RPIDS=$!; RPORTS=$port
-    until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
+    redis_wait "$port"
     URL=redis://127.0.0.1:$port/0
 }
 redis_cluster() { # starts six nodes (three primaries, three replicas), no persistence; sets URL
@@ -103,21 +121,32 @@ redis_cluster() { # starts six nodes (three primaries, three replicas), no persi
             --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
             > "$OUT/redis-cluster-$port.log" 2>&1 &
         RPIDS="$RPIDS $!"; RPORTS="$RPORTS $port"; nodes="$nodes 127.0.0.1:$port"
-        until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
+        redis_wait "$port"
     done
     # shellcheck disable=SC2086
     redis-cli --cluster create $nodes --cluster-replicas 1 --cluster-yes > "$OUT/redis-cluster-create.log"
     for port in $RPORTS; do
-        until redis-cli -p "$port" cluster info | grep -q cluster_state:ok; do sleep 0.2; done
+        local tries=0
+        until redis-cli -p "$port" cluster info | grep -q cluster_state:ok; do
+            tries=$((tries + 1)); [ $tries -lt 150 ] || { echo "cluster not ok" >&2; return 1; }
+            sleep 0.2
+        done
     done
     URL=redis+cluster://$(echo $nodes | tr ' ' ',')
 }
-redis_down() { kill $RPIDS 2>/dev/null || true; wait $RPIDS 2>/dev/null || true; rm -rf "$RDIR"; }
-redis_usage() { # prints {"cpu_seconds": …, "commands": …} summed over RPIDS and RPORTS
-    local ticks=0 commands=0 pid port
-    for pid in $RPIDS; do ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+redis_down() { kill $RPIDS 2>/dev/null || true; wait $RPIDS 2>/dev/null || true; rm -rf "$RDIR"; RPIDS=; }
+redis_usage() { # prints {"cpu_seconds": …, "commands": …}: CPU of every
+    # process (replicas too), commands of the primaries only (a replica
+    # counts each replicated write again)
+    local ticks=0 commands=0 pid port n
+    for pid in $RPIDS; do
+        n=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || true)
+        ticks=$((ticks + ${n:-0}))
+    done
     for port in $RPORTS; do
-        commands=$((commands + $(redis-cli -p "$port" info stats | tr -d '\r' | awk -F: '/^total_commands_processed:/ {print $2}')))
+        redis-cli -p "$port" info replication 2>/dev/null | grep -q '^role:master' || continue
+        n=$(redis-cli -p "$port" info stats 2>/dev/null | tr -d '\r' | awk -F: '/^total_commands_processed:/ {print $2}')
+        commands=$((commands + ${n:-0}))
     done
     echo "{\"cpu_seconds\": $(python3 -c "print($ticks / $(getconf CLK_TCK))"), \"commands\": $commands}"
 }
@@ -126,7 +155,7 @@ redis() { # sessions per server on one Redis and on a six-node cluster, alternat
     # at 1 s interval; Redis CPU and commands measured around each run
     for n in ${REDIS_SCALE:-20000 30000}; do
         for rep in 1 2 3; do
-            for store in single cluster; do
+            for store in ${REDIS_STORES:-single cluster}; do
                 "redis_$store"
                 start "redis-$store-$n-$rep" $S server --port 0 --interval 1s --store "$URL"
                 local before; before=$(redis_usage)
