@@ -265,10 +265,26 @@ fn percentiles(h: &Histogram<u64>) -> [f64; 3] {
     ]
 }
 
+/// Whether an endpoint (`host:port`, optionally with a scheme) names an
+/// IPv4 loopback address (or `localhost`).
+fn is_ipv4_loopback(endpoint: &str) -> bool {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+    host == "localhost" || host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Runs the load described by `args` and returns its report.
 pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
     if args.endpoint.is_empty() {
         return Err("give at least one --endpoint".into());
+    }
+    if args.source_addresses > 1 {
+        if let Some(e) = args.endpoint.iter().find(|e| !is_ipv4_loopback(e)) {
+            return Err(format!(
+                "--source-addresses binds 127.0.0.x, which reaches loopback servers only; \
+                 {e} is not an IPv4 loopback address"
+            ));
+        }
     }
     // Connection `k` binds source address 127.0.0.(1 + k mod N), or lets
     // the kernel choose when there is one.
@@ -578,6 +594,20 @@ mod tests {
             .map(|d| IpAddr::V4(Ipv4Addr::new(127, 0, 0, d)))
             .collect();
         assert_eq!(sources, expected);
+    }
+
+    #[tokio::test]
+    async fn source_addresses_need_loopback_endpoints() {
+        let mut a = args("10.0.0.1:50051".into(), 1, Duration::from_secs(1));
+        a.source_addresses = 2;
+        let err = measure(&a).await.err().expect("refused");
+        assert!(err.contains("loopback"), "{err}");
+        for ok in ["127.0.0.1:1", "http://127.0.0.9:2", "localhost:3"] {
+            assert!(is_ipv4_loopback(ok), "{ok}");
+        }
+        for bad in ["[::1]:1", "example.com:2", "10.0.0.1:3"] {
+            assert!(!is_ipv4_loopback(bad), "{bad}");
+        }
     }
 
     #[tokio::test]
