@@ -133,7 +133,11 @@ impl Stream {
             complete: false,
             persisted_until: now,
             refresh_due: false,
-            out: VecDeque::with_capacity(4),
+            // At 1 s the deepest the queue gets is `Attached` and the first
+            // number; a third output would grow it. Two, not four, because
+            // with one connection per client this buffer is a visible part
+            // of what a session costs (BENCHMARKS.md).
+            out: VecDeque::with_capacity(2),
         }
     }
 
