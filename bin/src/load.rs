@@ -8,13 +8,22 @@
 //! server announced in `Attached` (first number at once, then one per
 //! interval), the first-number latency, and — given the server's pid — its
 //! CPU time and memory from `/proc`. Bounded in count and time.
+//!
+//! `--processes P` splits one run over P worker processes (this binary,
+//! started again with `--worker K`): worker K runs sessions `i` with
+//! `i % P == K` on the one global schedule, with its own descriptors and
+//! runtime, and prints a [`Tally`] with its raw histograms. The parent
+//! merges them, so percentiles are over every number of the run, not an
+//! average of per-process percentiles.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 use station_core::client::{Client, Code, Config as ClientConfig, Outcome, StreamEnd, Verdict};
 use station_core::ClientId;
 use station_net::client::{ChannelOptions, DriverOptions, Endpoints, Event};
@@ -92,11 +101,14 @@ fn end_kind(end: &StreamEnd) -> String {
 }
 
 impl Measurements {
+    fn histogram() -> Histogram<u64> {
+        Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("bounds are valid")
+    }
+
     fn new() -> Self {
-        let h = || Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("bounds are valid");
         Measurements {
-            lateness: h(),
-            first_number: h(),
+            lateness: Self::histogram(),
+            first_number: Self::histogram(),
             numbers: 0,
             reconnects: 0,
             silent_drops: 0,
@@ -108,6 +120,81 @@ impl Measurements {
 
 fn micros(d: Duration) -> u64 {
     (d.as_micros() as u64).clamp(1, MAX_MICROS)
+}
+
+/// A histogram as (value, count) pairs: exact to the histogram's own
+/// precision, and re-recorded into one with the same bounds on merging.
+fn pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    h.iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
+}
+
+fn record_pairs(h: &mut Histogram<u64>, pairs: &[(u64, u64)]) {
+    for &(value, count) in pairs {
+        h.saturating_record_n(value.clamp(1, MAX_MICROS), count);
+    }
+}
+
+/// Which sessions a process runs: those with `i % of == index`.
+#[derive(Clone, Copy, Debug)]
+struct Part {
+    index: usize,
+    of: usize,
+}
+
+/// What one process counted, in the form a worker prints and the parent
+/// merges.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+struct Tally {
+    /// Sessions started.
+    sessions: usize,
+    /// Sessions that ended (verified or not) before the deadline.
+    finished: usize,
+    completed: usize,
+    failures: Vec<String>,
+    numbers: u64,
+    reconnects: u64,
+    silent_drops: u64,
+    exhausted: u64,
+    stream_ends: BTreeMap<String, u64>,
+    interval: Option<Duration>,
+    elapsed: Duration,
+    lateness: Vec<(u64, u64)>,
+    first_number: Vec<(u64, u64)>,
+}
+
+impl Tally {
+    /// Adds `other`'s counts and histograms to this one's.
+    fn merge(&mut self, other: Tally) {
+        self.sessions += other.sessions;
+        self.finished += other.finished;
+        self.completed += other.completed;
+        self.failures.extend(other.failures);
+        self.numbers += other.numbers;
+        self.reconnects += other.reconnects;
+        self.silent_drops += other.silent_drops;
+        self.exhausted += other.exhausted;
+        for (kind, n) in other.stream_ends {
+            *self.stream_ends.entry(kind).or_default() += n;
+        }
+        self.interval = self.interval.or(other.interval);
+        self.elapsed = self.elapsed.max(other.elapsed);
+        let merged = |mine: &[(u64, u64)], theirs: &[(u64, u64)]| {
+            let mut h = Measurements::histogram();
+            record_pairs(&mut h, mine);
+            record_pairs(&mut h, theirs);
+            pairs(&h)
+        };
+        self.lateness = merged(&self.lateness, &other.lateness);
+        self.first_number = merged(&self.first_number, &other.first_number);
+    }
+
+    fn percentiles(pairs: &[(u64, u64)]) -> [f64; 3] {
+        let mut h = Measurements::histogram();
+        record_pairs(&mut h, pairs);
+        percentiles(&h)
+    }
 }
 
 /// Server process figures read from `/proc`.
@@ -273,8 +360,37 @@ fn is_ipv4_loopback(endpoint: &str) -> bool {
     host == "localhost" || host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Runs the load described by `args` and returns its report.
+/// Runs the load described by `args` and returns its report: in this
+/// process, or split over `--processes` workers and merged.
 pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
+    validate(args)?;
+    let idle = args.server_pid.and_then(proc_stats);
+    let tally = if args.processes > 1 {
+        run_workers(args).await?
+    } else {
+        measure_part(args, Part { index: 0, of: 1 }).await?
+    };
+    let end = args.server_pid.and_then(proc_stats);
+    Ok(Report {
+        sessions: tally.sessions,
+        completed: tally.completed,
+        failed: tally.finished - tally.completed,
+        unfinished: tally.sessions - tally.finished,
+        numbers: tally.numbers,
+        reconnects: tally.reconnects,
+        silent_drops: tally.silent_drops,
+        exhausted: tally.exhausted,
+        elapsed: tally.elapsed,
+        interval: tally.interval,
+        lateness_ms: Tally::percentiles(&tally.lateness),
+        first_number_ms: Tally::percentiles(&tally.first_number),
+        server: idle.zip(end),
+        stream_ends: tally.stream_ends,
+        failures: tally.failures,
+    })
+}
+
+fn validate(args: &LoadArgs) -> Result<(), String> {
     if args.endpoint.is_empty() {
         return Err("give at least one --endpoint".into());
     }
@@ -286,6 +402,42 @@ pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
             ));
         }
     }
+    Ok(())
+}
+
+/// Starts `--processes` copies of this binary with the same arguments and
+/// `--worker K`, and merges what they print.
+async fn run_workers(args: &LoadArgs) -> Result<Tally, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let mut workers = tokio::task::JoinSet::new();
+    for k in 0..args.processes {
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.args(std::env::args_os().skip(1))
+            .args(["--worker", &k.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start load worker {k}: {e}"))?;
+        workers.spawn(async move { (k, child.wait_with_output().await) });
+    }
+    let mut tally = Tally::default();
+    while let Some(joined) = workers.join_next().await {
+        let (k, output) = joined.map_err(|e| format!("a load worker task failed: {e}"))?;
+        let output = output.map_err(|e| format!("load worker {k}: {e}"))?;
+        let part: Tally = serde_json::from_slice(&output.stdout)
+            .map_err(|e| format!("load worker {k} ({}) printed no tally: {e}", output.status))?;
+        tally.merge(part);
+    }
+    Ok(tally)
+}
+
+/// Runs this process's part of the load: sessions `i` with
+/// `i % part.of == part.index`, each started when the whole run's schedule
+/// says (session `i` at `(i + 1) / --ramp-up-rate`).
+async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> {
     // Connection `k` binds source address 127.0.0.(1 + k mod N), or lets
     // the kernel choose when there is one.
     let source_addresses = args.source_addresses.max(1);
@@ -303,38 +455,37 @@ pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
         };
         Endpoints::tcp(&args.endpoint, &opts).map_err(|e| e.to_string())
     };
-    // Multiplexed: every session takes one of a few shared pools. One per
-    // session: each session's task makes its own when it starts.
+    // Fail on a bad endpoint now, not in every session.
+    connection(0)?;
+    // Multiplexed: session `i` shares pool `i mod --connections`, made when
+    // first needed, so P workers together open the same pools one process
+    // would (when P divides --connections). One per session: each session
+    // makes its own.
     let connections = args.connections.max(1);
-    let mut pools = Vec::with_capacity(connections);
-    if !args.connection_per_session {
-        for k in 0..connections {
-            pools.push(connection(k)?);
-        }
-    } else {
-        // Fail on a bad endpoint now, not in every session.
-        connection(0)?;
-    }
-    let idle = args.server_pid.and_then(proc_stats);
+    let mut pools: BTreeMap<usize, Endpoints> = BTreeMap::new();
     let measurements = Arc::new(Mutex::new(Measurements::new()));
     let interval_seen: Arc<Mutex<Option<Duration>>> = Arc::new(Mutex::new(None));
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + args.duration;
+    let t0 = tokio::time::Instant::now();
+    let deadline = t0 + args.duration;
     let mut tasks = tokio::task::JoinSet::new();
     let ramp =
         (args.ramp_up_rate > 0).then(|| Duration::from_secs_f64(1.0 / args.ramp_up_rate as f64));
-    let mut next_start = tokio::time::Instant::now();
-    for i in 0..args.sessions {
+    for i in (part.index..args.sessions).step_by(part.of.max(1)) {
         if let Some(gap) = ramp {
-            next_start += gap;
-            tokio::time::sleep_until(next_start).await;
+            tokio::time::sleep_until(t0 + gap.mul_f64((i + 1) as f64)).await;
         }
         if tokio::time::Instant::now() >= deadline {
             break;
         }
-        let endpoints = match pools.get(i % connections) {
-            Some(shared) => shared.clone(),
-            None => connection(i)?,
+        let endpoints = if args.connection_per_session {
+            connection(i)?
+        } else {
+            let k = i % connections;
+            match pools.get(&k) {
+                Some(shared) => shared.clone(),
+                None => pools.entry(k).or_insert(connection(k)?).clone(),
+            }
         };
         let measurements = measurements.clone();
         let interval_seen = interval_seen.clone();
@@ -424,7 +575,6 @@ pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
         }
     }
     let elapsed = started.elapsed();
-    let end = args.server_pid.and_then(proc_stats);
     let completed = outcomes
         .iter()
         .filter(|o| o.verdict == Verdict::Verified)
@@ -436,27 +586,45 @@ pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
         .collect();
     let m = measurements.lock().unwrap_or_else(|p| p.into_inner());
     let interval = *interval_seen.lock().unwrap_or_else(|p| p.into_inner());
-    Ok(Report {
+    Ok(Tally {
         sessions,
+        finished: outcomes.len(),
         completed,
-        failed: outcomes.len() - completed,
-        unfinished: sessions - outcomes.len(),
+        failures,
         numbers: m.numbers,
         reconnects: m.reconnects,
         silent_drops: m.silent_drops,
         exhausted: m.exhausted,
         stream_ends: m.stream_ends.clone(),
-        elapsed,
         interval,
-        lateness_ms: percentiles(&m.lateness),
-        first_number_ms: percentiles(&m.first_number),
-        server: idle.zip(end),
-        failures,
+        elapsed,
+        lateness: pairs(&m.lateness),
+        first_number: pairs(&m.first_number),
     })
 }
 
 /// `station load`.
 pub async fn run(args: LoadArgs) -> u8 {
+    if let Some(index) = args.worker {
+        // A worker of `--processes`: its part, as a tally for the parent.
+        let part = Part {
+            index: usize::from(index),
+            of: usize::from(args.processes),
+        };
+        return match measure_part(&args, part).await {
+            Ok(tally) => {
+                println!(
+                    "{}",
+                    serde_json::to_string(&tally).expect("a tally serializes")
+                );
+                exit::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::USAGE
+            }
+        };
+    }
     match measure(&args).await {
         Ok(report) => {
             if args.json {
@@ -506,6 +674,47 @@ mod tests {
         );
     }
 
+    #[test]
+    fn merged_tallies_hold_what_one_process_would_have_measured() {
+        // The same lateness values, recorded in one histogram and split
+        // over two workers' tallies (through their JSON, as the parent
+        // reads them).
+        let mut one = Measurements::histogram();
+        let mut parts = [Measurements::histogram(), Measurements::histogram()];
+        for v in 1..=10_000u64 {
+            let us = v * 7_919 % 250_000 + 1;
+            one.record(us).unwrap();
+            parts[(v % 2) as usize].record(us).unwrap();
+        }
+        let mut merged = Tally::default();
+        for (k, h) in parts.iter().enumerate() {
+            let part = Tally {
+                sessions: 5,
+                finished: 4,
+                completed: 3,
+                failures: vec![format!("worker {k}")],
+                numbers: h.len(),
+                stream_ends: BTreeMap::from([("transport".to_string(), 1)]),
+                elapsed: Duration::from_millis(100 * (k as u64 + 1)),
+                lateness: pairs(h),
+                ..Tally::default()
+            };
+            let wire = serde_json::to_string(&part).unwrap();
+            merged.merge(serde_json::from_str(&wire).unwrap());
+        }
+        assert_eq!(
+            (merged.sessions, merged.finished, merged.completed),
+            (10, 8, 6)
+        );
+        assert_eq!(merged.failures, ["worker 0", "worker 1"]);
+        assert_eq!(merged.numbers, 10_000);
+        assert_eq!(merged.stream_ends["transport"], 2);
+        assert_eq!(merged.elapsed, Duration::from_millis(200));
+        assert_eq!(merged.lateness, pairs(&one));
+        assert_eq!(Tally::percentiles(&merged.lateness), percentiles(&one));
+        assert!(merged.first_number.is_empty());
+    }
+
     fn args(endpoint: String, sessions: usize, duration: Duration) -> LoadArgs {
         LoadArgs {
             endpoint: vec![endpoint],
@@ -519,6 +728,8 @@ mod tests {
             server_pid: Some(std::process::id()),
             seed: 7,
             json: false,
+            processes: 1,
+            worker: None,
         }
     }
 

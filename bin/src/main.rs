@@ -238,6 +238,14 @@ pub struct LoadArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Split the sessions over this many processes (each with its own
+    /// runtime and descriptor limit), merging their histograms into one
+    /// report. --connections counts for the whole run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub processes: u16,
+    /// Internal: run part K of --processes and print its raw tally.
+    #[arg(long, hide = true, requires = "processes")]
+    pub worker: Option<u16>,
 }
 
 /// `station stats` flags.
