@@ -34,8 +34,8 @@ def server(r, key):
 def scale():
     sizes = sorted({(int(m.group(1)), int(m.group(2))) for p in glob.glob(os.path.join(OUT, "scale-*.json"))
                     if (m := re.search(r"-(\d+)x(\d+)-\d+\.json$", p))})
-    print("| server | sessions | connections | runs | failed | lateness p99 (ms) | lateness max (ms) | server CPU (s) | server CPU per number (µs) | RSS per session above idle (B) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| server | sessions | connections | runs | failed | lateness p99 (ms) | lateness max (ms) | server CPU (s) | server CPU per number (µs) | load CPU per number (µs) | RSS per session above idle (B) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n, m in sizes:
         for kind, label in (("station", "station"), ("station0", "station, --tick-slack 0s"),
                              ("baselinerun1", "baseline (beside the 0s rows)"), ("baseline", "baseline")):
@@ -47,6 +47,7 @@ def scale():
                   f"| {med([r['lateness_ms']['max'] for r in runs])} "
                   f"| {med([server(r, 'cpu_seconds') for r in runs])} "
                   f"| {med([server(r, 'cpu_seconds') / r['numbers'] * 1e6 if r['numbers'] else None for r in runs])} "
+                  f"| {med([r['load_cpu_seconds'] / r['numbers'] * 1e6 if r.get('load_cpu_seconds') and r['numbers'] else None for r in runs])} "
                   f"| {med([server(r, 'rss_bytes_per_session_above_idle') for r in runs], '{:,.0f}')} |")
 
 def maxrate():

@@ -160,6 +160,8 @@ struct Tally {
     stream_ends: BTreeMap<String, u64>,
     interval: Option<Duration>,
     elapsed: Duration,
+    /// CPU seconds this load process spent on its part (user + system).
+    cpu_seconds: f64,
     lateness: Vec<(u64, u64)>,
     first_number: Vec<(u64, u64)>,
 }
@@ -180,6 +182,7 @@ impl Tally {
         }
         self.interval = self.interval.or(other.interval);
         self.elapsed = self.elapsed.max(other.elapsed);
+        self.cpu_seconds += other.cpu_seconds;
         let merged = |mine: &[(u64, u64)], theirs: &[(u64, u64)]| {
             let mut h = Measurements::histogram();
             record_pairs(&mut h, mine);
@@ -249,6 +252,9 @@ pub struct Report {
     pub lateness_ms: [f64; 3],
     pub first_number_ms: [f64; 3],
     pub server: Option<(ProcStats, ProcStats)>,
+    /// CPU seconds the load itself spent (all its processes): on one
+    /// machine, what the server did not get.
+    pub load_cpu_seconds: f64,
     pub failures: Vec<String>,
 }
 
@@ -288,8 +294,12 @@ impl Report {
             );
         }
         out += &format!(
-            "first number ms: p50 {:.2}  p99 {:.2}  max {:.2}\n",
-            self.first_number_ms[0], self.first_number_ms[1], self.first_number_ms[2]
+            "first number ms: p50 {:.2}  p99 {:.2}  max {:.2}\n\
+             load cpu:        {:.2} s\n",
+            self.first_number_ms[0],
+            self.first_number_ms[1],
+            self.first_number_ms[2],
+            self.load_cpu_seconds
         );
         if let Some((idle, end)) = self.server {
             let per_session =
@@ -335,6 +345,7 @@ impl Report {
             "lateness_ms": {"p50": self.lateness_ms[0], "p99": self.lateness_ms[1], "max": self.lateness_ms[2]},
             "first_number_ms": {"p50": self.first_number_ms[0], "p99": self.first_number_ms[1], "max": self.first_number_ms[2]},
             "server": server,
+            "load_cpu_seconds": self.load_cpu_seconds,
             "failures": self.failures.iter().take(20).collect::<Vec<_>>(),
         })
     }
@@ -385,6 +396,7 @@ pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
         lateness_ms: Tally::percentiles(&tally.lateness),
         first_number_ms: Tally::percentiles(&tally.first_number),
         server: idle.zip(end),
+        load_cpu_seconds: tally.cpu_seconds,
         stream_ends: tally.stream_ends,
         failures: tally.failures,
     })
@@ -465,6 +477,7 @@ async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> {
     let mut pools: BTreeMap<usize, Endpoints> = BTreeMap::new();
     let measurements = Arc::new(Mutex::new(Measurements::new()));
     let interval_seen: Arc<Mutex<Option<Duration>>> = Arc::new(Mutex::new(None));
+    let cpu_before = proc_stats(std::process::id()).map_or(0.0, |p| p.cpu_seconds);
     let started = Instant::now();
     let t0 = tokio::time::Instant::now();
     let deadline = t0 + args.duration;
@@ -598,6 +611,7 @@ async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> {
         stream_ends: m.stream_ends.clone(),
         interval,
         elapsed,
+        cpu_seconds: proc_stats(std::process::id()).map_or(0.0, |p| p.cpu_seconds) - cpu_before,
         lateness: pairs(&m.lateness),
         first_number: pairs(&m.first_number),
     })
@@ -696,6 +710,7 @@ mod tests {
                 numbers: h.len(),
                 stream_ends: BTreeMap::from([("transport".to_string(), 1)]),
                 elapsed: Duration::from_millis(100 * (k as u64 + 1)),
+                cpu_seconds: 0.25,
                 lateness: pairs(h),
                 ..Tally::default()
             };
@@ -710,6 +725,7 @@ mod tests {
         assert_eq!(merged.numbers, 10_000);
         assert_eq!(merged.stream_ends["transport"], 2);
         assert_eq!(merged.elapsed, Duration::from_millis(200));
+        assert_eq!(merged.cpu_seconds, 0.5);
         assert_eq!(merged.lateness, pairs(&one));
         assert_eq!(Tally::percentiles(&merged.lateness), percentiles(&one));
         assert!(merged.first_number.is_empty());
