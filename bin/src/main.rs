@@ -113,6 +113,11 @@ pub struct ServerArgs {
     /// Prefix of every Redis key, to share one Redis between deployments.
     #[arg(long, env = "STATION_REDIS_PREFIX", default_value = "station:")]
     pub redis_prefix: String,
+    /// Redis: how long a batch of session refreshes waits for more before it
+    /// is sent, trading up to this much lateness for fewer script calls
+    /// (0s: send each batch at once).
+    #[arg(long, env = "STATION_REDIS_BATCH_LINGER", default_value = "2ms", value_parser = parse_duration)]
+    pub redis_batch_linger: Duration,
     /// End a stream whose client sends nothing the server waits for for this
     /// long [default: 3 intervals + 2s, at most half the TTL].
     #[arg(long, env = "STATION_SILENCE_TIMEOUT", value_parser = parse_duration)]

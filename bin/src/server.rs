@@ -33,7 +33,10 @@ pub async fn run(args: ServerArgs) -> u8 {
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     let addr = SocketAddr::new(args.host, args.port);
-    let store_cfg = StoreConfig::default();
+    let store_cfg = StoreConfig {
+        batch_linger: args.redis_batch_linger,
+        ..StoreConfig::default()
+    };
     let result = if args.store == "memory" {
         let store = MemoryStore::new(store_cfg);
         let sweeper = store.spawn_sweeper(Duration::from_secs(1));

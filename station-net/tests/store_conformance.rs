@@ -29,6 +29,7 @@ const LONG: Duration = Duration::from_secs(60);
 fn config() -> StoreConfig {
     StoreConfig {
         remember_expired: REMEMBER,
+        ..StoreConfig::default()
     }
 }
 
@@ -1025,6 +1026,70 @@ async fn redis_key_ttl_covers_expiry_plus_remember() {
     let mut fields = fields;
     fields.sort();
     assert_eq!(fields, ["expires_at_us", "generation", "record"]);
+}
+
+/// Script calls Redis has run since the last `CONFIG RESETSTAT`.
+fn script_calls(server: &RedisServer) -> u64 {
+    let info = server
+        .command(&["INFO", "commandstats"])
+        .expect("INFO")
+        .text()
+        .expect("INFO is text");
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Refreshes of `n` sessions arriving 2 ms apart: how many script calls
+/// they took with `linger`.
+async fn calls_for_staggered_refreshes(linger: Duration, n: usize) -> u64 {
+    let server = RedisServer::start().expect("redis-server (checked by the caller)");
+    let cfg = StoreConfig {
+        batch_linger: linger,
+        ..config()
+    };
+    let store = RedisStore::connect(&server.url(), "linger:", cfg)
+        .await
+        .expect("connect to the test Redis");
+    let records: Vec<Record> = (0..n).map(|_| record()).collect();
+    for rec in &records {
+        assert_eq!(create(&store, *rec, LONG).await, StoreReply::Done);
+    }
+    // Loads the script, so the counted calls are the batches alone.
+    assert_eq!(update(&store, records[0], 1, LONG).await, StoreReply::Done);
+    server.command(&["CONFIG", "RESETSTAT"]).expect("RESETSTAT");
+    let mut updates = tokio::task::JoinSet::new();
+    for rec in records {
+        let store = store.clone();
+        updates.spawn(async move { update(&store, rec, 1, LONG).await });
+        sleep(Duration::from_millis(2)).await;
+    }
+    while let Some(reply) = updates.join_next().await {
+        assert_eq!(reply.expect("update task"), StoreReply::Done);
+    }
+    script_calls(&server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_refreshes_that_arrive_within_the_linger_share_one_script_call() {
+    if RedisServer::start().is_none() {
+        return;
+    }
+    // 20 refreshes over ~40 ms: one call with a 500 ms linger; without a
+    // linger each goes out on its own (a local call takes well under 2 ms),
+    // so the count shows the linger at work.
+    let with = calls_for_staggered_refreshes(Duration::from_millis(500), 20).await;
+    let without = calls_for_staggered_refreshes(Duration::ZERO, 20).await;
+    assert_eq!(with, 1, "script calls with a 500 ms linger");
+    assert!(without > 5, "script calls without a linger: {without}");
 }
 
 // ---------------------------------------------------------------------------

@@ -62,11 +62,13 @@
 //! most [`MAX_BATCH`]) as one script call and hands each caller its own
 //! answer; the buckets' tasks run concurrently. The script applies them in
 //! order, each with its own compare-and-set, so two updates of one session
-//! in a batch behave as if sent one after the other. Nothing waits on a
-//! timer: while one call is out, the next batch gathers, so batches grow
-//! with the load and a lone update goes at once. One call per batch instead
-//! of one per number is what lets a server refresh tens of thousands of
-//! sessions a second (BENCHMARKS.md).
+//! in a batch behave as if sent one after the other. While one call is
+//! out, the next batch gathers, so batches grow with the load; and a batch
+//! waits `StoreConfig::batch_linger` (2 ms by default) after its first
+//! update for more, because at a 1 s interval one server's refreshes arrive
+//! spread out, and without the wait a batch held about two of them. One call
+//! per batch instead of one per number is what lets a server refresh tens
+//! of thousands of sessions a second (BENCHMARKS.md).
 //!
 //! # Failures
 //!
@@ -294,6 +296,7 @@ impl RedisStore {
                     conn.clone(),
                     layout.clone(),
                     micros(cfg.remember_expired),
+                    cfg.batch_linger,
                     queue,
                 ));
                 updates
@@ -551,16 +554,27 @@ async fn invoke<T: redis::FromRedisValue>(
 }
 
 /// A batching task: sends its queue's updates, up to [`MAX_BATCH`] per
-/// script call, one call at a time; ends when every handle to the store is
+/// script call, one call at a time, each batch held `linger` after its
+/// first update for more to join; ends when every handle to the store is
 /// gone.
 async fn send_batches(
     conn: Conn,
     layout: Layout,
     remember_us: u64,
+    linger: Duration,
     mut queue: mpsc::UnboundedReceiver<QueuedUpdate>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if !linger.is_zero() && batch.len() < MAX_BATCH {
+            tokio::time::sleep(linger).await;
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(q) => batch.push(q),
+                    Err(_) => break,
+                }
+            }
+        }
         // A caller that gave up (its operation timed out) is not sent.
         batch.retain(|q: &QueuedUpdate| !q.reply.is_closed());
         if batch.is_empty() {
