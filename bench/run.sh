@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the tables in BENCHMARKS.md. Release builds, loopback only,
-# every run bounded by --duration. Usage: bench/run.sh [scale|perconn|maxrate|first|redis|overload|all]
+# every run bounded by --duration. Usage: bench/run.sh [scale|perconn|heap|maxrate|first|redis|overload|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p station --bin station --example baseline
@@ -59,6 +59,26 @@ perconn() { # one connection per session, as separate client processes have:
             stop
         done
     done
+}
+
+heap() { # where each connection's heap goes (heaptrack, Debian package
+    # heaptrack): HEAP_CONNECTIONS one-connection sessions against station
+    # and baseline, built with full debug info (so inlined frames keep their
+    # paths), peak heap attributed by bench/heap.py
+    local n=${HEAP_CONNECTIONS:-2000} dir=target/heap
+    command -v heaptrack >/dev/null || { echo "heap needs heaptrack (apt-get install heaptrack)" >&2; return 1; }
+    CARGO_TARGET_DIR=$dir CARGO_PROFILE_RELEASE_DEBUG=full \
+        cargo build --release -q -p station --bin station --example baseline
+    for kind in station baseline; do
+        if [ $kind = station ]; then start "heap-$kind" heaptrack -o "$OUT/heap-$kind" $dir/release/station server --port 0 --interval 1s
+        else start "heap-$kind" heaptrack -o "$OUT/heap-$kind" $dir/release/examples/baseline --port 0 --interval 1s; fi
+        $S load --endpoint 127.0.0.1:$PORT --sessions $n --connection-per-session --count 20 \
+            --ramp-up-rate 2000 --duration 120s --json > "$OUT/heap-$kind-load.json" || true
+        # heaptrack writes its file when the traced server exits.
+        pkill -INT -P "$PID" || true; wait "$PID" 2>/dev/null || true; PID=
+        heaptrack_print -f "$OUT/heap-$kind.zst" --flamegraph-cost-type peak -F "$OUT/heap-$kind.stacks" > /dev/null
+    done
+    bench/heap.py "$OUT/heap-station.stacks" "$OUT/heap-baseline.stacks" "$n" | tee "$OUT/heap.md"
 }
 
 maxrate() { # interval 0, long sequences: station vs baseline, alternating
@@ -189,6 +209,6 @@ overload() { # at 100 ms, what the server carries (OVERLOAD_BASE sessions),
 }
 
 case "${1:-all}" in
-    scale) scale ;; perconn) perconn ;; maxrate) maxrate ;; first) first ;; redis) redis ;; overload) overload ;;
-    all) scale; CONNECTIONS=16 SCALE=100000 scale; perconn; maxrate; first; redis; overload ;;
+    scale) scale ;; perconn) perconn ;; heap) heap ;; maxrate) maxrate ;; first) first ;; redis) redis ;; overload) overload ;;
+    all) scale; CONNECTIONS=16 SCALE=100000 scale; perconn; heap; maxrate; first; redis; overload ;;
 esac
