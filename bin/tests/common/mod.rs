@@ -5,11 +5,14 @@
 //!
 //! - `proc.rs`: one child process ([`Proc`]) and how it ended ([`Finished`]);
 //! - `server.rs`: `station server` ([`Server`]), clients, `station stats`,
-//!   and checks of a client's result.
+//!   and checks of a client's result;
+//! - `redis.rs`: servers on a private Redis or Redis Cluster, and the
+//!   session records read straight from it (used by `redis_e2e.rs`).
 
 #![allow(dead_code)] // Not every test binary uses every helper.
 
 mod proc;
+pub mod redis;
 mod server;
 
 use std::path::Path;
