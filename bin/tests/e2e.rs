@@ -120,11 +120,7 @@ fn killed_client_resumes_from_state_file() {
     let args = ["--count", "300", "--json", "--state-file", state_arg];
 
     let mut first = spawn_client(server.port, &args);
-    wait_until(
-        Duration::from_secs(15),
-        "progress in the state file",
-        || state_next_index(&state).is_some_and(|n| n > 40),
-    );
+    wait_saved(&mut first, &state, Duration::from_secs(15), |n| n > 40);
     first.kill();
     assert!(first.try_status().is_some());
     let saved = state_next_index(&state).expect("the state file survives a SIGKILL");
@@ -152,11 +148,7 @@ fn killed_client_restarted_after_the_ttl_is_told_it_expired() {
     let args = ["--count", "1000", "--state-file", state_arg];
 
     let mut first = spawn_client(server.port, &args);
-    wait_until(
-        Duration::from_secs(15),
-        "progress in the state file",
-        || state_next_index(&state).is_some_and(|n| n > 10),
-    );
+    wait_saved(&mut first, &state, Duration::from_secs(15), |n| n > 10);
     first.kill();
     // The server notices the dead stream; the TTL runs from then.
     server.wait_stats(Duration::from_secs(10), "the stream gone", |s| {
@@ -211,9 +203,7 @@ fn state_file_of_another_session_is_refused() {
     // A genuine state file: the client writes it before its first request;
     // nothing listens on the port, so it never gets further.
     let mut writer = spawn_client(port, &["--count", "10", "--state-file", state_arg]);
-    wait_until(Duration::from_secs(10), "the state file", || {
-        state_next_index(&state).is_some()
-    });
+    wait_saved(&mut writer, &state, Duration::from_secs(10), |_| true);
     writer.kill();
     let saved = std::fs::read_to_string(&state).unwrap();
 

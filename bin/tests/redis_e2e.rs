@@ -19,7 +19,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis::*;
-use common::{counter, state_next_index, Server, SHORT};
+use common::{counter, wait_saved, Server, SHORT};
 use station_net::testing::{RedisCluster, RedisServer};
 use uuid::Uuid;
 
@@ -148,17 +148,7 @@ fn crashed_client_resumes_from_its_state_file_on_another_server() {
 
     let started = Instant::now();
     let mut first = spawn_client_to("client-first", &[&a], COUNT, id, Some(&state));
-    let what = "next_index > 5 in the state file";
-    let saved = common::poll(SHORT, Duration::from_millis(5), what, || {
-        match state_next_index(&state) {
-            Some(n) if n > 5 => return Ok(n),
-            _ => {}
-        }
-        if let Some(done) = first.try_exited() {
-            panic!("the client ended before it was killed:\n{done}");
-        }
-        Err(format!("{:?}", std::fs::read_to_string(&state)))
-    });
+    let saved = wait_saved(&mut first, &state, SHORT, |n| n > 5);
     first.kill();
     assert_eq!(
         first.try_status().map(|s| s.code()),

@@ -3,10 +3,11 @@
 //! client's result.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::{poll, station, Finished, Proc, CLIENT_TIMEOUT, SHORT};
+use super::{poll, state_next_index, station, Finished, Proc, CLIENT_TIMEOUT, SHORT};
 
 /// A `station server` listening on an OS-picked loopback port.
 pub struct Server {
@@ -118,6 +119,27 @@ pub fn run_client(port: u16, extra: &[&str]) -> Finished {
 /// Runs `station <args>` to the end (bounded).
 pub fn run_station(args: &[&str]) -> Finished {
     Proc::spawn(format!("station {args:?}"), station(args)).finish(CLIENT_TIMEOUT)
+}
+
+/// Waits (at most `limit`) until `client`'s state file `state` holds a
+/// `next_index` that `enough` accepts, and returns it; panics, with the
+/// client's output, if it ends first (a test then has nothing to kill).
+pub fn wait_saved(
+    client: &mut Proc,
+    state: &Path,
+    limit: Duration,
+    enough: impl Fn(u64) -> bool,
+) -> u64 {
+    let what = format!("{}'s progress in {}", client.name(), state.display());
+    poll(limit, Duration::from_millis(5), &what, || {
+        if let Some(n) = state_next_index(state).filter(|&n| enough(n)) {
+            return Ok(n);
+        }
+        if let Some(done) = client.try_exited() {
+            panic!("the client ended before it had saved enough:\n{done}");
+        }
+        Err(format!("{:?}", std::fs::read_to_string(state)))
+    })
 }
 
 /// Asserts the process did not panic.
