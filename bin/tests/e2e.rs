@@ -44,14 +44,6 @@ fn is_uuid(s: &str) -> bool {
             .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-fn assert_no_panic(out: &Finished) {
-    assert!(
-        !out.stderr.contains("panicked"),
-        "the process panicked:\n{out}"
-    );
-    assert_ne!(out.code, Some(101), "the process panicked:\n{out}");
-}
-
 #[test]
 fn plain_completion_text_and_json() {
     let server = Server::start(&[]);
@@ -128,11 +120,7 @@ fn killed_client_resumes_from_state_file() {
     let args = ["--count", "300", "--json", "--state-file", state_arg];
 
     let mut first = spawn_client(server.port, &args);
-    wait_until(
-        Duration::from_secs(15),
-        "progress in the state file",
-        || state_next_index(&state).is_some_and(|n| n > 40),
-    );
+    wait_saved(&mut first, &state, Duration::from_secs(15), |n| n > 40);
     first.kill();
     assert!(first.try_status().is_some());
     let saved = state_next_index(&state).expect("the state file survives a SIGKILL");
@@ -160,11 +148,7 @@ fn killed_client_restarted_after_the_ttl_is_told_it_expired() {
     let args = ["--count", "1000", "--state-file", state_arg];
 
     let mut first = spawn_client(server.port, &args);
-    wait_until(
-        Duration::from_secs(15),
-        "progress in the state file",
-        || state_next_index(&state).is_some_and(|n| n > 10),
-    );
+    wait_saved(&mut first, &state, Duration::from_secs(15), |n| n > 10);
     first.kill();
     // The server notices the dead stream; the TTL runs from then.
     server.wait_stats(Duration::from_secs(10), "the stream gone", |s| {
@@ -219,9 +203,7 @@ fn state_file_of_another_session_is_refused() {
     // A genuine state file: the client writes it before its first request;
     // nothing listens on the port, so it never gets further.
     let mut writer = spawn_client(port, &["--count", "10", "--state-file", state_arg]);
-    wait_until(Duration::from_secs(10), "the state file", || {
-        state_next_index(&state).is_some()
-    });
+    wait_saved(&mut writer, &state, Duration::from_secs(10), |_| true);
     writer.kill();
     let saved = std::fs::read_to_string(&state).unwrap();
 
@@ -324,9 +306,8 @@ fn fifty_concurrent_clients_complete_and_leave_nothing_behind() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(45);
     let mut reconnects = 0;
-    for client in clients {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let out = client.finish(left.max(Duration::from_millis(1)));
+    for mut client in clients {
+        let out = client.finish_by(deadline);
         let j = assert_verified_json(&out, 80);
         reconnects += j["reconnects"].as_u64().unwrap();
     }
@@ -370,7 +351,7 @@ fn sigterm_stops_the_server_promptly_and_the_client_fails_cleanly() {
     // Shares nothing with `doomed`: the client fails over to it and learns
     // that this server does not know the session.
     let other = Server::start(&[]);
-    let client = spawn_client(
+    let mut client = spawn_client(
         doomed.port,
         &["--count", "5000", "--json", "--endpoint", &other.endpoint()],
     );

@@ -49,7 +49,7 @@ fn out_of_descriptors_the_server_pauses_accepting_and_keeps_serving() {
     );
 
     // A client attached before the descriptors run out: 40 numbers, 4 s.
-    let client = spawn_client(server.port, &["--count", "40"]);
+    let mut client = spawn_client(server.port, &["--count", "40"]);
     server.wait_stats(Duration::from_secs(10), "the client's stream", |s| {
         s["attached_streams"] == 1 && s["numbers_sent"].as_u64().unwrap_or(0) >= 3
     });

@@ -59,12 +59,8 @@ fn metrics_count_sessions_numbers_and_rejections() {
     let sent = sample(&text, "station_numbers_sent_total").expect("numbers sent");
     assert!(sent >= 20.0, "{text}");
     // --fail-every 7 over 20+ numbers: at least two injected UNAVAILABLEs.
-    let unavailable = text
-        .lines()
-        .find(|l| l.starts_with("station_rejections_total{code=\"UNAVAILABLE\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let unavailable =
+        sample(&text, "station_rejections_total{code=\"UNAVAILABLE\"}").unwrap_or(0.0);
     assert!(unavailable >= 2.0, "{text}");
     assert!(
         sample(&text, "station_sessions_resumed_total").unwrap_or(0.0) >= 2.0,

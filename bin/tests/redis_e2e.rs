@@ -10,439 +10,18 @@
 //! The numbers are checked independently of the client's own verdict: each
 //! session's seed is read straight from Redis (raw RESP, not through the
 //! store under test) while the session is live, and the expected sum and
-//! CRC-32 are recomputed here from the seed.
+//! CRC-32 are recomputed from the seed (`common/redis.rs`, which also holds
+//! the helpers shared with no other test file; processes, servers and
+//! waits are the harness every e2e test uses, in `common/`).
+
+mod common;
 
 use std::time::{Duration, Instant};
 
-use harness::*;
+use common::redis::*;
+use common::{counter, wait_saved, Server, SHORT};
 use station_net::testing::{RedisCluster, RedisServer};
 use uuid::Uuid;
-
-/// Time between two numbers in every server started here.
-const INTERVAL: &str = "20ms";
-
-/// Test helpers: processes, `station stats`, a tiny Redis client.
-mod harness {
-    use std::fmt;
-    use std::fs::File;
-    use std::net::{Ipv4Addr, SocketAddr};
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::{Duration, Instant};
-
-    use station_core::server::Record;
-    use station_net::testing::{command_bytes, RedisCluster, RedisServer, Reply};
-    use uuid::Uuid;
-
-    use super::INTERVAL;
-
-    /// The binary under test.
-    pub const STATION: &str = env!("CARGO_BIN_EXE_station");
-
-    /// Bound on a server's start, a `station stats` run, a session showing
-    /// up in Redis, and the store emptying after the last client.
-    pub const SHORT: Duration = Duration::from_secs(10);
-
-    /// A `station` child whose stdout and stderr go to files (so it never
-    /// blocks on a full pipe, and its output is there to show on failure).
-    /// Killed (SIGKILL) and reaped on drop.
-    pub struct Proc {
-        pub name: String,
-        child: Option<Child>,
-        code: Option<Option<i32>>,
-        stdout: PathBuf,
-        stderr: PathBuf,
-    }
-
-    /// A child that has exited, with its output.
-    pub struct Finished {
-        pub name: String,
-        /// `None` if killed by a signal.
-        pub code: Option<i32>,
-        pub stdout: String,
-        pub stderr: String,
-    }
-
-    impl fmt::Display for Finished {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(
-                f,
-                "--- {} exited with {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
-                self.name, self.code, self.stdout, self.stderr
-            )
-        }
-    }
-
-    impl Finished {
-        /// The last stdout line as JSON (the client's `--json` result,
-        /// `station stats`' counters).
-        pub fn json(&self) -> serde_json::Value {
-            let line = self.stdout.lines().last().unwrap_or_else(|| {
-                panic!("no output where JSON was expected:\n{self}");
-            });
-            serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}):\n{self}"))
-        }
-    }
-
-    fn read(path: &Path) -> String {
-        std::fs::read_to_string(path).unwrap_or_default()
-    }
-
-    impl Proc {
-        /// Runs `station ARGS`, output to files in `dir`, with no
-        /// `STATION_*` variable of the caller's environment leaking in.
-        pub fn spawn(dir: &Path, name: &str, args: &[String], log: &str) -> Proc {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let stdout = dir.join(format!("{name}-{n}.stdout"));
-            let stderr = dir.join(format!("{name}-{n}.stderr"));
-            let file =
-                |p: &Path| File::create(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            let mut cmd = Command::new(STATION);
-            cmd.args(args)
-                .env("RUST_LOG", log)
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(file(&stdout))
-                .stderr(file(&stderr));
-            for (key, _) in std::env::vars_os() {
-                if key.to_string_lossy().starts_with("STATION_") {
-                    cmd.env_remove(key);
-                }
-            }
-            let child = cmd
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {STATION}: {e}"));
-            Proc {
-                name: name.to_string(),
-                child: Some(child),
-                code: None,
-                stdout,
-                stderr,
-            }
-        }
-
-        pub fn stdout(&self) -> String {
-            read(&self.stdout)
-        }
-
-        fn finished(&self) -> Finished {
-            Finished {
-                name: self.name.clone(),
-                code: self.code.flatten(),
-                stdout: read(&self.stdout),
-                stderr: read(&self.stderr),
-            }
-        }
-
-        /// Whether it has exited (reaping it if so).
-        pub fn try_exited(&mut self) -> Option<Finished> {
-            if self.code.is_none() {
-                let child = self.child.as_mut()?;
-                let status = child.try_wait().expect("try_wait on our child")?;
-                self.code = Some(status.code());
-                self.child = None;
-            }
-            Some(self.finished())
-        }
-
-        /// Waits until `deadline` for it to exit; past it, kills it and
-        /// panics with its output.
-        pub fn wait_until(&mut self, deadline: Instant) -> Finished {
-            loop {
-                if let Some(done) = self.try_exited() {
-                    return done;
-                }
-                if Instant::now() >= deadline {
-                    self.kill();
-                    panic!(
-                        "{} did not exit in time; killed it.\n{}",
-                        self.name,
-                        self.finished()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-
-        /// SIGKILL (like a crash), then reap.
-        pub fn kill(&mut self) {
-            if let Some(mut child) = self.child.take() {
-                // An error means it already exited, which is fine.
-                let _ = child.kill();
-                let status = child.wait().ok();
-                self.code = Some(status.and_then(|s| s.code()));
-            }
-        }
-    }
-
-    impl Drop for Proc {
-        fn drop(&mut self) {
-            self.kill();
-        }
-    }
-
-    /// `station server` on the shared Redis, on a port the OS picked.
-    pub struct Server {
-        pub proc: Proc,
-        pub port: u16,
-    }
-
-    impl Server {
-        /// Starts one and waits (bounded) for its `listening on` line.
-        pub fn start(dir: &Path, name: &str, redis: &RedisServer, prefix: &str) -> Server {
-            Self::start_on(dir, name, &redis.url(), prefix, INTERVAL)
-        }
-
-        /// Starts one on the store at `store_url`, sending a number every
-        /// `interval`.
-        pub fn start_on(
-            dir: &Path,
-            name: &str,
-            store_url: &str,
-            prefix: &str,
-            interval: &str,
-        ) -> Server {
-            let args = [
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--store",
-                store_url,
-                "--redis-prefix",
-                prefix,
-                "--interval",
-                interval,
-                "--session-ttl",
-                "30s",
-            ]
-            .map(String::from);
-            let mut proc = Proc::spawn(dir, name, &args, "info");
-            let deadline = Instant::now() + SHORT;
-            loop {
-                let out = proc.stdout();
-                if let Some(line) = out.lines().find(|l| l.starts_with("listening on ")) {
-                    let addr: SocketAddr = line["listening on ".len()..]
-                        .trim()
-                        .parse()
-                        .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-                    assert_eq!(addr.ip(), Ipv4Addr::LOCALHOST, "{line}");
-                    assert_ne!(addr.port(), 0, "{line}");
-                    return Server {
-                        proc,
-                        port: addr.port(),
-                    };
-                }
-                if let Some(done) = proc.try_exited() {
-                    panic!("server {name} exited before listening:\n{done}");
-                }
-                if Instant::now() >= deadline {
-                    proc.kill();
-                    panic!(
-                        "server {name} printed no `listening on` line within {SHORT:?}:\n{}",
-                        proc.finished()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-
-        pub fn endpoint(&self) -> String {
-            format!("127.0.0.1:{}", self.port)
-        }
-    }
-
-    /// `station client --json --client-id ID --count N`, with an
-    /// `--endpoint` per server in the order given.
-    pub fn spawn_client(
-        dir: &Path,
-        name: &str,
-        endpoints: &[&Server],
-        count: u32,
-        id: Uuid,
-        state_file: Option<&Path>,
-    ) -> Proc {
-        let mut args = vec!["client".to_string(), "--json".into()];
-        for server in endpoints {
-            args.extend(["--endpoint".into(), server.endpoint()]);
-        }
-        args.extend(["--count".into(), count.to_string()]);
-        args.extend(["--client-id".into(), id.to_string()]);
-        args.extend(["--give-up-after".into(), "30s".into()]);
-        if let Some(path) = state_file {
-            args.extend(["--state-file".into(), path.display().to_string()]);
-        }
-        Proc::spawn(dir, name, &args, "info")
-    }
-
-    /// `station stats --port PORT`, bounded; its JSON.
-    pub fn stats(dir: &Path, port: u16) -> serde_json::Value {
-        let args = ["stats", "--host", "127.0.0.1", "--port", &port.to_string()].map(String::from);
-        let out = Proc::spawn(dir, "stats", &args, "warn").wait_until(Instant::now() + SHORT);
-        assert_eq!(out.code, Some(0), "station stats failed:\n{out}");
-        out.json()
-    }
-
-    /// A counter of `station stats`' JSON.
-    pub fn counter(stats: &serde_json::Value, key: &str) -> u64 {
-        stats[key]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no counter {key:?} in {stats}"))
-    }
-
-    /// The sum and CRC-32 (zlib's, over big-endian u32s) of the sequence a
-    /// session with this seed must deliver, computed here with `crc32fast`
-    /// rather than the library's checksum function.
-    pub fn expected(seed: u64, count: u32) -> (u64, u32) {
-        let mut crc = crc32fast::Hasher::new();
-        let mut sum = 0u64;
-        for i in 0..count {
-            let v = station_core::sequence::value(seed, i);
-            sum += u64::from(v);
-            crc.update(&v.to_be_bytes());
-        }
-        (sum, crc.finalize())
-    }
-
-    /// Asserts the client exited 0, received `record`'s whole sequence and
-    /// verified it: its sum and both checksums equal what the session's
-    /// seed gives. Returns its JSON result.
-    pub fn assert_verified(out: &Finished, record: &Record) -> serde_json::Value {
-        assert_eq!(out.code, Some(0), "client did not succeed:\n{out}");
-        let json = out.json();
-        let (sum, crc) = expected(record.seed, record.count);
-        assert_eq!(json["success"], true, "{out}");
-        assert_eq!(json["exit_code"], 0, "{out}");
-        assert_eq!(json["client_id"], record.client_id.0.to_string(), "{out}");
-        assert_eq!(json["count"], record.count, "{out}");
-        assert_eq!(json["received"], record.count, "{out}");
-        assert_eq!(
-            json["sum"], sum,
-            "sum differs from the session's sequence:\n{out}"
-        );
-        assert_eq!(
-            json["server_checksum"], crc,
-            "server checksum wrong:\n{out}"
-        );
-        assert_eq!(
-            json["client_checksum"], crc,
-            "client checksum wrong:\n{out}"
-        );
-        assert!(!out.stderr.contains("panicked"), "{out}");
-        json
-    }
-
-    /// The session record Redis holds for `id`, if any.
-    pub fn stored_record(redis: &RedisServer, prefix: &str, id: Uuid) -> Option<Record> {
-        let key = format!("{prefix}session:{id}");
-        match command_bytes(redis.port(), &[b"HGET", key.as_bytes(), b"record"]) {
-            Ok(Reply::Bulk(bytes)) => Some(
-                Record::from_bytes(&bytes)
-                    .unwrap_or_else(|| panic!("{key} holds no valid record: {bytes:?}")),
-            ),
-            Ok(Reply::Nil) => None,
-            other => panic!("HGET {key} record: {other:?}"),
-        }
-    }
-
-    /// The session record a Redis Cluster holds for `id`, if any: the
-    /// node serving the key's slot answers, the others redirect.
-    pub fn cluster_record(cluster: &RedisCluster, prefix: &str, id: Uuid) -> Option<Record> {
-        let bucket = station_net::store::redis::bucket_of(&station_core::ClientId(id));
-        let key = format!("{prefix}{{{bucket}}}:session:{id}");
-        for node in cluster.nodes().iter().filter(|n| n.is_running()) {
-            match command_bytes(node.port(), &[b"HGET", key.as_bytes(), b"record"]) {
-                Ok(Reply::Bulk(bytes)) => {
-                    return Some(
-                        Record::from_bytes(&bytes)
-                            .unwrap_or_else(|| panic!("{key} holds no valid record: {bytes:?}")),
-                    )
-                }
-                Ok(Reply::Nil) => return None,
-                // MOVED from the nodes that do not serve it.
-                _ => continue,
-            }
-        }
-        None
-    }
-
-    /// Waits (bounded) until the cluster holds `id`'s session.
-    pub fn wait_cluster_record(cluster: &RedisCluster, prefix: &str, id: Uuid) -> Record {
-        let deadline = Instant::now() + SHORT;
-        loop {
-            if let Some(record) = cluster_record(cluster, prefix, id) {
-                assert_eq!(record.client_id.0, id, "record under the wrong key");
-                return record;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "session {id} did not appear in the cluster within {SHORT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Waits (bounded) until Redis holds `id`'s session, and returns it.
-    pub fn wait_record(redis: &RedisServer, prefix: &str, id: Uuid) -> Record {
-        let deadline = Instant::now() + SHORT;
-        loop {
-            if let Some(record) = stored_record(redis, prefix, id) {
-                assert_eq!(record.client_id.0, id, "record under the wrong key");
-                return record;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "session {id} did not appear in Redis within {SHORT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Every key under `prefix` in Redis.
-    pub fn keys(redis: &RedisServer, prefix: &str) -> Vec<String> {
-        let pattern = format!("{prefix}*");
-        match command_bytes(redis.port(), &[b"KEYS", pattern.as_bytes()]) {
-            Ok(Reply::Array(items)) => items
-                .into_iter()
-                .map(|item| match item {
-                    Reply::Bulk(k) => String::from_utf8_lossy(&k).into_owned(),
-                    other => panic!("KEYS returned {other:?}"),
-                })
-                .collect(),
-            other => panic!("KEYS {pattern}: {other:?}"),
-        }
-    }
-
-    /// Waits (bounded) until `station stats` on `port` reports no live
-    /// session and Redis holds no key under `prefix`: nothing leaked.
-    pub fn assert_store_empties(dir: &Path, port: u16, redis: &RedisServer, prefix: &str) {
-        let deadline = Instant::now() + SHORT;
-        loop {
-            let stats = stats(dir, port);
-            let left = keys(redis, prefix);
-            if counter(&stats, "live_sessions") == 0 && left.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the store did not empty within {SHORT:?} after every client finished: \
-                 stats {stats}, keys left {left:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The `next_index` saved in a client's state file, if it is readable.
-    pub fn saved_next_index(path: &Path) -> Option<u64> {
-        let text = std::fs::read_to_string(path).ok()?;
-        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-        json["next_index"].as_u64()
-    }
-}
 
 /// Issue 5, test 1: two servers on one Redis, 20 clients given both
 /// endpoints; one server is SIGKILLed mid-stream. Every client completes
@@ -455,23 +34,12 @@ fn clients_fail_over_when_a_server_is_killed() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("temporary directory");
-    let dir = tmp.path();
     let prefix = "e2e-kill:";
-    let mut a = Server::start(dir, "server-a", &redis, prefix);
-    let b = Server::start(dir, "server-b", &redis, prefix);
+    let mut a = Server::on_redis("server-a", &redis, prefix);
+    let b = Server::on_redis("server-b", &redis, prefix);
 
     let started = Instant::now();
-    let ids: Vec<Uuid> = (0..CLIENTS).map(|_| Uuid::new_v4()).collect();
-    let mut clients: Vec<Proc> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, &id)| {
-            // Alternate the order so that both servers get streams.
-            let order = if i % 2 == 0 { [&a, &b] } else { [&b, &a] };
-            spawn_client(dir, &format!("client-{i}"), &order, COUNT, id, None)
-        })
-        .collect();
+    let (ids, mut clients) = spawn_clients(&a, &b, CLIENTS, COUNT);
     // Each session's seed, to check its numbers independently.
     let records: Vec<_> = ids
         .iter()
@@ -482,7 +50,7 @@ fn clients_fail_over_when_a_server_is_killed() {
     }
 
     std::thread::sleep(Duration::from_millis(300).saturating_sub(started.elapsed()));
-    let on_a = counter(&stats(dir, a.port), "attached_streams");
+    let on_a = counter(&a.stats(), "attached_streams");
     a.proc.kill();
     let killed_at = started.elapsed();
     assert!(
@@ -496,12 +64,8 @@ fn clients_fail_over_when_a_server_is_killed() {
     );
 
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut reconnects = 0;
-    for (client, record) in clients.iter_mut().zip(&records) {
-        let json = assert_verified(&client.wait_until(deadline), record);
-        reconnects += json["reconnects"].as_u64().expect("reconnects");
-    }
-    let survivor = stats(dir, b.port);
+    let reconnects = assert_all_verified(&mut clients, &records, deadline);
+    let survivor = b.stats();
     assert!(
         counter(&survivor, "sessions_resumed") >= on_a,
         "{on_a} streams were cut on A, but B resumed fewer sessions: {survivor}"
@@ -510,7 +74,7 @@ fn clients_fail_over_when_a_server_is_killed() {
         reconnects >= on_a,
         "{reconnects} reconnects for {on_a} cut streams"
     );
-    assert_store_empties(dir, b.port, &redis, prefix);
+    assert_store_empties(&b, &redis, prefix);
     eprintln!(
         "killed A after {killed_at:?} with {on_a} streams attached; {reconnects} reconnects; \
          all {CLIENTS} clients verified in {:?}",
@@ -528,30 +92,19 @@ fn clients_complete_across_a_redis_outage() {
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("temporary directory");
-    let dir = tmp.path();
     let prefix = "e2e-outage:";
-    let a = Server::start(dir, "server-a", &redis, prefix);
-    let b = Server::start(dir, "server-b", &redis, prefix);
+    let a = Server::on_redis("server-a", &redis, prefix);
+    let b = Server::on_redis("server-b", &redis, prefix);
 
     let started = Instant::now();
-    let ids: Vec<Uuid> = (0..CLIENTS).map(|_| Uuid::new_v4()).collect();
-    let mut clients: Vec<Proc> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, &id)| {
-            let order = if i % 2 == 0 { [&a, &b] } else { [&b, &a] };
-            spawn_client(dir, &format!("client-{i}"), &order, COUNT, id, None)
-        })
-        .collect();
+    let (ids, mut clients) = spawn_clients(&a, &b, CLIENTS, COUNT);
     let records: Vec<_> = ids
         .iter()
         .map(|&id| wait_record(&redis, prefix, id))
         .collect();
 
     std::thread::sleep(Duration::from_millis(500).saturating_sub(started.elapsed()));
-    let streams = counter(&stats(dir, a.port), "attached_streams")
-        + counter(&stats(dir, b.port), "attached_streams");
+    let streams = counter(&a.stats(), "attached_streams") + counter(&b.stats(), "attached_streams");
     assert!(
         streams > 0,
         "no stream attached when Redis went down: nothing was tested"
@@ -567,12 +120,8 @@ fn clients_complete_across_a_redis_outage() {
     redis.restart();
 
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut reconnects = 0;
-    for (client, record) in clients.iter_mut().zip(&records) {
-        let json = assert_verified(&client.wait_until(deadline), record);
-        reconnects += json["reconnects"].as_u64().expect("reconnects");
-    }
-    assert_store_empties(dir, a.port, &redis, prefix);
+    let reconnects = assert_all_verified(&mut clients, &records, deadline);
+    assert_store_empties(&a, &redis, prefix);
     eprintln!(
         "Redis down from {stopped_at:?} for 2 s with {streams} streams attached; \
          {reconnects} reconnects; all {CLIENTS} clients verified in {:?}",
@@ -590,35 +139,19 @@ fn crashed_client_resumes_from_its_state_file_on_another_server() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("temporary directory");
-    let dir = tmp.path();
     let prefix = "e2e-resume:";
-    let mut a = Server::start(dir, "server-a", &redis, prefix);
-    let b = Server::start(dir, "server-b", &redis, prefix);
-    let state = dir.join("client.state");
+    let mut a = Server::on_redis("server-a", &redis, prefix);
+    let b = Server::on_redis("server-b", &redis, prefix);
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let state = tmp.path().join("client.state");
     let id = Uuid::new_v4();
 
     let started = Instant::now();
-    let mut first = spawn_client(dir, "client-first", &[&a], COUNT, id, Some(&state));
-    let deadline = Instant::now() + SHORT;
-    let saved = loop {
-        match saved_next_index(&state) {
-            Some(n) if n > 5 => break n,
-            _ => {}
-        }
-        if let Some(done) = first.try_exited() {
-            panic!("the client ended before it was killed:\n{done}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "state file never showed next_index > 5 within {SHORT:?}: {:?}",
-            std::fs::read_to_string(&state)
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let mut first = spawn_client_to("client-first", &[&a], COUNT, id, Some(&state));
+    let saved = wait_saved(&mut first, &state, SHORT, |n| n > 5);
     first.kill();
     assert_eq!(
-        first.try_exited().map(|f| f.code),
+        first.try_status().map(|s| s.code()),
         Some(None),
         "killed by a signal"
     );
@@ -629,25 +162,25 @@ fn crashed_client_resumes_from_its_state_file_on_another_server() {
 
     let record = stored_record(&redis, prefix, id).expect("the session is in Redis");
     assert_eq!(record.count, COUNT);
-    let on_a = stats(dir, a.port);
+    let on_a = a.stats();
     assert_eq!(counter(&on_a, "sessions_opened"), 1, "opened on A: {on_a}");
     a.proc.kill();
 
-    let mut second = spawn_client(dir, "client-again", &[&b], COUNT, id, Some(&state));
-    let out = second.wait_until(Instant::now() + Duration::from_secs(30));
+    let mut second = spawn_client_to("client-again", &[&b], COUNT, id, Some(&state));
+    let out = second.finish(Duration::from_secs(30));
     assert_verified(&out, &record);
     assert!(
         !state.exists(),
         "the state file must be removed after success:\n{out}"
     );
-    let on_b = stats(dir, b.port);
+    let on_b = b.stats();
     assert_eq!(
         counter(&on_b, "sessions_opened"),
         0,
         "B opened a new session instead of resuming: {on_b}\n{out}"
     );
     assert!(counter(&on_b, "sessions_resumed") >= 1, "{on_b}\n{out}");
-    assert_store_empties(dir, b.port, &redis, prefix);
+    assert_store_empties(&b, &redis, prefix);
     eprintln!(
         "client killed at next_index {saved}, resumed on B; verified in {:?}",
         started.elapsed()
@@ -673,14 +206,6 @@ fn busiest_primary(cluster: &RedisCluster, prefix: &str) -> (u16, Vec<u16>) {
         .expect("a primary")
 }
 
-/// How many of `clients` are still running.
-fn running(clients: &mut [Proc]) -> usize {
-    clients
-        .iter_mut()
-        .map(|c| usize::from(c.try_exited().is_none()))
-        .sum()
-}
-
 /// Issue 12: two servers on a Redis Cluster (three primaries, three
 /// replicas), 50 clients at 50 ms a number. While they stream: (a) every
 /// bucket slot of one primary migrates to another, keys and all; (b) a
@@ -696,22 +221,12 @@ fn cluster_clients_complete_through_resharding_and_failovers() {
     let Some(mut cluster) = RedisCluster::start() else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("temporary directory");
-    let dir = tmp.path();
     let prefix = "e2e-cluster:";
-    let a = Server::start_on(dir, "server-a", &cluster.url(), prefix, "50ms");
-    let b = Server::start_on(dir, "server-b", &cluster.url(), prefix, "50ms");
+    let a = Server::on_store("server-a", &cluster.url(), prefix, "50ms");
+    let b = Server::on_store("server-b", &cluster.url(), prefix, "50ms");
 
     let started = Instant::now();
-    let ids: Vec<Uuid> = (0..CLIENTS).map(|_| Uuid::new_v4()).collect();
-    let mut clients: Vec<Proc> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, &id)| {
-            let order = if i % 2 == 0 { [&a, &b] } else { [&b, &a] };
-            spawn_client(dir, &format!("client-{i}"), &order, COUNT, id, None)
-        })
-        .collect();
+    let (ids, mut clients) = spawn_clients(&a, &b, CLIENTS, COUNT);
     let records: Vec<_> = ids
         .iter()
         .map(|&id| wait_cluster_record(&cluster, prefix, id))
@@ -786,7 +301,7 @@ fn cluster_clients_complete_through_resharding_and_failovers() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut verified, mut lost, mut reconnects) = (0, 0, 0);
     for (client, record) in clients.iter_mut().zip(&records) {
-        let out = client.wait_until(deadline);
+        let out = client.finish_by(deadline);
         if out.code == Some(0) {
             let json = assert_verified(&out, record);
             reconnects += json["reconnects"].as_u64().expect("reconnects");
@@ -807,39 +322,7 @@ fn cluster_clients_complete_through_resharding_and_failovers() {
         started.elapsed()
     );
     assert_eq!(verified + lost, CLIENTS);
-    assert_store_empties_cluster(dir, a.port, &cluster, prefix);
-}
-
-/// Waits (bounded) until `station stats` on `port` reports no live session
-/// and no primary holds a key under `prefix`.
-fn assert_store_empties_cluster(
-    dir: &std::path::Path,
-    port: u16,
-    cluster: &RedisCluster,
-    prefix: &str,
-) {
-    let deadline = Instant::now() + SHORT;
-    loop {
-        let stats = stats(dir, port);
-        let pattern = format!("{prefix}*");
-        let left: usize = cluster
-            .nodes()
-            .iter()
-            .filter(|n| n.is_running())
-            .map(|n| match n.command(&["KEYS", &pattern]) {
-                Ok(station_net::testing::Reply::Array(keys)) => keys.len(),
-                other => panic!("KEYS on {}: {other:?}", n.port()),
-            })
-            .sum();
-        if counter(&stats, "live_sessions") == 0 && left == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cluster did not empty within {SHORT:?}: stats {stats}, {left} keys left"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert_cluster_empties(&a, &cluster, prefix);
 }
 
 /// How the clients of a Redis restart test ended.
@@ -866,21 +349,11 @@ fn redis_restart_mid_stream(settings: &[&str], label: &str) -> Option<Ends> {
     const CLIENTS: usize = 20;
     const COUNT: u32 = 150; // 3 s of numbers at 20 ms.
     let mut redis = RedisServer::start_with(settings)?;
-    let tmp = tempfile::tempdir().expect("temporary directory");
-    let dir = tmp.path();
     let prefix = format!("e2e-restart-{label}:");
-    let a = Server::start(dir, "server-a", &redis, &prefix);
-    let b = Server::start(dir, "server-b", &redis, &prefix);
+    let a = Server::on_redis("server-a", &redis, &prefix);
+    let b = Server::on_redis("server-b", &redis, &prefix);
     let started = Instant::now();
-    let ids: Vec<Uuid> = (0..CLIENTS).map(|_| Uuid::new_v4()).collect();
-    let mut clients: Vec<Proc> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, &id)| {
-            let order = if i % 2 == 0 { [&a, &b] } else { [&b, &a] };
-            spawn_client(dir, &format!("client-{i}"), &order, COUNT, id, None)
-        })
-        .collect();
+    let (ids, mut clients) = spawn_clients(&a, &b, CLIENTS, COUNT);
     let records: Vec<_> = ids
         .iter()
         .map(|&id| wait_record(&redis, &prefix, id))
@@ -898,7 +371,7 @@ fn redis_restart_mid_stream(settings: &[&str], label: &str) -> Option<Ends> {
         .count();
     let deadline = Instant::now() + Duration::from_secs(40);
     for (client, record) in clients.iter_mut().zip(&records) {
-        let out = client.wait_until(deadline);
+        let out = client.finish_by(deadline);
         if out.code == Some(0) {
             assert_verified(&out, record);
             ends.verified += 1;

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use sim::{sweep, test_path, Action, Expect, Fault, NetPlan, Scenario, SimRng, When};
 
-use crate::common::{clients, outage, secs, Outage, Outages, MIN_GAP, SEC};
-use crate::partitions::MAX_SHORT_OUTAGE;
+use crate::common::{clients, outage, secs, Outage, SEC};
+use crate::partitions::add_short_outages;
 
 /// Some clients are cut off for longer than the TTL (plus an interval, so
 /// the cut is unambiguous); the others have short outages or none.
@@ -28,21 +28,15 @@ pub fn long_outages(seed: u64) -> Scenario {
     let first = rng.below(n);
     for k in 0..n {
         let c = (first + k) % n;
-        let plan = s.clients[c].clone();
-        let end = plan.start + SEC * plan.count;
         if k < doomed {
-            s.clients[c].expect = Expect::Expire;
+            let plan = &s.clients[c];
             let at = plan.start + rng.millis(secs(3)..SEC * (plan.count - 10));
+            s.clients[c].expect = Expect::Expire;
             let length = ttl + SEC + rng.millis(Duration::ZERO..secs(10));
             let kind = Outage::random(&mut rng);
             outage(&mut s.faults, c, vec![0], at, length, kind);
         } else {
-            let outages = Outages {
-                max: 2,
-                length: SEC..MAX_SHORT_OUTAGE,
-                gap: MIN_GAP..MIN_GAP + secs(12),
-            };
-            outages.add(&mut rng, &mut s.faults, c, &[0], plan.start + SEC..end);
+            add_short_outages(&mut rng, &mut s, c, 2);
         }
     }
     s

@@ -33,16 +33,29 @@ pub fn short_outages(seed: u64) -> Scenario {
         ),
     );
     for c in 0..n {
-        let end = s.clients[c].start + SEC * s.clients[c].count;
-        let outages = Outages {
-            max: 3,
-            length: SEC..MAX_SHORT_OUTAGE,
-            gap: MIN_GAP..MIN_GAP + secs(12),
-        };
-        let during = s.clients[c].start + SEC..end;
-        outages.add(&mut rng, &mut s.faults, c, &[0], during);
+        add_short_outages(&mut rng, &mut s, c, 3);
     }
     s
+}
+
+/// Appends up to `max` outages of client `c`'s link to server 0, each
+/// shorter than [`MAX_SHORT_OUTAGE`], at least [`MIN_GAP`] apart, while it
+/// streams (from a second after its start until its last number is due).
+/// Also the clients that are not cut off for good in `expiry`.
+pub fn add_short_outages(rng: &mut SimRng, s: &mut Scenario, c: usize, max: usize) {
+    let (start, count) = (s.clients[c].start, s.clients[c].count);
+    let outages = Outages {
+        max,
+        length: SEC..MAX_SHORT_OUTAGE,
+        gap: MIN_GAP..MIN_GAP + secs(12),
+    };
+    outages.add(
+        rng,
+        &mut s.faults,
+        c,
+        &[0],
+        start + SEC..start + SEC * count,
+    );
 }
 
 #[test]

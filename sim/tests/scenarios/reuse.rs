@@ -13,6 +13,12 @@ use sim::{sweep, test_path, Action, ClientPlan, Expect, Fault, Scenario, SimRng,
 
 use crate::common::secs;
 
+/// The TTL of a scenario's default session settings, which both
+/// scenarios here keep: an id is reused once this has passed.
+fn default_ttl() -> Duration {
+    Scenario::new("", vec![]).session.ttl
+}
+
 /// Client 0 streams from server 0 only. Server 0 pauses (every link held)
 /// for longer than the TTL: client 0 expires, and the refresh server 0 sent
 /// is held on its way to the store. Client 1 opens client 0's id on server
@@ -29,7 +35,7 @@ pub fn paused_server_wakes_after_reuse(seed: u64) -> Scenario {
     );
     old.endpoints = vec![0];
     let pause_at = old.start + rng.millis(secs(4)..secs(10));
-    let ttl = Scenario::new("", vec![]).session.ttl;
+    let ttl = default_ttl();
     let opens = ttl + rng.millis(secs(3)..secs(6));
     let mut new = ClientPlan::new(rng.range_u32(20..40), pause_at + opens, Expect::Complete);
     new.endpoints = vec![1, 0];
@@ -74,7 +80,7 @@ pub fn late_delete_after_reuse(seed: u64) -> Scenario {
     );
     old.endpoints = vec![0];
     let last = old.count - 1;
-    let ttl = Scenario::new("", vec![]).session.ttl;
+    let ttl = default_ttl();
     let opens = ttl + rng.millis(secs(3)..secs(6));
     // Client 1 starts `opens` after the hold, which waits for client 0's
     // last number: an upper bound on when that arrives.
