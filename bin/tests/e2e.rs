@@ -321,6 +321,40 @@ fn fifty_concurrent_clients_complete_and_leave_nothing_behind() {
 }
 
 #[test]
+fn load_split_over_processes_reports_every_session_once() {
+    // Three worker processes, 90 sessions over 6 connections: the merged
+    // report counts each session and number once, with the workers'
+    // histograms merged.
+    let server = Server::start(&[]);
+    let endpoint = server.endpoint();
+    let out = run_station(&[
+        "load",
+        "--endpoint",
+        &endpoint,
+        "--sessions",
+        "90",
+        "--connections",
+        "6",
+        "--count",
+        "5",
+        "--processes",
+        "3",
+        "--duration",
+        "60s",
+        "--json",
+    ]);
+    out.assert_code(code::SUCCESS);
+    let j = out.json();
+    assert_eq!(j["sessions"], 90, "{j}");
+    assert_eq!(j["completed"], 90, "{j}");
+    assert_eq!(j["numbers"], 90 * 5, "{j}");
+    assert!(j["lateness_ms"]["max"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(j["load_cpu_seconds"].as_f64().is_some(), "{j}");
+    let stats = server.wait_idle();
+    assert_eq!(stats["sessions_completed"], 90, "{stats}");
+}
+
+#[test]
 fn open_of_a_live_client_id_is_rejected() {
     let server = Server::start(&[]);
     let id = "0b7f4a5e-8f0a-4c1e-9d3b-2a6c5e4f1d00";
