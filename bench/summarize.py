@@ -88,27 +88,27 @@ def redis_usage(path):
             u["after"]["commands"] - u["before"]["commands"])
 
 def redis():
-    print("| store | sessions | runs | failed | lateness p99 (ms) | lateness max (ms) | server CPU per number (µs) "
-          "| Redis CPU per number (µs) | Redis commands per number |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    sizes = sorted({int(m.group(1)) for p in glob.glob(os.path.join(OUT, "redis-*-*-*.json"))
-                    if (m := re.search(r"redis-(?:single|cluster)-(\d+)-\d+\.json$", p))})
-    for n in sizes:
-        for store, label in (("single", "one Redis"), ("cluster", "cluster, 3 primaries + 3 replicas")):
-            loaded = load_with_paths(f"redis-{store}-{n}-*.json")
-            if not loaded:
-                continue
-            runs = [run for _, run in loaded]
-            # Each run's Redis usage from its own side file.
-            usage = [redis_usage(p[:-len(".json")] + ".redis") for p, _ in loaded]
-            per = lambda values: [v / r["numbers"] if v is not None and r["numbers"] else None
-                                  for v, r in zip(values, runs)]
-            print(f"| {label} | {n:,} | {len(runs)} | {med([r['failed'] for r in runs], '{:.0f}')} "
-                  f"| {med([r['lateness_ms']['p99'] for r in runs])} "
-                  f"| {med([r['lateness_ms']['max'] for r in runs])} "
-                  f"| {med(per([server(r, 'cpu_seconds') * 1e6 for r in runs]))} "
-                  f"| {med(per([c * 1e6 if c is not None else None for c, _ in usage]))} "
-                  f"| {med(per([k for _, k in usage]), '{:.2f}')} |")
+    print("| store | `--redis-batch-linger` | sessions | runs | failed | lateness p99 (ms) | lateness max (ms) "
+          "| server CPU per session-second (µs) | Redis CPU per session-second (µs) | Redis commands per session-second |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = sorted({(int(m.group(3)), m.group(1), m.group(2)) for p in glob.glob(os.path.join(OUT, "redis-*.json"))
+                   if (m := re.search(r"redis-(single|cluster)-l([0-9a-z]+)-(\d+)-\d+\.json$", p))},
+                  key=lambda r: (r[0], r[1] != "single", r[2] != "0s", r[2]))
+    for n, store, linger in rows:
+        label = {"single": "one Redis", "cluster": "cluster, 3 primaries + 3 replicas"}[store]
+        loaded = load_with_paths(f"redis-{store}-l{linger}-{n}-*.json")
+        runs = [run for _, run in loaded]
+        # Each run's Redis usage from its own side file. At a 1 s interval a
+        # session-second is one number.
+        usage = [redis_usage(p[:-len(".json")] + ".redis") for p, _ in loaded]
+        per = lambda values: [v / r["numbers"] if v is not None and r["numbers"] else None
+                              for v, r in zip(values, runs)]
+        print(f"| {label} | {linger} | {n:,} | {len(runs)} | {med([r['failed'] for r in runs], '{:.0f}')} "
+              f"| {med([r['lateness_ms']['p99'] for r in runs])} "
+              f"| {med([r['lateness_ms']['max'] for r in runs])} "
+              f"| {med(per([server(r, 'cpu_seconds') * 1e6 for r in runs]))} "
+              f"| {med(per([c * 1e6 if c is not None else None for c, _ in usage]))} "
+              f"| {med(per([k for _, k in usage]), '{:.2f}')} |")
 
 def ends(runs):
     """Streams ended before their session completed, by how, summed over runs."""
