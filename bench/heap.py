@@ -26,8 +26,11 @@ def owner(frame):
     sym = clean(frame)
     for crate in CRATES:
         if re.search(r"(^|[<\s&(])" + crate + "::", sym):
-            # Trim generic arguments so one function is one row.
-            name = re.sub(r"<[^<>]*>", "", re.sub(r"<[^<>]*>", "", sym))
+            # `<Type as Trait>::f` reads as `Type::f`; then generic
+            # arguments go, so one function is one row.
+            name = re.sub(r"^_?<(.+?) as [^>]+>::", r"\1::", sym)
+            for _ in range(4):
+                name = re.sub(r"<[^<>]*>", "", name)
             return name[:90]
     return None
 
