@@ -103,7 +103,7 @@ fn client_of(report: &Report, id: ClientId) -> Option<usize> {
 /// incarnation and generation; a record appears only by its `Create`.
 fn incarnation(report: &Report, v: &mut Vec<Violation>) {
     for w in &report.store_writes {
-        let id = crate::store::op_id(&w.op);
+        let id = w.op.client_id();
         let wrong = match (&w.before, &w.after) {
             (Lookup::Live(b), Lookup::Live(a)) if a.incarnation != b.incarnation => Some(format!(
                 "a write of incarnation {:016x} replaced the live record of incarnation {:016x} (generation {})",
