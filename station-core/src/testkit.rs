@@ -16,6 +16,7 @@ use crate::server::{Config, End, Fresh, Lookup, Open, Output, Record, Resume, St
 use crate::{ClientId, Secret};
 
 pub mod client;
+pub mod invariants;
 
 /// The id every valid event uses.
 const ID: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";

@@ -1,16 +1,26 @@
 //! The session store the harness runs against: [`ModelStore`], a `BTreeMap`
 //! over the shared [`store::step`] (so [`store::decide`], ARCHITECTURE.md
-//! §5).
+//! §5), logging every write that changed what it holds.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::server::{Record, StoreOp, StoreReply};
+use crate::server::{Lookup, Record, StoreOp, StoreReply};
 use crate::store::{self, Change, Stored};
 use crate::ClientId;
 
 /// The harness remembers an expired record for the rest of the run.
 const REMEMBER: Duration = Duration::MAX;
+
+/// A write that changed what the store holds for one id, for invariant 5.
+#[derive(Clone, Debug)]
+pub(crate) struct ModelWrite {
+    pub(crate) at: Instant,
+    pub(crate) op: StoreOp,
+    pub(crate) before: Lookup,
+    pub(crate) after: Lookup,
+    pub(crate) reply: StoreReply,
+}
 
 /// The session store as documented on [`StoreOp`], with expiry.
 ///
@@ -20,12 +30,14 @@ const REMEMBER: Duration = Duration::MAX;
 #[derive(Debug, Default)]
 pub(crate) struct ModelStore {
     entries: BTreeMap<ClientId, Stored>,
+    pub(crate) writes: Vec<ModelWrite>,
 }
 
 impl ModelStore {
     /// Performs `op` atomically at `now`, as [`store::step`] says.
     pub(crate) fn apply(&mut self, now: Instant, op: StoreOp) -> StoreReply {
         let id = op.client_id();
+        let before = store::lookup(self.entries.get(&id), now, REMEMBER);
         let (reply, change) = store::step(self.entries.get(&id), now, REMEMBER, &op);
         match change {
             Change::Keep => {}
@@ -35,6 +47,16 @@ impl ModelStore {
             Change::Remove => {
                 self.entries.remove(&id);
             }
+        }
+        let after = store::lookup(self.entries.get(&id), now, REMEMBER);
+        if after != before {
+            self.writes.push(ModelWrite {
+                at: now,
+                op,
+                before,
+                after,
+                reply: reply.clone(),
+            });
         }
         reply
     }
