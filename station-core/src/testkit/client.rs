@@ -12,6 +12,8 @@
 
 use std::time::{Duration, Instant};
 
+use arbitrary::{Arbitrary, Unstructured};
+
 use crate::client::{Attached, Client, Code, Config, Number, Output, Request, StreamEnd, Verdict};
 use crate::sequence::{self, RunningChecksum};
 use crate::testkit::invariants;
@@ -22,8 +24,9 @@ const SEED: u64 = 0x5eed;
 /// Bytes of the token a valid `Attached` carries.
 const TOKEN: u8 = 0x42;
 
-/// One thing a server (or the network, or time) can do to the client.
-#[derive(Clone, Debug)]
+/// One thing a server (or the network, or time) can do to the client. The
+/// fuzz target's input.
+#[derive(Clone, Debug, Arbitrary)]
 pub enum Event {
     /// `Attached` on the current stream.
     Attached {
@@ -34,8 +37,10 @@ pub enum Event {
         /// Length of the resume token (16 is valid).
         token_len: u8,
         /// Announced session TTL, any value.
+        #[arbitrary(with = duration)]
         ttl: Duration,
         /// Announced interval, any value.
+        #[arbitrary(with = duration)]
         interval: Duration,
         /// Announced `ack_every`, any value.
         ack_every: u32,
@@ -56,6 +61,7 @@ pub enum Event {
         /// Index into [`Reason::ALL`]; out of range means no reason.
         reason: u8,
         /// Pushback, any value.
+        #[arbitrary(with = optional_duration)]
         retry_after: Option<Duration>,
     },
     /// The stream ends with OK (too early: the client has not finished).
@@ -66,13 +72,13 @@ pub enum Event {
     /// undecodable or oversized message).
     Protocol,
     /// Time jumps by this much, then the timer is checked.
-    Wait(Duration),
+    Wait(#[arbitrary(with = duration)] Duration),
     /// Time jumps to exactly the client's next deadline, which fires.
     Timeout,
 }
 
 /// The count in an `Attached`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Arbitrary)]
 pub enum Count {
     /// The count the client asked for.
     Asked,
@@ -81,7 +87,7 @@ pub enum Count {
 }
 
 /// An index in a server message.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Arbitrary)]
 pub enum Index {
     /// The one the client expects next.
     Expected,
@@ -92,7 +98,7 @@ pub enum Index {
 }
 
 /// The checksum field of a number.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Arbitrary)]
 pub enum Checksum {
     /// The right checksum if the number is the last, none otherwise: as a
     /// correct server sends it.
@@ -103,6 +109,22 @@ pub enum Checksum {
     Real,
     /// This value, on whatever number this is.
     Value(u32),
+}
+
+/// A duration as (seconds, nanoseconds): any value a decoded
+/// `google.protobuf.Duration` can become.
+fn duration(u: &mut Unstructured<'_>) -> arbitrary::Result<Duration> {
+    let (secs, nanos) = <(u64, u32)>::arbitrary(u)?;
+    Ok(Duration::new(secs, nanos % 1_000_000_000))
+}
+
+/// [`duration`], or none.
+fn optional_duration(u: &mut Unstructured<'_>) -> arbitrary::Result<Option<Duration>> {
+    Ok(if bool::arbitrary(u)? {
+        Some(duration(u)?)
+    } else {
+        None
+    })
 }
 
 /// The settings the client runs with: the defaults, so the checks speak of
