@@ -16,12 +16,13 @@ use arbitrary::{Arbitrary, Unstructured};
 use crate::sequence;
 use crate::server::{Config, End, Fresh, Lookup, Open, Output, Record, Resume, StoreReply, Stream};
 use crate::{ClientId, Secret};
+// The id every valid event uses.
+use fixtures::ID;
 
 pub mod client;
+pub mod fixtures;
 pub mod invariants;
 
-/// The id every valid event uses.
-const ID: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
 /// The token of the "live" session the store may claim exists.
 const TOKEN: Secret = Secret([0x5a; 16]);
 
