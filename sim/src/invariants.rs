@@ -6,15 +6,17 @@
 //! The checker trusts only what it observed: the values servers handed to
 //! the transport (observer `Sent` events), the client's running totals
 //! after each number, the store's contents, and the fault schedule as
-//! applied. It recomputes sums and CRCs itself (with `crc32fast`, not the
-//! system's own checksum code).
+//! applied. The rules themselves are `station_core::testkit::invariants`,
+//! shared with the core's harness (which recomputes sums and CRCs with
+//! `crc32fast`, not the system's own checksum code); this module gathers
+//! the observations per client and words the violations.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use station_core::client::{Code, Verdict};
-use station_core::server::{Lookup, StoreOp};
+use station_core::server::Lookup;
+use station_core::testkit::invariants::{self, Allowance, OneStream, SentValues};
 use station_core::{ClientId, Reason, Reject};
 use station_net::StreamEvent;
 
@@ -97,50 +99,12 @@ fn client_of(report: &Report, id: ClientId) -> Option<usize> {
     report.clients.iter().position(|c| c.id == id)
 }
 
-/// Every write that changed a stored record: a live record changes only by
-/// a write of its own incarnation at its own generation (a refresh) or the
-/// next one by another stream (a takeover), or by the `Delete` of its
-/// incarnation and generation; a record appears only by its `Create`.
+/// Every write that changed a stored record obeys the write rule
+/// ([`invariants::write_rule`]).
 fn incarnation(report: &Report, v: &mut Vec<Violation>) {
     for w in &report.store_writes {
-        let id = crate::store::op_id(&w.op);
-        let wrong = match (&w.before, &w.after) {
-            (Lookup::Live(b), Lookup::Live(a)) if a.incarnation != b.incarnation => Some(format!(
-                "a write of incarnation {:016x} replaced the live record of incarnation {:016x} (generation {})",
-                a.incarnation, b.incarnation, b.generation
-            )),
-            (Lookup::Live(b), Lookup::Live(a)) if a.generation < b.generation => Some(format!(
-                "a stale stream wrote generation {} over generation {} of incarnation {:016x}",
-                a.generation, b.generation, b.incarnation
-            )),
-            (Lookup::Live(b), Lookup::Live(a))
-                if a.holder != b.holder && a.generation <= b.generation =>
-            {
-                Some(format!(
-                    "another stream wrote generation {} over generation {} of incarnation {:016x} without a takeover's bump",
-                    a.generation, b.generation, b.incarnation
-                ))
-            }
-            (Lookup::Live(b), Lookup::Expired | Lookup::Missing) => match &w.op {
-                StoreOp::Delete {
-                    incarnation,
-                    generation,
-                    ..
-                } if *incarnation == b.incarnation && *generation == b.generation => None,
-                op => Some(format!(
-                    "the live record of incarnation {:016x} generation {} was removed by {op:?}",
-                    b.incarnation, b.generation
-                )),
-            },
-            (Lookup::Expired | Lookup::Missing, Lookup::Live(a)) => match &w.op {
-                StoreOp::Create { record, .. } if record == a => None,
-                op => Some(format!(
-                    "a record of incarnation {:016x} appeared by {op:?}",
-                    a.incarnation
-                )),
-            },
-            _ => None,
-        };
+        let id = w.op.client_id();
+        let wrong = invariants::write_rule(&w.before, &w.after, &w.op);
         if let Some(detail) = wrong {
             violation(
                 v,
@@ -256,19 +220,17 @@ fn client_server_events<'r>(
 /// A session's values as sent, keyed by index. A session starts with a
 /// generation-1 `Attached` (a `Create`), or with the client's first
 /// `Attached` whatever its generation; takeovers keep it.
-fn incarnations(
-    c: usize,
-    events: &[&StreamEvent],
-    v: &mut Vec<Violation>,
-) -> Vec<BTreeMap<u32, u32>> {
-    let mut sessions: Vec<BTreeMap<u32, u32>> = Vec::new();
+fn incarnations(c: usize, events: &[&StreamEvent], v: &mut Vec<Violation>) -> Vec<SentValues> {
+    let mut sessions: Vec<SentValues> = Vec::new();
     for e in events {
         match e {
-            StreamEvent::Attached { generation: 1, .. } => sessions.push(BTreeMap::new()),
+            StreamEvent::Attached { generation: 1, .. } => sessions.push(SentValues::default()),
             // A session whose first `Attached` was never sent: its `Create`
             // was applied but the answer lost, and the repeated `Open`
             // took it over.
-            StreamEvent::Attached { .. } if sessions.is_empty() => sessions.push(BTreeMap::new()),
+            StreamEvent::Attached { .. } if sessions.is_empty() => {
+                sessions.push(SentValues::default())
+            }
             StreamEvent::Attached { .. } | StreamEvent::Completed { .. } => {}
             StreamEvent::Sent {
                 index,
@@ -285,8 +247,7 @@ fn incarnations(
                     );
                     continue;
                 };
-                let first = *session.entry(*index).or_insert(*value);
-                if first != *value {
+                if let Err(first) = session.sent(*index, *value) {
                     violation(
                         v,
                         Invariant::Sequence,
@@ -323,11 +284,7 @@ fn sequence(c: usize, client: &ClientReport, events: &[&StreamEvent], v: &mut Ve
         _ => return,
     }
     let count = client.count;
-    let Some(values) = sessions
-        .iter()
-        .rev()
-        .find(|s| (0..count).all(|i| s.contains_key(&i)))
-    else {
+    let Some(prefixes) = sessions.iter().rev().find_map(|s| s.prefixes(count)) else {
         return violation(
             v,
             Invariant::Sequence,
@@ -335,41 +292,22 @@ fn sequence(c: usize, client: &ClientReport, events: &[&StreamEvent], v: &mut Ve
             format!("Verified, but no server session sent all {count} numbers"),
         );
     };
-    // Prefix sums and CRCs of the server's sequence, recomputed here.
-    let mut sums = Vec::with_capacity(count as usize + 1);
-    let mut crcs = Vec::with_capacity(count as usize + 1);
-    let (mut sum, mut crc) = (0u64, crc32fast::Hasher::new());
-    sums.push(0);
-    crcs.push(crc.clone().finalize());
-    for i in 0..count {
-        let value = values[&i];
-        sum += u64::from(value);
-        crc.update(&value.to_be_bytes());
-        sums.push(sum);
-        crcs.push(crc.clone().finalize());
-    }
     for p in &client.progress {
-        let n = p.next_index as usize;
-        if n >= sums.len() || sums[n] != p.sum || crcs[n] != p.crc {
+        if !prefixes.holds(p.next_index, p.sum, p.crc) {
+            let (sum, crc) = prefixes.get(p.next_index).unwrap_or_default();
             return violation(
                 v,
                 Invariant::Sequence,
                 Some(c),
                 format!(
-                    "after {} numbers (at {:?}) the client held sum {} crc {:08x}; the server's first {} give sum {} crc {:08x}",
+                    "after {} numbers (at {:?}) the client held sum {} crc {:08x}; the server's first {} give sum {sum} crc {crc:08x}",
                     p.next_index, p.at, p.sum, p.crc, p.next_index,
-                    sums.get(n).copied().unwrap_or_default(),
-                    crcs.get(n).copied().unwrap_or_default()
                 ),
             );
         }
     }
-    let (total, crc) = (sums[count as usize], crcs[count as usize]);
-    let ok = outcome.received == count
-        && outcome.sum == total
-        && outcome.client_checksum == crc
-        && outcome.server_checksum == Some(crc);
-    if !ok {
+    if !invariants::verified(count, outcome, Some(&prefixes)) {
+        let (total, crc) = prefixes.get(count).expect("the prefixes cover the count");
         violation(
             v,
             Invariant::Sequence,
@@ -387,11 +325,8 @@ fn sequence(c: usize, client: &ClientReport, events: &[&StreamEvent], v: &mut Ve
 /// start of the scheduled outage by up to two intervals (a number, then
 /// its lost acknowledgement).
 fn expiry_threshold(scenario: &Scenario) -> Duration {
-    scenario
-        .session
-        .ttl
-        .saturating_sub(scenario.session.interval * 2)
-        .saturating_sub(scenario.expiry_slack)
+    let slack = (scenario.session.interval * 2).saturating_add(scenario.expiry_slack);
+    invariants::expiry_threshold(scenario.session.ttl, slack)
 }
 
 fn expiry(scenario: &Scenario, c: usize, client: &ClientReport, v: &mut Vec<Violation>) {
@@ -465,38 +400,19 @@ fn expiry(scenario: &Scenario, c: usize, client: &ClientReport, v: &mut Vec<Viol
 /// attached, each older stream's sends must all fall within `burst` (half
 /// an interval) of its first such send.
 fn one_stream(c: usize, events: &[&ServerEvent], burst: Duration, v: &mut Vec<Violation>) {
-    let mut newest = 0u64;
-    // Per stale stream (server, boot, generation): its first send after a
-    // newer generation attached.
-    let mut stale: BTreeMap<(usize, u64, u64), Duration> = BTreeMap::new();
+    // Streams are named by (server, boot); a stream keeps its generation.
+    let mut rule = OneStream::new(Allowance::OneBurst(burst));
     for e in events {
         match &e.event {
-            StreamEvent::Attached { generation, .. } => {
-                // Generation 1 starts a new session (the old one is gone).
-                newest = if *generation == 1 {
-                    1
-                } else {
-                    newest.max(*generation)
-                };
-            }
+            StreamEvent::Attached { generation, .. } => rule.attached(*generation),
             StreamEvent::Sent {
                 generation, index, ..
-            } if *generation < newest => {
-                let first = *stale.entry((e.server, e.boot, *generation)).or_insert(e.at);
-                if e.at > first + burst {
-                    violation(
-                        v,
-                        Invariant::OneStream,
-                        Some(c),
-                        format!(
-                            "a generation-{generation} stream sent #{index} at {:?}, a burst after its \
-                             last one ({first:?}) although generation {newest} had attached",
-                            e.at
-                        ),
-                    );
+            } => {
+                if let Err(detail) = rule.sent((e.server, e.boot), *generation, *index, e.at) {
+                    violation(v, Invariant::OneStream, Some(c), detail);
                 }
             }
-            StreamEvent::Sent { .. } | StreamEvent::Completed { .. } => {}
+            StreamEvent::Completed { .. } => {}
         }
     }
 }
@@ -551,7 +467,7 @@ fn finale(c: usize, report: &Report, events: &[&StreamEvent], v: &mut Vec<Violat
 }
 
 fn no_leak(report: &Report, v: &mut Vec<Violation>) {
-    if report.live_at_end > 0 {
+    if let Some(leak) = invariants::live_leak(report.live_at_end) {
         let live: Vec<usize> = report
             .store_at_end
             .iter()
@@ -563,21 +479,10 @@ fn no_leak(report: &Report, v: &mut Vec<Violation>) {
             v,
             Invariant::NoLeak,
             None,
-            format!(
-                "{} session(s) still live a TTL after every client finished (clients {live:?})",
-                report.live_at_end
-            ),
+            format!("{leak} (clients {live:?})"),
         );
     }
-    if report.attached_at_end > 0 {
-        violation(
-            v,
-            Invariant::NoLeak,
-            None,
-            format!(
-                "{} stream(s) still attached a TTL after every client finished",
-                report.attached_at_end
-            ),
-        );
+    if let Some(leak) = invariants::attached_leak(report.attached_at_end) {
+        violation(v, Invariant::NoLeak, None, leak);
     }
 }

@@ -92,7 +92,9 @@
 //!   and returns a [`Report`]: per-client outcome, running sums and CRCs,
 //!   isolation periods, server stream events, every write that changed a
 //!   stored record, store data losses, the event trace and its hash.
-//! - [`invariants`]: [`check`] turns a report into [`Violation`]s.
+//! - [`invariants`]: [`check`] turns a report into [`Violation`]s, by the
+//!   rules of `station_core::testkit::invariants` (shared with the core's
+//!   harness).
 //! - [`sweep`](mod@sweep): runs a builder over seeds on worker threads,
 //!   prints seeds per second, fault-kind counts and replay commands.
 //! - [`timeline`]: draws one run's [`Report`] as an HTML page.

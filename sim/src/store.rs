@@ -38,15 +38,6 @@ pub struct StoreWrite {
 /// Where a run collects [`StoreWrite`]s.
 pub type WriteLog = Arc<Mutex<Vec<StoreWrite>>>;
 
-/// The client id an operation is about.
-pub fn op_id(op: &StoreOp) -> ClientId {
-    match op {
-        StoreOp::Load(id) => *id,
-        StoreOp::Create { record, .. } | StoreOp::Update { record, .. } => record.client_id,
-        StoreOp::Delete { client_id, .. } => *client_id,
-    }
-}
-
 /// What `mem` holds for `id` now.
 pub fn lookup(mem: &MemoryStore, id: ClientId) -> Lookup {
     match mem.apply(StoreOp::Load(id)) {
@@ -69,7 +60,7 @@ pub fn apply(mem: &MemoryStore, bug: Bug, op: StoreOp, at: Duration, log: &Write
         };
     }
     let op = rewrite(bug, op);
-    let id = op_id(&op);
+    let id = op.client_id();
     let before = lookup(mem, id);
     let reply = match (bug, &op) {
         (Bug::KeepsCompleted, StoreOp::Delete { .. }) => StoreReply::Done,

@@ -7,22 +7,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use station_core::sequence::{self, MAX_COUNT};
-use station_core::server::{
-    Config, Fresh, Lookup, Open, Output, Record, Resume, StoreOp, StoreReply, Stream,
-};
-use station_core::{ClientId, Secret};
-
-const ID: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
-const TOKEN: Secret = Secret([7; 16]);
-
-fn fresh() -> Fresh {
-    Fresh {
-        seed: 42,
-        token: TOKEN,
-        incarnation: 1,
-        holder: 2,
-    }
-}
+use station_core::server::{Config, Lookup, Open, Output, Resume, StoreOp, StoreReply, Stream};
+use station_core::testkit::fixtures::{fresh, record, ID, SEED, TOKEN};
 
 /// Answers every store operation with success, as an in-memory store would.
 fn drain(session: &mut Stream, now: Instant) -> usize {
@@ -100,7 +86,7 @@ fn benches(c: &mut Criterion) {
             },
             |mut s| {
                 let _load = s.poll_output();
-                s.handle_store(t0, StoreReply::Loaded(Lookup::Live(record())));
+                s.handle_store(t0, StoreReply::Loaded(Lookup::Live(record(MAX_COUNT, 1))));
                 black_box(drain(&mut s, t0))
             },
             BatchSize::SmallInput,
@@ -122,33 +108,19 @@ fn benches(c: &mut Criterion) {
                     Some(Output::Store(StoreOp::Load(_))) => {}
                     other => panic!("expected a load, got {other:?}"),
                 }
-                s.handle_store(t0, StoreReply::Loaded(Lookup::Live(record())));
+                s.handle_store(t0, StoreReply::Loaded(Lookup::Live(record(MAX_COUNT, 1))));
                 black_box(drain(&mut s, t0))
             })
         },
     );
 
     c.bench_function("sequence::checksum n=65535", |b| {
-        b.iter(|| black_box(sequence::checksum(black_box(42), MAX_COUNT)))
+        b.iter(|| black_box(sequence::checksum(black_box(SEED), MAX_COUNT)))
     });
 
     c.bench_function("sequence::value", |b| {
-        b.iter(|| black_box(sequence::value(black_box(42), black_box(60_000))))
+        b.iter(|| black_box(sequence::value(black_box(SEED), black_box(60_000))))
     });
-}
-
-fn record() -> Record {
-    Record {
-        client_id: ClientId::parse(ID).expect("valid id"),
-        token: TOKEN,
-        nonce: Secret::ZERO,
-        seed: 42,
-        count: MAX_COUNT,
-        acked: 0,
-        generation: 1,
-        incarnation: 1,
-        holder: 2,
-    }
 }
 
 criterion_group!(core, benches);

@@ -16,8 +16,8 @@
 //!   a stream receives and emits (`messages.rs`); tests by concern in
 //!   `server/tests/`.
 //! - [`store`]: the store contract: [`store::StoreOp`], [`store::Lookup`],
-//!   [`store::StoreReply`] (also re-exported from [`server`]) and
-//!   [`store::decide`].
+//!   [`store::StoreReply`] (also re-exported from [`server`]),
+//!   [`store::decide`], and [`store::step`], the same with expiry.
 //! - [`client`]: [`client::Client`], the client's side of a whole session
 //!   across reconnections (`client/mod.rs`); backoff, pushback and giving up
 //!   (`backoff.rs`); [`client::Config`] and its validation (`config.rs`);
@@ -26,10 +26,12 @@
 //! - `testkit` (behind the non-default `testkit` feature, so production
 //!   builds carry no clock-reading test code): drives a server stream or a
 //!   client from arbitrary events and checks their outputs (for the fuzz
-//!   targets and property tests).
+//!   targets and property tests); `testkit::invariants`, the rules of
+//!   ARCHITECTURE.md §6 shared by the harness and the simulations;
+//!   `testkit::fixtures`, what the core's tests and bench share.
 //! - `harness` (tests only): a client and its server streams end to end over
 //!   a modelled network and store, with faults, checked against the
-//!   invariants of ARCHITECTURE.md §6.
+//!   invariants of ARCHITECTURE.md §6 (`testkit::invariants`).
 //!
 //! # Server sessions
 //!

@@ -3,9 +3,12 @@
 //! A store keeps one record per client id, each live until its expiry and
 //! then remembered as expired for a while. For every [`StoreOp`] the reply
 //! and the write depend only on what is stored for the id and on the op,
-//! and [`decide`] computes both. In-process stores call it under their lock;
-//! the Redis scripts implement the same table in Lua, and the store
-//! conformance tests hold every store to it.
+//! and [`decide`] computes both. [`step`] adds expiry: given the stored
+//! [`Stored`] entry and the time, it says what to reply and how the entry
+//! changes; the in-process stores (`MemoryStore`, the harness's and the
+//! simulation's models) call it under their lock. The Redis scripts
+//! implement the same table in Lua, and the store conformance tests hold
+//! every store to it.
 //!
 //! # Fencing
 //!
@@ -28,7 +31,7 @@
 //! still sees a conflict. A repeated `Delete` finds nothing of its
 //! incarnation left and is `Done` as well.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::ids::ClientId;
 pub use crate::server::Record;
@@ -78,6 +81,17 @@ pub enum StoreOp {
         /// Generation the stored record must have.
         generation: u64,
     },
+}
+
+impl StoreOp {
+    /// The client id the operation is about.
+    pub fn client_id(&self) -> ClientId {
+        match self {
+            StoreOp::Load(id) => *id,
+            StoreOp::Create { record, .. } | StoreOp::Update { record, .. } => record.client_id,
+            StoreOp::Delete { client_id, .. } => *client_id,
+        }
+    }
 }
 
 /// A store lookup result.
@@ -200,6 +214,62 @@ pub fn decide(stored: &Lookup, op: &StoreOp) -> (StoreReply, Write) {
         // repeated delete), expired, or lost.
         (StoreOp::Delete { .. }, _) => done(Write::Nothing),
     }
+}
+
+/// What an in-process store keeps for one client id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// The record.
+    pub record: Record,
+    /// When it stops being live (exclusive: at this instant it is expired).
+    pub expires_at: Instant,
+}
+
+/// How [`step`] changes the entry of the operation's client id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Leave it as it is (or absent).
+    Keep,
+    /// Store this entry, replacing any.
+    Put(Stored),
+    /// Remove it.
+    Remove,
+}
+
+/// What `stored` amounts to at `now`: live before its expiry, then
+/// remembered as expired for `remember_expired`, then as good as missing.
+pub fn lookup(stored: Option<&Stored>, now: Instant, remember_expired: Duration) -> Lookup {
+    match stored {
+        Some(s) if now < s.expires_at => Lookup::Live(s.record),
+        Some(s) if now.duration_since(s.expires_at) < remember_expired => Lookup::Expired,
+        Some(_) | None => Lookup::Missing,
+    }
+}
+
+/// Performs `op` at `now` on `stored`, the entry for its client id:
+/// [`decide`] on its [`lookup`], the write made an entry with an absolute
+/// expiry. An entry past remembering is removed as it is met, so a store
+/// that is never swept still forgets it.
+///
+/// Pure: `now` is a value the caller read from its own clock.
+pub fn step(
+    stored: Option<&Stored>,
+    now: Instant,
+    remember_expired: Duration,
+    op: &StoreOp,
+) -> (StoreReply, Change) {
+    let state = lookup(stored, now, remember_expired);
+    let (reply, write) = decide(&state, op);
+    let change = match write {
+        Write::Put { record, expires_in } => Change::Put(Stored {
+            record,
+            expires_at: now + expires_in,
+        }),
+        Write::Remove => Change::Remove,
+        Write::Nothing if stored.is_some() && state == Lookup::Missing => Change::Remove,
+        Write::Nothing => Change::Keep,
+    };
+    (reply, change)
 }
 
 /// Whether `stored` is what the write of `ours` put there: the very same
@@ -346,5 +416,48 @@ mod tests {
             decide(&Lookup::Expired, &delete(1, 3)),
             (StoreReply::Done, Write::Nothing)
         );
+    }
+
+    #[test]
+    fn step_expires_remembers_then_forgets() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let remember = secs(5);
+        let entry = Stored {
+            record: rec(1, 1, 2),
+            expires_at: t0 + TTL,
+        };
+        let load = StoreOp::Load(entry.record.client_id);
+        let at = |dt| step(Some(&entry), t0 + dt, remember, &load);
+        let loaded = |lookup| StoreReply::Loaded(lookup);
+        assert_eq!(
+            at(TTL - secs(1)),
+            (loaded(Lookup::Live(entry.record)), Change::Keep)
+        );
+        // Expiry is exclusive: expired at exactly `expires_at`.
+        assert_eq!(at(TTL), (loaded(Lookup::Expired), Change::Keep));
+        // Past remembering: missing, and dropped while there.
+        assert_eq!(
+            at(TTL + remember),
+            (loaded(Lookup::Missing), Change::Remove)
+        );
+        // A write's expiry counts from `now`.
+        let create = StoreOp::Create {
+            record: rec(2, 1, 3),
+            expires_in: TTL,
+        };
+        let now = t0 + TTL;
+        assert_eq!(
+            step(Some(&entry), now, remember, &create),
+            (
+                StoreReply::Done,
+                Change::Put(Stored {
+                    record: rec(2, 1, 3),
+                    expires_at: now + TTL
+                })
+            )
+        );
+        assert_eq!(create.client_id(), entry.record.client_id);
+        assert_eq!(delete(1, 1).client_id(), entry.record.client_id);
     }
 }

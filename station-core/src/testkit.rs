@@ -11,19 +11,23 @@
 
 use std::time::{Duration, Instant};
 
+use arbitrary::{Arbitrary, Unstructured};
+
 use crate::sequence;
 use crate::server::{Config, End, Fresh, Lookup, Open, Output, Record, Resume, StoreReply, Stream};
 use crate::{ClientId, Secret};
+// The id every valid event uses.
+use fixtures::ID;
 
 pub mod client;
+pub mod fixtures;
+pub mod invariants;
 
-/// The id every valid event uses.
-const ID: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
 /// The token of the "live" session the store may claim exists.
 const TOKEN: Secret = Secret([0x5a; 16]);
 
-/// One thing that can happen to a server stream.
-#[derive(Clone, Debug)]
+/// One thing that can happen to a server stream. The fuzz target's input.
+#[derive(Clone, Debug, Arbitrary)]
 pub enum Event {
     /// The client sends `Open`.
     Open {
@@ -50,7 +54,7 @@ pub enum Event {
     /// The store answers (whatever was asked).
     Store(Answer),
     /// Time passes, then the timer fires.
-    Wait(Duration),
+    Wait(#[arbitrary(with = millis)] Duration),
     /// The client goes away.
     Closed,
     /// The server shuts down.
@@ -58,7 +62,7 @@ pub enum Event {
 }
 
 /// A store answer, chosen independently of the question.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Arbitrary)]
 pub enum Answer {
     /// `Done`.
     Done,
@@ -86,6 +90,12 @@ pub enum Answer {
     Expired,
     /// `Loaded(Missing)`.
     Missing,
+}
+
+/// A `Wait` as fuzzed: whole milliseconds up to a `u16`, so most waits are
+/// within a few intervals (`run` caps them at a minute anyway).
+fn millis(u: &mut Unstructured<'_>) -> arbitrary::Result<Duration> {
+    Ok(Duration::from_millis(u64::from(u16::arbitrary(u)?)))
 }
 
 /// Feeds `events` to a fresh session and checks every output. Returns a
@@ -298,6 +308,17 @@ mod tests {
             }),
             Event::Store(Answer::Done),
         ];
+        assert_eq!(run(&events), Ok(()));
+    }
+
+    /// The fuzzer's saved input, decoded as the fuzz target decodes it
+    /// (with the derived `Arbitrary`), still passes.
+    #[test]
+    fn the_saved_fuzz_input_passes() {
+        let bytes =
+            include_bytes!("../../fuzz/regressions/crash-657d0cfde29d1431614e0d5ea28d79a24a5c28f7");
+        let events = Vec::<Event>::arbitrary_take_rest(Unstructured::new(bytes)).unwrap();
+        assert!(!events.is_empty());
         assert_eq!(run(&events), Ok(()));
     }
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::sequence;
+use crate::testkit::fixtures::{drain, ms};
 
 mod backoff;
 mod snapshot;
@@ -18,14 +19,6 @@ const TTL: Duration = Duration::from_secs(30);
 
 fn id() -> ClientId {
     ClientId::from_random_bytes([1; 16])
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn drain(c: &mut Client) -> Vec<Output> {
-    std::iter::from_fn(|| c.poll_output()).collect()
 }
 
 fn new_client(t0: Instant, count: u32) -> Client {

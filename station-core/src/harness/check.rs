@@ -1,26 +1,24 @@
 //! The invariants a run must keep (ARCHITECTURE.md §6), checked as numbers
-//! are sent and accepted and once the run is over.
+//! are sent and accepted and once the run is over: what the harness
+//! observes, judged by the shared rules of `testkit::invariants`.
 
 use std::time::Duration;
 
 use super::{Harness, StreamId};
 use crate::client::Verdict;
-use crate::sequence::{self, RunningChecksum};
+use crate::sequence;
 use crate::server;
+use crate::testkit::invariants::{self, Allowance, OneStream, Prefixes};
 
 impl Harness {
     /// Checks the client's progress on one number: at most one step, in
     /// order, from one session's sequence.
     pub(super) fn check_accepted(&mut self, sid: StreamId, before: u32, n: server::Number) {
         let after = self.client.received();
-        if after == before {
-            return;
-        }
-        if after != before + 1 || n.index != before {
-            return self.violation(format!(
-                "client went from {before} to {after} numbers on number {}",
-                n.index
-            ));
+        match invariants::accepted_step(before, after, n.index, self.setup.count) {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => return self.violation(format!("client {e}")),
         }
         self.last_progress = Some(self.now);
         let seed = self.streams[&sid]
@@ -40,7 +38,10 @@ impl Harness {
 
     /// Only the stream holding the session's current generation may send,
     /// and generations that sent never go back: two streams never deliver
-    /// one session at once.
+    /// one session at once. The model store answers at once (no reply is
+    /// ever late), so this is invariant 4 at its strictest: nothing at all
+    /// from an older generation, and a send only while the store holds the
+    /// stream's own generation.
     pub(super) fn check_sender(&mut self, sid: StreamId, index: u32) {
         let stream = &self.streams[&sid];
         let (generation, seed) = (stream.generation, stream.seed);
@@ -53,16 +54,17 @@ impl Harness {
                 "stream {sid} (generation {generation}) sent {index} while the store holds {stored:?}"
             ));
         }
-        match self.senders.get(&seed) {
-            Some((g, s)) if *g > generation || (*g == generation && *s != sid) => {
-                let (g, s) = (*g, *s);
-                self.violation(format!(
-                    "stream {sid} (generation {generation}) sent {index} after stream {s} (generation {g})"
-                ));
-            }
-            _ => {}
+        let now = self.now;
+        if let Err(e) = self.one_stream(seed).sent(sid, generation, index, now) {
+            self.violation(e);
         }
-        self.senders.insert(seed, (generation, sid));
+    }
+
+    /// Invariant 4's tracker for the session of `seed`.
+    pub(super) fn one_stream(&mut self, seed: u64) -> &mut OneStream<StreamId, std::time::Instant> {
+        self.senders
+            .entry(seed)
+            .or_insert_with(|| OneStream::new(Allowance::Nothing))
     }
 
     pub(super) fn all_ended(&self) -> bool {
@@ -92,9 +94,9 @@ impl Harness {
         }
         let after = self.now + self.setup.server.ttl + Duration::from_secs(1);
         self.now = after;
-        let live = self.store.live_count(self.now);
-        if live != 0 {
-            self.violation(format!("{live} session(s) still live a TTL after the end"));
+        let live = self.store.live_count(self.now) as u64;
+        if let Some(leak) = invariants::live_leak(live) {
+            self.violation(leak);
         }
     }
 
@@ -111,36 +113,40 @@ impl Harness {
     ///    `give_up_without_progress`;
     ///    no other verdict;
     /// 3. no session is live once the TTL has passed after the end;
-    /// 4. only the current generation's stream sends (checked as it sends).
+    /// 4. only the current generation's stream sends (checked as it sends);
+    /// 5. every write that changed the model store's contents is fenced by
+    ///    incarnation and generation.
     pub(crate) fn check(&mut self) {
+        let writes: Vec<String> = self
+            .store
+            .writes
+            .iter()
+            .filter_map(|w| {
+                let wrong = invariants::write_rule(&w.before, &w.after, &w.op)?;
+                Some(format!(
+                    "at {:?}: {wrong} (reply {:?})",
+                    w.at - self.start,
+                    w.reply
+                ))
+            })
+            .collect();
+        for wrong in writes {
+            self.violation(wrong);
+        }
         let Some((at, outcome)) = self.outcome.clone() else {
             return self.violation("the client never finished".into());
         };
-        let seed = self.accepted_seed;
-        let prefix = |n: u32| -> (u64, u32) {
-            let Some(seed) = seed else { return (0, 0) };
-            let mut crc = RunningChecksum::new();
-            let sum = (0..n)
-                .map(|i| {
-                    let v = sequence::value(seed, i);
-                    crc.push(v);
-                    u64::from(v)
-                })
-                .sum();
-            (sum, crc.value())
+        let sequence = match self.accepted_seed {
+            Some(seed) => Prefixes::of_seed(seed, self.setup.count),
+            None => Prefixes::new([]),
         };
-        if (outcome.sum, outcome.client_checksum) != prefix(outcome.received) {
+        if !sequence.holds(outcome.received, outcome.sum, outcome.client_checksum) {
             self.violation(format!("the client's sums are not its prefix: {outcome:?}"));
         }
         let ttl = self.setup.server.ttl;
         match &outcome.verdict {
             Verdict::Verified => {
-                let seed = seed.expect("verified means numbers were accepted");
-                let expected = sequence::checksum(seed, self.setup.count);
-                if outcome.received != self.setup.count
-                    || outcome.server_checksum != Some(expected)
-                    || outcome.client_checksum != expected
-                {
+                if !invariants::verified(self.setup.count, &outcome, Some(&sequence)) {
                     self.violation(format!("verified but not the sequence: {outcome:?}"));
                 }
             }
@@ -150,7 +156,7 @@ impl Harness {
                     + self.longest_delay
                     + self.setup.server.interval * self.acks_lost;
                 match self.client_heard {
-                    Some(heard) if at - heard + slack >= ttl => {}
+                    Some(heard) if invariants::expiry_justified(at - heard, slack, ttl) => {}
                     heard => self.violation(format!(
                         "expired after only {:?} cut off (slack {slack:?}): {why}",
                         heard.map(|h| at - h)
@@ -160,7 +166,12 @@ impl Harness {
             Verdict::Unreachable(why) => {
                 let cfg = &self.setup.client;
                 let since = self.last_progress.unwrap_or(self.start);
-                if at - since + cfg.backoff_initial < cfg.give_up_without_progress {
+                let waited = at - since;
+                if !invariants::unreachable_justified(
+                    waited,
+                    cfg.backoff_initial,
+                    cfg.give_up_without_progress,
+                ) {
                     self.violation(format!("unreachable too early: {why}"));
                 }
             }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use crate::client::{self, Client, Outcome, Request, StreamEnd, Verdict};
 use crate::sequence::{self, mix64, RunningChecksum};
 use crate::server::{self, End, Fresh, Lookup, Output, Record, StoreOp, StoreReply};
+use crate::testkit::invariants::OneStream;
 use crate::{ClientId, Reject, Secret};
 
 mod check;
@@ -139,9 +140,9 @@ pub(crate) struct Harness {
     last_progress: Option<Instant>,
     /// Seed of the numbers the client accepted.
     accepted_seed: Option<u64>,
-    /// Per session (seed): the latest generation that sent, and by which
-    /// stream.
-    senders: BTreeMap<u64, (u64, StreamId)>,
+    /// Per session (seed): invariant 4's tracker, fed the generations the
+    /// store confirmed and every send.
+    senders: BTreeMap<u64, OneStream<StreamId, Instant>>,
     outcome: Option<(Instant, Outcome)>,
     longest_delay: Duration,
     acks_lost: u32,
@@ -539,6 +540,7 @@ impl Harness {
                             let stream = self.streams.get_mut(&sid).expect("known stream");
                             stream.generation = Some(record.generation);
                             stream.seed = Some(record.seed);
+                            self.one_stream(record.seed).attached(record.generation);
                         }
                     }
                     let now = self.now;

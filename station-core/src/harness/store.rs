@@ -1,74 +1,81 @@
-//! The session store the harness runs against: [`ModelStore`], the store
-//! contract of ARCHITECTURE.md §5 (via [`store::decide`]) with expiry.
+//! The session store the harness runs against: [`ModelStore`], a `BTreeMap`
+//! over the shared [`store::step`] (so [`store::decide`], ARCHITECTURE.md
+//! §5), logging every write that changed what it holds.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::server::{Lookup, Record, StoreOp, StoreReply};
-use crate::store::{self, Write};
+use crate::store::{self, Change, Stored};
 use crate::ClientId;
+
+/// The harness remembers an expired record for the rest of the run.
+const REMEMBER: Duration = Duration::MAX;
+
+/// A write that changed what the store holds for one id, for invariant 5.
+#[derive(Clone, Debug)]
+pub(crate) struct ModelWrite {
+    pub(crate) at: Instant,
+    pub(crate) op: StoreOp,
+    pub(crate) before: Lookup,
+    pub(crate) after: Lookup,
+    pub(crate) reply: StoreReply,
+}
 
 /// The session store as documented on [`StoreOp`], with expiry.
 ///
 /// A record expires when `now >= expires_at`; it is then remembered as
 /// expired (`Lookup::Expired`) for the rest of the run. `Delete` forgets a
-/// record outright.
+/// record outright. A `BTreeMap`, so no hash order can reach the run.
 #[derive(Debug, Default)]
 pub(crate) struct ModelStore {
-    pub(super) live: BTreeMap<ClientId, (Record, Instant)>,
-    pub(super) expired: BTreeMap<ClientId, Instant>,
+    entries: BTreeMap<ClientId, Stored>,
+    pub(crate) writes: Vec<ModelWrite>,
 }
 
 impl ModelStore {
-    fn expire(&mut self, now: Instant) {
-        let due: Vec<ClientId> = self
-            .live
-            .iter()
-            .filter(|(_, (_, at))| now >= *at)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            let (_, at) = self.live.remove(&id).expect("listed above");
-            self.expired.insert(id, at);
-        }
-    }
-
-    /// Performs `op` atomically at `now`, as [`store::decide`] says.
+    /// Performs `op` atomically at `now`, as [`store::step`] says.
     pub(crate) fn apply(&mut self, now: Instant, op: StoreOp) -> StoreReply {
-        self.expire(now);
-        let id = match &op {
-            StoreOp::Load(id) => *id,
-            StoreOp::Create { record, .. } | StoreOp::Update { record, .. } => record.client_id,
-            StoreOp::Delete { client_id, .. } => *client_id,
-        };
-        let stored = match self.live.get(&id) {
-            Some((record, _)) => Lookup::Live(*record),
-            None if self.expired.contains_key(&id) => Lookup::Expired,
-            None => Lookup::Missing,
-        };
-        let (reply, write) = store::decide(&stored, &op);
-        match write {
-            Write::Nothing => {}
-            Write::Put { record, expires_in } => {
-                self.expired.remove(&id);
-                self.live.insert(id, (record, now + expires_in));
+        let id = op.client_id();
+        let before = store::lookup(self.entries.get(&id), now, REMEMBER);
+        let (reply, change) = store::step(self.entries.get(&id), now, REMEMBER, &op);
+        match change {
+            Change::Keep => {}
+            Change::Put(entry) => {
+                self.entries.insert(id, entry);
             }
-            Write::Remove => {
-                self.live.remove(&id);
+            Change::Remove => {
+                self.entries.remove(&id);
             }
+        }
+        let after = store::lookup(self.entries.get(&id), now, REMEMBER);
+        if after != before {
+            self.writes.push(ModelWrite {
+                at: now,
+                op,
+                before,
+                after,
+                reply: reply.clone(),
+            });
         }
         reply
     }
 
     /// The live record for `id` at `now`, with its expiry.
-    pub(crate) fn live(&mut self, now: Instant, id: ClientId) -> Option<(Record, Instant)> {
-        self.expire(now);
-        self.live.get(&id).copied()
+    pub(crate) fn live(&self, now: Instant, id: ClientId) -> Option<(Record, Instant)> {
+        self.entries
+            .get(&id)
+            .filter(|e| now < e.expires_at)
+            .map(|e| (e.record, e.expires_at))
     }
 
     /// How many records are live at `now`.
-    pub(crate) fn live_count(&mut self, now: Instant) -> usize {
-        self.expire(now);
-        self.live.len()
+    pub(crate) fn live_count(&self, now: Instant) -> usize {
+        self.entries.values().filter(|e| now < e.expires_at).count()
+    }
+
+    /// Whether it holds nothing, live or remembered as expired.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }

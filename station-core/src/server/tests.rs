@@ -12,37 +12,14 @@ mod record;
 mod silence;
 mod takeover;
 
-const ID: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
-const SEED: u64 = 0x5eed;
-const TOKEN: Secret = Secret([7; 16]);
-const NONCE: [u8; 16] = [3; 16];
-const INCARNATION: u64 = 0x1_2c42;
-const HOLDER: u64 = 0x401d;
-const SEC: Duration = Duration::from_secs(1);
+use crate::testkit::fixtures::{
+    drain, fresh, id, ms, record, HOLDER, ID, INCARNATION, NONCE, SEED, TOKEN,
+};
 
-fn id() -> ClientId {
-    ClientId::parse(ID).unwrap()
-}
+const SEC: Duration = Duration::from_secs(1);
 
 fn cfg() -> Config {
     Config::new(SEC, Duration::from_secs(30))
-}
-
-fn fresh() -> Fresh {
-    Fresh {
-        seed: SEED,
-        token: TOKEN,
-        incarnation: INCARNATION,
-        holder: HOLDER,
-    }
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn drain(s: &mut Stream) -> Vec<Output> {
-    std::iter::from_fn(|| s.poll_output()).collect()
 }
 
 fn open_msg(count: u32) -> Open<'static> {
@@ -50,20 +27,6 @@ fn open_msg(count: u32) -> Open<'static> {
         client_id: ID,
         count,
         nonce: &NONCE,
-    }
-}
-
-fn record(count: u32, generation: u64) -> Record {
-    Record {
-        client_id: id(),
-        token: TOKEN,
-        nonce: Secret(NONCE),
-        seed: SEED,
-        count,
-        acked: 0,
-        generation,
-        incarnation: INCARNATION,
-        holder: HOLDER,
     }
 }
 

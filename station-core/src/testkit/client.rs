@@ -12,8 +12,11 @@
 
 use std::time::{Duration, Instant};
 
+use arbitrary::{Arbitrary, Unstructured};
+
 use crate::client::{Attached, Client, Code, Config, Number, Output, Request, StreamEnd, Verdict};
 use crate::sequence::{self, RunningChecksum};
+use crate::testkit::invariants;
 use crate::{ClientId, Reason, Secret};
 
 /// The seed of the "real" sequence; values from elsewhere are wrong.
@@ -21,8 +24,9 @@ const SEED: u64 = 0x5eed;
 /// Bytes of the token a valid `Attached` carries.
 const TOKEN: u8 = 0x42;
 
-/// One thing a server (or the network, or time) can do to the client.
-#[derive(Clone, Debug)]
+/// One thing a server (or the network, or time) can do to the client. The
+/// fuzz target's input.
+#[derive(Clone, Debug, Arbitrary)]
 pub enum Event {
     /// `Attached` on the current stream.
     Attached {
@@ -33,8 +37,10 @@ pub enum Event {
         /// Length of the resume token (16 is valid).
         token_len: u8,
         /// Announced session TTL, any value.
+        #[arbitrary(with = duration)]
         ttl: Duration,
         /// Announced interval, any value.
+        #[arbitrary(with = duration)]
         interval: Duration,
         /// Announced `ack_every`, any value.
         ack_every: u32,
@@ -55,6 +61,7 @@ pub enum Event {
         /// Index into [`Reason::ALL`]; out of range means no reason.
         reason: u8,
         /// Pushback, any value.
+        #[arbitrary(with = optional_duration)]
         retry_after: Option<Duration>,
     },
     /// The stream ends with OK (too early: the client has not finished).
@@ -65,13 +72,13 @@ pub enum Event {
     /// undecodable or oversized message).
     Protocol,
     /// Time jumps by this much, then the timer is checked.
-    Wait(Duration),
+    Wait(#[arbitrary(with = duration)] Duration),
     /// Time jumps to exactly the client's next deadline, which fires.
     Timeout,
 }
 
 /// The count in an `Attached`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Arbitrary)]
 pub enum Count {
     /// The count the client asked for.
     Asked,
@@ -80,7 +87,7 @@ pub enum Count {
 }
 
 /// An index in a server message.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Arbitrary)]
 pub enum Index {
     /// The one the client expects next.
     Expected,
@@ -91,7 +98,7 @@ pub enum Index {
 }
 
 /// The checksum field of a number.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Arbitrary)]
 pub enum Checksum {
     /// The right checksum if the number is the last, none otherwise: as a
     /// correct server sends it.
@@ -102,6 +109,22 @@ pub enum Checksum {
     Real,
     /// This value, on whatever number this is.
     Value(u32),
+}
+
+/// A duration as (seconds, nanoseconds): any value a decoded
+/// `google.protobuf.Duration` can become.
+fn duration(u: &mut Unstructured<'_>) -> arbitrary::Result<Duration> {
+    let (secs, nanos) = <(u64, u32)>::arbitrary(u)?;
+    Ok(Duration::new(secs, nanos % 1_000_000_000))
+}
+
+/// [`duration`], or none.
+fn optional_duration(u: &mut Unstructured<'_>) -> arbitrary::Result<Option<Duration>> {
+    Ok(if bool::arbitrary(u)? {
+        Some(duration(u)?)
+    } else {
+        None
+    })
 }
 
 /// The settings the client runs with: the defaults, so the checks speak of
@@ -293,14 +316,8 @@ impl Checker {
 
     /// A number went in: the client took at most it, in order.
     fn number(&mut self, before: u32, after: u32, index: u32, value: u32) -> Result<(), String> {
-        if after == before {
+        if !invariants::accepted_step(before, after, index, self.count)? {
             return Ok(());
-        }
-        if after != before + 1 || index != before || after > self.count {
-            return Err(format!(
-                "went from {before} to {after} numbers on number {index} of {}",
-                self.count
-            ));
         }
         self.accepted = after;
         self.sum += u64::from(value);
@@ -384,9 +401,7 @@ impl Checker {
                 }
                 let complete = o.received == self.count && o.server_checksum.is_some();
                 match &o.verdict {
-                    Verdict::Verified
-                        if !complete || o.server_checksum != Some(o.client_checksum) =>
-                    {
+                    Verdict::Verified if !invariants::verified(self.count, o, None) => {
                         return Err(format!("verified without the sequence: {o:?}"));
                     }
                     // Wrong values that give the right CRC would be a flaw of

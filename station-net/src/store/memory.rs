@@ -5,7 +5,7 @@ use std::collections::hash_map::{Entry as Slot, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use station_core::store::{decide, Lookup, Record, StoreOp, StoreReply, Write};
+use station_core::store::{self, Change, Lookup, StoreOp, StoreReply, Stored};
 use station_core::ClientId;
 
 use super::{SessionStore, StoreConfig, StoreError};
@@ -17,17 +17,11 @@ const SHARDS: usize = 64;
 /// and advanced by the test or simulation that owns the runtime.
 pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
 
-#[derive(Clone, Copy, Debug)]
-struct Entry {
-    record: Record,
-    expires_at: Instant,
-}
-
 // A HashMap (SipHash with a random key, so client-chosen ids cannot force
 // collisions): one lookup per operation, where a BTreeMap walked ~10 nodes
 // of cache misses at 100,000 sessions. Nothing depends on its order: sweeps
 // and counts visit every entry.
-type Shard = HashMap<ClientId, Entry>;
+type Shard = HashMap<ClientId, Stored>;
 
 /// Sessions in memory, striped over 64 mutexes.
 ///
@@ -76,7 +70,7 @@ impl MemoryStore {
             .iter()
             .map(|shard| {
                 let mut shard = lock(shard);
-                shard.retain(|_, e| now < e.expires_at + keep);
+                shard.retain(|_, e| store::lookup(Some(e), now, keep) != Lookup::Missing);
                 shard.len()
             })
             .sum()
@@ -105,47 +99,29 @@ impl MemoryStore {
             .sum()
     }
 
-    /// Performs one operation (synchronous form of `execute`).
+    /// Performs one operation (synchronous form of `execute`): the shared
+    /// [`store::step`] under the shard's lock, one hash lookup.
     pub fn apply(&self, op: StoreOp) -> StoreReply {
         let now = (self.clock)();
-        let id = match &op {
-            StoreOp::Load(id) => *id,
-            StoreOp::Create { record, .. } | StoreOp::Update { record, .. } => record.client_id,
-            StoreOp::Delete { client_id, .. } => *client_id,
-        };
+        let id = op.client_id();
         let mut shard = lock(&self.shards[shard_of(&id)]);
         let slot = shard.entry(id);
-        let state = match &slot {
-            Slot::Occupied(e) if now < e.get().expires_at => Lookup::Live(e.get().record),
-            Slot::Occupied(e) if now < e.get().expires_at + self.cfg.remember_expired => {
-                Lookup::Expired
-            }
-            // Past remembering: as good as missing (and replaced or
-            // dropped below).
-            Slot::Occupied(_) | Slot::Vacant(_) => Lookup::Missing,
+        let stored = match &slot {
+            Slot::Occupied(e) => Some(e.get()),
+            Slot::Vacant(_) => None,
         };
-        let (reply, write) = decide(&state, &op);
-        match (write, slot) {
-            (Write::Put { record, expires_in }, slot) => put(slot, entry(record, now, expires_in)),
-            (Write::Remove, Slot::Occupied(e)) => {
+        let (reply, change) = store::step(stored, now, self.cfg.remember_expired, &op);
+        match (change, slot) {
+            (Change::Put(entry), Slot::Occupied(mut e)) => *e.get_mut() = entry,
+            (Change::Put(entry), Slot::Vacant(e)) => {
+                e.insert(entry);
+            }
+            (Change::Remove, Slot::Occupied(e)) => {
                 e.remove();
             }
-            // Past remembering: drop it while we are here.
-            (Write::Nothing, Slot::Occupied(e)) if state == Lookup::Missing => {
-                e.remove();
-            }
-            (Write::Remove | Write::Nothing, _) => {}
+            (Change::Remove | Change::Keep, _) => {}
         }
         reply
-    }
-}
-
-fn put(slot: Slot<'_, ClientId, Entry>, entry: Entry) {
-    match slot {
-        Slot::Occupied(mut e) => *e.get_mut() = entry,
-        Slot::Vacant(e) => {
-            e.insert(entry);
-        }
     }
 }
 
@@ -164,13 +140,6 @@ impl SessionStore for MemoryStore {
 
     fn kind(&self) -> &'static str {
         "memory"
-    }
-}
-
-fn entry(record: Record, now: Instant, expires_in: Duration) -> Entry {
-    Entry {
-        record,
-        expires_at: now + expires_in,
     }
 }
 
