@@ -38,7 +38,8 @@ def scale():
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n, m in sizes:
         for kind, label in (("station", "station"), ("station0", "station, --tick-slack 0s"),
-                             ("baselinerun1", "baseline (beside the 0s rows)"), ("baseline", "baseline")):
+                             ("baselinerun1", "baseline (beside the 0s rows)"), ("baseline", "baseline"),
+                             ("baselineacks", "baseline, clients acknowledging every number")):
             runs = load(f"scale-{kind}-{n}x{m}-*.json")
             if not runs:
                 continue
@@ -89,8 +90,9 @@ def redis_usage(path):
 
 def redis():
     print("| store | `--redis-batch-linger` | sessions | runs | failed | lateness p99 (ms) | lateness max (ms) "
-          "| server CPU per session-second (µs) | Redis CPU per session-second (µs) | Redis commands per session-second |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| server CPU per session-second (µs) | load CPU per session-second (µs) | Redis CPU per session-second (µs) "
+          "| Redis commands per session-second |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = sorted({(int(m.group(3)), m.group(1), m.group(2)) for p in glob.glob(os.path.join(OUT, "redis-*.json"))
                    if (m := re.search(r"redis-(single|cluster)-l([0-9a-z]+)-(\d+)-\d+\.json$", p))},
                   key=lambda r: (r[0], r[1] != "single", r[2] != "0s", r[2]))
@@ -107,6 +109,7 @@ def redis():
               f"| {med([r['lateness_ms']['p99'] for r in runs])} "
               f"| {med([r['lateness_ms']['max'] for r in runs])} "
               f"| {med(per([server(r, 'cpu_seconds') * 1e6 for r in runs]))} "
+              f"| {med(per([r['load_cpu_seconds'] * 1e6 if r.get('load_cpu_seconds') is not None else None for r in runs]))} "
               f"| {med(per([c * 1e6 if c is not None else None for c, _ in usage]))} "
               f"| {med(per([k for _, k in usage]), '{:.2f}')} |")
 

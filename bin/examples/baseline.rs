@@ -9,6 +9,9 @@
 //! ```sh
 //! cargo run --release --example baseline -- --port 50052 --interval 0s
 //! ```
+//!
+//! `--ack-every 1` has its clients acknowledge every number, as the
+//! station's do, so both directions carry the same messages.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,6 +26,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 struct Baseline {
     interval: Duration,
+    /// What `Attached` asks of clients: `u32::MAX` (never acknowledge, the
+    /// default) or 1 (acknowledge every number, as the station's clients
+    /// do), so a run can compare the same messages in both directions.
+    ack_every: u32,
 }
 
 #[tonic::async_trait]
@@ -40,7 +47,7 @@ impl NumbersStation for Baseline {
             }) => open.count,
             _ => return Err(Status::invalid_argument("the baseline only serves Open")),
         };
-        let interval = self.interval;
+        let (interval, ack_every) = (self.interval, self.ack_every);
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             let attached = ServerKind::Attached(Box::new(Attached {
@@ -49,7 +56,7 @@ impl NumbersStation for Baseline {
                 resume_token: vec![0; 16],
                 session_ttl: prost_types::Duration::try_from(Duration::from_secs(30)).ok(),
                 interval: prost_types::Duration::try_from(interval).ok(),
-                ack_every: u32::MAX,
+                ack_every,
             }));
             if tx
                 .send(Ok(ServerMessage {
@@ -95,12 +102,14 @@ impl NumbersStation for Baseline {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut port = 50052u16;
     let mut interval = Duration::from_secs(1);
+    let mut ack_every = u32::MAX;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or("every flag takes a value")?;
         match flag.as_str() {
             "--port" => port = value.parse()?,
             "--interval" => interval = humantime::parse_duration(&value)?,
+            "--ack-every" => ack_every = value.parse()?,
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -112,7 +121,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tonic::transport::Server::builder()
             .max_concurrent_streams(Some(10_000))
-            .add_service(NumbersStationServer::new(Baseline { interval }))
+            .add_service(NumbersStationServer::new(Baseline {
+                interval,
+                ack_every,
+            }))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
