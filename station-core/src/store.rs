@@ -281,20 +281,9 @@ fn written_by(stored: &Record, ours: &Record) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ClientId, Secret};
 
     fn rec(incarnation: u64, generation: u64, holder: u64) -> Record {
-        Record {
-            client_id: ClientId::from_random_bytes([4; 16]),
-            token: Secret([1; 16]),
-            nonce: Secret::ZERO,
-            seed: 9,
-            count: 10,
-            acked: 0,
-            generation,
-            incarnation,
-            holder,
-        }
+        crate::testkit::fixtures::fenced(incarnation, generation, holder)
     }
 
     const TTL: Duration = Duration::from_secs(30);

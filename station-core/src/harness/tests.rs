@@ -25,18 +25,8 @@ fn run(count: u32, seed: u64, ops: &[Op]) -> Outcome {
 #[test]
 fn model_store_follows_the_documented_semantics() {
     let t0 = Instant::now();
-    let id = ClientId::from_random_bytes([1; 16]);
-    let rec = |generation| Record {
-        client_id: id,
-        token: Secret([1; 16]),
-        nonce: Secret::ZERO,
-        seed: 1,
-        count: 3,
-        acked: 0,
-        generation,
-        incarnation: 1,
-        holder: generation,
-    };
+    let rec = |generation| crate::testkit::fixtures::fenced(1, generation, generation);
+    let id = rec(1).client_id;
     let mut s = ModelStore::default();
     assert_eq!(
         s.apply(t0, StoreOp::Load(id)),

@@ -51,6 +51,17 @@ pub fn record(count: u32, generation: u64) -> Record {
     }
 }
 
+/// The fixture session's record of 10 numbers, written by stream `holder`
+/// of `incarnation` at `generation`: for the store and fencing tests, where
+/// only those three fields matter.
+pub fn fenced(incarnation: u64, generation: u64, holder: u64) -> Record {
+    Record {
+        incarnation,
+        holder,
+        ..record(10, generation)
+    }
+}
+
 /// `n` milliseconds.
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

@@ -290,7 +290,7 @@ mod tests {
     use super::*;
     use crate::client::Verdict;
     use crate::store::Record;
-    use crate::{ClientId, Secret};
+    use crate::ClientId;
 
     const SEC: Duration = Duration::from_secs(1);
 
@@ -397,17 +397,7 @@ mod tests {
 
     #[test]
     fn writes_are_fenced_by_incarnation_and_generation() {
-        let rec = |incarnation, generation, holder| Record {
-            client_id: ClientId::from_random_bytes([1; 16]),
-            token: Secret([1; 16]),
-            nonce: Secret::ZERO,
-            seed: 1,
-            count: 3,
-            acked: 0,
-            generation,
-            incarnation,
-            holder,
-        };
+        let rec = crate::testkit::fixtures::fenced;
         let live = |r| Lookup::Live(r);
         let update = |record: Record| StoreOp::Update {
             record,
