@@ -113,15 +113,21 @@ pub struct ServerArgs {
     /// Prefix of every Redis key, to share one Redis between deployments.
     #[arg(long, env = "STATION_REDIS_PREFIX", default_value = "station:")]
     pub redis_prefix: String,
-    /// Redis: how long a batch of session refreshes waits for more before it
-    /// is sent, trading up to this much lateness for fewer script calls
-    /// (0s: send each batch at once).
+    /// Redis: how long a batch of lease writes waits for more before it is
+    /// sent, trading up to this much store latency for fewer script calls
+    /// (0s: send each batch at once). Numbers do not wait for lease writes.
     #[arg(long, env = "STATION_REDIS_BATCH_LINGER", default_value = "2ms", value_parser = parse_duration)]
     pub redis_batch_linger: Duration,
     /// End a stream whose client sends nothing the server waits for for this
     /// long [default: 3 intervals + 2s, at most half the TTL].
     #[arg(long, env = "STATION_SILENCE_TIMEOUT", value_parser = parse_duration)]
     pub silence_timeout: Option<Duration>,
+    /// How often a stream renews its hold on its session in the store: one
+    /// store write per lease per session. A taken-over stream sends nothing
+    /// later than two leases after the takeover [default: 5s, at most a
+    /// sixth of the TTL].
+    #[arg(long, env = "STATION_LEASE", value_parser = parse_duration)]
+    pub lease: Option<Duration>,
     /// Most numbers sent ahead of the client's acknowledgements (at most
     /// 2048, so that a window always fits HTTP/2's default stream window).
     #[arg(long, env = "STATION_WINDOW", default_value_t = 64)]

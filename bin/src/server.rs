@@ -87,6 +87,9 @@ pub(crate) fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
     if let Some(silence) = args.silence_timeout {
         session.silence_timeout = silence;
     }
+    if let Some(lease) = args.lease {
+        session.lease = lease;
+    }
     session.window = args.window;
     if args.max_sessions == 0 {
         return Err("--max-sessions must be at least 1".into());

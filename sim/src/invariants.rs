@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use station_core::client::{Code, Verdict};
 use station_core::server::Lookup;
-use station_core::testkit::invariants::{self, Allowance, OneStream, SentValues};
+use station_core::testkit::invariants::{self, OneStream, SentValues};
 use station_core::{ClientId, Reason, Reject};
 use station_net::StreamEvent;
 
@@ -83,7 +83,7 @@ pub fn check(scenario: &Scenario, report: &Report) -> Vec<Violation> {
         one_stream(
             c,
             &client_server_events(scenario, report, c),
-            scenario.session.interval / 2,
+            scenario.session.lease * 2,
             &mut v,
         );
         finale(c, report, &events, &mut v);
@@ -391,23 +391,22 @@ fn expiry(scenario: &Scenario, c: usize, client: &ClientReport, v: &mut Vec<Viol
     }
 }
 
-/// Invariant 4 as the fenced refresh guarantees it. A stream sends a burst
-/// only after the store confirmed its refresh; a refresh the store applied
-/// just before a takeover may have its reply arrive after the new stream
-/// attached, so the old stream may still send that one burst (the same
-/// values: invariant 1 checks them). Every later burst needs another
-/// refresh, which the takeover makes conflict. So after generation `g + 1`
-/// attached, each older stream's sends must all fall within `burst` (half
-/// an interval) of its first such send.
-fn one_stream(c: usize, events: &[&ServerEvent], burst: Duration, v: &mut Vec<Violation>) {
-    // Streams are named by (server, boot); a stream keeps its generation.
-    let mut rule = OneStream::new(Allowance::OneBurst(burst));
+/// Invariant 4 as the lease bounds it. A stream sends only while its last
+/// confirmed lease write was asked for less than two leases ago; a takeover
+/// applied after that write makes the next renewal conflict, and the write
+/// before it was asked for before the takeover, so an older generation's
+/// stream sends nothing later than `bound` (two leases) after the newer one
+/// attached. What it sends before then are the same values (invariant 1
+/// checks them), and it never writes again (invariant 5).
+fn one_stream(c: usize, events: &[&ServerEvent], bound: Duration, v: &mut Vec<Violation>) {
+    let mut rule = OneStream::new(bound);
     for e in events {
         match &e.event {
-            StreamEvent::Attached { generation, .. } => rule.attached(*generation),
+            StreamEvent::Attached { generation, .. } => rule.attached(*generation, e.at),
             StreamEvent::Sent {
                 generation, index, ..
             } => {
+                // Streams are named by (server, boot).
                 if let Err(detail) = rule.sent((e.server, e.boot), *generation, *index, e.at) {
                     violation(v, Invariant::OneStream, Some(c), detail);
                 }

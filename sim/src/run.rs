@@ -527,7 +527,11 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
             .sum::<u64>();
         (live, attached)
     };
-    let drain_until = sim.elapsed() + scenario.session.ttl + scenario.session.interval * 2;
+    // A session whose stream could not release it (its server crashed, or
+    // the store failed it) lives out its last lease write: a lease past
+    // the TTL at most.
+    let session = &scenario.session;
+    let drain_until = sim.elapsed() + session.ttl + session.lease + session.interval * 2;
     let mut next_poll = sim.elapsed();
     while error.is_none() && sim.elapsed() < drain_until {
         if sim.elapsed() >= next_poll {

@@ -16,7 +16,7 @@
 //! | latency spikes | larger latency on every client-server link for a while |
 //! | server crash | a server crashes, and usually restarts |
 //! | server pause | a server's links are all held, often for longer than the TTL |
-//! | client id reuse | with a pause: a client on the paused server only, and a later client that opens its id after it expired, while the paused server still holds the old session |
+//! | client id reuse | with a pause: a client on the paused server only, and a later client that opens its id after it expired (a lease past its TTL), while the paused server still holds the old session |
 //! | store latency | slow links to the store host, with spikes |
 //! | store partition | one server cut off from the store, not from its clients |
 //! | store reply loss | the store applies a write and loses the reply |
@@ -179,9 +179,10 @@ pub fn swarm(seed: u64) -> Scenario {
         let victim = rng.below(servers);
         let t = rng.millis(secs(8)..secs(30));
         let len = if reuse {
-            // The reusing client opens 3-6 s after the old session expired,
+            // The reusing client opens 3-6 s after the old session expired
+            // (a lease past its TTL: the paused server released nothing),
             // and the paused server wakes while it streams.
-            let opens = ttl + rng.millis(secs(3)..secs(6));
+            let opens = ttl + s.session.lease + rng.millis(secs(3)..secs(6));
             let v = s.clients.len();
             let mut old = ClientPlan::new(
                 rng.range_u32(40..60),

@@ -41,14 +41,16 @@
 //!
 //! 1. **Open** creates the record (generation 1, a random incarnation) and
 //!    attaches the stream.
-//! 2. **Attached**: one number per interval, the first at once; before each
-//!    burst the stream refreshes the record's expiry to `ttl` after the
-//!    stream was last known to work (everything sent was acknowledged),
-//!    with a compare-and-set on the generation.
-//! 3. **Detached**: the stream broke. The record stays until its expiry.
+//! 2. **Attached**: one number per interval, the first at once; every
+//!    lease (5 s) the stream renews its hold on the record, with a
+//!    compare-and-set on the generation, without holding numbers up.
+//! 3. **Detached**: the stream broke; its last write (the release) set the
+//!    record to expire `ttl` after the stream was last known to work
+//!    (everything sent was acknowledged). The record stays until then.
 //! 4. **Resumed** by a `Resume` with the right token: the generation goes up
 //!    (a takeover), numbers continue from the client's `next_index`. A stream
-//!    still attached elsewhere fails its next refresh and ends (`ABORTED`).
+//!    still attached elsewhere fails its next renewal and ends (`ABORTED`),
+//!    silent within two leases of the takeover.
 //!    **Expired** if the resume comes after the expiry (`NOT_FOUND`).
 //! 5. **Deleted** when the final acknowledgement arrives.
 //!

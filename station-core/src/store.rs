@@ -24,7 +24,7 @@
 //! timeout, or by a Redis cluster client after a dropped connection). The
 //! stored record is then exactly the one the write carries, *holder*
 //! (random, drawn by the writing stream) included: it was applied, and the
-//! answer is `Done` without writing again (a refresh,
+//! answer is `Done` without writing again (a lease write,
 //! which keeps the generation, simply applies again: same record, expiry
 //! counted from now). Two rival
 //! takeovers to the same generation carry different holders, so the loser
@@ -173,7 +173,7 @@ pub fn decide(stored: &Lookup, op: &StoreOp) -> (StoreReply, Write) {
             Lookup::Live(live),
         ) if live.incarnation == record.incarnation => {
             if live.generation == *expect_generation {
-                // A refresh (sent again or not) or a takeover.
+                // A lease write (sent again or not) or a takeover.
                 done(Write::Put {
                     record: *record,
                     expires_in: *expires_in,

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use arbitrary::{Arbitrary, Unstructured};
 
 use crate::sequence;
-use crate::server::{Config, End, Fresh, Lookup, Open, Output, Record, Resume, StoreReply, Stream};
+use crate::server::{
+    Config, End, Fresh, Lookup, Open, Output, Record, Resume, StoreOp, StoreReply, Stream,
+};
 use crate::{ClientId, Secret};
 // The id every valid event uses.
 use fixtures::ID;
@@ -226,6 +228,7 @@ impl Answer {
 #[derive(Default)]
 struct Checker {
     ended: bool,
+    released: bool,
     attached: Option<(u32, u32)>,
     next: u32,
     seed: Option<u64>,
@@ -235,7 +238,22 @@ struct Checker {
 impl Checker {
     fn output(&mut self, out: &Output) -> Result<(), String> {
         if self.ended {
-            return Err(format!("output after End: {out:?}"));
+            // The one output allowed after the end: the release, a write
+            // (or the delete) of the stream's own generation.
+            let own = match out {
+                Output::Store(StoreOp::Update {
+                    record,
+                    expect_generation,
+                    ..
+                }) => record.generation == *expect_generation,
+                Output::Store(StoreOp::Delete { .. }) => true,
+                _ => false,
+            };
+            if !own || self.released {
+                return Err(format!("output after End: {out:?}"));
+            }
+            self.released = true;
+            return Ok(());
         }
         match out {
             Output::Store(_) => {}

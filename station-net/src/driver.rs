@@ -44,14 +44,15 @@ type StoreFuture = Pin<Box<dyn Future<Output = StoreReply> + Send>>;
 
 pin_project_lite::pin_project! {
     /// The response body of one `Stream` call, driving its session.
-    pub struct SessionStream<S> {
+    pub struct SessionStream<S: SessionStore> {
         shared: Arc<Shared<S>>,
         session: StreamMachine,
         inbound: Streaming<ClientMessage>,
         // The client half-closed or its side failed: nothing more to read.
         inbound_done: bool,
         // A store operation in flight (only for stores that cannot answer
-        // at once); the session waits for its answer before anything else.
+        // at once). Numbers keep flowing meanwhile: the session decides
+        // what waits for its answer (a lease renewal is not waited for).
         store: Option<StoreFuture>,
         #[pin]
         timer: Sleep,
@@ -69,11 +70,18 @@ pin_project_lite::pin_project! {
         _tracked: TaskTrackerToken,
     }
 
-    impl<S> PinnedDrop for SessionStream<S> {
+    impl<S: SessionStore> PinnedDrop for SessionStream<S> {
+        // hyper drops the body when the client resets the stream or the
+        // connection breaks: the session still gets to release its record
+        // (and a store write in flight, such as a delete, to land).
         fn drop(this: Pin<&mut Self>) {
-            if !this.ended {
-                tracing::debug!(client = ?this.session.client_id(), sent = this.session.sent(), "client went away");
+            let this = this.project();
+            let session = this.session;
+            if !*this.ended {
+                tracing::debug!(client = ?session.client_id(), sent = session.sent(), "client went away");
+                session.handle_closed(now());
             }
+            settle(this.shared, session, this.store.take());
         }
     }
 }
@@ -116,17 +124,21 @@ impl<S: SessionStore> Stream for SessionStream<S> {
                 return Poll::Ready(None);
             }
             if let Some(op) = this.store.as_mut() {
-                let reply = ready!(op.as_mut().poll(cx));
-                *this.store = None;
-                session.handle_store(now(), reply);
+                if let Poll::Ready(reply) = op.as_mut().poll(cx) {
+                    *this.store = None;
+                    session.handle_store(now(), reply);
+                }
             }
             while let Some(output) = session.poll_output() {
                 match output {
                     Output::Store(op) => match run_now(shared, op) {
                         Ok(reply) => session.handle_store(now(), reply),
                         Err(op) => {
-                            *this.store = Some(execute(this.shared.clone(), op));
-                            break;
+                            let mut op = execute(this.shared.clone(), op);
+                            match op.as_mut().poll(cx) {
+                                Poll::Ready(reply) => session.handle_store(now(), reply),
+                                Poll::Pending => *this.store = Some(op),
+                            }
                         }
                     },
                     Output::Attached(a) => {
@@ -156,7 +168,7 @@ impl<S: SessionStore> Stream for SessionStream<S> {
                     }
                     Output::Send(n) => {
                         if let Some(fault) = shared.inject_fault(now()) {
-                            session.abort(fault);
+                            session.abort(now(), fault);
                             continue;
                         }
                         shared.counters.number_sent();
@@ -177,13 +189,11 @@ impl<S: SessionStore> Stream for SessionStream<S> {
                         })))));
                     }
                     Output::End(end) => {
+                        // What follows (the release) is settled on drop.
                         *this.ended = true;
                         return Poll::Ready(finish(shared, session, end).map(Err));
                     }
                 }
-            }
-            if this.store.is_some() {
-                continue; // Poll the new store operation.
             }
 
             // Nothing to send: wait for shutdown, the client or the timer.
@@ -201,14 +211,18 @@ impl<S: SessionStore> Stream for SessionStream<S> {
                         }
                         None => {
                             *this.inbound_done = true;
-                            session.abort(Reject::Unexpected(
-                                "client closed its side of the stream before the session completed",
-                            ));
+                            session.abort(
+                                now(),
+                                Reject::Unexpected(
+                                    "client closed its side of the stream before the session completed",
+                                ),
+                            );
                         }
                         // tonic reports its own decode limit as OUT_OF_RANGE.
                         Some(Err(status)) if status.code() == tonic::Code::OutOfRange => {
                             *this.inbound_done = true;
-                            session.abort(Reject::MessageTooLarge(status.message().to_owned()));
+                            let reject = Reject::MessageTooLarge(status.message().to_owned());
+                            session.abort(now(), reject);
                         }
                         // A message that is not a valid `ClientMessage`:
                         // tonic reports bytes it cannot decode as INTERNAL
@@ -219,9 +233,12 @@ impl<S: SessionStore> Stream for SessionStream<S> {
                                 && std::error::Error::source(&status).is_none() =>
                         {
                             *this.inbound_done = true;
-                            session.abort(Reject::Unexpected(
-                                "the client's message is not a valid ClientMessage",
-                            ));
+                            session.abort(
+                                now(),
+                                Reject::Unexpected(
+                                    "the client's message is not a valid ClientMessage",
+                                ),
+                            );
                         }
                         // Every other error here means the client or the
                         // connection went away.
@@ -284,7 +301,7 @@ fn handle<S: SessionStore>(shared: &Shared<S>, session: &mut StreamMachine, msg:
                 .shedding()
                 .filter(|_| session.client_id().is_none())
             {
-                return session.abort(Reject::Overloaded(late));
+                return session.abort(now, Reject::Overloaded(late));
             }
             let open = Open {
                 client_id: &open.client_id,
@@ -302,8 +319,45 @@ fn handle<S: SessionStore>(shared: &Shared<S>, session: &mut StreamMachine, msg:
             session.handle_resume(now, resume, shared.fresh());
         }
         Some(ClientKind::Ack(ack)) => session.handle_ack(now, ack.next_index),
-        None => session.abort(Reject::Unexpected("empty ClientMessage")),
+        None => session.abort(now, Reject::Unexpected("empty ClientMessage")),
     }
+}
+
+/// Runs what the session still asks of the store after its stream ended
+/// (its release), and the operation in flight, if any: at once if the
+/// store can, else on a task of its own that shutdown waits for.
+fn settle<S: SessionStore>(
+    shared: &Arc<Shared<S>>,
+    session: &mut StreamMachine,
+    mut pending: Option<StoreFuture>,
+) {
+    while pending.is_none() {
+        match session.poll_output() {
+            Some(Output::Store(op)) => match run_now(shared, op) {
+                Ok(reply) => session.handle_store(now(), reply),
+                Err(op) => pending = Some(execute(shared.clone(), op)),
+            },
+            Some(_) => {} // Nothing more reaches the client.
+            None => return,
+        }
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return; // The runtime is gone: so is the process.
+    };
+    let cfg = shared.cfg.session.clone();
+    let mut session = std::mem::replace(session, StreamMachine::new(cfg, now()));
+    let task_shared = shared.clone();
+    let task = async move {
+        while let Some(op) = pending.take() {
+            session.handle_store(now(), op.await);
+            while let Some(output) = session.poll_output() {
+                if let Output::Store(op) = output {
+                    pending = Some(execute(task_shared.clone(), op));
+                }
+            }
+        }
+    };
+    shared.tasks.spawn_on(task, &runtime);
 }
 
 /// Runs one store operation at once if the store can.

@@ -1187,6 +1187,7 @@ async fn a_client_that_never_reads_is_bounded_by_the_window_and_dropped() {
         ttl: TTL,
         silence_timeout: Duration::from_secs(1),
         window: 64,
+        ..SessionConfig::new(Duration::ZERO, TTL)
     };
     session.validate().unwrap();
     let (observer, sent) = sent_counter();
@@ -1240,6 +1241,7 @@ async fn widest_window_server(interval: Duration) -> (Server, Arc<Mutex<HashMap<
         // Longer than the good session's 1 s between acknowledgements.
         silence_timeout: Duration::from_secs(2),
         window: MAX_WINDOW,
+        ..SessionConfig::new(interval, TTL)
     };
     let (observer, sent) = sent_counter();
     let cfg = ServerConfig {

@@ -25,8 +25,13 @@ impl Server {
     }
 
     /// `station server` (logging at `info`) on the store at `store_url`,
-    /// keys under `prefix`, a number every `interval`, a 30 s TTL.
+    /// keys under `prefix`, a number every `interval`, a 30 s TTL, and a
+    /// lease of five intervals, as the default 5 s is at 1 s: streams of a
+    /// few seconds then write the store mid-stream, and meet its outages,
+    /// restarts and failovers as production streams do.
     pub fn on_store(name: &str, store_url: &str, prefix: &str, interval: &str) -> Server {
+        let lease = humantime::parse_duration(interval).expect("an interval") * 5;
+        let lease = humantime::format_duration(lease).to_string();
         let mut cmd = station([
             "server",
             "--host",
@@ -41,6 +46,8 @@ impl Server {
             interval,
             "--session-ttl",
             "30s",
+            "--lease",
+            lease.as_str(),
         ]);
         cmd.env("RUST_LOG", "info");
         Server::spawn(name, cmd)

@@ -19,12 +19,18 @@ fn default_ttl() -> Duration {
     Scenario::new("", vec![]).session.ttl
 }
 
+/// How long a session of a server that stopped without releasing it may
+/// outlive its TTL: its last lease write keeps it a lease longer.
+fn default_lease() -> Duration {
+    Scenario::new("", vec![]).session.lease
+}
+
 /// Client 0 streams from server 0 only. Server 0 pauses (every link held)
-/// for longer than the TTL: client 0 expires, and the refresh server 0 sent
-/// is held on its way to the store. Client 1 opens client 0's id on server
+/// for longer than the TTL and a lease: client 0 expires, and the renewal
+/// server 0 sent is held on its way to the store. Client 1 opens client 0's id on server
 /// 1 after the old session expired. Server 0 wakes while client 1 streams,
 /// and at that moment server 1 crashes, so client 1 resumes on server 0:
-/// the refresh held since the pause reaches the store just before client
+/// the renewal held since the pause reaches the store just before client
 /// 1's resume does. It must not have been applied.
 pub fn paused_server_wakes_after_reuse(seed: u64) -> Scenario {
     let mut rng = SimRng::new(seed);
@@ -35,8 +41,9 @@ pub fn paused_server_wakes_after_reuse(seed: u64) -> Scenario {
     );
     old.endpoints = vec![0];
     let pause_at = old.start + rng.millis(secs(4)..secs(10));
-    let ttl = default_ttl();
-    let opens = ttl + rng.millis(secs(3)..secs(6));
+    // The paused server released nothing: its session lives out its last
+    // lease write.
+    let opens = default_ttl() + default_lease() + rng.millis(secs(3)..secs(6));
     let mut new = ClientPlan::new(rng.range_u32(20..40), pause_at + opens, Expect::Complete);
     new.endpoints = vec![1, 0];
     new.reuse_id_of = Some(0);

@@ -142,7 +142,7 @@ pub(crate) struct Harness {
     accepted_seed: Option<u64>,
     /// Per session (seed): invariant 4's tracker, fed the generations the
     /// store confirmed and every send.
-    senders: BTreeMap<u64, OneStream<StreamId, Instant>>,
+    senders: BTreeMap<u64, OneStream<Instant>>,
     outcome: Option<(Instant, Outcome)>,
     longest_delay: Duration,
     acks_lost: u32,
@@ -540,7 +540,9 @@ impl Harness {
                             let stream = self.streams.get_mut(&sid).expect("known stream");
                             stream.generation = Some(record.generation);
                             stream.seed = Some(record.seed);
-                            self.one_stream(record.seed).attached(record.generation);
+                            let now = self.now;
+                            self.one_stream(record.seed)
+                                .attached(record.generation, now);
                         }
                     }
                     let now = self.now;

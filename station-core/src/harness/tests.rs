@@ -163,7 +163,9 @@ fn a_repeated_open_recovers_a_lost_attached() {
     let outcome = outcome.unwrap();
     assert_eq!(outcome.verdict, Verdict::Verified, "{trace}");
     assert!(trace.contains("store: Exists"), "{trace}");
-    assert!(trace.contains("End(Rejected(TakenOver"), "{trace}");
+    // The first stream, partitioned but within its lease, learns of the
+    // takeover when it writes again: its release conflicts.
+    assert!(trace.contains("store: Conflict"), "{trace}");
 }
 
 #[test]

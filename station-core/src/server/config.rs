@@ -13,6 +13,11 @@ pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// (network and scheduling) beyond the time its numbers take to be sent.
 pub const ACK_ROUND_TRIP: Duration = Duration::from_millis(250);
 
+/// [`Config::lease`] unless the TTL is short: a store write every five
+/// seconds instead of every second at the default interval, and a taken-over
+/// stream silent within ten.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+
 /// Server settings that shape every session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -28,6 +33,13 @@ pub struct Config {
     /// Most numbers sent beyond the client's last acknowledgement. Bounds
     /// what a client that stops reading can make the server buffer.
     pub window: u32,
+    /// How often a stream renews its hold on the session in the store
+    /// (the module docs of [`crate::server`]): one write per lease instead
+    /// of one per number. A stream that was taken over sends nothing later
+    /// than twice this after the takeover; a server that dies without
+    /// releasing its sessions leaves them up to this (plus the silence
+    /// timeout) past their TTL.
+    pub lease: Duration,
 }
 
 impl Config {
@@ -42,6 +54,7 @@ impl Config {
             ttl,
             silence_timeout: silence,
             window: 64,
+            lease: DEFAULT_LEASE.min(ttl / 6),
         }
     }
 
@@ -64,12 +77,15 @@ impl Config {
     /// 2. the TTL, interval and silence timeout are at most [`MAX_DURATION`]
     ///    (clients refuse larger ones as absurd);
     /// 3. the silence timeout is positive and shorter than the TTL;
-    /// 4. `interval + silence_timeout <= ttl`: a stream refreshes its session
-    ///    once per interval, setting it to expire `ttl` after the client was
-    ///    last heard, which may be up to a silence timeout earlier; if the
-    ///    next refresh can come after that, sessions expire under a stream
-    ///    that works (e.g. an interval longer than the TTL);
-    /// 5. `(ack_every - 1) * interval + ACK_ROUND_TRIP < silence_timeout`:
+    /// 4. `interval + silence_timeout <= ttl`: the TTL is how long a
+    ///    session outlives its client; one shorter than the pauses of a
+    ///    working stream (an interval, and a silence timeout waiting for an
+    ///    acknowledgement) would mean sessions outlive a lost client for
+    ///    less time than a working one can be quiet;
+    /// 5. the lease is positive and at most half the TTL: a dead server's
+    ///    sessions may outlive their TTL by a lease, and a TTL that is mostly
+    ///    lease means little;
+    /// 6. `(ack_every - 1) * interval + ACK_ROUND_TRIP < silence_timeout`:
     ///    a client acknowledges every `ack_every` numbers, one interval
     ///    apart, the acknowledgement takes a round trip, and the server ends
     ///    a stream whose acknowledgement it waited for longer than the
@@ -108,11 +124,18 @@ impl Config {
         if self.interval + self.silence_timeout > self.ttl {
             return Err(format!(
                 "interval ({:?}) plus silence timeout ({:?}) must not exceed the session \
-                 TTL ({:?}): each refresh keeps a session for the TTL after the client was last \
-                 heard, up to a silence timeout earlier, and the next refresh comes an interval \
-                 later, so sessions would expire under working streams (raise --session-ttl or \
-                 lower --interval)",
+                 TTL ({:?}): the TTL is how long a session outlives its client, and a working \
+                 stream can be quiet for an interval and then a silence timeout waiting for an \
+                 acknowledgement (raise --session-ttl or lower --interval)",
                 self.interval, self.silence_timeout, self.ttl
+            ));
+        }
+        if self.lease.is_zero() || self.lease > self.ttl / 2 {
+            return Err(format!(
+                "lease ({:?}) must be positive and at most half the session TTL ({:?}): \
+                 a server that dies keeps its sessions up to a lease past the TTL \
+                 (lower --lease)",
+                self.lease, self.ttl
             ));
         }
         let ack_wait = self

@@ -8,21 +8,39 @@
 //! told the answers ([`Stream::handle_store`]). Only one operation is
 //! outstanding at a time.
 //!
-//! Every operation that writes is a compare-and-set on the record's
-//! `generation`: a `Resume` bumps it (taking the session over), and a stream
-//! refreshes the record, with its own generation, *before* each burst of
-//! numbers. A stream that was taken over therefore learns it at its next
-//! refresh and ends with [`Reject::TakenOver`]. The most it can still send
-//! is the one burst a refresh authorised that the store applied just
-//! before the takeover (its reply late), with the same values: the overlap
-//! is bounded to that burst (ARCHITECTURE.md §6, invariant 4).
+//! # The lease
 //!
-//! Each refresh sets the record to expire `ttl` after the stream last
-//! worked: now, if the client has acknowledged everything sent, else when
-//! the server began waiting for it (ARCHITECTURE.md §2). Acknowledgements
-//! that move that moment on by more than half an interval since the last
-//! write (after a stall) trigger a refresh of their own, so a drop just
-//! before the next tick does not leave the session expiring early.
+//! Every operation that writes is a compare-and-set on the record's
+//! `generation`: a `Resume` bumps it, taking the session over. A stream
+//! holds its generation on a *lease* ([`Config::lease`], `L`): each write
+//! the store confirms (the `Create` or takeover that attached it, then a
+//! renewal) lets it send numbers until `2L` after it *asked* for that
+//! write. It renews, with its own generation, `L` after its last confirmed
+//! request (whether a number is due or not), and keeps sending while the
+//! renewal is in flight. So a session costs one store write per `L`, not
+//! one per number.
+//!
+//! A stream that was taken over learns it at its next renewal (a conflict)
+//! and ends with [`Reject::TakenOver`]. Until then it may still send, but
+//! only its own incarnation's values (the same ones the new stream sends),
+//! never after `2L` from the takeover (the last renewal it won was asked
+//! for before the takeover was applied), and it never writes the record
+//! again: the bounded overlap of ARCHITECTURE.md §6, invariant 4.
+//!
+//! # Expiry
+//!
+//! The session expires `ttl` after the stream last worked: when it ends,
+//! now if the client had acknowledged everything sent, else when the
+//! server began waiting for it (ARCHITECTURE.md §2). Because a stream
+//! writes only every `L`, each lease write sets the record to live
+//! `ttl + L` from then, which covers every moment the stream can work
+//! before its next write; and when the stream ends for any reason but the
+//! store's (the client went away, fell silent, broke the protocol, or the
+//! server shuts down), it *releases* the session: one last write, after
+//! [`Output::End`], that sets the exact expiry. A server that dies without
+//! releasing leaves sessions that outlive their TTL by at most `L` plus
+//! the silence timeout; one expires early only if the store failed the
+//! stream (a renewal lost or timed out), and its client is told at once.
 //!
 //! The machine is [`Stream`] (this file); the record it keeps in the store
 //! is in `record.rs`, its settings in `config.rs`, what it receives and
@@ -42,7 +60,7 @@ mod record;
 #[cfg(test)]
 mod tests;
 
-pub use self::config::{Config, ACK_ROUND_TRIP, MAX_DURATION};
+pub use self::config::{Config, ACK_ROUND_TRIP, DEFAULT_LEASE, MAX_DURATION};
 pub use self::messages::{Attached, End, Number, Open, Output, Resume};
 pub use self::record::{Fresh, Record};
 pub use crate::store::{Lookup, StoreOp, StoreReply};
@@ -55,6 +73,8 @@ enum Phase {
     Attaching,
     /// Streaming numbers.
     Attached,
+    /// Ended for the client; the release write is due or in flight.
+    Releasing,
     /// Done; no more outputs.
     Ended,
 }
@@ -63,13 +83,16 @@ enum Phase {
 enum Pending {
     /// `Load` for a resume at `next_index` with this token.
     Load { next_index: u32, token: Secret },
-    /// `Create` for an open; the record would live `until`.
-    Create { until: Instant },
+    /// `Create` for an open, asked for at `asked` (the lease counts from
+    /// then).
+    Create { asked: Instant },
     /// `Update` taking the session over, attaching at `next_index`.
-    TakeOver { next_index: u32, until: Instant },
-    /// `Update` refreshing the expiry (to `until`) before a burst, or after
-    /// acknowledgements that the last refresh did not account for.
-    Refresh { until: Instant },
+    TakeOver { next_index: u32, asked: Instant },
+    /// `Update` renewing the lease, asked for at `asked`.
+    Renew { asked: Instant },
+    /// After the stream ended: `Update` setting the exact expiry, or the
+    /// `Delete` of a completed session.
+    Release,
     /// `Delete` after the final acknowledgement.
     Delete,
 }
@@ -106,11 +129,10 @@ pub struct Stream {
     waiting_since: Option<Instant>,
     /// The final acknowledgement arrived; delete once the store is free.
     complete: bool,
-    /// The expiry the store last confirmed for this stream's record.
-    persisted_until: Instant,
-    /// Acknowledgements moved the expiry on by more than the refresh
-    /// tolerance since the last write: refresh even without a number due.
-    refresh_due: bool,
+    /// Numbers due from this moment on wait for a renewal of the lease.
+    renew_at: Instant,
+    /// No number is sent from this moment on until a renewal is confirmed.
+    lease_until: Instant,
     out: VecDeque<Output>,
 }
 
@@ -131,8 +153,8 @@ impl Stream {
             last_heard: now,
             waiting_since: Some(now),
             complete: false,
-            persisted_until: now,
-            refresh_due: false,
+            renew_at: now,
+            lease_until: now,
             // At 1 s the deepest the queue gets is `Attached` and the first
             // number; a third output would grow it. Two, not four, because
             // with one connection per client this buffer is a visible part
@@ -150,7 +172,7 @@ impl Stream {
     /// confirmed it (after `Attached`); it goes up with every takeover.
     pub fn generation(&self) -> Option<u64> {
         match self.phase {
-            Phase::Attached | Phase::Ended => self.record.map(|r| r.generation),
+            Phase::Attached | Phase::Releasing | Phase::Ended => self.record.map(|r| r.generation),
             Phase::Idle | Phase::Attaching => None,
         }
     }
@@ -162,7 +184,9 @@ impl Stream {
         self.generation().and(self.record.map(|r| r.incarnation))
     }
 
-    /// Whether the stream has ended (the last output was [`Output::End`]).
+    /// Whether the stream is over: ended, and its release (if any) answered.
+    /// After [`Output::End`] a stream may still ask for one store
+    /// operation, the release; run it even though the client is gone.
     pub fn is_ended(&self) -> bool {
         self.phase == Phase::Ended
     }
@@ -176,7 +200,7 @@ impl Stream {
     /// new. Outputs a `Create`, or ends the stream if the request is invalid.
     pub fn handle_open(&mut self, now: Instant, open: Open<'_>, fresh: Fresh) {
         if self.phase != Phase::Idle {
-            return self.unexpected("Open after the stream's first message");
+            return self.unexpected(now, "Open after the stream's first message");
         }
         let checked = (|| {
             let client_id = ClientId::parse(open.client_id)?;
@@ -206,15 +230,13 @@ impl Stream {
                 self.phase = Phase::Attaching;
                 self.client_id = Some(record.client_id);
                 self.record = Some(record);
-                self.pending = Some(Pending::Create {
-                    until: now + self.cfg.ttl,
-                });
+                self.pending = Some(Pending::Create { asked: now });
                 self.out.push_back(Output::Store(StoreOp::Create {
                     record,
-                    expires_in: self.cfg.ttl,
+                    expires_in: self.leased_expiry(),
                 }));
             }
-            Err(reject) => self.fail(reject),
+            Err(reject) => self.fail(now, reject),
         }
     }
 
@@ -222,7 +244,7 @@ impl Stream {
     /// if the request is malformed. Of `fresh`, only the holder is used.
     pub fn handle_resume(&mut self, now: Instant, resume: Resume<'_>, fresh: Fresh) {
         if self.phase != Phase::Idle {
-            return self.unexpected("Resume after the stream's first message");
+            return self.unexpected(now, "Resume after the stream's first message");
         }
         let checked = ClientId::parse(resume.client_id).and_then(|id| {
             let token = Secret::from_slice(resume.token)
@@ -241,29 +263,35 @@ impl Stream {
                 });
                 self.out.push_back(Output::Store(StoreOp::Load(client_id)));
             }
-            Err(reject) => self.fail(reject),
+            Err(reject) => self.fail(now, reject),
         }
     }
 
     /// Handles the client's cumulative `Ack`.
     pub fn handle_ack(&mut self, now: Instant, next_index: u32) {
         match self.phase {
-            Phase::Idle => return self.unexpected("Ack before Open or Resume"),
-            Phase::Attaching => return self.unexpected("Ack before Attached"),
-            Phase::Ended => return,
+            Phase::Idle => return self.unexpected(now, "Ack before Open or Resume"),
+            Phase::Attaching => return self.unexpected(now, "Ack before Attached"),
+            Phase::Releasing | Phase::Ended => return,
             Phase::Attached => {}
         }
         if next_index < self.acked {
-            return self.fail(Reject::AckBackwards {
-                ack: next_index,
-                acked: self.acked,
-            });
+            return self.fail(
+                now,
+                Reject::AckBackwards {
+                    ack: next_index,
+                    acked: self.acked,
+                },
+            );
         }
         if next_index > self.sent {
-            return self.fail(Reject::AckBeyondSent {
-                ack: next_index,
-                sent: self.sent,
-            });
+            return self.fail(
+                now,
+                Reject::AckBeyondSent {
+                    ack: next_index,
+                    sent: self.sent,
+                },
+            );
         }
         self.last_heard = now;
         let progress = next_index > self.acked;
@@ -274,26 +302,33 @@ impl Stream {
         if progress || self.complete {
             self.waiting_since = self.waiting_on_client().then_some(now);
         }
-        if progress && !self.complete && self.expiry_lags(now) {
-            self.refresh_due = true;
-        }
         self.advance(now);
     }
 
     /// Handles the store's answer to the last [`Output::Store`].
     pub fn handle_store(&mut self, now: Instant, reply: StoreReply) {
-        if self.phase == Phase::Ended {
-            return;
+        match self.phase {
+            Phase::Ended => return,
+            Phase::Releasing => {
+                // A renewal in flight when the stream ended: release once
+                // it is known to hold; the release's own answer ends all.
+                match (self.pending.take(), reply) {
+                    (Some(Pending::Renew { .. }), StoreReply::Done) => self.release(now),
+                    _ => self.phase = Phase::Ended,
+                }
+                return;
+            }
+            Phase::Idle | Phase::Attaching | Phase::Attached => {}
         }
         let Some(pending) = self.pending.take() else {
             // An adapter bug, not client input: end the stream rather than
             // take the server down.
-            return self.fail(Reject::StoreUnavailable(
+            return self.fail_by_store(Reject::StoreUnavailable(
                 "store answered with no request outstanding".into(),
             ));
         };
         if let StoreReply::Unavailable(why) = reply {
-            return self.fail(Reject::StoreUnavailable(why));
+            return self.fail_by_store(Reject::StoreUnavailable(why));
         }
         if let StoreReply::Exists(live) | StoreReply::Loaded(Lookup::Live(live)) = &reply {
             // The store is shared and outlives this code: never trust a
@@ -302,17 +337,14 @@ impl Stream {
                 && live.acked <= live.count
                 && Some(live.client_id) == self.client_id;
             if !plausible {
-                return self.fail(Reject::StoreUnavailable(format!(
+                return self.fail_by_store(Reject::StoreUnavailable(format!(
                     "store returned an implausible record for {:?}",
                     self.client_id
                 )));
             }
         }
         match (pending, reply) {
-            (Pending::Create { until }, StoreReply::Done) => {
-                self.persisted_until = until;
-                self.attach(now, 0)
-            }
+            (Pending::Create { asked }, StoreReply::Done) => self.attach(now, asked, 0),
             (Pending::Create { .. }, StoreReply::Exists(live)) => {
                 let ours = self.record.expect("Create is sent with a record");
                 let same_open =
@@ -322,28 +354,29 @@ impl Stream {
                     // received: attach it to the session it created.
                     self.take_over(now, live, 0);
                 } else {
-                    self.fail(Reject::AlreadyExists(ours.client_id));
+                    self.fail(now, Reject::AlreadyExists(ours.client_id));
                 }
             }
             (Pending::Load { next_index, token }, StoreReply::Loaded(lookup)) => match lookup {
                 Lookup::Live(live) if live.token != token => {
-                    self.fail(Reject::BadToken(live.client_id))
+                    self.fail(now, Reject::BadToken(live.client_id))
                 }
-                Lookup::Live(live) if next_index > live.count => self.fail(Reject::BadNextIndex {
-                    next_index,
-                    count: live.count,
-                }),
+                Lookup::Live(live) if next_index > live.count => self.fail(
+                    now,
+                    Reject::BadNextIndex {
+                        next_index,
+                        count: live.count,
+                    },
+                ),
                 Lookup::Live(live) => self.take_over(now, live, next_index),
-                Lookup::Expired => self.fail(Reject::Expired(self.load_id())),
-                Lookup::Missing => self.fail(Reject::Unknown(self.load_id())),
+                Lookup::Expired => self.fail(now, Reject::Expired(self.load_id())),
+                Lookup::Missing => self.fail(now, Reject::Unknown(self.load_id())),
             },
-            (Pending::TakeOver { next_index, until }, StoreReply::Done) => {
-                self.persisted_until = until;
-                self.attach(now, next_index)
+            (Pending::TakeOver { next_index, asked }, StoreReply::Done) => {
+                self.attach(now, asked, next_index)
             }
-            (Pending::Refresh { until }, StoreReply::Done) => {
-                self.persisted_until = until;
-                self.send_due(now);
+            (Pending::Renew { asked }, StoreReply::Done) => {
+                self.leased(asked);
                 self.advance(now);
             }
             (Pending::Delete, StoreReply::Done) => {
@@ -351,16 +384,16 @@ impl Stream {
                 self.out.push_back(Output::End(End::Completed));
             }
             (
-                Pending::TakeOver { .. } | Pending::Refresh { .. } | Pending::Delete,
+                Pending::TakeOver { .. } | Pending::Renew { .. } | Pending::Delete,
                 StoreReply::Conflict,
-            ) => self.fail(Reject::TakenOver(self.record_id())),
-            (Pending::TakeOver { .. } | Pending::Refresh { .. }, StoreReply::Expired) => {
-                self.fail(Reject::Expired(self.record_id()))
+            ) => self.fail_by_store(Reject::TakenOver(self.record_id())),
+            (Pending::TakeOver { .. } | Pending::Renew { .. }, StoreReply::Expired) => {
+                self.fail_by_store(Reject::Expired(self.record_id()))
             }
-            (Pending::TakeOver { .. } | Pending::Refresh { .. }, StoreReply::Missing) => {
-                self.fail(Reject::Lost(self.record_id()))
+            (Pending::TakeOver { .. } | Pending::Renew { .. }, StoreReply::Missing) => {
+                self.fail_by_store(Reject::Lost(self.record_id()))
             }
-            (pending, reply) => self.fail(Reject::StoreUnavailable(format!(
+            (pending, reply) => self.fail_by_store(Reject::StoreUnavailable(format!(
                 "store answered {reply:?} to {pending:?}"
             ))),
         }
@@ -368,40 +401,33 @@ impl Stream {
 
     /// Handles time passing. Calling it early is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.phase == Phase::Ended {
+        if self.is_over() {
             return;
         }
         if let Some(since) = self.waiting_since {
             if now >= since + self.cfg.silence_timeout {
-                return self.fail(Reject::Silent(self.cfg.silence_timeout));
+                return self.fail(now, Reject::Silent(self.cfg.silence_timeout));
             }
         }
         self.advance(now);
     }
 
     /// The client's side of the stream closed or broke. The record stays in
-    /// the store and expires `ttl` after the client was last heard.
-    pub fn handle_closed(&mut self, _now: Instant) {
-        if self.phase != Phase::Ended {
-            self.phase = Phase::Ended;
-            self.out.push_back(Output::End(End::ClientGone));
-        }
+    /// the store, released to expire `ttl` after the stream last worked.
+    pub fn handle_closed(&mut self, now: Instant) {
+        self.end(now, End::ClientGone);
     }
 
     /// Ends the stream with [`Reject::ShuttingDown`] so the client resumes
     /// elsewhere; the record stays for it.
-    pub fn begin_shutdown(&mut self, _now: Instant) {
-        if self.phase != Phase::Ended {
-            self.fail(Reject::ShuttingDown);
-        }
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        self.fail(now, Reject::ShuttingDown);
     }
 
     /// Ends the stream with `reject`, for reasons decided outside the
     /// session (fault injection, server limits).
-    pub fn abort(&mut self, reject: Reject) {
-        if self.phase != Phase::Ended {
-            self.fail(reject);
-        }
+    pub fn abort(&mut self, now: Instant, reject: Reject) {
+        self.fail(now, reject);
     }
 
     /// The next action for the adapter, if any. Drain after every input.
@@ -414,16 +440,19 @@ impl Stream {
     /// Changed by every `handle_*` call. `None` while ended or while only a
     /// store answer can move the session on.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.phase == Phase::Ended {
+        if self.is_over() {
             return None;
         }
         let silence = self.waiting_since.map(|s| s + self.cfg.silence_timeout);
-        let tick = (self.phase == Phase::Attached && self.pending.is_none() && self.can_send())
+        let attached = self.phase == Phase::Attached;
+        // A due number waits for nothing but the clock, unless it needs a
+        // renewal that is already in flight.
+        let tick = (attached
+            && self.can_send()
+            && (self.pending.is_none() || self.next_tick < self.lease_until))
             .then_some(self.next_tick);
-        match (silence, tick) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let renew = (attached && self.pending.is_none() && !self.complete).then_some(self.renew_at);
+        [silence, tick, renew].into_iter().flatten().min()
     }
 
     fn count(&self) -> u32 {
@@ -439,6 +468,11 @@ impl Stream {
     fn load_id(&self) -> ClientId {
         self.client_id
             .expect("handle_resume records the client id before loading")
+    }
+
+    /// Ended for the client (the release may still be under way).
+    fn is_over(&self) -> bool {
+        matches!(self.phase, Phase::Releasing | Phase::Ended)
     }
 
     fn heard(&mut self, now: Instant) {
@@ -458,36 +492,33 @@ impl Stream {
         !self.complete && (self.acked < self.sent || self.sent == self.count())
     }
 
-    /// How long from `now` the record should live: `ttl` after the stream
-    /// last worked (ARCHITECTURE.md §2). That is `now` if the client has acknowledged
-    /// everything sent, else the moment the server began waiting for it
-    /// (its first unacknowledged number or its last acknowledgement), or
-    /// the last message heard, whichever is later.
-    ///
-    /// Counting from the last message heard alone lags by up to one
-    /// interval: an acknowledgement that arrives after a refresh is only
-    /// persisted by the next one, so a stream reset just before it would
-    /// leave the session expiring ~`ttl - interval` after the drop, and a
-    /// client resuming inside the TTL (as it measures it, from the last
-    /// number it received) would be told "expired".
-    fn expires_in(&self, now: Instant) -> Duration {
+    /// How long from `now` the record should live once the stream ends:
+    /// `ttl` after the stream last worked (ARCHITECTURE.md §2). That is
+    /// `now` if the client has acknowledged everything sent, else the
+    /// moment the server began waiting for it (its first unacknowledged
+    /// number or its last acknowledgement), or the last message heard,
+    /// whichever is later.
+    fn exact_expiry(&self, now: Instant) -> Duration {
         let worked = self.waiting_since.unwrap_or(now).max(self.last_heard);
         (worked + self.cfg.ttl).saturating_duration_since(now)
     }
 
-    /// Whether acknowledgements moved the expiry the stream deserves more
-    /// than half an interval past what the store holds. Within that, the
-    /// refresh at the next tick catches up (an acknowledgement normally
-    /// arrives one round trip after the refresh before its number); beyond
-    /// it (numbers or acknowledgements were held up), a drop before the
-    /// next tick would leave the session expiring early.
-    fn expiry_lags(&self, now: Instant) -> bool {
-        now + self.expires_in(now) > self.persisted_until + self.cfg.interval / 2
+    /// What a lease write sets the record to live for: the TTL from the
+    /// last moment the stream can work before its next write, `L` away
+    /// (see the module docs).
+    fn leased_expiry(&self) -> Duration {
+        self.cfg.ttl.saturating_add(self.cfg.lease)
+    }
+
+    /// The store confirmed a lease write asked for at `asked`.
+    fn leased(&mut self, asked: Instant) {
+        self.renew_at = asked + self.cfg.lease;
+        self.lease_until = asked + self.cfg.lease.saturating_mul(2);
     }
 
     fn take_over(&mut self, now: Instant, live: Record, next_index: u32) {
         let Some(generation) = live.generation.checked_add(1) else {
-            return self.fail(Reject::StoreUnavailable(
+            return self.fail_by_store(Reject::StoreUnavailable(
                 "stored generation cannot go higher".into(),
             ));
         };
@@ -500,16 +531,16 @@ impl Stream {
         self.record = Some(record);
         self.pending = Some(Pending::TakeOver {
             next_index,
-            until: now + self.cfg.ttl,
+            asked: now,
         });
         self.out.push_back(Output::Store(StoreOp::Update {
             record,
             expect_generation: live.generation,
-            expires_in: self.cfg.ttl,
+            expires_in: self.leased_expiry(),
         }));
     }
 
-    fn attach(&mut self, now: Instant, next_index: u32) {
+    fn attach(&mut self, now: Instant, asked: Instant, next_index: u32) {
         let record = self
             .record
             .expect("attach follows a store answer with a record");
@@ -526,39 +557,41 @@ impl Stream {
             interval: self.cfg.interval,
             ack_every: self.cfg.ack_every(),
         }));
-        // The store just confirmed our generation: the first burst needs no
-        // refresh of its own.
+        // The store just confirmed our generation: that is the first lease.
+        self.leased(asked);
         self.send_due(now);
     }
 
-    /// Starts the next store operation or burst that is due.
+    /// Starts the store operation that is due, and sends what the lease
+    /// allows.
     fn advance(&mut self, now: Instant) {
-        if self.phase != Phase::Attached || self.pending.is_some() {
+        if self.phase != Phase::Attached {
             return;
         }
         let mut record = self.record.expect("attached streams have a record");
-        // A refresh that completed meanwhile may have caught up already.
-        self.refresh_due &= self.expiry_lags(now);
-        if self.complete {
-            self.pending = Some(Pending::Delete);
-            self.out.push_back(Output::Store(StoreOp::Delete {
-                client_id: record.client_id,
-                incarnation: record.incarnation,
-                generation: record.generation,
-            }));
-        } else if self.refresh_due || (self.can_send() && self.next_tick <= now) {
-            self.refresh_due = false;
-            record.acked = self.acked;
-            self.record = Some(record);
-            let expires_in = self.expires_in(now);
-            self.pending = Some(Pending::Refresh {
-                until: now + expires_in,
-            });
-            self.out.push_back(Output::Store(StoreOp::Update {
-                record,
-                expect_generation: record.generation,
-                expires_in,
-            }));
+        if self.pending.is_none() {
+            if self.complete {
+                self.pending = Some(Pending::Delete);
+                self.out.push_back(Output::Store(StoreOp::Delete {
+                    client_id: record.client_id,
+                    incarnation: record.incarnation,
+                    generation: record.generation,
+                }));
+                return;
+            }
+            if now >= self.renew_at {
+                record.acked = self.acked;
+                self.record = Some(record);
+                self.pending = Some(Pending::Renew { asked: now });
+                self.out.push_back(Output::Store(StoreOp::Update {
+                    record,
+                    expect_generation: record.generation,
+                    expires_in: self.leased_expiry(),
+                }));
+            }
+        }
+        if now < self.lease_until {
+            self.send_due(now);
         }
     }
 
@@ -581,19 +614,79 @@ impl Stream {
         }
     }
 
-    fn unexpected(&mut self, what: &'static str) {
-        self.fail(Reject::Unexpected(what));
+    fn unexpected(&mut self, now: Instant, what: &'static str) {
+        self.fail(now, Reject::Unexpected(what));
     }
 
-    fn fail(&mut self, reject: Reject) {
-        if self.phase == Phase::Ended {
-            return; // Ended streams say nothing more, not even a second End.
-        }
+    /// Ends the stream for a reason of the client's or the server's: the
+    /// session stays, released to expire on time.
+    fn fail(&mut self, now: Instant, reject: Reject) {
+        self.end(now, End::Rejected(reject));
+    }
+
+    /// Ends the stream because of what the store answered: the session is
+    /// not this stream's to release (taken over, expired, lost), or the
+    /// store failed.
+    fn fail_by_store(&mut self, reject: Reject) {
         self.phase = Phase::Ended;
         self.pending = None;
+        self.out.clear();
+        self.out.push_back(Output::End(End::Rejected(reject)));
+    }
+
+    fn end(&mut self, now: Instant, end: End) {
+        if self.is_over() {
+            return; // Ended streams say nothing more, not even a second End.
+        }
         // Nothing is sent after the end: drop numbers still queued from a
         // burst, so an abort takes effect at once.
         self.out.clear();
-        self.out.push_back(Output::End(End::Rejected(reject)));
+        self.out.push_back(Output::End(end));
+        // The stream works no more: freeze that moment, so that a release
+        // made later (after a renewal in flight) still counts from it.
+        let worked = self.waiting_since.unwrap_or(now).max(self.last_heard);
+        self.waiting_since = Some(worked);
+        match self.pending {
+            // Not attached: nothing to release (an attach write in flight
+            // leases the record, a lease past its TTL at most).
+            _ if self.phase != Phase::Attached => {
+                self.phase = Phase::Ended;
+                self.pending = None;
+            }
+            None => self.release(now),
+            // The delete is under way; its answer changes nothing now.
+            Some(Pending::Delete) => {
+                self.phase = Phase::Ended;
+                self.pending = None;
+            }
+            // Release once the renewal's answer shows the lease held.
+            Some(_) => self.phase = Phase::Releasing,
+        }
+    }
+
+    /// Leaves the session as the ended stream should: deleted if the final
+    /// acknowledgement arrived (the client may hang up before the delete
+    /// went out), else set to its exact expiry. The store's answer only
+    /// ends the machine.
+    fn release(&mut self, now: Instant) {
+        let mut record = self.record.expect("attached streams have a record");
+        record.acked = self.acked;
+        self.record = Some(record);
+        self.phase = Phase::Releasing;
+        self.pending = Some(Pending::Release);
+        let op = if self.complete {
+            StoreOp::Delete {
+                client_id: record.client_id,
+                incarnation: record.incarnation,
+                generation: record.generation,
+            }
+        } else {
+            StoreOp::Update {
+                record,
+                expect_generation: record.generation,
+                expires_in: self.exact_expiry(now),
+            }
+        };
+        self.out.push_back(Output::Store(op));
     }
 }

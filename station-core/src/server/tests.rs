@@ -9,6 +9,7 @@ mod open_resume;
 mod pacing;
 mod protocol;
 mod record;
+mod release;
 mod silence;
 mod takeover;
 
@@ -17,9 +18,17 @@ use crate::testkit::fixtures::{
 };
 
 const SEC: Duration = Duration::from_secs(1);
+const TTL: Duration = Duration::from_secs(30);
+/// `cfg()`'s lease: `DEFAULT_LEASE`, which is also `TTL / 6`.
+const LEASE: Duration = Duration::from_secs(5);
+/// What every lease write (create, takeover, renewal) sets the record to
+/// live for: `TTL + LEASE`.
+const LEASED: Duration = Duration::from_secs(35);
 
 fn cfg() -> Config {
-    Config::new(SEC, Duration::from_secs(30))
+    let cfg = Config::new(SEC, TTL);
+    assert_eq!(cfg.lease, LEASE);
+    cfg
 }
 
 fn open_msg(count: u32) -> Open<'static> {
@@ -43,38 +52,62 @@ fn attached(count: u32, next_index: u32) -> Output {
         count,
         next_index,
         token: TOKEN,
-        ttl: Duration::from_secs(30),
+        ttl: TTL,
         interval: SEC,
         ack_every: 1,
     })
 }
 
+/// A fenced write of the fixture session by the stream holding
+/// `generation`, with `acked` numbers acknowledged, to live `expires_in`.
+fn write(count: u32, generation: u64, acked: u32, expires_in: Duration) -> Output {
+    Output::Store(StoreOp::Update {
+        record: Record {
+            acked,
+            ..record(count, generation)
+        },
+        expect_generation: generation,
+        expires_in,
+    })
+}
+
+/// A renewal of the lease: always `LEASED`, whatever the acks.
+fn renewal(count: u32, generation: u64, acked: u32) -> Output {
+    write(count, generation, acked, LEASED)
+}
+
+/// The release after the stream ended: the exact expiry.
+fn release(count: u32, generation: u64, acked: u32, expires_in: Duration) -> Output {
+    write(count, generation, acked, expires_in)
+}
+
+/// The rejection a stream ended with. Its `End` comes first; a stream that
+/// ended attached follows it with its release (checked by the tests about
+/// releases, not here).
 fn rejected(out: &[Output]) -> Reject {
-    match out.last() {
-        Some(Output::End(End::Rejected(r))) => r.clone(),
-        other => panic!("expected a rejection, got {other:?} in {out:?}"),
+    match out {
+        [Output::End(End::Rejected(r))]
+        | [Output::End(End::Rejected(r)), Output::Store(StoreOp::Update { .. })] => r.clone(),
+        other => panic!("expected a rejection, got {other:?}"),
     }
 }
 
 /// A session opened at `t0` with `cfg`: `Attached` and the first number
 /// are already drained.
 fn opened_with(cfg: Config, t0: Instant, count: u32) -> Stream {
+    let leased = cfg.ttl + cfg.lease;
     let mut s = Stream::new(cfg, t0);
     s.handle_open(t0, open_msg(count), fresh());
     let out = drain(&mut s);
     assert!(
-        matches!(&out[..], [Output::Store(StoreOp::Create { record, expires_in })]
-            if *record == record_at(count, 1) && *expires_in == s.cfg.ttl),
+        matches!(&out[..], [Output::Store(StoreOp::Create { record: r, expires_in })]
+            if *r == record(count, 1) && *expires_in == leased),
         "{out:?}"
     );
     s.handle_store(t0, StoreReply::Done);
     let out = drain(&mut s);
     assert!(matches!(out[0], Output::Attached(_)), "{out:?}");
     s
-}
-
-fn record_at(count: u32, generation: u64) -> Record {
-    record(count, generation)
 }
 
 fn opened(t0: Instant, count: u32) -> Stream {
@@ -99,18 +132,16 @@ fn resumed(t0: Instant, count: u32, generation: u64, next_index: u32) -> (Stream
         t0,
         StoreReply::Loaded(Lookup::Live(record(count, generation))),
     );
-    let out = drain(&mut s);
-    let expected = Record {
-        acked: next_index,
-        generation: generation + 1,
-        ..record(count, generation)
-    };
+    // The takeover is a lease write like the create.
     assert_eq!(
-        out,
+        drain(&mut s),
         [Output::Store(StoreOp::Update {
-            record: expected,
+            record: Record {
+                acked: next_index,
+                ..record(count, generation + 1)
+            },
             expect_generation: generation,
-            expires_in: Duration::from_secs(30),
+            expires_in: LEASED,
         })]
     );
     s.handle_store(t0, StoreReply::Done);
@@ -139,15 +170,46 @@ fn resume_rejection(lookup: Lookup, token: &[u8], next_index: u32) -> Reject {
     rejected(&out)
 }
 
-/// Drives an attached session at `now`: fires the timer, confirms the
-/// refresh, and returns what it sent.
-fn tick(s: &mut Stream, now: Instant) -> (StoreOp, Vec<Output>) {
+/// Fires the timer at `now` within the lease: returns what the stream
+/// sent, which must involve no store operation.
+fn tick(s: &mut Stream, now: Instant) -> Vec<Output> {
     s.handle_timeout(now);
     let out = drain(s);
-    let [Output::Store(op)] = &out[..] else {
-        panic!("expected one store op at the tick, got {out:?}");
-    };
-    let op = op.clone();
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Store(_))),
+        "no store operation within the lease: {out:?}"
+    );
+    out
+}
+
+/// Fires the timer at `now` when the lease is due: the stream asks for
+/// `renewal` first, then sends without waiting for it. Confirms it at
+/// `now` and returns the numbers sent.
+fn renewing_tick(s: &mut Stream, now: Instant, renewal: Output) -> Vec<Output> {
+    s.handle_timeout(now);
+    let mut out = drain(s);
+    assert_eq!(out.first(), Some(&renewal), "{out:?}");
+    out.remove(0);
     s.handle_store(now, StoreReply::Done);
-    (op, drain(s))
+    out.extend(drain(s));
+    out
+}
+
+/// Drives a stream opened at `t0` (with `cfg()`) through the ticks at
+/// `t0 + i` seconds for `i` in `ticks`: each number acknowledged 50 ms
+/// after it went out, and the renewal due every fifth second (the lease
+/// counts from when the create or last renewal was asked for) confirmed
+/// at once.
+fn run_acked(s: &mut Stream, t0: Instant, count: u32, ticks: std::ops::Range<u32>) {
+    for i in ticks {
+        s.handle_ack(t0 + SEC * (i - 1) + ms(50), i);
+        assert_eq!(drain(s), []);
+        let now = t0 + SEC * i;
+        let out = if i % 5 == 0 {
+            renewing_tick(s, now, renewal(count, 1, i))
+        } else {
+            tick(s, now)
+        };
+        assert_eq!(out, [number(i, count)], "tick {i}");
+    }
 }

@@ -27,11 +27,11 @@ pub use self::redis::RedisStore;
 pub struct StoreConfig {
     /// How long an expired session is still reported as expired.
     pub remember_expired: Duration,
-    /// Redis: how long a batch of refreshes waits, after its first, for
-    /// more to join it before it is sent (0: send at once). Each script call
+    /// Redis: how long a batch of updates waits, after its first, for more
+    /// to join it before it is sent (0: send at once). Each script call
     /// costs Redis and the server a round of parsing and syscalls, so larger
-    /// batches cut the CPU per number; each number waits at most this much
-    /// longer for its refresh.
+    /// batches cut the CPU per write; a lease renewal is answered at most
+    /// this much later (numbers do not wait for it).
     pub batch_linger: Duration,
 }
 

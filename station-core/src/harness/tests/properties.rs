@@ -77,21 +77,20 @@ fn the_configurations_of_the_issue_are_refused() {
     let mut c = server::Config::new(Duration::from_millis(40), secs(30));
     c.window = 256;
     assert!(c.validate().is_err());
-    // Run anyway, they do fail: the rules are not mere caution. The
-    // first expires at its first refresh; the second has every stream
-    // ended for silence before its first acknowledgement (64 numbers).
-    for (server, count) in [(server::Config::new(secs(40), secs(30)), 5), (c, 200)] {
-        let setup = Setup {
-            server,
-            ..Setup::new(count)
-        };
-        let (_, outcome, _) = Harness::run(Instant::now(), setup, 1, &[], false);
-        let outcome = outcome.expect("finished");
-        assert!(
-            outcome.verdict != Verdict::Verified || outcome.reconnects > 0,
-            "{outcome:?}"
-        );
-    }
+    // Run anyway, the second fails: the rule is not mere caution; every
+    // stream is ended for silence before its first acknowledgement (64
+    // numbers). (The first, an interval longer than the TTL, is refused
+    // as meaningless; since leases renew on their own timer it would run.)
+    let setup = Setup {
+        server: c,
+        ..Setup::new(200)
+    };
+    let (_, outcome, _) = Harness::run(Instant::now(), setup, 1, &[], false);
+    let outcome = outcome.expect("finished");
+    assert!(
+        outcome.verdict != Verdict::Verified || outcome.reconnects > 0,
+        "{outcome:?}"
+    );
 }
 
 proptest! {

@@ -107,8 +107,8 @@ fn a_stale_resume_winning_the_store_race_does_not_end_the_client() {
             ..
         }))
     ));
-    // That resume takes the session back; the stale stream's next
-    // refresh fails and it ends without sending again.
+    // That resume takes the session back; the stale stream's renewal, due
+    // a lease after it attached, conflicts and ends it.
     let mut again = server::Stream::new(server::Config::default(), at);
     let r = server::Resume {
         client_id: &id_text,
@@ -124,11 +124,16 @@ fn a_stale_resume_winning_the_store_race_does_not_end_the_client() {
     }
     assert_eq!(store.live(at, id).map(|(r, _)| r.generation), Some(3));
     while stale.poll_output().is_some() {}
-    stale.handle_timeout(t0 + Duration::from_secs(1));
+    // Acknowledged (the client still read it then), so that the renewal
+    // comes before the silence timeout.
+    stale.handle_ack(t0 + Duration::from_secs(1), 5);
+    while stale.poll_output().is_some() {}
+    let renew_at = t0 + server::Config::default().lease;
+    stale.handle_timeout(renew_at);
     let Some(Output::Store(op)) = stale.poll_output() else {
         panic!()
     };
-    stale.handle_store(t0 + Duration::from_secs(1), store.apply(at, op));
+    stale.handle_store(renew_at, store.apply(at, op));
     assert_eq!(
         stale.poll_output(),
         Some(Output::End(End::Rejected(Reject::TakenOver(id))))

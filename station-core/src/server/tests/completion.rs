@@ -44,7 +44,8 @@ fn run_to_completion(count: u32) -> Vec<Number> {
 
 #[test]
 fn checksum_is_on_the_final_number_only() {
-    for count in [1, 2, 7] {
+    // 12 numbers cross two renewals.
+    for count in [1, 2, 7, 12] {
         let sent = run_to_completion(count);
         let expected: Vec<Number> = (0..count)
             .map(|i| Number {
@@ -62,8 +63,7 @@ fn final_ack_deletes_and_completes() {
     let t0 = Instant::now();
     let mut s = opened(t0, 2);
     s.handle_ack(t0, 1);
-    let (_, out) = tick(&mut s, t0 + SEC);
-    assert_eq!(out, [number(1, 2)]);
+    assert_eq!(tick(&mut s, t0 + SEC), [number(1, 2)]);
     s.handle_ack(t0 + SEC + ms(5), 2);
     assert_eq!(
         drain(&mut s),
@@ -80,21 +80,28 @@ fn final_ack_deletes_and_completes() {
 }
 
 #[test]
-fn final_ack_during_a_refresh_deletes_after_it() {
+fn final_ack_during_a_renewal_deletes_after_it() {
     let t0 = Instant::now();
-    let mut cfg = Config::new(Duration::ZERO, Duration::from_secs(30));
+    let mut cfg = Config::new(Duration::ZERO, TTL);
     cfg.window = 1;
     let mut s = opened_with(cfg, t0, 2);
-    s.handle_ack(t0, 1);
-    assert!(matches!(
-        &drain(&mut s)[..],
-        [Output::Store(StoreOp::Update { .. })]
-    ));
-    s.handle_store(t0, StoreReply::Done);
-    assert_eq!(drain(&mut s), [number(1, 2)]);
-    s.handle_ack(t0, 2);
-    assert!(matches!(
-        &drain(&mut s)[..],
-        [Output::Store(StoreOp::Delete { .. })]
-    ));
+    // The window opens after the lease's renewal point: the ack renews,
+    // and the final number goes out without waiting for it.
+    s.handle_ack(t0 + LEASE, 1);
+    assert_eq!(drain(&mut s), [renewal(2, 1, 1), number(1, 2)]);
+    // One store operation at a time: the delete waits for the renewal.
+    s.handle_ack(t0 + LEASE, 2);
+    assert_eq!(drain(&mut s), []);
+    s.handle_store(t0 + LEASE + ms(1), StoreReply::Done);
+    assert_eq!(
+        drain(&mut s),
+        [Output::Store(StoreOp::Delete {
+            client_id: id(),
+            incarnation: INCARNATION,
+            generation: 1
+        })]
+    );
+    s.handle_store(t0 + LEASE + ms(2), StoreReply::Done);
+    assert_eq!(drain(&mut s), [Output::End(End::Completed)]);
+    assert!(s.is_ended());
 }

@@ -1,167 +1,173 @@
-//! Pacing: one number per interval, a refresh before each burst, the expiry
-//! each refresh sets, and the window (ARCHITECTURE.md §2).
+//! Pacing: one number per interval, one lease renewal per lease that the
+//! numbers do not wait for, numbers held at the lease's end, and the
+//! window (ARCHITECTURE.md §2).
 
 use super::*;
 
 #[test]
-fn numbers_are_paced_one_per_interval_with_a_refresh_before_each() {
+fn numbers_are_paced_one_per_interval_with_one_renewal_per_lease() {
     let t0 = Instant::now();
-    let count = 5;
+    let count = 12;
     let mut s = Stream::new(cfg(), t0);
+    // The lease counts from when the create was asked for (t0 + 10 ms),
+    // not from its answer (t0 + 20 ms), which paces the numbers.
     s.handle_open(t0 + ms(10), open_msg(count), fresh());
     drain(&mut s);
     let attach_at = t0 + ms(20);
     s.handle_store(attach_at, StoreReply::Done);
-    // Attached and the first number at once.
     assert_eq!(drain(&mut s), [attached(count, 0), number(0, count)]);
     for i in 1..count {
         let due = attach_at + SEC * i;
+        // The previous number is acknowledged 50 ms after it was sent.
+        s.handle_ack(due - SEC + ms(50), i);
+        assert_eq!(drain(&mut s), []);
+        // The renewal has a timer of its own, a lease after the last was
+        // asked for (t0 + 5.01 s, t0 + 10.01 s), carrying the acks so far.
+        if i == 5 || i == 10 {
+            let renew_at = t0 + ms(10) + LEASE * (i / 5);
+            assert_eq!(s.poll_timeout(), Some(renew_at), "renewal {i}");
+            s.handle_timeout(renew_at);
+            assert_eq!(drain(&mut s), [renewal(count, 1, i)]);
+            s.handle_store(renew_at, StoreReply::Done);
+            assert_eq!(drain(&mut s), []);
+        }
         assert_eq!(s.poll_timeout(), Some(due), "number {i}");
         // Early timers do nothing.
         s.handle_timeout(due - ms(1));
         assert_eq!(drain(&mut s), []);
-        // The previous number is acknowledged 50 ms after it was sent.
-        let ack_at = due - SEC + ms(50);
-        s.handle_ack(ack_at, i);
-        assert_eq!(drain(&mut s), []);
-        let (op, out) = tick(&mut s, due);
-        let mut expected = record(count, 1);
-        expected.acked = i;
         assert_eq!(
-            op,
-            StoreOp::Update {
-                record: expected,
-                expect_generation: 1,
-                // The client has acknowledged everything sent: the
-                // stream works now, so the record lives a full TTL.
-                expires_in: Duration::from_secs(30),
-            }
+            tick(&mut s, due),
+            [number(i, count)],
+            "exactly one number per tick"
         );
-        assert_eq!(out, [number(i, count)], "exactly one number per tick");
     }
     assert_eq!(s.sent(), count);
-    // Everything sent: only the silence timer is left.
-    assert_eq!(
-        s.poll_timeout(),
-        Some(attach_at + SEC * (count - 1) + s.cfg.silence_timeout)
-    );
+    // Everything sent: the lease is still renewed while the stream waits
+    // for the final acknowledgement, up to the silence timeout.
+    let silence = attach_at + SEC * (count - 1) + s.cfg.silence_timeout;
+    let renew_at = t0 + ms(10) + LEASE * 3;
+    assert!(renew_at < silence);
+    assert_eq!(s.poll_timeout(), Some(renew_at));
 }
 
 #[test]
-fn pacing_after_a_resume_uses_the_new_generation() {
+fn numbers_do_not_wait_for_the_renewal() {
     let t0 = Instant::now();
-    let (mut s, out) = resumed(t0, 10, 3, 4);
-    assert_eq!(out, [attached(10, 4), number(4, 10)]);
-    s.handle_ack(t0 + ms(100), 5);
-    let (op, out) = tick(&mut s, t0 + SEC);
-    let expected = Record {
-        acked: 5,
-        generation: 4,
-        ..record(10, 3)
-    };
-    assert_eq!(
-        op,
-        StoreOp::Update {
-            record: expected,
-            expect_generation: 4,
-            expires_in: Duration::from_secs(30),
-        }
-    );
-    assert_eq!(out, [number(5, 10)]);
-    assert_eq!(s.poll_timeout(), Some(t0 + SEC * 2));
-}
-
-fn refresh_expiry(op: &StoreOp) -> Duration {
-    match op {
-        StoreOp::Update { expires_in, .. } => *expires_in,
-        other => panic!("expected a refresh, got {other:?}"),
+    let mut s = opened(t0, 20);
+    run_acked(&mut s, t0, 20, 1..5);
+    s.handle_ack(t0 + SEC * 4 + ms(50), 5);
+    // The renewal comes first, the number due with it right behind.
+    s.handle_timeout(t0 + SEC * 5);
+    assert_eq!(drain(&mut s), [renewal(20, 1, 5), number(5, 20)]);
+    // Unanswered, it holds up nothing until the lease's end.
+    for i in 6..10 {
+        s.handle_ack(t0 + SEC * (i - 1) + ms(50), i);
+        assert_eq!(s.poll_timeout(), Some(t0 + SEC * i));
+        assert_eq!(tick(&mut s, t0 + SEC * i), [number(i, 20)]);
     }
-}
-
-#[test]
-fn refresh_expiry_counts_from_when_the_stream_last_worked() {
-    let t0 = Instant::now();
-    let mut s = opened(t0, 10);
-    // No ack for a while (still under the silence timeout): the expiry
-    // is not pushed forward by the server's own sending; the stream last
-    // worked when number 0 went out at t0.
-    let (op, _) = tick(&mut s, t0 + SEC);
-    assert_eq!(refresh_expiry(&op), Duration::from_secs(29));
-    let (op, _) = tick(&mut s, t0 + SEC * 2);
-    assert_eq!(refresh_expiry(&op), Duration::from_secs(28));
-    // A repeated (not advancing) ack proves the client alive: counted
-    // from then at the next tick.
-    s.handle_ack(t0 + SEC * 2 + ms(500), 0);
+    // Its answer sends nothing (nothing is due) and asks for nothing: the
+    // next renewal counts from t0 + 5 s, when this one was asked for.
+    s.handle_store(t0 + SEC * 9 + ms(500), StoreReply::Done);
     assert_eq!(drain(&mut s), []);
-    let (op, _) = tick(&mut s, t0 + SEC * 3);
-    assert_eq!(refresh_expiry(&op), Duration::from_secs(30) - ms(500));
-    // Progress that moves the deserved expiry (t0 + 33.2 s) more than
-    // half an interval past the stored one (t0 + 32.5 s): refreshed at
-    // once, without sending.
-    s.handle_ack(t0 + SEC * 3 + ms(200), 2);
-    let out = drain(&mut s);
-    assert!(
-        matches!(&out[..], [Output::Store(StoreOp::Update { expires_in, .. })]
-        if *expires_in == Duration::from_secs(30)),
-        "{out:?}"
+    s.handle_ack(t0 + SEC * 9 + ms(50), 10);
+    assert_eq!(
+        renewing_tick(&mut s, t0 + SEC * 10, renewal(20, 1, 10)),
+        [number(10, 20)]
     );
-    s.handle_store(t0 + SEC * 3 + ms(200), StoreReply::Done);
-    assert_eq!(drain(&mut s), [], "no number is due");
-    // Catching up a round trip later stays within the tolerance.
-    s.handle_ack(t0 + SEC * 3 + ms(300), 4);
-    assert_eq!(drain(&mut s), []);
-    assert_eq!(s.poll_timeout(), Some(t0 + SEC * 4));
-    // Everything acknowledged: a full TTL from now.
-    let (op, out) = tick(&mut s, t0 + SEC * 4);
-    assert_eq!(refresh_expiry(&op), Duration::from_secs(30));
-    assert_eq!(out, [number(4, 10)]);
 }
 
-/// Numbers were held up for seconds, then everything is acknowledged
-/// between two ticks, then the stream breaks before the next tick. The
-/// store must already say "ttl after the catch-up", not "ttl after the
-/// stall began".
 #[test]
-fn acks_after_a_stall_refresh_the_expiry_at_once() {
+fn numbers_stop_at_the_lease_end_until_a_late_renewal_is_answered() {
     let t0 = Instant::now();
-    let mut s = opened(t0, 10);
-    for i in 1..4 {
-        let (op, _) = tick(&mut s, t0 + SEC * i);
-        assert_eq!(refresh_expiry(&op), Duration::from_secs(30 - u64::from(i)));
+    let mut s = opened(t0, 20);
+    run_acked(&mut s, t0, 20, 1..5);
+    s.handle_ack(t0 + SEC * 4 + ms(50), 5);
+    s.handle_timeout(t0 + SEC * 5);
+    assert_eq!(drain(&mut s), [renewal(20, 1, 5), number(5, 20)]);
+    for i in 6..10 {
+        s.handle_ack(t0 + SEC * (i - 1) + ms(50), i);
+        assert_eq!(tick(&mut s, t0 + SEC * i), [number(i, 20)]);
     }
-    s.handle_ack(t0 + SEC * 3 + ms(300), 4);
-    let out = drain(&mut s);
-    assert!(
-        matches!(&out[..], [Output::Store(StoreOp::Update { expires_in, record, .. })]
-        if *expires_in == Duration::from_secs(30) && record.acked == 4),
-        "{out:?}"
+    s.handle_ack(t0 + SEC * 9 + ms(50), 10);
+    // The create was asked for at t0: the lease ends at t0 + 10 s. With
+    // everything acknowledged there is no silence timer either: only the
+    // store's answer can move the stream on.
+    assert_eq!(s.poll_timeout(), None);
+    for late in [t0 + SEC * 10, t0 + SEC * 11] {
+        s.handle_timeout(late);
+        assert_eq!(drain(&mut s), [], "nothing sent past the lease");
+    }
+    assert_eq!(s.sent(), 10);
+    // The answer at 11.5 s extends the lease to t0 + 15 s (2L after 5 s,
+    // when the renewal was asked for), which is already due for renewal:
+    // the next renewal at once, then the numbers held up, in a burst.
+    let answer = t0 + SEC * 11 + ms(500);
+    s.handle_store(answer, StoreReply::Done);
+    assert_eq!(
+        drain(&mut s),
+        [renewal(20, 1, 10), number(10, 20), number(11, 20)]
     );
-    s.handle_store(t0 + SEC * 3 + ms(300), StoreReply::Done);
-    assert_eq!(drain(&mut s), []);
-    s.handle_closed(t0 + SEC * 3 + ms(900));
-    assert_eq!(drain(&mut s), [Output::End(End::ClientGone)]);
+    assert_eq!(s.poll_timeout(), Some(t0 + SEC * 12));
+    // That renewal is still unanswered: numbers go on until t0 + 15 s...
+    for i in 12..15 {
+        s.handle_ack(t0 + SEC * (i - 1) + ms(50), i);
+        assert_eq!(tick(&mut s, t0 + SEC * i), [number(i, 20)]);
+    }
+    s.handle_ack(t0 + SEC * 14 + ms(50), 15);
+    assert_eq!(s.poll_timeout(), None);
+    // ...and its answer leases until t0 + 21.5 s, renewing from 16.5 s.
+    s.handle_store(t0 + SEC * 15 + ms(100), StoreReply::Done);
+    assert_eq!(drain(&mut s), [number(15, 20)]);
+    s.handle_ack(t0 + SEC * 15 + ms(150), 16);
+    assert_eq!(tick(&mut s, t0 + SEC * 16), [number(16, 20)]);
+    s.handle_ack(t0 + SEC * 16 + ms(50), 17);
+    s.handle_timeout(t0 + SEC * 17);
+    assert_eq!(drain(&mut s), [renewal(20, 1, 17), number(17, 20)]);
 }
 
-/// ARCHITECTURE.md §2: a stream reset just after an ack arrived. The record must
-/// live `ttl` after the last moment the stream demonstrably worked, not
-/// `ttl` after the ack persisted by the previous refresh.
 #[test]
-fn expiry_after_a_drop_is_not_a_tick_early() {
+fn a_silent_stream_held_at_the_lease_end_still_times_out() {
     let t0 = Instant::now();
-    let mut s = opened(t0, 10);
-    s.handle_ack(t0 + ms(20), 1);
-    let (op, _) = tick(&mut s, t0 + SEC);
-    // Persisted at t0 + 1 s: lives until t0 + 31 s, not t0 + 30.02 s.
-    assert_eq!(refresh_expiry(&op), Duration::from_secs(30));
-    s.handle_ack(t0 + SEC + ms(20), 2);
-    s.handle_closed(t0 + SEC + ms(30));
-    assert_eq!(drain(&mut s), [Output::End(End::ClientGone)]);
+    let mut cfg = cfg();
+    cfg.silence_timeout = SEC * 15;
+    let mut s = opened_with(cfg, t0, 20);
+    for i in 1..5 {
+        assert_eq!(tick(&mut s, t0 + SEC * i), [number(i, 20)]);
+    }
+    s.handle_timeout(t0 + SEC * 5);
+    assert_eq!(drain(&mut s), [renewal(20, 1, 0), number(5, 20)]);
+    for i in 6..10 {
+        assert_eq!(tick(&mut s, t0 + SEC * i), [number(i, 20)]);
+    }
+    // Held for the store, but waiting for the client too.
+    assert_eq!(s.poll_timeout(), Some(t0 + SEC * 15));
+    s.handle_timeout(t0 + SEC * 15);
+    assert_eq!(rejected(&drain(&mut s)), Reject::Silent(SEC * 15));
+    // The release waits for the renewal, and still counts from number 0.
+    s.handle_store(t0 + SEC * 16, StoreReply::Done);
+    assert_eq!(drain(&mut s), [release(20, 1, 0, TTL - SEC * 16)]);
+}
+
+#[test]
+fn pacing_after_a_resume_renews_at_the_new_generation() {
+    let t0 = Instant::now();
+    let (mut s, out) = resumed(t0, 20, 3, 4);
+    assert_eq!(out, [attached(20, 4), number(4, 20)]);
+    for i in 5..9 {
+        s.handle_ack(t0 + SEC * (i - 5) + ms(100), i);
+        assert_eq!(tick(&mut s, t0 + SEC * (i - 4)), [number(i, 20)]);
+    }
+    s.handle_ack(t0 + SEC * 4 + ms(100), 9);
+    // The takeover, asked for at t0, was the first lease.
+    let out = renewing_tick(&mut s, t0 + SEC * 5, renewal(20, 4, 9));
+    assert_eq!(out, [number(9, 20)]);
+    assert_eq!(s.poll_timeout(), Some(t0 + SEC * 6));
 }
 
 #[test]
 fn window_limits_numbers_beyond_the_ack() {
     let t0 = Instant::now();
-    let mut cfg = Config::new(Duration::ZERO, Duration::from_secs(30));
+    let mut cfg = Config::new(Duration::ZERO, TTL);
     cfg.window = 8;
     assert_eq!(cfg.ack_every(), 2);
     let mut s = Stream::new(cfg.clone(), t0);
@@ -175,25 +181,29 @@ fn window_limits_numbers_beyond_the_ack() {
     assert_eq!(s.poll_timeout(), Some(t0 + cfg.silence_timeout));
     s.handle_timeout(t0 + ms(1));
     assert_eq!(drain(&mut s), []);
-    // An ack of 3 opens room for exactly 3 more (after a refresh).
+    // An ack of 3 opens room for exactly 3 more, at once (within the lease).
     s.handle_ack(t0 + ms(2), 3);
-    let out = drain(&mut s);
-    assert!(
-        matches!(&out[..], [Output::Store(StoreOp::Update { .. })]),
-        "{out:?}"
-    );
-    s.handle_store(t0 + ms(2), StoreReply::Done);
     let out = drain(&mut s);
     assert_eq!(out, (8..11).map(|i| number(i, 100)).collect::<Vec<_>>());
     assert_eq!(s.sent(), 11);
+    // Past the lease's renewal point, the ack that opens the window
+    // renews, and the numbers follow it without waiting.
+    s.handle_ack(t0 + LEASE, 5);
+    assert_eq!(
+        drain(&mut s),
+        [renewal(100, 1, 5), number(11, 100), number(12, 100)]
+    );
+    s.handle_store(t0 + LEASE, StoreReply::Done);
+    assert_eq!(drain(&mut s), []);
     // The window holds at every step until the end.
-    let mut acked = 3;
+    let mut acked = 5;
+    let now = t0 + LEASE + ms(1);
     while !s.is_ended() {
         acked = (acked + 5).min(s.sent());
-        s.handle_ack(t0 + ms(3), acked);
+        s.handle_ack(now, acked);
         while let Some(out) = s.poll_output() {
             match out {
-                Output::Store(_) => s.handle_store(t0 + ms(3), StoreReply::Done),
+                Output::Store(_) => s.handle_store(now, StoreReply::Done),
                 Output::Send(n) => assert!(n.index < acked + 8, "{n:?} acked {acked}"),
                 Output::End(end) => assert_eq!(end, End::Completed),
                 Output::Attached(_) => panic!("attached twice"),
@@ -201,4 +211,42 @@ fn window_limits_numbers_beyond_the_ack() {
         }
     }
     assert_eq!(acked, 100);
+}
+
+/// The module docs: each lease write sets the record to live `ttl + L`,
+/// "which covers every moment the stream can work before its next write",
+/// so a server that dies without releasing never leaves a session that
+/// expires early. With an interval that does not divide the lease, the
+/// renewal does not wait for the next number: it has a timer of its own.
+#[test]
+fn lease_writes_cover_every_moment_the_stream_works_before_the_next_write() {
+    let t0 = Instant::now();
+    let cfg = Config::new(SEC * 3, TTL);
+    assert_eq!((cfg.lease, cfg.validate()), (LEASE, Ok(())));
+    let mut s = opened_with(cfg, t0, 20);
+    s.handle_ack(t0 + ms(50), 1);
+    s.handle_timeout(t0 + SEC * 3);
+    drain(&mut s);
+    // The renewal is due at 5 s, before the number due at 6 s.
+    assert_eq!(s.poll_timeout(), Some(t0 + LEASE));
+    s.handle_timeout(t0 + LEASE);
+    assert_eq!(drain(&mut s), [renewal(20, 1, 1)]);
+    s.handle_store(t0 + LEASE, StoreReply::Done);
+    let stored_until = t0 + LEASE + LEASED;
+    // Everything acknowledged at 5.5 s, before the number due at 6 s.
+    s.handle_ack(t0 + SEC * 5 + ms(500), 2);
+    assert_eq!(drain(&mut s), []);
+    // Were the server to die now, the session would deserve to live
+    // until what a release would set.
+    s.handle_closed(t0 + SEC * 5 + ms(500));
+    let out = drain(&mut s);
+    let Some(Output::Store(StoreOp::Update { expires_in, .. })) = out.last() else {
+        panic!("{out:?}");
+    };
+    let deserved = t0 + SEC * 5 + ms(500) + *expires_in;
+    assert!(
+        deserved <= stored_until,
+        "the store keeps the session {:?} too short",
+        deserved - stored_until
+    );
 }

@@ -27,25 +27,28 @@ fn silent_while_numbers_are_unacknowledged() {
     assert_eq!(silence, Duration::from_secs(5));
     // Numbers keep coming each second while the client says nothing...
     for i in 1..5 {
-        let (_, out) = tick(&mut s, t0 + SEC * i);
-        assert_eq!(out, [number(i, 100)]);
+        assert_eq!(tick(&mut s, t0 + SEC * i), [number(i, 100)]);
     }
-    // ...until the silence timeout, counted from the first unacked number.
+    // ...until the silence timeout, counted from the first unacked number;
+    // due with the lease's renewal, it ends the stream instead.
     assert_eq!(s.poll_timeout(), Some(t0 + silence));
     s.handle_timeout(t0 + silence);
-    assert_eq!(rejected(&drain(&mut s)), Reject::Silent(silence));
+    assert_eq!(
+        drain(&mut s),
+        [
+            Output::End(End::Rejected(Reject::Silent(silence))),
+            release(100, 1, 0, TTL - silence)
+        ]
+    );
 }
 
 #[test]
 fn acks_restart_the_silence_timer() {
     let t0 = Instant::now();
     let mut s = opened(t0, 100);
-    for i in 1..20 {
-        s.handle_ack(t0 + SEC * i - ms(500), i);
-        let (_, out) = tick(&mut s, t0 + SEC * i);
-        assert_eq!(out, [number(i, 100)]);
-    }
+    run_acked(&mut s, t0, 100, 1..20);
     assert!(!s.is_ended());
+    assert_eq!(s.poll_timeout(), Some(t0 + SEC * 20));
 }
 
 #[test]
@@ -55,7 +58,13 @@ fn silent_waiting_for_the_final_ack() {
     let silence = s.cfg.silence_timeout;
     assert_eq!(s.poll_timeout(), Some(t0 + silence));
     s.handle_timeout(t0 + silence);
-    assert_eq!(rejected(&drain(&mut s)), Reject::Silent(silence));
+    assert_eq!(
+        drain(&mut s),
+        [
+            Output::End(End::Rejected(Reject::Silent(silence))),
+            release(1, 1, 0, TTL - silence)
+        ]
+    );
 }
 
 #[test]
@@ -88,19 +97,26 @@ fn shutdown_and_abort_end_the_stream() {
     s.begin_shutdown(t0);
     assert_eq!(rejected(&drain(&mut s)), Reject::ShuttingDown);
     let mut s = opened(t0, 10);
-    s.abort(Reject::InjectedFault("every 3rd"));
+    s.abort(t0, Reject::InjectedFault("every 3rd"));
     assert_eq!(rejected(&drain(&mut s)), Reject::InjectedFault("every 3rd"));
-    s.abort(Reject::Full(1));
+    s.abort(t0, Reject::Full(1));
     assert_eq!(drain(&mut s), []);
 }
 
 #[test]
-fn client_gone_ends_quietly() {
+fn client_gone_ends_quietly_and_releases() {
     let t0 = Instant::now();
     let mut s = opened(t0, 10);
-    s.handle_closed(t0);
-    assert_eq!(drain(&mut s), [Output::End(End::ClientGone)]);
-    s.handle_closed(t0);
+    s.handle_closed(t0 + ms(300));
+    // Number 0 was never acknowledged: ttl from when it went out.
+    assert_eq!(
+        drain(&mut s),
+        [
+            Output::End(End::ClientGone),
+            release(10, 1, 0, TTL - ms(300))
+        ]
+    );
+    s.handle_closed(t0 + ms(400));
     assert_eq!(drain(&mut s), []);
     assert_eq!(s.poll_timeout(), None);
 }
@@ -117,15 +133,18 @@ fn store_unavailable_ends_the_stream() {
         rejected(&drain(&mut s)),
         Reject::StoreUnavailable("timeout".into())
     );
-    // During a refresh.
+    // During a renewal: no release, the store is down.
     let mut s = opened(t0, 10);
-    s.handle_timeout(t0 + SEC);
-    drain(&mut s);
-    s.handle_store(t0 + SEC, StoreReply::Unavailable("down".into()));
+    run_acked(&mut s, t0, 10, 1..5);
+    s.handle_ack(t0 + SEC * 4 + ms(50), 5);
+    s.handle_timeout(t0 + SEC * 5);
+    assert_eq!(drain(&mut s), [renewal(10, 1, 5), number(5, 10)]);
+    s.handle_store(t0 + SEC * 5, StoreReply::Unavailable("down".into()));
     assert_eq!(
         drain(&mut s),
         [Output::End(End::Rejected(Reject::StoreUnavailable(
             "down".into()
         )))]
     );
+    assert!(s.is_ended());
 }

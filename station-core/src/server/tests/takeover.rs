@@ -1,50 +1,84 @@
-//! Fencing and takeover: refreshes, deletes and takeovers the store refuses,
-//! and repeated `Open`s (ARCHITECTURE.md §2).
+//! Fencing and takeover: renewals, deletes and takeovers the store
+//! refuses, a taken-over stream's bounded overlap, and repeated `Open`s
+//! (ARCHITECTURE.md §2, §6).
 
 use super::*;
 
+/// An opened stream of 20, everything acknowledged, with the renewal due
+/// at t0 + 5 s asked for (and number 5 sent with it).
+fn renewing(t0: Instant) -> Stream {
+    let mut s = opened(t0, 20);
+    run_acked(&mut s, t0, 20, 1..5);
+    s.handle_ack(t0 + SEC * 4 + ms(50), 5);
+    s.handle_timeout(t0 + SEC * 5);
+    assert_eq!(drain(&mut s), [renewal(20, 1, 5), number(5, 20)]);
+    s
+}
+
 #[test]
-fn a_refresh_that_finds_the_session_expired_or_gone_says_so() {
+fn a_renewal_that_finds_the_session_expired_or_gone_says_so() {
     // A stream paused past the TTL finds its session expired (or
     // replaced by a later incarnation); one whose store lost its data
-    // finds nothing. Neither is a takeover.
+    // finds nothing. Neither is a takeover, and neither is released.
     for (reply, reject) in [
         (StoreReply::Expired, Reject::Expired(id())),
         (StoreReply::Missing, Reject::Lost(id())),
     ] {
         let t0 = Instant::now();
-        let mut s = opened(t0, 10);
-        s.handle_ack(t0, 1);
-        s.handle_timeout(t0 + SEC);
-        assert!(matches!(
-            &drain(&mut s)[..],
-            [Output::Store(StoreOp::Update { .. })]
-        ));
-        s.handle_store(t0 + SEC, reply);
+        let mut s = renewing(t0);
+        s.handle_store(t0 + SEC * 5, reply);
         let out = drain(&mut s);
         assert_eq!(out, [Output::End(End::Rejected(reject.clone()))]);
         assert_eq!(rejected(&out).code(), crate::client::Code::NotFound);
+        assert!(s.is_ended());
     }
 }
 
 #[test]
-fn refresh_conflict_means_taken_over() {
+fn renewal_conflict_means_taken_over_and_nothing_is_released() {
     let t0 = Instant::now();
-    let mut s = opened(t0, 10);
-    s.handle_ack(t0, 1);
-    s.handle_timeout(t0 + SEC);
-    assert!(matches!(
-        &drain(&mut s)[..],
-        [Output::Store(StoreOp::Update { .. })]
-    ));
-    s.handle_store(t0 + SEC, StoreReply::Conflict);
-    let out = drain(&mut s);
+    let mut s = renewing(t0);
+    // Numbers go on while the renewal is in flight...
+    s.handle_ack(t0 + SEC * 5 + ms(50), 6);
+    assert_eq!(tick(&mut s, t0 + SEC * 6), [number(6, 20)]);
+    // ...until the store says another stream holds the session: the
+    // record is no longer this stream's to write.
+    s.handle_store(t0 + SEC * 6 + ms(500), StoreReply::Conflict);
     assert_eq!(
-        out,
-        [Output::End(End::Rejected(Reject::TakenOver(id())))],
-        "nothing sent"
+        drain(&mut s),
+        [Output::End(End::Rejected(Reject::TakenOver(id())))]
     );
     assert!(s.is_ended());
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_closed(t0 + SEC * 7);
+    assert_eq!(drain(&mut s), []);
+}
+
+/// Invariant 4: a stream taken over at 6 s (after its renewal of 5 s won)
+/// sends nothing from 15 s on, 2L after that renewal was asked for, however
+/// late the store answers its next one.
+#[test]
+fn a_taken_over_stream_sends_nothing_2l_after_its_last_winning_renewal() {
+    let t0 = Instant::now();
+    let mut s = renewing(t0);
+    s.handle_store(t0 + SEC * 5, StoreReply::Done);
+    run_acked(&mut s, t0, 20, 6..10);
+    // The renewal of 10 s is the one that will lose; unanswered for now.
+    s.handle_ack(t0 + SEC * 9 + ms(50), 10);
+    s.handle_timeout(t0 + SEC * 10);
+    assert_eq!(drain(&mut s), [renewal(20, 1, 10), number(10, 20)]);
+    for i in 11..15 {
+        s.handle_ack(t0 + SEC * (i - 1) + ms(50), i);
+        assert_eq!(tick(&mut s, t0 + SEC * i), [number(i, 20)]);
+    }
+    s.handle_ack(t0 + SEC * 14 + ms(50), 15);
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(t0 + SEC * 15);
+    s.handle_timeout(t0 + SEC * 20);
+    assert_eq!(drain(&mut s), []);
+    assert_eq!(s.sent(), 15);
+    s.handle_store(t0 + SEC * 20, StoreReply::Conflict);
+    assert_eq!(rejected(&drain(&mut s)), Reject::TakenOver(id()));
 }
 
 #[test]
@@ -99,7 +133,7 @@ fn repeated_open_takes_over_from_zero_with_the_live_token() {
                 ..live
             },
             expect_generation: 3,
-            expires_in: Duration::from_secs(30),
+            expires_in: LEASED,
         })]
     );
     s.handle_store(t0, StoreReply::Done);

@@ -56,8 +56,9 @@
 //!
 //! # Batching
 //!
-//! `Update` is the hot path: every stream refreshes its session before each
-//! number. Updates from all of a store's streams go to one task per bucket
+//! `Update` is the hot path: every stream renews its session's lease every
+//! few seconds (and takes sessions over and releases them with updates too).
+//! Updates from all of a store's streams go to one task per bucket
 //! (one in all with a single Redis), which sends whatever has queued up (at
 //! most [`MAX_BATCH`]) as one script call and hands each caller its own
 //! answer; the buckets' tasks run concurrently. The script applies them in
@@ -65,10 +66,10 @@
 //! in a batch behave as if sent one after the other. While one call is
 //! out, the next batch gathers, so batches grow with the load; and a batch
 //! waits `StoreConfig::batch_linger` (2 ms by default) after its first
-//! update for more, because at a 1 s interval one server's refreshes arrive
-//! spread out, and without the wait a batch held about two of them. One call
-//! per batch instead of one per number is what lets a server refresh tens
-//! of thousands of sessions a second (BENCHMARKS.md).
+//! update for more, because one server's lease writes arrive spread out,
+//! and without the wait a batch held about two of them. One call per batch
+//! instead of one per write is what lets a server hold tens of thousands of
+//! sessions on one Redis (BENCHMARKS.md).
 //!
 //! # Failures
 //!

@@ -34,7 +34,7 @@ local function now_us()
 end
 
 -- One HMGET in the common case: the type and existence checks run only
--- when it fails or finds nothing (refreshes run this once per number).
+-- when it fails or finds nothing (every lease write runs this).
 local function state(key, now, remember)
   local f = redis.pcall('HMGET', key, 'record', 'generation', 'expires_at_us')
   if f.err then
@@ -108,7 +108,7 @@ return {'done'}
 "#;
 
 /// `StoreOp::Update`, for a batch of sessions: for each, a compare-and-set
-/// on the incarnation and generation (a refresh keeps the generation, a
+/// on the incarnation and generation (a lease write keeps the generation, a
 /// takeover bumps it; both look the same here), applied in order. The
 /// table is `station_core::store::decide`'s.
 ///
