@@ -171,17 +171,17 @@ redis_usage() { # prints {"cpu_seconds": …, "commands": …}: CPU of every
     echo "{\"cpu_seconds\": $(python3 -c "print($ticks / $(getconf CLK_TCK))"), \"commands\": $commands}"
 }
 
-redis() { # sessions per server on one Redis and on a six-node cluster,
-    # with the refresh batches sent at once (--redis-batch-linger 0s, as
-    # before the linger) and held 2 ms (the default), all alternating, at 1 s
-    # interval; Redis CPU and commands measured around each run
-    for n in ${REDIS_SCALE:-20000 40000}; do
+redis() { # sessions per server on one Redis and on a six-node cluster at
+    # 1 s interval, each with a lease of 1 s (one store write per session
+    # per number, as before leases) and of 5 s (the default), alternating;
+    # Redis CPU and commands measured around each run
+    for n in ${REDIS_SCALE:-20000 60000}; do
         for rep in 1 2 3; do
             for store in ${REDIS_STORES:-single cluster}; do
-                for linger in ${REDIS_LINGERS:-0s 2ms}; do
-                    local name="redis-$store-l$linger-$n-$rep"
+                for lease in ${REDIS_LEASES:-1s 5s}; do
+                    local name="redis-$store-lease$lease-$n-$rep"
                     "redis_$store"
-                    start "$name" $S server --port 0 --interval 1s --store "$URL" --redis-batch-linger "$linger"
+                    start "$name" $S server --port 0 --interval 1s --store "$URL" --lease "$lease"
                     local before; before=$(redis_usage)
                     $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections 64 --count 60 \
                         --ramp-up-rate 5000 --server-pid $PID --duration 300s --json > "$OUT/$name.json" || true

@@ -89,23 +89,28 @@ def redis_usage(path):
             u["after"]["commands"] - u["before"]["commands"])
 
 def redis():
-    print("| store | `--redis-batch-linger` | sessions | runs | failed | lateness p99 (ms) | lateness max (ms) "
+    print("| store | design | sessions | runs | failed | lateness p99 (ms) | lateness max (ms) "
           "| server CPU per session-second (µs) | load CPU per session-second (µs) | Redis CPU per session-second (µs) "
           "| Redis commands per session-second |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    rows = sorted({(int(m.group(3)), m.group(1), m.group(2)) for p in glob.glob(os.path.join(OUT, "redis-*.json"))
-                   if (m := re.search(r"redis-(single|cluster)-l([0-9a-z]+)-(\d+)-\d+\.json$", p))},
-                  key=lambda r: (r[0], r[1] != "single", r[2] != "0s", r[2]))
-    for n, store, linger in rows:
+    # redis-{store}-lease{L}-{n}-{rep}: `--lease L` (1 s at a 1 s interval
+    # is one write per number); redis-{store}-l{linger}-…: before leases, a
+    # fenced write before every number, with `--redis-batch-linger`.
+    pattern = r"redis-(single|cluster)-(lease|l)([0-9a-z]+)-(\d+)-\d+\.json$"
+    rows = sorted({(int(m.group(4)), m.group(1), m.group(2), m.group(3)) for p in glob.glob(os.path.join(OUT, "redis-*.json"))
+                   if (m := re.search(pattern, p))},
+                  key=lambda r: (r[0], r[1] != "single", r[2] != "l", r[3]))
+    for n, store, kind, value in rows:
         label = {"single": "one Redis", "cluster": "cluster, 3 primaries + 3 replicas"}[store]
-        loaded = load_with_paths(f"redis-{store}-l{linger}-{n}-*.json")
+        design = f"lease {value}" if kind == "lease" else f"before leases, linger {value}"
+        loaded = load_with_paths(f"redis-{store}-{kind}{value}-{n}-*.json")
         runs = [run for _, run in loaded]
         # Each run's Redis usage from its own side file. At a 1 s interval a
         # session-second is one number.
         usage = [redis_usage(p[:-len(".json")] + ".redis") for p, _ in loaded]
         per = lambda values: [v / r["numbers"] if v is not None and r["numbers"] else None
                               for v, r in zip(values, runs)]
-        print(f"| {label} | {linger} | {n:,} | {len(runs)} | {med([r['failed'] for r in runs], '{:.0f}')} "
+        print(f"| {label} | {design} | {n:,} | {len(runs)} | {med([r['failed'] for r in runs], '{:.0f}')} "
               f"| {med([r['lateness_ms']['p99'] for r in runs])} "
               f"| {med([r['lateness_ms']['max'] for r in runs])} "
               f"| {med(per([server(r, 'cpu_seconds') * 1e6 for r in runs]))} "
