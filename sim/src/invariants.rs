@@ -35,9 +35,8 @@ pub enum Invariant {
     Expiry,
     /// 3: no session state remains once every client finished or expired.
     NoLeak,
-    /// 4: once a newer generation attached, an older stream sends at most
-    /// the one burst a refresh ordered before the takeover authorised
-    /// (all within half an interval), and nothing after it.
+    /// 4: once a newer generation attached, an older stream sends nothing
+    /// later than two leases after (the bounded overlap of the lease).
     OneStream,
     /// 5: a record is only ever written by a stream of its own
     /// incarnation, and within an incarnation its generation only goes up,

@@ -175,10 +175,9 @@
 //!    from the store at once; a TTL after the last client finished, no
 //!    session is live and no stream attached.
 //! 4. **One stream, bounded overlap**: once a stream of generation `g + 1`
-//!    attached a session, an older stream sends at most one more burst —
-//!    the one a refresh that the store applied before the takeover
-//!    authorised, whose reply came back late — all within half an
-//!    interval, with the session's own values; nothing after it.
+//!    attached a session, an older stream sends nothing later than two
+//!    leases after (the last lease write it won was asked for before the
+//!    takeover), and only the session's own values.
 //! 5. **Incarnation** (seen at the store, on every write that changed a
 //!    record): a record is only ever written by a stream of its own
 //!    incarnation — a live record is replaced only by its own incarnation,

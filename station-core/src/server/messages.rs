@@ -79,6 +79,8 @@ pub enum Output {
     Attached(Attached),
     /// Send this number.
     Send(Number),
-    /// End the stream. Always the last output.
+    /// End the stream: the last output for the client. Only the release
+    /// (a store operation, see the module docs of [`crate::server`]) may
+    /// follow it.
     End(End),
 }

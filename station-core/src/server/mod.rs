@@ -34,13 +34,15 @@
 //! server began waiting for it (ARCHITECTURE.md §2). Because a stream
 //! writes only every `L`, each lease write sets the record to live
 //! `ttl + L` from then, which covers every moment the stream can work
-//! before its next write; and when the stream ends for any reason but the
-//! store's (the client went away, fell silent, broke the protocol, or the
-//! server shuts down), it *releases* the session: one last write, after
-//! [`Output::End`], that sets the exact expiry. A server that dies without
-//! releasing leaves sessions that outlive their TTL by at most `L` plus
-//! the silence timeout; one expires early only if the store failed the
-//! stream (a renewal lost or timed out), and its client is told at once.
+//! before its next write lands; and when the stream ends for any reason
+//! but the store's (the client went away, fell silent, broke the protocol,
+//! or the server shuts down), it *releases* the session: one last write,
+//! after [`Output::End`], that sets the exact expiry. A server that dies
+//! without releasing leaves sessions that outlive their TTL by at most `L`
+//! plus the silence timeout. One expires early only if its renewal got
+//! stuck in the store (by at most that wait, which the adapter's store
+//! timeout bounds): the store failed the stream, or the server died
+//! meanwhile.
 //!
 //! The machine is [`Stream`] (this file); the record it keeps in the store
 //! is in `record.rs`, its settings in `config.rs`, what it receives and
@@ -328,6 +330,15 @@ impl Stream {
             ));
         };
         if let StoreReply::Unavailable(why) = reply {
+            // A renewal that failed costs nothing while the lease holds:
+            // ask again a quarter lease later (a store that fails at once
+            // must not be asked in a loop) rather than send the client,
+            // and its resume, to a store in trouble.
+            let retry_at = now + self.cfg.lease / 4;
+            if matches!(pending, Pending::Renew { .. }) && retry_at < self.lease_until {
+                self.renew_at = retry_at;
+                return self.advance(now);
+            }
             return self.fail_by_store(Reject::StoreUnavailable(why));
         }
         if let StoreReply::Exists(live) | StoreReply::Loaded(Lookup::Live(live)) = &reply {
@@ -557,9 +568,10 @@ impl Stream {
             interval: self.cfg.interval,
             ack_every: self.cfg.ack_every(),
         }));
-        // The store just confirmed our generation: that is the first lease.
+        // The store just confirmed our generation: that is the first lease
+        // (unless its answer came after the lease it grants ran out).
         self.leased(asked);
-        self.send_due(now);
+        self.send_leased(now);
     }
 
     /// Starts the store operation that is due, and sends what the lease
@@ -590,8 +602,17 @@ impl Stream {
                 }));
             }
         }
+        self.send_leased(now);
+    }
+
+    /// Sends what is due if the lease still holds. Once it has run out,
+    /// only the renewal's answer moves the stream on: no number is due
+    /// before it (`poll_timeout` waits for the store, not the clock).
+    fn send_leased(&mut self, now: Instant) {
         if now < self.lease_until {
             self.send_due(now);
+        } else {
+            self.lease_until = self.lease_until.min(self.next_tick);
         }
     }
 
@@ -639,8 +660,9 @@ impl Stream {
             return; // Ended streams say nothing more, not even a second End.
         }
         // Nothing is sent after the end: drop numbers still queued from a
-        // burst, so an abort takes effect at once.
-        self.out.clear();
+        // burst, so an abort takes effect at once. A store operation still
+        // queued stays: it is the one in flight, and its answer matters.
+        self.out.retain(|out| matches!(out, Output::Store(_)));
         self.out.push_back(Output::End(end));
         // The stream works no more: freeze that moment, so that a release
         // made later (after a renewal in flight) still counts from it.

@@ -157,8 +157,8 @@ pub fn attached_leak(attached: u64) -> Option<String> {
 #[derive(Clone, Debug)]
 pub struct OneStream<T> {
     bound: Duration,
-    /// The newest generation attached, and when.
-    newest: Option<(u64, T)>,
+    /// When each generation of the current session first attached.
+    attached: BTreeMap<u64, T>,
 }
 
 impl<T> OneStream<T>
@@ -170,20 +170,22 @@ where
     pub fn new(bound: Duration) -> Self {
         OneStream {
             bound,
-            newest: None,
+            attached: BTreeMap::new(),
         }
     }
 
-    /// A stream attached at `generation` at `at`. Generation 1 starts a new
-    /// session under the id (the old one is gone).
+    /// A stream attached (or wrote again) at `generation` at `at`.
+    /// Generation 1 starts a new session under the id (the old one is
+    /// gone).
     pub fn attached(&mut self, generation: u64, at: T) {
-        match self.newest {
-            Some((newest, _)) if generation <= newest && generation != 1 => {}
-            _ => self.newest = Some((generation, at)),
+        if generation == 1 && self.attached.keys().any(|&g| g > 1) {
+            self.attached.clear();
         }
+        self.attached.entry(generation).or_insert(at);
     }
 
-    /// `stream`, of `generation`, sent number `index` at `at`.
+    /// `stream`, of `generation`, sent number `index` at `at`: no later
+    /// than `bound` after the first newer generation attached.
     pub fn sent<S: Debug>(
         &mut self,
         stream: S,
@@ -191,14 +193,17 @@ where
         index: u32,
         at: T,
     ) -> Result<(), String> {
-        match self.newest {
-            Some((newest, since)) if generation < newest && at > since + self.bound => {
-                Err(format!(
-                    "stream {stream:?} (generation {generation}) sent #{index} at {at:?}, more \
-                     than {:?} after generation {newest} attached at {since:?}",
-                    self.bound
-                ))
-            }
+        let newer = self
+            .attached
+            .range(generation.saturating_add(1)..)
+            .map(|(&g, &t)| (t, g))
+            .min();
+        match newer {
+            Some((since, newer)) if at > since + self.bound => Err(format!(
+                "stream {stream:?} (generation {generation}) sent #{index} at {at:?}, more \
+                 than {:?} after generation {newer} attached at {since:?}",
+                self.bound
+            )),
             _ => Ok(()),
         }
     }
@@ -344,10 +349,16 @@ mod tests {
         assert!(rule
             .sent("a", 1, 3, 5 * SEC + Duration::from_nanos(1))
             .is_err());
-        // A renewal of generation 2 is no new takeover.
+        // A renewal of generation 2 is no new takeover, and a third
+        // generation does not restart generation 1's clock.
         rule.attached(2, 9 * SEC);
+        rule.attached(3, 4 * SEC);
         assert!(rule.sent("a", 1, 3, 6 * SEC).is_err());
-        assert_eq!(rule.sent("b", 2, 1, 60 * SEC), Ok(()));
+        assert_eq!(rule.sent("b", 2, 3, 6 * SEC), Ok(()));
+        assert!(rule
+            .sent("b", 2, 4, 6 * SEC + Duration::from_nanos(1))
+            .is_err());
+        assert_eq!(rule.sent("c", 3, 1, 60 * SEC), Ok(()));
         // A new session under the id starts over.
         rule.attached(1, 70 * SEC);
         assert_eq!(rule.sent("c", 1, 0, 70 * SEC), Ok(()));

@@ -67,8 +67,8 @@ pub trait SessionStore: Clone + Send + Sync + 'static {
 
     /// Performs `op` at once if this store can without waiting (an
     /// in-process store can), or hands it back for [`execute`](Self::execute).
-    /// Lets a stream run a store operation per number without allocating a
-    /// future for it.
+    /// Lets a stream run its store operations without allocating a future
+    /// for each.
     fn execute_now(&self, op: StoreOp) -> Result<StoreReply, StoreOp> {
         Err(op)
     }

@@ -250,3 +250,58 @@ fn lease_writes_cover_every_moment_the_stream_works_before_the_next_write() {
         deserved - stored_until
     );
 }
+
+/// Woken late (a coalesced timer, a busy runtime) with a number overdue
+/// and the lease run out under a renewal still in flight: nothing is sent,
+/// and no deadline is left due, or the adapter would wake again at once,
+/// and again, until the store answers.
+#[test]
+fn a_lease_run_out_under_a_renewal_in_flight_leaves_no_timer_due() {
+    let t0 = Instant::now();
+    let mut s = opened(t0, 20);
+    run_acked(&mut s, t0, 20, 1..5);
+    s.handle_ack(t0 + SEC * 4 + ms(50), 5);
+    s.handle_timeout(t0 + SEC * 5);
+    assert_eq!(drain(&mut s), [renewal(20, 1, 5), number(5, 20)]);
+    for i in 6..9 {
+        s.handle_ack(t0 + SEC * (i - 1) + ms(50), i);
+        assert_eq!(tick(&mut s, t0 + SEC * i), [number(i, 20)]);
+    }
+    // Number 9 was due at 9 s; the create's lease ran out at 10 s.
+    s.handle_ack(t0 + SEC * 8 + ms(50), 9);
+    let late = t0 + SEC * 10 + ms(500);
+    s.handle_timeout(late);
+    assert_eq!(drain(&mut s), []);
+    assert!(
+        s.poll_timeout().is_none_or(|at| at > late),
+        "{:?} is due again at {late:?}",
+        s.poll_timeout()
+    );
+    // The renewal's answer (asked at 5 s) sends what is due, behind the
+    // next renewal, due since 10 s.
+    s.handle_store(late, StoreReply::Done);
+    assert_eq!(
+        drain(&mut s),
+        [renewal(20, 1, 9), number(9, 20), number(10, 20)]
+    );
+}
+
+/// An attach answered after the lease it grants ran out (a store slower
+/// than two leases) sends nothing until a renewal is confirmed: a newer
+/// stream may have taken over meanwhile.
+#[test]
+fn an_attach_answered_after_its_lease_ran_out_sends_after_a_renewal() {
+    let t0 = Instant::now();
+    let mut s = Stream::new(cfg(), t0);
+    s.handle_open(t0, open_msg(20), fresh());
+    drain(&mut s);
+    let late = t0 + LEASE * 2 + SEC;
+    s.handle_store(late, StoreReply::Done);
+    assert_eq!(drain(&mut s), [attached(20, 0)]);
+    // The renewal is due (since 5 s) at once.
+    assert_eq!(s.poll_timeout(), Some(t0 + LEASE));
+    s.handle_timeout(late);
+    assert_eq!(drain(&mut s), [renewal(20, 1, 0)]);
+    s.handle_store(late + ms(10), StoreReply::Done);
+    assert_eq!(drain(&mut s), [number(0, 20)]);
+}

@@ -133,13 +133,25 @@ fn store_unavailable_ends_the_stream() {
         rejected(&drain(&mut s)),
         Reject::StoreUnavailable("timeout".into())
     );
-    // During a renewal: no release, the store is down.
-    let mut s = opened(t0, 10);
-    run_acked(&mut s, t0, 10, 1..5);
+    // During a renewal: asked again a quarter lease later while the lease
+    // holds (until 10 s), numbers still flowing; then the stream ends,
+    // with no release (the store is down).
+    let mut s = opened(t0, 20);
+    run_acked(&mut s, t0, 20, 1..5);
     s.handle_ack(t0 + SEC * 4 + ms(50), 5);
     s.handle_timeout(t0 + SEC * 5);
-    assert_eq!(drain(&mut s), [renewal(10, 1, 5), number(5, 10)]);
-    s.handle_store(t0 + SEC * 5, StoreReply::Unavailable("down".into()));
+    assert_eq!(drain(&mut s), [renewal(20, 1, 5), number(5, 20)]);
+    s.handle_ack(t0 + SEC * 5 + ms(50), 6);
+    let failed = t0 + SEC * 7;
+    s.handle_store(failed, StoreReply::Unavailable("timeout".into()));
+    assert_eq!(drain(&mut s), [number(6, 20), number(7, 20)]);
+    let retry = failed + LEASE / 4;
+    assert_eq!(s.poll_timeout(), Some(t0 + SEC * 8));
+    s.handle_ack(t0 + SEC * 7 + ms(50), 8);
+    s.handle_timeout(retry);
+    assert_eq!(drain(&mut s), [renewal(20, 1, 8), number(8, 20)]);
+    // Too close to the lease's end to ask again.
+    s.handle_store(t0 + SEC * 9, StoreReply::Unavailable("down".into()));
     assert_eq!(
         drain(&mut s),
         [Output::End(End::Rejected(Reject::StoreUnavailable(

@@ -509,7 +509,7 @@ impl SessionStore for RedisStore {
             StoreOp::Update { .. } => "update",
             StoreOp::Delete { .. } => "delete",
         };
-        // An update (one per number sent) waits on the batching task in a
+        // An update (one per lease per stream) waits on the batching task in a
         // small future; the others (a few per stream) build script calls
         // whose futures are ten times larger, so they are boxed rather than
         // making every update's future that large.
