@@ -195,6 +195,17 @@ fn renewing_tick(s: &mut Stream, now: Instant, renewal: Output) -> Vec<Output> {
     out
 }
 
+/// An opened stream of 20, everything acknowledged, with the renewal due
+/// at t0 + 5 s asked for (and number 5 sent with it).
+fn renewing(t0: Instant) -> Stream {
+    let mut s = opened(t0, 20);
+    run_acked(&mut s, t0, 20, 1..5);
+    s.handle_ack(t0 + SEC * 4 + ms(50), 5);
+    s.handle_timeout(t0 + SEC * 5);
+    assert_eq!(drain(&mut s), [renewal(20, 1, 5), number(5, 20)]);
+    s
+}
+
 /// Drives a stream opened at `t0` (with `cfg()`) through the ticks at
 /// `t0 + i` seconds for `i` in `ticks`: each number acknowledged 50 ms
 /// after it went out, and the renewal due every fifth second (the lease

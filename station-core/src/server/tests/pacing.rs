@@ -53,12 +53,8 @@ fn numbers_are_paced_one_per_interval_with_one_renewal_per_lease() {
 #[test]
 fn numbers_do_not_wait_for_the_renewal() {
     let t0 = Instant::now();
-    let mut s = opened(t0, 20);
-    run_acked(&mut s, t0, 20, 1..5);
-    s.handle_ack(t0 + SEC * 4 + ms(50), 5);
     // The renewal comes first, the number due with it right behind.
-    s.handle_timeout(t0 + SEC * 5);
-    assert_eq!(drain(&mut s), [renewal(20, 1, 5), number(5, 20)]);
+    let mut s = renewing(t0);
     // Unanswered, it holds up nothing until the lease's end.
     for i in 6..10 {
         s.handle_ack(t0 + SEC * (i - 1) + ms(50), i);
@@ -79,11 +75,7 @@ fn numbers_do_not_wait_for_the_renewal() {
 #[test]
 fn numbers_stop_at_the_lease_end_until_a_late_renewal_is_answered() {
     let t0 = Instant::now();
-    let mut s = opened(t0, 20);
-    run_acked(&mut s, t0, 20, 1..5);
-    s.handle_ack(t0 + SEC * 4 + ms(50), 5);
-    s.handle_timeout(t0 + SEC * 5);
-    assert_eq!(drain(&mut s), [renewal(20, 1, 5), number(5, 20)]);
+    let mut s = renewing(t0);
     for i in 6..10 {
         s.handle_ack(t0 + SEC * (i - 1) + ms(50), i);
         assert_eq!(tick(&mut s, t0 + SEC * i), [number(i, 20)]);
@@ -258,11 +250,7 @@ fn lease_writes_cover_every_moment_the_stream_works_before_the_next_write() {
 #[test]
 fn a_lease_run_out_under_a_renewal_in_flight_leaves_no_timer_due() {
     let t0 = Instant::now();
-    let mut s = opened(t0, 20);
-    run_acked(&mut s, t0, 20, 1..5);
-    s.handle_ack(t0 + SEC * 4 + ms(50), 5);
-    s.handle_timeout(t0 + SEC * 5);
-    assert_eq!(drain(&mut s), [renewal(20, 1, 5), number(5, 20)]);
+    let mut s = renewing(t0);
     for i in 6..9 {
         s.handle_ack(t0 + SEC * (i - 1) + ms(50), i);
         assert_eq!(tick(&mut s, t0 + SEC * i), [number(i, 20)]);

@@ -282,11 +282,7 @@ fn a_client_that_hangs_up_after_its_final_ack_still_has_its_session_deleted() {
 #[test]
 fn a_release_deferred_behind_a_renewal_counts_from_when_the_stream_ended() {
     let t0 = Instant::now();
-    let mut s = opened(t0, 20);
-    run_acked(&mut s, t0, 20, 1..5);
-    s.handle_ack(t0 + SEC * 4 + ms(50), 5);
-    s.handle_timeout(t0 + SEC * 5);
-    assert_eq!(drain(&mut s), [renewal(20, 1, 5), number(5, 20)]);
+    let mut s = renewing(t0);
     s.handle_ack(t0 + SEC * 5 + ms(50), 6);
     s.handle_closed(t0 + SEC * 5 + ms(500));
     assert_eq!(drain(&mut s), [Output::End(End::ClientGone)]);

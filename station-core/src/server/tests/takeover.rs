@@ -4,17 +4,6 @@
 
 use super::*;
 
-/// An opened stream of 20, everything acknowledged, with the renewal due
-/// at t0 + 5 s asked for (and number 5 sent with it).
-fn renewing(t0: Instant) -> Stream {
-    let mut s = opened(t0, 20);
-    run_acked(&mut s, t0, 20, 1..5);
-    s.handle_ack(t0 + SEC * 4 + ms(50), 5);
-    s.handle_timeout(t0 + SEC * 5);
-    assert_eq!(drain(&mut s), [renewal(20, 1, 5), number(5, 20)]);
-    s
-}
-
 #[test]
 fn a_renewal_that_finds_the_session_expired_or_gone_says_so() {
     // A stream paused past the TTL finds its session expired (or
