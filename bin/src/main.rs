@@ -4,6 +4,7 @@
 //! `client.rs` and `demo.rs` run the subcommands; `state_file.rs` keeps a
 //! client's progress on disk; `report.rs` prints outcomes.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -295,6 +296,8 @@ fn init_tracing(default: &str) {
         .with_env_filter(filter)
         // Through the progress bars while they are drawn.
         .with_writer(bars::LogWriter)
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

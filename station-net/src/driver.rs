@@ -39,6 +39,7 @@ use crate::proto::server_message::Kind as ServerKind;
 use crate::proto::{Attached, ClientMessage, Number, ServerMessage};
 use crate::server::{Shared, StreamEvent};
 use crate::store::SessionStore;
+use crate::throttle::Throttle;
 
 type StoreFuture = Pin<Box<dyn Future<Output = StoreReply> + Send>>;
 
@@ -384,9 +385,16 @@ fn execute<S: SessionStore>(shared: Arc<Shared<S>>, op: StoreOp) -> StoreFuture 
 }
 
 fn account(elapsed: Duration, reply: &StoreReply) {
+    static WARN: Throttle = Throttle::new();
     let failed = matches!(reply, StoreReply::Unavailable(_));
     if failed {
-        tracing::warn!(?reply, "session store failed");
+        if let Some(held) = WARN.admit(now()) {
+            tracing::warn!(
+                ?reply,
+                held,
+                "session store failed (and `held` more since the last line)"
+            );
+        }
     }
     metrics::store_op(elapsed, failed);
 }

@@ -18,6 +18,8 @@
 //! - [`store`]: the [`SessionStore`](store::SessionStore) trait,
 //!   [`MemoryStore`](store::MemoryStore) and [`RedisStore`](store::RedisStore).
 //! - [`testing`]: fixtures for tests (a private `redis-server`).
+//! - `throttle`: warnings every stream can raise at once, at most one a
+//!   second.
 //!
 //! The adapter owns sockets, timers and store I/O, and makes no protocol
 //! decision: those are the core's.
@@ -34,6 +36,7 @@ pub mod server;
 pub mod status;
 pub mod store;
 pub mod testing;
+mod throttle;
 
 pub mod proto {
     //! Generated from `proto/numbersstation/v1/station.proto`.

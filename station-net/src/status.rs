@@ -14,7 +14,8 @@
 //!   carries `grpc-retry-pushback-ms: -1`, A6's "do not retry".
 //!
 //! The message is for people. It never holds the session store's own error
-//! text, which is logged here instead.
+//! text, which is logged here instead (at most once a second: see
+//! [`crate::throttle`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,6 +26,8 @@ use station_core::{Reason, Reject, DOMAIN};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use tonic_types::{pb, ErrorDetails, ErrorInfo, RetryInfo, StatusExt};
+
+use crate::throttle::Throttle;
 
 /// gRFC A6's pushback trailer: milliseconds to wait before retrying, or a
 /// negative number for "do not retry".
@@ -53,7 +56,15 @@ pub fn to_status_with_retry(reject: &Reject, retry_after: Option<Duration>) -> S
     let code = Code::from(reason.code() as i32);
     let message = match reject {
         Reject::StoreUnavailable(detail) => {
-            tracing::warn!(%detail, "session store unavailable (the client is told only that)");
+            static WARN: Throttle = Throttle::new();
+            if let Some(held) = WARN.admit(crate::clock::now()) {
+                tracing::warn!(
+                    %detail,
+                    held,
+                    "session store unavailable, the client is told only that \
+                     (and `held` more since the last line)"
+                );
+            }
             STORE_UNAVAILABLE_MESSAGE.to_owned()
         }
         other => other.to_string(),
