@@ -110,6 +110,15 @@ fn opened_with(cfg: Config, t0: Instant, count: u32) -> Stream {
     s
 }
 
+/// A stream whose `Open` of `count` at `t0` asked for the create, not yet
+/// answered.
+fn creating(t0: Instant, count: u32) -> Stream {
+    let mut s = Stream::new(cfg(), t0);
+    s.handle_open(t0, open_msg(count), fresh());
+    drain(&mut s);
+    s
+}
+
 fn opened(t0: Instant, count: u32) -> Stream {
     opened_with(cfg(), t0, count)
 }

@@ -280,9 +280,7 @@ fn a_lease_run_out_under_a_renewal_in_flight_leaves_no_timer_due() {
 #[test]
 fn an_attach_answered_after_its_lease_ran_out_sends_after_a_renewal() {
     let t0 = Instant::now();
-    let mut s = Stream::new(cfg(), t0);
-    s.handle_open(t0, open_msg(20), fresh());
-    drain(&mut s);
+    let mut s = creating(t0, 20);
     let late = t0 + LEASE * 2 + SEC;
     s.handle_store(late, StoreReply::Done);
     assert_eq!(drain(&mut s), [attached(20, 0)]);

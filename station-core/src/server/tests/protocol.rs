@@ -59,9 +59,7 @@ fn out_of_order_messages_are_rejected() {
     s.handle_resume(t0, resume, fresh());
     assert!(matches!(rejected(&drain(&mut s)), Reject::Unexpected(_)));
     // Ack while attaching.
-    let mut s = Stream::new(cfg(), t0);
-    s.handle_open(t0, open_msg(10), fresh());
-    drain(&mut s);
+    let mut s = creating(t0, 10);
     s.handle_ack(t0, 0);
     assert!(matches!(rejected(&drain(&mut s)), Reject::Unexpected(_)));
     // The store's late answer after the end is ignored.
@@ -89,9 +87,7 @@ fn store_answer_without_request_ends_the_stream() {
 #[test]
 fn store_answer_that_does_not_fit_ends_the_stream() {
     let t0 = Instant::now();
-    let mut s = Stream::new(cfg(), t0);
-    s.handle_open(t0, open_msg(10), fresh());
-    drain(&mut s);
+    let mut s = creating(t0, 10);
     s.handle_store(t0, StoreReply::Conflict);
     assert!(matches!(
         rejected(&drain(&mut s)),

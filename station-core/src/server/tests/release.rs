@@ -208,9 +208,7 @@ fn a_renewal_refused_after_the_end_ends_the_stream_without_a_release() {
 fn streams_not_attached_or_complete_end_without_a_release() {
     let t0 = Instant::now();
     // Attaching: the create's lease stands; its late answer is ignored.
-    let mut s = Stream::new(cfg(), t0);
-    s.handle_open(t0, open_msg(20), fresh());
-    drain(&mut s);
+    let mut s = creating(t0, 20);
     s.handle_closed(t0 + ms(5));
     assert_eq!(drain(&mut s), [Output::End(End::ClientGone)]);
     assert!(s.is_ended());

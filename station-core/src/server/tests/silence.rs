@@ -77,9 +77,7 @@ fn early_timeouts_are_no_ops() {
         assert_eq!(s.poll_timeout(), Some(t0 + SEC));
     }
     // While a store operation is outstanding nothing times out but silence.
-    let mut s = Stream::new(cfg(), t0);
-    s.handle_open(t0, open_msg(10), fresh());
-    drain(&mut s);
+    let mut s = creating(t0, 10);
     assert_eq!(s.poll_timeout(), None);
     s.handle_timeout(t0 + Duration::from_secs(3600));
     assert_eq!(drain(&mut s), []);
@@ -125,9 +123,7 @@ fn client_gone_ends_quietly_and_releases() {
 fn store_unavailable_ends_the_stream() {
     let t0 = Instant::now();
     // During attach.
-    let mut s = Stream::new(cfg(), t0);
-    s.handle_open(t0, open_msg(10), fresh());
-    drain(&mut s);
+    let mut s = creating(t0, 10);
     s.handle_store(t0, StoreReply::Unavailable("timeout".into()));
     assert_eq!(
         rejected(&drain(&mut s)),
