@@ -120,7 +120,7 @@ impl<S: SessionStore> Stream for SessionStream<S> {
         let mut this = self.project();
         let shared = &**this.shared;
         let session = &mut *this.session;
-        loop {
+        'wake: loop {
             if *this.ended {
                 return Poll::Ready(None);
             }
@@ -132,14 +132,13 @@ impl<S: SessionStore> Stream for SessionStream<S> {
             }
             while let Some(output) = session.poll_output() {
                 match output {
-                    Output::Store(op) => match run_now(shared, op) {
+                    Output::Store(op) => match start(this.shared, op) {
                         Ok(reply) => session.handle_store(now(), reply),
                         Err(op) => {
-                            let mut op = execute(this.shared.clone(), op);
-                            match op.as_mut().poll(cx) {
-                                Poll::Ready(reply) => session.handle_store(now(), reply),
-                                Poll::Pending => *this.store = Some(op),
-                            }
+                            // Polled at the top of the loop, which
+                            // registers this task for its answer.
+                            *this.store = Some(op);
+                            continue 'wake;
                         }
                     },
                     Output::Attached(a) => {
@@ -334,9 +333,9 @@ fn settle<S: SessionStore>(
 ) {
     while pending.is_none() {
         match session.poll_output() {
-            Some(Output::Store(op)) => match run_now(shared, op) {
+            Some(Output::Store(op)) => match start(shared, op) {
                 Ok(reply) => session.handle_store(now(), reply),
-                Err(op) => pending = Some(execute(shared.clone(), op)),
+                Err(op) => pending = Some(op),
             },
             Some(_) => {} // Nothing more reaches the client.
             None => return,
@@ -361,12 +360,18 @@ fn settle<S: SessionStore>(
     shared.tasks.spawn_on(task, &runtime);
 }
 
-/// Runs one store operation at once if the store can.
-fn run_now<S: SessionStore>(shared: &Shared<S>, op: StoreOp) -> Result<StoreReply, StoreOp> {
+/// Starts one store operation: its answer at once if the store can give
+/// one (the memory store always can, so no future is boxed per
+/// operation), else the future that brings it.
+fn start<S: SessionStore>(shared: &Arc<Shared<S>>, op: StoreOp) -> Result<StoreReply, StoreFuture> {
     let started = tokio::time::Instant::now();
-    let reply = shared.store.execute_now(op)?;
-    account(started.elapsed(), &reply);
-    Ok(reply)
+    match shared.store.execute_now(op) {
+        Ok(reply) => {
+            account(started.elapsed(), &reply);
+            Ok(reply)
+        }
+        Err(op) => Err(execute(shared.clone(), op)),
+    }
 }
 
 /// Runs one store operation that cannot complete at once, bounded by the
