@@ -63,11 +63,13 @@
 //! most [`MAX_BATCH`]) as one script call and hands each caller its own
 //! answer; the buckets' tasks run concurrently. The script applies them in
 //! order, each with its own compare-and-set, so two updates of one session
-//! in a batch behave as if sent one after the other. While one call is
-//! out, the next batch gathers, so batches grow with the load; and a batch
-//! waits `StoreConfig::batch_linger` (2 ms by default) after its first
-//! update for more, because one server's lease writes arrive spread out,
-//! and without the wait a batch held about two of them. One call per batch
+//! in a batch behave as if sent one after the other. While a call is out,
+//! the next batch gathers, so batches grow with the load; a full one goes
+//! at once, up to [`MAX_CALLS`] calls out per task, so a slow round trip
+//! does not cap the updates a second. A batch sent with no call out waits
+//! `StoreConfig::batch_linger` (2 ms by default) after its first update
+//! for more, because one server's lease writes arrive spread out, and
+//! without the wait a batch held about two of them. One call per batch
 //! instead of one per write is what lets a server hold tens of thousands of
 //! sessions on one Redis (BENCHMARKS.md).
 //!
@@ -293,13 +295,11 @@ impl RedisStore {
         let updates: Vec<_> = (0..layout.queues())
             .map(|_| {
                 let (updates, queue) = mpsc::unbounded_channel();
-                tokio::spawn(send_batches(
-                    conn.clone(),
-                    layout.clone(),
-                    micros(cfg.remember_expired),
-                    cfg.batch_linger,
-                    queue,
-                ));
+                let (conn, layout) = (conn.clone(), layout.clone());
+                let remember_us = micros(cfg.remember_expired);
+                tokio::spawn(send_batches(queue, cfg.batch_linger, move |batch| {
+                    update_call(conn.clone(), &layout, remember_us, batch)
+                }));
                 updates
             })
             .collect();
@@ -554,42 +554,93 @@ async fn invoke<T: redis::FromRedisValue>(
     conn.invoke(inv).await.map_err(|e| failed(what, &e))
 }
 
+/// Most script calls one batching task has out at once.
+///
+/// One call at a time caps a task at [`MAX_BATCH`] updates per round trip.
+/// On a saturated server a round trip is tens of milliseconds of
+/// scheduling delay (not Redis time), and at 60,000 sessions on one Redis
+/// that cap fell below the ~12,000 lease renewals a second: the queue grew
+/// past the operation timeout, every renewal failed, and the streams'
+/// resumes added to the queue (BENCHMARKS.md). Eight calls carry eight
+/// times that; Redis still runs one script at a time, each bounded by
+/// `MAX_BATCH`.
+const MAX_CALLS: usize = 8;
+
 /// A batching task: sends its queue's updates, up to [`MAX_BATCH`] per
-/// script call, one call at a time, each batch held `linger` after its
-/// first update for more to join; ends when every handle to the store is
-/// gone.
-async fn send_batches(
-    conn: Conn,
-    layout: Layout,
-    remember_us: u64,
-    linger: Duration,
+/// script call, through `call`; ends when every handle to the store is gone
+/// and its calls are answered.
+///
+/// While no call is out, a batch is held `linger` after its first update
+/// for more to join, then sent. While calls are out, updates gather into
+/// the next batch, which goes when a call returns, or at once when it is
+/// full and fewer than [`MAX_CALLS`] are out. So at low load there is one
+/// call at a time and batches grow with the load, as they should; only a
+/// queue longer than a batch opens more calls. Several calls in flight
+/// cannot reorder one session's updates: a stream has at most one store
+/// operation out, and calls leave on one connection in the order sent.
+async fn send_batches<F>(
     mut queue: mpsc::UnboundedReceiver<QueuedUpdate>,
-) {
+    linger: Duration,
+    call: impl Fn(Vec<QueuedUpdate>) -> F,
+) where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut calls = tokio::task::JoinSet::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if !linger.is_zero() && batch.len() < MAX_BATCH {
-            tokio::time::sleep(linger).await;
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(q) => batch.push(q),
-                    Err(_) => break,
-                }
-            }
-        }
+    let mut open = true;
+    loop {
         // A caller that gave up (its operation timed out) is not sent.
         batch.retain(|q: &QueuedUpdate| !q.reply.is_closed());
-        if batch.is_empty() {
+        let full = batch.len() == MAX_BATCH;
+        if !batch.is_empty() && (calls.is_empty() || full && calls.len() < MAX_CALLS) {
+            if calls.is_empty() && !full && open && !linger.is_zero() {
+                tokio::time::sleep(linger).await;
+                while batch.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(q) => batch.push(q),
+                        Err(_) => break,
+                    }
+                }
+                batch.retain(|q: &QueuedUpdate| !q.reply.is_closed());
+            }
+            if !batch.is_empty() {
+                let sent = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+                calls.spawn(call(sent));
+            }
             continue;
         }
-        let mut inv = SCRIPTS.update_many.prepare_invoke();
-        inv.arg(remember_us);
-        for q in &batch {
-            inv.key(layout.key(&q.record.client_id))
-                .arg(&q.record.to_bytes()[..])
-                .arg(q.record.generation.to_string())
-                .arg(q.expect_generation.to_string())
-                .arg(micros(q.expires_in));
+        if !open && calls.is_empty() {
+            return;
         }
+        let room = MAX_BATCH - batch.len();
+        tokio::select! {
+            Some(_) = calls.join_next(), if !calls.is_empty() => {}
+            n = queue.recv_many(&mut batch, room), if open && !full => {
+                open = n > 0;
+            }
+            else => return,
+        }
+    }
+}
+
+/// One script call applying `batch`, bounded by [`OPERATION_TIMEOUT`];
+/// hands each caller its own answer.
+fn update_call(
+    conn: Conn,
+    layout: &Layout,
+    remember_us: u64,
+    batch: Vec<QueuedUpdate>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut inv = SCRIPTS.update_many.prepare_invoke();
+    inv.arg(remember_us);
+    for q in &batch {
+        inv.key(layout.key(&q.record.client_id))
+            .arg(&q.record.to_bytes()[..])
+            .arg(q.record.generation.to_string())
+            .arg(q.expect_generation.to_string())
+            .arg(micros(q.expires_in));
+    }
+    async move {
         let call = invoke::<Vec<Vec<Vec<u8>>>>(&conn, "update", &inv);
         let replies = match tokio::time::timeout(OPERATION_TIMEOUT, call).await {
             Ok(Ok(replies)) if replies.len() == batch.len() => Ok(replies),
@@ -605,13 +656,13 @@ async fn send_batches(
         };
         match replies {
             Ok(replies) => {
-                for (q, reply) in batch.drain(..).zip(replies) {
+                for (q, reply) in batch.into_iter().zip(replies) {
                     let id = q.record.client_id;
                     let _ = q.reply.send(write_reply("update", &id, &reply));
                 }
             }
             Err(message) => {
-                for q in batch.drain(..) {
+                for q in batch {
                     let _ = q.reply.send(Err(message.clone()));
                 }
             }
@@ -729,7 +780,102 @@ fn glob_escape(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use station_core::Secret;
+
     use super::*;
+
+    /// What a fake script call saw: each batch's size, in the order sent,
+    /// and the most calls out at once.
+    #[derive(Default)]
+    struct Seen {
+        sizes: Mutex<Vec<usize>>,
+        out: AtomicUsize,
+        most_out: AtomicUsize,
+    }
+
+    /// Runs `send_batches` over a fake call that takes `round_trip` and
+    /// answers every update `Done`; feeds it `waves` of updates, each wave
+    /// queued at once, `gap` apart. Every caller must get its answer.
+    async fn batches(waves: &[usize], gap: Duration, round_trip: Duration) -> Arc<Seen> {
+        let seen = Arc::new(Seen::default());
+        let (tx, queue) = mpsc::unbounded_channel();
+        let fake = {
+            let seen = seen.clone();
+            move |batch: Vec<QueuedUpdate>| {
+                let seen = seen.clone();
+                async move {
+                    seen.sizes.lock().unwrap().push(batch.len());
+                    let out = seen.out.fetch_add(1, Ordering::SeqCst) + 1;
+                    seen.most_out.fetch_max(out, Ordering::SeqCst);
+                    tokio::time::sleep(round_trip).await;
+                    seen.out.fetch_sub(1, Ordering::SeqCst);
+                    for q in batch {
+                        let _ = q.reply.send(Ok(StoreReply::Done));
+                    }
+                }
+            }
+        };
+        let task = tokio::spawn(send_batches(queue, Duration::from_millis(2), fake));
+        let mut answers = Vec::new();
+        for &n in waves {
+            for _ in 0..n {
+                let (reply, answer) = oneshot::channel();
+                let record = Record {
+                    client_id: ClientId::from_random_bytes(rand::random()),
+                    token: Secret::ZERO,
+                    nonce: Secret::ZERO,
+                    seed: 1,
+                    count: 10,
+                    acked: 0,
+                    generation: 1,
+                    incarnation: 1,
+                    holder: 1,
+                };
+                tx.send(QueuedUpdate {
+                    record,
+                    expect_generation: 1,
+                    expires_in: Duration::from_secs(30),
+                    reply,
+                })
+                .unwrap();
+                answers.push(answer);
+            }
+            tokio::time::sleep(gap).await;
+        }
+        for answer in answers {
+            assert!(matches!(answer.await, Ok(Ok(StoreReply::Done))));
+        }
+        drop(tx);
+        task.await.unwrap();
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_longer_than_a_batch_opens_more_calls_up_to_the_cap() {
+        // Three full batches at once: three calls out together, not one
+        // after the other.
+        let seen = batches(&[3 * MAX_BATCH], Duration::ZERO, Duration::from_millis(50)).await;
+        assert_eq!(*seen.sizes.lock().unwrap(), [MAX_BATCH; 3]);
+        assert_eq!(seen.most_out.load(Ordering::SeqCst), 3);
+        // More than the cap: never more than MAX_CALLS out.
+        let n = (MAX_CALLS + 2) * MAX_BATCH + 1;
+        let seen = batches(&[n], Duration::ZERO, Duration::from_millis(50)).await;
+        assert_eq!(seen.most_out.load(Ordering::SeqCst), MAX_CALLS);
+        assert_eq!(seen.sizes.lock().unwrap().iter().sum::<usize>(), n);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn below_a_full_batch_one_call_is_out_and_the_next_batch_grows() {
+        // Updates trickling in while a call is out wait for it and leave
+        // together: batching, not one call each.
+        let waves = [1, 5, 5, 5];
+        let seen = batches(&waves, Duration::from_millis(10), Duration::from_millis(50)).await;
+        assert_eq!(seen.most_out.load(Ordering::SeqCst), 1);
+        assert_eq!(*seen.sizes.lock().unwrap(), [1, 15]);
+    }
 
     #[test]
     fn glob_escape_makes_prefix_literal() {
