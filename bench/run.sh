@@ -45,14 +45,18 @@ scale() { # sessions at 1 s interval, ramped up at 5,000/s, 60 numbers each
 
 perconn() { # one connection per session, as separate client processes have:
     # PERCONN sessions (19,000 fits this machine's 20,000 descriptors per
-    # process) at 1 s, 60 numbers each, opened at 2,000/s; station and
-    # baseline alternating. Rows land in the scale table (connections =
+    # process) at 1 s, 60 numbers each, opened at 2,000/s; station, bare
+    # tonic, and bare tonic whose clients acknowledge every number as the
+    # station's do, alternating. Rows land in the scale table (connections =
     # sessions).
     local n=${PERCONN:-19000}
     for rep in 1 2 3; do
-        for kind in station baseline; do
-            if [ $kind = station ]; then start "perconn-$rep" $S server --port 0 --interval 1s
-            else start "perconnb-$rep" $B --port 0 --interval 1s; fi
+        for kind in station baseline baselineacks; do
+            case $kind in
+                station) start "perconn-$rep" $S server --port 0 --interval 1s ;;
+                baseline) start "perconnb-$rep" $B --port 0 --interval 1s ;;
+                baselineacks) start "perconnba-$rep" $B --port 0 --interval 1s --ack-every 1 ;;
+            esac
             $S load --endpoint 127.0.0.1:$PORT --sessions $n --connection-per-session --source-addresses 4 \
                 --count 60 --ramp-up-rate 2000 --server-pid $PID --duration 300s --json \
                 > "$OUT/scale-$kind-${n}x$n-$rep.json" || true
