@@ -66,10 +66,12 @@
 //! in a batch behave as if sent one after the other. While a call is out,
 //! the next batch gathers, so batches grow with the load; a full one goes
 //! at once, up to [`MAX_CALLS`] calls out per task, so a slow round trip
-//! does not cap the updates a second. A batch sent with no call out waits
-//! `StoreConfig::batch_linger` (2 ms by default) after its first update
-//! for more, because one server's lease writes arrive spread out, and
-//! without the wait a batch held about two of them. One call per batch
+//! does not cap the updates a second; an update of a session with a call
+//! still out waits for that call, so one session's updates never overtake
+//! each other, even when a call is re-sent. A batch sent with no call out
+//! waits `StoreConfig::batch_linger` (2 ms by default) after its first
+//! update for more, because one server's lease writes arrive spread out,
+//! and without the wait a batch held about two of them. One call per batch
 //! instead of one per write is what lets a server hold tens of thousands of
 //! sessions on one Redis (BENCHMARKS.md).
 //!
@@ -96,7 +98,7 @@
 //! clock is not paused (a paused clock jumps straight to the timeouts while
 //! the runtime waits for Redis).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -556,14 +558,13 @@ async fn invoke<T: redis::FromRedisValue>(
 
 /// Most script calls one batching task has out at once.
 ///
-/// One call at a time caps a task at [`MAX_BATCH`] updates per round trip.
-/// On a saturated server a round trip is tens of milliseconds of
-/// scheduling delay (not Redis time), and at 60,000 sessions on one Redis
-/// that cap fell below the ~12,000 lease renewals a second: the queue grew
-/// past the operation timeout, every renewal failed, and the streams'
-/// resumes added to the queue (BENCHMARKS.md). Eight calls carry eight
-/// times that; Redis still runs one script at a time, each bounded by
-/// `MAX_BATCH`.
+/// One call at a time caps a task at [`MAX_BATCH`] updates per round trip:
+/// 12,800 a second at 20 ms, what about 64,000 sessions renew at the
+/// default 5 s lease. A round trip is more than Redis's time: on a busy
+/// server it includes the wake-ups of the batching task and the
+/// connection's, and to a distant Redis the network's. Eight calls carry
+/// eight times that; Redis still runs one script at a time, each bounded
+/// by `MAX_BATCH`.
 const MAX_CALLS: usize = 8;
 
 /// A batching task: sends its queue's updates, up to [`MAX_BATCH`] per
@@ -572,12 +573,11 @@ const MAX_CALLS: usize = 8;
 ///
 /// While no call is out, a batch is held `linger` after its first update
 /// for more to join, then sent. While calls are out, updates gather into
-/// the next batch, which goes when a call returns, or at once when it is
+/// the next batch, which goes once no call is out, or at once when it is
 /// full and fewer than [`MAX_CALLS`] are out. So at low load there is one
-/// call at a time and batches grow with the load, as they should; only a
-/// queue longer than a batch opens more calls. Several calls in flight
-/// cannot reorder one session's updates: a stream has at most one store
-/// operation out, and calls leave on one connection in the order sent.
+/// call at a time and batches grow with the load; only a queue longer than
+/// a batch opens more calls (a partial batch may then wait for the slowest
+/// of them, at most [`OPERATION_TIMEOUT`]).
 async fn send_batches<F>(
     mut queue: mpsc::UnboundedReceiver<QueuedUpdate>,
     linger: Duration,
@@ -586,39 +586,97 @@ async fn send_batches<F>(
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut calls = tokio::task::JoinSet::new();
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut batches = Batches::default();
+    let mut incoming = Vec::with_capacity(MAX_BATCH);
     let mut open = true;
     loop {
-        // A caller that gave up (its operation timed out) is not sent.
-        batch.retain(|q: &QueuedUpdate| !q.reply.is_closed());
-        let full = batch.len() == MAX_BATCH;
-        if !batch.is_empty() && (calls.is_empty() || full && calls.len() < MAX_CALLS) {
+        let full = batches.next.len() >= MAX_BATCH;
+        let send =
+            !batches.next.is_empty() && (calls.is_empty() || (full && calls.len() < MAX_CALLS));
+        if send {
             if calls.is_empty() && !full && open && !linger.is_zero() {
                 tokio::time::sleep(linger).await;
-                while batch.len() < MAX_BATCH {
+                while batches.next.len() < MAX_BATCH {
                     match queue.try_recv() {
-                        Ok(q) => batch.push(q),
+                        Ok(q) => batches.admit(q),
                         Err(_) => break,
                     }
                 }
-                batch.retain(|q: &QueuedUpdate| !q.reply.is_closed());
             }
-            if !batch.is_empty() {
-                let sent = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-                calls.spawn(call(sent));
+            // A caller that gave up (its operation timed out) is not sent.
+            batches.next.retain(|q| !q.reply.is_closed());
+            if !batches.next.is_empty() {
+                let batch = std::mem::replace(&mut batches.next, Vec::with_capacity(MAX_BATCH));
+                let sessions = batch.iter().map(|q| q.record.client_id).collect();
+                let task = calls.spawn(call(batch));
+                batches.sent(task.id(), sessions);
             }
             continue;
         }
-        if !open && calls.is_empty() {
+        if !open && calls.is_empty() && batches.held.is_empty() {
             return;
         }
-        let room = MAX_BATCH - batch.len();
+        let room = MAX_BATCH.saturating_sub(batches.next.len());
         tokio::select! {
-            Some(_) = calls.join_next(), if !calls.is_empty() => {}
-            n = queue.recv_many(&mut batch, room), if open && !full => {
-                open = n > 0;
+            biased;
+            Some(done) = calls.join_next_with_id(), if !calls.is_empty() => {
+                batches.answered(done.map_or_else(|e| e.id(), |(id, ())| id));
             }
+            n = queue.recv_many(&mut incoming, room), if open && !full => {
+                open = n > 0;
+                incoming.drain(..).for_each(|q| batches.admit(q));
+            }
+            // Unreachable: with no call out and the queue closed, the
+            // loop has returned or sent what was left.
             else => return,
+        }
+    }
+}
+
+/// What one batching task holds besides its calls.
+#[derive(Default)]
+struct Batches {
+    /// The next batch.
+    next: Vec<QueuedUpdate>,
+    /// Updates of sessions that have a call out. Each waits for that call
+    /// to be answered: a call can be sent again behind a later one (after
+    /// `NOSCRIPT` or a reconnection), and a session's writes must reach
+    /// Redis in the order its stream made them. (A stream has one
+    /// operation out at a time, but it retries one that timed out here
+    /// while the call carrying it may still be out.)
+    held: Vec<QueuedUpdate>,
+    /// The sessions each call out carries, and all of them together
+    /// (membership only: nothing iterates `out`).
+    carried: HashMap<tokio::task::Id, Vec<ClientId>>,
+    out: HashSet<ClientId>,
+}
+
+impl Batches {
+    fn admit(&mut self, q: QueuedUpdate) {
+        if self.out.contains(&q.record.client_id) {
+            self.held.push(q);
+        } else {
+            self.next.push(q);
+        }
+    }
+
+    fn sent(&mut self, call: tokio::task::Id, sessions: Vec<ClientId>) {
+        self.out.extend(sessions.iter().copied());
+        self.carried.insert(call, sessions);
+    }
+
+    /// The call `call` ended (answered its callers, or failed and dropped
+    /// them): its sessions' held updates may go.
+    fn answered(&mut self, call: tokio::task::Id) {
+        for id in self.carried.remove(&call).unwrap_or_default() {
+            self.out.remove(&id);
+        }
+        for q in std::mem::take(&mut self.held) {
+            if self.next.len() < MAX_BATCH {
+                self.admit(q);
+            } else {
+                self.held.push(q);
+            }
         }
     }
 }
@@ -787,19 +845,32 @@ mod tests {
 
     use super::*;
 
-    /// What a fake script call saw: each batch's size, in the order sent,
-    /// and the most calls out at once.
+    /// What a fake script call saw: each batch's sessions, in the order
+    /// sent, and the most calls out at once.
     #[derive(Default)]
     struct Seen {
-        sizes: Mutex<Vec<usize>>,
+        batches: Mutex<Vec<Vec<ClientId>>>,
         out: AtomicUsize,
         most_out: AtomicUsize,
     }
 
+    impl Seen {
+        fn sizes(&self) -> Vec<usize> {
+            self.batches.lock().unwrap().iter().map(Vec::len).collect()
+        }
+    }
+
+    fn sessions(n: usize) -> Vec<ClientId> {
+        (0..n)
+            .map(|_| ClientId::from_random_bytes(rand::random()))
+            .collect()
+    }
+
     /// Runs `send_batches` over a fake call that takes `round_trip` and
-    /// answers every update `Done`; feeds it `waves` of updates, each wave
-    /// queued at once, `gap` apart. Every caller must get its answer.
-    async fn batches(waves: &[usize], gap: Duration, round_trip: Duration) -> Arc<Seen> {
+    /// answers every update `Done`; queues one update per session of each
+    /// wave at once, waves `gap` apart. Every caller must get its answer,
+    /// and the task must end once the queue closes.
+    async fn batches(waves: &[Vec<ClientId>], gap: Duration, round_trip: Duration) -> Arc<Seen> {
         let seen = Arc::new(Seen::default());
         let (tx, queue) = mpsc::unbounded_channel();
         let fake = {
@@ -807,7 +878,8 @@ mod tests {
             move |batch: Vec<QueuedUpdate>| {
                 let seen = seen.clone();
                 async move {
-                    seen.sizes.lock().unwrap().push(batch.len());
+                    let ids = batch.iter().map(|q| q.record.client_id).collect();
+                    seen.batches.lock().unwrap().push(ids);
                     let out = seen.out.fetch_add(1, Ordering::SeqCst) + 1;
                     seen.most_out.fetch_max(out, Ordering::SeqCst);
                     tokio::time::sleep(round_trip).await;
@@ -820,11 +892,11 @@ mod tests {
         };
         let task = tokio::spawn(send_batches(queue, Duration::from_millis(2), fake));
         let mut answers = Vec::new();
-        for &n in waves {
-            for _ in 0..n {
+        for wave in waves {
+            for &client_id in wave {
                 let (reply, answer) = oneshot::channel();
                 let record = Record {
-                    client_id: ClientId::from_random_bytes(rand::random()),
+                    client_id,
                     token: Secret::ZERO,
                     nonce: Secret::ZERO,
                     seed: 1,
@@ -834,22 +906,29 @@ mod tests {
                     incarnation: 1,
                     holder: 1,
                 };
-                tx.send(QueuedUpdate {
+                let update = QueuedUpdate {
                     record,
                     expect_generation: 1,
                     expires_in: Duration::from_secs(30),
                     reply,
-                })
-                .unwrap();
+                };
+                tx.send(update).unwrap();
                 answers.push(answer);
             }
             tokio::time::sleep(gap).await;
         }
-        for answer in answers {
-            assert!(matches!(answer.await, Ok(Ok(StoreReply::Done))));
-        }
         drop(tx);
-        task.await.unwrap();
+        // Bounded: a batching task that stalls fails here (the paused
+        // clock jumps to the timeout) instead of hanging the test.
+        let all = async {
+            for answer in answers {
+                assert!(matches!(answer.await, Ok(Ok(StoreReply::Done))));
+            }
+            task.await.unwrap();
+        };
+        tokio::time::timeout(Duration::from_secs(60), all)
+            .await
+            .expect("every update answered and the task ended");
         seen
     }
 
@@ -857,24 +936,50 @@ mod tests {
     async fn a_queue_longer_than_a_batch_opens_more_calls_up_to_the_cap() {
         // Three full batches at once: three calls out together, not one
         // after the other.
-        let seen = batches(&[3 * MAX_BATCH], Duration::ZERO, Duration::from_millis(50)).await;
-        assert_eq!(*seen.sizes.lock().unwrap(), [MAX_BATCH; 3]);
+        let rtt = Duration::from_millis(50);
+        let seen = batches(&[sessions(3 * MAX_BATCH)], Duration::ZERO, rtt).await;
+        assert_eq!(seen.sizes(), [MAX_BATCH; 3]);
         assert_eq!(seen.most_out.load(Ordering::SeqCst), 3);
         // More than the cap: never more than MAX_CALLS out.
         let n = (MAX_CALLS + 2) * MAX_BATCH + 1;
-        let seen = batches(&[n], Duration::ZERO, Duration::from_millis(50)).await;
+        let seen = batches(&[sessions(n)], Duration::ZERO, rtt).await;
         assert_eq!(seen.most_out.load(Ordering::SeqCst), MAX_CALLS);
-        assert_eq!(seen.sizes.lock().unwrap().iter().sum::<usize>(), n);
+        assert_eq!(seen.sizes().iter().sum::<usize>(), n);
     }
 
     #[tokio::test(start_paused = true)]
     async fn below_a_full_batch_one_call_is_out_and_the_next_batch_grows() {
         // Updates trickling in while a call is out wait for it and leave
         // together: batching, not one call each.
-        let waves = [1, 5, 5, 5];
+        let waves = [sessions(1), sessions(5), sessions(5), sessions(5)];
         let seen = batches(&waves, Duration::from_millis(10), Duration::from_millis(50)).await;
         assert_eq!(seen.most_out.load(Ordering::SeqCst), 1);
-        assert_eq!(*seen.sizes.lock().unwrap(), [1, 15]);
+        assert_eq!(seen.sizes(), [1, 15]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_with_a_call_out_waits_for_it_before_its_next_update() {
+        // A full batch goes out; 10 ms later one of its sessions updates
+        // again (a retry) beside a second full batch. The second call goes
+        // at once without it; it follows alone once the first is answered.
+        let first = sessions(MAX_BATCH);
+        let retry = first[7];
+        let mut second = sessions(MAX_BATCH);
+        second.insert(0, retry);
+        let seen = batches(
+            &[first.clone(), second.clone()],
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+        )
+        .await;
+        let sent = seen.batches.lock().unwrap().clone();
+        assert_eq!(seen.sizes(), [MAX_BATCH, MAX_BATCH, 1]);
+        assert!(
+            sent[0] == first && sent[1] == second[1..],
+            "batches out of order"
+        );
+        assert_eq!(sent[2], [retry]);
+        assert_eq!(seen.most_out.load(Ordering::SeqCst), 2);
     }
 
     #[test]
