@@ -73,13 +73,14 @@ impl NumbersStation for Baseline {
             let mut state: u64 = rand::random();
             // Clients asked to acknowledge are read while the stream waits
             // for its tick, as a server that uses acknowledgements must:
-            // unread, they would sit in h2's receive buffers, pinning read
-            // buffer pages the station's server frees at once.
+            // unread until the last number, they cost this baseline 70 %
+            // more memory per client (BENCHMARKS.md).
             let mut reading = ack_every != u32::MAX;
             for index in 0..count {
                 if !interval.is_zero() {
                     loop {
                         tokio::select! {
+                            biased;
                             _ = ticks.tick() => break,
                             msg = inbound.message(), if reading => {
                                 reading = matches!(msg, Ok(Some(_)));

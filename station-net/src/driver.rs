@@ -132,15 +132,19 @@ impl<S: SessionStore> Stream for SessionStream<S> {
             }
             while let Some(output) = session.poll_output() {
                 match output {
-                    Output::Store(op) => match start(this.shared, op) {
-                        Ok(reply) => session.handle_store(now(), reply),
-                        Err(op) => {
-                            // Polled at the top of the loop, which
-                            // registers this task for its answer.
-                            *this.store = Some(op);
-                            continue 'wake;
+                    Output::Store(op) => {
+                        // The core asks for one operation at a time.
+                        debug_assert!(this.store.is_none(), "a store operation is out");
+                        match start(this.shared, op) {
+                            Ok(reply) => session.handle_store(now(), reply),
+                            Err(op) => {
+                                // Polled at the top of the loop, which
+                                // registers this task for its answer.
+                                *this.store = Some(op);
+                                continue 'wake;
+                            }
                         }
-                    },
+                    }
                     Output::Attached(a) => {
                         shared.counters.attached(*this.resumed);
                         if let (Some(client_id), Some(generation), Some(incarnation)) = (
