@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the tables in BENCHMARKS.md. Release builds, loopback only,
-# every run bounded by --duration. Usage: bench/run.sh [scale|perconn|heap|maxrate|first|redis|overload|all]
+# every run bounded by --duration. Usage: bench/run.sh [scale|perconn|heap|maxrate|first|redis|redis-ab|overload|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p station --bin station --example baseline
@@ -180,7 +180,7 @@ redis() { # sessions per server on one Redis and on a six-node cluster at
     # per number, as before leases) and of 5 s (the default), alternating;
     # Redis CPU and commands measured around each run
     for n in ${REDIS_SCALE:-20000 60000}; do
-        for rep in 1 2 3; do
+        for rep in ${RUNS:-1 2 3}; do
             for store in ${REDIS_STORES:-single cluster}; do
                 for lease in ${REDIS_LEASES:-1s 5s}; do
                     local name="redis-$store-lease$lease-$n-$rep"
@@ -196,6 +196,22 @@ redis() { # sessions per server on one Redis and on a six-node cluster at
             done
         done
     done
+}
+
+redis_ab() { # the redis rows of this tree beside those of an older commit
+    # (AB_COMMIT), built in a worktree under target/, alternating old and
+    # new run by run; results in $OUT/redis-ab/{before,after}
+    local commit=${AB_COMMIT:?set AB_COMMIT to the commit to compare with}
+    local src=target/ab-src old=$PWD/target/ab/release/station
+    git worktree remove --force "$src" 2>/dev/null || rm -rf "$src"
+    git worktree add --force --detach "$src" "$commit" > /dev/null
+    (cd "$src" && CARGO_TARGET_DIR=../ab cargo build --release -q -p station --bin station)
+    local new=$S out=$OUT rep
+    for rep in 1 2 3; do
+        S=$old OUT=$out/redis-ab/before RUNS=$rep; mkdir -p "$OUT"; redis
+        S=$new OUT=$out/redis-ab/after RUNS=$rep; mkdir -p "$OUT"; redis
+    done
+    S=$new OUT=$out; unset RUNS
 }
 
 overload() { # at 100 ms, what the server carries (OVERLOAD_BASE sessions),
@@ -218,6 +234,6 @@ overload() { # at 100 ms, what the server carries (OVERLOAD_BASE sessions),
 }
 
 case "${1:-all}" in
-    scale) scale ;; perconn) perconn ;; heap) heap ;; maxrate) maxrate ;; first) first ;; redis) redis ;; overload) overload ;;
+    scale) scale ;; perconn) perconn ;; heap) heap ;; maxrate) maxrate ;; first) first ;; redis) redis ;; redis-ab) redis_ab ;; overload) overload ;;
     all) scale; CONNECTIONS=16 SCALE=100000 scale; perconn; heap; maxrate; first; redis; overload ;;
 esac
