@@ -590,6 +590,7 @@ async fn send_batches<F>(
     let mut incoming = Vec::with_capacity(MAX_BATCH);
     let mut open = true;
     loop {
+        batches.refill();
         let full = batches.next.len() >= MAX_BATCH;
         let send =
             !batches.next.is_empty() && (calls.is_empty() || (full && calls.len() < MAX_CALLS));
@@ -626,8 +627,9 @@ async fn send_batches<F>(
                 open = n > 0;
                 incoming.drain(..).for_each(|q| batches.admit(q));
             }
-            // Unreachable: with no call out and the queue closed, the
-            // loop has returned or sent what was left.
+            // Unreachable: with no call out, `refill` left nothing held
+            // that `next` had room for, so a full or non-empty `next` was
+            // sent above, and with the queue closed the loop has returned.
             else => return,
         }
     }
@@ -638,25 +640,62 @@ async fn send_batches<F>(
 struct Batches {
     /// The next batch.
     next: Vec<QueuedUpdate>,
-    /// Updates of sessions that have a call out. Each waits for that call
-    /// to be answered: a call can be sent again behind a later one (after
-    /// `NOSCRIPT` or a reconnection), and a session's writes must reach
-    /// Redis in the order its stream made them. (A stream has one
-    /// operation out at a time, but it retries one that timed out here
-    /// while the call carrying it may still be out.)
+    /// Updates that wait, in arrival order, for an earlier update of
+    /// their session: one in a call still out, or one held before them. A
+    /// call can be sent again behind a later one (after `NOSCRIPT` or a
+    /// reconnection), and a session's writes must reach Redis in the order
+    /// its stream made them. (A stream has one operation out at a time,
+    /// but it retries one that timed out here while the call carrying it
+    /// may still be out.)
     held: Vec<QueuedUpdate>,
-    /// The sessions each call out carries, and all of them together
-    /// (membership only: nothing iterates `out`).
+    /// How many updates of each session are in `held`.
+    held_sessions: HashMap<ClientId, usize>,
+    /// The sessions each call out carries, and all of them together.
+    /// Both are looked up by key only, never iterated for order.
     carried: HashMap<tokio::task::Id, Vec<ClientId>>,
     out: HashSet<ClientId>,
 }
 
 impl Batches {
     fn admit(&mut self, q: QueuedUpdate) {
-        if self.out.contains(&q.record.client_id) {
-            self.held.push(q);
+        let id = q.record.client_id;
+        if self.out.contains(&id) || self.held_sessions.contains_key(&id) {
+            self.hold(q);
         } else {
             self.next.push(q);
+        }
+    }
+
+    fn hold(&mut self, q: QueuedUpdate) {
+        *self.held_sessions.entry(q.record.client_id).or_default() += 1;
+        self.held.push(q);
+    }
+
+    /// Moves held updates whose sessions are free into `next`, in arrival
+    /// order, while it has room; drops those whose callers gave up. Run
+    /// before every decision, so nothing stays held that could go.
+    fn refill(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let mut waiting = HashSet::new();
+        for q in std::mem::take(&mut self.held) {
+            let id = q.record.client_id;
+            if let Some(n) = self.held_sessions.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.held_sessions.remove(&id);
+                }
+            }
+            if q.reply.is_closed() {
+                continue;
+            }
+            if self.next.len() < MAX_BATCH && !self.out.contains(&id) && !waiting.contains(&id) {
+                self.next.push(q);
+            } else {
+                waiting.insert(id);
+                self.hold(q);
+            }
         }
     }
 
@@ -666,17 +705,10 @@ impl Batches {
     }
 
     /// The call `call` ended (answered its callers, or failed and dropped
-    /// them): its sessions' held updates may go.
+    /// them): its sessions' held updates may go at the next `refill`.
     fn answered(&mut self, call: tokio::task::Id) {
         for id in self.carried.remove(&call).unwrap_or_default() {
             self.out.remove(&id);
-        }
-        for q in std::mem::take(&mut self.held) {
-            if self.next.len() < MAX_BATCH {
-                self.admit(q);
-            } else {
-                self.held.push(q);
-            }
         }
     }
 }
@@ -955,6 +987,38 @@ mod tests {
         let seen = batches(&waves, Duration::from_millis(10), Duration::from_millis(50)).await;
         assert_eq!(seen.most_out.load(Ordering::SeqCst), 1);
         assert_eq!(seen.sizes(), [1, 15]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn more_updates_held_than_a_batch_holds_all_go_in_order_once_free() {
+        // Two full batches go out; 10 ms later every one of their sessions
+        // updates again, twice. All 1,024 wait for the first two calls,
+        // then leave as full batches, each session's two in order, after
+        // the queue has closed.
+        let first = sessions(2 * MAX_BATCH);
+        let again: Vec<_> = first.iter().flat_map(|&id| [id, id]).collect();
+        let seen = batches(
+            &[first.clone(), again.clone()],
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+        )
+        .await;
+        assert_eq!(seen.sizes(), [MAX_BATCH; 6]);
+        let sent: Vec<ClientId> = seen.batches.lock().unwrap().concat();
+        assert!(
+            sent[..2 * MAX_BATCH] == first[..],
+            "the first calls out of order"
+        );
+        // Which of the first two calls is answered first is the runtime's
+        // choice; a session's two updates leave together.
+        let (mut later, mut expected) = (sent[2 * MAX_BATCH..].to_vec(), again);
+        assert!(
+            later.chunks(2).all(|pair| pair[0] == pair[1]),
+            "a session's updates split"
+        );
+        later.sort();
+        expected.sort();
+        assert_eq!(later, expected);
     }
 
     #[tokio::test(start_paused = true)]
