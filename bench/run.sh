@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Reproduces the tables in BENCHMARKS.md. Release builds, loopback only,
-# every run bounded by --duration. Usage: bench/run.sh [scale|perconn|heap|maxrate|first|redis|redis-ab|overload|all]
+# every run bounded by --duration. Usage: bench/run.sh [scale|perconn|heap|maxrate|first|redis|ab|overload|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p station --bin station --example baseline
 S=target/release/station
+# The load generator is always this tree's, also when S is an older
+# server (bench/run.sh ab), so both sides are measured alike.
+L=target/release/station
 B=target/release/examples/baseline
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
@@ -30,13 +33,13 @@ scale() { # sessions at 1 s interval, ramped up at 5,000/s, 60 numbers each
     # CONNECTIONS HTTP/2 connections
     local m=${CONNECTIONS:-64}
     for n in ${SCALE:-40000 100000}; do
-        for rep in 1 2 3; do
+        for rep in ${RUNS:-1 2 3}; do
             start "scale-$n-$rep" $S server --port 0 --interval 1s
-            $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections $m --count 60 \
+            $L load --endpoint 127.0.0.1:$PORT --sessions $n --connections $m --count 60 \
                 --ramp-up-rate 5000 --server-pid $PID --duration 300s --json > "$OUT/scale-station-${n}x$m-$rep.json" || true
             stop
             start "scale-base-$n-$rep" $B --port 0 --interval 1s
-            $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections $m --count 60 \
+            $L load --endpoint 127.0.0.1:$PORT --sessions $n --connections $m --count 60 \
                 --ramp-up-rate 5000 --server-pid $PID --duration 300s --json > "$OUT/scale-baseline-${n}x$m-$rep.json" || true
             stop
         done
@@ -57,7 +60,7 @@ perconn() { # one connection per session, as separate client processes have:
                 baseline) start "perconnb-$rep" $B --port 0 --interval 1s ;;
                 baselineacks) start "perconnba-$rep" $B --port 0 --interval 1s --ack-every 1 ;;
             esac
-            $S load --endpoint 127.0.0.1:$PORT --sessions $n --connection-per-session --source-addresses 4 \
+            $L load --endpoint 127.0.0.1:$PORT --sessions $n --connection-per-session --source-addresses 4 \
                 --count 60 --ramp-up-rate 2000 --server-pid $PID --duration 300s --json \
                 > "$OUT/scale-$kind-${n}x$n-$rep.json" || true
             stop
@@ -76,7 +79,7 @@ heap() { # where each connection's heap goes (heaptrack, Debian package
     for kind in station baseline; do
         if [ $kind = station ]; then start "heap-$kind" heaptrack -o "$OUT/heap-$kind" $dir/release/station server --port 0 --interval 1s
         else start "heap-$kind" heaptrack -o "$OUT/heap-$kind" $dir/release/examples/baseline --port 0 --interval 1s; fi
-        $S load --endpoint 127.0.0.1:$PORT --sessions $n --connection-per-session --count 20 \
+        $L load --endpoint 127.0.0.1:$PORT --sessions $n --connection-per-session --count 20 \
             --ramp-up-rate 2000 --duration 120s --json > "$OUT/heap-$kind-load.json" || true
         # heaptrack writes its file when the traced server exits.
         pkill -INT -P "$PID" || true; wait "$PID" 2>/dev/null || true; PID=
@@ -88,11 +91,11 @@ heap() { # where each connection's heap goes (heaptrack, Debian package
 maxrate() { # interval 0, long sequences: station vs baseline, alternating
     for rep in 1 2 3; do
         start "max-$rep" $S server --port 0 --interval 0s
-        $S load --endpoint 127.0.0.1:$PORT --sessions ${MAX_SESSIONS:-1000} --connections 16 --count 65535 \
+        $L load --endpoint 127.0.0.1:$PORT --sessions ${MAX_SESSIONS:-1000} --connections 16 --count 65535 \
             --server-pid $PID --duration 600s --json > "$OUT/max-station-$rep.json" || true
         stop
         start "maxb-$rep" $B --port 0 --interval 0s
-        $S load --endpoint 127.0.0.1:$PORT --sessions ${MAX_SESSIONS:-1000} --connections 16 --count 65535 \
+        $L load --endpoint 127.0.0.1:$PORT --sessions ${MAX_SESSIONS:-1000} --connections 16 --count 65535 \
             --server-pid $PID --duration 600s --json > "$OUT/max-baseline-$rep.json" || true
         stop
     done
@@ -102,7 +105,7 @@ first() { # first-number latency, n = 1 against n = 65535, same server
     start first $S server --port 0 --interval 1s
     for rep in 1 2 3; do
         for count in 1 65535; do
-            $S load --endpoint 127.0.0.1:$PORT --sessions 1000 --connections 16 --count $count \
+            $L load --endpoint 127.0.0.1:$PORT --sessions 1000 --connections 16 --count $count \
                 --ramp-up-rate 2000 --duration 5s --json > "$OUT/first-$count-$rep.json" || true
         done
     done
@@ -187,7 +190,7 @@ redis() { # sessions per server on one Redis and on a six-node cluster at
                     "redis_$store"
                     start "$name" $S server --port 0 --interval 1s --store "$URL" --lease "$lease"
                     local before; before=$(redis_usage)
-                    $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections 64 --count 60 \
+                    $L load --endpoint 127.0.0.1:$PORT --sessions $n --connections 64 --count 60 \
                         --ramp-up-rate 5000 --server-pid $PID --duration 300s --json > "$OUT/$name.json" || true
                     echo "{\"before\": $before, \"after\": $(redis_usage)}" > "$OUT/$name.redis"
                     stop
@@ -198,18 +201,29 @@ redis() { # sessions per server on one Redis and on a six-node cluster at
     done
 }
 
-redis_ab() { # the redis rows of this tree beside those of an older commit
-    # (AB_COMMIT), built in a worktree under target/, alternating old and
-    # new run by run; results in $OUT/redis-ab/{before,after}
+ab() { # one part (AB_PART: scale or redis, default redis) of an older
+    # commit (AB_COMMIT), built in a worktree under target/, beside this
+    # tree's, alternating old and new run by run; results in
+    # $OUT/ab/{before,after}. For one row per run, pin the sizes (e.g.
+    # REDIS_SCALE=60000 REDIS_STORES=single REDIS_LEASES=5s).
     local commit=${AB_COMMIT:?set AB_COMMIT to the commit to compare with}
+    local part=${AB_PART:-redis}
+    case $part in scale | redis) ;; *) echo "AB_PART must be scale or redis" >&2; exit 1 ;; esac
+    # An older server must take the flags its part passes (redis passes
+    # --lease, which arrived in a3d7caf).
     local src=target/ab-src old=$PWD/target/ab/release/station
     git worktree remove --force "$src" 2>/dev/null || rm -rf "$src"
     git worktree add --force --detach "$src" "$commit" > /dev/null
     (cd "$src" && CARGO_TARGET_DIR=../ab cargo build --release -q -p station --bin station)
-    local new=$S out=$OUT rep
+    local new=$S out=$OUT rep side
     for rep in 1 2 3; do
-        S=$old OUT=$out/redis-ab/before RUNS=$rep; mkdir -p "$OUT"; redis
-        S=$new OUT=$out/redis-ab/after RUNS=$rep; mkdir -p "$OUT"; redis
+        # Old first, then new first: a machine that drifts over the runs
+        # does not count against one side.
+        local order="before after"; [ $((rep % 2)) = 1 ] || order="after before"
+        for side in $order; do
+            if [ $side = before ]; then S=$old; else S=$new; fi
+            OUT=$out/ab/$side RUNS=$rep; mkdir -p "$OUT"; "$part"
+        done
     done
     S=$new OUT=$out; unset RUNS
 }
@@ -220,13 +234,13 @@ overload() { # at 100 ms, what the server carries (OVERLOAD_BASE sessions),
     local base=${OVERLOAD_BASE:-10000}
     local n=$((2 * base))
     start "overload-base" $S server --port 0 --interval 100ms --shed-when-late 0s
-    $S load --endpoint 127.0.0.1:$PORT --sessions $base --connections 16 --count 100 \
+    $L load --endpoint 127.0.0.1:$PORT --sessions $base --connections 16 --count 100 \
         --ramp-up-rate 4000 --server-pid $PID --duration 120s --json > "$OUT/overload-$base-base.json" || true
     stop
     for rep in $(seq ${OVERLOAD_REPS:-2}); do
         for shed in 0s 250ms; do
             start "overload-$shed-$rep" $S server --port 0 --interval 100ms --shed-when-late $shed
-            $S load --endpoint 127.0.0.1:$PORT --sessions $n --connections 16 --count 100 \
+            $L load --endpoint 127.0.0.1:$PORT --sessions $n --connections 16 --count 100 \
                 --ramp-up-rate 4000 --server-pid $PID --duration 120s --json > "$OUT/overload-$n-shed$shed-$rep.json" || true
             stop
         done
@@ -234,6 +248,6 @@ overload() { # at 100 ms, what the server carries (OVERLOAD_BASE sessions),
 }
 
 case "${1:-all}" in
-    scale) scale ;; perconn) perconn ;; heap) heap ;; maxrate) maxrate ;; first) first ;; redis) redis ;; redis-ab) redis_ab ;; overload) overload ;;
+    scale) scale ;; perconn) perconn ;; heap) heap ;; maxrate) maxrate ;; first) first ;; redis) redis ;; ab) ab ;; overload) overload ;;
     all) scale; CONNECTIONS=16 SCALE=100000 scale; perconn; heap; maxrate; first; redis; overload ;;
 esac
