@@ -63,12 +63,8 @@
 //! most [`MAX_BATCH`]) as one script call and hands each caller its own
 //! answer; the buckets' tasks run concurrently. The script applies them in
 //! order, each with its own compare-and-set, so two updates of one session
-//! in a batch behave as if sent one after the other. While a call is out,
-//! the next batch gathers, so batches grow with the load; a full one goes
-//! at once, up to [`MAX_CALLS`] calls out per task, so a slow round trip
-//! does not cap the updates a second; an update of a session with a call
-//! still out waits for that call, so one session's updates never overtake
-//! each other, even when a call is re-sent. A batch sent with no call out
+//! in a batch behave as if sent one after the other. While one call is
+//! out, the next batch gathers, so batches grow with the load; and a batch
 //! waits `StoreConfig::batch_linger` (2 ms by default) after its first
 //! update for more, because one server's lease writes arrive spread out,
 //! and without the wait a batch held about two of them. One call per batch
@@ -98,7 +94,7 @@
 //! clock is not paused (a paused clock jumps straight to the timeouts while
 //! the runtime waits for Redis).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -297,11 +293,13 @@ impl RedisStore {
         let updates: Vec<_> = (0..layout.queues())
             .map(|_| {
                 let (updates, queue) = mpsc::unbounded_channel();
-                let (conn, layout) = (conn.clone(), layout.clone());
-                let remember_us = micros(cfg.remember_expired);
-                tokio::spawn(send_batches(queue, cfg.batch_linger, move |batch| {
-                    update_call(conn.clone(), &layout, remember_us, batch)
-                }));
+                tokio::spawn(send_batches(
+                    conn.clone(),
+                    layout.clone(),
+                    micros(cfg.remember_expired),
+                    cfg.batch_linger,
+                    queue,
+                ));
                 updates
             })
             .collect();
@@ -556,181 +554,42 @@ async fn invoke<T: redis::FromRedisValue>(
     conn.invoke(inv).await.map_err(|e| failed(what, &e))
 }
 
-/// Most script calls one batching task has out at once.
-///
-/// One call at a time caps a task at [`MAX_BATCH`] updates per round trip:
-/// 12,800 a second at 20 ms, what about 64,000 sessions renew at the
-/// default 5 s lease. A round trip is more than Redis's time: on a busy
-/// server it includes the wake-ups of the batching task and the
-/// connection's, and to a distant Redis the network's. Eight calls carry
-/// eight times that; Redis still runs one script at a time, each bounded
-/// by `MAX_BATCH`.
-const MAX_CALLS: usize = 8;
-
 /// A batching task: sends its queue's updates, up to [`MAX_BATCH`] per
-/// script call, through `call`; ends when every handle to the store is gone
-/// and its calls are answered.
-///
-/// While no call is out, a batch is held `linger` after its first update
-/// for more to join, then sent. While calls are out, updates gather into
-/// the next batch, which goes once no call is out, or at once when it is
-/// full and fewer than [`MAX_CALLS`] are out. So at low load there is one
-/// call at a time and batches grow with the load; only a queue longer than
-/// a batch opens more calls (a partial batch may then wait for the slowest
-/// of them, at most [`OPERATION_TIMEOUT`]).
-async fn send_batches<F>(
-    mut queue: mpsc::UnboundedReceiver<QueuedUpdate>,
+/// script call, one call at a time, each batch held `linger` after its
+/// first update for more to join; ends when every handle to the store is
+/// gone.
+async fn send_batches(
+    conn: Conn,
+    layout: Layout,
+    remember_us: u64,
     linger: Duration,
-    call: impl Fn(Vec<QueuedUpdate>) -> F,
-) where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    let mut calls = tokio::task::JoinSet::new();
-    let mut batches = Batches::default();
-    let mut incoming = Vec::with_capacity(MAX_BATCH);
-    let mut open = true;
-    loop {
-        batches.refill();
-        let full = batches.next.len() >= MAX_BATCH;
-        let send =
-            !batches.next.is_empty() && (calls.is_empty() || (full && calls.len() < MAX_CALLS));
-        if send {
-            if calls.is_empty() && !full && open && !linger.is_zero() {
-                tokio::time::sleep(linger).await;
-                while batches.next.len() < MAX_BATCH {
-                    match queue.try_recv() {
-                        Ok(q) => batches.admit(q),
-                        Err(_) => break,
-                    }
+    mut queue: mpsc::UnboundedReceiver<QueuedUpdate>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if !linger.is_zero() && batch.len() < MAX_BATCH {
+            tokio::time::sleep(linger).await;
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(q) => batch.push(q),
+                    Err(_) => break,
                 }
             }
-            // A caller that gave up (its operation timed out) is not sent.
-            batches.next.retain(|q| !q.reply.is_closed());
-            if !batches.next.is_empty() {
-                let batch = std::mem::replace(&mut batches.next, Vec::with_capacity(MAX_BATCH));
-                let sessions = batch.iter().map(|q| q.record.client_id).collect();
-                let task = calls.spawn(call(batch));
-                batches.sent(task.id(), sessions);
-            }
+        }
+        // A caller that gave up (its operation timed out) is not sent.
+        batch.retain(|q: &QueuedUpdate| !q.reply.is_closed());
+        if batch.is_empty() {
             continue;
         }
-        if !open && calls.is_empty() && batches.held.is_empty() {
-            return;
+        let mut inv = SCRIPTS.update_many.prepare_invoke();
+        inv.arg(remember_us);
+        for q in &batch {
+            inv.key(layout.key(&q.record.client_id))
+                .arg(&q.record.to_bytes()[..])
+                .arg(q.record.generation.to_string())
+                .arg(q.expect_generation.to_string())
+                .arg(micros(q.expires_in));
         }
-        let room = MAX_BATCH.saturating_sub(batches.next.len());
-        tokio::select! {
-            biased;
-            Some(done) = calls.join_next_with_id(), if !calls.is_empty() => {
-                batches.answered(done.map_or_else(|e| e.id(), |(id, ())| id));
-            }
-            n = queue.recv_many(&mut incoming, room), if open && !full => {
-                open = n > 0;
-                incoming.drain(..).for_each(|q| batches.admit(q));
-            }
-            // Unreachable: with no call out, `refill` left nothing held
-            // that `next` had room for, so a full or non-empty `next` was
-            // sent above, and with the queue closed the loop has returned.
-            else => return,
-        }
-    }
-}
-
-/// What one batching task holds besides its calls.
-#[derive(Default)]
-struct Batches {
-    /// The next batch.
-    next: Vec<QueuedUpdate>,
-    /// Updates that wait, in arrival order, for an earlier update of
-    /// their session: one in a call still out, or one held before them. A
-    /// call can be sent again behind a later one (after `NOSCRIPT` or a
-    /// reconnection), and a session's writes must reach Redis in the order
-    /// its stream made them. (A stream has one operation out at a time,
-    /// but it retries one that timed out here while the call carrying it
-    /// may still be out.)
-    held: Vec<QueuedUpdate>,
-    /// How many updates of each session are in `held`.
-    held_sessions: HashMap<ClientId, usize>,
-    /// The sessions each call out carries, and all of them together.
-    /// Both are looked up by key only, never iterated for order.
-    carried: HashMap<tokio::task::Id, Vec<ClientId>>,
-    out: HashSet<ClientId>,
-}
-
-impl Batches {
-    fn admit(&mut self, q: QueuedUpdate) {
-        let id = q.record.client_id;
-        if self.out.contains(&id) || self.held_sessions.contains_key(&id) {
-            self.hold(q);
-        } else {
-            self.next.push(q);
-        }
-    }
-
-    fn hold(&mut self, q: QueuedUpdate) {
-        *self.held_sessions.entry(q.record.client_id).or_default() += 1;
-        self.held.push(q);
-    }
-
-    /// Moves held updates whose sessions are free into `next`, in arrival
-    /// order, while it has room; drops those whose callers gave up. Run
-    /// before every decision, so nothing stays held that could go.
-    fn refill(&mut self) {
-        if self.held.is_empty() {
-            return;
-        }
-        let mut waiting = HashSet::new();
-        for q in std::mem::take(&mut self.held) {
-            let id = q.record.client_id;
-            if let Some(n) = self.held_sessions.get_mut(&id) {
-                *n -= 1;
-                if *n == 0 {
-                    self.held_sessions.remove(&id);
-                }
-            }
-            if q.reply.is_closed() {
-                continue;
-            }
-            if self.next.len() < MAX_BATCH && !self.out.contains(&id) && !waiting.contains(&id) {
-                self.next.push(q);
-            } else {
-                waiting.insert(id);
-                self.hold(q);
-            }
-        }
-    }
-
-    fn sent(&mut self, call: tokio::task::Id, sessions: Vec<ClientId>) {
-        self.out.extend(sessions.iter().copied());
-        self.carried.insert(call, sessions);
-    }
-
-    /// The call `call` ended (answered its callers, or failed and dropped
-    /// them): its sessions' held updates may go at the next `refill`.
-    fn answered(&mut self, call: tokio::task::Id) {
-        for id in self.carried.remove(&call).unwrap_or_default() {
-            self.out.remove(&id);
-        }
-    }
-}
-
-/// One script call applying `batch`, bounded by [`OPERATION_TIMEOUT`];
-/// hands each caller its own answer.
-fn update_call(
-    conn: Conn,
-    layout: &Layout,
-    remember_us: u64,
-    batch: Vec<QueuedUpdate>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut inv = SCRIPTS.update_many.prepare_invoke();
-    inv.arg(remember_us);
-    for q in &batch {
-        inv.key(layout.key(&q.record.client_id))
-            .arg(&q.record.to_bytes()[..])
-            .arg(q.record.generation.to_string())
-            .arg(q.expect_generation.to_string())
-            .arg(micros(q.expires_in));
-    }
-    async move {
         let call = invoke::<Vec<Vec<Vec<u8>>>>(&conn, "update", &inv);
         let replies = match tokio::time::timeout(OPERATION_TIMEOUT, call).await {
             Ok(Ok(replies)) if replies.len() == batch.len() => Ok(replies),
@@ -746,13 +605,13 @@ fn update_call(
         };
         match replies {
             Ok(replies) => {
-                for (q, reply) in batch.into_iter().zip(replies) {
+                for (q, reply) in batch.drain(..).zip(replies) {
                     let id = q.record.client_id;
                     let _ = q.reply.send(write_reply("update", &id, &reply));
                 }
             }
             Err(message) => {
-                for q in batch {
+                for q in batch.drain(..) {
                     let _ = q.reply.send(Err(message.clone()));
                 }
             }
@@ -870,181 +729,7 @@ fn glob_escape(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
-
-    use station_core::Secret;
-
     use super::*;
-
-    /// What a fake script call saw: each batch's sessions, in the order
-    /// sent, and the most calls out at once.
-    #[derive(Default)]
-    struct Seen {
-        batches: Mutex<Vec<Vec<ClientId>>>,
-        out: AtomicUsize,
-        most_out: AtomicUsize,
-    }
-
-    impl Seen {
-        fn sizes(&self) -> Vec<usize> {
-            self.batches.lock().unwrap().iter().map(Vec::len).collect()
-        }
-    }
-
-    fn sessions(n: usize) -> Vec<ClientId> {
-        (0..n)
-            .map(|_| ClientId::from_random_bytes(rand::random()))
-            .collect()
-    }
-
-    /// Runs `send_batches` over a fake call that takes `round_trip` and
-    /// answers every update `Done`; queues one update per session of each
-    /// wave at once, waves `gap` apart. Every caller must get its answer,
-    /// and the task must end once the queue closes.
-    async fn batches(waves: &[Vec<ClientId>], gap: Duration, round_trip: Duration) -> Arc<Seen> {
-        let seen = Arc::new(Seen::default());
-        let (tx, queue) = mpsc::unbounded_channel();
-        let fake = {
-            let seen = seen.clone();
-            move |batch: Vec<QueuedUpdate>| {
-                let seen = seen.clone();
-                async move {
-                    let ids = batch.iter().map(|q| q.record.client_id).collect();
-                    seen.batches.lock().unwrap().push(ids);
-                    let out = seen.out.fetch_add(1, Ordering::SeqCst) + 1;
-                    seen.most_out.fetch_max(out, Ordering::SeqCst);
-                    tokio::time::sleep(round_trip).await;
-                    seen.out.fetch_sub(1, Ordering::SeqCst);
-                    for q in batch {
-                        let _ = q.reply.send(Ok(StoreReply::Done));
-                    }
-                }
-            }
-        };
-        let task = tokio::spawn(send_batches(queue, Duration::from_millis(2), fake));
-        let mut answers = Vec::new();
-        for wave in waves {
-            for &client_id in wave {
-                let (reply, answer) = oneshot::channel();
-                let record = Record {
-                    client_id,
-                    token: Secret::ZERO,
-                    nonce: Secret::ZERO,
-                    seed: 1,
-                    count: 10,
-                    acked: 0,
-                    generation: 1,
-                    incarnation: 1,
-                    holder: 1,
-                };
-                let update = QueuedUpdate {
-                    record,
-                    expect_generation: 1,
-                    expires_in: Duration::from_secs(30),
-                    reply,
-                };
-                tx.send(update).unwrap();
-                answers.push(answer);
-            }
-            tokio::time::sleep(gap).await;
-        }
-        drop(tx);
-        // Bounded: a batching task that stalls fails here (the paused
-        // clock jumps to the timeout) instead of hanging the test.
-        let all = async {
-            for answer in answers {
-                assert!(matches!(answer.await, Ok(Ok(StoreReply::Done))));
-            }
-            task.await.unwrap();
-        };
-        tokio::time::timeout(Duration::from_secs(60), all)
-            .await
-            .expect("every update answered and the task ended");
-        seen
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_queue_longer_than_a_batch_opens_more_calls_up_to_the_cap() {
-        // Three full batches at once: three calls out together, not one
-        // after the other.
-        let rtt = Duration::from_millis(50);
-        let seen = batches(&[sessions(3 * MAX_BATCH)], Duration::ZERO, rtt).await;
-        assert_eq!(seen.sizes(), [MAX_BATCH; 3]);
-        assert_eq!(seen.most_out.load(Ordering::SeqCst), 3);
-        // More than the cap: never more than MAX_CALLS out.
-        let n = (MAX_CALLS + 2) * MAX_BATCH + 1;
-        let seen = batches(&[sessions(n)], Duration::ZERO, rtt).await;
-        assert_eq!(seen.most_out.load(Ordering::SeqCst), MAX_CALLS);
-        assert_eq!(seen.sizes().iter().sum::<usize>(), n);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn below_a_full_batch_one_call_is_out_and_the_next_batch_grows() {
-        // Updates trickling in while a call is out wait for it and leave
-        // together: batching, not one call each.
-        let waves = [sessions(1), sessions(5), sessions(5), sessions(5)];
-        let seen = batches(&waves, Duration::from_millis(10), Duration::from_millis(50)).await;
-        assert_eq!(seen.most_out.load(Ordering::SeqCst), 1);
-        assert_eq!(seen.sizes(), [1, 15]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn more_updates_held_than_a_batch_holds_all_go_in_order_once_free() {
-        // Two full batches go out; 10 ms later every one of their sessions
-        // updates again, twice. All 1,024 wait for the first two calls,
-        // then leave as full batches, each session's two in order, after
-        // the queue has closed.
-        let first = sessions(2 * MAX_BATCH);
-        let again: Vec<_> = first.iter().flat_map(|&id| [id, id]).collect();
-        let seen = batches(
-            &[first.clone(), again.clone()],
-            Duration::from_millis(10),
-            Duration::from_millis(50),
-        )
-        .await;
-        assert_eq!(seen.sizes(), [MAX_BATCH; 6]);
-        let sent: Vec<ClientId> = seen.batches.lock().unwrap().concat();
-        assert!(
-            sent[..2 * MAX_BATCH] == first[..],
-            "the first calls out of order"
-        );
-        // Which of the first two calls is answered first is the runtime's
-        // choice; a session's two updates leave together.
-        let (mut later, mut expected) = (sent[2 * MAX_BATCH..].to_vec(), again);
-        assert!(
-            later.chunks(2).all(|pair| pair[0] == pair[1]),
-            "a session's updates split"
-        );
-        later.sort();
-        expected.sort();
-        assert_eq!(later, expected);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_session_with_a_call_out_waits_for_it_before_its_next_update() {
-        // A full batch goes out; 10 ms later one of its sessions updates
-        // again (a retry) beside a second full batch. The second call goes
-        // at once without it; it follows alone once the first is answered.
-        let first = sessions(MAX_BATCH);
-        let retry = first[7];
-        let mut second = sessions(MAX_BATCH);
-        second.insert(0, retry);
-        let seen = batches(
-            &[first.clone(), second.clone()],
-            Duration::from_millis(10),
-            Duration::from_millis(50),
-        )
-        .await;
-        let sent = seen.batches.lock().unwrap().clone();
-        assert_eq!(seen.sizes(), [MAX_BATCH, MAX_BATCH, 1]);
-        assert!(
-            sent[0] == first && sent[1] == second[1..],
-            "batches out of order"
-        );
-        assert_eq!(sent[2], [retry]);
-        assert_eq!(seen.most_out.load(Ordering::SeqCst), 2);
-    }
 
     #[test]
     fn glob_escape_makes_prefix_literal() {
