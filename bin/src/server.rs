@@ -125,9 +125,11 @@ async fn serve<S: SessionStore>(
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            if let Ok(n) = gauge_store.live_sessions().await {
-                station_net::metrics::set_live_sessions(n);
+            let sample = gauge_store.live_sessions().await;
+            if let Err(e) = &sample {
+                tracing::debug!("cannot count live sessions: {e}");
             }
+            station_net::metrics::set_live_sessions(sample.as_ref().copied());
         }
     });
     let interval = cfg.session.interval;
@@ -195,8 +197,15 @@ pub async fn stats(args: StatsArgs) -> u8 {
     .await;
     match result {
         Ok(s) => {
+            // `live_sessions` is null when the store could not be asked,
+            // and `live_sessions_error` says why; the rest still stands.
+            let error = (!s.live_sessions_error.is_empty()).then_some(&s.live_sessions_error);
+            if let Some(e) = error {
+                eprintln!("warning: live sessions unknown: {e}");
+            }
             let json = serde_json::json!({
                 "live_sessions": s.live_sessions,
+                "live_sessions_error": error,
                 "attached_streams": s.attached_streams,
                 "numbers_sent": s.numbers_sent,
                 "sessions_opened": s.sessions_opened,

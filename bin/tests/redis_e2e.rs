@@ -441,3 +441,40 @@ fn redis_restarted_without_persistence_tells_clients_their_session_is_lost() {
     assert_eq!(ends.lost + ends.forgotten, ends.streaming, "{ends:?}");
     assert_eq!(ends.verified, 20 - ends.streaming, "{ends:?}");
 }
+
+/// On Redis a delete is never answered at once, so clients half-close
+/// after their final ack while it is still in flight. Each of those
+/// sessions is a completion, not a rejected request: the server's
+/// counters say what the clients saw (every one verified).
+#[test]
+fn completions_on_redis_are_counted_as_completions() {
+    const SESSIONS: u64 = 200;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = "e2e-complete:";
+    let server = Server::on_redis("server", &redis, prefix);
+    let out = common::Proc::spawn(
+        "load",
+        common::station([
+            "load",
+            "--endpoint",
+            &server.endpoint(),
+            "--sessions",
+            &SESSIONS.to_string(),
+            "--count",
+            "5",
+            "--duration",
+            "30s",
+        ]),
+    )
+    .finish(Duration::from_secs(60));
+    out.assert_code(0);
+    let stats = server.wait_stats(SHORT, "every session settled", |s| {
+        s["attached_streams"] == 0 && s["live_sessions"] == 0
+    });
+    assert_eq!(counter(&stats, "sessions_opened"), SESSIONS, "{stats}");
+    assert_eq!(counter(&stats, "sessions_completed"), SESSIONS, "{stats}");
+    assert_eq!(counter(&stats, "streams_rejected"), 0, "{stats}");
+    assert_store_empties(&server, &redis, prefix);
+}

@@ -80,12 +80,12 @@ pub enum Reject {
     #[error("session {0} was taken over by another stream")]
     TakenOver(ClientId),
     /// The server refuses more sessions.
-    #[error("server is full: {0} sessions attached")]
+    #[error("server is full: {0} sessions held or attaching")]
     Full(usize),
-    /// The server is too busy to keep its sessions' schedule and refuses
-    /// new streams until it catches up.
-    #[error("server is overloaded (its ticks run {0:?} late); come back later")]
-    Overloaded(std::time::Duration),
+    /// The server cannot take a new session without failing those it has
+    /// admitted: it refuses new sessions (never resumes) until it can.
+    #[error("server is overloaded ({0}); come back later")]
+    Overloaded(Busy),
     /// Fault injection (`--fail-every`, `--go-offline-for`).
     #[error("injected fault: {0}")]
     InjectedFault(&'static str),
@@ -139,4 +139,15 @@ impl Reject {
         }
         Reject::BadClientId(echo)
     }
+}
+
+/// Why an overloaded server refuses new sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Busy {
+    /// Its runtime wakes this late on average: ticks would run late.
+    #[error("its ticks run {0:?} late")]
+    Late(std::time::Duration),
+    /// Its session store is at its limit ([`crate::admission`]).
+    #[error("{0}")]
+    Store(#[from] crate::admission::Closed),
 }

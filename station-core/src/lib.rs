@@ -22,6 +22,9 @@
 //!   across reconnections (`client/mod.rs`); backoff, pushback and giving up
 //!   (`backoff.rs`); [`client::Config`] and its validation (`config.rs`);
 //!   what it receives and emits (`messages.rs`); tests in `client/tests/`.
+//! - [`admission`]: [`admission::StoreGate`], whether a server may admit a
+//!   new session given how its store is coping (operations in flight
+//!   against an adaptive limit, latency, recent failures).
 //! - [`Reject`]: every reason a server refuses or ends a stream.
 //! - `testkit` (behind the non-default `testkit` feature, so production
 //!   builds carry no clock-reading test code): drives a server stream or a
@@ -87,6 +90,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod client;
 mod error;
 mod ids;
@@ -100,6 +104,6 @@ pub mod testkit;
 #[cfg(test)]
 mod harness;
 
-pub use error::Reject;
+pub use error::{Busy, Reject};
 pub use ids::{ClientId, Secret};
 pub use reason::{Reason, DOMAIN};

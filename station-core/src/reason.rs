@@ -35,7 +35,8 @@ pub enum Reason {
     TakenOver,
     /// The server holds as many sessions as it is allowed to.
     ServerFull,
-    /// The server is overloaded and sheds new sessions.
+    /// The server or its store is at capacity: new sessions are refused
+    /// (resumes never are).
     Overloaded,
     /// The session store did not answer.
     StoreUnavailable,

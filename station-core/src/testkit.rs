@@ -297,7 +297,7 @@ impl Checker {
             }
             Output::End(end) => {
                 self.ended = true;
-                if *end == End::Completed && self.attached.is_none() {
+                if matches!(end, End::Completed { .. }) && self.attached.is_none() {
                     return Err("completed without attaching".into());
                 }
             }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use station_core::server::{
     End, Open, Output, Resume, StoreOp, StoreReply, Stream as StreamMachine,
 };
-use station_core::Reject;
+use station_core::{Busy, Reject};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 use tokio_stream::Stream;
@@ -62,12 +62,13 @@ pin_project_lite::pin_project! {
         #[pin]
         shutdown: WaitForCancellationFutureOwned,
         shutting_down: bool,
-        resumed: bool,
         ended: bool,
-        // Held for the stream's life: its place under `--max-sessions`, the
-        // attached-streams gauge, and the drain count for shutdown.
-        _slot: OwnedSemaphorePermit,
-        _gauge: metrics::AttachedGauge,
+        // Its place under `--max-sessions`, from its first message (before
+        // any store work) to its end.
+        slot: Option<OwnedSemaphorePermit>,
+        // Counted as attached from `Attached` to its end.
+        attached: Option<metrics::AttachedGauge>,
+        // Held for the stream's life: the drain count for shutdown.
         _tracked: TaskTrackerToken,
     }
 
@@ -88,11 +89,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<S: SessionStore> SessionStream<S> {
-    pub(crate) fn new(
-        shared: Arc<Shared<S>>,
-        inbound: Streaming<ClientMessage>,
-        slot: OwnedSemaphorePermit,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<Shared<S>>, inbound: Streaming<ClientMessage>) -> Self {
         let now = now();
         SessionStream {
             session: StreamMachine::new(shared.cfg.session.clone(), now),
@@ -103,10 +100,9 @@ impl<S: SessionStore> SessionStream<S> {
             armed: None,
             shutdown: shared.shutdown.clone().cancelled_owned(),
             shutting_down: false,
-            resumed: false,
             ended: false,
-            _slot: slot,
-            _gauge: metrics::AttachedGauge::new(),
+            slot: None,
+            attached: None,
             _tracked: shared.tasks.token(),
             shared,
         }
@@ -146,7 +142,8 @@ impl<S: SessionStore> Stream for SessionStream<S> {
                         }
                     }
                     Output::Attached(a) => {
-                        shared.counters.attached(*this.resumed);
+                        shared.counters.attached(a.how);
+                        *this.attached = Some(shared.counters.attached_gauge());
                         if let (Some(client_id), Some(generation), Some(incarnation)) = (
                             session.client_id(),
                             session.generation(),
@@ -195,6 +192,8 @@ impl<S: SessionStore> Stream for SessionStream<S> {
                     Output::End(end) => {
                         // What follows (the release) is settled on drop.
                         *this.ended = true;
+                        *this.slot = None;
+                        *this.attached = None;
                         return Poll::Ready(finish(shared, session, end).map(Err));
                     }
                 }
@@ -209,18 +208,10 @@ impl<S: SessionStore> Stream for SessionStream<S> {
             if !*this.inbound_done {
                 if let Poll::Ready(msg) = Pin::new(&mut *this.inbound).poll_next(cx) {
                     match msg {
-                        Some(Ok(msg)) => {
-                            *this.resumed |= matches!(msg.kind, Some(ClientKind::Resume(_)));
-                            handle(shared, session, msg);
-                        }
+                        Some(Ok(msg)) => handle(shared, session, this.slot, msg),
                         None => {
                             *this.inbound_done = true;
-                            session.abort(
-                                now(),
-                                Reject::Unexpected(
-                                    "client closed its side of the stream before the session completed",
-                                ),
-                            );
+                            session.handle_half_closed(now());
                         }
                         // tonic reports its own decode limit as OUT_OF_RANGE.
                         Some(Err(status)) if status.code() == tonic::Code::OutOfRange => {
@@ -292,20 +283,36 @@ fn message(kind: ServerKind) -> ServerMessage {
     ServerMessage { kind: Some(kind) }
 }
 
-/// Feeds one client message to the session.
-fn handle<S: SessionStore>(shared: &Shared<S>, session: &mut StreamMachine, msg: ClientMessage) {
+/// Feeds one client message to the session. The first (`Open` or
+/// `Resume`) must find a place under `--max-sessions` before any store
+/// work; it keeps it in `slot` until the stream ends.
+fn handle<S: SessionStore>(
+    shared: &Shared<S>,
+    session: &mut StreamMachine,
+    slot: &mut Option<OwnedSemaphorePermit>,
+    msg: ClientMessage,
+) {
     let now = now();
+    let first = matches!(msg.kind, Some(ClientKind::Open(_) | ClientKind::Resume(_)));
+    if first && slot.is_none() {
+        match shared.slot() {
+            Some(permit) => *slot = Some(permit),
+            None => return session.abort(now, Reject::Full(shared.cfg.max_sessions)),
+        }
+    }
     match msg.kind {
         Some(ClientKind::Open(open)) => {
-            // An overloaded server sheds new sessions before any store
+            // An overloaded server refuses new sessions before any store
             // work, but lets every existing session resume: refusing a
-            // resume only turns lateness into an expired session.
-            if let Some(late) = shared
-                .overload
-                .shedding()
-                .filter(|_| session.client_id().is_none())
-            {
-                return session.abort(now, Reject::Overloaded(late));
+            // resume only turns lateness into an expired session, and a
+            // slow store into lost ones (ARCHITECTURE.md §7).
+            if session.client_id().is_none() {
+                if let Some(late) = shared.overload.shedding() {
+                    return session.abort(now, Reject::Overloaded(Busy::Late(late)));
+                }
+                if let Err(closed) = shared.admission.admits(now) {
+                    return session.abort(now, Reject::Overloaded(Busy::Store(closed)));
+                }
             }
             let open = Open {
                 client_id: &open.client_id,
@@ -327,23 +334,18 @@ fn handle<S: SessionStore>(shared: &Shared<S>, session: &mut StreamMachine, msg:
     }
 }
 
-/// Runs what the session still asks of the store after its stream ended
-/// (its release), and the operation in flight, if any: at once if the
-/// store can, else on a task of its own that shutdown waits for.
+/// Runs what the session still asks of the store after its client went
+/// away: its release, or the delete of a completed session (with its
+/// retries), and the operation in flight, if any. At once if the store
+/// can, else on a task of its own that shutdown waits for. The stream's
+/// end is still counted, though nobody hears it.
 fn settle<S: SessionStore>(
     shared: &Arc<Shared<S>>,
     session: &mut StreamMachine,
     mut pending: Option<StoreFuture>,
 ) {
-    while pending.is_none() {
-        match session.poll_output() {
-            Some(Output::Store(op)) => match start(shared, op) {
-                Ok(reply) => session.handle_store(now(), reply),
-                Err(op) => pending = Some(op),
-            },
-            Some(_) => {} // Nothing more reaches the client.
-            None => return,
-        }
+    if pending.is_none() && !drain_quietly(shared, session, &mut pending) {
+        return;
     }
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return; // The runtime is gone: so is the process.
@@ -352,16 +354,47 @@ fn settle<S: SessionStore>(
     let mut session = std::mem::replace(session, StreamMachine::new(cfg, now()));
     let task_shared = shared.clone();
     let task = async move {
-        while let Some(op) = pending.take() {
-            session.handle_store(now(), op.await);
-            while let Some(output) = session.poll_output() {
-                if let Output::Store(op) = output {
-                    pending = Some(execute(task_shared.clone(), op));
-                }
+        loop {
+            match pending.take() {
+                Some(op) => session.handle_store(now(), op.await),
+                None => match session.poll_timeout() {
+                    // A completed session's delete, due again after a
+                    // failure.
+                    Some(at) => {
+                        tokio::time::sleep_until(at.into()).await;
+                        session.handle_timeout(now());
+                    }
+                    None => return,
+                },
+            }
+            if !drain_quietly(&task_shared, &mut session, &mut pending) {
+                return;
             }
         }
     };
     shared.tasks.spawn_on(task, &runtime);
+}
+
+/// Drains a stream whose client is gone: answers what the store can
+/// answer at once, leaves the first operation that cannot in `pending`,
+/// and counts the end. Whether there is anything left to wait for.
+fn drain_quietly<S: SessionStore>(
+    shared: &Arc<Shared<S>>,
+    session: &mut StreamMachine,
+    pending: &mut Option<StoreFuture>,
+) -> bool {
+    while pending.is_none() {
+        match session.poll_output() {
+            Some(Output::Store(op)) => match start(shared, op) {
+                Ok(reply) => session.handle_store(now(), reply),
+                Err(op) => *pending = Some(op),
+            },
+            Some(Output::End(end)) => drop(finish(shared, session, end)),
+            Some(Output::Attached(_) | Output::Send(_)) => {} // Nobody to send to.
+            None => return !session.is_ended(),
+        }
+    }
+    true
 }
 
 /// Starts one store operation: its answer at once if the store can give
@@ -384,11 +417,15 @@ fn execute<S: SessionStore>(shared: Arc<Shared<S>>, op: StoreOp) -> StoreFuture 
     Box::pin(async move {
         let timeout = shared.cfg.store_timeout;
         let started = tokio::time::Instant::now();
+        let inflight = shared.admission.started();
         let reply = match tokio::time::timeout(timeout, shared.store.execute(op)).await {
             Ok(reply) => reply,
             Err(_) => StoreReply::Unavailable(format!("no answer within {timeout:?}")),
         };
-        account(started.elapsed(), &reply);
+        let elapsed = started.elapsed();
+        let failed = matches!(reply, StoreReply::Unavailable(_));
+        shared.admission.finished(now(), elapsed, inflight, failed);
+        account(elapsed, &reply);
         reply
     })
 }
@@ -416,12 +453,19 @@ fn finish<S: SessionStore>(
 ) -> Option<Status> {
     let client = session.client_id();
     match end {
-        End::Completed => {
+        End::Completed { deleted } => {
             shared.counters.completed();
             if let Some(client_id) = client {
                 shared.observe(|| StreamEvent::Completed { client_id });
             }
-            tracing::debug!(?client, "session completed");
+            match deleted {
+                true => tracing::debug!(?client, "session completed"),
+                false => tracing::warn!(
+                    ?client,
+                    "session completed, but the store did not confirm its delete; \
+                     its record expires on its own"
+                ),
+            }
             None
         }
         End::ClientGone => {
@@ -430,7 +474,11 @@ fn finish<S: SessionStore>(
         }
         End::Rejected(reject) => {
             let status = shared.status(&reject, now());
-            shared.counters.rejected(status.code(), &reject);
+            // Never attached: the stream was refused, not ended (an
+            // expired session found by a resume, unlike one found by a
+            // renewal).
+            let refused = session.generation().is_none();
+            shared.counters.rejected(status.code(), &reject, refused);
             tracing::debug!(?client, %reject, "stream ended");
             Some(status)
         }

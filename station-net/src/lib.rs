@@ -24,6 +24,7 @@
 //! The adapter owns sockets, timers and store I/O, and makes no protocol
 //! decision: those are the core's.
 
+pub mod admission;
 pub mod client;
 mod clock;
 pub mod coalesce;

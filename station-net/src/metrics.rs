@@ -3,22 +3,26 @@
 //! (a no-op unless the binary installs an exporter).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
+use station_core::server::Attachment;
 use tonic::Code;
 
 /// Numbers handed to the transport.
 pub const NUMBERS_SENT: &str = "station_numbers_sent_total";
-/// Sessions opened (first `Attached` of a session).
+/// Sessions opened (the `Attached` of the `Open` that created a session).
 pub const OPENED: &str = "station_sessions_opened_total";
-/// Sessions resumed.
+/// Streams that re-attached an existing session: a `Resume`, or an `Open`
+/// repeated by a client that never received its `Attached`.
 pub const RESUMED: &str = "station_sessions_resumed_total";
 /// Sessions completed (final ack, record deleted).
 pub const COMPLETED: &str = "station_sessions_completed_total";
-/// Resumes refused because the session had expired.
+/// Resumes refused because the session had expired (not streams whose
+/// session expired under them: those are NOT_FOUND rejections).
 pub const EXPIRED: &str = "station_sessions_expired_total";
 /// Streams ended because another stream took their session over.
 pub const TAKEN_OVER: &str = "station_sessions_taken_over_total";
@@ -28,7 +32,7 @@ pub const REJECTIONS: &str = "station_rejections_total";
 pub const STORE_ERRORS: &str = "station_store_errors_total";
 /// Store operation latency.
 pub const STORE_LATENCY: &str = "station_store_latency_seconds";
-/// Streams attached to this server now.
+/// Streams attached to this server now: `Attached` sent, not yet ended.
 pub const STREAMS_ATTACHED: &str = "station_streams_attached";
 /// Sessions live in the store (shared by every server on the store).
 pub const SESSIONS_LIVE: &str = "station_sessions_live";
@@ -36,12 +40,24 @@ pub const SESSIONS_LIVE: &str = "station_sessions_live";
 pub const LATENESS: &str = "station_scheduling_lateness_seconds";
 /// 1 while the server sheds new sessions, else 0.
 pub const SHEDDING: &str = "station_shedding";
+/// Streams refused before they attached (never admitted), by reason.
+pub const REFUSED: &str = "station_streams_refused_total";
+/// Attached streams the server ended with an error status, by reason.
+pub const FAILED: &str = "station_streams_failed_total";
+/// Store operations in flight (those that cannot answer at once).
+pub const STORE_INFLIGHT: &str = "station_store_operations_in_flight";
+/// The adaptive limit on store operations in flight beyond which new
+/// sessions are refused.
+pub const ADMISSION_LIMIT: &str = "station_admission_limit";
 
 /// Registers help texts with the installed recorder.
 pub fn describe() {
     describe_counter!(NUMBERS_SENT, "Numbers handed to the transport");
     describe_counter!(OPENED, "Sessions opened");
-    describe_counter!(RESUMED, "Sessions resumed on this server");
+    describe_counter!(
+        RESUMED,
+        "Streams that re-attached an existing session (resumes, repeated opens)"
+    );
     describe_counter!(COMPLETED, "Sessions completed and deleted");
     describe_counter!(EXPIRED, "Resumes refused because the session had expired");
     describe_counter!(
@@ -61,10 +77,13 @@ pub fn describe() {
         Unit::Seconds,
         "Session store operation latency"
     );
-    describe_gauge!(STREAMS_ATTACHED, "Streams attached to this server");
+    describe_gauge!(
+        STREAMS_ATTACHED,
+        "Streams attached to this server (Attached sent, not yet ended)"
+    );
     describe_gauge!(
         SESSIONS_LIVE,
-        "Live sessions in the store (all servers on it)"
+        "Live sessions in the store (all servers on it); NaN when the last sample failed"
     );
     describe_gauge!(
         LATENESS,
@@ -72,6 +91,28 @@ pub fn describe() {
         "Smoothed lateness of the server's timers (the overload signal)"
     );
     describe_gauge!(SHEDDING, "1 while the server sheds new sessions");
+    describe_counter!(
+        REFUSED,
+        "Streams refused before they attached (never admitted), by reason"
+    );
+    describe_counter!(
+        FAILED,
+        "Attached streams ended with an error status, by reason"
+    );
+    describe_gauge!(
+        STORE_INFLIGHT,
+        "Session store operations in flight (stores that answer at once are not counted)"
+    );
+    describe_gauge!(
+        ADMISSION_LIMIT,
+        "Adaptive limit on store operations in flight beyond which new sessions are refused"
+    );
+}
+
+/// Reports the store's side of admission.
+pub(crate) fn set_admission(inflight: u32, limit: u32) {
+    gauge!(STORE_INFLIGHT).set(f64::from(inflight));
+    gauge!(ADMISSION_LIMIT).set(f64::from(limit));
 }
 
 /// Reports the overload signal.
@@ -88,6 +129,8 @@ pub(crate) struct Counters {
     pub resumed: AtomicU64,
     pub completed: AtomicU64,
     pub rejected: AtomicU64,
+    /// Streams attached now (shared with each stream's [`AttachedGauge`]).
+    pub attached: Arc<AtomicU64>,
 }
 
 impl Counters {
@@ -96,14 +139,24 @@ impl Counters {
         counter!(NUMBERS_SENT).increment(1);
     }
 
-    pub fn attached(&self, resumed: bool) {
-        if resumed {
-            self.resumed.fetch_add(1, Ordering::Relaxed);
-            counter!(RESUMED).increment(1);
-        } else {
-            self.opened.fetch_add(1, Ordering::Relaxed);
-            counter!(OPENED).increment(1);
+    pub fn attached(&self, how: Attachment) {
+        match how {
+            Attachment::Opened => {
+                self.opened.fetch_add(1, Ordering::Relaxed);
+                counter!(OPENED).increment(1);
+            }
+            Attachment::Resumed | Attachment::Reopened => {
+                self.resumed.fetch_add(1, Ordering::Relaxed);
+                counter!(RESUMED).increment(1);
+            }
         }
+    }
+
+    /// Counts a stream as attached until the guard drops.
+    pub fn attached_gauge(&self) -> AttachedGauge {
+        self.attached.fetch_add(1, Ordering::Relaxed);
+        gauge!(STREAMS_ATTACHED).increment(1.0);
+        AttachedGauge(self.attached.clone())
     }
 
     pub fn completed(&self) {
@@ -111,11 +164,18 @@ impl Counters {
         counter!(COMPLETED).increment(1);
     }
 
-    pub fn rejected(&self, code: Code, reject: &station_core::Reject) {
+    /// A stream ended with an error status; `refused` if it never
+    /// attached (its first message was turned down).
+    pub fn rejected(&self, code: Code, reject: &station_core::Reject, refused: bool) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         counter!(REJECTIONS, "code" => code_name(code)).increment(1);
+        let reason = reject.reason().as_str();
+        match refused {
+            true => counter!(REFUSED, "reason" => reason).increment(1),
+            false => counter!(FAILED, "reason" => reason).increment(1),
+        }
         match reject {
-            station_core::Reject::Expired(_) => counter!(EXPIRED).increment(1),
+            station_core::Reject::Expired(_) if refused => counter!(EXPIRED).increment(1),
             station_core::Reject::TakenOver(_) => counter!(TAKEN_OVER).increment(1),
             _ => {}
         }
@@ -134,25 +194,28 @@ pub(crate) fn store_op(elapsed: Duration, failed: bool) {
     }
 }
 
-/// Counts an attached stream for as long as it lives.
-pub(crate) struct AttachedGauge;
-
-impl AttachedGauge {
-    pub fn new() -> Self {
-        gauge!(STREAMS_ATTACHED).increment(1.0);
-        AttachedGauge
-    }
-}
+/// Counts an attached stream until dropped (at the stream's end).
+pub(crate) struct AttachedGauge(Arc<AtomicU64>);
 
 impl Drop for AttachedGauge {
     fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
         gauge!(STREAMS_ATTACHED).decrement(1.0);
     }
 }
 
-/// Sets the live-sessions gauge.
-pub fn set_live_sessions(n: u64) {
-    gauge!(SESSIONS_LIVE).set(n as f64);
+/// Sets the live-sessions gauge from a sample of the store: the count, or
+/// NaN ("unknown", which Prometheus shows as a gap) when the store could
+/// not be asked, counted as a store error. A failed sample never leaves
+/// the last good value standing as if it were current.
+pub fn set_live_sessions(sample: Result<u64, &crate::store::StoreError>) {
+    match sample {
+        Ok(n) => gauge!(SESSIONS_LIVE).set(n as f64),
+        Err(_) => {
+            gauge!(SESSIONS_LIVE).set(f64::NAN);
+            counter!(STORE_ERRORS).increment(1);
+        }
+    }
 }
 
 fn code_name(code: Code) -> &'static str {

@@ -25,13 +25,14 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::admission::Admission;
 pub use crate::driver::SessionStream;
 use crate::metrics::Counters;
 use crate::overload::Overload;
 use crate::proto::numbers_station_server::{NumbersStation, NumbersStationServer};
 use crate::proto::station_admin_server::{StationAdmin, StationAdminServer};
 use crate::proto::{ClientMessage, StatsReply, StatsRequest};
-use crate::status::{to_status, to_status_with_retry};
+use crate::status::to_status_with_retry;
 use crate::store::SessionStore;
 
 /// Everything a server can be told.
@@ -39,7 +40,8 @@ use crate::store::SessionStore;
 pub struct ServerConfig {
     /// Session pacing, TTL and window.
     pub session: station_core::server::Config,
-    /// Most streams attached at once; more are RESOURCE_EXHAUSTED.
+    /// Most streams holding or attaching a session at once (counted from
+    /// their first message to their end); more are RESOURCE_EXHAUSTED.
     pub max_sessions: usize,
     /// Fail every N-th number with UNAVAILABLE (fault injection).
     pub fail_every: Option<NonZeroU64>,
@@ -183,6 +185,7 @@ pub(crate) struct Shared<S> {
     slots: Arc<Semaphore>,
     faults: Faults,
     pub overload: Arc<Overload>,
+    pub admission: Admission,
 }
 
 /// Fault injection state, shared by all streams of the server.
@@ -242,6 +245,11 @@ impl<S: SessionStore> Shared<S> {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         until.map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
+    }
+
+    /// A place under `--max-sessions`, if one is free.
+    pub(crate) fn slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
     }
 
     /// When a client refused for `reject` should come back: the server's
@@ -318,6 +326,7 @@ impl<S: SessionStore> Station<S> {
             shared: Arc::new(Shared {
                 epoch: crate::clock::now(),
                 overload: Arc::new(Overload::new(cfg.shed_when_late)),
+                admission: Admission::new(cfg.store_timeout),
                 slots: Arc::new(Semaphore::new(cfg.max_sessions)),
                 cfg,
                 observer,
@@ -336,35 +345,41 @@ impl<S: SessionStore> Station<S> {
         &self.shared.store
     }
 
-    /// Streams attached now.
+    /// Streams attached now: `Attached` sent, not yet ended.
     pub fn attached_streams(&self) -> u64 {
-        (self.shared.cfg.max_sessions - self.shared.slots.available_permits()) as u64
+        Counters::get(&self.shared.counters.attached)
     }
 
-    /// A snapshot of the counters (the `Stats` RPC).
-    pub async fn stats(&self) -> Result<StatsReply, Status> {
+    /// A snapshot of the counters (the `Stats` RPC). A store that cannot be
+    /// asked leaves `live_sessions` out and says why; the server's own
+    /// counters are reported all the same.
+    pub async fn stats(&self) -> StatsReply {
         let c = &self.shared.counters;
-        let live = self
-            .shared
-            .store
-            .live_sessions()
-            .await
-            .map_err(|e| to_status(&Reject::StoreUnavailable(e.to_string())))?;
-        Ok(StatsReply {
-            live_sessions: live,
+        let (live_sessions, live_sessions_error) = match self.shared.store.live_sessions().await {
+            Ok(n) => (Some(n), String::new()),
+            Err(e) => (None, e.to_string()),
+        };
+        StatsReply {
+            live_sessions,
+            live_sessions_error,
             attached_streams: self.attached_streams(),
             numbers_sent: Counters::get(&c.numbers_sent),
             sessions_opened: Counters::get(&c.opened),
             sessions_resumed: Counters::get(&c.resumed),
             sessions_completed: Counters::get(&c.completed),
             streams_rejected: Counters::get(&c.rejected),
-        })
+        }
     }
 
     /// The overload signal new sessions are shed on (see
     /// [`crate::overload`]): tests and simulations may feed it.
     pub fn overload(&self) -> &Overload {
         &self.shared.overload
+    }
+
+    /// The store's side of admission (see [`crate::admission`]).
+    pub fn admission(&self) -> &Admission {
+        &self.shared.admission
     }
 
     /// Ends every stream with UNAVAILABLE and refuses new ones.
@@ -391,7 +406,7 @@ impl<S: SessionStore> NumbersStation for Station<S> {
         let now = crate::clock::now();
         let refuse = |reject: Reject| {
             let status = shared.status(&reject, now);
-            shared.counters.rejected(status.code(), &reject);
+            shared.counters.rejected(status.code(), &reject, true);
             Err(status)
         };
         if shared.shutdown.is_cancelled() {
@@ -402,13 +417,12 @@ impl<S: SessionStore> NumbersStation for Station<S> {
                 "offline after a failure (--go-offline-for)",
             ));
         }
-        let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
-            return refuse(Reject::Full(shared.cfg.max_sessions));
-        };
+        // A place under `--max-sessions` is taken at the first message,
+        // before any store work (see `SessionStream`); until then a stream
+        // costs little and its silence timeout bounds it.
         Ok(Response::new(SessionStream::new(
             shared.clone(),
             request.into_inner(),
-            slot,
         )))
     }
 }
@@ -416,7 +430,7 @@ impl<S: SessionStore> NumbersStation for Station<S> {
 #[tonic::async_trait]
 impl<S: SessionStore> StationAdmin for Station<S> {
     async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
-        Station::stats(self).await.map(Response::new)
+        Ok(Response::new(Station::stats(self).await))
     }
 }
 

@@ -21,8 +21,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use prost::Message;
+use station_core::admission::Closed;
 use station_core::client::{Code as ClientCode, StreamEnd};
-use station_core::{Reason, Reject, DOMAIN};
+use station_core::{Busy, Reason, Reject, DOMAIN};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use tonic_types::{pb, ErrorDetails, ErrorInfo, RetryInfo, StatusExt};
@@ -135,8 +136,24 @@ fn error_metadata(reject: &Reject) -> HashMap<String, String> {
         Reject::Full(max) => {
             m.insert("max_sessions".to_owned(), max.to_string());
         }
-        Reject::Overloaded(late) => {
+        Reject::Overloaded(Busy::Late(late)) => {
             m.insert("lateness_ms".to_owned(), late.as_millis().to_string());
+        }
+        Reject::Overloaded(Busy::Store(Closed::Queue { inflight, limit })) => {
+            m.insert("store_inflight".to_owned(), inflight.to_string());
+            m.insert("store_limit".to_owned(), limit.to_string());
+        }
+        Reject::Overloaded(Busy::Store(Closed::Slow(latency))) => {
+            m.insert(
+                "store_latency_ms".to_owned(),
+                latency.as_millis().to_string(),
+            );
+        }
+        Reject::Overloaded(Busy::Store(Closed::Failing(ago))) => {
+            m.insert(
+                "store_failed_ms_ago".to_owned(),
+                ago.as_millis().to_string(),
+            );
         }
         Reject::Silent(timeout) => {
             m.insert(
@@ -300,7 +317,11 @@ mod tests {
             Reject::Silent(Duration::from_secs(5)),
             Reject::TakenOver(id),
             Reject::Full(3),
-            Reject::Overloaded(Duration::from_millis(300)),
+            Reject::Overloaded(Busy::Late(Duration::from_millis(300))),
+            Reject::Overloaded(Busy::Store(Closed::Queue {
+                inflight: 900,
+                limit: 800,
+            })),
             Reject::InjectedFault("x"),
             Reject::StoreUnavailable("redis://10.0.0.7:6379: NOSCRIPT".into()),
             Reject::ShuttingDown,

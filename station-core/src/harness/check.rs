@@ -145,10 +145,18 @@ impl Harness {
                 }
             }
             Verdict::Expired(why) => {
+                // A store that failed a renewal leaves the record to its
+                // last confirmed write, while the stream sent on for up to
+                // a lease more (ARCHITECTURE.md §2, expiry).
+                let store_failed = match self.renewal_failed {
+                    true => self.setup.server.lease,
+                    false => Duration::ZERO,
+                };
                 let slack = self.setup.client.backoff_initial
                     + self.setup.max_latency * 2
                     + self.longest_delay
-                    + self.setup.server.interval * self.acks_lost;
+                    + self.setup.server.interval * self.acks_lost
+                    + store_failed;
                 match self.client_heard {
                     Some(heard) if invariants::expiry_justified(at - heard, slack, ttl) => {}
                     heard => self.violation(format!(

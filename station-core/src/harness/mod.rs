@@ -145,6 +145,11 @@ pub(crate) struct Harness {
     senders: BTreeMap<u64, OneStream<Instant>>,
     outcome: Option<(Instant, Outcome)>,
     longest_delay: Duration,
+    /// A write failed because the store was down: a renewal failed, so the
+    /// record may expire up to a lease before `ttl` after the client last
+    /// heard a number (the stream sends for `2L` after its last confirmed
+    /// write, the record lives `ttl + L` after it).
+    renewal_failed: bool,
     acks_lost: u32,
     violations: Vec<String>,
     trace: Option<String>,
@@ -197,6 +202,7 @@ impl Harness {
             senders: BTreeMap::new(),
             outcome: None,
             longest_delay: Duration::ZERO,
+            renewal_failed: false,
             acks_lost: 0,
             violations: Vec::new(),
             trace: trace.then(String::new),
@@ -529,6 +535,7 @@ impl Harness {
             match out {
                 Output::Store(op) => {
                     let reply = if self.now < self.store_down_until {
+                        self.renewal_failed |= matches!(op, StoreOp::Update { .. });
                         StoreReply::Unavailable("store down".into())
                     } else {
                         self.store.apply(self.now, op.clone())
@@ -554,7 +561,7 @@ impl Harness {
                     self.send(sid, Event::Client(sid, Down::Number(n)));
                 }
                 Output::End(End::ClientGone) => {}
-                Output::End(End::Completed) => {
+                Output::End(End::Completed { .. }) => {
                     self.send(sid, Event::Client(sid, Down::End(StreamEnd::Ok)))
                 }
                 Output::End(End::Rejected(reject)) => {

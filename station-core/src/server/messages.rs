@@ -29,9 +29,24 @@ pub struct Resume<'a> {
     pub next_index: u32,
 }
 
+/// How a stream came to hold its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// An `Open` created the session.
+    Opened,
+    /// A `Resume` took the session over.
+    Resumed,
+    /// An `Open` repeated with the nonce of the one that created the
+    /// session (its client never received that `Attached`) took the session
+    /// over. It opens nothing, so it counts as a resume, not a second open.
+    Reopened,
+}
+
 /// The reply that attaches a stream, sent before any number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attached {
+    /// How the stream attached (for counting; not sent).
+    pub how: Attachment,
     /// Numbers in the session.
     pub count: u32,
     /// First index this stream sends.
@@ -60,9 +75,15 @@ pub struct Number {
 /// How a stream ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum End {
-    /// The final acknowledgement arrived and the session was deleted: end the
-    /// stream with status OK.
-    Completed,
+    /// The final acknowledgement arrived: end the stream with status OK,
+    /// whatever else happened meanwhile (shutdown, the client hanging up).
+    /// `deleted` says whether the store confirmed the record's delete; if
+    /// it never did, within a lease of retries, the record expires on its
+    /// own, as any session's does.
+    Completed {
+        /// The store confirmed the delete.
+        deleted: bool,
+    },
     /// The client went away first; nothing to send.
     ClientGone,
     /// End the stream with this error status.

@@ -63,7 +63,7 @@ mod record;
 mod tests;
 
 pub use self::config::{Config, ACK_ROUND_TRIP, DEFAULT_LEASE, MAX_DURATION};
-pub use self::messages::{Attached, End, Number, Open, Output, Resume};
+pub use self::messages::{Attached, Attachment, End, Number, Open, Output, Resume};
 pub use self::record::{Fresh, Record};
 pub use crate::store::{Lookup, StoreOp, StoreReply};
 
@@ -89,11 +89,14 @@ enum Pending {
     /// then).
     Create { asked: Instant },
     /// `Update` taking the session over, attaching at `next_index`.
-    TakeOver { next_index: u32, asked: Instant },
+    TakeOver {
+        next_index: u32,
+        asked: Instant,
+        how: Attachment,
+    },
     /// `Update` renewing the lease, asked for at `asked`.
     Renew { asked: Instant },
-    /// After the stream ended: `Update` setting the exact expiry, or the
-    /// `Delete` of a completed session.
+    /// After the stream ended: `Update` setting the exact expiry.
     Release,
     /// `Delete` after the final acknowledgement.
     Delete,
@@ -130,7 +133,12 @@ pub struct Stream {
     /// acknowledgement of numbers sent); `None` while it is the server's turn.
     waiting_since: Option<Instant>,
     /// The final acknowledgement arrived; delete once the store is free.
+    /// From then on the stream ends [`End::Completed`], whatever else
+    /// happens (see `completing`).
     complete: bool,
+    /// When the delete of a completed session is next due: at the final
+    /// acknowledgement, then a quarter lease after each failed attempt.
+    delete_at: Instant,
     /// Numbers due from this moment on wait for a renewal of the lease.
     renew_at: Instant,
     /// No number is sent from this moment on until a renewal is confirmed.
@@ -155,6 +163,7 @@ impl Stream {
             last_heard: now,
             waiting_since: Some(now),
             complete: false,
+            delete_at: now,
             renew_at: now,
             lease_until: now,
             // At 1 s the deepest the queue gets is `Attached` and the first
@@ -275,6 +284,9 @@ impl Stream {
             Phase::Idle => return self.unexpected(now, "Ack before Open or Resume"),
             Phase::Attaching => return self.unexpected(now, "Ack before Attached"),
             Phase::Releasing | Phase::Ended => return,
+            // The final acknowledgement is in: nothing more to learn (and
+            // the delete's retries count from it, see `delete_until`).
+            Phase::Attached if self.complete => return,
             Phase::Attached => {}
         }
         if next_index < self.acked {
@@ -300,6 +312,7 @@ impl Stream {
         self.acked = next_index;
         if self.acked == self.count() {
             self.complete = true;
+            self.delete_at = now;
         }
         if progress || self.complete {
             self.waiting_since = self.waiting_on_client().then_some(now);
@@ -330,16 +343,29 @@ impl Stream {
             ));
         };
         if let StoreReply::Unavailable(why) = reply {
-            // A renewal that failed costs nothing while the lease holds:
-            // ask again a quarter lease later (a store that fails at once
+            // A failed write costs nothing while there is time to ask
+            // again: ask a quarter lease later (a store that fails at once
             // must not be asked in a loop) rather than send the client,
             // and its resume, to a store in trouble.
             let retry_at = now + self.cfg.lease / 4;
-            if matches!(pending, Pending::Renew { .. }) && retry_at < self.lease_until {
-                self.renew_at = retry_at;
-                return self.advance(now);
+            match pending {
+                // The client has everything: a renewal no longer matters,
+                // and a delete is idempotent, so retry it within a lease;
+                // after that, the session is still complete, and its
+                // record expires on its own.
+                Pending::Renew { .. } | Pending::Delete if self.complete => {
+                    if retry_at < self.delete_until() {
+                        self.delete_at = retry_at;
+                        return self.advance(now);
+                    }
+                    return self.completed(false);
+                }
+                Pending::Renew { .. } if retry_at < self.lease_until => {
+                    self.renew_at = retry_at;
+                    return self.advance(now);
+                }
+                _ => return self.fail_by_store(Reject::StoreUnavailable(why)),
             }
-            return self.fail_by_store(Reject::StoreUnavailable(why));
         }
         if let StoreReply::Exists(live) | StoreReply::Loaded(Lookup::Live(live)) = &reply {
             // The store is shared and outlives this code: never trust a
@@ -355,7 +381,9 @@ impl Stream {
             }
         }
         match (pending, reply) {
-            (Pending::Create { asked }, StoreReply::Done) => self.attach(now, asked, 0),
+            (Pending::Create { asked }, StoreReply::Done) => {
+                self.attach(now, asked, 0, Attachment::Opened)
+            }
             (Pending::Create { .. }, StoreReply::Exists(live)) => {
                 let ours = self.record.expect("Create is sent with a record");
                 let same_open =
@@ -363,7 +391,7 @@ impl Stream {
                 if same_open {
                     // The client repeats an `Open` whose `Attached` it never
                     // received: attach it to the session it created.
-                    self.take_over(now, live, 0);
+                    self.take_over(now, live, 0, Attachment::Reopened);
                 } else {
                     self.fail(now, Reject::AlreadyExists(ours.client_id));
                 }
@@ -379,21 +407,23 @@ impl Stream {
                         count: live.count,
                     },
                 ),
-                Lookup::Live(live) => self.take_over(now, live, next_index),
+                Lookup::Live(live) => self.take_over(now, live, next_index, Attachment::Resumed),
                 Lookup::Expired => self.fail(now, Reject::Expired(self.load_id())),
                 Lookup::Missing => self.fail(now, Reject::Unknown(self.load_id())),
             },
-            (Pending::TakeOver { next_index, asked }, StoreReply::Done) => {
-                self.attach(now, asked, next_index)
-            }
+            (
+                Pending::TakeOver {
+                    next_index,
+                    asked,
+                    how,
+                },
+                StoreReply::Done,
+            ) => self.attach(now, asked, next_index, how),
             (Pending::Renew { asked }, StoreReply::Done) => {
                 self.leased(asked);
                 self.advance(now);
             }
-            (Pending::Delete, StoreReply::Done) => {
-                self.phase = Phase::Ended;
-                self.out.push_back(Output::End(End::Completed));
-            }
+            (Pending::Delete, StoreReply::Done) => self.completed(true),
             (
                 Pending::TakeOver { .. } | Pending::Renew { .. } | Pending::Delete,
                 StoreReply::Conflict,
@@ -425,12 +455,28 @@ impl Stream {
 
     /// The client's side of the stream closed or broke. The record stays in
     /// the store, released to expire `ttl` after the stream last worked.
+    /// After the final acknowledgement the delete goes on, and the stream
+    /// still ends [`End::Completed`] (for counting: nobody hears it).
     pub fn handle_closed(&mut self, now: Instant) {
         self.end(now, End::ClientGone);
     }
 
+    /// The client half-closed its side: it will send nothing more. That is
+    /// how a client says goodbye after its final acknowledgement, often
+    /// while the delete is still in flight; before it, the client can no
+    /// longer acknowledge, so the stream ends as a protocol error.
+    pub fn handle_half_closed(&mut self, now: Instant) {
+        if !self.complete {
+            self.unexpected(
+                now,
+                "client closed its side of the stream before the session completed",
+            );
+        }
+    }
+
     /// Ends the stream with [`Reject::ShuttingDown`] so the client resumes
-    /// elsewhere; the record stays for it.
+    /// elsewhere; the record stays for it. A stream whose final
+    /// acknowledgement arrived finishes its delete first and ends OK.
     pub fn begin_shutdown(&mut self, now: Instant) {
         self.fail(now, Reject::ShuttingDown);
     }
@@ -462,12 +508,33 @@ impl Stream {
             && self.can_send()
             && (self.pending.is_none() || self.next_tick < self.lease_until))
             .then_some(self.next_tick);
-        let renew = (attached && self.pending.is_none() && !self.complete).then_some(self.renew_at);
-        [silence, tick, renew].into_iter().flatten().min()
+        let write_at = match self.complete {
+            true => self.delete_at,
+            false => self.renew_at,
+        };
+        let write = (attached && self.pending.is_none()).then_some(write_at);
+        [silence, tick, write].into_iter().flatten().min()
     }
 
     fn count(&self) -> u32 {
         self.record.map_or(0, |r| r.count)
+    }
+
+    /// The last moment a failed delete of a completed session is tried
+    /// again: a lease after the final acknowledgement (the last message
+    /// heard: later ones are ignored). Each attempt is bounded by the
+    /// adapter's store timeout, so the client hears OK within about a
+    /// lease and a store timeout, however the store behaves.
+    fn delete_until(&self) -> Instant {
+        self.last_heard + self.cfg.lease
+    }
+
+    /// Ends a completed session's stream: OK for the client, whether or
+    /// not the store confirmed the delete.
+    fn completed(&mut self, deleted: bool) {
+        self.phase = Phase::Ended;
+        self.pending = None;
+        self.out.push_back(Output::End(End::Completed { deleted }));
     }
 
     fn record_id(&self) -> ClientId {
@@ -527,7 +594,7 @@ impl Stream {
         self.lease_until = asked + self.cfg.lease.saturating_mul(2);
     }
 
-    fn take_over(&mut self, now: Instant, live: Record, next_index: u32) {
+    fn take_over(&mut self, now: Instant, live: Record, next_index: u32, how: Attachment) {
         let Some(generation) = live.generation.checked_add(1) else {
             return self.fail_by_store(Reject::StoreUnavailable(
                 "stored generation cannot go higher".into(),
@@ -543,6 +610,7 @@ impl Stream {
         self.pending = Some(Pending::TakeOver {
             next_index,
             asked: now,
+            how,
         });
         self.out.push_back(Output::Store(StoreOp::Update {
             record,
@@ -551,7 +619,7 @@ impl Stream {
         }));
     }
 
-    fn attach(&mut self, now: Instant, asked: Instant, next_index: u32) {
+    fn attach(&mut self, now: Instant, asked: Instant, next_index: u32, how: Attachment) {
         let record = self
             .record
             .expect("attach follows a store answer with a record");
@@ -561,6 +629,7 @@ impl Stream {
         self.next_tick = now;
         self.waiting_since = self.waiting_on_client().then_some(now);
         self.out.push_back(Output::Attached(Attached {
+            how,
             count: record.count,
             next_index,
             token: record.token,
@@ -583,6 +652,9 @@ impl Stream {
         let mut record = self.record.expect("attached streams have a record");
         if self.pending.is_none() {
             if self.complete {
+                if now < self.delete_at {
+                    return;
+                }
                 self.pending = Some(Pending::Delete);
                 self.out.push_back(Output::Store(StoreOp::Delete {
                     client_id: record.client_id,
@@ -659,6 +731,14 @@ impl Stream {
         if self.is_over() {
             return; // Ended streams say nothing more, not even a second End.
         }
+        if self.complete && self.phase == Phase::Attached {
+            // The client has everything and said so: the delete (in flight
+            // or due) decides, and the stream ends `Completed` after it,
+            // within a bounded time (`delete_until`). Ending it now would
+            // tell a client that has everything to retry, count no
+            // completion, and leave the record behind.
+            return;
+        }
         // Nothing is sent after the end: drop numbers still queued from a
         // burst, so an abort takes effect at once. A store operation still
         // queued stays: it is the one in flight, and its answer matters.
@@ -676,39 +756,24 @@ impl Stream {
                 self.pending = None;
             }
             None => self.release(now),
-            // The delete is under way; its answer changes nothing now.
-            Some(Pending::Delete) => {
-                self.phase = Phase::Ended;
-                self.pending = None;
-            }
             // Release once the renewal's answer shows the lease held.
             Some(_) => self.phase = Phase::Releasing,
         }
     }
 
-    /// Leaves the session as the ended stream should: deleted if the final
-    /// acknowledgement arrived (the client may hang up before the delete
-    /// went out), else set to its exact expiry. The store's answer only
-    /// ends the machine.
+    /// Leaves the session as the ended stream should: set to its exact
+    /// expiry (a complete session is deleted instead, and never released).
+    /// The store's answer only ends the machine.
     fn release(&mut self, now: Instant) {
         let mut record = self.record.expect("attached streams have a record");
         record.acked = self.acked;
         self.record = Some(record);
         self.phase = Phase::Releasing;
         self.pending = Some(Pending::Release);
-        let op = if self.complete {
-            StoreOp::Delete {
-                client_id: record.client_id,
-                incarnation: record.incarnation,
-                generation: record.generation,
-            }
-        } else {
-            StoreOp::Update {
-                record,
-                expect_generation: record.generation,
-                expires_in: self.exact_expiry(now),
-            }
-        };
-        self.out.push_back(Output::Store(op));
+        self.out.push_back(Output::Store(StoreOp::Update {
+            record,
+            expect_generation: record.generation,
+            expires_in: self.exact_expiry(now),
+        }));
     }
 }

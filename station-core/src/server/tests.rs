@@ -47,8 +47,9 @@ fn number(index: u32, count: u32) -> Output {
     })
 }
 
-fn attached(count: u32, next_index: u32) -> Output {
+fn attached(how: Attachment, count: u32, next_index: u32) -> Output {
     Output::Attached(Attached {
+        how,
         count,
         next_index,
         token: TOKEN,

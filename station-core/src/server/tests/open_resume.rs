@@ -143,7 +143,7 @@ fn resume_past_the_end() {
 fn resume_mid_sequence_sends_from_next_index() {
     let t0 = Instant::now();
     let (s, out) = resumed(t0, 10, 4, 6);
-    assert_eq!(out, [attached(10, 6), number(6, 10)]);
+    assert_eq!(out, [attached(Attachment::Resumed, 10, 6), number(6, 10)]);
     assert_eq!(s.sent(), 7);
     assert_eq!(s.poll_timeout(), Some(t0 + SEC));
 }
@@ -152,7 +152,11 @@ fn resume_mid_sequence_sends_from_next_index() {
 fn resume_at_count_waits_for_the_final_ack_then_deletes() {
     let t0 = Instant::now();
     let (mut s, out) = resumed(t0, 10, 1, 10);
-    assert_eq!(out, [attached(10, 10)], "nothing is sent");
+    assert_eq!(
+        out,
+        [attached(Attachment::Resumed, 10, 10)],
+        "nothing is sent"
+    );
     // It waits for the final ack, not forever.
     assert_eq!(s.poll_timeout(), Some(t0 + s.cfg.silence_timeout));
     s.handle_timeout(t0 + SEC);
@@ -168,7 +172,10 @@ fn resume_at_count_waits_for_the_final_ack_then_deletes() {
     );
     assert_eq!(s.poll_timeout(), None, "only the store can move it on");
     s.handle_store(t0 + SEC, StoreReply::Done);
-    assert_eq!(drain(&mut s), [Output::End(End::Completed)]);
+    assert_eq!(
+        drain(&mut s),
+        [Output::End(End::Completed { deleted: true })]
+    );
     assert!(s.is_ended());
 }
 

@@ -15,7 +15,10 @@ fn numbers_are_paced_one_per_interval_with_one_renewal_per_lease() {
     drain(&mut s);
     let attach_at = t0 + ms(20);
     s.handle_store(attach_at, StoreReply::Done);
-    assert_eq!(drain(&mut s), [attached(count, 0), number(0, count)]);
+    assert_eq!(
+        drain(&mut s),
+        [attached(Attachment::Opened, count, 0), number(0, count)]
+    );
     for i in 1..count {
         let due = attach_at + SEC * i;
         // The previous number is acknowledged 50 ms after it was sent.
@@ -144,7 +147,7 @@ fn a_silent_stream_held_at_the_lease_end_still_times_out() {
 fn pacing_after_a_resume_renews_at_the_new_generation() {
     let t0 = Instant::now();
     let (mut s, out) = resumed(t0, 20, 3, 4);
-    assert_eq!(out, [attached(20, 4), number(4, 20)]);
+    assert_eq!(out, [attached(Attachment::Resumed, 20, 4), number(4, 20)]);
     for i in 5..9 {
         s.handle_ack(t0 + SEC * (i - 5) + ms(100), i);
         assert_eq!(tick(&mut s, t0 + SEC * (i - 4)), [number(i, 20)]);
@@ -197,7 +200,7 @@ fn window_limits_numbers_beyond_the_ack() {
             match out {
                 Output::Store(_) => s.handle_store(now, StoreReply::Done),
                 Output::Send(n) => assert!(n.index < acked + 8, "{n:?} acked {acked}"),
-                Output::End(end) => assert_eq!(end, End::Completed),
+                Output::End(end) => assert_eq!(end, End::Completed { deleted: true }),
                 Output::Attached(_) => panic!("attached twice"),
             }
         }
@@ -283,7 +286,7 @@ fn an_attach_answered_after_its_lease_ran_out_sends_after_a_renewal() {
     let mut s = creating(t0, 20);
     let late = t0 + LEASE * 2 + SEC;
     s.handle_store(late, StoreReply::Done);
-    assert_eq!(drain(&mut s), [attached(20, 0)]);
+    assert_eq!(drain(&mut s), [attached(Attachment::Opened, 20, 0)]);
     // The renewal is due (since 5 s) at once.
     assert_eq!(s.poll_timeout(), Some(t0 + LEASE));
     s.handle_timeout(late);

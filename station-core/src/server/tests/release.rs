@@ -214,7 +214,8 @@ fn streams_not_attached_or_complete_end_without_a_release() {
     assert!(s.is_ended());
     s.handle_store(t0 + ms(10), StoreReply::Done);
     assert_eq!(drain(&mut s), []);
-    // Complete: the delete in flight decides.
+    // Complete: the delete in flight decides, and shutdown waits for it
+    // (the completion module has the cases of the delete itself).
     let mut s = opened(t0, 1);
     s.handle_ack(t0 + ms(50), 1);
     assert!(matches!(
@@ -222,16 +223,19 @@ fn streams_not_attached_or_complete_end_without_a_release() {
         [Output::Store(StoreOp::Delete { .. })]
     ));
     s.begin_shutdown(t0 + ms(60));
+    assert_eq!(drain(&mut s), []);
+    s.handle_store(t0 + ms(70), StoreReply::Done);
     assert_eq!(
         drain(&mut s),
-        [Output::End(End::Rejected(Reject::ShuttingDown))]
+        [Output::End(End::Completed { deleted: true })]
     );
     assert!(s.is_ended());
 }
 
 /// A client that has everything acknowledges the last number and may hang
 /// up at once. If a renewal was in flight then, the delete had not gone
-/// out yet: the ended stream still deletes, once the renewal is answered.
+/// out yet: the stream still deletes, once the renewal is answered, and
+/// ends `Completed` (counted, though nobody hears it).
 #[test]
 fn a_client_that_hangs_up_after_its_final_ack_still_has_its_session_deleted() {
     let t0 = Instant::now();
@@ -244,7 +248,7 @@ fn a_client_that_hangs_up_after_its_final_ack_still_has_its_session_deleted() {
     s.handle_ack(t0 + SEC * 5 + ms(50), 6);
     assert_eq!(drain(&mut s), []);
     s.handle_closed(t0 + SEC * 5 + ms(60));
-    assert_eq!(drain(&mut s), [Output::End(End::ClientGone)]);
+    assert_eq!(drain(&mut s), []);
     assert!(!s.is_ended());
     s.handle_store(t0 + SEC * 5 + ms(70), StoreReply::Done);
     assert_eq!(
@@ -256,6 +260,10 @@ fn a_client_that_hangs_up_after_its_final_ack_still_has_its_session_deleted() {
         })]
     );
     s.handle_store(t0 + SEC * 5 + ms(80), StoreReply::Done);
+    assert_eq!(
+        drain(&mut s),
+        [Output::End(End::Completed { deleted: true })]
+    );
     assert!(s.is_ended());
     let mut s = opened(t0, 2);
     s.handle_ack(t0 + ms(50), 1);
@@ -267,9 +275,14 @@ fn a_client_that_hangs_up_after_its_final_ack_still_has_its_session_deleted() {
         &delete[..],
         [Output::Store(StoreOp::Delete { .. })]
     ));
-    // Hung up with the delete already out: its answer changes nothing.
+    // Hung up with the delete already out: it still completes.
     s.handle_closed(t0 + SEC + ms(60));
-    assert_eq!(drain(&mut s), [Output::End(End::ClientGone)]);
+    assert_eq!(drain(&mut s), []);
+    s.handle_store(t0 + SEC + ms(90), StoreReply::Done);
+    assert_eq!(
+        drain(&mut s),
+        [Output::End(End::Completed { deleted: true })]
+    );
     assert!(s.is_ended());
 }
 

@@ -127,7 +127,10 @@ fn repeated_open_takes_over_from_zero_with_the_live_token() {
     );
     s.handle_store(t0, StoreReply::Done);
     // The live session's token and seed, not the fresh ones.
-    assert_eq!(drain(&mut s), [attached(10, 0), number(0, 10)]);
+    assert_eq!(
+        drain(&mut s),
+        [attached(Attachment::Reopened, 10, 0), number(0, 10)]
+    );
 }
 
 #[test]

@@ -1,0 +1,164 @@
+//! Admission under a slow store, over a real loopback server: while the
+//! store is slow, new sessions are refused at the door (OVERLOADED, with
+//! pushback, and no store work), the sessions already admitted keep going
+//! and complete, and once the store is fast again the door opens.
+//!
+//! The server binds 127.0.0.1 on an OS-picked port; every wait is bounded.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use station_core::client::{Client, Config as ClientConfig, Verdict};
+use station_core::server::{Config as SessionConfig, StoreOp, StoreReply};
+use station_core::{ClientId, Reason};
+use station_net::client::{run, ChannelOptions, DriverOptions, Endpoints};
+use station_net::proto::client_message::Kind;
+use station_net::proto::numbers_station_client::NumbersStationClient;
+use station_net::proto::server_message::Kind as ServerKind;
+use station_net::proto::{ClientMessage, Open};
+use station_net::status::PUSHBACK_KEY;
+use station_net::store::{MemoryStore, SessionStore, StoreError};
+use station_net::{serve_tcp, ServerConfig, Station};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+mod common;
+
+const STEP: Duration = Duration::from_secs(5);
+const INTERVAL: Duration = Duration::from_millis(20);
+
+/// The memory store behind an adjustable delay (never answering at once,
+/// as a networked store never does), counting the creates it runs.
+#[derive(Clone, Default)]
+struct Delayed {
+    inner: MemoryStore,
+    delay_ms: Arc<AtomicU64>,
+    creates: Arc<AtomicU32>,
+}
+
+impl SessionStore for Delayed {
+    async fn execute(&self, op: StoreOp) -> StoreReply {
+        if matches!(op, StoreOp::Create { .. }) {
+            self.creates.fetch_add(1, Ordering::Relaxed);
+        }
+        let delay = Duration::from_millis(self.delay_ms.load(Ordering::Relaxed));
+        tokio::time::sleep(delay).await;
+        self.inner.execute(op).await
+    }
+
+    async fn live_sessions(&self) -> Result<u64, StoreError> {
+        self.inner.live_sessions().await
+    }
+
+    fn kind(&self) -> &'static str {
+        "delayed"
+    }
+}
+
+async fn start(store: Delayed) -> (SocketAddr, Station<Delayed>, oneshot::Sender<()>) {
+    let cfg = ServerConfig {
+        // A lease of a sixth of the TTL: 1 s, so renewals feed the gate.
+        session: SessionConfig::new(INTERVAL, Duration::from_secs(6)),
+        store_timeout: Duration::from_secs(2),
+        ..ServerConfig::default()
+    };
+    let station = Station::new(cfg, store);
+    let (addr_tx, addr_rx) = oneshot::channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let s = station.clone();
+    tokio::spawn(async move {
+        let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        serve_tcp(s, bind, |a| addr_tx.send(a).unwrap(), async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    (addr_rx.await.unwrap(), station, stop)
+}
+
+fn session(addr: SocketAddr, count: u32, seed: u64) -> tokio::task::JoinHandle<(Verdict, u32)> {
+    tokio::spawn(async move {
+        let endpoints = Endpoints::tcp(&[addr.to_string()], &ChannelOptions::default()).unwrap();
+        let id = ClientId::from_random_bytes(seed.to_le_bytes().repeat(2).try_into().unwrap());
+        let c = Client::new(Instant::now(), ClientConfig::default(), id, count, seed).unwrap();
+        let outcome = run(&endpoints, &DriverOptions::default(), c, |_, _| {}).await;
+        (outcome.verdict, outcome.reconnects)
+    })
+}
+
+/// One `Open` by hand: the status it ends with, or `Ok` once attached.
+async fn try_open(addr: SocketAddr, n: u8) -> Result<(), tonic::Status> {
+    let mut client = NumbersStationClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(2);
+    tx.send(ClientMessage {
+        kind: Some(Kind::Open(Open {
+            client_id: ClientId::from_random_bytes([n; 16]).to_string(),
+            count: 1000,
+            open_nonce: vec![n; 16],
+        })),
+    })
+    .await
+    .unwrap();
+    let mut inbound = timeout(STEP, client.stream(ReceiverStream::new(rx)))
+        .await
+        .expect("bounded")?
+        .into_inner();
+    match timeout(STEP * 2, inbound.message())
+        .await
+        .expect("bounded")?
+    {
+        Some(m) if matches!(m.kind, Some(ServerKind::Attached(_))) => Ok(()),
+        other => panic!("neither attached nor refused: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_store_closes_the_door_to_new_sessions_not_to_admitted_ones() {
+    let store = Delayed::default();
+    let (delay, creates) = (store.delay_ms.clone(), store.creates.clone());
+    let (addr, station, _stop) = start(store).await;
+    // Admitted while the store is fast: 20 sessions of 6 s.
+    let admitted: Vec<_> = (0..20).map(|i| session(addr, 300, 100 + i)).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The store slows to 700 ms an operation: past a quarter of the store
+    // timeout, well inside the lease. Wait for the gate to see a window.
+    delay.store(700, Ordering::Relaxed);
+    let deadline = Instant::now() + STEP;
+    while station
+        .admission()
+        .admits(tokio::time::Instant::now().into_std())
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "the gate never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = creates.load(Ordering::Relaxed);
+    let refused = try_open(addr, 1).await.expect_err("the door is closed");
+    common::assert_rejected(
+        "open while the store is slow",
+        &refused,
+        Code::ResourceExhausted,
+        Reason::Overloaded,
+        &["session store"],
+    );
+    assert!(refused.metadata().get(PUSHBACK_KEY).is_some(), "pushback");
+    assert_eq!(creates.load(Ordering::Relaxed), before, "no store work");
+    // The store recovers; the door opens again within a few windows.
+    delay.store(0, Ordering::Relaxed);
+    let deadline = Instant::now() + STEP * 2;
+    while try_open(addr, 2).await.is_err() {
+        assert!(Instant::now() < deadline, "the door never opened again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for task in admitted {
+        let (verdict, reconnects) = timeout(STEP * 4, task).await.expect("bounded").unwrap();
+        assert_eq!((verdict, reconnects), (Verdict::Verified, 0));
+    }
+}
