@@ -106,6 +106,16 @@ pub struct ServerArgs {
     /// random 0-50 %.
     #[arg(long, env = "STATION_RETRY_AFTER", default_value = "2s", value_parser = parse_duration)]
     pub retry_after: Duration,
+    /// On SIGTERM or SIGINT: health says NOT_SERVING at once and new
+    /// streams are refused, while attached streams go on and end at random
+    /// moments over this period (default: three intervals), so their
+    /// clients resume elsewhere spread out. A second signal exits at once.
+    #[arg(long, env = "STATION_DRAIN_PERIOD", value_parser = parse_duration)]
+    pub drain_period: Option<Duration>,
+    /// How often health checks that the session store answers; health is
+    /// NOT_SERVING while it does not. 0s never checks.
+    #[arg(long, env = "STATION_HEALTH_EVERY", default_value = "1s", value_parser = parse_duration)]
+    pub health_every: Duration,
     /// Session store: `memory`, or a Redis URL: redis://127.0.0.1:6379/0 (one
     /// Redis; rediss:// for TLS), redis://a:6379,redis://b:6379 (a primary and
     /// its replicas), redis+cluster://h1:7000,h2:7001 (Redis Cluster).

@@ -107,6 +107,8 @@ pub(crate) fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
         tls: tls(args)?,
         retry_after: args.retry_after,
         shed_when_late: Some(args.shed_when_late).filter(|d| !d.is_zero()),
+        drain_period: args.drain_period.unwrap_or(args.interval.saturating_mul(3)),
+        health_every: args.health_every,
         ..ServerConfig::default()
     };
     cfg.validate()?;
@@ -176,9 +178,36 @@ async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! {
         biased;
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
+        _ = ctrl_c => tracing::info!("SIGINT received: draining"),
+        _ = term => tracing::info!("SIGTERM received: draining"),
     }
+    // A second signal stops at once: streams end with their connections,
+    // and their sessions expire on their own after the TTL.
+    tokio::spawn(async {
+        let second = async {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate()).ok();
+                let term = async {
+                    match term.as_mut() {
+                        Some(t) => drop(t.recv().await),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term => {}
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        second.await;
+        tracing::warn!("second signal: exiting at once");
+        std::process::exit(i32::from(crate::exit::SERVER_ERROR));
+    });
 }
 
 /// `station stats`: prints a server's counters as JSON.

@@ -62,6 +62,9 @@ pin_project_lite::pin_project! {
         #[pin]
         shutdown: WaitForCancellationFutureOwned,
         shutting_down: bool,
+        // Once shutdown began: when this stream ends, within the drain
+        // period (the one timer waits for it too).
+        drain_at: Option<Instant>,
         ended: bool,
         // Its place under `--max-sessions`, from its first message (before
         // any store work) to its end.
@@ -100,6 +103,7 @@ impl<S: SessionStore> SessionStream<S> {
             armed: None,
             shutdown: shared.shutdown.clone().cancelled_owned(),
             shutting_down: false,
+            drain_at: None,
             ended: false,
             slot: None,
             attached: None,
@@ -202,7 +206,12 @@ impl<S: SessionStore> Stream for SessionStream<S> {
             // Nothing to send: wait for shutdown, the client or the timer.
             if !*this.shutting_down && this.shutdown.as_mut().poll(cx).is_ready() {
                 *this.shutting_down = true;
-                session.begin_shutdown(now());
+                match shared.drain_end(now()) {
+                    // Attached streams go on for a while, ending spread
+                    // over the drain period; the others end now.
+                    Some(at) if session.generation().is_some() => *this.drain_at = Some(at),
+                    _ => session.begin_shutdown(now()),
+                }
                 continue;
             }
             if !*this.inbound_done {
@@ -245,8 +254,12 @@ impl<S: SessionStore> Stream for SessionStream<S> {
                     continue;
                 }
             }
-            let Some(deadline) = session.poll_timeout() else {
-                return Poll::Pending;
+            let deadline = match (session.poll_timeout(), *this.drain_at) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(deadline) => deadline,
+                    None => return Poll::Pending,
+                },
             };
             if *this.armed != Some(deadline) {
                 *this.armed = Some(deadline);
@@ -255,6 +268,10 @@ impl<S: SessionStore> Stream for SessionStream<S> {
             }
             ready!(this.timer.as_mut().poll(cx));
             *this.armed = None;
+            if this.drain_at.is_some_and(|at| now() >= at) {
+                *this.drain_at = None;
+                session.begin_shutdown(now());
+            }
             session.handle_timeout(now());
         }
     }
@@ -402,9 +419,10 @@ fn drain_quietly<S: SessionStore>(
 /// operation), else the future that brings it.
 fn start<S: SessionStore>(shared: &Arc<Shared<S>>, op: StoreOp) -> Result<StoreReply, StoreFuture> {
     let started = tokio::time::Instant::now();
+    let creates = matches!(op, StoreOp::Create { .. });
     match shared.store.execute_now(op) {
         Ok(reply) => {
-            account(started.elapsed(), &reply);
+            account(shared, creates, started.elapsed(), &reply);
             Ok(reply)
         }
         Err(op) => Err(execute(shared.clone(), op)),
@@ -417,6 +435,7 @@ fn execute<S: SessionStore>(shared: Arc<Shared<S>>, op: StoreOp) -> StoreFuture 
     Box::pin(async move {
         let timeout = shared.cfg.store_timeout;
         let started = tokio::time::Instant::now();
+        let creates = matches!(op, StoreOp::Create { .. });
         let inflight = shared.admission.started();
         let reply = match tokio::time::timeout(timeout, shared.store.execute(op)).await {
             Ok(reply) => reply,
@@ -425,12 +444,24 @@ fn execute<S: SessionStore>(shared: Arc<Shared<S>>, op: StoreOp) -> StoreFuture 
         let elapsed = started.elapsed();
         let failed = matches!(reply, StoreReply::Unavailable(_));
         shared.admission.finished(now(), elapsed, inflight, failed);
-        account(elapsed, &reply);
+        account(&shared, creates, elapsed, &reply);
         reply
     })
 }
 
-fn account(elapsed: Duration, reply: &StoreReply) {
+/// Counts one store operation's answer. A session is opened when the
+/// store applies its `Create`, whether or not its stream lives to send
+/// `Attached` (an `Open` repeated after a lost `Attached` re-attaches it
+/// and counts as a resume): one open per session, however it went.
+fn account<S: SessionStore>(
+    shared: &Shared<S>,
+    creates: bool,
+    elapsed: Duration,
+    reply: &StoreReply,
+) {
+    if creates && *reply == StoreReply::Done {
+        shared.counters.opened();
+    }
     static WARN: Throttle = Throttle::new();
     let failed = matches!(reply, StoreReply::Unavailable(_));
     if failed {
@@ -455,7 +486,7 @@ fn finish<S: SessionStore>(
     match end {
         End::Completed { deleted } => {
             shared.counters.completed();
-            if let Some(client_id) = client {
+            if let (true, Some(client_id)) = (deleted, client) {
                 shared.observe(|| StreamEvent::Completed { client_id });
             }
             match deleted {

@@ -14,7 +14,8 @@ use tonic::Code;
 
 /// Numbers handed to the transport.
 pub const NUMBERS_SENT: &str = "station_numbers_sent_total";
-/// Sessions opened (the `Attached` of the `Open` that created a session).
+/// Sessions opened: created in the store by an `Open` (counted once,
+/// whether or not its stream lived to attach).
 pub const OPENED: &str = "station_sessions_opened_total";
 /// Streams that re-attached an existing session: a `Resume`, or an `Open`
 /// repeated by a client that never received its `Attached`.
@@ -139,12 +140,17 @@ impl Counters {
         counter!(NUMBERS_SENT).increment(1);
     }
 
+    /// The store created a session (its `Create` was applied).
+    pub fn opened(&self) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        counter!(OPENED).increment(1);
+    }
+
+    /// A stream attached: a re-attachment counts as a resume (an open was
+    /// counted when the store created the session).
     pub fn attached(&self, how: Attachment) {
         match how {
-            Attachment::Opened => {
-                self.opened.fetch_add(1, Ordering::Relaxed);
-                counter!(OPENED).increment(1);
-            }
+            Attachment::Opened => {}
             Attachment::Resumed | Attachment::Reopened => {
                 self.resumed.fetch_add(1, Ordering::Relaxed);
                 counter!(RESUMED).increment(1);

@@ -84,6 +84,14 @@ pub struct ServerConfig {
     /// Shed new sessions while the server's ticks run this late on average
     /// (see [`crate::overload`]); `None` never sheds.
     pub shed_when_late: Option<Duration>,
+    /// After shutdown begins, streams already attached keep going and end
+    /// at random moments spread over this period, so their clients resume
+    /// elsewhere a few at a time; meanwhile health says NOT_SERVING and
+    /// new streams are refused. Zero ends every stream at once.
+    pub drain_period: Duration,
+    /// How often health checks the store; health is NOT_SERVING while the
+    /// store cannot be reached. Zero: never checks.
+    pub health_every: Duration,
 }
 
 /// The largest session window a server accepts.
@@ -129,6 +137,8 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             retry_after: Duration::from_secs(2),
             shed_when_late: None,
+            drain_period: Duration::ZERO,
+            health_every: Duration::ZERO,
         }
     }
 }
@@ -245,6 +255,13 @@ impl<S: SessionStore> Shared<S> {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         until.map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
+    }
+
+    /// When a stream that sees shutdown begin at `now` should end: at once
+    /// without a drain period, else at a random moment within it.
+    pub(crate) fn drain_end(&self, now: Instant) -> Option<Instant> {
+        let period = self.cfg.drain_period;
+        (!period.is_zero()).then(|| now + self.jitter(Duration::ZERO, period))
     }
 
     /// A place under `--max-sessions`, if one is free.
@@ -472,9 +489,7 @@ where
 {
     let cfg = station.shared.cfg.clone();
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<NumbersStationServer<Station<S>>>()
-        .await;
+    set_health(&health, true).await;
     // Reflection in both versions: grpcurl, grpcui, Postman and Evans
     // releases before 2023 ask for v1alpha only.
     let reflection = || {
@@ -490,18 +505,36 @@ where
         station.shared.overload.clone(),
         token.child_token(),
     ));
+    // Health says whether the store can be reached, so a load balancer
+    // stops sending clients a server that would refuse them.
+    let store_watch = tokio::spawn(watch_store(
+        station.shared.clone(),
+        health.clone(),
+        token.child_token(),
+    ));
+    // Shutdown begins: health goes NOT_SERVING first (load balancers and
+    // probes learn of it no later than the clients), new streams are
+    // refused, and attached ones end spread over the drain period. tonic
+    // stops accepting connections once it is over (this future's end).
     let health_for_signal = health.clone();
+    let drain_token = token.clone();
+    let drain_period = cfg.drain_period;
     let signal = async move {
         tokio::select! {
             biased;
             _ = shutdown => {}
-            _ = token.cancelled() => {}
+            _ = drain_token.cancelled() => {}
         }
-        tracing::info!("shutting down: ending streams with UNAVAILABLE");
-        health_for_signal
-            .set_not_serving::<NumbersStationServer<Station<S>>>()
-            .await;
-        token.cancel();
+        set_health(&health_for_signal, false).await;
+        match drain_period.is_zero() {
+            true => tracing::info!("shutting down: ending streams with UNAVAILABLE"),
+            false => tracing::info!(
+                drain = ?drain_period,
+                "shutting down: refusing new streams, ending attached ones over the drain period"
+            ),
+        }
+        drain_token.cancel();
+        tokio::time::sleep(drain_period).await;
     };
     let service =
         NumbersStationServer::new(station.clone()).max_decoding_message_size(cfg.max_message_size);
@@ -522,11 +555,12 @@ where
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, signal);
     // tonic's graceful shutdown waits for every connection to close; an idle
-    // or half-open one never does, so give them a grace period.
+    // or half-open one never does, so give them a grace period after the
+    // drain.
     let token = station.shared.shutdown.clone();
     let grace = async {
         token.cancelled().await;
-        tokio::time::sleep(cfg.shutdown_grace).await;
+        tokio::time::sleep(cfg.drain_period + cfg.shutdown_grace).await;
     };
     tokio::select! {
         biased;
@@ -537,8 +571,59 @@ where
         ),
     }
     probe.abort();
+    store_watch.abort();
     station.drained().await;
     Ok(())
+}
+
+/// Sets the health of the service and of the server as a whole (`""`,
+/// what a Kubernetes gRPC probe asks by default) together.
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    use tonic_health::ServingStatus;
+    let status = match serving {
+        true => ServingStatus::Serving,
+        false => ServingStatus::NotServing,
+    };
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(crate::proto::numbers_station_server::SERVICE_NAME, status)
+        .await;
+}
+
+/// Checks every `health_every` that the store answers (within the store
+/// timeout), and says so in health until shutdown begins.
+async fn watch_store<S: SessionStore>(
+    shared: Arc<Shared<S>>,
+    health: tonic_health::server::HealthReporter,
+    stop: CancellationToken,
+) {
+    let every = shared.cfg.health_every;
+    if every.is_zero() {
+        return;
+    }
+    let mut serving = true;
+    loop {
+        let answered = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            r = tokio::time::timeout(shared.cfg.store_timeout, shared.store.ping()) => r,
+        };
+        let reachable = matches!(answered, Ok(Ok(())));
+        if reachable != serving && !shared.shutdown.is_cancelled() {
+            serving = reachable;
+            match &answered {
+                Ok(Ok(())) => tracing::info!("session store reachable again: SERVING"),
+                Ok(Err(e)) => tracing::warn!("session store unreachable ({e}): NOT_SERVING"),
+                Err(_) => tracing::warn!("session store did not answer in time: NOT_SERVING"),
+            }
+            set_health(&health, serving).await;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// Binds `addr` with tokio and [`serve`]s on it. Returns the bound address

@@ -76,6 +76,13 @@ pub trait SessionStore: Clone + Send + Sync + 'static {
     /// Sessions that exist and have not expired.
     fn live_sessions(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Whether the store can be reached now: cheap enough to ask every
+    /// second (health checks). By default, counting live sessions.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let live = self.live_sessions();
+        async move { live.await.map(|_| ()) }
+    }
+
     /// A short name for logs ("memory", "redis").
     fn kind(&self) -> &'static str;
 }
