@@ -51,10 +51,13 @@ pub async fn run(args: DemoArgs) -> u8 {
             return exit::SERVER_ERROR;
         }
     };
+    // Two lines, each within an 80-column terminal.
     println!(
-        "demo server on {addr}: one number every {}, every {}th number fails, \
-         then the server refuses requests for {}",
-        humantime::format_duration(args.interval),
+        "demo server on {addr}: one number every {}",
+        humantime::format_duration(args.interval)
+    );
+    println!(
+        "faults: every {}th number fails, then the server refuses requests for {}",
         args.fail_every,
         humantime::format_duration(args.interval * 3)
     );

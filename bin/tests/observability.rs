@@ -1,6 +1,7 @@
-//! What an operator sees, with the real binary: log lines in
-//! `--log-format json`, and the alert rules and Grafana dashboard of
-//! `deploy/`, whose every metric name must be one a server exports.
+//! What an operator and a user see, with the real binary: log lines in
+//! `--log-format json`, the demo's output, and the alert rules and Grafana
+//! dashboard of `deploy/`, whose every metric name must be one a server
+//! exports.
 
 mod common;
 
@@ -97,6 +98,49 @@ fn json_logs_are_one_event_per_line() {
         serving["bound"].as_str().unwrap().starts_with("127.0.0.1:"),
         "{serving}"
     );
+}
+
+/// `station demo` (stderr not a terminal, so no bars) tells stream ends in
+/// words and ends with a table of its clients, one row each, columns
+/// lined up.
+#[test]
+fn demo_prints_stream_ends_in_words_and_a_summary_table() {
+    let out = common::run_station(&[
+        "demo",
+        "--clients",
+        "3",
+        "--interval",
+        "10ms",
+        "--fail-every",
+        "5",
+    ]);
+    out.assert_code(0);
+    let ends: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("stream ended"))
+        .collect();
+    assert!(!ends.is_empty(), "no stream end reported\n{out}");
+    for line in &ends {
+        assert!(
+            line.contains("stream ended: UNAVAILABLE (INJECTED_FAULT): injected fault"),
+            "{line}"
+        );
+    }
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("client  numbers"))
+        .unwrap_or_else(|| panic!("no table header\n{out}"));
+    let result = lines[header].find("result").expect("a result column");
+    for (i, row) in lines[header + 1..header + 4].iter().enumerate() {
+        assert!(
+            row.trim_start().starts_with(&(i + 1).to_string()),
+            "{row}\n{out}"
+        );
+        assert_eq!(row.get(result..), Some("SUCCESS"), "{row}\n{out}");
+    }
+    assert!(out.last_line().starts_with("demo PASSED"), "{out}");
 }
 
 /// One HTTP/1.1 GET of `/metrics`; `None` while nothing listens yet.
