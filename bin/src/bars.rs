@@ -1,13 +1,46 @@
 //! Log lines and progress bars on one terminal. While bars are drawn, log
 //! lines go through them ([`MultiProgress::println`]: above the bars, which
 //! are redrawn below), so a warning never tears a bar apart; otherwise they
-//! go to stderr as usual.
+//! go to stderr as usual. Also the client's bar itself, whose rate reads
+//! `1.3/s`, not indicatif's `1.2779/s`.
 
 use std::io::{self, Write};
 use std::sync::Mutex;
+use std::time::Duration;
 
-use indicatif::MultiProgress;
+use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
 use tracing_subscriber::fmt::MakeWriter;
+
+/// The client's progress bar for `len` numbers, drawn by `bars`. Added to
+/// them before its ticker starts: a bar ticking on its own draws a line of
+/// its own on stderr, which stays above the bars as a stale copy.
+pub fn progress_bar(bars: &MultiProgress, len: u64) -> ProgressBar {
+    let bar = bars.add(ProgressBar::new(len));
+    let style = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {rate} eta {eta} {msg}",
+    )
+    .expect("template is valid")
+    .with_key(
+        "rate",
+        |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = w.write_str(&rate(state.per_sec()));
+        },
+    );
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Numbers per second with at most one decimal: more digits only flicker
+/// as the estimate moves.
+fn rate(per_sec: f64) -> String {
+    // 9.95 and up would print as `10.0`.
+    if per_sec >= 9.95 {
+        format!("{per_sec:.0}/s")
+    } else {
+        format!("{per_sec:.1}/s")
+    }
+}
 
 /// The bars being drawn, if any.
 static ACTIVE: Mutex<Option<MultiProgress>> = Mutex::new(None);
@@ -72,7 +105,17 @@ impl Drop for Line {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use indicatif::{InMemoryTerm, ProgressBar, ProgressDrawTarget};
+    use indicatif::{InMemoryTerm, ProgressDrawTarget};
+
+    #[test]
+    fn the_rate_has_at_most_one_decimal() {
+        assert_eq!(rate(1.2779), "1.3/s");
+        assert_eq!(rate(0.04), "0.0/s");
+        assert_eq!(rate(9.94), "9.9/s");
+        assert_eq!(rate(9.96), "10/s");
+        assert_eq!(rate(99.51), "100/s");
+        assert_eq!(rate(1234.4), "1234/s");
+    }
 
     /// Issue 13: warnings printed beside the progress bar broke it. With
     /// the bar active, a log line lands above the bar, which stays whole

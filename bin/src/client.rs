@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::MultiProgress;
 use station_core::client::{Client, Config as ClientConfig, Snapshot, Verdict};
 use station_core::{ClientId, Reason};
 use station_net::client::{ChannelOptions, DriverOptions, Endpoints, Event};
@@ -66,7 +66,7 @@ pub async fn run(args: ClientArgs) -> u8 {
     let bars = std::io::stderr().is_terminal().then(MultiProgress::new);
     let bar = bars
         .as_ref()
-        .map(|bars| bars.add(progress_bar(u64::from(count))));
+        .map(|bars| crate::bars::progress_bar(bars, u64::from(count)));
     let _logs_above_bar = bars.as_ref().map(crate::bars::activate);
     let mut last_save: Option<Instant> = None;
     let mut save_error: Option<String> = None;
@@ -85,7 +85,7 @@ pub async fn run(args: ClientArgs) -> u8 {
             }
             Event::Number { .. } => {}
             Event::Failed { endpoint, end } => {
-                tracing::warn!("stream to {endpoint} ended: {end:?}");
+                tracing::warn!("stream to {endpoint} ended: {end}");
             }
             Event::Silent { endpoint } => {
                 tracing::warn!(endpoint, "stream went silent; reconnecting")
@@ -260,17 +260,6 @@ fn check_matches(args: &ClientArgs, saved: &Snapshot, path: &Path) -> Result<(),
         }
     }
     Ok(())
-}
-
-fn progress_bar(len: u64) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    let style = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} eta {eta} {msg}",
-    )
-    .expect("template is valid");
-    bar.set_style(style);
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
 }
 
 #[cfg(test)]

@@ -51,12 +51,15 @@ pub async fn run(args: DemoArgs) -> u8 {
             return exit::SERVER_ERROR;
         }
     };
+    // Two lines, each within an 80-column terminal.
     println!(
-        "demo server on {addr}: one number every {:?}, every {}th number fails, \
-         then the server refuses requests for {:?}",
-        args.interval,
+        "demo server on {addr}: one number every {}",
+        humantime::format_duration(args.interval)
+    );
+    println!(
+        "faults: every {}th number fails, then the server refuses requests for {}",
         args.fail_every,
-        args.interval * 3
+        humantime::format_duration(args.interval * 3)
     );
     let endpoints = match Endpoints::tcp(&[addr.to_string()], &ChannelOptions::default()) {
         Ok(e) => e,
@@ -90,7 +93,7 @@ pub async fn run(args: DemoArgs) -> u8 {
                     bar.set_position(u64::from(client.received()));
                     bar.set_message(format!("reconnects: {}", client.reconnects()));
                 } else if let Event::Failed { end, .. } = event {
-                    eprintln!("client {}: stream ended ({end:?}); resuming", i + 1);
+                    eprintln!("client {}: stream ended: {end}; resuming", i + 1);
                 }
             };
             let outcome =
@@ -114,21 +117,8 @@ pub async fn run(args: DemoArgs) -> u8 {
         }
     }
     println!();
-    for (i, outcome) in outcomes.iter().enumerate() {
-        all_ok &= outcome.verdict.is_success();
-        println!(
-            "client {}: {} numbers, sum {}, checksum server {} / client 0x{:08x}, {} reconnects: {}",
-            i + 1,
-            outcome.count,
-            outcome.sum,
-            outcome
-                .server_checksum
-                .map_or("-".into(), |c| format!("0x{c:08x}")),
-            outcome.client_checksum,
-            outcome.reconnects,
-            report::result_line(outcome)
-        );
-    }
+    all_ok &= outcomes.iter().all(|o| o.verdict.is_success());
+    print!("{}", report::outcomes_table(&outcomes));
     let stats = Some(station.stats().await);
     let _ = stop_tx.send(());
     if let Ok(Err(e)) = server.await {

@@ -50,6 +50,24 @@ pub mod exit {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr as text for people, or as one JSON object per
+    /// line (timestamp, level, target, message and fields) for a log
+    /// pipeline.
+    #[arg(
+        long,
+        global = true,
+        env = "STATION_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -299,16 +317,20 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (try 250ms, 1s, 30s)"))
 }
 
-fn init_tracing(default: &str) {
+fn init_tracing(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Through the progress bars while they are drawn.
-        .with_writer(bars::LogWriter)
+        .with_writer(bars::LogWriter);
+    match format {
         // Colour codes only for a person at a terminal, not in log files.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // The event's message and fields at the top level beside
+        // `timestamp`, `level` and `target`, as log pipelines index them.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit, as Go's runtime
@@ -334,27 +356,28 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::SERVER_ERROR);
         }
     };
+    let log = cli.log_format;
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => {
-                init_tracing("info");
+                init_tracing(log, "info");
                 raise_open_files_limit();
                 server::run(args).await
             }
             Command::Client(args) => {
-                init_tracing("warn");
+                init_tracing(log, "warn");
                 client::run(args).await
             }
             Command::Demo(args) => {
-                init_tracing("warn");
+                init_tracing(log, "warn");
                 demo::run(args).await
             }
             Command::Stats(args) => {
-                init_tracing("warn");
+                init_tracing(log, "warn");
                 server::stats(args).await
             }
             Command::Load(args) => {
-                init_tracing("warn,station=info");
+                init_tracing(log, "warn,station=info");
                 raise_open_files_limit();
                 load::run(args).await
             }

@@ -1,6 +1,7 @@
 //! What the client receives ([`Attached`], [`Number`], [`StreamEnd`]) and
 //! emits ([`Output`]: requests, acknowledgements, the [`Outcome`]).
 
+use std::fmt;
 use std::time::Duration;
 
 use crate::ids::{ClientId, Secret};
@@ -97,6 +98,32 @@ impl Code {
     }
 }
 
+impl fmt::Display for Code {
+    /// The code as gRPC names it (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`), the
+    /// name people look up in gRPC's documentation and in our metrics.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Code::Ok => "OK",
+            Code::Cancelled => "CANCELLED",
+            Code::Unknown => "UNKNOWN",
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Code::NotFound => "NOT_FOUND",
+            Code::AlreadyExists => "ALREADY_EXISTS",
+            Code::PermissionDenied => "PERMISSION_DENIED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Code::FailedPrecondition => "FAILED_PRECONDITION",
+            Code::Aborted => "ABORTED",
+            Code::OutOfRange => "OUT_OF_RANGE",
+            Code::Unimplemented => "UNIMPLEMENTED",
+            Code::Internal => "INTERNAL",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::DataLoss => "DATA_LOSS",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+        })
+    }
+}
+
 /// How a stream ended, as the client sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StreamEnd {
@@ -145,6 +172,65 @@ impl StreamEnd {
             message: reject.to_string(),
             reason: Some(reject.reason()),
             retry_after: None,
+        }
+    }
+}
+
+/// The one place a stream's end is put into words for people (logs, the
+/// demo): `UNAVAILABLE (INJECTED_FAULT): injected fault; retry after
+/// 300 ms`. Programs read the fields instead.
+impl fmt::Display for StreamEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StreamEnd::Ok => f.write_str("OK"),
+            StreamEnd::Status {
+                code,
+                message,
+                reason,
+                retry_after,
+            } => {
+                write!(f, "{code}")?;
+                if let Some(reason) = reason {
+                    write!(f, " ({reason})")?;
+                }
+                write!(f, ": {message}")?;
+                // The server's "not before": the client waits at least this
+                // long (longer if its own backoff says so). Zero says nothing.
+                if let Some(wait) = retry_after.filter(|w| !w.is_zero()) {
+                    write!(f, "; retry after {}", Rounded(wait))?;
+                }
+                Ok(())
+            }
+            StreamEnd::Transport(why) => write!(f, "connection failed: {why}"),
+            StreamEnd::Protocol(why) => write!(f, "protocol error: {why}"),
+        }
+    }
+}
+
+/// A duration rounded the way a person says it: `300 ms`, `2.1 s`,
+/// `1 min 30 s`. A pushback arrives as `299.998154ms` after the trip; its
+/// microseconds are noise to a reader.
+struct Rounded(Duration);
+
+impl fmt::Display for Rounded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = (self.0.as_secs_f64() * 1e3).round() as u64;
+        if ms < 1_000 {
+            return write!(f, "{ms} ms");
+        }
+        let tenths = (ms + 50) / 100;
+        if tenths < 600 {
+            return match tenths % 10 {
+                0 => write!(f, "{} s", tenths / 10),
+                t => write!(f, "{}.{t} s", tenths / 10),
+            };
+        }
+        let secs = (ms + 500) / 1_000;
+        let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+        match (h, s) {
+            (0, 0) => write!(f, "{m} min"),
+            (0, _) => write!(f, "{m} min {s} s"),
+            _ => write!(f, "{h} h {m} min"),
         }
     }
 }
@@ -215,4 +301,62 @@ pub enum Output {
     /// Done; no more outputs. The adapter may keep the stream open briefly so
     /// the final `Ack` is delivered.
     Finished(Outcome),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A person reads `UNAVAILABLE (INJECTED_FAULT): …; retry after 300 ms`,
+    /// not the `Debug` of the struct with `299.998154ms` in it.
+    #[test]
+    fn a_stream_end_reads_as_code_reason_message_and_rounded_wait() {
+        let end = StreamEnd::Status {
+            code: Code::Unavailable,
+            message: "injected fault: every 5th number fails".into(),
+            reason: Some(Reason::InjectedFault),
+            retry_after: Some(Duration::from_nanos(299_998_154)),
+        };
+        assert_eq!(
+            end.to_string(),
+            "UNAVAILABLE (INJECTED_FAULT): injected fault: every 5th number fails; \
+             retry after 300 ms"
+        );
+        let now = StreamEnd::Status {
+            code: Code::Unavailable,
+            message: "injected fault".into(),
+            reason: Some(Reason::InjectedFault),
+            retry_after: Some(Duration::ZERO),
+        };
+        assert_eq!(
+            now.to_string(),
+            "UNAVAILABLE (INJECTED_FAULT): injected fault"
+        );
+        let bare = StreamEnd::code_only(Code::ResourceExhausted, "too many");
+        assert_eq!(bare.to_string(), "RESOURCE_EXHAUSTED: too many");
+        assert_eq!(
+            StreamEnd::Transport("tcp connect error".into()).to_string(),
+            "connection failed: tcp connect error"
+        );
+        assert_eq!(Code::DeadlineExceeded.to_string(), "DEADLINE_EXCEEDED");
+    }
+
+    #[test]
+    fn durations_are_rounded_as_people_say_them() {
+        let cases = [
+            (Duration::ZERO, "0 ms"),
+            (Duration::from_micros(1_499), "1 ms"),
+            (Duration::from_micros(999_499), "999 ms"),
+            (Duration::from_micros(999_600), "1 s"),
+            (Duration::from_millis(2_049), "2 s"),
+            (Duration::from_millis(2_051), "2.1 s"),
+            (Duration::from_millis(59_949), "59.9 s"),
+            (Duration::from_millis(59_950), "1 min"),
+            (Duration::from_secs(90), "1 min 30 s"),
+            (Duration::from_secs(3 * 3600 + 125), "3 h 2 min"),
+        ];
+        for (d, text) in cases {
+            assert_eq!(Rounded(d).to_string(), text, "{d:?}");
+        }
+    }
 }
