@@ -1,7 +1,7 @@
 //! The retry budget ([`RetryBudget`]): gRFC A6's retry throttling, a token
 //! bucket that failed attempts drain and successful ones refill, so a
 //! process whose streams mostly fail stops multiplying its load by
-//! retrying (ARCHITECTURE.md §2, "Retries").
+//! retrying (ARCHITECTURE.md §2, "Retries and giving up").
 //!
 //! A6's bucket, per session: `max_tokens` 10, `token_ratio` 0.1. A failed
 //! attempt (a stream that ended without a new number) takes one token; a
