@@ -180,8 +180,7 @@ fn throttling_never_changes_the_verdict_or_the_deadline() {
             c.handle_attached(t0, attached(100, 0, 1));
             feed(&mut c, t0, 0..1, 100);
             let mut now = t0 + SEC;
-            let mut attempts = 0;
-            for _ in 0..1000 {
+            for attempts in 0..1000 {
                 c.handle_end(now, transport());
                 if throttle {
                     c.handle_throttled(now);
@@ -192,7 +191,6 @@ fn throttling_never_changes_the_verdict_or_the_deadline() {
                 now = c.poll_timeout().unwrap();
                 c.handle_timeout(now);
                 drain(&mut c);
-                attempts += 1;
             }
             panic!("never gave up");
         };
