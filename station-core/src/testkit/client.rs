@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
 
-use crate::client::{Attached, Client, Code, Config, Number, Output, Request, StreamEnd, Verdict};
+use crate::client::{
+    Attached, Client, Code, Config, Decision, Number, Output, Request, RetryBudget, StreamEnd,
+    Verdict,
+};
 use crate::sequence::{self, RunningChecksum};
 use crate::testkit::invariants;
 use crate::{ClientId, Reason, Secret};
@@ -149,6 +152,8 @@ pub fn run(count: u32, events: &[Event]) -> Result<(), String> {
         };
     };
     let mut check = Checker::new(count);
+    let mut budget = RetryBudget::new();
+    budget.join();
     check.drain(&mut client, now)?;
     for event in events {
         match event.clone() {
@@ -241,6 +246,21 @@ pub fn run(count: u32, events: &[Event]) -> Result<(), String> {
                     now = at;
                     client.handle_timeout(now);
                     check.fired = Some(at);
+                }
+            }
+        }
+        // The adapter's retry budget, kept as `station-net` keeps it (one
+        // session's A6 bucket: it throttles after five failures, so the
+        // throttled path is taken often). Throttling only ever delays.
+        if let Some(attempt) = client.poll_attempt() {
+            if budget.record(attempt) == Decision::Throttle {
+                let before = client.poll_timeout();
+                client.handle_throttled(now);
+                if client.poll_timeout() < before {
+                    return Err(format!(
+                        "throttling brought the next attempt forward: {before:?} -> {:?}",
+                        client.poll_timeout()
+                    ));
                 }
             }
         }
