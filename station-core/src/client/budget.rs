@@ -16,8 +16,12 @@
 //! thousands -- a broken connection would silence everyone's retries, and
 //! a few successes would lift it again, so it would flap at every
 //! incident. Instead each session [`join`](RetryBudget::join)s with its own
-//! A6 allowance (10 tokens) and [`leave`](RetryBudget::leave)s taking its
-//! share: the pooled bucket is `10 × sessions` tokens, throttled at half.
+//! A6 allowance (10 tokens of room) and [`leave`](RetryBudget::leave)s
+//! taking its share: the pooled bucket is `10 × sessions` tokens, throttled
+//! at half. Joining and leaving keep the bucket as full, as a fraction, as
+//! it was: sessions that start while the others fail (a load generator
+//! keeps starting them) join a drained bucket drained, rather than each
+//! bringing five fast retries of its own to an overloaded server.
 //! One session alone (`station client`) is exactly A6; a crowd is
 //! throttled when its failures, summed, outrun a tenth of its successes by
 //! five per session -- a fleet-wide outage, not one unlucky stream, which
@@ -98,11 +102,17 @@ impl RetryBudget {
         }
     }
 
-    /// A session starts using the budget: it brings its own full allowance.
+    /// A session starts using the budget: the bucket grows by one
+    /// session's allowance, filled as full as the bucket is (the first
+    /// session's, full).
     pub fn join(&mut self) {
+        self.tokens += match self.sessions {
+            0 => MAX_TOKENS * MILLI,
+            n => self.tokens / n,
+        };
         self.sessions += 1;
         self.max += MAX_TOKENS * MILLI;
-        self.tokens += MAX_TOKENS * MILLI;
+        self.tokens = self.tokens.min(self.max);
     }
 
     /// A session stops using the budget: it takes its share of what is

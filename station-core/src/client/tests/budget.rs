@@ -85,6 +85,43 @@ fn the_bucket_scales_with_the_sessions_sharing_it() {
     }
     assert_eq!(b.stats().sessions, 0);
     assert_eq!(b.tokens(), 0.0);
+    // The next first session starts full.
+    b.join();
+    assert_eq!(b.tokens(), 10.0);
+}
+
+/// Sessions that start while the others fail do not refill the bucket:
+/// else a load generator starting sessions against an overloaded server
+/// would bring five fast retries with each.
+#[test]
+fn sessions_joining_a_drained_bucket_find_it_drained() {
+    let mut b = RetryBudget::new();
+    for _ in 0..10 {
+        b.join();
+    }
+    for _ in 0..100 {
+        b.record(Attempt::Failed);
+    }
+    assert_eq!(b.tokens(), 0.0);
+    for _ in 0..1000 {
+        b.join();
+    }
+    assert_eq!(b.stats().max_tokens, 10_100.0);
+    assert_eq!(b.record(Attempt::Failed), Decision::Throttle);
+    // Half full stays half full.
+    let mut b = RetryBudget::new();
+    for _ in 0..4 {
+        b.join();
+    }
+    for _ in 0..20 {
+        b.record(Attempt::Failed);
+    }
+    for _ in 0..4 {
+        b.join();
+    }
+    let s = b.stats();
+    assert_eq!((s.tokens, s.max_tokens), (40.0, 80.0));
+    assert!(s.throttling);
 }
 
 #[test]
