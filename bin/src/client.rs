@@ -148,9 +148,13 @@ pub async fn run(args: ClientArgs) -> u8 {
 /// the session is gone for good (expired, unknown, lost, its token refused,
 /// its id held by another client: running the same command again would
 /// only repeat the failure), with a note that says so; kept otherwise (no
-/// server reachable, protocol errors, a checksum mismatch, or a rejection
-/// without one of those reasons, e.g. UNIMPLEMENTED from a service that
-/// is not a station: fix the flags and the same command resumes).
+/// server reachable, a session the client only believes expired, protocol
+/// errors, a checksum mismatch, or a rejection without one of those
+/// reasons, e.g. UNIMPLEMENTED from a service that is not a station: fix
+/// the flags and the same command resumes). Only a server's word ends a
+/// session: when the client gave up on its own, the note says that running
+/// the same command again resumes it, or learns from a server that it
+/// expired.
 fn settle_state_file(path: &Path, verdict: &Verdict) -> Result<Option<String>, StateError> {
     let gone = match verdict {
         Verdict::Expired(_) => true,
@@ -169,6 +173,11 @@ fn settle_state_file(path: &Path, verdict: &Verdict) -> Result<Option<String>, S
     };
     match verdict {
         Verdict::Verified => state_file::remove(path).map(|()| None),
+        Verdict::Unreachable(_) | Verdict::LikelyExpired(_) if path.exists() => Ok(Some(format!(
+            "the state file {} is kept: run the same command again to resume the session \
+             (a server will say if it has expired)",
+            path.display()
+        ))),
         _ if gone => {
             let mut ended = path.as_os_str().to_owned();
             ended.push(".ended");
@@ -292,8 +301,22 @@ mod tests {
             );
             assert!(!path.exists() && ended.exists(), "{verdict:?}");
         }
-        let alive = [
+        // Given up by the client, not ended by a server: kept, and the
+        // note says how to go on.
+        std::fs::remove_file(&ended).unwrap();
+        for verdict in [
             Verdict::Unreachable("down".into()),
+            Verdict::LikelyExpired("by our clock".into()),
+        ] {
+            std::fs::write(&path, "{}").unwrap();
+            let note = settle_state_file(&path, &verdict).unwrap().unwrap();
+            assert!(
+                note.contains("kept") && note.contains("same command again"),
+                "{note}"
+            );
+            assert!(path.exists() && !ended.exists(), "{verdict:?}");
+        }
+        let alive = [
             Verdict::ProtocolError("bad".into()),
             Verdict::ChecksumMismatch,
             // Not a station (no reason): the flags may be wrong; keep the

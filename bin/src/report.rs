@@ -12,7 +12,11 @@ pub fn exit_code(outcome: &Outcome) -> u8 {
         Verdict::ChecksumMismatch => exit::CHECKSUM_MISMATCH,
         Verdict::Expired(_) => exit::EXPIRED,
         Verdict::Rejected { .. } => exit::REJECTED,
-        Verdict::ProtocolError(_) | Verdict::Unreachable(_) => exit::UNREACHABLE,
+        // Only a server's SESSION_EXPIRED is exit 4: a session the client
+        // merely believes expired may still be resumed by running again.
+        Verdict::ProtocolError(_) | Verdict::Unreachable(_) | Verdict::LikelyExpired(_) => {
+            exit::UNREACHABLE
+        }
     }
 }
 
@@ -33,7 +37,11 @@ pub fn result_line(outcome: &Outcome) -> String {
             message,
         } => format!("FAILURE: session rejected by the server ({code}): {message}"),
         Verdict::ProtocolError(why) => format!("FAILURE: protocol error: {why}"),
-        Verdict::Unreachable(why) => format!("FAILURE: no server reachable: {why}"),
+        // The messages say which: no server reachable, servers attached
+        // but sent nothing new, servers refused, or the client's clock.
+        Verdict::Unreachable(why) | Verdict::LikelyExpired(why) => {
+            format!("FAILURE: gave up: {why}")
+        }
     }
 }
 

@@ -135,7 +135,9 @@ fn lost_precisely(scenario: &Scenario, report: &Report, v: &mut Vec<Violation>) 
                         reason,
                         ..
                     } => matches!(reason, Some(Reason::SessionLost | Reason::SessionUnknown)),
-                    Verdict::Expired(_) => client.longest_isolation() >= expiry_threshold(scenario),
+                    Verdict::Expired(_) | Verdict::LikelyExpired(_) => {
+                        client.longest_isolation() >= expiry_threshold(scenario)
+                    }
                     _ => false,
                 };
                 if !precise {
@@ -337,8 +339,10 @@ fn expiry(scenario: &Scenario, c: usize, client: &ClientReport, v: &mut Vec<Viol
     let justified_expiry = isolation >= expiry_threshold(scenario);
     match verdict {
         Verdict::Verified => {}
-        Verdict::Expired(_) if justified_expiry => {}
-        Verdict::Expired(message) => violation(
+        // A server's SESSION_EXPIRED, or the client's own clock: both
+        // claim the session is gone, and must be justified alike.
+        Verdict::Expired(_) | Verdict::LikelyExpired(_) if justified_expiry => {}
+        Verdict::Expired(message) | Verdict::LikelyExpired(message) => violation(
             v,
             Invariant::Expiry,
             Some(c),
@@ -361,12 +365,16 @@ fn expiry(scenario: &Scenario, c: usize, client: &ClientReport, v: &mut Vec<Viol
     }
     let expected = match client.expect {
         Expect::Complete => matches!(verdict, Verdict::Verified),
-        Expect::Expire => matches!(verdict, Verdict::Expired(_)),
-        Expect::CompleteOrExpire => matches!(verdict, Verdict::Verified | Verdict::Expired(_)),
+        Expect::Expire => matches!(verdict, Verdict::Expired(_) | Verdict::LikelyExpired(_)),
+        Expect::CompleteOrExpire => matches!(
+            verdict,
+            Verdict::Verified | Verdict::Expired(_) | Verdict::LikelyExpired(_)
+        ),
         Expect::CompleteOrRejected => matches!(
             verdict,
             Verdict::Verified
                 | Verdict::Expired(_)
+                | Verdict::LikelyExpired(_)
                 | Verdict::Rejected {
                     code: Code::NotFound,
                     ..

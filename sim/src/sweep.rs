@@ -220,6 +220,7 @@ fn verdict_kind(v: &Verdict) -> &'static str {
         Verdict::Verified => "verified",
         Verdict::ChecksumMismatch => "checksum-mismatch",
         Verdict::Expired(_) => "expired",
+        Verdict::LikelyExpired(_) => "likely-expired",
         Verdict::Rejected { .. } => "rejected",
         Verdict::ProtocolError(_) => "protocol-error",
         Verdict::Unreachable(_) => "unreachable",

@@ -627,6 +627,7 @@ fn verdict_label(v: &Verdict) -> String {
         Verdict::Verified => "verified".into(),
         Verdict::ChecksumMismatch => "checksum mismatch".into(),
         Verdict::Expired(_) => "expired".into(),
+        Verdict::LikelyExpired(_) => "likely expired".into(),
         Verdict::Rejected { code, .. } => format!("rejected {code:?}"),
         Verdict::ProtocolError(_) => "protocol error".into(),
         Verdict::Unreachable(_) => "unreachable".into(),

@@ -6,6 +6,11 @@
 //! client's timer. Reconnection decisions are the core's; the driver only
 //! rotates to the next endpoint when a stream fails, so a client given
 //! several servers fails over between them.
+//!
+//! Every session run with the same [`DriverOptions`] (clones share it)
+//! spends one retry budget ([`SharedBudget`]), so a process running many
+//! sessions -- `station load` -- throttles its retries as a whole when most
+//! of its streams fail, instead of multiplying a server's trouble.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use station_core::client::{self, Client, Outcome, Output, Request, StreamEnd};
+use station_core::client::{
+    self, Attempt, BudgetStats, Client, Decision, Outcome, Output, Request, RetryBudget, StreamEnd,
+};
 use tokio::net::{lookup_host, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -237,6 +244,45 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The retry budget of one process: a core [`RetryBudget`] (gRFC A6's
+/// token bucket, scaled by the sessions using it) behind a lock, shared by
+/// every session [`run`] with the same [`DriverOptions`]. Clones share it.
+#[derive(Clone, Debug, Default)]
+pub struct SharedBudget(Arc<Mutex<RetryBudget>>);
+
+impl SharedBudget {
+    /// A fresh budget, used by no session yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tokens now, the bucket's size, sessions using it, whether retries
+    /// are throttled now and how many have been so far: for metrics.
+    pub fn stats(&self) -> BudgetStats {
+        lock(&self.0).stats()
+    }
+
+    /// Adds a session's allowance until the returned seat is dropped
+    /// (however [`run`] ends, even if its future is dropped).
+    fn join(&self) -> Seat<'_> {
+        lock(&self.0).join();
+        Seat(self)
+    }
+
+    fn record(&self, attempt: Attempt) -> Decision {
+        lock(&self.0).record(attempt)
+    }
+}
+
+/// A session's place in a [`SharedBudget`]; leaving it takes its share.
+struct Seat<'a>(&'a SharedBudget);
+
+impl Drop for Seat<'_> {
+    fn drop(&mut self) {
+        lock(&self.0 .0).leave();
+    }
+}
+
 /// Driver settings.
 #[derive(Clone, Debug)]
 pub struct DriverOptions {
@@ -245,6 +291,10 @@ pub struct DriverOptions {
     pub linger: Duration,
     /// Largest server message accepted (bytes).
     pub max_message_size: usize,
+    /// The retry budget the sessions run with these options share.
+    /// `default()` makes a new one: to share one across a process's
+    /// sessions, run them all with (clones of) one `DriverOptions`.
+    pub budget: SharedBudget,
 }
 
 impl Default for DriverOptions {
@@ -252,6 +302,7 @@ impl Default for DriverOptions {
         DriverOptions {
             linger: Duration::from_secs(2),
             max_message_size: 1024,
+            budget: SharedBudget::new(),
         }
     }
 }
@@ -349,7 +400,16 @@ pub async fn run(
 ) -> Outcome {
     let mut stream = Stream::None;
     let mut current = 0usize;
+    let _seat = opts.budget.join();
     loop {
+        // The last input's attempt, if it ended one, goes to the budget
+        // first: a throttled retry is pushed back before the deadline is
+        // read below.
+        if let Some(attempt) = client.poll_attempt() {
+            if opts.budget.record(attempt) == Decision::Throttle {
+                client.handle_throttled(now());
+            }
+        }
         while let Some(output) = client.poll_output() {
             match output {
                 Output::Connect(request) => {

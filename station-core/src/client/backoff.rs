@@ -1,11 +1,111 @@
 //! When the client tries again: exponential backoff with jitter, the
-//! server's pushback, and giving up at the session's expiry or when no
-//! progress came for too long (ARCHITECTURE.md §2).
+//! server's pushback, the retry budget's throttling, and giving up at the
+//! session's expiry or when no progress came for too long -- saying only
+//! what the client knows (ARCHITECTURE.md §2).
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use super::{later, Client, Phase, Verdict};
+use super::{later, Attempt, Client, Phase, Verdict};
 use crate::sequence::mix64;
+use crate::Reason;
+
+/// How an attempt failed, before any `Attached` on its stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Failure {
+    /// No station answered: the connection failed or broke, a status came
+    /// without a reason (made by the transport or a proxy), or no
+    /// `Attached` came in time.
+    NoAnswer,
+    /// A station refused the stream with a retryable reason.
+    Refused(Reason),
+    /// A server broke the protocol.
+    Protocol,
+}
+
+/// What happened to the attempts since the last new number: what a
+/// give-up says, since "no server reachable", "servers attached but sent
+/// nothing new" and "servers refused" call for different actions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct SinceProgress {
+    /// Attempts no station answered.
+    unanswered: u32,
+    /// Streams that attached, then failed before a new number.
+    attached: u32,
+    /// Streams refused before attaching, by reason, in the order first seen.
+    refused: Vec<(Reason, u32)>,
+    /// Streams that broke the protocol before attaching.
+    protocol: u32,
+}
+
+impl SinceProgress {
+    fn count(&mut self, attached: bool, failure: Failure) {
+        match failure {
+            _ if attached => self.attached += 1,
+            Failure::NoAnswer => self.unanswered += 1,
+            Failure::Protocol => self.protocol += 1,
+            Failure::Refused(reason) => match self.refused.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, n)) => *n += 1,
+                None => self.refused.push((reason, 1)),
+            },
+        }
+    }
+
+    /// E.g. "no server reachable (4 attempts)", or several such parts
+    /// joined by "; " when attempts failed in different ways.
+    fn describe(&self) -> String {
+        let times = |n: u32, one: &str, many: &str| {
+            if n == 1 {
+                format!("1 {one}")
+            } else {
+                format!("{n} {many}")
+            }
+        };
+        let mut parts = Vec::with_capacity(4);
+        if self.unanswered > 0 {
+            parts.push(format!(
+                "no server reachable ({})",
+                times(self.unanswered, "attempt", "attempts")
+            ));
+        }
+        if self.attached > 0 {
+            parts.push(format!(
+                "servers attached the session but sent no new number ({})",
+                times(self.attached, "stream", "streams")
+            ));
+        }
+        if !self.refused.is_empty() {
+            let mut by_reason = String::new();
+            for (i, (reason, n)) in self.refused.iter().enumerate() {
+                let sep = if i == 0 { "" } else { ", " };
+                let _ = write!(by_reason, "{sep}{reason} ×{n}");
+            }
+            parts.push(format!("servers refused the session ({by_reason})"));
+        }
+        if self.protocol > 0 {
+            parts.push(format!(
+                "servers broke the protocol ({})",
+                times(self.protocol, "stream", "streams")
+            ));
+        }
+        if parts.is_empty() {
+            // Only reached if giving up before any attempt failed, which
+            // `retry` never does; kept honest anyway.
+            parts.push("no attempt failed".into());
+        }
+        parts.join("; ")
+    }
+}
+
+/// Which deadline a give-up met.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deadline {
+    /// By our clock the session's TTL has run out since a server last
+    /// heard from us.
+    Expiry,
+    /// No new number for `give_up_without_progress`.
+    NoProgress,
+}
 
 impl Client {
     /// A retryable failure: back off, or give up if no retry can succeed.
@@ -15,8 +115,20 @@ impl Client {
     /// can still succeed (the session's expiry, or the give-up deadline),
     /// the client gives up at once rather than disobey the server or sleep
     /// into a deadline it cannot meet.
-    pub(super) fn retry(&mut self, now: Instant, why: String, pushback: Option<Duration>) {
+    pub(super) fn retry(
+        &mut self,
+        now: Instant,
+        failure: Failure,
+        why: String,
+        pushback: Option<Duration>,
+    ) {
         self.failures = self.failures.saturating_add(1);
+        // A stream that delivered a new number was a success, whatever
+        // ended it; only the attempts after it count as failed.
+        if !self.stream_progressed {
+            self.since_progress.count(self.stream_attached, failure);
+            self.attempt = Some(Attempt::Failed);
+        }
         let delay = self.backoff();
         // The server forgets the session `ttl` after it last heard from us,
         // which was no earlier than we last heard from it.
@@ -26,7 +138,10 @@ impl Client {
         };
         let stalled = later(self.last_progress, self.cfg.give_up_without_progress);
         let deadline = expiry.map_or(stalled, |e| e.min(stalled));
-        let expired = expiry.is_some_and(|e| e <= stalled);
+        let met = match expiry {
+            Some(e) if e <= stalled => Deadline::Expiry,
+            _ => Deadline::NoProgress,
+        };
         // Squeeze in a last attempt just before the deadline rather than
         // sleeping past it -- once: a failure at that last moment gives up
         // (`at == now` although `delay` is not zero), or a failure reported
@@ -40,7 +155,7 @@ impl Client {
             if not_before > last_chance && now < deadline {
                 let left = deadline.saturating_duration_since(now);
                 return self.give_up(
-                    expired,
+                    met,
                     format!(
                         "{why}; the server asked us to wait {wait:?}, but only {left:?} are left"
                     ),
@@ -49,39 +164,44 @@ impl Client {
             at = at.max(not_before);
         }
         if now >= deadline || at < now || (at == now && !delay.is_zero()) {
-            return self.give_up(expired, why);
+            return self.give_up(met, why);
         }
+        self.retry_limit = last_chance.max(at);
         self.phase = Phase::Backoff { until: at };
     }
 
-    /// Ends the session at its give-up deadline: the session's expiry if
-    /// `expired`, else `give_up_without_progress`.
-    fn give_up(&mut self, expired: bool, why: String) {
-        let verdict = if expired {
-            Verdict::Expired(format!(
-                "could not resume before the session expired (last error: {why})"
-            ))
-        } else if self.ttl.is_some() {
-            let limit = self.cfg.give_up_without_progress;
-            Verdict::Unreachable(format!(
-                "no progress for {limit:?}: servers attached the session but sent no new number (last error: {why})"
-            ))
-        } else if self.token.is_some() {
-            // Restored from a snapshot and never attached since: we cannot
-            // tell whether the session outlived our absence.
-            Verdict::Expired(format!(
-                "could not resume the session in time; it may have expired (last error: {why})"
-            ))
-        } else {
-            Verdict::Unreachable(format!(
-                "no server attached the session (last error: {why})"
-            ))
+    /// Ends the session at a give-up deadline, saying what the client
+    /// knows: never `Expired`, which only a server's `SESSION_EXPIRED` may
+    /// claim (`handle_end`).
+    fn give_up(&mut self, met: Deadline, last_error: String) {
+        let happened = self.since_progress.describe();
+        let verdict = match (met, self.ttl) {
+            (Deadline::Expiry, Some(ttl)) => Verdict::LikelyExpired(format!(
+                "the session has most likely expired (no server confirmed it): no server let \
+                 us resume within its TTL ({ttl:?}) of the last time one heard from us; \
+                 {happened} (last error: {last_error})"
+            )),
+            _ => {
+                let limit = self.cfg.give_up_without_progress;
+                let mut message =
+                    format!("no progress for {limit:?}: {happened} (last error: {last_error})");
+                if self.token.is_some() && self.ttl.is_none() {
+                    // Restored from a snapshot and not attached since: we
+                    // cannot tell whether the session outlived our absence.
+                    message.push_str(
+                        "; no server said whether the session is still live: it may have \
+                         expired, or a later attempt may resume it",
+                    );
+                }
+                Verdict::Unreachable(message)
+            }
         };
         self.finish(verdict)
     }
 
     /// Exponential backoff with "equal jitter": half fixed, half random, so
-    /// clients that failed together do not return together.
+    /// clients that failed together do not return together -- from the
+    /// first retry on (a server's crash ends every stream at once).
     fn backoff(&mut self) -> Duration {
         let exp = self.failures.saturating_sub(1).min(20);
         let base = self
@@ -89,9 +209,22 @@ impl Client {
             .backoff_initial
             .saturating_mul(1 << exp)
             .min(self.cfg.backoff_max);
-        let half = base / 2;
-        let r = mix64(self.jitter_seed.wrapping_add(u64::from(self.failures)));
-        let jitter = half.mul_f64((r >> 11) as f64 / (1u64 << 53) as f64);
-        half + jitter
+        equal_jitter(
+            base,
+            mix64(self.jitter_seed.wrapping_add(u64::from(self.failures))),
+        )
     }
+
+    /// How long a throttled retry waits: the largest backoff, with equal
+    /// jitter drawn apart from the backoff's.
+    pub(super) fn throttled_wait(&self) -> Duration {
+        let r = mix64(self.jitter_seed ^ 0x7468_726f_7474_6c65 ^ u64::from(self.failures));
+        equal_jitter(self.cfg.backoff_max, r)
+    }
+}
+
+/// Half of `base`, plus a part of the other half chosen by `r`.
+fn equal_jitter(base: Duration, r: u64) -> Duration {
+    let half = base / 2;
+    half + half.mul_f64((r >> 11) as f64 / (1u64 << 53) as f64)
 }

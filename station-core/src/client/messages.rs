@@ -242,8 +242,14 @@ pub enum Verdict {
     Verified,
     /// Every number arrived but the checksums differ.
     ChecksumMismatch,
-    /// The session expired before the client could resume it.
+    /// A server said the session expired (`SESSION_EXPIRED`): it is gone.
+    /// The only verdict that claims so; the message is the server's.
     Expired(String),
+    /// By the client's own clock the session must have expired (its TTL
+    /// passed since a server last heard from us) before any server let it
+    /// resume, but no server said so: a server may still hold it (a slow
+    /// clock, a lease renewed late), and only asking one again can tell.
+    LikelyExpired(String),
     /// A server refused the session for a reason retrying cannot fix.
     Rejected {
         /// The status code.
@@ -256,8 +262,9 @@ pub enum Verdict {
     },
     /// Servers kept breaking the protocol.
     ProtocolError(String),
-    /// No server attached the session, or none sent a new number, within
-    /// `give_up_without_progress`.
+    /// No new number within `give_up_without_progress`; the message says
+    /// what happened since the last one: no server reachable, servers that
+    /// attached but sent nothing new, or servers that refused (by reason).
     Unreachable(String),
 }
 

@@ -11,9 +11,23 @@
 //! and can [`snapshot`](Client::snapshot) it so a crashed client process
 //! resumes the same session.
 //!
+//! Each stream is an attempt: one that delivers a new number succeeded,
+//! one that ends without a new number failed. The client reports them
+//! ([`poll_attempt`](Client::poll_attempt)) so the adapter can keep a
+//! [`RetryBudget`] shared by all its sessions, and takes the budget's
+//! answer back ([`handle_throttled`](Client::handle_throttled)): a
+//! throttled retry waits longer, it never fails the session.
+//!
+//! The client says only what it knows: `Expired` only when a server said
+//! `SESSION_EXPIRED`; when its own clock says the session must have expired
+//! it gives up as `LikelyExpired`; any other give-up says what happened
+//! since the last new number (no server reachable, servers attached but
+//! sent nothing new, or servers refused, by reason).
+//!
 //! The machine is [`Client`] (this file); its reconnection backoff and
-//! give-up rules are in `backoff.rs`, its settings in `config.rs`, and what
-//! it receives and emits in `messages.rs`.
+//! give-up rules are in `backoff.rs`, the retry budget in `budget.rs`, its
+//! settings in `config.rs`, and what it receives and emits in
+//! `messages.rs`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -24,11 +38,14 @@ use crate::server::MAX_DURATION;
 use crate::{Reason, Reject};
 
 mod backoff;
+mod budget;
 mod config;
 mod messages;
 #[cfg(test)]
 mod tests;
 
+use self::backoff::{Failure, SinceProgress};
+pub use self::budget::{Attempt, BudgetStats, Decision, RetryBudget, MAX_TOKENS};
 pub use self::config::Config;
 pub use self::messages::{Attached, Code, Number, Outcome, Output, Request, StreamEnd, Verdict};
 
@@ -100,6 +117,19 @@ pub struct Client {
     last_progress: Instant,
     /// Failed attempts since the last progress, for the backoff.
     failures: u32,
+    /// How those attempts failed, for the give-up message.
+    since_progress: SinceProgress,
+    /// The current stream got `Attached`.
+    stream_attached: bool,
+    /// The current stream delivered a number we did not hold.
+    stream_progressed: bool,
+    /// An attempt's result not yet taken by `poll_attempt`.
+    attempt: Option<Attempt>,
+    /// While backing off: the last moment the next attempt may start
+    /// (just before the give-up deadline). A throttled retry waits at
+    /// most until then, so throttling never changes when or how the
+    /// client gives up.
+    retry_limit: Instant,
     protocol_errors: u32,
     reconnects: u32,
     streams: u32,
@@ -166,6 +196,11 @@ impl Client {
             last_heard: None,
             last_progress: now,
             failures: 0,
+            since_progress: SinceProgress::default(),
+            stream_attached: false,
+            stream_progressed: false,
+            attempt: None,
+            retry_limit: now,
             protocol_errors: 0,
             reconnects: 0,
             streams: 0,
@@ -272,6 +307,7 @@ impl Client {
         // not progress: the backoff and the give-up clock go on until a
         // number arrives.
         self.last_heard = Some(now);
+        self.stream_attached = true;
         self.phase = Phase::Streaming { last: now };
         if self.next_index == self.count {
             // We held everything already; only the final ack was missing.
@@ -308,7 +344,12 @@ impl Client {
         }
         self.protocol_errors = 0;
         self.failures = 0;
+        self.since_progress = SinceProgress::default();
         self.last_progress = now;
+        if !self.stream_progressed {
+            self.stream_progressed = true;
+            self.attempt = Some(Attempt::Succeeded);
+        }
         self.sum += u64::from(n.value);
         self.crc.push(n.value);
         self.next_index += 1;
@@ -327,8 +368,13 @@ impl Client {
             return;
         }
         match end {
-            StreamEnd::Ok => self.retry(now, "server ended the stream early".into(), None),
-            StreamEnd::Transport(why) => self.retry(now, why, None),
+            StreamEnd::Ok => self.retry(
+                now,
+                Failure::Protocol,
+                "server ended the stream early".into(),
+                None,
+            ),
+            StreamEnd::Transport(why) => self.retry(now, Failure::NoAnswer, why, None),
             StreamEnd::Protocol(why) => self.protocol_error(now, why),
             StreamEnd::Status {
                 code,
@@ -341,7 +387,10 @@ impl Client {
                 let retryable = reason.map_or(code.is_retryable(), Reason::is_retryable);
                 if retryable {
                     let what = reason.map_or_else(|| format!("{code:?}"), |r| r.to_string());
-                    return self.retry(now, format!("{what}: {message}"), retry_after);
+                    // A status without a reason was made by the transport
+                    // (or a proxy): no station answered.
+                    let failure = reason.map_or(Failure::NoAnswer, Failure::Refused);
+                    return self.retry(now, failure, format!("{what}: {message}"), retry_after);
                 }
                 let verdict = match reason {
                     Some(Reason::SessionExpired) => Verdict::Expired(message),
@@ -377,11 +426,11 @@ impl Client {
         match self.phase {
             Phase::Connecting { since } if now >= later(since, self.cfg.attach_timeout) => {
                 self.out.push_back(Output::Disconnect);
-                self.retry(now, "no Attached in time".into(), None);
+                self.retry(now, Failure::NoAnswer, "no Attached in time".into(), None);
             }
             Phase::Streaming { last } if now >= later(last, self.silence()) => {
                 self.out.push_back(Output::Disconnect);
-                self.retry(now, "stream went silent".into(), None);
+                self.retry(now, Failure::NoAnswer, "stream went silent".into(), None);
             }
             Phase::Backoff { until } if now >= until => self.connect(now),
             _ => {}
@@ -391,6 +440,34 @@ impl Client {
     /// The next action for the adapter, if any. Drain after every input.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
+    }
+
+    /// How the last attempt (stream) went, once, for a [`RetryBudget`]:
+    /// `Succeeded` at its first new number, `Failed` when it ended without
+    /// one. Poll after every input, before [`poll_output`](Self::poll_output)'s
+    /// results are acted on; an adapter without a budget may ignore it.
+    /// If the budget answers [`Decision::Throttle`], call
+    /// [`handle_throttled`](Self::handle_throttled) before reading
+    /// [`poll_timeout`](Self::poll_timeout).
+    pub fn poll_attempt(&mut self) -> Option<Attempt> {
+        self.attempt.take()
+    }
+
+    /// The retry budget refused the retry just scheduled (A6 throttling):
+    /// wait longer -- the largest backoff, jittered so throttled clients do
+    /// not come back together -- but never past the last moment an attempt
+    /// can still succeed, so the session is never failed or given up on
+    /// sooner for it. A server's pushback is still honoured (the wait only
+    /// grows). A no-op unless backing off.
+    pub fn handle_throttled(&mut self, now: Instant) {
+        let Phase::Backoff { until } = self.phase else {
+            return;
+        };
+        let wait = self.throttled_wait();
+        let at = later(now, wait).min(self.retry_limit);
+        self.phase = Phase::Backoff {
+            until: until.max(at),
+        };
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
@@ -440,6 +517,8 @@ impl Client {
             self.reconnects += 1;
         }
         self.streams += 1;
+        self.stream_attached = false;
+        self.stream_progressed = false;
         self.phase = Phase::Connecting { since: now };
         self.out.push_back(Output::Connect(request));
     }
@@ -450,7 +529,12 @@ impl Client {
             return self.fatal_protocol(why);
         }
         self.out.push_back(Output::Disconnect);
-        self.retry(now, format!("protocol error: {why}"), None);
+        self.retry(
+            now,
+            Failure::Protocol,
+            format!("protocol error: {why}"),
+            None,
+        );
     }
 
     fn fatal_protocol(&mut self, why: String) {

@@ -6,6 +6,8 @@ use crate::sequence;
 use crate::testkit::fixtures::{drain, ms};
 
 mod backoff;
+mod budget;
+mod give_up;
 mod snapshot;
 mod statuses;
 mod stream;

@@ -99,7 +99,8 @@ impl Harness {
     /// 1. the client finished; if `Verified`, it holds exactly the sequence
     ///    of the session's seed and the checksums agree; whatever the
     ///    verdict, what it holds is a gapless prefix of that sequence;
-    /// 2. `Expired` only if the client was really cut off for the TTL:
+    /// 2. `Expired` or `LikelyExpired` only if the client was really cut
+    ///    off for the TTL:
     ///    nothing heard from a server for at least `ttl` minus what the
     ///    network accounts for (latency, injected delays, lost acks) and
     ///    the client's last-moment squeeze (`backoff_initial`);
@@ -144,7 +145,9 @@ impl Harness {
                     self.violation(format!("verified but not the sequence: {outcome:?}"));
                 }
             }
-            Verdict::Expired(why) => {
+            // A server's SESSION_EXPIRED, or the client's own clock: both
+            // claim the session is gone, and must be justified alike.
+            Verdict::Expired(why) | Verdict::LikelyExpired(why) => {
                 // A store that failed a renewal leaves the record to its
                 // last confirmed write, while the stream sent on for up to
                 // a lease more (ARCHITECTURE.md §2, expiry).

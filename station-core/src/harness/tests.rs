@@ -126,7 +126,9 @@ fn a_partition_longer_than_the_ttl_expires() {
     let ops = [Op::Run(secs(5)), Op::Partition(secs(40))];
     let outcome = run(20, 3, &ops);
     assert!(
-        matches!(outcome.verdict, Verdict::Expired(_)),
+        // Cut off, the client cannot hear a server say so: its own clock
+        // tells it the session most likely expired.
+        matches!(outcome.verdict, Verdict::LikelyExpired(_)),
         "{outcome:?}"
     );
     assert!(outcome.received >= 5);

@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
 
-use crate::client::{Attached, Client, Code, Config, Number, Output, Request, StreamEnd, Verdict};
+use crate::client::{
+    Attached, Client, Code, Config, Decision, Number, Output, Request, RetryBudget, StreamEnd,
+    Verdict,
+};
 use crate::sequence::{self, RunningChecksum};
 use crate::testkit::invariants;
 use crate::{ClientId, Reason, Secret};
@@ -149,6 +152,8 @@ pub fn run(count: u32, events: &[Event]) -> Result<(), String> {
         };
     };
     let mut check = Checker::new(count);
+    let mut budget = RetryBudget::new();
+    budget.join();
     check.drain(&mut client, now)?;
     for event in events {
         match event.clone() {
@@ -211,6 +216,7 @@ pub fn run(count: u32, events: &[Event]) -> Result<(), String> {
                 let code = code_of(code % 17);
                 let reason = Reason::ALL.get(usize::from(reason)).copied();
                 check.final_end = Some(!reason.map_or(code.is_retryable(), Reason::is_retryable));
+                check.said_expired = reason == Some(Reason::SessionExpired);
                 client.handle_end(
                     now,
                     StreamEnd::Status {
@@ -240,6 +246,21 @@ pub fn run(count: u32, events: &[Event]) -> Result<(), String> {
                     now = at;
                     client.handle_timeout(now);
                     check.fired = Some(at);
+                }
+            }
+        }
+        // The adapter's retry budget, kept as `station-net` keeps it (one
+        // session's A6 bucket: it throttles after five failures, so the
+        // throttled path is taken often). Throttling only ever delays.
+        if let Some(attempt) = client.poll_attempt() {
+            if budget.record(attempt) == Decision::Throttle {
+                let before = client.poll_timeout();
+                client.handle_throttled(now);
+                if client.poll_timeout() < before {
+                    return Err(format!(
+                        "throttling brought the next attempt forward: {before:?} -> {:?}",
+                        client.poll_timeout()
+                    ));
                 }
             }
         }
@@ -295,6 +316,8 @@ struct Checker {
     acked: u32,
     /// Whether the last status ended the stream for good (by the table).
     final_end: Option<bool>,
+    /// Whether the last status said `SESSION_EXPIRED`.
+    said_expired: bool,
     /// A deadline that just fired: the client must move on from it.
     fired: Option<Instant>,
 }
@@ -310,6 +333,7 @@ impl Checker {
             all_true: true,
             acked: 0,
             final_end: None,
+            said_expired: false,
             fired: None,
         }
     }
@@ -362,6 +386,7 @@ impl Checker {
             Output::Connect(request) => {
                 self.acked = self.accepted;
                 self.final_end = None;
+                self.said_expired = false;
                 match *request {
                     Request::Open { count, .. } if count != self.count => {
                         return Err(format!("Open for {count}, asked {}", self.count))
@@ -423,7 +448,11 @@ impl Checker {
                     Verdict::Rejected { .. } if self.final_end != Some(true) => {
                         return Err(format!("rejected without a final status: {o:?}"));
                     }
-                    // Expired (a final SESSION_EXPIRED, or out of time),
+                    // Only a server may say the session expired.
+                    Verdict::Expired(_) if !self.said_expired => {
+                        return Err(format!("expired, but no server said so: {o:?}"));
+                    }
+                    // Expired (a server's SESSION_EXPIRED), LikelyExpired and
                     // Unreachable (out of time), ProtocolError.
                     _ => {}
                 }

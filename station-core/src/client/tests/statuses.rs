@@ -170,7 +170,7 @@ fn pushback_past_the_deadline_gives_up_at_once() {
     c.handle_end(t0 + SEC, end);
     let o = finished(&drain(&mut c));
     assert!(
-        matches!(&o.verdict, Verdict::Expired(m) if m.contains("asked us to wait")),
+        matches!(&o.verdict, Verdict::LikelyExpired(m) if m.contains("asked us to wait")),
         "{o:?}"
     );
     // Just inside: waits, and tries once before the expiry.
