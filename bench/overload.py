@@ -159,16 +159,24 @@ def svg(path, series):
     out.append(f'<text x="{w - right + 42}" y="{legend_y + 4}">all complete</text>')
     for k, (label, pts, capacity) in enumerate(series):
         c = colours[k % len(colours)]
+        # Every other series dashed, with hollow squares, so curves that
+        # coincide stay visible.
+        dash = ' stroke-dasharray="8 5"' if k % 2 else ""
         pts = sorted(pts)
         if pts:
             line = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-            out.append(f'<polyline points="{line}" fill="none" stroke="{c}" stroke-width="2"/>')
-            out.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{c}"/>' for x, y in pts)
+            out.append(f'<polyline points="{line}" fill="none" stroke="{c}" stroke-width="2"{dash}/>')
+            for x, y in pts:
+                if k % 2:
+                    out.append(f'<rect x="{px(x) - 5:.1f}" y="{py(y) - 5:.1f}" width="10" height="10" '
+                               f'fill="none" stroke="{c}" stroke-width="1.5"/>')
+                else:
+                    out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{c}"/>')
         if capacity:
             out.append(f'<line x1="{px(capacity):.1f}" y1="{top}" x2="{px(capacity):.1f}" '
                        f'y2="{h - bottom}" stroke="{c}" stroke-dasharray="2 3"/>')
         y = legend_y + 20 * (k + 1)
-        out.append(f'<line x1="{w - right + 12}" y1="{y}" x2="{w - right + 36}" y2="{y}" stroke="{c}" stroke-width="2"/>')
+        out.append(f'<line x1="{w - right + 12}" y1="{y}" x2="{w - right + 36}" y2="{y}" stroke="{c}" stroke-width="2"{dash}/>')
         out.append(f'<text x="{w - right + 42}" y="{y + 4}">{label}</text>')
     y = legend_y + 20 * (len(series) + 1)
     out.append(f'<text x="{w - right + 12}" y="{y + 4}" fill="#555">dotted: capacity C</text>')

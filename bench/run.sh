@@ -14,6 +14,7 @@ mkdir -p "$OUT"
 
 start() { # start <name> <command...>: runs a server, sets PORT and PID
     local log="$OUT/$1.server.log"; shift
+    : > "$log" # before the server's own redirection, which may come after the first grep
     "$@" > "$log" 2>&1 &
     PID=$!
     for _ in $(seq 100); do
