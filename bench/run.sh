@@ -14,6 +14,7 @@ mkdir -p "$OUT"
 
 start() { # start <name> <command...>: runs a server, sets PORT and PID
     local log="$OUT/$1.server.log"; shift
+    : > "$log" # before the server's own redirection, which may come after the first grep
     "$@" > "$log" 2>&1 &
     PID=$!
     for _ in $(seq 100); do
@@ -133,7 +134,7 @@ redis_wait() {
 # included, since they spend this machine's CPU too) and RPORTS.
 redis_single() { # starts one redis-server, no persistence; sets URL
     RDIR=$(mktemp -d); local port; port=$(free_port)
-    redis-server --port "$port" --bind 127.0.0.1 --dir "$RDIR" --save "" --appendonly no \
+    ${REDIS_PIN:-} redis-server --port "$port" --bind 127.0.0.1 --dir "$RDIR" --save "" --appendonly no \
         > "$OUT/redis-single.log" 2>&1 &
     RPIDS=$!; RPORTS=$port
     redis_wait "$port"
@@ -201,14 +202,14 @@ redis() { # sessions per server on one Redis and on a six-node cluster at
     done
 }
 
-ab() { # one part (AB_PART: scale or redis, default redis) of an older
+ab() { # one part (AB_PART: scale, redis or overload, default redis) of an older
     # commit (AB_COMMIT), built in a worktree under target/, beside this
     # tree's, alternating old and new run by run; results in
     # $OUT/ab/{before,after}. For one row per run, pin the sizes (e.g.
     # REDIS_SCALE=60000 REDIS_STORES=single REDIS_LEASES=5s).
     local commit=${AB_COMMIT:?set AB_COMMIT to the commit to compare with}
     local part=${AB_PART:-redis}
-    case $part in scale | redis) ;; *) echo "AB_PART must be scale or redis" >&2; exit 1 ;; esac
+    case $part in scale | redis | overload) ;; *) echo "AB_PART must be scale, redis or overload" >&2; exit 1 ;; esac
     # An older server must take the flags its part passes (redis passes
     # --lease, which arrived in a3d7caf).
     local src=target/ab-src old=$PWD/target/ab/release/station
@@ -216,6 +217,11 @@ ab() { # one part (AB_PART: scale or redis, default redis) of an older
     git worktree add --force --detach "$src" "$commit" > /dev/null
     (cd "$src" && CARGO_TARGET_DIR=../ab cargo build --release -q -p station --bin station)
     local new=$S out=$OUT rep side
+    if [ "$part" = overload ]; then
+        # Both sides are offered the same loads: multiples of the capacity
+        # this tree's build carries.
+        OUT=$out/ab/capacity; mkdir -p "$OUT"; overload_capacity; OVERLOAD_CAPACITY=$CAPACITY
+    fi
     for rep in 1 2 3; do
         # Old first, then new first: a machine that drifts over the runs
         # does not count against one side.
@@ -226,25 +232,91 @@ ab() { # one part (AB_PART: scale or redis, default redis) of an older
         done
     done
     S=$new OUT=$out; unset RUNS
+    if [ "$part" = overload ]; then
+        bench/overload.py report --svg "$out/ab/overload-$OVERLOAD_STORE.svg" \
+            "$commit=$out/ab/before" "$(git rev-parse --short HEAD)=$out/ab/after"
+    fi
 }
 
-overload() { # at 100 ms, what the server carries (OVERLOAD_BASE sessions),
-    # then twice that with shedding off (--shed-when-late 0s) and on (the
-    # default 250 ms), alternating; 100 numbers a session, opened at 4,000/s
-    local base=${OVERLOAD_BASE:-10000}
-    local n=$((2 * base))
-    start "overload-base" $S server --port 0 --interval 100ms --shed-when-late 0s
-    $L load --endpoint 127.0.0.1:$PORT --sessions $base --connections 16 --count 100 \
-        --ramp-up-rate 4000 --server-pid $PID --duration 120s --json > "$OUT/overload-$base-base.json" || true
+# Goodput against offered load (BENCHMARKS.md, "Overload"): the server
+# pinned to core 0, Redis and the load generator to core 1. A load *level*
+# of n sessions is sessions arriving at n / (count × interval) a second for
+# OVERLOAD_WINDOW intervals' worth of schedules (so n are live at once in
+# steady state). The capacity C is the largest level among OVERLOAD_SIZES
+# (searched upwards, stopping at the first that fails) whose every session
+# completes with p99 lateness of admitted sessions at most OVERLOAD_P99_MS
+# (OVERLOAD_CAPACITY skips the search); then OVERLOAD_MULTIPLES × C are
+# offered, OVERLOAD_REPS times each. OVERLOAD_STORE: memory or redis (one
+# Redis). bench/overload.py prints the table and draws the SVG.
+OVERLOAD_STORE=${OVERLOAD_STORE:-memory}
+OVERLOAD_INTERVAL_MS=${OVERLOAD_INTERVAL_MS:-1000}
+OVERLOAD_COUNT=${OVERLOAD_COUNT:-60}
+OVERLOAD_SIZES=${OVERLOAD_SIZES:-5000 10000 15000 20000 30000}
+OVERLOAD_P99_MS=${OVERLOAD_P99_MS:-50}
+OVERLOAD_MULTIPLES=${OVERLOAD_MULTIPLES:-0.5 1 1.5 2 3}
+OVERLOAD_REPS=${OVERLOAD_REPS:-2}
+OVERLOAD_WINDOW=${OVERLOAD_WINDOW:-2}   # arrival window, in schedule lengths
+OVERLOAD_GRACE=${OVERLOAD_GRACE:-30}    # seconds after the last schedule ends
+
+store_ops() { # the server's store operations so far (empty if /metrics did not answer);
+    # the exporter lists the counter only once an operation has happened
+    local page
+    page=$(curl -sf --max-time 5 "http://$MADDR/metrics") || return 0
+    awk '/^station_store_latency_seconds_count/ {s += $2} END {printf "%d", s}' <<< "$page"
+}
+
+overload_run() { # overload_run <name> <level> <multiple> <capacity>: one run, $OUT/<name>.{json,run}
+    local name=$1 level=$2 multiple=$3 capacity=$4
+    local schedule_ms=$((OVERLOAD_INTERVAL_MS * OVERLOAD_COUNT))
+    local rate=$(((level * 1000 + schedule_ms - 1) / schedule_ms))
+    local window=$((OVERLOAD_WINDOW * schedule_ms / 1000)); [ "$window" -ge 1 ] || window=1
+    local sessions=$((rate * window))
+    local duration=$((window + schedule_ms / 1000 + OVERLOAD_GRACE))
+    local store=()
+    if [ "$OVERLOAD_STORE" = redis ]; then REDIS_PIN="taskset -c 1" redis_single; store=(--store "$URL"); fi
+    MADDR=127.0.0.1:$(free_port)
+    start "$name" taskset -c 0 $S server --port 0 --interval "${OVERLOAD_INTERVAL_MS}ms" \
+        --metrics-addr "$MADDR" "${store[@]}"
+    local before after ops=null
+    before=$(store_ops)
+    taskset -c 1 $L load --endpoint 127.0.0.1:$PORT --sessions $sessions --connections 16 \
+        --count "$OVERLOAD_COUNT" --ramp-up-rate $rate --server-pid $PID --duration ${duration}s \
+        --json > "$OUT/$name.json" || true
+    after=$(store_ops)
+    # A server without the counter (none of its sessions touched a store?)
+    # has no figure, not zero.
+    [ -z "$before" ] || [ -z "$after" ] || [ "$after" = 0 ] || ops=$((after - before))
+    echo "{\"store\": \"$OVERLOAD_STORE\", \"capacity\": $capacity, \"multiple\": $multiple, \"level\": $level," \
+        "\"rate\": $rate, \"window_seconds\": $window, \"store_ops\": $ops}" > "$OUT/$name.run"
     stop
-    for rep in $(seq ${OVERLOAD_REPS:-2}); do
-        for shed in 0s 250ms; do
-            start "overload-$shed-$rep" $S server --port 0 --interval 100ms --shed-when-late $shed
-            $L load --endpoint 127.0.0.1:$PORT --sessions $n --connections 16 --count 100 \
-                --ramp-up-rate 4000 --server-pid $PID --duration 120s --json > "$OUT/overload-$n-shed$shed-$rep.json" || true
-            stop
+    [ "$OVERLOAD_STORE" != redis ] || redis_down
+}
+
+overload_capacity() { # sets CAPACITY: OVERLOAD_CAPACITY, or searched over OVERLOAD_SIZES
+    CAPACITY=${OVERLOAD_CAPACITY:-}
+    [ -z "$CAPACITY" ] || return 0
+    local n
+    for n in $OVERLOAD_SIZES; do
+        overload_run "overload-$OVERLOAD_STORE-search-$n" "$n" 1 "$n"
+        bench/overload.py carries "$OUT/overload-$OVERLOAD_STORE-search-$n.json" "$OVERLOAD_P99_MS" || break
+        CAPACITY=$n
+    done
+    [ -n "$CAPACITY" ] || { echo "no size in OVERLOAD_SIZES ($OVERLOAD_SIZES) was carried" >&2; exit 1; }
+    echo "capacity C = $CAPACITY sessions ($OVERLOAD_STORE store)" >&2
+    [ "$n" != "$CAPACITY" ] || echo "(every size was carried: C is at least $CAPACITY; add larger OVERLOAD_SIZES)" >&2
+}
+
+overload() {
+    overload_capacity
+    local rep m level
+    for rep in ${RUNS:-$(seq "$OVERLOAD_REPS")}; do
+        for m in $OVERLOAD_MULTIPLES; do
+            level=$(awk -v c="$CAPACITY" -v m="$m" 'BEGIN {printf "%d", c * m + 0.5}')
+            overload_run "overload-$OVERLOAD_STORE-x$m-$rep" "$level" "$m" "$CAPACITY"
         done
     done
+    # Inside `ab`, the report covers both sides once both have run.
+    [ -n "${RUNS:-}" ] || bench/overload.py report --svg "$OUT/overload-$OVERLOAD_STORE.svg" "$(git rev-parse --short HEAD)=$OUT"
 }
 
 case "${1:-all}" in

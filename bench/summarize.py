@@ -88,6 +88,47 @@ def redis_usage(path):
     return (u["after"]["cpu_seconds"] - u["before"]["cpu_seconds"],
             u["after"]["commands"] - u["before"]["commands"])
 
+# Numbers per session in `bench/run.sh redis` (its --count).
+REDIS_COUNT = 60
+
+def session_seconds(r, count):
+    """Bounds (low, high) on a run's session-seconds: the seconds of
+    schedule its admitted sessions were carried, as `station load` defines
+    them (a completed session counts count × interval; one admitted that did
+    not complete, its time from first Attached to its end, at most that).
+    A run that reports `session_seconds` gives it exactly. Older results
+    only give totals: a completed session still counts count × interval,
+    but a failed one anything between the numbers it received (× interval)
+    and its whole schedule, so the bounds are numbers × interval and
+    sessions × count × interval, equal when every session completed.
+    (Dividing by numbers received, as this table once did, is the low
+    bound: it overstates costs once sessions fail.)"""
+    if r.get("session_seconds") is not None:
+        return r["session_seconds"], r["session_seconds"]
+    interval = (r.get("interval_ms") or 0) / 1000
+    low = r["numbers"] * interval
+    high = max(low, r["sessions"] * count * interval)
+    return low, high
+
+def per_session_second(costs, runs, count, fmt="{:.1f}"):
+    """A cost per session-second, median (range) over runs; where failed
+    runs leave it uncertain, the medians of its bounds: low (every failed
+    session carried for its whole schedule) – high (only while it
+    received numbers), marked †."""
+    lows, highs = [], []
+    for c, r in zip(costs, runs):
+        lo_s, hi_s = session_seconds(r, count)
+        if c is None or not lo_s:
+            continue
+        lows.append(c / hi_s)
+        highs.append(c / lo_s)
+    if lows == highs:
+        return med(lows, fmt)
+    lo, hi = fmt.format(statistics.median(lows)), fmt.format(statistics.median(highs))
+    if lo == hi:  # the median run completed; others did not
+        return f"{lo} ({fmt.format(min(lows))}–{fmt.format(max(highs))})†"
+    return f"{lo}–{hi}†"
+
 def redis():
     print("| store | design | sessions | runs | failed | lateness p99 (ms) | lateness max (ms) "
           "| server CPU per session-second (µs) | load CPU per session-second (µs) | Redis CPU per session-second (µs) "
@@ -100,23 +141,28 @@ def redis():
     rows = sorted({(int(m.group(4)), m.group(1), m.group(2), m.group(3)) for p in glob.glob(os.path.join(OUT, "redis-*.json"))
                    if (m := re.search(pattern, p))},
                   key=lambda r: (r[0], r[1] != "single", r[2] != "l", r[3]))
+    uncertain = False
     for n, store, kind, value in rows:
         label = {"single": "one Redis", "cluster": "cluster, 3 primaries + 3 replicas"}[store]
         design = f"lease {value}" if kind == "lease" else f"before leases, linger {value}"
         loaded = load_with_paths(f"redis-{store}-{kind}{value}-{n}-*.json")
         runs = [run for _, run in loaded]
-        # Each run's Redis usage from its own side file. At a 1 s interval a
-        # session-second is one number.
+        # Each run's Redis usage from its own side file.
         usage = [redis_usage(p[:-len(".json")] + ".redis") for p, _ in loaded]
-        per = lambda values: [v / r["numbers"] if v is not None and r["numbers"] else None
-                              for v, r in zip(values, runs)]
+        per = lambda costs, fmt="{:.1f}": per_session_second(costs, runs, REDIS_COUNT, fmt)
+        cells = [per([server(r, 'cpu_seconds') * 1e6 if server(r, 'cpu_seconds') is not None else None for r in runs]),
+                 per([r['load_cpu_seconds'] * 1e6 if r.get('load_cpu_seconds') is not None else None for r in runs]),
+                 per([c * 1e6 if c is not None else None for c, _ in usage]),
+                 per([k for _, k in usage], '{:.2f}')]
+        uncertain |= any(c.endswith("†") for c in cells)
         print(f"| {label} | {design} | {n:,} | {len(runs)} | {med([r['failed'] for r in runs], '{:.0f}')} "
               f"| {med([r['lateness_ms']['p99'] for r in runs])} "
               f"| {med([r['lateness_ms']['max'] for r in runs])} "
-              f"| {med(per([server(r, 'cpu_seconds') * 1e6 for r in runs]))} "
-              f"| {med(per([r['load_cpu_seconds'] * 1e6 if r.get('load_cpu_seconds') is not None else None for r in runs]))} "
-              f"| {med(per([c * 1e6 if c is not None else None for c, _ in usage]))} "
-              f"| {med(per([k for _, k in usage]), '{:.2f}')} |")
+              f"| {' | '.join(cells)} |")
+    if uncertain:
+        print("\n† sessions failed in these runs, which predate `session_seconds` in the load report: "
+              "the cost per session-second lies between the two figures, the low one if every failed "
+              "session was carried for its whole schedule, the high one if only while it received numbers.")
 
 def ends(runs):
     """Streams ended before their session completed, by how, summed over runs."""
