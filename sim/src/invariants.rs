@@ -14,8 +14,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use station_core::client::{Code, Verdict};
-use station_core::server::Lookup;
+use std::collections::{BTreeMap, BTreeSet};
+
+use station_core::client::{Code, StreamEnd, Verdict};
+use station_core::server::{Lookup, StoreOp, StoreReply};
 use station_core::testkit::invariants::{self, OneStream, SentValues};
 use station_core::{ClientId, Reason, Reject};
 use station_net::StreamEvent;
@@ -49,6 +51,11 @@ pub enum Invariant {
     LostPrecisely,
     /// The scenario's promised outcome for a client.
     Expected,
+    /// The servers' counters (summed over every server and boot) tell what
+    /// happened: sessions opened, resumed, completed, resumes refused as
+    /// expired, streams taken over and rejections by code (see
+    /// [`counted`](fn@counted) for each comparison).
+    Counted,
 }
 
 /// One broken rule, with the evidence.
@@ -90,7 +97,203 @@ pub fn check(scenario: &Scenario, report: &Report) -> Vec<Violation> {
     no_leak(report, &mut v);
     incarnation(report, &mut v);
     lost_precisely(scenario, report, &mut v);
+    counted(report, &mut v);
     v
+}
+
+/// The servers' counts ([`Report::counted`]: every count of every server
+/// and boot, those of servers that later crashed included) against what
+/// happened: the store's answers as the servers received them
+/// ([`Report::answers`]), the servers' `Attached` events, and each
+/// client's streams as it saw them. Where a count can exceed what any
+/// client saw — a status or an `Attached` lost on a connection that broke,
+/// or sent to a client that had already left the stream — the clients'
+/// view is a lower bound only.
+///
+/// - **completed** = the `Delete`s the store answered `Done` to a server.
+///   Every `Delete` follows a final acknowledgement the stream processed
+///   (on an attached stream, or in its release once the client hung up),
+///   and its `Done` means the session is deleted; the server must count
+///   exactly those.
+/// - **opened** = the sessions attached at least once (distinct
+///   incarnations in the servers' `Attached` events): a session's first
+///   attach is always an `Open`'s (a resume needs the token that only an
+///   `Attached` carries), also when the stream that created it was gone
+///   before its answer and a repeated `Open` attached it. At least the
+///   clients that saw `Attached` on an `Open`.
+/// - **resumed**: at least the `Attached` clients saw on a `Resume`; at
+///   most the servers' `Attached` of generation 2 or more (each resume
+///   takes the session over; a repeated `Open` does too, so this is a
+///   bound, not an equality).
+/// - **expired**: at least the `SESSION_EXPIRED` statuses clients saw; at
+///   most the `Loaded(Expired)` and `Expired` answers servers received
+///   (the only ways a server learns of an expiry; a stream already ended
+///   ignores its answer).
+/// - **taken over**: at least the `TAKEN_OVER` statuses clients saw; at
+///   most the `Conflict` answers servers received.
+/// - **rejections**, per gRPC code: at least the statuses with a reason
+///   (so made by a server, not the transport) clients saw with that code.
+fn counted(report: &Report, v: &mut Vec<Violation>) {
+    let got = &report.counted;
+    let mut wrong = |what: &str, count: u64, rule: String| {
+        violation(
+            v,
+            Invariant::Counted,
+            None,
+            format!("servers counted {count} {what}, but {rule}"),
+        )
+    };
+    let answered = |op: fn(&StoreOp) -> bool, reply: fn(&StoreReply) -> bool| {
+        report
+            .answers
+            .iter()
+            .filter(|a| op(&a.op) && reply(&a.reply))
+            .count() as u64
+    };
+    let streams = || report.clients.iter().flat_map(|c| c.streams.iter());
+    let seen = |reason: Reason| {
+        streams()
+            .filter(|s| matches!(&s.end, Some(StreamEnd::Status { reason: Some(r), .. }) if *r == reason))
+            .count() as u64
+    };
+
+    let deleted = answered(
+        |op| matches!(op, StoreOp::Delete { .. }),
+        |r| *r == StoreReply::Done,
+    );
+    if got.completed != deleted {
+        wrong(
+            "sessions completed",
+            got.completed,
+            format!("the store answered Done to {deleted} Delete(s) (each after a final acknowledgement)"),
+        );
+    }
+
+    let attached: BTreeSet<(ClientId, u64)> = report
+        .server_events
+        .iter()
+        .filter_map(|e| match e.event {
+            StreamEvent::Attached {
+                client_id,
+                incarnation,
+                ..
+            } => Some((client_id, incarnation)),
+            _ => None,
+        })
+        .collect();
+    let opened_seen = report
+        .clients
+        .iter()
+        .filter(|c| c.streams.iter().any(|s| !s.resume && s.attached))
+        .count() as u64;
+    if got.opened != attached.len() as u64 {
+        wrong(
+            "sessions opened",
+            got.opened,
+            format!("{} session(s) were attached", attached.len()),
+        );
+    }
+    if got.opened < opened_seen {
+        wrong(
+            "sessions opened",
+            got.opened,
+            format!("{opened_seen} client(s) saw their Open attached"),
+        );
+    }
+
+    let resumed_seen = streams().filter(|s| s.resume && s.attached).count() as u64;
+    let takeovers = report
+        .server_events
+        .iter()
+        .filter(|e| matches!(e.event, StreamEvent::Attached { generation, .. } if generation >= 2))
+        .count() as u64;
+    if got.resumed < resumed_seen {
+        wrong(
+            "sessions resumed",
+            got.resumed,
+            format!("clients saw {resumed_seen} Resume(s) attached"),
+        );
+    }
+    if got.resumed > takeovers {
+        wrong(
+            "sessions resumed",
+            got.resumed,
+            format!("servers attached only {takeovers} stream(s) by a takeover"),
+        );
+    }
+
+    let expired_seen = seen(Reason::SessionExpired);
+    let expired_answers = answered(
+        |_| true,
+        |r| matches!(r, StoreReply::Expired | StoreReply::Loaded(Lookup::Expired)),
+    );
+    if got.expired < expired_seen {
+        wrong(
+            "resumes refused as expired",
+            got.expired,
+            format!("clients saw {expired_seen} SESSION_EXPIRED"),
+        );
+    }
+    if got.expired > expired_answers {
+        wrong(
+            "resumes refused as expired",
+            got.expired,
+            format!("the store answered only {expired_answers} time(s) that a session had expired"),
+        );
+    }
+
+    let taken_seen = seen(Reason::TakenOver);
+    let conflicts = answered(|_| true, |r| *r == StoreReply::Conflict);
+    if got.taken_over < taken_seen {
+        wrong(
+            "streams taken over",
+            got.taken_over,
+            format!("clients saw {taken_seen} TAKEN_OVER"),
+        );
+    }
+    if got.taken_over > conflicts {
+        wrong(
+            "streams taken over",
+            got.taken_over,
+            format!("the store answered Conflict only {conflicts} time(s)"),
+        );
+    }
+
+    let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
+    for s in streams() {
+        if let Some(StreamEnd::Status {
+            code,
+            reason: Some(_),
+            ..
+        }) = &s.end
+        {
+            *by_code.entry(code_label(*code)).or_default() += 1;
+        }
+    }
+    for (code, n) in by_code {
+        let counted = got.rejections.get(&code).copied().unwrap_or(0);
+        if counted < n {
+            wrong(
+                &format!("{code} rejections"),
+                counted,
+                format!("clients saw {n} {code} status(es) from servers"),
+            );
+        }
+    }
+}
+
+/// The `code` label `station_net::metrics` counts rejections under.
+fn code_label(code: Code) -> String {
+    let name = format!("{code:?}");
+    // `NotFound` -> `NOT_FOUND`.
+    let mut label = String::new();
+    for (i, ch) in name.chars().enumerate() {
+        if ch.is_uppercase() && i > 0 {
+            label.push('_');
+        }
+        label.push(ch.to_ascii_uppercase());
+    }
+    label
 }
 
 /// The client (first in plan order) with `id`, for messages.

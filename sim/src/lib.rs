@@ -234,6 +234,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod counted;
 mod faults;
 pub mod invariants;
 pub mod net;
@@ -241,6 +242,7 @@ pub mod report;
 pub mod rng;
 pub mod run;
 pub mod scenario;
+pub mod stale;
 pub mod store;
 pub mod storenet;
 pub mod swarm;

@@ -198,3 +198,15 @@ fn update_fencing_without_incarnation_is_caught_in_the_swarm() {
         sim::swarm::swarm,
     );
 }
+
+/// The servers' counting: a completed session counted as a rejection.
+#[test]
+fn a_completion_counted_as_a_rejection_is_caught() {
+    caught(
+        "a_completion_counted_as_a_rejection_is_caught",
+        5,
+        Bug::CompletionCountedAsRejection,
+        Invariant::Counted,
+        crate::partitions::short_outages,
+    );
+}
