@@ -37,11 +37,14 @@ pub struct Counted {
     pub rejections: BTreeMap<String, u64>,
 }
 
+/// A counter's name and its `code` label, if it has one.
+type CounterKey = (String, Option<String>);
+
 /// A `metrics` recorder that keeps the station's counters of one run.
 /// Gauges and histograms go nowhere.
 pub struct Recorder {
     bug: Bug,
-    counters: Mutex<BTreeMap<(String, Option<String>), Arc<AtomicU64>>>,
+    counters: Mutex<BTreeMap<CounterKey, Arc<AtomicU64>>>,
 }
 
 impl Recorder {

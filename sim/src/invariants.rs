@@ -56,6 +56,11 @@ pub enum Invariant {
     /// expired, streams taken over and rejections by code (see
     /// [`counted`](fn@counted) for each comparison).
     Counted,
+    /// A store answers `Conflict` (and the stream ends `TAKEN_OVER`) only
+    /// when another stream wrote a newer generation of the session: never
+    /// for a write of its own repeated after its reply was lost, nor for a
+    /// record a store rolled back (its writes were lost: `SESSION_LOST`).
+    TakenOverTruly,
 }
 
 /// One broken rule, with the evidence.
@@ -86,9 +91,16 @@ pub fn check(scenario: &Scenario, report: &Report) -> Vec<Violation> {
         let events = client_events(scenario, report, c);
         sequence(c, client, &events, &mut v);
         expiry(scenario, c, client, &mut v);
+        let losses: Vec<Duration> = report
+            .data_losses
+            .iter()
+            .filter(|l| l.live.contains(&report.clients[c].id))
+            .map(|l| l.at)
+            .collect();
         one_stream(
             c,
             &client_server_events(scenario, report, c),
+            &losses,
             scenario.session.lease * 2,
             &mut v,
         );
@@ -98,7 +110,58 @@ pub fn check(scenario: &Scenario, report: &Report) -> Vec<Violation> {
     incarnation(report, &mut v);
     lost_precisely(scenario, report, &mut v);
     counted(report, &mut v);
+    taken_over_truly(report, &mut v);
     v
+}
+
+/// Every `Conflict` a server received ([`Report::answers`]) is justified
+/// by a write the store logged before it: a record of the same
+/// incarnation at a generation newer than the one the operation expected,
+/// written by another stream (another holder: a takeover's own write,
+/// found again by its repeat, does not count).
+fn taken_over_truly(report: &Report, v: &mut Vec<Violation>) {
+    for a in &report.answers {
+        if a.reply != StoreReply::Conflict {
+            continue;
+        }
+        let (id, incarnation, expected, holder) = match &a.op {
+            StoreOp::Update {
+                record,
+                expect_generation,
+                ..
+            } => (
+                record.client_id,
+                record.incarnation,
+                *expect_generation,
+                Some(record.holder),
+            ),
+            StoreOp::Delete {
+                client_id,
+                incarnation,
+                generation,
+            } => (*client_id, *incarnation, *generation, None),
+            StoreOp::Load(_) | StoreOp::Create { .. } => continue,
+        };
+        let justified = report.store_writes.iter().any(|w| {
+            w.at <= a.at
+                && matches!(&w.after, Lookup::Live(r)
+                    if r.client_id == id
+                        && r.incarnation == incarnation
+                        && r.generation > expected
+                        && holder.is_none_or(|h| r.holder != h))
+        });
+        if !justified {
+            violation(
+                v,
+                Invariant::TakenOverTruly,
+                client_of(report, id),
+                format!(
+                    "at {:?} server-{} heard Conflict to {:?}, but no other stream had written a generation after {expected}",
+                    a.at, a.server, a.op
+                ),
+            );
+        }
+    }
 }
 
 /// The servers' counts ([`Report::counted`]: every count of every server
@@ -303,9 +366,55 @@ fn client_of(report: &Report, id: ClientId) -> Option<usize> {
 
 /// Every write that changed a stored record obeys the write rule
 /// ([`invariants::write_rule`]).
+///
+/// Two exceptions, where a store lost writes of the session (a failover to
+/// a replica behind took its record back to an older generation): the
+/// record is removed by the `Delete` of a newer generation of its
+/// incarnation, as the store table says (ARCHITECTURE.md §5: "same or
+/// older generation"), since that stream completed the session; and a
+/// stream of a generation the store lost refreshes a record a later
+/// takeover wrote at the same generation number again (the fence compares
+/// incarnation and generation, not the holder).
 fn incarnation(report: &Report, v: &mut Vec<Violation>) {
     for w in &report.store_writes {
         let id = w.op.client_id();
+        let lost_before = report
+            .data_losses
+            .iter()
+            .any(|l| l.at <= w.at && l.live.contains(&id));
+        let completes_older = match (&w.before, &w.after, &w.op) {
+            (
+                Lookup::Live(old),
+                Lookup::Missing,
+                StoreOp::Delete {
+                    incarnation,
+                    generation,
+                    ..
+                },
+            ) => old.incarnation == *incarnation && old.generation < *generation,
+            _ => false,
+        };
+        // After a rollback, the takeover that followed may have drawn a
+        // generation number again: a stream of the lost generation still
+        // passes the fence, which compares incarnation and generation only.
+        let generation_again = match (&w.before, &w.after, &w.op) {
+            (
+                Lookup::Live(old),
+                Lookup::Live(new),
+                StoreOp::Update {
+                    expect_generation, ..
+                },
+            ) => {
+                old.incarnation == new.incarnation
+                    && old.generation == new.generation
+                    && old.generation == *expect_generation
+                    && old.holder != new.holder
+            }
+            _ => false,
+        };
+        if lost_before && (completes_older || generation_again) {
+            continue;
+        }
         let wrong = invariants::write_rule(&w.before, &w.after, &w.op);
         if let Some(detail) = wrong {
             violation(
@@ -600,9 +709,25 @@ fn expiry(scenario: &Scenario, c: usize, client: &ClientReport, v: &mut Vec<Viol
 /// stream sends nothing later than `bound` (two leases) after the newer one
 /// attached. What it sends before then are the same values (invariant 1
 /// checks them), and it never writes again (invariant 5).
-fn one_stream(c: usize, events: &[&ServerEvent], bound: Duration, v: &mut Vec<Violation>) {
+///
+/// A store that lost writes of the session (at each of `losses`) may have
+/// taken its generation back (a failover to a replica behind), so
+/// generations attached before a loss do not bound the streams after it:
+/// the rule starts again.
+fn one_stream(
+    c: usize,
+    events: &[&ServerEvent],
+    losses: &[Duration],
+    bound: Duration,
+    v: &mut Vec<Violation>,
+) {
     let mut rule = OneStream::new(bound);
+    let mut losses = losses.iter().peekable();
     for e in events {
+        if losses.next_if(|&&at| at <= e.at).is_some() {
+            while losses.next_if(|&&at| at <= e.at).is_some() {}
+            rule = OneStream::new(bound);
+        }
         match &e.event {
             StreamEvent::Attached { generation, .. } => rule.attached(*generation, e.at),
             StreamEvent::Sent {

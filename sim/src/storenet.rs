@@ -374,15 +374,27 @@ impl StoreHost {
         changed
     }
 
-    fn loses_reply(&self, op: &StoreOp) -> bool {
+    /// With [`StoreNet::takeover_reply_loss`], for a takeover write (an
+    /// `Update` to the next generation): what is stored before it, to tell
+    /// its first application from a repeat.
+    fn takeover_applied_first(&self, op: &StoreOp) -> Option<Lookup> {
+        let takeover = matches!(op, StoreOp::Update { record, expect_generation, .. }
+            if record.generation == expect_generation + 1);
+        (takeover && self.takeover_reply_loss > 0.0).then(|| self.lookup(op))
+    }
+
+    fn lookup(&self, op: &StoreOp) -> Lookup {
+        store::lookup(&self.data(), op.client_id())
+    }
+
+    /// Whether the reply is lost: at [`StoreNet::reply_loss`], and for a
+    /// takeover write the store just applied (not its repeat) at
+    /// [`StoreNet::takeover_reply_loss`].
+    fn loses_reply(&self, takeover_applied: bool) -> bool {
         if self.reply_loss > 0.0 && lock(&self.rng).chance(self.reply_loss) {
             return true;
         }
-        let takeover = matches!(op, StoreOp::Update { record, expect_generation, .. }
-            if record.generation == expect_generation + 1);
-        takeover
-            && self.takeover_reply_loss > 0.0
-            && lock(&self.takeover_rng).chance(self.takeover_reply_loss)
+        takeover_applied && lock(&self.takeover_rng).chance(self.takeover_reply_loss)
     }
 }
 
@@ -415,8 +427,9 @@ async fn connection(stream: turmoil::net::TcpStream, host: Arc<StoreHost>) {
             return;
         };
         let summary = summarize(&op);
+        let takeover = host.takeover_applied_first(&op);
         let reply = host.apply(op.clone());
-        if host.loses_reply(&op) {
+        if host.loses_reply(takeover.is_some_and(|before| before != host.lookup(&op))) {
             // Applied, but the server never hears: the connection drops.
             (host.log)(format!("store lost the reply to {summary}: {reply:?}"));
             return;

@@ -10,6 +10,7 @@ mod failover;
 mod finale;
 mod loss;
 mod partitions;
+mod rare;
 mod replay;
 mod reuse;
 mod swarm;
