@@ -1,7 +1,9 @@
 //! The checks run after every simulation: the five invariants of the
 //! simulation's design (sequence, expiry, no leak, one stream, and
 //! incarnation fencing seen at the store), precise news of sessions a store
-//! lost, "every run ends by itself", and the scenario's promised outcomes.
+//! lost, "every run ends by itself", the scenario's promised outcomes, the
+//! servers' counters against what happened, and every conflict against
+//! the store's log.
 //!
 //! The checker trusts only what it observed: the values servers handed to
 //! the transport (observer `Sent` events), the client's running totals
@@ -54,7 +56,7 @@ pub enum Invariant {
     /// The servers' counters (summed over every server and boot) tell what
     /// happened: sessions opened, resumed, completed, resumes refused as
     /// expired, streams taken over and rejections by code (see
-    /// [`counted`](fn@counted) for each comparison).
+    /// the private `counted` check for each comparison).
     Counted,
     /// A store answers `Conflict` (and the stream ends `TAKEN_OVER`) only
     /// when another stream wrote a newer generation of the session: never

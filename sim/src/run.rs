@@ -66,6 +66,26 @@ struct Watch {
     server: usize,
     clock: Arc<SimClock>,
     answers: AnswerLog,
+    /// Operations of every server under way (asked, not yet answered or
+    /// given up): the run does not end before their answers arrive.
+    in_flight: Arc<AtomicU64>,
+}
+
+/// Counts one operation under way while it lives (a crashed server's
+/// operations are dropped with it).
+struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Watch {
@@ -90,6 +110,7 @@ impl ServerStore {
 impl SessionStore for ServerStore {
     async fn execute(&self, op: StoreOp) -> StoreReply {
         let asked = op.clone();
+        let _in_flight = InFlight::new(&self.watch.in_flight);
         let reply = match &self.backend {
             Backend::Sim(s) => s.execute(op).await,
             Backend::Net(n) => n.execute(op).await,
@@ -333,6 +354,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
     let recorder = Recorder::new(scenario.bug);
     let _counting = metrics::set_default_local_recorder(&recorder);
     let answers: AnswerLog = Arc::default();
+    let in_flight: Arc<AtomicU64> = Arc::default();
     let clock = SimClock::new();
     let n_clients = scenario.clients.len();
     let n_servers = scenario.servers;
@@ -425,7 +447,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
     for s in 0..n_servers {
         let (shared, registry, boots) = (shared.clone(), registry.clone(), boots.clone());
         let (clock, shared_store, writes) = (clock.clone(), shared_store.clone(), writes.clone());
-        let answers = answers.clone();
+        let (answers, in_flight) = (answers.clone(), in_flight.clone());
         let (session, store_kind, bug) = (scenario.session.clone(), scenario.store, scenario.bug);
         let store_net = scenario.store_net;
         sim.host(Scenario::server_host(s), move || {
@@ -444,6 +466,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
                     server: s,
                     clock: clock.clone(),
                     answers: answers.clone(),
+                    in_flight: in_flight.clone(),
                 },
             };
             let mut session = session.clone();
@@ -647,7 +670,9 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
     while error.is_none() && sim.elapsed() < drain_until {
         if sim.elapsed() >= next_poll {
             next_poll = sim.elapsed() + DRAIN_POLL;
-            if measure(&mut sim) == (0, 0) {
+            // Answers still on their way count too: the servers' counts
+            // are judged against them.
+            if measure(&mut sim) == (0, 0) && in_flight.load(Ordering::Relaxed) == 0 {
                 break;
             }
         }

@@ -4,6 +4,7 @@
 
 mod broken;
 mod common;
+mod counters;
 mod crash;
 mod expiry;
 mod failover;
