@@ -19,6 +19,9 @@ pub(crate) struct Env<'a> {
     pub ids: &'a [ClientId],
     /// Sessions lost by a store: (when, the ids that were live).
     pub on_loss: &'a dyn Fn(Duration, Vec<ClientId>),
+    /// Sends a stale `Resume` of client `c`'s live session to server `s`
+    /// ([`Action::StaleResume`]).
+    pub stale_resume: &'a dyn Fn(usize, usize),
 }
 
 /// An event a fault can wait for.
@@ -305,6 +308,18 @@ fn apply(
                 links.store_down = false;
             }
         }
+        Action::FailoverStore { lag } => {
+            if let (true, Some(host)) = (host_store, env.store_host) {
+                let rolled_back = host.fail_over(env.ids, sim.elapsed(), *lag);
+                if !rolled_back.is_empty() {
+                    (env.on_loss)(sim.elapsed(), rolled_back);
+                }
+            }
+        }
+        Action::StaleResume {
+            client: c,
+            server: s,
+        } => (env.stale_resume)(*c, *s),
         Action::MaxLatency(d) => {
             latency.1 = *d;
             links.slow = *d * ATTACH_LEGS >= ClientConfig::default().attach_timeout;

@@ -1,7 +1,9 @@
 //! The checks run after every simulation: the five invariants of the
 //! simulation's design (sequence, expiry, no leak, one stream, and
 //! incarnation fencing seen at the store), precise news of sessions a store
-//! lost, "every run ends by itself", and the scenario's promised outcomes.
+//! lost, "every run ends by itself", the scenario's promised outcomes, the
+//! servers' counters against what happened, and every conflict against
+//! the store's log.
 //!
 //! The checker trusts only what it observed: the values servers handed to
 //! the transport (observer `Sent` events), the client's running totals
@@ -14,8 +16,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use station_core::client::{Code, Verdict};
-use station_core::server::Lookup;
+use std::collections::{BTreeMap, BTreeSet};
+
+use station_core::client::{Code, StreamEnd, Verdict};
+use station_core::server::{Lookup, StoreOp, StoreReply};
 use station_core::testkit::invariants::{self, OneStream, SentValues};
 use station_core::{ClientId, Reason, Reject};
 use station_net::StreamEvent;
@@ -49,6 +53,16 @@ pub enum Invariant {
     LostPrecisely,
     /// The scenario's promised outcome for a client.
     Expected,
+    /// The servers' counters (summed over every server and boot) tell what
+    /// happened: sessions opened, resumed, completed, resumes refused as
+    /// expired, streams taken over and rejections by code (see
+    /// the private `counted` check for each comparison).
+    Counted,
+    /// A store answers `Conflict` (and the stream ends `TAKEN_OVER`) only
+    /// when another stream wrote a newer generation of the session: never
+    /// for a write of its own repeated after its reply was lost, nor for a
+    /// record a store rolled back (its writes were lost: `SESSION_LOST`).
+    TakenOverTruly,
 }
 
 /// One broken rule, with the evidence.
@@ -79,9 +93,16 @@ pub fn check(scenario: &Scenario, report: &Report) -> Vec<Violation> {
         let events = client_events(scenario, report, c);
         sequence(c, client, &events, &mut v);
         expiry(scenario, c, client, &mut v);
+        let losses: Vec<Duration> = report
+            .data_losses
+            .iter()
+            .filter(|l| l.live.contains(&report.clients[c].id))
+            .map(|l| l.at)
+            .collect();
         one_stream(
             c,
             &client_server_events(scenario, report, c),
+            &losses,
             scenario.session.lease * 2,
             &mut v,
         );
@@ -90,7 +111,254 @@ pub fn check(scenario: &Scenario, report: &Report) -> Vec<Violation> {
     no_leak(report, &mut v);
     incarnation(report, &mut v);
     lost_precisely(scenario, report, &mut v);
+    counted(report, &mut v);
+    taken_over_truly(report, &mut v);
     v
+}
+
+/// Every `Conflict` a server received ([`Report::answers`]) is justified
+/// by a write the store logged before it: a record of the same
+/// incarnation at a generation newer than the one the operation expected,
+/// written by another stream (another holder: a takeover's own write,
+/// found again by its repeat, does not count).
+fn taken_over_truly(report: &Report, v: &mut Vec<Violation>) {
+    for a in &report.answers {
+        if a.reply != StoreReply::Conflict {
+            continue;
+        }
+        let (id, incarnation, expected, holder) = match &a.op {
+            StoreOp::Update {
+                record,
+                expect_generation,
+                ..
+            } => (
+                record.client_id,
+                record.incarnation,
+                *expect_generation,
+                Some(record.holder),
+            ),
+            StoreOp::Delete {
+                client_id,
+                incarnation,
+                generation,
+            } => (*client_id, *incarnation, *generation, None),
+            StoreOp::Load(_) | StoreOp::Create { .. } => continue,
+        };
+        let justified = report.store_writes.iter().any(|w| {
+            w.at <= a.at
+                && matches!(&w.after, Lookup::Live(r)
+                    if r.client_id == id
+                        && r.incarnation == incarnation
+                        && r.generation > expected
+                        && holder.is_none_or(|h| r.holder != h))
+        });
+        if !justified {
+            violation(
+                v,
+                Invariant::TakenOverTruly,
+                client_of(report, id),
+                format!(
+                    "at {:?} server-{} heard Conflict to {:?}, but no other stream had written a generation after {expected}",
+                    a.at, a.server, a.op
+                ),
+            );
+        }
+    }
+}
+
+/// The servers' counts ([`Report::counted`]: every count of every server
+/// and boot, those of servers that later crashed included) against what
+/// happened: the store's answers as the servers received them
+/// ([`Report::answers`]), the servers' `Attached` events, and each
+/// client's streams as it saw them. Where a count can exceed what any
+/// client saw — a status or an `Attached` lost on a connection that broke,
+/// or sent to a client that had already left the stream — the clients'
+/// view is a lower bound only.
+///
+/// - **completed** = the `Delete`s the store answered `Done` to a server.
+///   Every `Delete` follows a final acknowledgement the stream processed
+///   (on an attached stream, or in its release once the client hung up),
+///   and its `Done` means the session is deleted; the server must count
+///   exactly those.
+/// - **opened** = the sessions attached at least once (distinct
+///   incarnations in the servers' `Attached` events): a session's first
+///   attach is always an `Open`'s (a resume needs the token that only an
+///   `Attached` carries), also when the stream that created it was gone
+///   before its answer and a repeated `Open` attached it. At least the
+///   clients that saw `Attached` on an `Open`.
+/// - **resumed**: at least the `Attached` clients saw on a `Resume`; at
+///   most the servers' `Attached` of generation 2 or more (each resume
+///   takes the session over; a repeated `Open` does too, so this is a
+///   bound, not an equality).
+/// - **expired**: at least the `SESSION_EXPIRED` statuses clients saw; at
+///   most the `Loaded(Expired)` and `Expired` answers servers received
+///   (the only ways a server learns of an expiry; a stream already ended
+///   ignores its answer).
+/// - **taken over**: at least the `TAKEN_OVER` statuses clients saw; at
+///   most the `Conflict` answers servers received.
+/// - **rejections**, per gRPC code: at least the statuses with a reason
+///   (so made by a server, not the transport) clients saw with that code.
+fn counted(report: &Report, v: &mut Vec<Violation>) {
+    let got = &report.counted;
+    let mut wrong = |what: &str, count: u64, rule: String| {
+        violation(
+            v,
+            Invariant::Counted,
+            None,
+            format!("servers counted {count} {what}, but {rule}"),
+        )
+    };
+    let answered = |op: fn(&StoreOp) -> bool, reply: fn(&StoreReply) -> bool| {
+        report
+            .answers
+            .iter()
+            .filter(|a| op(&a.op) && reply(&a.reply))
+            .count() as u64
+    };
+    let streams = || report.clients.iter().flat_map(|c| c.streams.iter());
+    let seen = |reason: Reason| {
+        streams()
+            .filter(|s| matches!(&s.end, Some(StreamEnd::Status { reason: Some(r), .. }) if *r == reason))
+            .count() as u64
+    };
+
+    let deleted = answered(
+        |op| matches!(op, StoreOp::Delete { .. }),
+        |r| *r == StoreReply::Done,
+    );
+    if got.completed != deleted {
+        wrong(
+            "sessions completed",
+            got.completed,
+            format!("the store answered Done to {deleted} Delete(s) (each after a final acknowledgement)"),
+        );
+    }
+
+    let attached: BTreeSet<(ClientId, u64)> = report
+        .server_events
+        .iter()
+        .filter_map(|e| match e.event {
+            StreamEvent::Attached {
+                client_id,
+                incarnation,
+                ..
+            } => Some((client_id, incarnation)),
+            _ => None,
+        })
+        .collect();
+    let opened_seen = report
+        .clients
+        .iter()
+        .filter(|c| c.streams.iter().any(|s| !s.resume && s.attached))
+        .count() as u64;
+    if got.opened != attached.len() as u64 {
+        wrong(
+            "sessions opened",
+            got.opened,
+            format!("{} session(s) were attached", attached.len()),
+        );
+    }
+    if got.opened < opened_seen {
+        wrong(
+            "sessions opened",
+            got.opened,
+            format!("{opened_seen} client(s) saw their Open attached"),
+        );
+    }
+
+    let resumed_seen = streams().filter(|s| s.resume && s.attached).count() as u64;
+    let takeovers = report
+        .server_events
+        .iter()
+        .filter(|e| matches!(e.event, StreamEvent::Attached { generation, .. } if generation >= 2))
+        .count() as u64;
+    if got.resumed < resumed_seen {
+        wrong(
+            "sessions resumed",
+            got.resumed,
+            format!("clients saw {resumed_seen} Resume(s) attached"),
+        );
+    }
+    if got.resumed > takeovers {
+        wrong(
+            "sessions resumed",
+            got.resumed,
+            format!("servers attached only {takeovers} stream(s) by a takeover"),
+        );
+    }
+
+    let expired_seen = seen(Reason::SessionExpired);
+    let expired_answers = answered(
+        |_| true,
+        |r| matches!(r, StoreReply::Expired | StoreReply::Loaded(Lookup::Expired)),
+    );
+    if got.expired < expired_seen {
+        wrong(
+            "resumes refused as expired",
+            got.expired,
+            format!("clients saw {expired_seen} SESSION_EXPIRED"),
+        );
+    }
+    if got.expired > expired_answers {
+        wrong(
+            "resumes refused as expired",
+            got.expired,
+            format!("the store answered only {expired_answers} time(s) that a session had expired"),
+        );
+    }
+
+    let taken_seen = seen(Reason::TakenOver);
+    let conflicts = answered(|_| true, |r| *r == StoreReply::Conflict);
+    if got.taken_over < taken_seen {
+        wrong(
+            "streams taken over",
+            got.taken_over,
+            format!("clients saw {taken_seen} TAKEN_OVER"),
+        );
+    }
+    if got.taken_over > conflicts {
+        wrong(
+            "streams taken over",
+            got.taken_over,
+            format!("the store answered Conflict only {conflicts} time(s)"),
+        );
+    }
+
+    let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
+    for s in streams() {
+        if let Some(StreamEnd::Status {
+            code,
+            reason: Some(_),
+            ..
+        }) = &s.end
+        {
+            *by_code.entry(code_label(*code)).or_default() += 1;
+        }
+    }
+    for (code, n) in by_code {
+        let counted = got.rejections.get(&code).copied().unwrap_or(0);
+        if counted < n {
+            wrong(
+                &format!("{code} rejections"),
+                counted,
+                format!("clients saw {n} {code} status(es) from servers"),
+            );
+        }
+    }
+}
+
+/// The `code` label `station_net::metrics` counts rejections under.
+fn code_label(code: Code) -> String {
+    let name = format!("{code:?}");
+    // `NotFound` -> `NOT_FOUND`.
+    let mut label = String::new();
+    for (i, ch) in name.chars().enumerate() {
+        if ch.is_uppercase() && i > 0 {
+            label.push('_');
+        }
+        label.push(ch.to_ascii_uppercase());
+    }
+    label
 }
 
 /// The client (first in plan order) with `id`, for messages.
@@ -100,9 +368,55 @@ fn client_of(report: &Report, id: ClientId) -> Option<usize> {
 
 /// Every write that changed a stored record obeys the write rule
 /// ([`invariants::write_rule`]).
+///
+/// Two exceptions, where a store lost writes of the session (a failover to
+/// a replica behind took its record back to an older generation): the
+/// record is removed by the `Delete` of a newer generation of its
+/// incarnation, as the store table says (ARCHITECTURE.md §5: "same or
+/// older generation"), since that stream completed the session; and a
+/// stream of a generation the store lost refreshes a record a later
+/// takeover wrote at the same generation number again (the fence compares
+/// incarnation and generation, not the holder).
 fn incarnation(report: &Report, v: &mut Vec<Violation>) {
     for w in &report.store_writes {
         let id = w.op.client_id();
+        let lost_before = report
+            .data_losses
+            .iter()
+            .any(|l| l.at <= w.at && l.live.contains(&id));
+        let completes_older = match (&w.before, &w.after, &w.op) {
+            (
+                Lookup::Live(old),
+                Lookup::Missing,
+                StoreOp::Delete {
+                    incarnation,
+                    generation,
+                    ..
+                },
+            ) => old.incarnation == *incarnation && old.generation < *generation,
+            _ => false,
+        };
+        // After a rollback, the takeover that followed may have drawn a
+        // generation number again: a stream of the lost generation still
+        // passes the fence, which compares incarnation and generation only.
+        let generation_again = match (&w.before, &w.after, &w.op) {
+            (
+                Lookup::Live(old),
+                Lookup::Live(new),
+                StoreOp::Update {
+                    expect_generation, ..
+                },
+            ) => {
+                old.incarnation == new.incarnation
+                    && old.generation == new.generation
+                    && old.generation == *expect_generation
+                    && old.holder != new.holder
+            }
+            _ => false,
+        };
+        if lost_before && (completes_older || generation_again) {
+            continue;
+        }
         let wrong = invariants::write_rule(&w.before, &w.after, &w.op);
         if let Some(detail) = wrong {
             violation(
@@ -405,9 +719,25 @@ fn expiry(scenario: &Scenario, c: usize, client: &ClientReport, v: &mut Vec<Viol
 /// stream sends nothing later than `bound` (two leases) after the newer one
 /// attached. What it sends before then are the same values (invariant 1
 /// checks them), and it never writes again (invariant 5).
-fn one_stream(c: usize, events: &[&ServerEvent], bound: Duration, v: &mut Vec<Violation>) {
+///
+/// A store that lost writes of the session (at each of `losses`) may have
+/// taken its generation back (a failover to a replica behind), so
+/// generations attached before a loss do not bound the streams after it:
+/// the rule starts again.
+fn one_stream(
+    c: usize,
+    events: &[&ServerEvent],
+    losses: &[Duration],
+    bound: Duration,
+    v: &mut Vec<Violation>,
+) {
     let mut rule = OneStream::new(bound);
+    let mut losses = losses.iter().peekable();
     for e in events {
+        if losses.next_if(|&&at| at <= e.at).is_some() {
+            while losses.next_if(|&&at| at <= e.at).is_some() {}
+            rule = OneStream::new(bound);
+        }
         match &e.event {
             StreamEvent::Attached { generation, .. } => rule.attached(*generation, e.at),
             StreamEvent::Sent {

@@ -3,11 +3,12 @@
 use std::fmt;
 use std::time::Duration;
 
-use station_core::client::Outcome;
-use station_core::server::Lookup;
+use station_core::client::{Outcome, StreamEnd};
+use station_core::server::{Lookup, StoreOp, StoreReply};
 use station_core::ClientId;
 use station_net::StreamEvent;
 
+use crate::counted::Counted;
 use crate::scenario::{Expect, Finale};
 use crate::store::StoreWrite;
 
@@ -49,6 +50,36 @@ pub struct Report {
     /// Every time a store lost its data (a store host restarted empty, or
     /// a server with a per-boot store crashed).
     pub data_losses: Vec<DataLoss>,
+    /// Every store answer a server received, in order.
+    pub answers: Vec<Answer>,
+    /// What the servers counted, over every boot of every server.
+    pub counted: Counted,
+}
+
+/// A store answer as a server received it (the one its stream was handed:
+/// after the store handle's own re-send, before the server's timeout).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// Simulated time it arrived.
+    pub at: Duration,
+    /// The server.
+    pub server: usize,
+    /// The operation.
+    pub op: StoreOp,
+    /// The answer.
+    pub reply: StoreReply,
+}
+
+/// One stream of a client, as the client saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientStream {
+    /// It began with `Resume` (else `Open`).
+    pub resume: bool,
+    /// The client received `Attached` on it.
+    pub attached: bool,
+    /// How it ended, if the client saw an end (`None`: still open when the
+    /// client finished, or dropped by the client for silence).
+    pub end: Option<StreamEnd>,
 }
 
 /// A store lost its data.
@@ -84,6 +115,8 @@ pub struct ClientReport {
     /// to any running server (partitioned in either direction, held, or
     /// server down), while it ran.
     pub isolation: Vec<(Duration, Duration)>,
+    /// Its streams, in order.
+    pub streams: Vec<ClientStream>,
 }
 
 /// The client's running totals after one new number.

@@ -23,11 +23,15 @@ use station_net::store::{MemoryStore, SessionStore, StoreError};
 use station_net::{ServerConfig, Station, StreamEvent};
 
 use crate::clock::SimClock;
+use crate::counted::Recorder;
 use crate::faults::{Env, FaultState, Trigger};
 use crate::net;
-use crate::report::{fnv1a, ClientReport, DataLoss, Progress, Report, ServerEvent};
+use crate::report::{
+    fnv1a, Answer, ClientReport, ClientStream, DataLoss, Progress, Report, ServerEvent,
+};
 use crate::rng::{derive, SimRng};
-use crate::scenario::{Bug, Scenario, StoreKind};
+use crate::scenario::{Action, Bug, Scenario, StoreKind};
+use crate::stale::{self, Stale};
 use crate::store::{self, SimStore, WriteLog};
 use crate::storenet::{self, NetStore, StoreHost};
 
@@ -37,45 +41,102 @@ const SEED_CLIENTS: u64 = 2;
 const SEED_SERVER: u64 = 3;
 const SEED_STORE: u64 = 4;
 
-/// The store a server boot uses: in-process, or the store host.
+/// The store a server boot uses, watched: every answer it hands the
+/// server is logged as an [`Answer`].
 #[derive(Clone, Debug)]
-pub enum ServerStore {
+pub struct ServerStore {
+    backend: Backend,
+    watch: Watch,
+}
+
+/// Where a server boot's sessions live: in-process, or the store host.
+#[derive(Clone, Debug)]
+pub enum Backend {
     /// An in-process store ([`StoreKind::Shared`], [`StoreKind::PerBoot`]).
     Sim(SimStore),
     /// The store host over the network ([`StoreKind::Host`]).
     Net(NetStore),
 }
 
+/// Where a run collects [`Answer`]s.
+type AnswerLog = Arc<Mutex<Vec<Answer>>>;
+
+#[derive(Clone)]
+struct Watch {
+    server: usize,
+    clock: Arc<SimClock>,
+    answers: AnswerLog,
+    /// Operations of every server under way (asked, not yet answered or
+    /// given up): the run does not end before their answers arrive.
+    in_flight: Arc<AtomicU64>,
+}
+
+/// Counts one operation under way while it lives (a crashed server's
+/// operations are dropped with it).
+struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
 impl ServerStore {
     /// What an in-process store holds for `id` (`Missing` for the host's
     /// handle: look at the host's data instead).
     pub fn lookup(&self, id: ClientId) -> Lookup {
-        match self {
-            ServerStore::Sim(s) => s.lookup(id),
-            ServerStore::Net(_) => Lookup::Missing,
+        match &self.backend {
+            Backend::Sim(s) => s.lookup(id),
+            Backend::Net(_) => Lookup::Missing,
         }
     }
 }
 
 impl SessionStore for ServerStore {
     async fn execute(&self, op: StoreOp) -> StoreReply {
-        match self {
-            ServerStore::Sim(s) => s.execute(op).await,
-            ServerStore::Net(n) => n.execute(op).await,
-        }
+        let asked = op.clone();
+        let _in_flight = InFlight::new(&self.watch.in_flight);
+        let reply = match &self.backend {
+            Backend::Sim(s) => s.execute(op).await,
+            Backend::Net(n) => n.execute(op).await,
+        };
+        // The server's stream gets this in the same poll (its timeout
+        // polls the operation first), so it is exactly what it heard.
+        lock(&self.watch.answers).push(Answer {
+            at: self.watch.clock.elapsed(),
+            server: self.watch.server,
+            op: asked,
+            reply: reply.clone(),
+        });
+        reply
     }
 
     async fn live_sessions(&self) -> Result<u64, StoreError> {
-        match self {
-            ServerStore::Sim(s) => s.live_sessions().await,
-            ServerStore::Net(n) => n.live_sessions().await,
+        match &self.backend {
+            Backend::Sim(s) => s.live_sessions().await,
+            Backend::Net(n) => n.live_sessions().await,
         }
     }
 
     fn kind(&self) -> &'static str {
-        match self {
-            ServerStore::Sim(s) => s.kind(),
-            ServerStore::Net(n) => n.kind(),
+        match &self.backend {
+            Backend::Sim(s) => s.kind(),
+            Backend::Net(n) => n.kind(),
         }
     }
 }
@@ -103,6 +164,8 @@ struct State {
     data_losses: Vec<DataLoss>,
     /// When each client started.
     started: Vec<Option<Duration>>,
+    /// Each client's streams as it saw them.
+    streams: Vec<Vec<ClientStream>>,
 }
 
 /// The servers' current stations and stores, updated at every boot.
@@ -183,17 +246,27 @@ impl Shared {
     fn on_client_event(&self, c: usize, event: Event<'_>, client: &Client) {
         let at = self.now();
         let line = match event {
-            Event::Connecting { endpoint, request } => match request {
-                Request::Open { .. } => format!("c{c} connect {endpoint} open"),
-                Request::Resume { next_index, .. } => {
-                    format!("c{c} connect {endpoint} resume @{next_index}")
+            Event::Connecting { endpoint, request } => {
+                self.state().streams[c].push(ClientStream {
+                    resume: matches!(request, Request::Resume { .. }),
+                    attached: false,
+                    end: None,
+                });
+                match request {
+                    Request::Open { .. } => format!("c{c} connect {endpoint} open"),
+                    Request::Resume { next_index, .. } => {
+                        format!("c{c} connect {endpoint} resume @{next_index}")
+                    }
                 }
-            },
+            }
             Event::Attached {
                 endpoint,
                 next_index,
                 ..
             } => {
+                if let Some(stream) = self.state().streams[c].last_mut() {
+                    stream.attached = true;
+                }
                 let line = format!("c{c} attached {endpoint} @{next_index}");
                 if client.is_finished() && client.received() == client.count() {
                     // It held every number: attaching sent the final ack.
@@ -231,7 +304,12 @@ impl Shared {
                 }
                 return;
             }
-            Event::Failed { endpoint, end } => format!("c{c} failed {endpoint}: {end:?}"),
+            Event::Failed { endpoint, end } => {
+                if let Some(stream) = self.state().streams[c].last_mut() {
+                    stream.end = Some(end.clone());
+                }
+                format!("c{c} failed {endpoint}: {end:?}")
+            }
             Event::Silent { endpoint } => format!("c{c} silent {endpoint}"),
         };
         self.log(at, line);
@@ -272,6 +350,11 @@ pub(crate) fn panics() -> Vec<String> {
 pub fn run(scenario: &Scenario, seed: u64) -> Report {
     watch_panics();
     crate::init_tracing();
+    // Every host runs on this thread: the servers' counts all land here.
+    let recorder = Recorder::new(scenario.bug);
+    let _counting = metrics::set_default_local_recorder(&recorder);
+    let answers: AnswerLog = Arc::default();
+    let in_flight: Arc<AtomicU64> = Arc::default();
     let clock = SimClock::new();
     let n_clients = scenario.clients.len();
     let n_servers = scenario.servers;
@@ -300,6 +383,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
             progress: vec![Vec::new(); n_clients],
             outcomes: vec![None; n_clients],
             started: vec![None; n_clients],
+            streams: vec![Vec::new(); n_clients],
             ..State::default()
         }),
     });
@@ -343,22 +427,47 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         });
         host
     });
+    let stale = scenario
+        .faults
+        .iter()
+        .any(|f| matches!(f.action, Action::StaleResume { .. }))
+        .then(|| {
+            let (tx, inbox) = stale::channel();
+            sim.host(stale::HOST, move || {
+                let inbox = inbox.clone();
+                async move {
+                    stale::serve(inbox).await;
+                    Ok(())
+                }
+            });
+            tx
+        });
     let registry: Registry = Arc::new(Mutex::new(vec![None; n_servers]));
     let boots: Arc<Vec<AtomicU64>> = Arc::new((0..n_servers).map(|_| AtomicU64::new(0)).collect());
     for s in 0..n_servers {
         let (shared, registry, boots) = (shared.clone(), registry.clone(), boots.clone());
         let (clock, shared_store, writes) = (clock.clone(), shared_store.clone(), writes.clone());
+        let (answers, in_flight) = (answers.clone(), in_flight.clone());
         let (session, store_kind, bug) = (scenario.session.clone(), scenario.store, scenario.bug);
         let store_net = scenario.store_net;
         sim.host(Scenario::server_host(s), move || {
             let boot = boots[s].fetch_add(1, Ordering::Relaxed);
-            let (store, connection) = match store_kind {
-                StoreKind::Shared => (ServerStore::Sim(shared_store.clone()), None),
-                StoreKind::PerBoot => (ServerStore::Sim(SimStore::new(&clock, bug, &writes)), None),
+            let (backend, connection) = match store_kind {
+                StoreKind::Shared => (Backend::Sim(shared_store.clone()), None),
+                StoreKind::PerBoot => (Backend::Sim(SimStore::new(&clock, bug, &writes)), None),
                 StoreKind::Host => {
                     let (store, connection) = NetStore::new(&store_net);
-                    (ServerStore::Net(store), Some(connection))
+                    (Backend::Net(store), Some(connection))
                 }
+            };
+            let store = ServerStore {
+                backend,
+                watch: Watch {
+                    server: s,
+                    clock: clock.clone(),
+                    answers: answers.clone(),
+                    in_flight: in_flight.clone(),
+                },
             };
             let mut session = session.clone();
             if bug == Bug::GivesUpEarly {
@@ -457,11 +566,36 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         shared.log(at, format!("store lost its data: live sessions {names:?}"));
         shared.state().data_losses.push(DataLoss { at, live });
     };
+    let stale_resume = |c: usize, server: usize| {
+        let at = shared.now();
+        let id = ids[c];
+        let live = stores(scenario, &shared_store, store_host.as_ref(), &registry)
+            .iter()
+            .find_map(|mem| match store::lookup(mem, id) {
+                Lookup::Live(record) => Some(record),
+                _ => None,
+            });
+        let (Some(record), Some(tx)) = (live, stale.as_ref()) else {
+            shared.log(at, format!("stale resume of c{c}: no live session"));
+            return;
+        };
+        shared.log(
+            at,
+            format!("stale resume of c{c} to s{server} @{}", record.acked),
+        );
+        let _ = tx.send(Stale {
+            server,
+            client_id: id,
+            token: record.token,
+            next_index: record.acked,
+        });
+    };
     let env = Env {
         registry: &registry,
         store_host: store_host.as_ref(),
         ids: &ids,
         on_loss: &on_loss,
+        stale_resume: &stale_resume,
     };
     let mut step = |sim: &mut turmoil::Sim<'_>, faults: &mut FaultState| -> Result<bool, String> {
         faults.apply_due(
@@ -536,7 +670,9 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
     while error.is_none() && sim.elapsed() < drain_until {
         if sim.elapsed() >= next_poll {
             next_poll = sim.elapsed() + DRAIN_POLL;
-            if measure(&mut sim) == (0, 0) {
+            // Answers still on their way count too: the servers' counts
+            // are judged against them.
+            if measure(&mut sim) == (0, 0) && in_flight.load(Ordering::Relaxed) == 0 {
                 break;
             }
         }
@@ -569,10 +705,12 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
                 progress: std::mem::take(&mut state.progress[c]),
                 isolation: faults.isolation(c, started_at.unwrap_or(plan.start), end),
                 started_at,
+                streams: std::mem::take(&mut state.streams[c]),
             }
         })
         .collect();
     let trace_hash = fnv1a(&state.trace);
+    let answers = std::mem::take(&mut *lock(&answers));
     Report {
         scenario: scenario.name.clone(),
         seed,
@@ -590,6 +728,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         trace_hash,
         store_writes,
         data_losses: state.data_losses,
+        answers,
+        counted: recorder.counted(),
     }
 }
 
@@ -605,9 +745,9 @@ fn stores(
         StoreKind::PerBoot => lock(registry)
             .iter()
             .flatten()
-            .filter_map(|(store, _)| match store {
-                ServerStore::Sim(s) => Some(s.memory().clone()),
-                ServerStore::Net(_) => None,
+            .filter_map(|(store, _)| match &store.backend {
+                Backend::Sim(s) => Some(s.memory().clone()),
+                Backend::Net(_) => None,
             })
             .collect(),
         StoreKind::Host => host.map(|h| h.data()).into_iter().collect(),

@@ -77,6 +77,11 @@ pub struct StoreNet {
     /// Whether a server sends an operation again, once, after a timeout
     /// (on a new connection): a write whose reply was lost is re-sent.
     pub resend: bool,
+    /// Probability that the store loses its reply to a takeover write (an
+    /// `Update` to the next generation) it applied, on top of
+    /// [`StoreNet::reply_loss`]: takeovers are few, so this is how runs
+    /// reach a takeover re-sent after its reply was lost.
+    pub takeover_reply_loss: f64,
 }
 
 impl Default for StoreNet {
@@ -86,6 +91,7 @@ impl Default for StoreNet {
             reply_loss: 0.0,
             op_timeout: Duration::from_millis(600),
             resend: true,
+            takeover_reply_loss: 0.0,
         }
     }
 }
@@ -135,6 +141,23 @@ pub enum Bug {
     /// after they last heard from a server (planted by announcing a third of
     /// the TTL in `Attached` while the store keeps sessions the full TTL).
     GivesUpEarly,
+    /// The servers' counting: a completed session is counted as a
+    /// rejection (`INVALID_ARGUMENT`) instead (planted in the recorder
+    /// the counts reach, [`crate::counted::Recorder`]).
+    CompletionCountedAsRejection,
+    /// Lost writes told as a takeover: an `Update` that finds its
+    /// incarnation at an older generation than it expects (a store that
+    /// failed over to a replica behind it) is answered `Conflict`, so the
+    /// client hears `TAKEN_OVER` instead of `SESSION_LOST`.
+    LostWritesSeenAsConflict,
+    /// Idempotence of a takeover: a takeover write sent again after its
+    /// reply was lost finds its own record and is answered `Conflict` (a
+    /// generation check before the repeat check), a false takeover.
+    RepeatedTakeoverConflicts,
+    /// Fencing of a stale lease: the renewal of a stream that was taken
+    /// over is answered `Done` (without writing), so the stale stream
+    /// keeps its lease and sends past the two-lease bound.
+    StaleRenewalDone,
 }
 
 /// One client: what it asks for, when, and where.
@@ -312,6 +335,26 @@ pub enum Action {
         /// Start empty: every session it held is lost.
         lose_data: bool,
     },
+    /// The store host fails over to a replica that missed the writes of
+    /// the last `lag`: every live record that was written since goes back
+    /// to what it was then (an older generation, or older progress), if it
+    /// was live then under the same incarnation. The store lost writes.
+    FailoverStore {
+        /// How far behind the replica was.
+        lag: Duration,
+    },
+    /// A stale `Resume` of the client's session reaches `server`: as from
+    /// an earlier connection of the client's that a partition left
+    /// half-open, delivered late, carrying the session's token and
+    /// progress. It takes the session over while the client still reads
+    /// and acknowledges its own stream, so that stream, now stale, runs
+    /// to the two-lease bound (invariant 4) instead of ending for silence.
+    StaleResume {
+        /// Client index.
+        client: usize,
+        /// Server index.
+        server: usize,
+    },
 }
 
 impl Action {
@@ -331,6 +374,8 @@ impl Action {
             Action::CrashStore => "store-crash",
             Action::RestartStore { lose_data: false } => "store-restart-keeps-data",
             Action::RestartStore { lose_data: true } => "store-restart-loses-data",
+            Action::FailoverStore { .. } => "store-failover-behind",
+            Action::StaleResume { .. } => "stale-resume",
         }
     }
 }
@@ -411,6 +456,9 @@ impl Scenario {
             kinds.insert("store-host");
             if self.store_net.reply_loss > 0.0 {
                 kinds.insert("store-reply-loss");
+            }
+            if self.store_net.takeover_reply_loss > 0.0 {
+                kinds.insert("store-takeover-reply-loss");
             }
         }
         if self.clients.iter().any(|c| c.reuse_id_of.is_some()) {

@@ -64,6 +64,14 @@ pub fn apply(mem: &MemoryStore, bug: Bug, op: StoreOp, at: Duration, log: &Write
     let before = lookup(mem, id);
     let reply = match (bug, &op) {
         (Bug::KeepsCompleted, StoreOp::Delete { .. }) => StoreReply::Done,
+        (
+            Bug::StaleRenewalDone,
+            StoreOp::Update {
+                record,
+                expect_generation,
+                ..
+            },
+        ) if stale_renewal(&before, record, *expect_generation) => StoreReply::Done,
         _ => match misjudged(bug, &before, &op) {
             // The planted bug decides on what it misreads, and the write
             // is carried out with fenced operations that cannot refuse.
@@ -161,19 +169,55 @@ fn misjudged(bug: Bug, stored: &Lookup, op: &StoreOp) -> Option<Lookup> {
                 ..*live
             }))
         }
+        (
+            Bug::LostWritesSeenAsConflict,
+            StoreOp::Update {
+                record,
+                expect_generation,
+                ..
+            },
+        ) if live.incarnation == record.incarnation && live.generation < *expect_generation => {
+            Some(Lookup::Live(Record {
+                generation: expect_generation + 1,
+                ..*live
+            }))
+        }
+        (
+            Bug::RepeatedTakeoverConflicts,
+            StoreOp::Update {
+                record,
+                expect_generation,
+                ..
+            },
+        ) if live == record && live.generation != *expect_generation => {
+            // Seen as another stream's record of the same generation.
+            Some(Lookup::Live(Record {
+                holder: !live.holder,
+                ..*live
+            }))
+        }
         _ => None,
     }
 }
 
+/// A renewal (an `Update` at its own generation) of a stream whose session
+/// a newer generation of the same incarnation took over.
+fn stale_renewal(stored: &Lookup, record: &Record, expect_generation: u64) -> bool {
+    matches!(stored, Lookup::Live(live)
+        if live.incarnation == record.incarnation
+            && record.generation == expect_generation
+            && live.generation > expect_generation)
+}
+
 /// Stores `record` whatever is there, with the store's own operations.
-fn force_put(mem: &MemoryStore, record: Record, expires_in: Duration) {
+pub(crate) fn force_put(mem: &MemoryStore, record: Record, expires_in: Duration) {
     force_remove(mem, record.client_id);
     let reply = mem.apply(StoreOp::Create { record, expires_in });
     debug_assert_eq!(reply, StoreReply::Done);
 }
 
 /// Removes whatever live record `id` has.
-fn force_remove(mem: &MemoryStore, id: ClientId) {
+pub(crate) fn force_remove(mem: &MemoryStore, id: ClientId) {
     if let Lookup::Live(live) = lookup(mem, id) {
         let reply = mem.apply(StoreOp::Delete {
             client_id: id,

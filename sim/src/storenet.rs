@@ -277,6 +277,10 @@ pub struct StoreHost {
     /// Draws which replies are lost (seeded; the host runs on the
     /// simulation's one thread, in a fixed order).
     rng: Mutex<SimRng>,
+    takeover_reply_loss: f64,
+    /// Draws which takeover replies are lost: a stream of its own, so
+    /// that runs without this fault draw exactly as before it existed.
+    takeover_rng: Mutex<SimRng>,
     /// Trace lines: `log(line)`.
     log: Box<dyn Fn(String) + Send + Sync>,
 }
@@ -298,6 +302,8 @@ impl StoreHost {
             writes: writes.clone(),
             reply_loss: plan.reply_loss,
             rng: Mutex::new(SimRng::new(seed)),
+            takeover_reply_loss: plan.takeover_reply_loss,
+            takeover_rng: Mutex::new(SimRng::new(crate::rng::derive(seed, &[1]))),
             log: Box::new(log),
         })
     }
@@ -325,8 +331,80 @@ impl StoreHost {
         store::apply(&data, self.bug, op, self.clock.elapsed(), &self.writes)
     }
 
-    fn loses_reply(&self) -> bool {
-        self.reply_loss > 0.0 && lock(&self.rng).chance(self.reply_loss)
+    /// Fails over to a replica that missed the writes of the last `lag`
+    /// (at `now`): each live record of `ids` written since goes back to
+    /// the last record of the same incarnation the replica had seen, as
+    /// long as that one would still be live. Returns the ids changed.
+    ///
+    /// Such a rollback is not a write of any stream's, so it is not logged
+    /// as one; the harness reports it as a loss of data.
+    pub fn fail_over(&self, ids: &[ClientId], now: Duration, lag: Duration) -> Vec<ClientId> {
+        let seen_until = now.saturating_sub(lag);
+        let data = self.data();
+        let writes = lock(&self.writes);
+        let mut changed = Vec::new();
+        for &id in ids {
+            let Lookup::Live(current) = store::lookup(&data, id) else {
+                continue;
+            };
+            let ours = |w: &&store::StoreWrite| w.op.client_id() == id;
+            if !writes.iter().filter(ours).any(|w| w.at > seen_until) {
+                continue; // The replica has everything.
+            }
+            let Some(last) = writes.iter().filter(ours).rfind(|w| w.at <= seen_until) else {
+                continue;
+            };
+            let (Lookup::Live(old), Some(asked)) = (last.after.clone(), expires_in(&last.op))
+            else {
+                continue;
+            };
+            let left = (last.at + asked).saturating_sub(now);
+            if old.incarnation != current.incarnation || old == current || left.is_zero() {
+                continue;
+            }
+            store::force_put(&data, old, left);
+            changed.push(id);
+        }
+        if !changed.is_empty() {
+            (self.log)(format!(
+                "store failed over to a replica {lag:?} behind: {} record(s) rolled back",
+                changed.len()
+            ));
+        }
+        changed
+    }
+
+    /// With [`StoreNet::takeover_reply_loss`], for a takeover write (an
+    /// `Update` to the next generation): what is stored before it, to tell
+    /// its first application from a repeat.
+    fn takeover_applied_first(&self, op: &StoreOp) -> Option<Lookup> {
+        let takeover = matches!(op, StoreOp::Update { record, expect_generation, .. }
+            if record.generation == expect_generation + 1);
+        (takeover && self.takeover_reply_loss > 0.0).then(|| self.lookup(op))
+    }
+
+    fn lookup(&self, op: &StoreOp) -> Lookup {
+        store::lookup(&self.data(), op.client_id())
+    }
+
+    /// Whether the reply is lost: at [`StoreNet::reply_loss`], and for a
+    /// takeover write the store just applied (not its repeat) at
+    /// [`StoreNet::takeover_reply_loss`].
+    fn loses_reply(&self, takeover_applied: bool) -> bool {
+        if self.reply_loss > 0.0 && lock(&self.rng).chance(self.reply_loss) {
+            return true;
+        }
+        takeover_applied && lock(&self.takeover_rng).chance(self.takeover_reply_loss)
+    }
+}
+
+/// How long a write asked its record to live.
+fn expires_in(op: &StoreOp) -> Option<Duration> {
+    match op {
+        StoreOp::Create { expires_in, .. } | StoreOp::Update { expires_in, .. } => {
+            Some(*expires_in)
+        }
+        StoreOp::Load(_) | StoreOp::Delete { .. } => None,
     }
 }
 
@@ -349,8 +427,9 @@ async fn connection(stream: turmoil::net::TcpStream, host: Arc<StoreHost>) {
             return;
         };
         let summary = summarize(&op);
-        let reply = host.apply(op);
-        if host.loses_reply() {
+        let takeover = host.takeover_applied_first(&op);
+        let reply = host.apply(op.clone());
+        if host.loses_reply(takeover.is_some_and(|before| before != host.lookup(&op))) {
             // Applied, but the server never hears: the connection drops.
             (host.log)(format!("store lost the reply to {summary}: {reply:?}"));
             return;

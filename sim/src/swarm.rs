@@ -22,6 +22,13 @@
 //! | store reply loss | the store applies a write and loses the reply |
 //! | store crash, data kept | the store host crashes and restarts with its data |
 //! | store crash, data lost | the store host crashes and restarts empty |
+//! | store failover behind | the store fails over to a replica a few seconds behind: records go back to older generations or progress |
+//! | store takeover reply loss | the store loses its reply to takeover writes it applied; the server sends them again |
+//! | stale resume | a client's `Resume` reaches a server late (a half-open connection of its), taking over the stream it still reads |
+//!
+//! The last three kinds are drawn from a random stream of their own, after
+//! the others, and named in the run's summary only when on: a seed that
+//! draws none of them runs, and traces, exactly as before they existed.
 //!
 //! Every client may be told `NOT_FOUND` (its session lost or expired) or
 //! expire, and must otherwise complete; the invariants decide whether what
@@ -29,7 +36,7 @@
 
 use std::time::Duration;
 
-use crate::rng::SimRng;
+use crate::rng::{derive, SimRng};
 use crate::scenario::{Action, ClientPlan, Expect, Fault, NetPlan, Scenario, StoreKind, When};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -260,10 +267,46 @@ pub fn swarm(seed: u64) -> Scenario {
         );
         on.push(format!("store-crash-loses-data({len:?})"));
     }
+    rare_kinds(seed, &mut s, &mut on);
     s.swarm = Some(format!(
         "seed {seed}: on [{}]; off [{}]",
         on.join(", "),
         off.join(", ")
     ));
     s
+}
+
+/// Purpose of the random stream of [`rare_kinds`] (see [`derive`]).
+const RARE_KINDS: u64 = 0x7a7e;
+
+/// Draws the fault kinds that reach rare store answers and timings, from a
+/// stream of their own (see the module docs); each on at 0.2.
+fn rare_kinds(seed: u64, s: &mut Scenario, on: &mut Vec<String>) {
+    let mut rng = SimRng::new(derive(seed, &[RARE_KINDS]));
+    if rng.chance(0.2) {
+        let t = rng.millis(secs(10)..secs(45));
+        let lag = rng.millis(SEC..secs(10));
+        at(&mut s.faults, t, Action::FailoverStore { lag });
+        on.push(format!("store-failover-behind({lag:?})"));
+    }
+    if rng.chance(0.2) {
+        let rate = [0.3, 0.6, 1.0][rng.below(3)];
+        s.store_net.takeover_reply_loss = rate;
+        on.push(format!("store-takeover-reply-loss({rate})"));
+    }
+    if rng.chance(0.2) {
+        // Not a client whose id is reused: a stale resume keeps its old
+        // session alive (as the client coming back would), past the time
+        // the reusing client is drawn to open it.
+        let reused: Vec<usize> = s.clients.iter().filter_map(|c| c.reuse_id_of).collect();
+        let eligible: Vec<usize> = (0..s.clients.len())
+            .filter(|c| s.clients[*c].reuse_id_of.is_none() && !reused.contains(c))
+            .collect();
+        let client = eligible[rng.below(eligible.len())];
+        let server = rng.below(s.servers);
+        let plan = &s.clients[client];
+        let t = plan.start + rng.millis(secs(3)..SEC * plan.count.max(4));
+        at(&mut s.faults, t, Action::StaleResume { client, server });
+        on.push(format!("stale-resume(client-{client}, server-{server})"));
+    }
 }

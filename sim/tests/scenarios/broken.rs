@@ -198,3 +198,53 @@ fn update_fencing_without_incarnation_is_caught_in_the_swarm() {
         sim::swarm::swarm,
     );
 }
+
+/// The servers' counting: a completed session counted as a rejection.
+#[test]
+fn a_completion_counted_as_a_rejection_is_caught() {
+    caught(
+        "a_completion_counted_as_a_rejection_is_caught",
+        5,
+        Bug::CompletionCountedAsRejection,
+        Invariant::Counted,
+        crate::partitions::short_outages,
+    );
+}
+
+/// Lost writes told as a takeover: caught where a store failed over to a
+/// replica behind it.
+#[test]
+fn lost_writes_told_as_a_takeover_are_caught() {
+    caught(
+        "lost_writes_told_as_a_takeover_are_caught",
+        10,
+        Bug::LostWritesSeenAsConflict,
+        Invariant::TakenOverTruly,
+        crate::rare::failover_behind,
+    );
+}
+
+/// Idempotence of a takeover: caught where takeover replies are lost.
+#[test]
+fn a_repeated_takeover_answered_as_a_conflict_is_caught() {
+    caught(
+        "a_repeated_takeover_answered_as_a_conflict_is_caught",
+        10,
+        Bug::RepeatedTakeoverConflicts,
+        Invariant::TakenOverTruly,
+        crate::rare::takeover_reply_lost,
+    );
+}
+
+/// Fencing of a stale lease: caught where a taken-over stream's client
+/// still reads it.
+#[test]
+fn a_stale_lease_renewed_is_caught() {
+    caught(
+        "a_stale_lease_renewed_is_caught",
+        10,
+        Bug::StaleRenewalDone,
+        Invariant::OneStream,
+        crate::rare::stale_resume,
+    );
+}

@@ -4,12 +4,14 @@
 
 mod broken;
 mod common;
+mod counters;
 mod crash;
 mod expiry;
 mod failover;
 mod finale;
 mod loss;
 mod partitions;
+mod rare;
 mod replay;
 mod reuse;
 mod swarm;
