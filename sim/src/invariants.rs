@@ -222,40 +222,61 @@ fn counted(report: &Report, v: &mut Vec<Violation>) {
             .count() as u64
     };
 
+    // Every Delete follows a processed final acknowledgement, and a
+    // completion is counted once per such stream: when its delete is
+    // answered Done, or when the stream gives up retrying it (the record
+    // then expires on its own).
     let deleted = answered(
         |op| matches!(op, StoreOp::Delete { .. }),
         |r| *r == StoreReply::Done,
     );
-    if got.completed != deleted {
+    let completing: BTreeSet<(ClientId, u64, u64)> = report
+        .answers
+        .iter()
+        .filter_map(|a| match a.op {
+            StoreOp::Delete {
+                client_id,
+                incarnation,
+                generation,
+            } => Some((client_id, incarnation, generation)),
+            _ => None,
+        })
+        .collect();
+    if got.completed < deleted {
         wrong(
             "sessions completed",
             got.completed,
             format!("the store answered Done to {deleted} Delete(s) (each after a final acknowledgement)"),
         );
     }
+    if got.completed > completing.len() as u64 {
+        wrong(
+            "sessions completed",
+            got.completed,
+            format!(
+                "only {} stream(s) asked to delete a completed session",
+                completing.len()
+            ),
+        );
+    }
 
-    let attached: BTreeSet<(ClientId, u64)> = report
-        .server_events
-        .iter()
-        .filter_map(|e| match e.event {
-            StreamEvent::Attached {
-                client_id,
-                incarnation,
-                ..
-            } => Some((client_id, incarnation)),
-            _ => None,
-        })
-        .collect();
+    // A session is opened when the store applies its Create (whether or
+    // not its stream lives to attach; a repeated Open re-attaching it is
+    // a resume).
+    let created = answered(
+        |op| matches!(op, StoreOp::Create { .. }),
+        |r| *r == StoreReply::Done,
+    );
     let opened_seen = report
         .clients
         .iter()
         .filter(|c| c.streams.iter().any(|s| !s.resume && s.attached))
         .count() as u64;
-    if got.opened != attached.len() as u64 {
+    if got.opened != created {
         wrong(
             "sessions opened",
             got.opened,
-            format!("{} session(s) were attached", attached.len()),
+            format!("the store answered Done to {created} Create(s)"),
         );
     }
     if got.opened < opened_seen {

@@ -30,6 +30,8 @@ pub struct Report {
     pub silent_drops: u64,
     pub attach_timeouts: u64,
     pub exhausted: u64,
+    /// Retries the process's retry budget deferred.
+    pub retries_throttled: u64,
     pub stream_ends: BTreeMap<String, u64>,
     pub elapsed: Duration,
     pub interval: Option<Duration>,
@@ -64,6 +66,7 @@ impl Report {
             silent_drops: tally.silent_drops,
             attach_timeouts: tally.attach_timeouts,
             exhausted: tally.exhausted,
+            retries_throttled: tally.retries_throttled,
             elapsed: tally.elapsed,
             interval: tally.interval,
             lateness_ms: percentiles_ms(&tally.lateness),
@@ -133,6 +136,10 @@ impl Report {
             self.lateness_ms[0],
             self.lateness_ms[1],
             self.lateness_ms[2],
+        );
+        out += &format!(
+            "retries throttled by the retry budget: {}\n",
+            self.retries_throttled
         );
         if let Some(interval) = self.interval.filter(|i| !i.is_zero()) {
             let ms = interval.as_secs_f64() * 1000.0;
@@ -209,6 +216,7 @@ impl Report {
             "silent_drops": self.silent_drops,
             "attach_timeouts": self.attach_timeouts,
             "resource_exhausted": self.exhausted,
+            "retries_throttled": self.retries_throttled,
             "stream_ends": self.stream_ends,
             "interval_ms": self.interval.map(|i| i.as_secs_f64() * 1000.0),
             "lateness_ms": p(self.lateness_ms),

@@ -228,6 +228,10 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
         .step_by(part.of.max(1))
         .collect();
     let mut logs: Vec<Arc<Mutex<SessionLog>>> = Vec::with_capacity(mine.len());
+    // One retry budget for every session of this process, as gRFC A6
+    // keeps one per channel: when many streams fail, retries are paced as
+    // a whole instead of each session retrying on its own.
+    let driver = DriverOptions::default();
     for &i in &mine {
         if let Some(gap) = ramp {
             tokio::time::sleep_until(t0 + gap.mul_f64((i + 1) as f64)).await;
@@ -254,6 +258,7 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
         let measurements = measurements.clone();
         let count = args.count;
         let seed = args.seed.wrapping_add(i as u64);
+        let driver = driver.clone();
         tasks.spawn(async move {
             let id = ClientId::from_random_bytes(rand::random());
             let now = tokio::time::Instant::now().into_std();
@@ -262,9 +267,7 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
             let observe = |event: Event<'_>, client: &Client| {
                 lock(&log).observe(&measurements, Instant::now(), event, client);
             };
-            let outcome =
-                station_net::client::run(&endpoints, &DriverOptions::default(), client, observe)
-                    .await;
+            let outcome = station_net::client::run(&endpoints, &driver, client, observe).await;
             lock(&log).ended = Some(Instant::now());
             (slot, outcome)
         });
@@ -323,6 +326,7 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
     tally.silent_drops = m.silent_drops;
     tally.attach_timeouts = m.attach_timeouts;
     tally.exhausted = m.exhausted;
+    tally.retries_throttled = driver.budget.stats().throttled;
     tally.stream_ends = m.stream_ends.clone();
     tally.elapsed = elapsed;
     tally.cpu_seconds = proc_stats(std::process::id()).map_or(0.0, |p| p.cpu_seconds) - cpu_before;

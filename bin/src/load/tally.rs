@@ -175,6 +175,8 @@ pub struct Tally {
     pub silent_drops: u64,
     pub attach_timeouts: u64,
     pub exhausted: u64,
+    /// Retries the process's retry budget deferred (gRFC A6 throttling).
+    pub retries_throttled: u64,
     pub stream_ends: BTreeMap<String, u64>,
     pub interval: Option<Duration>,
     pub elapsed: Duration,
@@ -201,6 +203,7 @@ impl Tally {
         self.silent_drops += other.silent_drops;
         self.attach_timeouts += other.attach_timeouts;
         self.exhausted += other.exhausted;
+        self.retries_throttled += other.retries_throttled;
         for (kind, n) in other.stream_ends {
             *self.stream_ends.entry(kind).or_default() += n;
         }

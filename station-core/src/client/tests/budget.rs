@@ -322,7 +322,7 @@ fn no_server_makes_a_client_retry_sooner_than_backoff_and_pushback_allow() {
                 1 => transport(),
                 2 => StreamEnd::Protocol("garbage".into()),
                 3 => with_pushback(
-                    StreamEnd::rejected(&Reject::Overloaded(ms(1))),
+                    StreamEnd::rejected(&Reject::Overloaded(crate::Busy::Late(ms(1)))),
                     pushback.unwrap_or_default(),
                 ),
                 _ => with_pushback(unavailable(), pushback.unwrap_or_default()),

@@ -171,9 +171,9 @@ fn the_give_up_message_says_what_happened_since_the_last_number() {
     let script = [
         // Ends the stream that delivered the number: not counted.
         transport(),
-        StreamEnd::rejected(&Reject::Overloaded(ms(300))),
+        StreamEnd::rejected(&Reject::Overloaded(crate::Busy::Late(ms(300)))),
         StreamEnd::rejected(&Reject::Full(5)),
-        StreamEnd::rejected(&Reject::Overloaded(ms(300))),
+        StreamEnd::rejected(&Reject::Overloaded(crate::Busy::Late(ms(300)))),
         transport(),
     ];
     for end in script {
