@@ -26,11 +26,13 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// Every number arrived but the checksums differ.
     pub const CHECKSUM_MISMATCH: u8 = 3;
-    /// The session expired before it could be resumed.
+    /// A server said the session expired (`SESSION_EXPIRED`).
     pub const EXPIRED: u8 = 4;
     /// A server refused the session (bad token, already exists, ...).
     pub const REJECTED: u8 = 5;
-    /// No server reachable, or servers broke the protocol.
+    /// Gave up: no server reachable, no new number within
+    /// `--give-up-after`, the session most likely expired (no server
+    /// confirmed it), or servers broke the protocol.
     pub const UNREACHABLE: u8 = 6;
     /// The state file is corrupt, or belongs to another session.
     pub const STATE_FILE: u8 = 7;
@@ -70,6 +72,9 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once at start and matched once: the size of the largest flags
+// struct costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve sessions over gRPC.
@@ -77,8 +82,9 @@ enum Command {
     /// Receive a sequence of numbers and verify it.
     #[command(
         after_help = "Exit codes: 0 verified, 2 usage error, 3 checksum mismatch, \
-                            4 session expired, 5 session rejected, 6 no server reachable, \
-                            no progress within --give-up-after, or protocol error, \
+                            4 a server said the session expired, 5 session rejected, \
+                            6 gave up (no server reachable, no progress within --give-up-after, \
+                            the session most likely expired unconfirmed, or protocol error), \
                             7 bad state file."
     )]
     Client(ClientArgs),

@@ -178,8 +178,8 @@ async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! {
         biased;
-        _ = ctrl_c => tracing::info!("SIGINT received: draining"),
-        _ = term => tracing::info!("SIGTERM received: draining"),
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
     }
     // A second signal stops at once: streams end with their connections,
     // and their sessions expire on their own after the TTL.

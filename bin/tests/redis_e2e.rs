@@ -382,7 +382,7 @@ fn redis_restart_mid_stream(settings: &[&str], label: &str) -> Option<Ends> {
             .unwrap_or_default()
             .to_string();
         assert!(
-            result.contains("NotFound"),
+            result.contains("NOT_FOUND"),
             "a client failed otherwise than NOT_FOUND:\n{out}"
         );
         if result.contains("lost by the session store") {

@@ -279,11 +279,20 @@ fn counted(report: &Report, v: &mut Vec<Violation>) {
             format!("the store answered Done to {created} Create(s)"),
         );
     }
-    if got.opened < opened_seen {
+    // A client sees its Open attached only if some Create of its session
+    // was applied: confirmed to a server, or its answer lost (then the
+    // server heard Unavailable, and a repeated Open re-attached it).
+    let unconfirmed = answered(
+        |op| matches!(op, StoreOp::Create { .. }),
+        |r| matches!(r, StoreReply::Unavailable(_)),
+    );
+    if got.opened + unconfirmed < opened_seen {
         wrong(
             "sessions opened",
             got.opened,
-            format!("{opened_seen} client(s) saw their Open attached"),
+            format!(
+                "{opened_seen} client(s) saw their Open attached, and only {unconfirmed} Create(s) went unconfirmed"
+            ),
         );
     }
 
@@ -308,7 +317,14 @@ fn counted(report: &Report, v: &mut Vec<Violation>) {
         );
     }
 
-    let expired_seen = seen(Reason::SessionExpired);
+    // Resumes refused as expired: streams that never attached (a stream
+    // whose session expired under it is a NOT_FOUND rejection, not this).
+    let expired_seen = streams()
+        .filter(|s| {
+            !s.attached
+                && matches!(&s.end, Some(StreamEnd::Status { reason: Some(r), .. }) if *r == Reason::SessionExpired)
+        })
+        .count() as u64;
     let expired_answers = answered(
         |_| true,
         |r| matches!(r, StoreReply::Expired | StoreReply::Loaded(Lookup::Expired)),
@@ -774,8 +790,10 @@ fn one_stream(
     }
 }
 
-/// A session whose final acknowledgement arrived is deleted at once; the
-/// scenario may also promise whether that happens.
+/// A session whose final acknowledgement arrived is deleted: at once, or,
+/// if the store fails the delete, once a retry lands (within a lease) or
+/// by its own expiry, so it is judged when the run ends, not when the
+/// client finished. The scenario may also promise whether that happens.
 fn finale(c: usize, report: &Report, events: &[&StreamEvent], v: &mut Vec<Violation>) {
     // Only the client's last session counts.
     let completed = events
@@ -789,7 +807,8 @@ fn finale(c: usize, report: &Report, events: &[&StreamEvent], v: &mut Vec<Violat
         })
         .is_some_and(|e| matches!(e, StreamEvent::Completed { .. }));
     let at_done = report.store_at_done.get(c);
-    if let (true, Some(Lookup::Live(record))) = (completed, at_done) {
+    let at_end = report.store_at_end.get(c);
+    if let (true, Some(Lookup::Live(record))) = (completed, at_end) {
         violation(
             v,
             Invariant::NoLeak,

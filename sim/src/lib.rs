@@ -207,8 +207,10 @@
 //!   `metrics` facade they report to, so a crashed server's counts are
 //!   kept), against the store's answers as the servers received them,
 //!   the servers' `Attached` events and each client's streams: sessions
-//!   completed equal the `Delete`s answered `Done`; sessions opened equal
-//!   the sessions attached; resumed, expired, taken over and rejections by
+//!   completed lie between the `Delete`s answered `Done` and the streams
+//!   that asked for a delete (a delete given up on still completes);
+//!   sessions opened equal the `Create`s answered `Done`; resumed,
+//!   expired, taken over and rejections by
 //!   code lie between what clients saw and what the store answered (the
 //!   exact rules: `invariants::counted`). A run ends only once every store
 //!   answer on its way has arrived.

@@ -132,6 +132,8 @@ pub struct Stream {
     /// Since when the server waits for the client (a first message, or an
     /// acknowledgement of numbers sent); `None` while it is the server's turn.
     waiting_since: Option<Instant>,
+    /// `Attached` was emitted: the store confirmed this stream's hold.
+    attached_once: bool,
     /// The final acknowledgement arrived; delete once the store is free.
     /// From then on the stream ends [`End::Completed`], whatever else
     /// happens (see `completing`).
@@ -162,6 +164,7 @@ impl Stream {
             next_tick: now,
             last_heard: now,
             waiting_since: Some(now),
+            attached_once: false,
             complete: false,
             delete_at: now,
             renew_at: now,
@@ -183,8 +186,12 @@ impl Stream {
     /// confirmed it (after `Attached`); it goes up with every takeover.
     pub fn generation(&self) -> Option<u64> {
         match self.phase {
-            Phase::Attached | Phase::Releasing | Phase::Ended => self.record.map(|r| r.generation),
-            Phase::Idle | Phase::Attaching => None,
+            // Ended while attaching (a takeover refused as expired, say):
+            // never confirmed, though a record was loaded.
+            Phase::Attached | Phase::Releasing | Phase::Ended if self.attached_once => {
+                self.record.map(|r| r.generation)
+            }
+            _ => None,
         }
     }
 
@@ -624,6 +631,7 @@ impl Stream {
             .record
             .expect("attach follows a store answer with a record");
         self.phase = Phase::Attached;
+        self.attached_once = true;
         self.sent = next_index;
         self.acked = next_index;
         self.next_tick = now;
