@@ -807,8 +807,20 @@ fn finale(c: usize, report: &Report, events: &[&StreamEvent], v: &mut Vec<Violat
         })
         .is_some_and(|e| matches!(e, StreamEvent::Completed { .. }));
     let at_done = report.store_at_done.get(c);
-    let at_end = report.store_at_end.get(c);
-    if let (true, Some(Lookup::Live(record))) = (completed, at_end) {
+    // Judged when the last client finished, unless the delete was only
+    // confirmed later (a retry landed): then when the run ended.
+    let id = report.clients[c].id;
+    let deleted_at = report
+        .server_events
+        .iter()
+        .rev()
+        .find(|e| matches!(e.event, StreamEvent::Completed { client_id } if client_id == id))
+        .map(|e| e.at);
+    let judged = match (deleted_at, report.clients_done_at) {
+        (Some(deleted), Some(done)) if deleted > done => report.store_at_end.get(c),
+        _ => at_done,
+    };
+    if let (true, Some(Lookup::Live(record))) = (completed, judged) {
         violation(
             v,
             Invariant::NoLeak,

@@ -76,8 +76,13 @@ impl Config {
 const LONG_WINDOWS: f64 = 600.0;
 /// Weight of a new limit against the old one.
 const SMOOTHING: f64 = 0.2;
-/// A window needs this many samples to say anything.
+/// A window needs this many samples to say anything, unless it has been
+/// open for `STALE_WINDOWS` windows.
 const MIN_SAMPLES: u32 = 10;
+/// A window's mean says nothing once this many windows have passed since
+/// it closed: with little traffic, an old slow window must not keep the
+/// door shut (nothing admitted, nothing sampled, shut for good).
+const STALE_WINDOWS: u32 = 10;
 
 /// Why the door is closed for new sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -105,8 +110,9 @@ pub struct StoreGate {
     limit: f64,
     /// Slow average of window means, microseconds; 0 before the first.
     long_us: f64,
-    /// The last complete window's mean, microseconds.
+    /// The last complete window's mean, microseconds, and when it closed.
     short_us: f64,
+    short_at: Option<Instant>,
     window: Window,
     last_failure: Option<Instant>,
 }
@@ -136,6 +142,7 @@ impl StoreGate {
             cfg,
             long_us: 0.0,
             short_us: 0.0,
+            short_at: None,
             window: Window::EMPTY,
             last_failure: None,
         }
@@ -158,8 +165,11 @@ impl StoreGate {
         w.samples += 1;
         w.total_us += latency.as_secs_f64() * 1e6;
         w.max_inflight = w.max_inflight.max(inflight);
-        if now.saturating_duration_since(start) >= self.cfg.window && w.samples >= MIN_SAMPLES {
+        let open_for = now.saturating_duration_since(start);
+        let stale = self.cfg.window.saturating_mul(STALE_WINDOWS);
+        if open_for >= self.cfg.window && (w.samples >= MIN_SAMPLES || open_for >= stale) {
             let done = std::mem::replace(w, Window::EMPTY);
+            self.short_at = Some(now);
             self.adapt(done);
         }
     }
@@ -174,7 +184,10 @@ impl StoreGate {
             }
         }
         let short = Duration::from_secs_f64(self.short_us / 1e6);
-        if short >= self.cfg.slow {
+        let recent = self.short_at.is_some_and(|at| {
+            now.saturating_duration_since(at) < self.cfg.window.saturating_mul(STALE_WINDOWS)
+        });
+        if recent && short >= self.cfg.slow {
             return Err(Closed::Slow(short));
         }
         if inflight >= self.limit() {
@@ -283,6 +296,27 @@ mod tests {
         assert_eq!(g.admits(now, 5), Err(Closed::Slow(ms(600))));
         let now = feed(&mut g, now, 1, ms(3), 5);
         assert_eq!(g.admits(now, 5), Ok(()), "fast again: open");
+    }
+
+    /// Little traffic after a slow spell: no new window closes, and the
+    /// old one must not keep the door shut (nothing admitted, nothing
+    /// sampled, shut for good).
+    #[test]
+    fn an_old_slow_window_does_not_keep_the_door_shut() {
+        let t0 = Instant::now();
+        let mut g = gate();
+        // Two windows' worth: the first closes at its 21st sample.
+        let now = feed(&mut g, t0, 2, ms(900), 1);
+        assert_eq!(g.admits(now, 0), Err(Closed::Slow(ms(900))));
+        let closed = t0 + ms(105);
+        assert_eq!(g.admits(closed + ms(999), 0), Err(Closed::Slow(ms(900))));
+        assert_eq!(g.admits(closed + ms(1000), 0), Ok(()));
+        // A few slow samples over a long quiet spell still close a window.
+        let mut g = gate();
+        g.handle_sample(t0, ms(900), 1, false);
+        assert_eq!(g.admits(t0, 0), Ok(()), "one sample says nothing yet");
+        g.handle_sample(t0 + ms(1000), ms(900), 1, false);
+        assert_eq!(g.admits(t0 + ms(1000), 0), Err(Closed::Slow(ms(900))));
     }
 
     #[test]
