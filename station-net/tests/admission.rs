@@ -20,7 +20,7 @@ use station_net::proto::server_message::Kind as ServerKind;
 use station_net::proto::{ClientMessage, Open};
 use station_net::status::PUSHBACK_KEY;
 use station_net::store::{MemoryStore, SessionStore, StoreError};
-use station_net::{serve_tcp, ServerConfig, Station};
+use station_net::{ServerConfig, Station};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tokio_stream::wrappers::ReceiverStream;
@@ -67,18 +67,8 @@ async fn start(store: Delayed) -> (SocketAddr, Station<Delayed>, oneshot::Sender
         ..ServerConfig::default()
     };
     let station = Station::new(cfg, store);
-    let (addr_tx, addr_rx) = oneshot::channel();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let s = station.clone();
-    tokio::spawn(async move {
-        let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        serve_tcp(s, bind, |a| addr_tx.send(a).unwrap(), async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    (addr_rx.await.unwrap(), station, stop)
+    let (addr, stop) = common::serve(&station).await;
+    (addr, station, stop)
 }
 
 fn session(addr: SocketAddr, count: u32, seed: u64) -> tokio::task::JoinHandle<(Verdict, u32)> {

@@ -21,11 +21,13 @@ use station_net::proto::numbers_station_client::NumbersStationClient;
 use station_net::proto::server_message::Kind as ServerKind;
 use station_net::proto::{Ack, ClientMessage, Open, ServerMessage, StatsReply};
 use station_net::store::{MemoryStore, SessionStore, StoreError};
-use station_net::{serve_tcp, ServerConfig, Station};
+use station_net::{ServerConfig, Station};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming};
+
+mod common;
 
 /// Bound on any single wait for the server.
 const STEP: Duration = Duration::from_secs(5);
@@ -98,19 +100,9 @@ impl Server {
             ..ServerConfig::default()
         };
         let station = Station::new(cfg, store);
-        let (addr_tx, addr_rx) = oneshot::channel();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let s = station.clone();
-        tokio::spawn(async move {
-            let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
-            serve_tcp(s, bind, |a| addr_tx.send(a).unwrap(), async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
+        let (addr, stop) = common::serve(&station).await;
         Server {
-            addr: addr_rx.await.unwrap(),
+            addr,
             station,
             _stop: stop,
         }

@@ -51,3 +51,22 @@ pub fn assert_rejected(what: &str, status: &Status, code: Code, reason: Reason, 
         );
     }
 }
+
+/// A server of `station` on 127.0.0.1 (an OS-picked port), serving until
+/// the returned sender is dropped or fired.
+pub async fn serve<S: station_net::store::SessionStore>(
+    station: &station_net::Station<S>,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let s = station.clone();
+    tokio::spawn(async move {
+        let bind: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
+        station_net::serve_tcp(s, bind, |a| addr_tx.send(a).expect("waited for"), async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("the server runs");
+    });
+    (addr_rx.await.expect("the server binds"), stop)
+}
