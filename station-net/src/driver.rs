@@ -254,12 +254,12 @@ impl<S: SessionStore> Stream for SessionStream<S> {
                     continue;
                 }
             }
-            let deadline = match (session.poll_timeout(), *this.drain_at) {
-                (Some(a), Some(b)) => a.min(b),
-                (a, b) => match a.or(b) {
-                    Some(deadline) => deadline,
-                    None => return Poll::Pending,
-                },
+            let Some(deadline) = [session.poll_timeout(), *this.drain_at]
+                .into_iter()
+                .flatten()
+                .min()
+            else {
+                return Poll::Pending;
             };
             if *this.armed != Some(deadline) {
                 *this.armed = Some(deadline);

@@ -174,7 +174,7 @@ impl Counters {
     /// attached (its first message was turned down).
     pub fn rejected(&self, code: Code, reject: &station_core::Reject, refused: bool) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
-        counter!(REJECTIONS, "code" => code_name(code)).increment(1);
+        counter!(REJECTIONS, "code" => crate::status::client_code(code).as_str()).increment(1);
         let reason = reject.reason().as_str();
         match refused {
             true => counter!(REFUSED, "reason" => reason).increment(1),
@@ -221,27 +221,5 @@ pub fn set_live_sessions(sample: Result<u64, &crate::store::StoreError>) {
             gauge!(SESSIONS_LIVE).set(f64::NAN);
             counter!(STORE_ERRORS).increment(1);
         }
-    }
-}
-
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }

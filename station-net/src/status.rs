@@ -190,8 +190,25 @@ fn error_metadata(reject: &Reject) -> HashMap<String, String> {
 /// which overflows (a panic with overflow checks) on a delay of `i64::MIN`
 /// seconds: no server may crash the client.
 pub fn to_stream_end(status: &Status) -> StreamEnd {
-    let code = match status.code() {
-        Code::Ok => return StreamEnd::Ok,
+    let code = match client_code(status.code()) {
+        ClientCode::Ok => return StreamEnd::Ok,
+        code => code,
+    };
+    let (reason, retry_info) = details(status);
+    let retry_after = retry_info.or_else(|| pushback_header(status));
+    StreamEnd::Status {
+        code,
+        message: status.message().to_string(),
+        reason,
+        retry_after,
+    }
+}
+
+/// tonic's code as the core names it: one match for every place that
+/// needs a code's meaning or its gRPC name ([`ClientCode::as_str`]).
+pub(crate) fn client_code(code: Code) -> ClientCode {
+    match code {
+        Code::Ok => ClientCode::Ok,
         Code::Cancelled => ClientCode::Cancelled,
         Code::Unknown => ClientCode::Unknown,
         Code::InvalidArgument => ClientCode::InvalidArgument,
@@ -208,14 +225,6 @@ pub fn to_stream_end(status: &Status) -> StreamEnd {
         Code::Unavailable => ClientCode::Unavailable,
         Code::DataLoss => ClientCode::DataLoss,
         Code::Unauthenticated => ClientCode::Unauthenticated,
-    };
-    let (reason, retry_info) = details(status);
-    let retry_after = retry_info.or_else(|| pushback_header(status));
-    StreamEnd::Status {
-        code,
-        message: status.message().to_string(),
-        reason,
-        retry_after,
     }
 }
 

@@ -98,11 +98,11 @@ impl Code {
     }
 }
 
-impl fmt::Display for Code {
+impl Code {
     /// The code as gRPC names it (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`), the
     /// name people look up in gRPC's documentation and in our metrics.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Code::Ok => "OK",
             Code::Cancelled => "CANCELLED",
             Code::Unknown => "UNKNOWN",
@@ -120,7 +120,14 @@ impl fmt::Display for Code {
             Code::Unavailable => "UNAVAILABLE",
             Code::DataLoss => "DATA_LOSS",
             Code::Unauthenticated => "UNAUTHENTICATED",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    /// [`Code::as_str`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
