@@ -108,6 +108,21 @@ impl Server {
         }
     }
 
+    /// Once settled: one session completed, nothing rejected, nothing
+    /// left in the store.
+    async fn assert_one_completion(&self) {
+        let stats = self.settled().await;
+        assert_eq!(
+            (
+                stats.sessions_completed,
+                stats.streams_rejected,
+                stats.live_sessions
+            ),
+            (1, 0, Some(0)),
+            "{stats:?}"
+        );
+    }
+
     /// The stats once every stream has ended and no store work is left.
     async fn settled(&self) -> StatsReply {
         let deadline = Instant::now() + STEP;
@@ -226,17 +241,8 @@ async fn a_failed_delete_is_retried_and_the_stream_ends_ok() {
     hand.take_all(2).await;
     let end = hand.next().await;
     assert!(matches!(end, Ok(None)), "ended OK: {end:?}");
-    let stats = server.settled().await;
+    server.assert_one_completion().await;
     assert_eq!(deletes.load(Ordering::Relaxed), 2, "one retry");
-    assert_eq!(
-        (
-            stats.sessions_completed,
-            stats.streams_rejected,
-            stats.live_sessions
-        ),
-        (1, 0, Some(0)),
-        "{stats:?}"
-    );
 }
 
 /// Shutdown while a completed session's delete is in flight: the client
@@ -251,16 +257,7 @@ async fn shutdown_during_a_delete_waits_for_it_and_ends_ok() {
     server.station.begin_shutdown();
     let end = hand.next().await;
     assert!(matches!(end, Ok(None)), "ended OK: {end:?}");
-    let stats = server.settled().await;
-    assert_eq!(
-        (
-            stats.sessions_completed,
-            stats.streams_rejected,
-            stats.live_sessions
-        ),
-        (1, 0, Some(0)),
-        "{stats:?}"
-    );
+    server.assert_one_completion().await;
 }
 
 /// A client that resets its stream right after its final ack: the delete
@@ -272,16 +269,7 @@ async fn a_reset_during_a_delete_still_deletes_and_counts_a_completion() {
     hand.take_all(1).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     drop(hand);
-    let stats = server.settled().await;
-    assert_eq!(
-        (
-            stats.sessions_completed,
-            stats.streams_rejected,
-            stats.live_sessions
-        ),
-        (1, 0, Some(0)),
-        "{stats:?}"
-    );
+    server.assert_one_completion().await;
 }
 
 /// An `Open` repeated with its nonce (its `Attached` was lost) re-attaches

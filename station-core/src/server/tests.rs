@@ -77,6 +77,16 @@ fn renewal(count: u32, generation: u64, acked: u32) -> Output {
     write(count, generation, acked, LEASED)
 }
 
+/// The delete of the fixture session at `generation`, after its final
+/// acknowledgement.
+fn delete(generation: u64) -> Output {
+    Output::Store(StoreOp::Delete {
+        client_id: id(),
+        incarnation: INCARNATION,
+        generation,
+    })
+}
+
 /// The release after the stream ended: the exact expiry.
 fn release(count: u32, generation: u64, acked: u32, expires_in: Duration) -> Output {
     write(count, generation, acked, expires_in)
@@ -233,4 +243,15 @@ fn run_acked(s: &mut Stream, t0: Instant, count: u32, ticks: std::ops::Range<u32
         };
         assert_eq!(out, [number(i, count)], "tick {i}");
     }
+}
+
+/// A session of 6 at its last number, sent at 5 s together with the
+/// renewal then due (still in flight), everything before acknowledged.
+fn last_number_with_renewal_in_flight(t0: Instant) -> Stream {
+    let mut s = opened(t0, 6);
+    run_acked(&mut s, t0, 6, 1..5);
+    s.handle_ack(t0 + SEC * 4 + ms(50), 5);
+    s.handle_timeout(t0 + SEC * 5);
+    assert_eq!(drain(&mut s), [renewal(6, 1, 5), number(5, 6)]);
+    s
 }

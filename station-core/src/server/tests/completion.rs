@@ -65,14 +65,7 @@ fn final_ack_deletes_and_completes() {
     s.handle_ack(t0, 1);
     assert_eq!(tick(&mut s, t0 + SEC), [number(1, 2)]);
     s.handle_ack(t0 + SEC + ms(5), 2);
-    assert_eq!(
-        drain(&mut s),
-        [Output::Store(StoreOp::Delete {
-            client_id: id(),
-            incarnation: INCARNATION,
-            generation: 1
-        })]
-    );
+    assert_eq!(drain(&mut s), [delete(1)]);
     s.handle_store(t0 + SEC + ms(6), StoreReply::Done);
     assert_eq!(
         drain(&mut s),
@@ -96,14 +89,7 @@ fn final_ack_during_a_renewal_deletes_after_it() {
     s.handle_ack(t0 + LEASE, 2);
     assert_eq!(drain(&mut s), []);
     s.handle_store(t0 + LEASE + ms(1), StoreReply::Done);
-    assert_eq!(
-        drain(&mut s),
-        [Output::Store(StoreOp::Delete {
-            client_id: id(),
-            incarnation: INCARNATION,
-            generation: 1
-        })]
-    );
+    assert_eq!(drain(&mut s), [delete(1)]);
     s.handle_store(t0 + LEASE + ms(2), StoreReply::Done);
     assert_eq!(
         drain(&mut s),
@@ -120,16 +106,8 @@ fn deleting(t0: Instant) -> (Stream, Instant) {
     assert_eq!(tick(&mut s, t0 + SEC), [number(1, 2)]);
     let acked = t0 + SEC + ms(5);
     s.handle_ack(acked, 2);
-    assert_eq!(drain(&mut s), [delete()]);
+    assert_eq!(drain(&mut s), [delete(1)]);
     (s, acked)
-}
-
-fn delete() -> Output {
-    Output::Store(StoreOp::Delete {
-        client_id: id(),
-        incarnation: INCARNATION,
-        generation: 1,
-    })
 }
 
 /// A client half-closes after its final ack, often before the store
@@ -182,7 +160,7 @@ fn a_failed_delete_is_retried_then_completes() {
     s.handle_timeout(retry - ms(1));
     assert_eq!(drain(&mut s), [], "not before its time");
     s.handle_timeout(retry);
-    assert_eq!(drain(&mut s), [delete()]);
+    assert_eq!(drain(&mut s), [delete(1)]);
     s.handle_store(retry + ms(3), StoreReply::Done);
     assert_eq!(
         drain(&mut s),
@@ -206,7 +184,7 @@ fn a_delete_that_keeps_failing_still_completes_within_a_lease() {
         assert_eq!(out, []);
         now = s.poll_timeout().expect("a retry is due");
         s.handle_timeout(now);
-        assert_eq!(drain(&mut s), [delete()]);
+        assert_eq!(drain(&mut s), [delete(1)]);
         attempts += 1;
         assert!(attempts < 10, "retried without end");
     }
@@ -231,7 +209,7 @@ fn shutdown_or_a_hang_up_during_the_delete_waits_for_it() {
         s.handle_store(acked + SEC, StoreReply::Unavailable("slow".into()));
         let retry = s.poll_timeout().expect("a retry is due");
         s.handle_timeout(retry);
-        assert_eq!(drain(&mut s), [delete()]);
+        assert_eq!(drain(&mut s), [delete(1)]);
         s.handle_store(retry + ms(1), StoreReply::Done);
         assert_eq!(
             drain(&mut s),
@@ -256,11 +234,7 @@ fn acks_after_the_final_one_are_ignored() {
 #[test]
 fn a_failed_renewal_after_the_final_ack_leads_to_the_delete() {
     let t0 = Instant::now();
-    let mut s = opened(t0, 6);
-    run_acked(&mut s, t0, 6, 1..5);
-    s.handle_ack(t0 + SEC * 4 + ms(50), 5);
-    s.handle_timeout(t0 + SEC * 5);
-    assert_eq!(drain(&mut s), [renewal(6, 1, 5), number(5, 6)]);
+    let mut s = last_number_with_renewal_in_flight(t0);
     let acked = t0 + SEC * 5 + ms(50);
     s.handle_ack(acked, 6);
     s.handle_store(acked + ms(10), StoreReply::Unavailable("down".into()));
@@ -268,7 +242,7 @@ fn a_failed_renewal_after_the_final_ack_leads_to_the_delete() {
     let retry = s.poll_timeout().expect("the delete is due");
     assert_eq!(retry, acked + ms(10) + LEASE / 4);
     s.handle_timeout(retry);
-    assert_eq!(drain(&mut s), [delete()]);
+    assert_eq!(drain(&mut s), [delete(1)]);
     s.handle_store(retry, StoreReply::Done);
     assert_eq!(
         drain(&mut s),

@@ -162,14 +162,7 @@ fn resume_at_count_waits_for_the_final_ack_then_deletes() {
     s.handle_timeout(t0 + SEC);
     assert_eq!(drain(&mut s), []);
     s.handle_ack(t0 + SEC, 10);
-    assert_eq!(
-        drain(&mut s),
-        [Output::Store(StoreOp::Delete {
-            client_id: id(),
-            incarnation: INCARNATION,
-            generation: 2
-        })]
-    );
+    assert_eq!(drain(&mut s), [delete(2)]);
     assert_eq!(s.poll_timeout(), None, "only the store can move it on");
     s.handle_store(t0 + SEC, StoreReply::Done);
     assert_eq!(
