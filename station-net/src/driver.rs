@@ -12,8 +12,11 @@
 //!
 //! Backpressure comes from the session's window: it sends at most `window`
 //! numbers beyond the client's acknowledgement, and ends a stream whose
-//! client stops acknowledging after the silence timeout. Every protocol
-//! decision is the session's; this file only moves messages and time.
+//! client stops acknowledging after the silence timeout. hyper stops
+//! polling a body whose client's HTTP/2 window is closed, so the driver
+//! sits in a [`crate::stall`] cell whose sweeper drives it meanwhile. Every
+//! protocol decision is the session's; this file only moves messages and
+//! time.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -38,14 +41,36 @@ use crate::proto::client_message::Kind as ClientKind;
 use crate::proto::server_message::Kind as ServerKind;
 use crate::proto::{Attached, ClientMessage, Number, ServerMessage};
 use crate::server::{Shared, StreamEvent};
+use crate::stall::{Cell, Drive};
 use crate::store::SessionStore;
 use crate::throttle::Throttle;
 
 type StoreFuture = Pin<Box<dyn Future<Output = StoreReply> + Send>>;
 
+/// The response body of one `Stream` call, driving its session.
+pub struct SessionStream<S: SessionStore> {
+    cell: Arc<Cell<Driver<S>>>,
+}
+
+impl<S: SessionStore> Stream for SessionStream<S> {
+    type Item = Result<ServerMessage, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.cell.poll_next(cx)
+    }
+}
+
+impl<S: SessionStore> Drop for SessionStream<S> {
+    fn drop(&mut self) {
+        self.cell.close();
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// The response body of one `Stream` call, driving its session.
-    pub struct SessionStream<S: SessionStore> {
+    /// One stream's session and what it waits on: run by hyper's polls of
+    /// the body, or by the sweeper while hyper waits for the client's
+    /// window (see [`crate::stall`]).
+    pub(crate) struct Driver<S: SessionStore> {
         shared: Arc<Shared<S>>,
         session: StreamMachine,
         inbound: Streaming<ClientMessage>,
@@ -71,21 +96,25 @@ pin_project_lite::pin_project! {
         slot: Option<OwnedSemaphorePermit>,
         // Counted as attached from `Attached` to its end.
         attached: Option<metrics::AttachedGauge>,
-        // Held for the stream's life: the drain count for shutdown.
-        _tracked: TaskTrackerToken,
+        // Held until the stream ends: the drain count for shutdown. (Its
+        // body may outlive it, holding what is queued for a client that
+        // stopped reading, until the connection closes.)
+        tracked: Option<TaskTrackerToken>,
     }
 
-    impl<S: SessionStore> PinnedDrop for SessionStream<S> {
+    impl<S: SessionStore> PinnedDrop for Driver<S> {
         // hyper drops the body when the client resets the stream or the
         // connection breaks: the session still gets to release its record
-        // (and a store write in flight, such as a delete, to land).
+        // (and a store write in flight, such as a delete, to land). A
+        // stream that ended settled then.
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             let session = this.session;
-            if !*this.ended {
-                tracing::debug!(client = ?session.client_id(), sent = session.sent(), "client went away");
-                session.handle_closed(now());
+            if *this.ended {
+                return; // Settled at its end.
             }
+            tracing::debug!(client = ?session.client_id(), sent = session.sent(), "client went away");
+            session.handle_closed(now());
             settle(this.shared, session, this.store.take());
         }
     }
@@ -93,8 +122,19 @@ pin_project_lite::pin_project! {
 
 impl<S: SessionStore> SessionStream<S> {
     pub(crate) fn new(shared: Arc<Shared<S>>, inbound: Streaming<ClientMessage>) -> Self {
-        let now = now();
+        let stalls = shared.stalls.clone();
+        let shutdown = shared.shutdown.clone();
+        let driver = Driver::new(shared, inbound);
         SessionStream {
+            cell: stalls.register(driver, &shutdown),
+        }
+    }
+}
+
+impl<S: SessionStore> Driver<S> {
+    fn new(shared: Arc<Shared<S>>, inbound: Streaming<ClientMessage>) -> Self {
+        let now = now();
+        Driver {
             session: StreamMachine::new(shared.cfg.session.clone(), now),
             inbound,
             inbound_done: false,
@@ -107,16 +147,24 @@ impl<S: SessionStore> SessionStream<S> {
             ended: false,
             slot: None,
             attached: None,
-            _tracked: shared.tasks.token(),
+            tracked: Some(shared.tasks.token()),
             shared,
         }
     }
 }
 
-impl<S: SessionStore> Stream for SessionStream<S> {
+impl<S: SessionStore> Drive for Driver<S> {
     type Item = Result<ServerMessage, Status>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn due(&self) -> Option<Duration> {
+        let at = [self.session.poll_timeout(), self.drain_at]
+            .into_iter()
+            .flatten()
+            .min()?;
+        Some(at.saturating_duration_since(self.shared.epoch))
+    }
+
+    fn poll_drive(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
         let shared = &**this.shared;
         let session = &mut *this.session;
@@ -194,11 +242,18 @@ impl<S: SessionStore> Stream for SessionStream<S> {
                         })))));
                     }
                     Output::End(end) => {
-                        // What follows (the release) is settled on drop.
                         *this.ended = true;
                         *this.slot = None;
                         *this.attached = None;
-                        return Poll::Ready(finish(shared, session, end).map(Err));
+                        let status = finish(shared, session, end);
+                        // What follows (the release) starts now, before the
+                        // client hears the end: a client that stopped
+                        // reading does not hold it back, and a drain waits
+                        // for it (the task it may need is tracked before
+                        // this stream's token goes).
+                        settle(this.shared, session, this.store.take());
+                        *this.tracked = None;
+                        return Poll::Ready(status.map(Err));
                     }
                 }
             }
@@ -351,8 +406,8 @@ fn handle<S: SessionStore>(
     }
 }
 
-/// Runs what the session still asks of the store after its client went
-/// away: its release, or the delete of a completed session (with its
+/// Runs what the session still asks of the store once its stream ended or
+/// its client went away: its release, or the delete of a completed session (with its
 /// retries), and the operation in flight, if any. At once if the store
 /// can, else on a task of its own that shutdown waits for. The stream's
 /// end is still counted, though nobody hears it.

@@ -7,6 +7,8 @@
 //!   with health checking, reflection and graceful shutdown.
 //! - `driver`: each stream's response body drives a core `server::Stream` on
 //!   hyper's task for the stream (no task or channel of its own).
+//! - `stall`: drives the streams whose clients stopped reading, so that
+//!   their clocks do not wait for HTTP/2 flow control.
 //! - [`client`]: [`client::run`], driving a core `Client` across streams and
 //!   endpoints.
 //! - [`coalesce`]: write coalescing under HTTP/2 connections.
@@ -34,6 +36,7 @@ pub mod incoming;
 pub mod metrics;
 pub mod overload;
 pub mod server;
+mod stall;
 pub mod status;
 pub mod store;
 pub mod testing;

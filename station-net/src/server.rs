@@ -26,12 +26,14 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::admission::Admission;
+use crate::driver::Driver;
 pub use crate::driver::SessionStream;
 use crate::metrics::Counters;
 use crate::overload::Overload;
 use crate::proto::numbers_station_server::{NumbersStation, NumbersStationServer};
 use crate::proto::station_admin_server::{StationAdmin, StationAdminServer};
 use crate::proto::{ClientMessage, StatsReply, StatsRequest};
+use crate::stall::Stalls;
 use crate::status::to_status_with_retry;
 use crate::store::SessionStore;
 
@@ -182,7 +184,7 @@ pub enum StreamEvent {
 /// cheap.
 pub type Observer = Arc<dyn Fn(&StreamEvent) + Send + Sync>;
 
-pub(crate) struct Shared<S> {
+pub(crate) struct Shared<S: SessionStore> {
     pub cfg: ServerConfig,
     /// When the service was made: the origin of tick-slack slots.
     pub epoch: Instant,
@@ -196,6 +198,8 @@ pub(crate) struct Shared<S> {
     faults: Faults,
     pub overload: Arc<Overload>,
     pub admission: Admission,
+    /// Every stream, for driving those whose clients stopped reading.
+    pub stalls: Arc<Stalls<Driver<S>>>,
 }
 
 /// Fault injection state, shared by all streams of the server.
@@ -309,11 +313,11 @@ impl<S: SessionStore> Shared<S> {
 }
 
 /// The Numbers Station service, generic over its session store.
-pub struct Station<S> {
+pub struct Station<S: SessionStore> {
     shared: Arc<Shared<S>>,
 }
 
-impl<S> Clone for Station<S> {
+impl<S: SessionStore> Clone for Station<S> {
     fn clone(&self) -> Self {
         Station {
             shared: self.shared.clone(),
@@ -339,9 +343,11 @@ impl<S: SessionStore> Station<S> {
             numbers: AtomicU64::new(0),
             offline_until: Mutex::new(None),
         };
+        let epoch = crate::clock::now();
         Station {
             shared: Arc::new(Shared {
-                epoch: crate::clock::now(),
+                epoch,
+                stalls: Arc::new(Stalls::new(epoch)),
                 overload: Arc::new(Overload::new(cfg.shed_when_late)),
                 admission: Admission::new(cfg.store_timeout),
                 slots: Arc::new(Semaphore::new(cfg.max_sessions)),
