@@ -7,10 +7,12 @@
 //! - `server.rs`: `station server` ([`Server`]), clients, `station stats`,
 //!   and checks of a client's result;
 //! - `redis.rs`: servers on a private Redis or Redis Cluster, and the
-//!   session records read straight from it (used by `redis_e2e.rs`).
+//!   session records read straight from it (used by `redis_e2e.rs`);
+//! - `metrics.rs`: a server's `/metrics`, scraped and read as samples.
 
 #![allow(dead_code)] // Not every test binary uses every helper.
 
+pub mod metrics;
 mod proc;
 pub mod redis;
 mod server;

@@ -226,13 +226,19 @@ impl Proc {
 
     /// Sends SIGTERM (through `kill(1)`, no libc needed).
     pub fn terminate(&mut self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal named `name` (`TERM`, `STOP`, `CONT`, …) through
+    /// `kill(1)`; the process must still be running.
+    pub fn signal(&mut self, name: &str) {
         assert!(self.try_status().is_none(), "{} already exited", self.name);
         let ok = Command::new("kill")
-            .args(["-TERM", &self.id().to_string()])
+            .args([format!("-{name}"), self.id().to_string()])
             .status()
             .expect("run kill(1)")
             .success();
-        assert!(ok, "kill -TERM {} failed", self.id());
+        assert!(ok, "kill -{name} {} failed", self.id());
     }
 }
 
