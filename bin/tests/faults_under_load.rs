@@ -60,6 +60,9 @@ const RECOVERY_LIMIT: Duration = Duration::from_secs(10);
 /// Steady running before a fault: three whole seconds of the timeline at
 /// least, to show whether the run was on time before it.
 const STEADY: Duration = Duration::from_millis(3_500);
+/// What the resumes after a server pause may add to a run's store
+/// operations, at most (a target the server pause case prints against).
+const RESUMES_MAY_ADD: f64 = 0.10;
 /// Bound on a load run (its `--duration`), and on waiting for it.
 const RUN_LIMIT: Duration = Duration::from_secs(80);
 
@@ -268,7 +271,13 @@ impl Outcome {
             self.store_ops
                 .map_or("unknown".to_string(), |n| n.to_string()),
         );
-        println!("stream ends: {}", self.report["stream_ends"]);
+        println!(
+            "streams ended: {} by the server or transport, {} dropped silent by their client, \
+             {} attach timeouts",
+            self.report["stream_ends"],
+            self.count("silent_drops"),
+            self.count("attach_timeouts")
+        );
         println!("{}", self.before_fault());
         // Seconds counted from the fault's end (or every session's
         // attaching).
@@ -626,12 +635,25 @@ fn server_paused_for_5s_under_load() {
         None,
         Some((HOLD, &pause)),
     );
+    // Printed, not asserted: the resumes cost about three operations
+    // each, on sessions that cost seven without a fault, so the figure is
+    // steady (+41 to +47 % so far) and well over what is aimed at.
     match (outcome.store_ops, reference.store_ops) {
-        (Some(with), Some(without)) => println!(
-            "store operations: {with} with the pause, {without} without: the resumes added {:+} ({:+.1} %)",
-            with as i64 - without as i64,
-            100.0 * (with as f64 - without as f64) / without as f64
-        ),
+        (Some(with), Some(without)) => {
+            let added = (with as f64 - without as f64) / without as f64;
+            println!(
+                "store operations: {with} with the pause, {without} without: the resumes added \
+                 {:+} ({:+.1} %; aimed at: at most {:+.0} %, {})",
+                with as i64 - without as i64,
+                100.0 * added,
+                100.0 * RESUMES_MAY_ADD,
+                if added <= RESUMES_MAY_ADD {
+                    "met"
+                } else {
+                    "missed"
+                }
+            )
+        }
         other => println!("store operations unknown: {other:?}"),
     }
     outcome.assert_recovered();
