@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the tables in BENCHMARKS.md. Release builds, loopback only,
-# every run bounded by --duration. Usage: bench/run.sh [scale|perconn|heap|maxrate|first|redis|ab|overload|all]
+# every run bounded by --duration. Usage: bench/run.sh [scale|perconn|heap|maxrate|first|redis|ab|overload|faults|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p station --bin station --example baseline
@@ -319,7 +319,133 @@ overload() {
     [ -n "${RUNS:-}" ] || bench/overload.py report --svg "$OUT/overload-$OVERLOAD_STORE.svg" "$(git rev-parse --short HEAD)=$OUT"
 }
 
+# Faults under load (BENCHMARKS.md, "Faults under load"): the server
+# pinned to core 0, Redis and the load generator to core 1, as in the
+# overload part; FAULTS_SESSIONS sessions (about 0.8 × the capacity C of
+# one pinned server on one Redis) of FAULTS_COUNT numbers at
+# FAULTS_INTERVAL_MS over FAULTS_CONNECTIONS connections, opened at
+# FAULTS_RAMP a second. FAULTS_AT seconds after the load starts, one
+# fault is put in place, held FAULTS_HOLD seconds (FAULTS_STARVE for the
+# CPU starvation), and removed:
+#   none           no fault: the store operations the others compare with;
+#   redis-frozen   Redis stopped (SIGSTOP, then SIGCONT);
+#   redis-starved  Redis at nice 19 beside two busy loops at nice 10 on
+#                  its core (the load generator, at nice 0, keeps most of
+#                  that core: it must not be what is starved);
+#   server-paused  the server stopped (SIGSTOP);
+#   blackhole      the server and the load on hosts of their own (network
+#                  namespaces joined by a veth pair; the memory store), and
+#                  every packet between them dropped (iptables -j DROP).
+# Sessions are made long enough to outlive the fault's end by 20 s at
+# least. Each run leaves $OUT/faults-<case>-<rep>.json (the load's report,
+# with its per-second timeline) and .run (the fault's start and end, Unix
+# seconds, and the server's store operations); bench/faults.py prints the
+# table (failed sessions, reconnects per session, time back on time after
+# the fault's end) into $OUT/faults.md. Needs root for the blackhole
+# (skipped, said so, where `ip netns add` is refused).
+FAULTS_SESSIONS=${FAULTS_SESSIONS:-40000}
+FAULTS_COUNT=${FAULTS_COUNT:-60}
+FAULTS_INTERVAL_MS=${FAULTS_INTERVAL_MS:-1000}
+FAULTS_CONNECTIONS=${FAULTS_CONNECTIONS:-64}
+FAULTS_RAMP=${FAULTS_RAMP:-5000}
+FAULTS_AT=${FAULTS_AT:-25}
+FAULTS_HOLD=${FAULTS_HOLD:-5}
+FAULTS_STARVE=${FAULTS_STARVE:-30}
+FAULTS_CASES=${FAULTS_CASES:-none redis-frozen redis-starved server-paused blackhole}
+FAULTS_REPS=${FAULTS_REPS:-1}
+NS_S=; NS_L=; HOGS=; NSX=
+
+netns_up() { # two namespaces joined by a veth pair: NS_S (10.203.0.1) and NS_L (10.203.0.2)
+    NS_S=station-bench-server-$$; NS_L=station-bench-load-$$
+    ip netns add "$NS_S" || { NS_S=; return 1; }
+    ip netns add "$NS_L"
+    ip -n "$NS_S" link add veth-server type veth peer name veth-client netns "$NS_L"
+    ip -n "$NS_S" addr add 10.203.0.1/30 dev veth-server
+    ip -n "$NS_L" addr add 10.203.0.2/30 dev veth-client
+    local ns
+    for ns in "$NS_S" "$NS_L"; do ip -n "$ns" link set lo up; done
+    ip -n "$NS_S" link set veth-server up; ip -n "$NS_L" link set veth-client up
+}
+netns_down() { [ -z "$NS_S" ] || ip netns del "$NS_S" 2>/dev/null || true; [ -z "$NS_L" ] || ip netns del "$NS_L" 2>/dev/null || true; NS_S=; NS_L=; }
+blackhole() { # blackhole -A|-D: adds or deletes the DROP rules at the server's end
+    ip netns exec "$NS_S" iptables "$1" INPUT -i veth-server -j DROP
+    ip netns exec "$NS_S" iptables "$1" OUTPUT -o veth-server -j DROP
+}
+faults_undo() { # whatever a run left in place: stopped processes, busy loops, namespaces
+    [ -z "$HOGS" ] || { kill $HOGS 2>/dev/null || true; wait $HOGS 2>/dev/null || true; HOGS=; }
+    [ -z "$RPIDS" ] || kill -CONT $RPIDS 2>/dev/null || true
+    [ -z "$PID" ] || kill -CONT "$PID" 2>/dev/null || true
+}
+
+faults_run() { # faults_run <case> <rep>
+    local case=$1 rep=$2 name="faults-$1-$2" hold=$FAULTS_HOLD
+    case $case in none) hold=0 ;; redis-starved) hold=$FAULTS_STARVE ;; esac
+    # Sessions outlive the fault's end by 20 s at least.
+    local count=$FAULTS_COUNT min=$(((FAULTS_AT + hold + 20) * 1000 / FAULTS_INTERVAL_MS))
+    [ "$count" -ge "$min" ] || count=$min
+    local duration=$((FAULTS_AT + hold + count * FAULTS_INTERVAL_MS / 1000 + 120))
+    local store=() host=127.0.0.1 storename=redis
+    NSX=
+    if [ "$case" = blackhole ]; then
+        netns_up || { echo "faults: blackhole skipped: ip netns add was refused (needs root)" >&2; return 0; }
+        NSX="ip netns exec $NS_S"; host=10.203.0.1; storename=memory
+    else
+        REDIS_PIN="taskset -c 1" redis_single; store=(--store "$URL")
+    fi
+    # The exporter listens in the server's namespace: scraped from there.
+    MADDR=127.0.0.1:$(free_port)
+    start "$name" $NSX taskset -c 0 $S server --host $host --port 0 --interval "${FAULTS_INTERVAL_MS}ms" \
+        --metrics-addr "$MADDR" "${store[@]}"
+    local before="" after="" ops=null redis_before=null redis_after=null
+    [ -z "$RPIDS" ] || redis_before=$(redis_usage)
+    local loadns=(); [ -z "$NS_L" ] || loadns=(ip netns exec "$NS_L")
+    "${loadns[@]}" taskset -c 1 $L load --endpoint $host:$PORT --sessions "$FAULTS_SESSIONS" \
+        --connections "$FAULTS_CONNECTIONS" --count "$count" --ramp-up-rate "$FAULTS_RAMP" \
+        --server-pid $PID --duration ${duration}s --json > "$OUT/$name.json" &
+    local load=$!
+    sleep "$FAULTS_AT"
+    local t0 t1
+    t0=$(date +%s.%N)
+    case $case in
+        none) ;;
+        redis-frozen) kill -STOP $RPIDS; sleep "$hold"; kill -CONT $RPIDS ;;
+        redis-starved)
+            local i
+            for i in 1 2; do nice -n 10 taskset -c 1 sh -c 'while :; do :; done' & HOGS="$HOGS $!"; done
+            renice -n 19 -p $RPIDS > /dev/null
+            sleep "$hold"
+            kill $HOGS; wait $HOGS 2>/dev/null || true; HOGS=
+            renice -n 0 -p $RPIDS > /dev/null ;;
+        server-paused) kill -STOP "$PID"; sleep "$hold"; kill -CONT "$PID" ;;
+        blackhole) blackhole -A; sleep "$hold"; blackhole -D ;;
+    esac
+    t1=$(date +%s.%N)
+    wait $load || true
+    sleep 2 # the deletes of the last sessions
+    after=$($NSX curl -sf --max-time 5 "http://$MADDR/metrics" |
+        awk '/^station_store_latency_seconds_count/ {s += $2} END {printf "%d", s}') || true
+    [ -z "$after" ] || [ "$after" = 0 ] || ops=$after
+    [ -z "$RPIDS" ] || redis_after=$(redis_usage)
+    echo "{\"case\": \"$case\", \"rep\": $rep, \"sessions\": $FAULTS_SESSIONS, \"count\": $count," \
+        "\"interval_ms\": $FAULTS_INTERVAL_MS, \"fault_start\": ${t0}, \"fault_end\": ${t1}," \
+        "\"hold_seconds\": $hold, \"store\": \"$storename\", \"store_ops\": $ops," \
+        "\"redis\": {\"before\": $redis_before, \"after\": $redis_after}}" > "$OUT/$name.run"
+    stop; PID=
+    [ -z "$RPIDS" ] || redis_down
+    netns_down
+}
+
+faults() {
+    trap 'faults_undo; stop; [ -z "$RPIDS" ] || redis_down; netns_down' EXIT
+    local rep case
+    for rep in $(seq "$FAULTS_REPS"); do
+        for case in $FAULTS_CASES; do faults_run "$case" "$rep"; done
+    done
+    bench/faults.py "$OUT" | tee "$OUT/faults.md"
+}
+
 case "${1:-all}" in
     scale) scale ;; perconn) perconn ;; heap) heap ;; maxrate) maxrate ;; first) first ;; redis) redis ;; ab) ab ;; overload) overload ;;
-    all) scale; CONNECTIONS=16 SCALE=100000 scale; perconn; heap; maxrate; first; redis; overload ;;
+    faults) faults ;;
+    all) scale; CONNECTIONS=16 SCALE=100000 scale; perconn; heap; maxrate; first; redis; overload; faults ;;
 esac

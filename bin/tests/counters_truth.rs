@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::metrics::{family, samples, scrape};
+use common::metrics::{family, samples, scrape_port};
 use common::{
     assert_verified_json, dead_port, poll, station, wait_saved, Finished, Proc, Server,
     CLIENT_TIMEOUT, SHORT,
@@ -133,7 +133,7 @@ impl Station {
         };
         let what = format!("{name}'s metrics endpoint");
         poll(SHORT, Duration::from_millis(20), &what, || {
-            scrape(metrics_port).ok_or_else(|| "no answer".to_string())
+            scrape_port(metrics_port).ok_or_else(|| "no answer".to_string())
         });
         station
     }
@@ -149,7 +149,7 @@ impl Station {
     /// The compared counters on `/metrics` (zeros left out: a counter
     /// appears once it first counts).
     fn counters(&self) -> Counts {
-        let text = scrape(self.metrics_port)
+        let text = scrape_port(self.metrics_port)
             .unwrap_or_else(|| panic!("{}'s /metrics does not answer", self.name()));
         samples(&text)
             .into_iter()

@@ -10,7 +10,8 @@
 //! started), numbers per second and per session-second, how late each
 //! number arrived against its session's first schedule, each completed
 //! session's stall, the first-number latency, and — given the server's
-//! pid — its CPU time and memory from `/proc`. The words are defined in
+//! pid — its CPU time and memory from `/proc`; the JSON report adds a
+//! [`timeline`] of the run second by second. The words are defined in
 //! [`session`]. Bounded in count and time.
 //!
 //! `--processes P` splits one run over P worker processes (this binary,
@@ -21,13 +22,15 @@
 //! average of per-process percentiles.
 //!
 //! Layout: [`session`] runs a process's part and defines the words,
-//! [`tally`] holds what is counted and merges it, [`report`] prints it.
+//! [`tally`] holds what is counted and merges it, [`timeline`] counts it
+//! per second, [`report`] prints it.
 
 mod report;
 mod session;
 mod tally;
 #[cfg(test)]
 mod tests;
+mod timeline;
 
 use std::net::Ipv4Addr;
 use std::process::Stdio;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::tally::{mean, percentiles, percentiles_ms, ProcStats, Tally};
+use super::timeline::{self, SecondTally};
 
 /// The report.
 pub struct Report {
@@ -43,6 +44,8 @@ pub struct Report {
     /// machine, what the server did not get.
     pub load_cpu_seconds: f64,
     pub failures: Vec<String>,
+    /// Second by second: see [`super::timeline`].
+    pub timeline: BTreeMap<u64, SecondTally>,
 }
 
 impl Report {
@@ -76,6 +79,7 @@ impl Report {
             load_cpu_seconds: tally.cpu_seconds,
             stream_ends: tally.stream_ends,
             failures: tally.failures,
+            timeline: tally.timeline,
         }
     }
 
@@ -225,6 +229,7 @@ impl Report {
             "server": server,
             "load_cpu_seconds": self.load_cpu_seconds,
             "failures": self.failures.iter().take(20).collect::<Vec<_>>(),
+            "timeline": timeline::rows(&self.timeline),
         })
     }
 }

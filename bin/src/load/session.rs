@@ -54,6 +54,8 @@ pub struct SessionLog {
     started: Instant,
     /// The first `Attached`: when, at which index, with which interval.
     schedule: Option<(Instant, u32, Duration)>,
+    /// The current stream's `Attached`, likewise.
+    stream_schedule: Option<(Instant, u32, Duration)>,
     /// Streams opened so far.
     streams: u32,
     /// Of which began with `Open`.
@@ -64,6 +66,9 @@ pub struct SessionLog {
     opening: bool,
     /// The current stream has attached.
     attached: bool,
+    /// Counted as waiting in the timeline: no stream attached since the
+    /// session started or its last stream ended.
+    waiting: bool,
     /// Numbers delivered so far.
     received: u32,
     /// Set when the final number arrives.
@@ -77,11 +82,13 @@ impl SessionLog {
         SessionLog {
             started,
             schedule: None,
+            stream_schedule: None,
             streams: 0,
             opens: 0,
             door_refusals: 0,
             opening: false,
             attached: false,
+            waiting: false,
             received: 0,
             stall: None,
             ended: None,
@@ -101,11 +108,15 @@ impl SessionLog {
             Event::Connecting { request, .. } => {
                 self.streams += 1;
                 self.attached = false;
+                self.stream_schedule = None;
                 self.opening = matches!(request, Request::Open { .. });
                 self.opens += u32::from(self.opening);
+                let mut m = lock(m);
                 if self.streams > 1 {
-                    lock(m).reconnects += 1;
+                    m.reconnects += 1;
+                    m.timeline.reconnect(now);
                 }
+                self.wait(&mut m, now);
             }
             Event::Attached {
                 next_index,
@@ -114,6 +125,10 @@ impl SessionLog {
             } => {
                 self.attached = true;
                 self.schedule.get_or_insert((now, next_index, interval));
+                self.stream_schedule = Some((now, next_index, interval));
+                if std::mem::take(&mut self.waiting) {
+                    lock(m).timeline.stops_waiting();
+                }
             }
             Event::Silent { .. } => {
                 let mut m = lock(m);
@@ -122,6 +137,8 @@ impl SessionLog {
                 } else {
                     m.attach_timeouts += 1;
                 }
+                m.timeline.stream_end(now);
+                self.wait(&mut m, now);
             }
             Event::Failed { end, .. } => {
                 let exhausted = matches!(
@@ -137,6 +154,8 @@ impl SessionLog {
                 let mut m = lock(m);
                 m.exhausted += u64::from(exhausted);
                 *m.stream_ends.entry(end_kind(end)).or_default() += 1;
+                m.timeline.stream_end(now);
+                self.wait(&mut m, now);
             }
             Event::Number { index } => {
                 // A duplicate, or a number the client refused, leaves its
@@ -155,11 +174,33 @@ impl SessionLog {
                 if let Some((at, next, interval)) = self.schedule {
                     let late = lateness(at, next, interval, index, now);
                     m.lateness.saturating_record(micros(late));
+                    let stream_late = self.stream_schedule.map_or(late, |(at, next, interval)| {
+                        lateness(at, next, interval, index, now)
+                    });
+                    m.timeline.number(now, late, stream_late);
                     if self.received == client.count() {
                         self.stall = Some(late);
                     }
                 }
+                if self.received == client.count() {
+                    m.timeline.completed(now);
+                }
             }
+        }
+    }
+
+    /// Counts the session as waiting from `now`, unless it already is.
+    fn wait(&mut self, m: &mut Measurements, now: Instant) {
+        if !std::mem::replace(&mut self.waiting, true) {
+            m.timeline.waits(now);
+        }
+    }
+
+    /// The session's driver returned at `now`.
+    fn end(&mut self, m: &Mutex<Measurements>, now: Instant) {
+        self.ended = Some(now);
+        if std::mem::take(&mut self.waiting) {
+            lock(m).timeline.stops_waiting();
         }
     }
 
@@ -217,6 +258,18 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
     let connections = args.connections.max(1);
     let mut pools: BTreeMap<(usize, usize), Endpoints> = BTreeMap::new();
     let measurements = Arc::new(Mutex::new(Measurements::new()));
+    // Every second goes on the timeline, also one in which nothing
+    // happens (every session waiting, or none started yet).
+    let ticker = {
+        let m = measurements.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                every.tick().await;
+                lock(&m).timeline.tick(Instant::now());
+            }
+        })
+    };
     let cpu_before = proc_stats(std::process::id()).map_or(0.0, |p| p.cpu_seconds);
     let started = Instant::now();
     let t0 = tokio::time::Instant::now();
@@ -268,7 +321,7 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
                 lock(&log).observe(&measurements, Instant::now(), event, client);
             };
             let outcome = station_net::client::run(&endpoints, &driver, client, observe).await;
-            lock(&log).ended = Some(Instant::now());
+            lock(&log).end(&measurements, Instant::now());
             (slot, outcome)
         });
     }
@@ -285,6 +338,7 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
         }
     }
     let elapsed = started.elapsed();
+    ticker.abort();
     // Sessions still running were cut off at the deadline.
     let stop = deadline.into_std().min(Instant::now());
     let mut tally = Tally {
@@ -334,5 +388,6 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
     tally.first_number = pairs(&m.first_number);
     tally.stall = pairs(&stall);
     tally.opens_per_completed = pairs(&opens);
+    tally.timeline = m.timeline.tally();
     Ok(tally)
 }

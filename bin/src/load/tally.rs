@@ -9,8 +9,10 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use station_core::client::StreamEnd;
 
+use super::timeline::{self, SecondTally, Timeline};
+
 /// Histogram values (microseconds, or plain counts) are recorded up to this.
-const MAX_VALUE: u64 = 600_000_000;
+pub const MAX_VALUE: u64 = 600_000_000;
 
 /// How late a number arrived against a session's schedule: the first
 /// stream attached at `attached_at` with `next_index`, and number `index`
@@ -59,6 +61,8 @@ pub struct Measurements {
     /// status code and reason, or the transport. Streams the client itself
     /// dropped are `silent_drops` or `attach_timeouts`, not here.
     pub stream_ends: BTreeMap<String, u64>,
+    /// The same, second by second.
+    pub timeline: Timeline,
 }
 
 impl Measurements {
@@ -72,6 +76,7 @@ impl Measurements {
             attach_timeouts: 0,
             exhausted: 0,
             stream_ends: BTreeMap::new(),
+            timeline: Timeline::new(),
         }
     }
 }
@@ -184,6 +189,8 @@ pub struct Tally {
     pub cpu_seconds: f64,
     pub lateness: Vec<(u64, u64)>,
     pub first_number: Vec<(u64, u64)>,
+    /// Second by second, by Unix second: see [`super::timeline`].
+    pub timeline: BTreeMap<u64, SecondTally>,
 }
 
 impl Tally {
@@ -220,6 +227,7 @@ impl Tally {
         self.first_number = merged(&self.first_number, &other.first_number);
         self.stall = merged(&self.stall, &other.stall);
         self.opens_per_completed = merged(&self.opens_per_completed, &other.opens_per_completed);
+        timeline::merge(&mut self.timeline, other.timeline);
     }
 }
 

@@ -407,3 +407,57 @@ fn proc_stats_reads_this_process() {
     assert!(s.rss > 0 && s.peak_rss >= s.rss, "{s:?}");
     assert!(proc_stats(u32::MAX).is_none());
 }
+
+/// Four sessions against a server that fails every 10th number and then
+/// refuses everyone for 300 ms. The timeline adds up to the run: every
+/// number, reconnect, stream end and completion falls in one of its
+/// seconds, and the seconds follow each other. Sessions wait between
+/// streams, and the lost time shows on the first schedule, not on the
+/// schedule of the stream that delivered each number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeline_adds_up_to_the_run_second_by_second() {
+    let cfg = ServerConfig {
+        fail_every: std::num::NonZeroU64::new(10),
+        go_offline_for: Duration::from_millis(300),
+        ..config()
+    };
+    let (addr, _station, _) = spawn_server(cfg).await;
+    let mut a = args(addr, 4, Duration::from_secs(30));
+    a.count = 40;
+    let report = measure(&a).await.unwrap();
+    let json = report.json();
+    assert_eq!(json["completed"], 4, "{}", report.text());
+    let rows = json["timeline"].as_array().unwrap();
+    assert!(rows.len() >= 2, "{rows:?}");
+    for pair in rows.windows(2) {
+        let (a, b) = (&pair[0]["unix_second"], &pair[1]["unix_second"]);
+        assert_eq!(b.as_u64().unwrap(), a.as_u64().unwrap() + 1, "{rows:?}");
+    }
+    let total = |key: &str| rows.iter().map(|r| r[key].as_u64().unwrap()).sum::<u64>();
+    let ends =
+        report.stream_ends.values().sum::<u64>() + report.silent_drops + report.attach_timeouts;
+    assert_eq!(
+        [
+            total("numbers"),
+            total("reconnects"),
+            total("stream_ends"),
+            total("completed")
+        ],
+        [report.numbers, report.reconnects, ends, 4]
+    );
+    assert!(report.reconnects >= 4, "{}", report.text());
+    assert!(
+        rows.iter().any(|r| r["waiting"].as_u64().unwrap() > 0),
+        "{rows:?}"
+    );
+    let max = |key: &str| {
+        rows.iter()
+            .map(|r| r[key]["max"].as_f64().unwrap())
+            .fold(0.0, f64::max)
+    };
+    // Each session lost 300 ms at least three times: on its first
+    // schedule its last numbers are late by all of it; on their own
+    // stream's, a 10 ms schedule on loopback, none by much.
+    assert!(max("lateness_ms") >= 600.0, "{rows:?}");
+    assert!(max("stream_lateness_ms") < 250.0, "{rows:?}");
+}

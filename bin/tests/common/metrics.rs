@@ -1,18 +1,19 @@
-//! A server's Prometheus text (`--metrics-addr`), scraped over HTTP and
-//! read as samples: what a dashboard or an alert would see.
+//! A server's Prometheus text (`--metrics-addr`), scraped over plain
+//! HTTP/1.1 with the standard library and read as samples: what a
+//! dashboard or an alert would see.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// One HTTP/1.1 GET of `/metrics` on the loopback `port`: the body, or
-/// `None` while nothing answers (or anything but 200 does).
-pub fn scrape(port: u16) -> Option<String> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
+/// One GET of `/metrics` at `addr`: the body, or `None` while nothing
+/// answers there (or anything but 200 does).
+pub fn scrape(addr: SocketAddr) -> Option<String> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .ok()?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     conn.read_to_string(&mut response).ok()?;
     if !response.starts_with("HTTP/1.1 200") {
@@ -20,6 +21,11 @@ pub fn scrape(port: u16) -> Option<String> {
     }
     let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
     Some(body.to_string())
+}
+
+/// `scrape` on the loopback `port`.
+pub fn scrape_port(port: u16) -> Option<String> {
+    scrape(SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 /// Every sample of a text exposition, keyed as printed: `name` or
@@ -38,4 +44,15 @@ pub fn samples(text: &str) -> BTreeMap<String, f64> {
 /// The metric name of a sample key (before any `{`).
 pub fn family(key: &str) -> &str {
     key.split('{').next().unwrap_or(key)
+}
+
+/// The sum of every sample of metric `name`, or `None` if there is none:
+/// the exporter lists a counter only once it has counted something.
+pub fn sum(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = samples(text)
+        .into_iter()
+        .filter(|(key, _)| family(key) == name)
+        .map(|(_, v)| v)
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }

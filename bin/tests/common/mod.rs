@@ -8,11 +8,14 @@
 //!   and checks of a client's result;
 //! - `redis.rs`: servers on a private Redis or Redis Cluster, and the
 //!   session records read straight from it (used by `redis_e2e.rs`);
+//! - `netns.rs`: two network namespaces joined by a veth pair, removed on
+//!   drop, for faults of a real network (used by `faults_under_load.rs`);
 //! - `metrics.rs`: a server's `/metrics`, scraped and read as samples.
 
 #![allow(dead_code)] // Not every test binary uses every helper.
 
 pub mod metrics;
+pub mod netns;
 mod proc;
 pub mod redis;
 mod server;
@@ -41,7 +44,24 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let mut cmd = Command::new(STATION);
+    station_in(None, args)
+}
+
+/// [`station`], run in network namespace `netns` if one is given (through
+/// `ip netns exec`, which execs it: the child's pid is the station's).
+pub fn station_in<I, S>(netns: Option<&str>, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = match netns {
+        None => Command::new(STATION),
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, STATION]);
+            cmd
+        }
+    };
     cmd.args(args)
         .env("RUST_LOG", "warn")
         .env("NO_COLOR", "1")

@@ -1,18 +1,24 @@
-//! `station server` on an OS-picked loopback port, `station client` and
-//! `station stats` runs against it, and the checks every test makes of a
-//! client's result.
+//! `station server` on an OS-picked loopback port (or, in a network
+//! namespace, on that namespace's address), `station client` and `station
+//! stats` runs against it, and the checks every test makes of a client's
+//! result.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::{poll, state_next_index, station, Finished, Proc, CLIENT_TIMEOUT, SHORT};
+use super::{poll, state_next_index, station, station_in, Finished, Proc, CLIENT_TIMEOUT, SHORT};
 
-/// A `station server` listening on an OS-picked loopback port.
+/// A `station server` listening on an OS-picked port: on loopback, or on
+/// its network namespace's address.
 pub struct Server {
     pub proc: Proc,
     pub port: u16,
+    /// The address it listens on.
+    pub host: IpAddr,
+    /// The network namespace it runs in, if not this process's.
+    pub netns: Option<String>,
 }
 
 impl Server {
@@ -28,6 +34,19 @@ impl Server {
     /// caller; waits (bounded) for its first stdout line, which must be
     /// `listening on 127.0.0.1:PORT`.
     pub fn spawn(name: impl Into<String>, cmd: Command) -> Server {
+        Server::spawn_in(name, cmd, IpAddr::V4(Ipv4Addr::LOCALHOST), None)
+    }
+
+    /// [`Server::spawn`] for a server given `--host host`, in network
+    /// namespace `netns` if any (`cmd` made by [`station_in`]): its first
+    /// line must be `listening on HOST:PORT`, and [`Server::stats`] runs
+    /// in the same namespace.
+    pub fn spawn_in(
+        name: impl Into<String>,
+        cmd: Command,
+        host: IpAddr,
+        netns: Option<&str>,
+    ) -> Server {
         let mut proc = Proc::spawn(name, cmd);
         let what = format!("{} to print its port", proc.name());
         let addr = poll(SHORT, Duration::from_millis(5), &what, || {
@@ -46,11 +65,13 @@ impl Server {
             }
             Err(format!("stderr:\n{}", proc.stderr_so_far()))
         });
-        assert_eq!(addr.ip(), Ipv4Addr::LOCALHOST, "not on loopback: {addr}");
+        assert_eq!(addr.ip(), host, "not on {host}: {addr}");
         assert_ne!(addr.port(), 0, "no port picked: {addr}");
         Server {
             proc,
             port: addr.port(),
+            host,
+            netns: netns.map(str::to_string),
         }
     }
 
@@ -59,13 +80,15 @@ impl Server {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        SocketAddr::new(self.host, self.port).to_string()
     }
 
-    /// `station stats --port P` (bounded), parsed.
+    /// `station stats --host H --port P` (bounded, in the server's network
+    /// namespace), parsed.
     pub fn stats(&self) -> serde_json::Value {
-        let out =
-            Proc::spawn("stats", station(["stats", "--port", &self.port_arg()])).finish(SHORT);
+        let host = self.host.to_string();
+        let args = ["stats", "--host", &host, "--port", &self.port_arg()];
+        let out = Proc::spawn("stats", station_in(self.netns.as_deref(), args)).finish(SHORT);
         out.assert_code(0);
         out.json()
     }
