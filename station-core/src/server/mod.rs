@@ -18,7 +18,9 @@
 //! write. It renews, with its own generation, `L` after its last confirmed
 //! request (whether a number is due or not), and keeps sending while the
 //! renewal is in flight. So a session costs one store write per `L`, not
-//! one per number.
+//! one per number. A renewal the store fails is asked again a quarter
+//! lease later, for as long as the record can still be alive; past `2L`
+//! the stream sends nothing meanwhile, but does not end.
 //!
 //! A stream that was taken over learns it at its next renewal (a conflict)
 //! and ends with [`Reject::TakenOver`]. Until then it may still send, but
@@ -373,7 +375,12 @@ impl Stream {
                     }
                     return self.completed(false);
                 }
-                Pending::Renew { .. } if retry_at < self.lease_until => {
+                // A renewal is asked again for as long as the record can
+                // still be alive. Past the lease no number is sent (the
+                // fence holds), but the stream waits for the store rather
+                // than end: an ended stream comes back as a resume, which
+                // costs a store in trouble more than a retry does.
+                Pending::Renew { .. } if retry_at < self.record_alive_until() => {
                     self.renew_at = retry_at;
                     return self.advance(now);
                 }
@@ -515,11 +522,10 @@ impl Stream {
         }
         let silence = self.waiting_since.map(|s| s + self.cfg.silence_timeout);
         let attached = self.phase == Phase::Attached;
-        // A due number waits for nothing but the clock, unless it needs a
-        // renewal that is already in flight.
-        let tick = (attached
-            && self.can_send()
-            && (self.pending.is_none() || self.next_tick < self.lease_until))
+        // A due number waits for nothing but the clock, unless the lease
+        // runs out first: then for a renewal (in flight, or asked again
+        // at `renew_at` after a failure).
+        let tick = (attached && self.can_send() && self.next_tick < self.lease_until)
             .then_some(self.next_tick);
         let write_at = match self.complete {
             true => self.delete_at,
@@ -599,6 +605,15 @@ impl Stream {
     /// (see the module docs).
     fn leased_expiry(&self) -> Duration {
         self.cfg.ttl.saturating_add(self.cfg.lease)
+    }
+
+    /// Until when the record lives without another write: a lease write
+    /// asked for at `asked` sets it to live `ttl + L`, and `lease_until` is
+    /// `asked + 2L` (or earlier, once the lease ran out).
+    fn record_alive_until(&self) -> Instant {
+        (self.lease_until + self.cfg.ttl)
+            .checked_sub(self.cfg.lease)
+            .unwrap_or(self.lease_until)
     }
 
     /// The store confirmed a lease write asked for at `asked`.

@@ -129,9 +129,11 @@ fn store_unavailable_ends_the_stream() {
         rejected(&drain(&mut s)),
         Reject::StoreUnavailable("timeout".into())
     );
-    // During a renewal: asked again a quarter lease later while the lease
-    // holds (until 10 s), numbers still flowing; then the stream ends,
-    // with no release (the store is down).
+    // During a renewal: asked again a quarter lease later, numbers still
+    // flowing while the lease holds (until 10 s: the create at 0 s was the
+    // last write confirmed), none after it; the stream ends, with no
+    // release (the store is down), only once the record cannot be alive
+    // any more (that create set it to live TTL + L).
     let mut s = renewing(t0);
     s.handle_ack(t0 + SEC * 5 + ms(50), 6);
     let failed = t0 + SEC * 7;
@@ -142,13 +144,78 @@ fn store_unavailable_ends_the_stream() {
     s.handle_ack(t0 + SEC * 7 + ms(50), 8);
     s.handle_timeout(retry);
     assert_eq!(drain(&mut s), [renewal(20, 1, 8), number(8, 20)]);
-    // Too close to the lease's end to ask again.
-    s.handle_store(t0 + SEC * 9, StoreReply::Unavailable("down".into()));
-    assert_eq!(
-        drain(&mut s),
-        [Output::End(End::Rejected(Reject::StoreUnavailable(
-            "down".into()
-        )))]
+    s.handle_ack(retry + ms(50), 9);
+    let lease_end = t0 + SEC * 10;
+    let alive_until = t0 + LEASED;
+    let mut ended = None;
+    let mut retries = 0;
+    let mut at = t0 + SEC * 9;
+    s.handle_store(at, StoreReply::Unavailable("down".into()));
+    for _ in 0..100 {
+        for out in drain(&mut s) {
+            match out {
+                Output::Send(n) => {
+                    assert!(
+                        at < lease_end,
+                        "{n:?} sent at {:?}, past the lease",
+                        at - t0
+                    );
+                    s.handle_ack(at + ms(50), n.index + 1);
+                }
+                Output::End(end) => ended = Some((at, end)),
+                other => panic!("at {:?}: {other:?}", at - t0),
+            }
+        }
+        if ended.is_some() {
+            break;
+        }
+        at = s.poll_timeout().expect("a retry is due");
+        s.handle_timeout(at);
+        let asked = drain(&mut s);
+        if let [Output::Store(StoreOp::Update { .. })] = asked[..] {
+            retries += 1;
+            s.handle_store(at, StoreReply::Unavailable("down".into()));
+        } else {
+            assert!(
+                asked.iter().all(|o| matches!(o, Output::Send(_))),
+                "{asked:?}"
+            );
+            assert!(at < lease_end, "{asked:?} at {:?}, past the lease", at - t0);
+        }
+    }
+    let (at, end) = ended.expect("the stream ends");
+    assert_eq!(end, End::Rejected(Reject::StoreUnavailable("down".into())));
+    assert!(
+        at + LEASE / 4 >= alive_until && at < alive_until,
+        "ended at {:?}; the record lives until {:?}",
+        at - t0,
+        alive_until - t0
     );
+    assert!(retries >= 20, "{retries} retries past the lease");
     assert!(s.is_ended());
+}
+
+#[test]
+fn a_renewal_that_lands_late_lets_the_stream_go_on() {
+    let t0 = Instant::now();
+    let mut s = renewing(t0);
+    s.handle_ack(t0 + SEC * 5 + ms(50), 6);
+    // The renewal asked at 5 s fails at 11 s, past the lease (10 s).
+    s.handle_store(t0 + SEC * 11, StoreReply::Unavailable("timeout".into()));
+    assert_eq!(drain(&mut s), [], "no number past the lease");
+    let retry = t0 + SEC * 11 + LEASE / 4;
+    assert_eq!(s.poll_timeout(), Some(retry));
+    s.handle_timeout(retry);
+    assert!(matches!(
+        drain(&mut s)[..],
+        [Output::Store(StoreOp::Update { .. })]
+    ));
+    // The store is back: the numbers that fell due go out.
+    s.handle_store(retry + ms(10), StoreReply::Done);
+    let sent = drain(&mut s);
+    assert!(
+        !sent.is_empty() && sent.iter().all(|o| matches!(o, Output::Send(_))),
+        "{sent:?}"
+    );
+    assert!(!s.is_ended());
 }
