@@ -73,6 +73,8 @@ pin_project_lite::pin_project! {
         attached: Option<metrics::AttachedGauge>,
         // Held for the stream's life: the drain count for shutdown.
         _tracked: TaskTrackerToken,
+        // Entered while the stream works (see `crate::otel`).
+        span: tracing::Span,
     }
 
     impl<S: SessionStore> PinnedDrop for SessionStream<S> {
@@ -81,8 +83,10 @@ pin_project_lite::pin_project! {
         // (and a store write in flight, such as a delete, to land).
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
+            let _entered = this.span.enter();
             let session = this.session;
             if !*this.ended {
+                crate::otel::gone(this.span);
                 tracing::debug!(client = ?session.client_id(), sent = session.sent(), "client went away");
                 session.handle_closed(now());
             }
@@ -92,7 +96,11 @@ pin_project_lite::pin_project! {
 }
 
 impl<S: SessionStore> SessionStream<S> {
-    pub(crate) fn new(shared: Arc<Shared<S>>, inbound: Streaming<ClientMessage>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared<S>>,
+        inbound: Streaming<ClientMessage>,
+        span: tracing::Span,
+    ) -> Self {
         let now = now();
         SessionStream {
             session: StreamMachine::new(shared.cfg.session.clone(), now),
@@ -109,6 +117,7 @@ impl<S: SessionStore> SessionStream<S> {
             attached: None,
             _tracked: shared.tasks.token(),
             shared,
+            span,
         }
     }
 }
@@ -118,6 +127,7 @@ impl<S: SessionStore> Stream for SessionStream<S> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
+        let _entered = this.span.enter();
         let shared = &**this.shared;
         let session = &mut *this.session;
         'wake: loop {
@@ -146,6 +156,7 @@ impl<S: SessionStore> Stream for SessionStream<S> {
                         }
                     }
                     Output::Attached(a) => {
+                        crate::otel::attached(this.span, session, a.how);
                         shared.counters.attached(a.how);
                         *this.attached = Some(shared.counters.attached_gauge());
                         if let (Some(client_id), Some(generation), Some(incarnation)) = (
@@ -194,6 +205,7 @@ impl<S: SessionStore> Stream for SessionStream<S> {
                         })))));
                     }
                     Output::End(end) => {
+                        crate::otel::ended(this.span, session, &end);
                         // What follows (the release) is settled on drop.
                         *this.ended = true;
                         *this.slot = None;
@@ -389,6 +401,8 @@ fn settle<S: SessionStore>(
             }
         }
     };
+    // Still the stream's work: in its span (entered by the caller).
+    let task = tracing::Instrument::instrument(task, tracing::Span::current());
     shared.tasks.spawn_on(task, &runtime);
 }
 
