@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use indicatif::MultiProgress;
 use station_core::client::{Client, Config as ClientConfig, Snapshot, Verdict};
 use station_core::{ClientId, Reason};
-use station_net::client::{ChannelOptions, DriverOptions, Endpoints, Event};
+use station_net::client::{ChannelOptions, DriverOptions, Endpoints, Event, TraceHeaders};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::state_file::StateError;
 use crate::{exit, report, state_file, ClientArgs};
@@ -120,8 +122,28 @@ pub async fn run(args: ClientArgs) -> u8 {
             }
         }
     };
-    let outcome =
-        station_net::client::run(&endpoints, &DriverOptions::default(), client, observe).await;
+    // One span for the session: its trace context goes with every stream,
+    // so the servers' spans of all of them join its trace. Without
+    // --otlp-endpoint it has no context, and nothing is sent.
+    let session = tracing::debug_span!(
+        target: station_net::otel::TARGET,
+        "session",
+        session.id = %client.client_id().0,
+        station.count = count,
+        station.verdict = tracing::field::Empty,
+        station.reconnects = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let trace = TraceHeaders::from_context(&session.context());
+    let driver = DriverOptions::default();
+    let outcome = station_net::client::run_in_trace(&endpoints, &driver, client, &trace, observe)
+        .instrument(session.clone())
+        .await;
+    session.record("station.verdict", report::result_line(&outcome).as_str());
+    session.record("station.reconnects", outcome.reconnects);
+    let verified = matches!(outcome.verdict, Verdict::Verified);
+    session.record("otel.status_code", if verified { "OK" } else { "ERROR" });
+    drop(session);
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

@@ -17,6 +17,7 @@ mod load;
 mod report;
 mod server;
 mod state_file;
+mod traces;
 
 /// Exit codes, documented in `--help` and the README.
 pub mod exit {
@@ -193,6 +194,13 @@ pub struct ServerArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "STATION_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Export OpenTelemetry traces over OTLP/gRPC to this collector
+    /// (host:port or http://host:port; 4317 is the usual port): a span per
+    /// stream, child of the trace context (W3C traceparent) the client
+    /// sent, with the store operations it runs as its children. Off
+    /// without it.
+    #[arg(long, env = "STATION_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `station client` flags.
@@ -229,6 +237,12 @@ pub struct ClientArgs {
     /// attach the session but fail every stream do not count).
     #[arg(long, env = "STATION_GIVE_UP_AFTER", default_value = "60s", value_parser = parse_duration)]
     pub give_up_after: Duration,
+    /// Export an OpenTelemetry span for the session over OTLP/gRPC to this
+    /// collector (host:port or http://host:port), and send its trace
+    /// context (W3C traceparent) on every stream, so that the servers'
+    /// spans of all of them join one trace. Off without it.
+    #[arg(long, env = "STATION_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `station demo` flags.
@@ -323,20 +337,53 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (try 250ms, 1s, 30s)"))
 }
 
-fn init_tracing(format: LogFormat, default: &str) {
+/// Logs on stderr, filtered by `RUST_LOG` (else `default`); with `otlp`
+/// (the endpoint and the service name), traces too, returned to be flushed
+/// at exit. Call within the runtime.
+fn init_tracing(
+    format: LogFormat,
+    default: &str,
+    otlp: Option<(&str, &'static str)>,
+) -> Result<Option<traces::Traces>, String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Through the progress bars while they are drawn.
-        .with_writer(bars::LogWriter);
-    match format {
+    // Through the progress bars while they are drawn.
+    let logs = tracing_subscriber::fmt::layer().with_writer(bars::LogWriter);
+    let logs = match format {
         // Colour codes only for a person at a terminal, not in log files.
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).boxed(),
         // The event's message and fields at the top level beside
         // `timestamp`, `level` and `target`, as log pipelines index them.
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+        LogFormat::Json => logs.json().flatten_event(true).boxed(),
+    };
+    let (traces, tracer) = match otlp {
+        Some((endpoint, service)) => {
+            let (traces, tracer) = traces::start(endpoint, service)?;
+            (Some(traces), Some(tracer))
+        }
+        None => (None, None),
+    };
+    // Each layer with its own filter: the log filter does not decide what
+    // is traced, nor the other way round.
+    let spans = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            // Every span of a kind comes from one line of one file:
+            // where, which target and which thread say nothing.
+            .with_location(false)
+            .with_target(false)
+            .with_threads(false)
+            .with_filter(traces::filter())
+    });
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(spans)
+        .init();
+    Ok(traces)
 }
 
 /// Raises the soft limit on open files to the hard limit, as Go's runtime
@@ -362,33 +409,50 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::SERVER_ERROR);
         }
     };
-    let log = cli.log_format;
+    let (default_filter, otlp) = match &cli.command {
+        Command::Server(args) => (
+            "info",
+            args.otlp_endpoint.as_deref().map(|e| (e, "station-server")),
+        ),
+        Command::Client(args) => (
+            "warn",
+            args.otlp_endpoint.as_deref().map(|e| (e, "station-client")),
+        ),
+        Command::Demo(_) | Command::Stats(_) => ("warn", None),
+        Command::Load(_) => ("warn,station=info", None),
+    };
+    // Within the runtime: the trace exporter's channel runs on it.
+    let traces = {
+        let _runtime = runtime.enter();
+        match init_tracing(cli.log_format, default_filter, otlp) {
+            Ok(traces) => traces,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(exit::USAGE);
+            }
+        }
+    };
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => {
-                init_tracing(log, "info");
                 raise_open_files_limit();
                 server::run(args).await
             }
-            Command::Client(args) => {
-                init_tracing(log, "warn");
-                client::run(args).await
-            }
-            Command::Demo(args) => {
-                init_tracing(log, "warn");
-                demo::run(args).await
-            }
-            Command::Stats(args) => {
-                init_tracing(log, "warn");
-                server::stats(args).await
-            }
+            Command::Client(args) => client::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::Stats(args) => server::stats(args).await,
             Command::Load(args) => {
-                init_tracing(log, "warn,station=info");
                 raise_open_files_limit();
                 load::run(args).await
             }
         }
     });
+    // Spans ended last (the streams a stopping server ended, a client's
+    // session) are still queued: send them while the runtime, which the
+    // exporter's channel runs on, is alive.
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
     ExitCode::from(code)
 }
 

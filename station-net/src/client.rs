@@ -30,6 +30,7 @@ use tonic::{Response, Status, Streaming};
 
 use crate::clock::{now, sleep_until};
 use crate::coalesce::Coalesce;
+pub use crate::otel::TraceHeaders;
 use crate::proto::client_message::Kind as ClientKind;
 use crate::proto::numbers_station_client::NumbersStationClient;
 use crate::proto::server_message::Kind as ServerKind;
@@ -395,7 +396,19 @@ impl Stream {
 pub async fn run(
     endpoints: &Endpoints,
     opts: &DriverOptions,
+    client: Client,
+    observe: impl FnMut(Event<'_>, &Client),
+) -> Outcome {
+    run_in_trace(endpoints, opts, client, &TraceHeaders::none(), observe).await
+}
+
+/// [`run`], sending `trace` with every stream of the session, on every
+/// server, so that all of them join one trace (see [`crate::otel`]).
+pub async fn run_in_trace(
+    endpoints: &Endpoints,
+    opts: &DriverOptions,
     mut client: Client,
+    trace: &TraceHeaders,
     mut observe: impl FnMut(Event<'_>, &Client),
 ) -> Outcome {
     let mut stream = Stream::None;
@@ -421,7 +434,7 @@ pub async fn run(
                         },
                         &client,
                     );
-                    stream = open(endpoints.channel(current), opts, request);
+                    stream = open(endpoints.channel(current), opts, trace, request);
                 }
                 Output::Ack(next_index) => {
                     if let Some(tx) = stream.tx() {
@@ -553,7 +566,7 @@ fn message_error(status: &Status) -> StreamEnd {
     }
 }
 
-fn open(channel: Channel, opts: &DriverOptions, request: Request) -> Stream {
+fn open(channel: Channel, opts: &DriverOptions, trace: &TraceHeaders, request: Request) -> Stream {
     let first = match request {
         Request::Open {
             client_id,
@@ -579,7 +592,9 @@ fn open(channel: Channel, opts: &DriverOptions, request: Request) -> Stream {
         .expect("a new channel has room for the first message");
     let mut grpc =
         NumbersStationClient::new(channel).max_decoding_message_size(opts.max_message_size);
-    let call: Call = Box::pin(async move { grpc.stream(ReceiverStream::new(rx)).await });
+    let mut call = tonic::Request::new(ReceiverStream::new(rx));
+    trace.apply(call.metadata_mut());
+    let call: Call = Box::pin(async move { grpc.stream(call).await });
     Stream::Calling { tx, call }
 }
 

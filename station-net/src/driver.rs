@@ -100,6 +100,8 @@ pin_project_lite::pin_project! {
         // body may outlive it, holding what is queued for a client that
         // stopped reading, until the connection closes.)
         tracked: Option<TaskTrackerToken>,
+        // Entered while the stream works (see `crate::otel`).
+        span: tracing::Span,
     }
 
     impl<S: SessionStore> PinnedDrop for Driver<S> {
@@ -109,10 +111,12 @@ pin_project_lite::pin_project! {
         // stream that ended settled then.
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
+            let _entered = this.span.enter();
             let session = this.session;
             if *this.ended {
                 return; // Settled at its end.
             }
+            crate::otel::gone(this.span);
             tracing::debug!(client = ?session.client_id(), sent = session.sent(), "client went away");
             session.handle_closed(now());
             settle(this.shared, session, this.store.take());
@@ -121,10 +125,14 @@ pin_project_lite::pin_project! {
 }
 
 impl<S: SessionStore> SessionStream<S> {
-    pub(crate) fn new(shared: Arc<Shared<S>>, inbound: Streaming<ClientMessage>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared<S>>,
+        inbound: Streaming<ClientMessage>,
+        span: tracing::Span,
+    ) -> Self {
         let stalls = shared.stalls.clone();
         let shutdown = shared.shutdown.clone();
-        let driver = Driver::new(shared, inbound);
+        let driver = Driver::new(shared, inbound, span);
         SessionStream {
             cell: stalls.register(driver, &shutdown),
         }
@@ -132,7 +140,7 @@ impl<S: SessionStore> SessionStream<S> {
 }
 
 impl<S: SessionStore> Driver<S> {
-    fn new(shared: Arc<Shared<S>>, inbound: Streaming<ClientMessage>) -> Self {
+    fn new(shared: Arc<Shared<S>>, inbound: Streaming<ClientMessage>, span: tracing::Span) -> Self {
         let now = now();
         Driver {
             session: StreamMachine::new(shared.cfg.session.clone(), now),
@@ -149,6 +157,7 @@ impl<S: SessionStore> Driver<S> {
             attached: None,
             tracked: Some(shared.tasks.token()),
             shared,
+            span,
         }
     }
 }
@@ -166,6 +175,7 @@ impl<S: SessionStore> Drive for Driver<S> {
 
     fn poll_drive(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
+        let _entered = this.span.enter();
         let shared = &**this.shared;
         let session = &mut *this.session;
         'wake: loop {
@@ -195,6 +205,7 @@ impl<S: SessionStore> Drive for Driver<S> {
                         }
                     }
                     Output::Attached(a) => {
+                        crate::otel::attached(this.span, session, a.how);
                         shared.counters.attached(a.how);
                         *this.attached = Some(shared.counters.attached_gauge());
                         if let (Some(client_id), Some(generation), Some(incarnation)) = (
@@ -243,6 +254,7 @@ impl<S: SessionStore> Drive for Driver<S> {
                         })))));
                     }
                     Output::End(end) => {
+                        crate::otel::ended(this.span, session, &end);
                         *this.ended = true;
                         *this.slot = None;
                         *this.attached = None;
@@ -445,6 +457,8 @@ fn settle<S: SessionStore>(
             }
         }
     };
+    // Still the stream's work: in its span (entered by the caller).
+    let task = tracing::Instrument::instrument(task, tracing::Span::current());
     shared.tasks.spawn_on(task, &runtime);
 }
 

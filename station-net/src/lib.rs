@@ -15,6 +15,8 @@
 //! - [`incoming`]: accepted TCP connections, with an accept loop that backs
 //!   off when file descriptors run out.
 //! - [`metrics`]: counters for the `Stats` RPC and Prometheus.
+//! - [`otel`]: traces: a span per stream and store operation, and the W3C
+//!   trace context a client sends on every stream of a session.
 //! - [`overload`]: the scheduling-lateness signal new sessions are shed on.
 //! - [`status`]: the one mapping between core errors and gRPC statuses.
 //! - [`store`]: the [`SessionStore`](store::SessionStore) trait,
@@ -34,6 +36,7 @@ pub mod codec;
 mod driver;
 pub mod incoming;
 pub mod metrics;
+pub mod otel;
 pub mod overload;
 pub mod server;
 mod stall;

@@ -447,12 +447,17 @@ impl<S: SessionStore> NumbersStation for Station<S> {
                 "offline after a failure (--go-offline-for)",
             ));
         }
+        // The stream's span joins the trace the client sent (see
+        // `crate::otel`); the driver enters it while it works, so the
+        // store operations it starts are its children.
+        let span = crate::otel::stream_span(&request);
         // A place under `--max-sessions` is taken at the first message,
         // before any store work (see `SessionStream`); until then a stream
         // costs little and its silence timeout bounds it.
         Ok(Response::new(SessionStream::new(
             shared.clone(),
             request.into_inner(),
+            span,
         )))
     }
 }

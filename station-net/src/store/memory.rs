@@ -127,11 +127,11 @@ impl MemoryStore {
 
 impl SessionStore for MemoryStore {
     async fn execute(&self, op: StoreOp) -> StoreReply {
-        self.apply(op)
+        self.traced(op)
     }
 
     fn execute_now(&self, op: StoreOp) -> Result<StoreReply, StoreOp> {
-        Ok(self.apply(op))
+        Ok(self.traced(op))
     }
 
     async fn live_sessions(&self) -> Result<u64, StoreError> {
@@ -140,6 +140,18 @@ impl SessionStore for MemoryStore {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+}
+
+impl MemoryStore {
+    /// [`apply`](Self::apply) in a span of its own under the stream's
+    /// (see [`crate::otel`]).
+    fn traced(&self, op: StoreOp) -> StoreReply {
+        let span = crate::otel::store_span(&op, "memory");
+        let _entered = span.enter();
+        let reply = self.apply(op);
+        crate::otel::store_reply(&span, &reply);
+        reply
     }
 }
 

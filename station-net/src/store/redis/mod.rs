@@ -95,6 +95,7 @@
 //! the runtime waits for Redis).
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,6 +103,7 @@ use redis::{RedisError, ScriptInvocation};
 use station_core::server::{Lookup, Record, StoreOp, StoreReply};
 use station_core::ClientId;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use self::conn::{query_slot_primary, Conn, Target, RESPONSE_TIMEOUT};
 use self::scripts::SCRIPTS;
@@ -501,8 +503,9 @@ impl RedisStore {
     }
 }
 
-impl SessionStore for RedisStore {
-    async fn execute(&self, op: StoreOp) -> StoreReply {
+impl RedisStore {
+    /// One operation, bounded by [`OPERATION_TIMEOUT`].
+    async fn execute_untraced(&self, op: StoreOp) -> StoreReply {
         let what = match &op {
             StoreOp::Load(_) => "load",
             StoreOp::Create { .. } => "create",
@@ -529,6 +532,22 @@ impl SessionStore for RedisStore {
             Err(_) => StoreReply::Unavailable(format!(
                 "redis {what}: no answer within {OPERATION_TIMEOUT:?}"
             )),
+        }
+    }
+}
+
+impl SessionStore for RedisStore {
+    /// Runs `op` in a span of its own under the stream's (see
+    /// [`crate::otel`]), made now: the stream's span is entered while it
+    /// asks, not necessarily when the answer comes.
+    fn execute(&self, op: StoreOp) -> impl Future<Output = StoreReply> + Send {
+        let span = crate::otel::store_span(&op, self.kind());
+        let run = self.execute_untraced(op).instrument(span);
+        async move {
+            let mut run = std::pin::pin!(run);
+            let reply = run.as_mut().await;
+            crate::otel::store_reply(run.span(), &reply);
+            reply
         }
     }
 
