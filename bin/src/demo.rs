@@ -80,7 +80,9 @@ pub async fn run(args: DemoArgs) -> u8 {
         let bar = bars.as_ref().map(|m| {
             let bar = m.add(ProgressBar::new(u64::from(count)));
             bar.set_style(
-                ProgressStyle::with_template("client {prefix} {wide_bar} {pos}/{len} {msg}")
+                // A fixed width, so the clients' bars line up whatever
+                // their counts and messages.
+                ProgressStyle::with_template("client {prefix} {bar:50} {pos:>3}/{len:<3} {msg}")
                     .expect("template is valid"),
             );
             bar.set_prefix(format!("{}", i + 1));

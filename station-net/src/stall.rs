@@ -25,9 +25,9 @@
 //! over again as soon as it can send. At shutdown it polls every stream
 //! hyper left idle once, so a stalled stream learns of it too.
 //!
-//! Costs: per stream, one shared allocation with two counters and a mutex
-//! that is only ever contended by a sweep; per sweep, one pass over the
-//! streams reading two atomics each.
+//! Costs: per stream, a shared cell (two counters, a mutex only a sweep
+//! ever contends, hyper's waker) beside the boxed driver, and a registry
+//! slot; per sweep, one pass over the streams reading two atomics each.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -47,6 +47,10 @@ pub const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// hyper: a busy runtime runs tasks late, and a stream merely late is not
 /// stalled (driving it from the sweeper would only move its work).
 pub const GRACE: Duration = Duration::from_millis(500);
+
+/// Most messages the sweeper queues for one stream: a window of numbers
+/// at its largest, `Attached` and the end.
+const MAX_QUEUED: usize = crate::server::MAX_WINDOW as usize + 2;
 
 /// A stream's driver, as the sweeper sees it.
 pub(crate) trait Drive: Send {
@@ -99,30 +103,47 @@ impl<D: Drive> Cell<D> {
         poll
     }
 
-    /// The body is gone: drops the driver (which settles its session).
+    /// The body is gone: drops the driver (which settles its session)
+    /// and lets go of hyper's task.
     pub(crate) fn close(&self) {
-        let driver = lock(&self.inner).driver.take();
-        drop(driver); // Outside the lock: settling may take a while.
+        let (driver, waker) = {
+            let mut inner = lock(&self.inner);
+            (inner.driver.take(), inner.waker.take())
+        };
+        drop((driver, waker)); // Outside the lock: settling may take a while.
     }
 
     /// Drives the stream from the sweeper until it waits again. False if
     /// hyper holds it now (then it is not stalled) or it is gone.
     fn drive(&self) -> bool {
-        let Ok(mut inner) = self.inner.try_lock() else {
+        let Ok(mut guard) = self.inner.try_lock() else {
             return false;
         };
-        let inner = &mut *inner;
+        let inner = &mut *guard;
         let Some(driver) = inner.driver.as_mut() else {
             return false;
         };
         let waker = inner.waker.clone().unwrap_or_else(|| Waker::noop().clone());
         let mut cx = Context::from_waker(&waker);
-        // Bounded: the session sends at most its window beyond the
-        // client's acknowledgement, then waits.
-        while let Poll::Ready(item) = driver.as_mut().poll_drive(&mut cx) {
-            match item {
-                Some(item) => inner.queued.push_back(item),
-                None => break,
+        // The session sends at most its window beyond the client's
+        // acknowledgement, then waits; but a client may acknowledge what it
+        // never read, so the queue has a bound of its own (beyond it, the
+        // stream waits on flow control, as it would without the sweeper).
+        while inner.queued.len() < MAX_QUEUED {
+            match driver.as_mut().poll_drive(&mut cx) {
+                Poll::Ready(Some(item)) => inner.queued.push_back(item),
+                Poll::Ready(None) => {
+                    // Ended: what is left for hyper is queued, and the
+                    // driver (its session, its span, its hold on the
+                    // server) need not wait for a client that may never
+                    // read again.
+                    let driver = inner.driver.take();
+                    self.due.store(u64::MAX, Relaxed);
+                    drop(guard);
+                    drop(driver);
+                    return true;
+                }
+                Poll::Pending => break,
             }
         }
         self.due.store(stamp(driver.due()), Relaxed);
@@ -168,7 +189,8 @@ impl<D: Drive + 'static> Stalls<D> {
     ) -> Arc<Cell<D>> {
         let cell = Arc::new(Cell {
             polls: AtomicU64::new(0),
-            due: AtomicU64::new(0),
+            // Not due until hyper's first poll says when.
+            due: AtomicU64::new(u64::MAX),
             inner: Mutex::new(Inner {
                 driver: Some(Box::pin(driver)),
                 queued: VecDeque::new(),
@@ -181,13 +203,19 @@ impl<D: Drive + 'static> Stalls<D> {
             stalled: false,
         });
         if !self.started.swap(true, Relaxed) {
-            tokio::spawn(sweep_until_gone(Arc::downgrade(self), shutdown.clone()));
+            // Unconstrained: one sweep may drive thousands of streams, and
+            // tokio's per-poll budget (128 timer and channel polls) would
+            // otherwise make all but the first few see their timers as
+            // pending until the next sweep.
+            let sweeper = sweep_until_gone(Arc::downgrade(self), shutdown.clone());
+            tokio::spawn(tokio::task::unconstrained(sweeper));
         }
         cell
     }
 
     /// One sweep at `now`: drives the stalled streams (and, the first time
-    /// shutdown is seen, every stream hyper left idle). How many it drove.
+    /// shutdown is seen, every stream: one that stalled since the last
+    /// sweep is not idle yet, but hyper cannot tell it). How many it drove.
     pub(crate) fn sweep(&self, now: Instant, shutdown_news: bool) -> usize {
         let now = stamp(Some(now.saturating_duration_since(self.epoch)));
         let grace = u64::try_from(GRACE.as_nanos()).unwrap_or(u64::MAX);
@@ -202,9 +230,8 @@ impl<D: Drive + 'static> Stalls<D> {
             entry.seen = polls;
             if !idle {
                 entry.stalled = false;
-                return true;
             }
-            let late = now >= entry.cell.due.load(Relaxed).saturating_add(grace);
+            let late = idle && now >= entry.cell.due.load(Relaxed).saturating_add(grace);
             if entry.stalled || late || shutdown_news {
                 // Shutdown alone does not make a stream stalled: hyper's
                 // task, woken by it, polls the ones that can send.
@@ -256,9 +283,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    /// A driver that yields `ready` items, then waits; due at `due`.
+    /// A driver that yields `ready` items, then waits (or ends, once
+    /// `ends`); due at `due`.
     struct Fake {
         ready: u32,
+        ends: bool,
         due: Option<Duration>,
         drives: Arc<AtomicU64>,
     }
@@ -269,6 +298,7 @@ mod tests {
         fn poll_drive(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<u32>> {
             self.drives.fetch_add(1, Relaxed);
             match self.ready {
+                0 if self.ends => Poll::Ready(None),
                 0 => Poll::Pending,
                 n => {
                     self.ready -= 1;
@@ -295,6 +325,7 @@ mod tests {
         let due = Duration::from_secs(1);
         let fake = Fake {
             ready: 0,
+            ends: false,
             due: Some(due),
             drives: drives.clone(),
         };
@@ -323,5 +354,31 @@ mod tests {
         drop(cell);
         assert_eq!(stalls.sweep(epoch + due + GRACE, true), 0);
         assert!(lock(&stalls.entries).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_while_stalled_lets_go_of_its_driver() {
+        let epoch = now();
+        let stalls = Arc::new(Stalls::new(epoch));
+        let fake = Fake {
+            ready: 0,
+            ends: false,
+            due: Some(Duration::ZERO),
+            drives: Arc::default(),
+        };
+        let cell = stalls.register(fake, &CancellationToken::new());
+        assert_eq!(poll(&cell), Poll::Pending);
+        assert_eq!(stalls.sweep(epoch, false), 0);
+        {
+            let mut inner = lock(&cell.inner);
+            let driver = inner.driver.as_mut().unwrap();
+            driver.ready = 1;
+            driver.ends = true;
+        }
+        assert_eq!(stalls.sweep(epoch + GRACE, false), 1);
+        assert!(lock(&cell.inner).driver.is_none(), "dropped at its end");
+        // hyper still gets what was queued, then the end.
+        assert_eq!(poll(&cell), Poll::Ready(Some(1)));
+        assert_eq!(poll(&cell), Poll::Ready(None));
     }
 }

@@ -19,8 +19,9 @@
 //! request (whether a number is due or not), and keeps sending while the
 //! renewal is in flight. So a session costs one store write per `L`, not
 //! one per number. A renewal the store fails is asked again a quarter
-//! lease later, for as long as the record can still be alive; past `2L`
-//! the stream sends nothing meanwhile, but does not end.
+//! lease later (a lease later once the lease ran out), for as long as the
+//! record can still be alive; past `2L` the stream sends nothing
+//! meanwhile, but does not end.
 //!
 //! A stream that was taken over learns it at its next renewal (a conflict)
 //! and ends with [`Reject::TakenOver`]. Until then it may still send, but
@@ -356,7 +357,15 @@ impl Stream {
             // again: ask a quarter lease later (a store that fails at once
             // must not be asked in a loop) rather than send the client,
             // and its resume, to a store in trouble.
-            let retry_at = now + self.cfg.lease / 4;
+            // Past the lease, a renewal is asked no more often than a
+            // healthy stream writes (once a lease): a store in trouble is
+            // not sent four times its usual writes by the streams waiting
+            // on it.
+            let wait = match self.complete || now < self.lease_until {
+                true => self.cfg.lease / 4,
+                false => self.cfg.lease,
+            };
+            let retry_at = now + wait;
             match pending {
                 // The client has everything: a renewal no longer matters,
                 // and a delete is idempotent, so retry it within a lease;
