@@ -37,8 +37,10 @@
 //!
 //! A [`NetStore`] multiplexes every stream's operations of one server boot
 //! over one connection, matched to replies by request id. An operation not
-//! answered within [`StoreNet::op_timeout`] drops the connection (it may be
-//! dead for good: turmoil's TCP does not retransmit) and, with
+//! answered within [`StoreNet::op_timeout`] drops the connection it was
+//! sent on, if that is still the current one (it may be dead for good:
+//! turmoil's TCP does not retransmit), losing the answers of every other
+//! operation on it, and, with
 //! [`StoreNet::resend`], is sent once more on a new one: a write whose reply
 //! was lost arrives twice, which the store's idempotence must absorb. If
 //! that fails too, the answer is `Unavailable`.
@@ -470,13 +472,24 @@ fn summarize(op: &StoreOp) -> String {
 enum Msg {
     /// Send this frame (request id, bytes) if its caller still waits.
     Frame(u64, Vec<u8>),
-    /// Drop the connection: the next frame opens a new one.
-    Reset,
+    /// Drop connection number `n` if it is still the current one: the
+    /// next frame opens a new one. A reset asked for because of an older
+    /// connection leaves a newer one alone, or timeouts on one connection
+    /// would each kill the next, and the operations on it, in a chain that
+    /// never ends while operations keep coming.
+    Reset(u64),
+}
+
+/// A caller waiting for its answer.
+struct Waiting {
+    reply: oneshot::Sender<StoreReply>,
+    /// The connection its frame was written on, once written.
+    on: Option<u64>,
 }
 
 struct Inner {
     calls: mpsc::UnboundedSender<Msg>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<StoreReply>>>,
+    pending: Mutex<HashMap<u64, Waiting>>,
     next_id: AtomicU64,
     op_timeout: Duration,
     resend: bool,
@@ -500,6 +513,8 @@ impl std::fmt::Debug for NetStore {
 pub struct Connection {
     inner: Arc<Inner>,
     rx: mpsc::UnboundedReceiver<Msg>,
+    /// Connections made so far: the current one's number.
+    connections: u64,
 }
 
 impl NetStore {
@@ -517,7 +532,11 @@ impl NetStore {
             NetStore {
                 inner: inner.clone(),
             },
-            Connection { inner, rx },
+            Connection {
+                inner,
+                rx,
+                connections: 0,
+            },
         )
     }
 }
@@ -529,7 +548,13 @@ impl SessionStore for NetStore {
         for _ in 0..attempts {
             let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
-            lock(&inner.pending).insert(id, tx);
+            lock(&inner.pending).insert(
+                id,
+                Waiting {
+                    reply: tx,
+                    on: None,
+                },
+            );
             if inner
                 .calls
                 .send(Msg::Frame(id, encode_op(id, &op)))
@@ -540,8 +565,10 @@ impl SessionStore for NetStore {
             if let Ok(Ok(reply)) = tokio::time::timeout(inner.op_timeout, rx).await {
                 return reply;
             }
-            lock(&inner.pending).remove(&id);
-            let _ = inner.calls.send(Msg::Reset);
+            let written = lock(&inner.pending).remove(&id).and_then(|w| w.on);
+            if let Some(connection) = written {
+                let _ = inner.calls.send(Msg::Reset(connection));
+            }
         }
         StoreReply::Unavailable(format!(
             "the store host did not answer within {:?} ({attempts} attempt(s))",
@@ -568,16 +595,19 @@ impl Connection {
             let first = loop {
                 match self.rx.recv().await {
                     None => return,
-                    Some(Msg::Reset) => continue,
-                    Some(Msg::Frame(id, frame)) if self.waiting(id) => break frame,
+                    Some(Msg::Reset(_)) => continue,
+                    Some(Msg::Frame(id, frame)) if self.waiting(id) => break (id, frame),
                     Some(Msg::Frame(..)) => continue,
                 }
             };
+            let (first_id, first) = first;
             let connect = turmoil::net::TcpStream::connect((HOST, PORT));
             let Ok(Ok(stream)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await else {
                 // Its caller times out and tries again.
                 continue;
             };
+            self.connections += 1;
+            let connection = self.connections;
             let (mut r, mut w) = stream.into_split();
             let inner = self.inner.clone();
             let reader = Abort(tokio::spawn(async move {
@@ -585,19 +615,20 @@ impl Connection {
                     let Ok((id, reply)) = decode_reply(&body) else {
                         return;
                     };
-                    if let Some(tx) = lock(&inner.pending).remove(&id) {
-                        let _ = tx.send(reply);
+                    if let Some(waiting) = lock(&inner.pending).remove(&id) {
+                        let _ = waiting.reply.send(reply);
                     }
                 }
             }));
-            if w.write_all(&first).await.is_err() {
+            if !self.written(first_id, connection) || w.write_all(&first).await.is_err() {
                 continue;
             }
             loop {
                 match self.rx.recv().await {
                     None => return,
-                    Some(Msg::Reset) => break,
-                    Some(Msg::Frame(id, frame)) if self.waiting(id) => {
+                    Some(Msg::Reset(n)) if n == connection => break,
+                    Some(Msg::Reset(_)) => {}
+                    Some(Msg::Frame(id, frame)) if self.written(id, connection) => {
                         if w.write_all(&frame).await.is_err() {
                             break;
                         }
@@ -613,6 +644,18 @@ impl Connection {
     /// that gave up are not sent late).
     fn waiting(&self, id: u64) -> bool {
         lock(&self.inner.pending).contains_key(&id)
+    }
+
+    /// Whether request `id`'s caller still waits for it; if so, notes that
+    /// its frame goes out on `connection`.
+    fn written(&self, id: u64, connection: u64) -> bool {
+        match lock(&self.inner.pending).get_mut(&id) {
+            Some(waiting) => {
+                waiting.on = Some(connection);
+                true
+            }
+            None => false,
+        }
     }
 }
 
