@@ -121,7 +121,10 @@
 //!   `station_core::store::decide`) on the simulated clock. Its faults:
 //!   latency ([`Action::StoreLatency`], [`StoreNet::latency`]); one server
 //!   cut off from it but not from its clients ([`Action::CutStore`]) or
-//!   stalled ([`Action::HoldStore`]); replies lost after the write was
+//!   stalled ([`Action::HoldStore`]); a limited speed
+//!   ([`StoreNet::service`], changed by [`Action::StoreService`]: one
+//!   operation at a time, so a queue, and latency that grows with the
+//!   load); replies lost after the write was
 //!   applied ([`StoreNet::reply_loss`]: the host drops the reply and the
 //!   connection); a crash ([`Action::CrashStore`]) and a restart that keeps
 //!   its data or loses it ([`Action::RestartStore`]); a failover to a

@@ -54,6 +54,24 @@ pub struct Report {
     pub answers: Vec<Answer>,
     /// What the servers counted, over every boot of every server.
     pub counted: Counted,
+    /// The store host's queue each time its speed changed
+    /// ([`crate::Action::StoreService`]).
+    pub store_backlogs: Vec<Backlog>,
+}
+
+/// The store host's queue when its speed changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backlog {
+    /// Simulated time.
+    pub at: Duration,
+    /// Operations waiting (the one executing not included).
+    pub waiting: u64,
+    /// How long the store takes, at its new speed, to execute every
+    /// operation it holds (the one executing included).
+    pub drain: Duration,
+    /// When the queue was next empty (the store idle), if it was before
+    /// the run ended or the speed changed again.
+    pub emptied: Option<Duration>,
 }
 
 /// A store answer as a server received it (the one its stream was handed:

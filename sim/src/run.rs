@@ -27,7 +27,7 @@ use crate::counted::Recorder;
 use crate::faults::{Env, FaultState, Trigger};
 use crate::net;
 use crate::report::{
-    fnv1a, Answer, ClientReport, ClientStream, DataLoss, Progress, Report, ServerEvent,
+    fnv1a, Answer, Backlog, ClientReport, ClientStream, DataLoss, Progress, Report, ServerEvent,
 };
 use crate::rng::{derive, SimRng};
 use crate::scenario::{Action, Bug, Scenario, StoreKind};
@@ -590,12 +590,22 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
             next_index: record.acked,
         });
     };
+    let on_backlog = |b: Backlog| {
+        shared.log(
+            b.at,
+            format!(
+                "store queue: {} operation(s) waiting, {:?} of work",
+                b.waiting, b.drain
+            ),
+        );
+    };
     let env = Env {
         registry: &registry,
         store_host: store_host.as_ref(),
         ids: &ids,
         on_loss: &on_loss,
         stale_resume: &stale_resume,
+        on_backlog: &on_backlog,
     };
     let mut step = |sim: &mut turmoil::Sim<'_>, faults: &mut FaultState| -> Result<bool, String> {
         faults.apply_due(
@@ -730,6 +740,10 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         data_losses: state.data_losses,
         answers,
         counted: recorder.counted(),
+        store_backlogs: store_host
+            .as_ref()
+            .map(|h| h.backlogs())
+            .unwrap_or_default(),
     }
 }
 

@@ -74,6 +74,14 @@ pub struct StoreNet {
     /// How long a server waits for one answer before giving up on it (and
     /// on the connection).
     pub op_timeout: Duration,
+    /// How long the store takes to execute one operation. It executes one
+    /// at a time, in the order they arrive from every server (a
+    /// single-threaded store, as Redis is): an operation waits behind
+    /// those before it, so its latency grows with the load, and operations
+    /// a server gave up on still cost their turn. Zero: no queue, every
+    /// operation executes as it arrives. [`Action::StoreService`] changes
+    /// it during a run (a store starved of CPU, say).
+    pub service: Duration,
     /// Whether a server sends an operation again, once, after a timeout
     /// (on a new connection): a write whose reply was lost is re-sent.
     pub resend: bool,
@@ -90,6 +98,7 @@ impl Default for StoreNet {
             latency: Duration::from_millis(3),
             reply_loss: 0.0,
             op_timeout: Duration::from_millis(600),
+            service: Duration::ZERO,
             resend: true,
             takeover_reply_loss: 0.0,
         }
@@ -328,6 +337,10 @@ pub enum Action {
     ReleaseStore(usize),
     /// Largest latency of every server's link to the store host.
     StoreLatency(Duration),
+    /// The store host's time per operation from now on
+    /// ([`StoreNet::service`]): a store that slows down under the same
+    /// load, so its queue grows.
+    StoreService(Duration),
     /// Crash the store host.
     CrashStore,
     /// Start the store host again, with the data it had, or empty.
@@ -371,6 +384,7 @@ impl Action {
             Action::CutStore(_) | Action::HealStore(_) => "store-partition",
             Action::HoldStore(_) | Action::ReleaseStore(_) => "store-stall",
             Action::StoreLatency(_) => "store-latency",
+            Action::StoreService(_) => "store-overload",
             Action::CrashStore => "store-crash",
             Action::RestartStore { lose_data: false } => "store-restart-keeps-data",
             Action::RestartStore { lose_data: true } => "store-restart-loses-data",

@@ -9,6 +9,15 @@
 //! the write was applied (the host drops the reply and the connection, at
 //! [`StoreNet::reply_loss`]), and crashes that keep or lose its data.
 //!
+//! With [`StoreNet::service`] (or once [`Action::StoreService`] sets one)
+//! the host is also a store of limited speed: one worker executes every
+//! operation in the order they arrived, each taking the service time, so
+//! operations queue and latency grows with the load, as on a
+//! single-threaded store whose CPU is the limit. Without it, operations
+//! execute as they arrive, as before the queue existed.
+//!
+//! [`Action::StoreService`]: crate::Action::StoreService
+//!
 //! # Wire format
 //!
 //! Frames are a big-endian `u32` length and then that many bytes: a `u64`
@@ -58,6 +67,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::SimClock;
+use crate::report::Backlog;
 use crate::rng::SimRng;
 use crate::run::lock;
 use crate::scenario::{Bug, StoreNet};
@@ -283,6 +293,14 @@ pub struct StoreHost {
     /// Draws which takeover replies are lost: a stream of its own, so
     /// that runs without this fault draw exactly as before it existed.
     takeover_rng: Mutex<SimRng>,
+    /// Time per operation ([`StoreNet::service`]); `None` until one is
+    /// set: operations then execute as they arrive, with no queue (so runs
+    /// without this setting replay as before it existed).
+    service: Mutex<Option<Duration>>,
+    /// What the queue holds.
+    load: Mutex<QueueLoad>,
+    /// The queue each time the speed changed, and when it emptied after.
+    backlogs: Mutex<Vec<Backlog>>,
     /// Trace lines: `log(line)`.
     log: Box<dyn Fn(String) + Send + Sync>,
 }
@@ -306,8 +324,55 @@ impl StoreHost {
             rng: Mutex::new(SimRng::new(seed)),
             takeover_reply_loss: plan.takeover_reply_loss,
             takeover_rng: Mutex::new(SimRng::new(crate::rng::derive(seed, &[1]))),
+            service: Mutex::new((!plan.service.is_zero()).then_some(plan.service)),
+            load: Mutex::default(),
+            backlogs: Mutex::default(),
             log: Box::new(log),
         })
+    }
+
+    /// Sets the time per operation from `now` on ([`Action::StoreService`]):
+    /// operations go through the store's queue from then on, whatever the
+    /// value. Returns the queue as it is then (the store then notes when it
+    /// is next empty: [`StoreHost::backlogs`]).
+    ///
+    /// [`Action::StoreService`]: crate::Action::StoreService
+    pub fn set_service(&self, service: Duration, now: Duration) -> Backlog {
+        *lock(&self.service) = Some(service);
+        let load = *lock(&self.load);
+        let waiting = u32::try_from(load.waiting).unwrap_or(u32::MAX);
+        let left = load.busy_until.saturating_sub(now);
+        let backlog = Backlog {
+            at: now,
+            waiting: load.waiting,
+            drain: left + service * waiting,
+            emptied: (waiting == 0 && left.is_zero()).then_some(now),
+        };
+        lock(&self.backlogs).push(backlog);
+        backlog
+    }
+
+    fn service(&self) -> Option<Duration> {
+        *lock(&self.service)
+    }
+
+    /// The queue each time the speed changed, with when it was next empty.
+    pub fn backlogs(&self) -> Vec<Backlog> {
+        lock(&self.backlogs).clone()
+    }
+
+    /// The queue is empty at `now`: the first time since the speed last
+    /// changed, that is when it emptied.
+    fn emptied(&self, now: Duration) {
+        let mut backlogs = lock(&self.backlogs);
+        if let Some(last) = backlogs.last_mut().filter(|b| b.emptied.is_none()) {
+            last.emptied = Some(now);
+            let since = now - last.at;
+            drop(backlogs);
+            (self.log)(format!(
+                "store queue empty {since:?} after its speed changed"
+            ));
+        }
     }
 
     /// The data now.
@@ -413,15 +478,111 @@ fn expires_in(op: &StoreOp) -> Option<Duration> {
 /// Runs the store host: accepts servers' connections and answers them.
 pub async fn serve(host: Arc<StoreHost>) -> io::Result<()> {
     let listener = turmoil::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, PORT)).await?;
+    // One queue per boot (a restarted store starts idle), started when
+    // first needed.
+    let queue = Queue::default();
+    *lock(&host.load) = QueueLoad::default();
     loop {
         let (stream, _) = listener.accept().await?;
-        tokio::spawn(connection(stream, host.clone()));
+        tokio::spawn(connection(stream, host.clone(), queue.clone()));
     }
 }
 
-async fn connection(stream: turmoil::net::TcpStream, host: Arc<StoreHost>) {
+/// The way into a boot's queue, once its worker ([`execute`]) runs.
+type Queue = Arc<Mutex<Option<mpsc::UnboundedSender<Queued>>>>;
+
+/// The sender into `queue`, starting its worker on this runtime (the store
+/// host's) if it does not run yet.
+fn enqueue(queue: &Queue, host: &Arc<StoreHost>) -> mpsc::UnboundedSender<Queued> {
+    lock(queue)
+        .get_or_insert_with(|| {
+            let (tx, inbox) = mpsc::unbounded_channel();
+            tokio::spawn(execute(inbox, host.clone()));
+            tx
+        })
+        .clone()
+}
+
+/// What the store's queue holds.
+#[derive(Clone, Copy, Debug, Default)]
+struct QueueLoad {
+    /// Operations waiting, not yet executing.
+    waiting: u64,
+    /// When the one executing is done.
+    busy_until: Duration,
+}
+
+/// An operation waiting in the store's queue ([`StoreNet::service`]).
+struct Queued {
+    /// When it arrived.
+    arrived: Duration,
+    id: u64,
+    op: StoreOp,
+    /// Where its connection waits for the answer.
+    reply: mpsc::UnboundedSender<Executed>,
+}
+
+/// An operation the queue executed, back to its connection.
+struct Executed {
+    id: u64,
+    summary: String,
+    reply: StoreReply,
+    /// Its reply is lost (see [`StoreHost::loses_reply`]).
+    lost: bool,
+}
+
+/// Applies `op` as the store host does, and tells whether its reply is
+/// lost.
+fn execute_one(host: &StoreHost, op: StoreOp) -> (StoreReply, bool) {
+    let takeover = host.takeover_applied_first(&op);
+    let reply = host.apply(op.clone());
+    let lost = host.loses_reply(takeover.is_some_and(|before| before != host.lookup(&op)));
+    (reply, lost)
+}
+
+/// The store's one worker, with [`StoreNet::service`]: executes queued
+/// operations one at a time, in the order they arrived, each taking the
+/// service time from the later of its arrival and the end of the one
+/// before. The times are kept exactly, so the store's throughput is one
+/// operation per service time even where turmoil's steps are coarser;
+/// only when an answer leaves is rounded up to a step. An operation whose
+/// server gave up (its connection gone) still takes its turn, as a real
+/// store executes what it has read.
+async fn execute(mut inbox: mpsc::UnboundedReceiver<Queued>, host: Arc<StoreHost>) {
+    let mut busy_until = Duration::ZERO;
+    while let Some(q) = inbox.recv().await {
+        let service = host.service().unwrap_or_default();
+        busy_until = busy_until.max(q.arrived) + service;
+        {
+            let mut load = lock(&host.load);
+            load.waiting = load.waiting.saturating_sub(1);
+            load.busy_until = busy_until;
+        }
+        let now = host.clock.elapsed();
+        if busy_until > now {
+            tokio::time::sleep(busy_until - now).await;
+        }
+        let summary = summarize(&q.op);
+        let (reply, lost) = execute_one(&host, q.op);
+        let _ = q.reply.send(Executed {
+            id: q.id,
+            summary,
+            reply,
+            lost,
+        });
+        if lock(&host.load).waiting == 0 {
+            host.emptied(host.clock.elapsed());
+        }
+    }
+}
+
+async fn connection(stream: turmoil::net::TcpStream, host: Arc<StoreHost>, queue: Queue) {
     let (mut r, mut w) = stream.into_split();
     loop {
+        if host.service().is_some() {
+            let queue = enqueue(&queue, &host);
+            return queued(r, w, host, queue).await;
+        }
         let Ok(body) = read_frame(&mut r).await else {
             return;
         };
@@ -429,14 +590,59 @@ async fn connection(stream: turmoil::net::TcpStream, host: Arc<StoreHost>) {
             return;
         };
         let summary = summarize(&op);
-        let takeover = host.takeover_applied_first(&op);
-        let reply = host.apply(op.clone());
-        if host.loses_reply(takeover.is_some_and(|before| before != host.lookup(&op))) {
+        let (reply, lost) = execute_one(&host, op);
+        if lost {
             // Applied, but the server never hears: the connection drops.
             (host.log)(format!("store lost the reply to {summary}: {reply:?}"));
             return;
         }
         if w.write_all(&encode_reply(id, &reply)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A connection whose operations go through the store's queue: every
+/// request is read as it arrives (and queued), answers are written as the
+/// queue executes them.
+async fn queued(
+    mut r: turmoil::net::tcp::OwnedReadHalf,
+    mut w: turmoil::net::tcp::OwnedWriteHalf,
+    host: Arc<StoreHost>,
+    queue: mpsc::UnboundedSender<Queued>,
+) {
+    let (tx, mut executed) = mpsc::unbounded_channel();
+    let clock = host.clock.clone();
+    let counter = host.clone();
+    let _reader = Abort(tokio::spawn(async move {
+        while let Ok(body) = read_frame(&mut r).await {
+            let Ok((id, op)) = decode_op(&body) else {
+                return;
+            };
+            let queued = Queued {
+                arrived: clock.elapsed(),
+                id,
+                op,
+                reply: tx.clone(),
+            };
+            lock(&counter.load).waiting += 1;
+            if queue.send(queued).is_err() {
+                return;
+            }
+        }
+    }));
+    while let Some(done) = executed.recv().await {
+        if done.lost {
+            (host.log)(format!(
+                "store lost the reply to {}: {:?}",
+                done.summary, done.reply
+            ));
+            return;
+        }
+        if w.write_all(&encode_reply(done.id, &done.reply))
+            .await
+            .is_err()
+        {
             return;
         }
     }
