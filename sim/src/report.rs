@@ -91,6 +91,8 @@ pub struct Answer {
 /// One stream of a client, as the client saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientStream {
+    /// When the client began connecting it.
+    pub at: Duration,
     /// It began with `Resume` (else `Open`).
     pub resume: bool,
     /// The client received `Attached` on it.
@@ -98,6 +100,8 @@ pub struct ClientStream {
     /// How it ended, if the client saw an end (`None`: still open when the
     /// client finished, or dropped by the client for silence).
     pub end: Option<StreamEnd>,
+    /// When it ended (with [`ClientStream::end`], or dropped for silence).
+    pub ended_at: Option<Duration>,
 }
 
 /// A store lost its data.

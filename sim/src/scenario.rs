@@ -44,6 +44,9 @@ pub struct Scenario {
     /// an outage ends before the TTL is up (the swarm's: up to the 5 s
     /// backoff cap plus a connection's setup).
     pub expiry_slack: Duration,
+    /// The run must be back to a steady state this long after the fault
+    /// schedule's trigger ends ([`crate::recovery`]); `None`: not checked.
+    pub recovery: Option<crate::recovery::Recovery>,
 }
 
 /// Where the servers keep sessions.
@@ -167,6 +170,14 @@ pub enum Bug {
     /// over is answered `Done` (without writing), so the stale stream
     /// keeps its lease and sends past the two-lease bound.
     StaleRenewalDone,
+    /// Retries that amplify: clients retry a failed stream after 1 ms
+    /// whatever happened (their backoff, and so their throttled wait,
+    /// configured to 1 ms) and servers ask for no wait in their `RetryInfo`
+    /// (planted in the settings both are started with). Against a store
+    /// whose latency grows with its load, every failure comes straight
+    /// back as more store work: the loop that keeps a store overloaded
+    /// after whatever slowed it is gone ([`crate::recovery`]).
+    RetriesWithoutBackoff,
 }
 
 /// One client: what it asks for, when, and where.
@@ -446,6 +457,7 @@ impl Scenario {
             tick: Duration::from_millis(10),
             limit: Duration::from_secs(600),
             expiry_slack: Duration::ZERO,
+            recovery: None,
         }
     }
 
@@ -515,6 +527,9 @@ impl fmt::Display for Scenario {
         )?;
         if self.store == StoreKind::Host {
             writeln!(f, "  store host: {:?}", self.store_net)?;
+        }
+        if let Some(recovery) = &self.recovery {
+            writeln!(f, "  recovery: {recovery}")?;
         }
         for (i, c) in self.clients.iter().enumerate() {
             writeln!(
