@@ -7,6 +7,7 @@ use std::time::Duration;
 use station_core::client::Config as ClientConfig;
 use station_core::ClientId;
 
+use crate::report::Backlog;
 use crate::run::{lock, Registry};
 use crate::scenario::{Action, Scenario, StoreKind, When};
 use crate::storenet::{self, StoreHost};
@@ -22,6 +23,8 @@ pub(crate) struct Env<'a> {
     /// Sends a stale `Resume` of client `c`'s live session to server `s`
     /// ([`Action::StaleResume`]).
     pub stale_resume: &'a dyn Fn(usize, usize),
+    /// The store host's queue when its speed changed.
+    pub on_backlog: &'a dyn Fn(Backlog),
 }
 
 /// An event a fault can wait for.
@@ -281,6 +284,14 @@ fn apply(
                 for s in 0..scenario.servers {
                     sim.set_link_max_message_latency(server(s), store, *d);
                 }
+            }
+        }
+        // Not isolation: the store still answers, and how fast depends on
+        // how much the servers ask of it, so a slowdown is the system's
+        // to ride out (the scenario promises what it must survive).
+        Action::StoreService(d) => {
+            if let (true, Some(host)) = (host_store, env.store_host) {
+                (env.on_backlog)(host.set_service(*d, sim.elapsed()));
             }
         }
         Action::CrashStore => {

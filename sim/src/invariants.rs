@@ -63,6 +63,12 @@ pub enum Invariant {
     /// for a write of its own repeated after its reply was lost, nor for a
     /// record a store rolled back (its writes were lost: `SESSION_LOST`).
     TakenOverTruly,
+    /// Once the scenario's trigger is gone, the run is back to a steady
+    /// state within the stated bound: no stream failure, reconnect,
+    /// takeover or store failure after it, and numbers at their pace
+    /// ([`crate::recovery`]; only for scenarios that state a
+    /// [`Recovery`](crate::recovery::Recovery)).
+    Recovers,
 }
 
 /// One broken rule, with the evidence.
@@ -113,6 +119,11 @@ pub fn check(scenario: &Scenario, report: &Report) -> Vec<Violation> {
     lost_precisely(scenario, report, &mut v);
     counted(report, &mut v);
     taken_over_truly(report, &mut v);
+    if let Some(recovery) = &scenario.recovery {
+        for (client, detail) in crate::recovery::unsteady(recovery, report) {
+            violation(&mut v, Invariant::Recovers, client, detail);
+        }
+    }
     v
 }
 

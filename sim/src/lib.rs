@@ -22,7 +22,10 @@
 //!   per second, simulated time, the clients' verdicts and reconnections,
 //!   failures, and how many seeds exercised each fault kind
 //!   ([`Scenario::fault_kinds`]). Sweeps of 1,000 seeds or more also print a
-//!   progress line every 10 s (`SIM_PROGRESS=0` turns it off).
+//!   progress line every 10 s (`SIM_PROGRESS=0` turns it off). A scenario
+//!   that states a [`Recovery`] adds a line: the latest last disturbance
+//!   after the trigger ended over the seeds, against what was allowed, and
+//!   how many times the work it held the store's queue took to empty.
 //! - A failing run prints the broken invariants, the scenario (for a swarm
 //!   run, first the fault kinds and rates it drew), the report, the tail of
 //!   its event trace, the seed and the exact one-line replay command (the
@@ -95,6 +98,9 @@
 //! - [`invariants`]: [`check`] turns a report into [`Violation`]s, by the
 //!   rules of `station_core::testkit::invariants` (shared with the core's
 //!   harness).
+//! - [`recovery`]: for scenarios that state a [`Recovery`], whether the
+//!   run got back to a steady state within its bound once the trigger was
+//!   gone, and when.
 //! - [`sweep`](mod@sweep): runs a builder over seeds on worker threads,
 //!   prints seeds per second, fault-kind counts and replay commands.
 //! - [`timeline`]: draws one run's [`Report`] as an HTML page.
@@ -121,7 +127,10 @@
 //!   `station_core::store::decide`) on the simulated clock. Its faults:
 //!   latency ([`Action::StoreLatency`], [`StoreNet::latency`]); one server
 //!   cut off from it but not from its clients ([`Action::CutStore`]) or
-//!   stalled ([`Action::HoldStore`]); replies lost after the write was
+//!   stalled ([`Action::HoldStore`]); a limited speed
+//!   ([`StoreNet::service`], changed by [`Action::StoreService`]: one
+//!   operation at a time, so a queue, and latency that grows with the
+//!   load); replies lost after the write was
 //!   applied ([`StoreNet::reply_loss`]: the host drops the reply and the
 //!   connection); a crash ([`Action::CrashStore`]) and a restart that keeps
 //!   its data or loses it ([`Action::RestartStore`]); a failover to a
@@ -200,6 +209,17 @@
 //! `simulation_duration`), no host fails and no task panics; and each
 //! client ends as its scenario promised ([`Expect`], [`Finale`]).
 //!
+//! And, for a scenario that states a [`Recovery`] (a trigger that ends at a
+//! given time, such as a store slowed down past the servers' timeout):
+//! **recovers** ([`Invariant::Recovers`], [`recovery`]): the store's queue
+//! is empty again within [`recovery::DRAIN_ALLOWANCE`] times the work it
+//! held when the trigger ended, and from then on, within a bound derived
+//! from the clients' and servers' settings
+//! ([`Recovery::after_store_slowdown`]), comes the last stream failure,
+//! reconnect, takeover or store failure; after it every running client
+//! receives its numbers at their pace. No endless resume and takeover
+//! cycle.
+//!
 //! And two checks of the servers against what the simulation knows:
 //!
 //! - **Counted** ([`Invariant::Counted`]): the servers' counters, summed
@@ -239,6 +259,7 @@
 //! | `failover::shared_store_failover_after_a_server_crash` | 2–3 servers, one store, one crashes: all fail over and complete |
 //! | `finale::*` | final number or final acknowledgement lost |
 //! | `swarm::swarm_with_a_faulty_store_host` | swarm testing over every fault kind, the store a host of its own |
+//! | `overload::a_store_slowdown_is_recovered_from` | 60–80 clients, two servers, a store host of limited speed slowed 12–25× past the servers' timeout for 8–11 s: all complete, and the run recovers within its bound |
 //! | `rare::*` | endings that need rare store answers or timing: a store failover behind (`SESSION_LOST`, never `TAKEN_OVER`), a takeover re-sent after its reply was lost (`Done`, no false conflict), a stale resume taking over a stream its client still reads (ended within two leases) |
 //! | `counters::*` | regression runs of the servers' counting (`#[ignore]`d until fixed) |
 //! | `reuse::a_paused_server_cannot_write_over_a_reused_id` | regression (issue 11): a server paused past the TTL wakes after the id was reused; its held refresh must not apply |
@@ -261,7 +282,9 @@
 //! counting (a completion counted as a rejection, planted in the recorder
 //! the counts reach); and, on the endings `rare.rs` reaches, lost writes
 //! told as a takeover, a repeated takeover answered as a conflict, and a
-//! taken-over stream's renewal answered `Done`.
+//! taken-over stream's renewal answered `Done`; and, after a store
+//! slowdown, retries that amplify (clients without backoff, servers
+//! without pushback), which keep the store's queue from draining.
 //!
 //! # Time
 //!
@@ -276,6 +299,7 @@ pub mod counted;
 mod faults;
 pub mod invariants;
 pub mod net;
+pub mod recovery;
 pub mod report;
 pub mod rng;
 pub mod run;
@@ -288,6 +312,7 @@ pub mod sweep;
 pub mod timeline;
 
 pub use invariants::{check, Invariant, Violation};
+pub use recovery::Recovery;
 pub use report::Report;
 pub use rng::SimRng;
 pub use run::run;

@@ -54,6 +54,24 @@ pub struct Report {
     pub answers: Vec<Answer>,
     /// What the servers counted, over every boot of every server.
     pub counted: Counted,
+    /// The store host's queue each time its speed changed
+    /// ([`crate::Action::StoreService`]).
+    pub store_backlogs: Vec<Backlog>,
+}
+
+/// The store host's queue when its speed changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backlog {
+    /// Simulated time.
+    pub at: Duration,
+    /// Operations waiting (the one executing not included).
+    pub waiting: u64,
+    /// How long the store takes, at its new speed, to execute every
+    /// operation it holds (the one executing included).
+    pub drain: Duration,
+    /// When the queue was next empty (the store idle), if it was before
+    /// the run ended or the speed changed again.
+    pub emptied: Option<Duration>,
 }
 
 /// A store answer as a server received it (the one its stream was handed:
@@ -73,6 +91,8 @@ pub struct Answer {
 /// One stream of a client, as the client saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientStream {
+    /// When the client began connecting it.
+    pub at: Duration,
     /// It began with `Resume` (else `Open`).
     pub resume: bool,
     /// The client received `Attached` on it.
@@ -80,6 +100,8 @@ pub struct ClientStream {
     /// How it ended, if the client saw an end (`None`: still open when the
     /// client finished, or dropped by the client for silence).
     pub end: Option<StreamEnd>,
+    /// When it ended (with [`ClientStream::end`], or dropped for silence).
+    pub ended_at: Option<Duration>,
 }
 
 /// A store lost its data.

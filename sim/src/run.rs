@@ -27,7 +27,7 @@ use crate::counted::Recorder;
 use crate::faults::{Env, FaultState, Trigger};
 use crate::net;
 use crate::report::{
-    fnv1a, Answer, ClientReport, ClientStream, DataLoss, Progress, Report, ServerEvent,
+    fnv1a, Answer, Backlog, ClientReport, ClientStream, DataLoss, Progress, Report, ServerEvent,
 };
 use crate::rng::{derive, SimRng};
 use crate::scenario::{Action, Bug, Scenario, StoreKind};
@@ -248,9 +248,11 @@ impl Shared {
         let line = match event {
             Event::Connecting { endpoint, request } => {
                 self.state().streams[c].push(ClientStream {
+                    at,
                     resume: matches!(request, Request::Resume { .. }),
                     attached: false,
                     end: None,
+                    ended_at: None,
                 });
                 match request {
                     Request::Open { .. } => format!("c{c} connect {endpoint} open"),
@@ -307,10 +309,16 @@ impl Shared {
             Event::Failed { endpoint, end } => {
                 if let Some(stream) = self.state().streams[c].last_mut() {
                     stream.end = Some(end.clone());
+                    stream.ended_at = Some(at);
                 }
                 format!("c{c} failed {endpoint}: {end:?}")
             }
-            Event::Silent { endpoint } => format!("c{c} silent {endpoint}"),
+            Event::Silent { endpoint } => {
+                if let Some(stream) = self.state().streams[c].last_mut() {
+                    stream.ended_at = Some(at);
+                }
+                format!("c{c} silent {endpoint}")
+            }
         };
         self.log(at, line);
     }
@@ -475,11 +483,15 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
                 // three times what the servers ask: the real TTL).
                 session.ttl /= 3;
             }
-            let cfg = ServerConfig {
+            let mut cfg = ServerConfig {
                 session,
                 rng_seed: Some(derive(seed, &[SEED_SERVER, s as u64, boot])),
                 ..ServerConfig::default()
             };
+            if bug == Bug::RetriesWithoutBackoff {
+                // No pushback: come back at once.
+                cfg.retry_after = Duration::ZERO;
+            }
             let observer = {
                 let shared = shared.clone();
                 Arc::new(move |e: &StreamEvent| shared.on_server_event(s, boot, e))
@@ -510,6 +522,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         let (id, client_seed) = clients[c];
         let shared = shared.clone();
         let plan = plan.clone();
+        let bug = scenario.bug;
         sim.client(Scenario::client_host(c), async move {
             tokio::time::sleep(plan.start).await;
             if let Some(k) = plan.reuse_id_of {
@@ -530,7 +543,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
                 .collect();
             let endpoints = Endpoints::new(targets)?;
             let now = tokio::time::Instant::now().into_std();
-            let client = Client::new(now, ClientConfig::default(), id, plan.count, client_seed)?;
+            let client = Client::new(now, client_config(bug), id, plan.count, client_seed)?;
             shared.log(
                 shared.now(),
                 format!("c{c} start {id} count {}", plan.count),
@@ -590,12 +603,22 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
             next_index: record.acked,
         });
     };
+    let on_backlog = |b: Backlog| {
+        shared.log(
+            b.at,
+            format!(
+                "store queue: {} operation(s) waiting, {:?} of work",
+                b.waiting, b.drain
+            ),
+        );
+    };
     let env = Env {
         registry: &registry,
         store_host: store_host.as_ref(),
         ids: &ids,
         on_loss: &on_loss,
         stale_resume: &stale_resume,
+        on_backlog: &on_backlog,
     };
     let mut step = |sim: &mut turmoil::Sim<'_>, faults: &mut FaultState| -> Result<bool, String> {
         faults.apply_due(
@@ -730,6 +753,25 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         data_losses: state.data_losses,
         answers,
         counted: recorder.counted(),
+        store_backlogs: store_host
+            .as_ref()
+            .map(|h| h.backlogs())
+            .unwrap_or_default(),
+    }
+}
+
+/// The clients' settings: the real ones, unless a planted bug changes
+/// them.
+fn client_config(bug: Bug) -> ClientConfig {
+    match bug {
+        // Every retry at once: the backoff, and so the throttled wait (the
+        // largest backoff), 1 ms.
+        Bug::RetriesWithoutBackoff => ClientConfig {
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(1),
+            ..ClientConfig::default()
+        },
+        _ => ClientConfig::default(),
     }
 }
 

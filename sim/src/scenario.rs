@@ -44,6 +44,9 @@ pub struct Scenario {
     /// an outage ends before the TTL is up (the swarm's: up to the 5 s
     /// backoff cap plus a connection's setup).
     pub expiry_slack: Duration,
+    /// The run must be back to a steady state this long after the fault
+    /// schedule's trigger ends ([`crate::recovery`]); `None`: not checked.
+    pub recovery: Option<crate::recovery::Recovery>,
 }
 
 /// Where the servers keep sessions.
@@ -74,6 +77,14 @@ pub struct StoreNet {
     /// How long a server waits for one answer before giving up on it (and
     /// on the connection).
     pub op_timeout: Duration,
+    /// How long the store takes to execute one operation. It executes one
+    /// at a time, in the order they arrive from every server (a
+    /// single-threaded store, as Redis is): an operation waits behind
+    /// those before it, so its latency grows with the load, and operations
+    /// a server gave up on still cost their turn. Zero: no queue, every
+    /// operation executes as it arrives. [`Action::StoreService`] changes
+    /// it during a run (a store starved of CPU, say).
+    pub service: Duration,
     /// Whether a server sends an operation again, once, after a timeout
     /// (on a new connection): a write whose reply was lost is re-sent.
     pub resend: bool,
@@ -90,6 +101,7 @@ impl Default for StoreNet {
             latency: Duration::from_millis(3),
             reply_loss: 0.0,
             op_timeout: Duration::from_millis(600),
+            service: Duration::ZERO,
             resend: true,
             takeover_reply_loss: 0.0,
         }
@@ -158,6 +170,14 @@ pub enum Bug {
     /// over is answered `Done` (without writing), so the stale stream
     /// keeps its lease and sends past the two-lease bound.
     StaleRenewalDone,
+    /// Retries that amplify: clients retry a failed stream after 1 ms
+    /// whatever happened (their backoff, and so their throttled wait,
+    /// configured to 1 ms) and servers ask for no wait in their `RetryInfo`
+    /// (planted in the settings both are started with). Against a store
+    /// whose latency grows with its load, every failure comes straight
+    /// back as more store work: the loop that keeps a store overloaded
+    /// after whatever slowed it is gone ([`crate::recovery`]).
+    RetriesWithoutBackoff,
 }
 
 /// One client: what it asks for, when, and where.
@@ -328,6 +348,10 @@ pub enum Action {
     ReleaseStore(usize),
     /// Largest latency of every server's link to the store host.
     StoreLatency(Duration),
+    /// The store host's time per operation from now on
+    /// ([`StoreNet::service`]): a store that slows down under the same
+    /// load, so its queue grows.
+    StoreService(Duration),
     /// Crash the store host.
     CrashStore,
     /// Start the store host again, with the data it had, or empty.
@@ -371,6 +395,7 @@ impl Action {
             Action::CutStore(_) | Action::HealStore(_) => "store-partition",
             Action::HoldStore(_) | Action::ReleaseStore(_) => "store-stall",
             Action::StoreLatency(_) => "store-latency",
+            Action::StoreService(_) => "store-overload",
             Action::CrashStore => "store-crash",
             Action::RestartStore { lose_data: false } => "store-restart-keeps-data",
             Action::RestartStore { lose_data: true } => "store-restart-loses-data",
@@ -432,6 +457,7 @@ impl Scenario {
             tick: Duration::from_millis(10),
             limit: Duration::from_secs(600),
             expiry_slack: Duration::ZERO,
+            recovery: None,
         }
     }
 
@@ -501,6 +527,9 @@ impl fmt::Display for Scenario {
         )?;
         if self.store == StoreKind::Host {
             writeln!(f, "  store host: {:?}", self.store_net)?;
+        }
+        if let Some(recovery) = &self.recovery {
+            writeln!(f, "  recovery: {recovery}")?;
         }
         for (i, c) in self.clients.iter().enumerate() {
             writeln!(

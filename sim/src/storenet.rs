@@ -9,6 +9,15 @@
 //! the write was applied (the host drops the reply and the connection, at
 //! [`StoreNet::reply_loss`]), and crashes that keep or lose its data.
 //!
+//! With [`StoreNet::service`] (or once [`Action::StoreService`] sets one)
+//! the host is also a store of limited speed: one worker executes every
+//! operation in the order they arrived, each taking the service time, so
+//! operations queue and latency grows with the load, as on a
+//! single-threaded store whose CPU is the limit. Without it, operations
+//! execute as they arrive, as before the queue existed.
+//!
+//! [`Action::StoreService`]: crate::Action::StoreService
+//!
 //! # Wire format
 //!
 //! Frames are a big-endian `u32` length and then that many bytes: a `u64`
@@ -37,8 +46,10 @@
 //!
 //! A [`NetStore`] multiplexes every stream's operations of one server boot
 //! over one connection, matched to replies by request id. An operation not
-//! answered within [`StoreNet::op_timeout`] drops the connection (it may be
-//! dead for good: turmoil's TCP does not retransmit) and, with
+//! answered within [`StoreNet::op_timeout`] drops the connection it was
+//! sent on, if that is still the current one (it may be dead for good:
+//! turmoil's TCP does not retransmit), losing the answers of every other
+//! operation on it, and, with
 //! [`StoreNet::resend`], is sent once more on a new one: a write whose reply
 //! was lost arrives twice, which the store's idempotence must absorb. If
 //! that fails too, the answer is `Unavailable`.
@@ -56,6 +67,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::SimClock;
+use crate::report::Backlog;
 use crate::rng::SimRng;
 use crate::run::lock;
 use crate::scenario::{Bug, StoreNet};
@@ -281,6 +293,14 @@ pub struct StoreHost {
     /// Draws which takeover replies are lost: a stream of its own, so
     /// that runs without this fault draw exactly as before it existed.
     takeover_rng: Mutex<SimRng>,
+    /// Time per operation ([`StoreNet::service`]); `None` until one is
+    /// set: operations then execute as they arrive, with no queue (so runs
+    /// without this setting replay as before it existed).
+    service: Mutex<Option<Duration>>,
+    /// What the queue holds.
+    load: Mutex<QueueLoad>,
+    /// The queue each time the speed changed, and when it emptied after.
+    backlogs: Mutex<Vec<Backlog>>,
     /// Trace lines: `log(line)`.
     log: Box<dyn Fn(String) + Send + Sync>,
 }
@@ -304,8 +324,55 @@ impl StoreHost {
             rng: Mutex::new(SimRng::new(seed)),
             takeover_reply_loss: plan.takeover_reply_loss,
             takeover_rng: Mutex::new(SimRng::new(crate::rng::derive(seed, &[1]))),
+            service: Mutex::new((!plan.service.is_zero()).then_some(plan.service)),
+            load: Mutex::default(),
+            backlogs: Mutex::default(),
             log: Box::new(log),
         })
+    }
+
+    /// Sets the time per operation from `now` on ([`Action::StoreService`]):
+    /// operations go through the store's queue from then on, whatever the
+    /// value. Returns the queue as it is then (the store then notes when it
+    /// is next empty: [`StoreHost::backlogs`]).
+    ///
+    /// [`Action::StoreService`]: crate::Action::StoreService
+    pub fn set_service(&self, service: Duration, now: Duration) -> Backlog {
+        *lock(&self.service) = Some(service);
+        let load = *lock(&self.load);
+        let waiting = u32::try_from(load.waiting).unwrap_or(u32::MAX);
+        let left = load.busy_until.saturating_sub(now);
+        let backlog = Backlog {
+            at: now,
+            waiting: load.waiting,
+            drain: left + service * waiting,
+            emptied: (waiting == 0 && left.is_zero()).then_some(now),
+        };
+        lock(&self.backlogs).push(backlog);
+        backlog
+    }
+
+    fn service(&self) -> Option<Duration> {
+        *lock(&self.service)
+    }
+
+    /// The queue each time the speed changed, with when it was next empty.
+    pub fn backlogs(&self) -> Vec<Backlog> {
+        lock(&self.backlogs).clone()
+    }
+
+    /// The queue is empty at `now`: the first time since the speed last
+    /// changed, that is when it emptied.
+    fn emptied(&self, now: Duration) {
+        let mut backlogs = lock(&self.backlogs);
+        if let Some(last) = backlogs.last_mut().filter(|b| b.emptied.is_none()) {
+            last.emptied = Some(now);
+            let since = now - last.at;
+            drop(backlogs);
+            (self.log)(format!(
+                "store queue empty {since:?} after its speed changed"
+            ));
+        }
     }
 
     /// The data now.
@@ -411,15 +478,111 @@ fn expires_in(op: &StoreOp) -> Option<Duration> {
 /// Runs the store host: accepts servers' connections and answers them.
 pub async fn serve(host: Arc<StoreHost>) -> io::Result<()> {
     let listener = turmoil::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, PORT)).await?;
+    // One queue per boot (a restarted store starts idle), started when
+    // first needed.
+    let queue = Queue::default();
+    *lock(&host.load) = QueueLoad::default();
     loop {
         let (stream, _) = listener.accept().await?;
-        tokio::spawn(connection(stream, host.clone()));
+        tokio::spawn(connection(stream, host.clone(), queue.clone()));
     }
 }
 
-async fn connection(stream: turmoil::net::TcpStream, host: Arc<StoreHost>) {
+/// The way into a boot's queue, once its worker ([`execute`]) runs.
+type Queue = Arc<Mutex<Option<mpsc::UnboundedSender<Queued>>>>;
+
+/// The sender into `queue`, starting its worker on this runtime (the store
+/// host's) if it does not run yet.
+fn enqueue(queue: &Queue, host: &Arc<StoreHost>) -> mpsc::UnboundedSender<Queued> {
+    lock(queue)
+        .get_or_insert_with(|| {
+            let (tx, inbox) = mpsc::unbounded_channel();
+            tokio::spawn(execute(inbox, host.clone()));
+            tx
+        })
+        .clone()
+}
+
+/// What the store's queue holds.
+#[derive(Clone, Copy, Debug, Default)]
+struct QueueLoad {
+    /// Operations waiting, not yet executing.
+    waiting: u64,
+    /// When the one executing is done.
+    busy_until: Duration,
+}
+
+/// An operation waiting in the store's queue ([`StoreNet::service`]).
+struct Queued {
+    /// When it arrived.
+    arrived: Duration,
+    id: u64,
+    op: StoreOp,
+    /// Where its connection waits for the answer.
+    reply: mpsc::UnboundedSender<Executed>,
+}
+
+/// An operation the queue executed, back to its connection.
+struct Executed {
+    id: u64,
+    summary: String,
+    reply: StoreReply,
+    /// Its reply is lost (see [`StoreHost::loses_reply`]).
+    lost: bool,
+}
+
+/// Applies `op` as the store host does, and tells whether its reply is
+/// lost.
+fn execute_one(host: &StoreHost, op: StoreOp) -> (StoreReply, bool) {
+    let takeover = host.takeover_applied_first(&op);
+    let reply = host.apply(op.clone());
+    let lost = host.loses_reply(takeover.is_some_and(|before| before != host.lookup(&op)));
+    (reply, lost)
+}
+
+/// The store's one worker, with [`StoreNet::service`]: executes queued
+/// operations one at a time, in the order they arrived, each taking the
+/// service time from the later of its arrival and the end of the one
+/// before. The times are kept exactly, so the store's throughput is one
+/// operation per service time even where turmoil's steps are coarser;
+/// only when an answer leaves is rounded up to a step. An operation whose
+/// server gave up (its connection gone) still takes its turn, as a real
+/// store executes what it has read.
+async fn execute(mut inbox: mpsc::UnboundedReceiver<Queued>, host: Arc<StoreHost>) {
+    let mut busy_until = Duration::ZERO;
+    while let Some(q) = inbox.recv().await {
+        let service = host.service().unwrap_or_default();
+        busy_until = busy_until.max(q.arrived) + service;
+        {
+            let mut load = lock(&host.load);
+            load.waiting = load.waiting.saturating_sub(1);
+            load.busy_until = busy_until;
+        }
+        let now = host.clock.elapsed();
+        if busy_until > now {
+            tokio::time::sleep(busy_until - now).await;
+        }
+        let summary = summarize(&q.op);
+        let (reply, lost) = execute_one(&host, q.op);
+        let _ = q.reply.send(Executed {
+            id: q.id,
+            summary,
+            reply,
+            lost,
+        });
+        if lock(&host.load).waiting == 0 {
+            host.emptied(host.clock.elapsed());
+        }
+    }
+}
+
+async fn connection(stream: turmoil::net::TcpStream, host: Arc<StoreHost>, queue: Queue) {
     let (mut r, mut w) = stream.into_split();
     loop {
+        if host.service().is_some() {
+            let queue = enqueue(&queue, &host);
+            return queued(r, w, host, queue).await;
+        }
         let Ok(body) = read_frame(&mut r).await else {
             return;
         };
@@ -427,14 +590,59 @@ async fn connection(stream: turmoil::net::TcpStream, host: Arc<StoreHost>) {
             return;
         };
         let summary = summarize(&op);
-        let takeover = host.takeover_applied_first(&op);
-        let reply = host.apply(op.clone());
-        if host.loses_reply(takeover.is_some_and(|before| before != host.lookup(&op))) {
+        let (reply, lost) = execute_one(&host, op);
+        if lost {
             // Applied, but the server never hears: the connection drops.
             (host.log)(format!("store lost the reply to {summary}: {reply:?}"));
             return;
         }
         if w.write_all(&encode_reply(id, &reply)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A connection whose operations go through the store's queue: every
+/// request is read as it arrives (and queued), answers are written as the
+/// queue executes them.
+async fn queued(
+    mut r: turmoil::net::tcp::OwnedReadHalf,
+    mut w: turmoil::net::tcp::OwnedWriteHalf,
+    host: Arc<StoreHost>,
+    queue: mpsc::UnboundedSender<Queued>,
+) {
+    let (tx, mut executed) = mpsc::unbounded_channel();
+    let clock = host.clock.clone();
+    let counter = host.clone();
+    let _reader = Abort(tokio::spawn(async move {
+        while let Ok(body) = read_frame(&mut r).await {
+            let Ok((id, op)) = decode_op(&body) else {
+                return;
+            };
+            let queued = Queued {
+                arrived: clock.elapsed(),
+                id,
+                op,
+                reply: tx.clone(),
+            };
+            lock(&counter.load).waiting += 1;
+            if queue.send(queued).is_err() {
+                return;
+            }
+        }
+    }));
+    while let Some(done) = executed.recv().await {
+        if done.lost {
+            (host.log)(format!(
+                "store lost the reply to {}: {:?}",
+                done.summary, done.reply
+            ));
+            return;
+        }
+        if w.write_all(&encode_reply(done.id, &done.reply))
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -470,13 +678,24 @@ fn summarize(op: &StoreOp) -> String {
 enum Msg {
     /// Send this frame (request id, bytes) if its caller still waits.
     Frame(u64, Vec<u8>),
-    /// Drop the connection: the next frame opens a new one.
-    Reset,
+    /// Drop connection number `n` if it is still the current one: the
+    /// next frame opens a new one. A reset asked for because of an older
+    /// connection leaves a newer one alone, or timeouts on one connection
+    /// would each kill the next, and the operations on it, in a chain that
+    /// never ends while operations keep coming.
+    Reset(u64),
+}
+
+/// A caller waiting for its answer.
+struct Waiting {
+    reply: oneshot::Sender<StoreReply>,
+    /// The connection its frame was written on, once written.
+    on: Option<u64>,
 }
 
 struct Inner {
     calls: mpsc::UnboundedSender<Msg>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<StoreReply>>>,
+    pending: Mutex<HashMap<u64, Waiting>>,
     next_id: AtomicU64,
     op_timeout: Duration,
     resend: bool,
@@ -500,6 +719,8 @@ impl std::fmt::Debug for NetStore {
 pub struct Connection {
     inner: Arc<Inner>,
     rx: mpsc::UnboundedReceiver<Msg>,
+    /// Connections made so far: the current one's number.
+    connections: u64,
 }
 
 impl NetStore {
@@ -517,7 +738,11 @@ impl NetStore {
             NetStore {
                 inner: inner.clone(),
             },
-            Connection { inner, rx },
+            Connection {
+                inner,
+                rx,
+                connections: 0,
+            },
         )
     }
 }
@@ -529,7 +754,13 @@ impl SessionStore for NetStore {
         for _ in 0..attempts {
             let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
-            lock(&inner.pending).insert(id, tx);
+            lock(&inner.pending).insert(
+                id,
+                Waiting {
+                    reply: tx,
+                    on: None,
+                },
+            );
             if inner
                 .calls
                 .send(Msg::Frame(id, encode_op(id, &op)))
@@ -540,8 +771,10 @@ impl SessionStore for NetStore {
             if let Ok(Ok(reply)) = tokio::time::timeout(inner.op_timeout, rx).await {
                 return reply;
             }
-            lock(&inner.pending).remove(&id);
-            let _ = inner.calls.send(Msg::Reset);
+            let written = lock(&inner.pending).remove(&id).and_then(|w| w.on);
+            if let Some(connection) = written {
+                let _ = inner.calls.send(Msg::Reset(connection));
+            }
         }
         StoreReply::Unavailable(format!(
             "the store host did not answer within {:?} ({attempts} attempt(s))",
@@ -568,16 +801,19 @@ impl Connection {
             let first = loop {
                 match self.rx.recv().await {
                     None => return,
-                    Some(Msg::Reset) => continue,
-                    Some(Msg::Frame(id, frame)) if self.waiting(id) => break frame,
+                    Some(Msg::Reset(_)) => continue,
+                    Some(Msg::Frame(id, frame)) if self.waiting(id) => break (id, frame),
                     Some(Msg::Frame(..)) => continue,
                 }
             };
+            let (first_id, first) = first;
             let connect = turmoil::net::TcpStream::connect((HOST, PORT));
             let Ok(Ok(stream)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await else {
                 // Its caller times out and tries again.
                 continue;
             };
+            self.connections += 1;
+            let connection = self.connections;
             let (mut r, mut w) = stream.into_split();
             let inner = self.inner.clone();
             let reader = Abort(tokio::spawn(async move {
@@ -585,19 +821,20 @@ impl Connection {
                     let Ok((id, reply)) = decode_reply(&body) else {
                         return;
                     };
-                    if let Some(tx) = lock(&inner.pending).remove(&id) {
-                        let _ = tx.send(reply);
+                    if let Some(waiting) = lock(&inner.pending).remove(&id) {
+                        let _ = waiting.reply.send(reply);
                     }
                 }
             }));
-            if w.write_all(&first).await.is_err() {
+            if !self.written(first_id, connection) || w.write_all(&first).await.is_err() {
                 continue;
             }
             loop {
                 match self.rx.recv().await {
                     None => return,
-                    Some(Msg::Reset) => break,
-                    Some(Msg::Frame(id, frame)) if self.waiting(id) => {
+                    Some(Msg::Reset(n)) if n == connection => break,
+                    Some(Msg::Reset(_)) => {}
+                    Some(Msg::Frame(id, frame)) if self.written(id, connection) => {
                         if w.write_all(&frame).await.is_err() {
                             break;
                         }
@@ -613,6 +850,18 @@ impl Connection {
     /// that gave up are not sent late).
     fn waiting(&self, id: u64) -> bool {
         lock(&self.inner.pending).contains_key(&id)
+    }
+
+    /// Whether request `id`'s caller still waits for it; if so, notes that
+    /// its frame goes out on `connection`.
+    fn written(&self, id: u64, connection: u64) -> bool {
+        match lock(&self.inner.pending).get_mut(&id) {
+            Some(waiting) => {
+                waiting.on = Some(connection);
+                true
+            }
+            None => false,
+        }
     }
 }
 

@@ -55,6 +55,9 @@ pub struct SeedResult {
     /// run when `SIM_TIMELINE` is set (others are drawn again when needed:
     /// see [`write_timeline`]).
     pub timeline: Option<String>,
+    /// For a scenario that states a [`Recovery`](crate::Recovery): how
+    /// the run came out of its trigger.
+    pub recovery: Option<crate::recovery::Outcome>,
 }
 
 /// The path of a test inside the scenarios binary, from the calling
@@ -170,7 +173,9 @@ fn run_one(seed: u64, build: &(dyn Fn(u64) -> Scenario + Sync)) -> SeedResult {
         .filter_map(|c| c.outcome.as_ref())
         .map(|o| u64::from(o.reconnects))
         .sum();
+    let recovery = scenario.recovery.as_ref().map(|r| r.outcome(&report));
     SeedResult {
+        recovery,
         fault_kinds: scenario.fault_kinds().into_iter().collect(),
         seed,
         trace_hash: report.trace_hash,
@@ -311,7 +316,7 @@ fn summary(test: &str, results: &[SeedResult], failed: usize, took: Duration) {
     } else {
         kinds.join(", ")
     };
-    let line = format!(
+    let mut line = format!(
         "sim {test}: {} seed(s) in {:.1}s = {:.1} seeds/s ({:.0} s simulated; clients: {}; {reconnects} reconnects), {failed} failed; seeds per fault kind: {kinds}\n",
         results.len(),
         secs,
@@ -319,6 +324,34 @@ fn summary(test: &str, results: &[SeedResult], failed: usize, took: Duration) {
         simulated.as_secs_f64(),
         verdicts.join(", "),
     );
+    let recoveries: Vec<(u64, crate::recovery::Outcome)> = results
+        .iter()
+        .filter_map(|r| r.recovery.map(|o| (r.seed, o)))
+        .collect();
+    if let Some((seed, slowest)) = recoveries.iter().max_by_key(|(_, o)| o.recovery_time) {
+        // Allowed: to the settling point, counted from the trigger's end.
+        let allowed = |o: &crate::recovery::Outcome| o.settled.saturating_sub(o.ended);
+        let margin =
+            |o: &crate::recovery::Outcome| allowed(o).as_secs_f64() - o.recovery_time.as_secs_f64();
+        let (tightest, tight_seed) = recoveries
+            .iter()
+            .map(|(seed, o)| (margin(o), *seed))
+            .fold((f64::INFINITY, 0), |a, b| if b.0 < a.0 { b } else { a });
+        let factor = |o: &crate::recovery::Outcome| {
+            o.emptied.map_or(f64::INFINITY, |at| {
+                (at - o.ended).as_secs_f64() / o.drain.as_secs_f64().max(1e-9)
+            })
+        };
+        let (worst_drain, drain_seed) = recoveries
+            .iter()
+            .map(|(seed, o)| (factor(o), *seed))
+            .fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a });
+        line += &format!(
+            "  recovery: last disturbance at most {:?} after the trigger ended (seed {seed}, allowed {:?}); the least time to spare {tightest:.3}s (seed {tight_seed}); the store's queue emptied within {worst_drain:.2} times the work it held then (seed {drain_seed})\n",
+            slowest.recovery_time,
+            allowed(slowest),
+        );
+    }
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 

@@ -248,3 +248,17 @@ fn a_stale_lease_renewed_is_caught() {
         crate::rare::stale_resume,
     );
 }
+
+/// Retries that amplify (clients without backoff, servers without
+/// pushback): the store's queue never drains after a slowdown, and streams
+/// keep failing and resuming long after the bound.
+#[test]
+fn retries_that_amplify_are_caught() {
+    caught(
+        "retries_that_amplify_are_caught",
+        2,
+        Bug::RetriesWithoutBackoff,
+        Invariant::Recovers,
+        crate::overload::small_store_slowdown,
+    );
+}

@@ -10,6 +10,7 @@ mod expiry;
 mod failover;
 mod finale;
 mod loss;
+mod overload;
 mod partitions;
 mod rare;
 mod replay;

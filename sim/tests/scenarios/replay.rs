@@ -7,7 +7,7 @@ use sim::{run, Scenario};
 type Builder = fn(u64) -> Scenario;
 
 /// One builder per scenario family.
-const BUILDERS: [(&str, Builder); 9] = [
+const BUILDERS: [(&str, Builder); 10] = [
     ("short outages", crate::partitions::short_outages),
     ("long outages", crate::expiry::long_outages),
     ("expiry boundary", crate::expiry::boundary),
@@ -17,6 +17,7 @@ const BUILDERS: [(&str, Builder); 9] = [
     ("final ack lost", crate::finale::final_ack_lost),
     ("swarm", sim::swarm::swarm),
     ("id reuse", crate::reuse::paused_server_wakes_after_reuse),
+    ("store slowdown", crate::overload::small_store_slowdown),
 ];
 
 #[test]
