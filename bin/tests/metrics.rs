@@ -2,22 +2,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
+use common::metrics::scrape_port;
 use common::{dead_port, run_client, wait_until, Server};
-
-/// One HTTP/1.1 GET of `/metrics`; `None` while nothing listens yet.
-fn scrape(port: u16) -> Option<String> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    conn.read_to_string(&mut response).ok()?;
-    response.starts_with("HTTP/1.1 200").then_some(response)
-}
 
 /// The value of a sample line `name{labels} value` or `name value`.
 fn sample(text: &str, name: &str) -> Option<f64> {
@@ -38,7 +26,7 @@ fn metrics_count_sessions_numbers_and_rejections() {
     wait_until(
         Duration::from_secs(10),
         "the metrics endpoint answers",
-        || scrape(metrics_port).is_some(),
+        || scrape_port(metrics_port).is_some(),
     );
     run_client(server.port, &["--count", "20"]).assert_code(0);
     // An Open with a count of 0 never leaves the client (usage error), so
@@ -47,7 +35,7 @@ fn metrics_count_sessions_numbers_and_rejections() {
         Duration::from_secs(10),
         "counters reach the exporter",
         || {
-            text = scrape(metrics_port).unwrap_or_default();
+            text = scrape_port(metrics_port).unwrap_or_default();
             sample(&text, "station_sessions_completed_total") == Some(1.0)
         },
     );

@@ -6,11 +6,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
+use common::metrics::scrape_port;
 use common::{dead_port, poll, spawn_client, station, wait_until, Finished, Server, SHORT};
 use station_net::testing::RedisServer;
 
@@ -143,17 +142,6 @@ fn demo_prints_stream_ends_in_words_and_a_summary_table() {
     assert!(out.last_line().starts_with("demo PASSED"), "{out}");
 }
 
-/// One HTTP/1.1 GET of `/metrics`; `None` while nothing listens yet.
-fn scrape(port: u16) -> Option<String> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    conn.read_to_string(&mut response).ok()?;
-    response.starts_with("HTTP/1.1 200").then_some(response)
-}
-
 /// The names of the samples in a Prometheus text exposition (a summary's
 /// `_sum` and `_count` are names of their own, as PromQL sees them).
 fn sample_names(exposition: &str) -> BTreeSet<String> {
@@ -246,7 +234,7 @@ fn traffic_on_memory() -> BTreeSet<String> {
         "7",
     ]);
     wait_until(SHORT, "the metrics endpoint answers", || {
-        scrape(metrics_port).is_some()
+        scrape_port(metrics_port).is_some()
     });
     common::run_client(server.port, &["--count", "20"]).assert_code(0);
     // The client may exit before the server has handled its final ack.
@@ -261,7 +249,7 @@ fn traffic_on_memory() -> BTreeSet<String> {
         Duration::from_millis(50),
         "a refusal at the door",
         || {
-            let text = scrape(metrics_port).unwrap_or_default();
+            let text = scrape_port(metrics_port).unwrap_or_default();
             match text.contains("station_rejections_total{code=\"RESOURCE_EXHAUSTED\"}") {
                 true => Ok(text),
                 false => Err(text),
@@ -299,7 +287,7 @@ fn store_failure_on_redis(redis: &mut RedisServer) -> BTreeSet<String> {
 /// Scrapes (bounded) until a sample named `name` shows; returns the names.
 fn scrape_until(port: u16, name: &str) -> BTreeSet<String> {
     poll(SHORT, Duration::from_millis(50), name, || {
-        let names = sample_names(&scrape(port).unwrap_or_default());
+        let names = sample_names(&scrape_port(port).unwrap_or_default());
         match names.contains(name) {
             true => Ok(names),
             false => Err(format!("{names:?}")),
