@@ -60,6 +60,10 @@ const INTERVAL: &str = "20ms";
 const TTL: Duration = Duration::from_secs(4);
 const SILENCE: &str = "3s";
 
+/// How long the takeover's stopped client stays stopped: well past its own
+/// silence allowance, and short of its keepalive's 5 s timeout.
+const HOLD: Duration = Duration::from_secs(3);
+
 /// Clients of the servers that inject faults, and their numbers.
 const FAULT_CLIENTS: usize = 6;
 const FAULT_COUNT: u32 = 40;
@@ -369,6 +373,7 @@ fn counters_match_what_clients_saw(store: Store, prefix: &str) {
     assert_ended(&dup, 5, "SESSION_EXISTS");
     runs.push((dup, true));
     holder.signal("STOP");
+    let stopped_at = Instant::now();
     let taker_state = tmp.path().join("taker.json");
     std::fs::copy(&holder_state, &taker_state).expect("copy the state file");
     let completed_before = clean[last].server.stats()["sessions_completed"]
@@ -386,6 +391,11 @@ fn counters_match_what_clients_saw(store: Store, prefix: &str) {
         .wait_stats(SHORT, "the taken-over session completed", |s| {
             s["sessions_completed"].as_u64() > Some(completed_before)
         });
+    // It wakes well past its silence allowance (2.01 s: 20 ms intervals,
+    // 4 s TTL), so its watchdog looks once more and reads the TAKEN_OVER
+    // waiting in its socket. Woken near that deadline, it could judge the
+    // stream silent before its connection had read the socket.
+    std::thread::sleep(HOLD.saturating_sub(stopped_at.elapsed()));
     holder.signal("CONT");
     let held = holder.finish(CLIENT_TIMEOUT);
     assert_ended(&held, 5, "SESSION_UNKNOWN");

@@ -219,26 +219,33 @@ fn dashboard_and_alerts_name_only_exported_metrics() {
     }
 }
 
-/// Metric names scraped from a memory-store server after a session that
-/// resumes (injected faults) and completes, and a refusal at the door
-/// (`--max-sessions 1`: a long session holds the one place).
+/// Metric names scraped from memory-store servers after a session that
+/// resumes (injected faults) and completes, and after a refusal at the door
+/// (`--max-sessions 1`: a long session holds the one place). Two servers:
+/// a holder that faults would free its place between streams, and the
+/// client meant to be refused could slip in there.
 fn traffic_on_memory() -> BTreeSet<String> {
+    let mut names = faults_on_memory();
+    names.extend(refusal_on_memory());
+    names
+}
+
+fn faults_on_memory() -> BTreeSet<String> {
     let metrics_port = dead_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    let server = Server::start(&[
-        "--metrics-addr",
-        &metrics_addr,
-        "--max-sessions",
-        "1",
-        "--fail-every",
-        "7",
-    ]);
+    let server = Server::start(&["--metrics-addr", &metrics_addr, "--fail-every", "7"]);
     wait_until(SHORT, "the metrics endpoint answers", || {
         scrape_port(metrics_port).is_some()
     });
     common::run_client(server.port, &["--count", "20"]).assert_code(0);
     // The client may exit before the server has handled its final ack.
-    scrape_until(metrics_port, "station_sessions_completed_total");
+    scrape_until(metrics_port, "station_sessions_completed_total")
+}
+
+fn refusal_on_memory() -> BTreeSet<String> {
+    let metrics_port = dead_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let server = Server::start(&["--metrics-addr", &metrics_addr, "--max-sessions", "1"]);
     let mut holder = spawn_client(server.port, &["--count", "3000"]);
     server.wait_stats(SHORT, "the long session attached", |s| {
         s["attached_streams"] == 1

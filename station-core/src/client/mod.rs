@@ -6,6 +6,9 @@
 //! exponential backoff with jitter, capped, and never past the moment the
 //! session must have expired on the server. A watchdog drops a stream that
 //! went silent (a half-open connection) so the client can resume elsewhere.
+//! A watchdog that fires late was not watching (the process was suspended
+//! or starved): what the server sent meanwhile may sit unread in the
+//! transport, so it looks once more, briefly, before it judges.
 //!
 //! The client keeps O(1) state — the running sum and CRC, never the numbers —
 //! and can [`snapshot`](Client::snapshot) it so a crashed client process
@@ -58,6 +61,15 @@ fn later(t: Instant, d: Duration) -> Instant {
     t.checked_add(d).or_else(|| t.checked_add(FAR)).unwrap_or(t)
 }
 
+/// A watchdog timer handled this long after it was due was not watching:
+/// the process was suspended (SIGSTOP, a laptop asleep) or starved. What
+/// the server sent meanwhile may be in the transport, unread, and may be
+/// how the stream ended (a server's `TAKEN_OVER`, say); a watchdog that
+/// judged at once would report silence instead. So it looks again until
+/// [`LOOK`] later (the deadline's `look`), once, and then judges.
+const LATE_WAKE: Duration = Duration::from_millis(250);
+const LOOK: Duration = Duration::from_millis(250);
+
 /// Everything needed to continue after a crash: O(1), never the numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Snapshot {
@@ -81,10 +93,18 @@ pub struct Snapshot {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// `Connect` emitted at `since`; waiting for `Attached`.
-    Connecting { since: Instant },
-    /// Attached; the last server message came at `last`.
-    Streaming { last: Instant },
+    /// `Connect` emitted at `since`; waiting for `Attached`. `look`: see
+    /// [`LATE_WAKE`].
+    Connecting {
+        since: Instant,
+        look: Option<Instant>,
+    },
+    /// Attached; the last server message came at `last`. `look`: see
+    /// [`LATE_WAKE`].
+    Streaming {
+        last: Instant,
+        look: Option<Instant>,
+    },
     /// Waiting to reconnect at `until`.
     Backoff { until: Instant },
     /// Finished.
@@ -308,7 +328,10 @@ impl Client {
         // number arrives.
         self.last_heard = Some(now);
         self.stream_attached = true;
-        self.phase = Phase::Streaming { last: now };
+        self.phase = Phase::Streaming {
+            last: now,
+            look: None,
+        };
         if self.next_index == self.count {
             // We held everything already; only the final ack was missing.
             self.finish_complete();
@@ -324,7 +347,10 @@ impl Client {
                 return self.protocol_error(now, "Number before Attached".into())
             }
         }
-        self.phase = Phase::Streaming { last: now };
+        self.phase = Phase::Streaming {
+            last: now,
+            look: None,
+        };
         self.last_heard = Some(now);
         if n.index < self.next_index {
             return; // A duplicate: we hold it already.
@@ -423,17 +449,32 @@ impl Client {
 
     /// Handles time passing. Calling it early is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(due) = self.poll_timeout() else {
+            return;
+        };
+        if now < due {
+            return;
+        }
+        match &mut self.phase {
+            Phase::Connecting { look, .. } | Phase::Streaming { look, .. }
+                if look.is_none() && now.saturating_duration_since(due) >= LATE_WAKE =>
+            {
+                *look = Some(later(now, LOOK));
+                return;
+            }
+            _ => {}
+        }
         match self.phase {
-            Phase::Connecting { since } if now >= later(since, self.cfg.attach_timeout) => {
+            Phase::Connecting { .. } => {
                 self.out.push_back(Output::Disconnect);
                 self.retry(now, Failure::NoAnswer, "no Attached in time".into(), None);
             }
-            Phase::Streaming { last } if now >= later(last, self.silence()) => {
+            Phase::Streaming { .. } => {
                 self.out.push_back(Output::Disconnect);
                 self.retry(now, Failure::NoAnswer, "stream went silent".into(), None);
             }
-            Phase::Backoff { until } if now >= until => self.connect(now),
-            _ => {}
+            Phase::Backoff { .. } => self.connect(now),
+            Phase::Done => {}
         }
     }
 
@@ -474,8 +515,12 @@ impl Client {
     /// Changed by every `handle_*` call.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Connecting { since } => Some(later(since, self.cfg.attach_timeout)),
-            Phase::Streaming { last } => Some(later(last, self.silence())),
+            Phase::Connecting { since, look } => {
+                Some(look.unwrap_or_else(|| later(since, self.cfg.attach_timeout)))
+            }
+            Phase::Streaming { last, look } => {
+                Some(look.unwrap_or_else(|| later(last, self.silence())))
+            }
             Phase::Backoff { until } => Some(until),
             Phase::Done => None,
         }
@@ -519,7 +564,10 @@ impl Client {
         self.streams += 1;
         self.stream_attached = false;
         self.stream_progressed = false;
-        self.phase = Phase::Connecting { since: now };
+        self.phase = Phase::Connecting {
+            since: now,
+            look: None,
+        };
         self.out.push_back(Output::Connect(request));
     }
 

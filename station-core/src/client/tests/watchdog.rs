@@ -78,3 +78,64 @@ fn finished_is_final() {
     assert_eq!(drain(&mut c), []);
     assert_eq!(c.received(), 0);
 }
+
+/// A watchdog that fires late (the process was stopped) looks once more
+/// before it judges: the server's last word may be waiting, unread.
+#[test]
+fn a_late_watchdog_looks_again_before_it_judges() {
+    let t0 = Instant::now();
+    let mut c = new_client(t0, 10);
+    c.handle_attached(t0, attached(10, 0, 1));
+    feed(&mut c, t0, 0..1, 10);
+    let silent_at = c.poll_timeout().unwrap();
+    // Woken two seconds late: look until a moment from now.
+    let woke = silent_at + Duration::from_secs(2);
+    c.handle_timeout(woke);
+    assert_eq!(drain(&mut c), []);
+    assert_eq!(c.poll_timeout(), Some(woke + LOOK));
+    // What was waiting is read: the stream ended with the server's word.
+    c.handle_end(woke + ms(1), unavailable());
+    assert_eq!(drain(&mut c), []);
+    assert!(c.poll_timeout().unwrap() > woke + ms(1));
+
+    // Nothing was waiting: once the look is over, the stream went silent,
+    // even if that timer is late too (it looks only once).
+    let mut c = new_client(t0, 10);
+    c.handle_attached(t0, attached(10, 0, 1));
+    feed(&mut c, t0, 0..1, 10);
+    c.handle_timeout(woke);
+    c.handle_timeout(woke + LOOK + Duration::from_secs(2));
+    assert_eq!(drain(&mut c), [Output::Disconnect]);
+
+    // A number read during the look is a live stream: the next late
+    // timer looks again.
+    let mut c = new_client(t0, 10);
+    c.handle_attached(t0, attached(10, 0, 1));
+    feed(&mut c, t0, 0..1, 10);
+    c.handle_timeout(woke);
+    feed(&mut c, woke + ms(1), 1..2, 10);
+    let next = c.poll_timeout().unwrap();
+    assert!(next > woke + LOOK, "a fresh silence allowance");
+    c.handle_timeout(next + Duration::from_secs(2));
+    assert_eq!(drain(&mut c), []);
+
+    // A late attach timeout looks again too.
+    let mut c = new_client(t0, 10);
+    let due = c.poll_timeout().unwrap();
+    c.handle_timeout(due + Duration::from_secs(2));
+    assert_eq!(drain(&mut c), []);
+    c.handle_timeout(due + Duration::from_secs(2) + LOOK);
+    assert_eq!(drain(&mut c), [Output::Disconnect]);
+}
+
+/// Timers handled about on time (scheduling jitter) judge at once.
+#[test]
+fn a_watchdog_on_time_judges_at_once() {
+    let t0 = Instant::now();
+    let mut c = new_client(t0, 10);
+    c.handle_attached(t0, attached(10, 0, 1));
+    feed(&mut c, t0, 0..1, 10);
+    let silent_at = c.poll_timeout().unwrap();
+    c.handle_timeout(silent_at + LATE_WAKE - ms(1));
+    assert_eq!(drain(&mut c), [Output::Disconnect]);
+}
