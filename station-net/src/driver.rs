@@ -193,7 +193,8 @@ impl<S: SessionStore> Drive for Driver<S> {
                     Output::Store(op) => {
                         // The core asks for one operation at a time.
                         debug_assert!(this.store.is_none(), "a store operation is out");
-                        match start(this.shared, op) {
+                        let timeout = store_timeout(&shared.cfg, session.attaching_since());
+                        match start(this.shared, op, timeout) {
                             Ok(reply) => session.handle_store(now(), reply),
                             Err(op) => {
                                 // Polled at the top of the loop, which
@@ -471,7 +472,7 @@ fn drain_quietly<S: SessionStore>(
 ) -> bool {
     while pending.is_none() {
         match session.poll_output() {
-            Some(Output::Store(op)) => match start(shared, op) {
+            Some(Output::Store(op)) => match start(shared, op, shared.cfg.store_timeout) {
                 Ok(reply) => session.handle_store(now(), reply),
                 Err(op) => *pending = Some(op),
             },
@@ -483,10 +484,23 @@ fn drain_quietly<S: SessionStore>(
     true
 }
 
+/// How long a store operation may take: the store timeout, or while the
+/// stream attaches, until its attach deadline if that is later.
+fn store_timeout(cfg: &crate::ServerConfig, attaching_since: Option<Instant>) -> Duration {
+    let attach_left = attaching_since.map_or(Duration::ZERO, |since| {
+        (since + cfg.attach_timeout).saturating_duration_since(now())
+    });
+    cfg.store_timeout.max(attach_left)
+}
+
 /// Starts one store operation: its answer at once if the store can give
 /// one (the memory store always can, so no future is boxed per
-/// operation), else the future that brings it.
-fn start<S: SessionStore>(shared: &Arc<Shared<S>>, op: StoreOp) -> Result<StoreReply, StoreFuture> {
+/// operation), else the future that brings it, failing after `timeout`.
+fn start<S: SessionStore>(
+    shared: &Arc<Shared<S>>,
+    op: StoreOp,
+    timeout: Duration,
+) -> Result<StoreReply, StoreFuture> {
     let started = tokio::time::Instant::now();
     let creates = matches!(op, StoreOp::Create { .. });
     match shared.store.execute_now(op) {
@@ -494,15 +508,14 @@ fn start<S: SessionStore>(shared: &Arc<Shared<S>>, op: StoreOp) -> Result<StoreR
             account(shared, creates, started.elapsed(), &reply);
             Ok(reply)
         }
-        Err(op) => Err(execute(shared.clone(), op)),
+        Err(op) => Err(execute(shared.clone(), op, timeout)),
     }
 }
 
-/// Runs one store operation that cannot complete at once, bounded by the
-/// store timeout.
-fn execute<S: SessionStore>(shared: Arc<Shared<S>>, op: StoreOp) -> StoreFuture {
+/// Runs one store operation that cannot complete at once, bounded by
+/// `timeout`.
+fn execute<S: SessionStore>(shared: Arc<Shared<S>>, op: StoreOp, timeout: Duration) -> StoreFuture {
     Box::pin(async move {
-        let timeout = shared.cfg.store_timeout;
         let started = tokio::time::Instant::now();
         let creates = matches!(op, StoreOp::Create { .. });
         let inflight = shared.admission.started();

@@ -51,6 +51,12 @@ pub struct ServerConfig {
     pub go_offline_for: Duration,
     /// A store operation slower than this fails with UNAVAILABLE.
     pub store_timeout: Duration,
+    /// How long after its `Open` or `Resume` a stream's store work (the
+    /// create, or the load and takeover) may take, if longer than
+    /// `store_timeout`: under the client's 5 s attach timeout. A slow
+    /// store is waited for rather than failed, since failing an attach
+    /// sends the client back with a resume that costs the store more.
+    pub attach_timeout: Duration,
     /// Timer slack: a stream's ticks are rounded up to a multiple of this
     /// (since the server started), so streams due close together wake
     /// together and share writes. Numbers are up to this much late; zero
@@ -129,6 +135,7 @@ impl Default for ServerConfig {
             fail_every: None,
             go_offline_for: Duration::ZERO,
             store_timeout: Duration::from_secs(2),
+            attach_timeout: Duration::from_secs(4),
             tick_slack: Duration::from_millis(5),
             max_message_size: 1024,
             max_concurrent_streams: 10_000,

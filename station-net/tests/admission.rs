@@ -17,7 +17,7 @@ use station_net::client::{run, ChannelOptions, DriverOptions, Endpoints};
 use station_net::proto::client_message::Kind;
 use station_net::proto::numbers_station_client::NumbersStationClient;
 use station_net::proto::server_message::Kind as ServerKind;
-use station_net::proto::{ClientMessage, Open};
+use station_net::proto::{ClientMessage, Open, Resume};
 use station_net::status::PUSHBACK_KEY;
 use station_net::store::{MemoryStore, SessionStore, StoreError};
 use station_net::{ServerConfig, Station};
@@ -32,20 +32,25 @@ const STEP: Duration = Duration::from_secs(5);
 const INTERVAL: Duration = Duration::from_millis(20);
 
 /// The memory store behind an adjustable delay (never answering at once,
-/// as a networked store never does), counting the creates it runs.
+/// as a networked store never does), and as much again for loads,
+/// counting the creates it runs.
 #[derive(Clone, Default)]
 struct Delayed {
     inner: MemoryStore,
     delay_ms: Arc<AtomicU64>,
+    load_delay_ms: Arc<AtomicU64>,
     creates: Arc<AtomicU32>,
 }
 
 impl SessionStore for Delayed {
     async fn execute(&self, op: StoreOp) -> StoreReply {
-        if matches!(op, StoreOp::Create { .. }) {
-            self.creates.fetch_add(1, Ordering::Relaxed);
+        let mut delay_ms = self.delay_ms.load(Ordering::Relaxed);
+        match op {
+            StoreOp::Create { .. } => drop(self.creates.fetch_add(1, Ordering::Relaxed)),
+            StoreOp::Load(_) => delay_ms += self.load_delay_ms.load(Ordering::Relaxed),
+            _ => {}
         }
-        let delay = Duration::from_millis(self.delay_ms.load(Ordering::Relaxed));
+        let delay = Duration::from_millis(delay_ms);
         tokio::time::sleep(delay).await;
         self.inner.execute(op).await
     }
@@ -151,4 +156,67 @@ async fn a_slow_store_closes_the_door_to_new_sessions_not_to_admitted_ones() {
         let (verdict, reconnects) = timeout(STEP * 4, task).await.expect("bounded").unwrap();
         assert_eq!((verdict, reconnects), (Verdict::Verified, 0));
     }
+}
+
+/// A resume whose load is slower than the store timeout is waited for
+/// until the attach deadline, not failed: failing it would send the client
+/// back with another resume, costing the slow store more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_waits_for_a_slow_load_within_its_attach_deadline() {
+    let store = Delayed::default();
+    let load_delay = store.load_delay_ms.clone();
+    let (addr, _station, _stop) = start(store).await;
+    let mut client = NumbersStationClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let id = ClientId::from_random_bytes([9; 16]).to_string();
+
+    // Open, take `Attached` and go: the session is released.
+    let (tx, rx) = mpsc::channel(2);
+    let open = Kind::Open(Open {
+        client_id: id.clone(),
+        count: 1000,
+        open_nonce: vec![9; 16],
+    });
+    tx.send(ClientMessage { kind: Some(open) }).await.unwrap();
+    let mut inbound = timeout(STEP, client.stream(ReceiverStream::new(rx)))
+        .await
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    let token = match timeout(STEP, inbound.message()).await.unwrap() {
+        Ok(Some(m)) => match m.kind {
+            Some(ServerKind::Attached(a)) => a.resume_token,
+            other => panic!("not attached: {other:?}"),
+        },
+        other => panic!("not attached: {other:?}"),
+    };
+    drop((tx, inbound));
+
+    // Loads now take 3 s, past the 2 s store timeout but inside the 4 s
+    // attach deadline.
+    load_delay.store(3000, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (tx, rx) = mpsc::channel(2);
+    let resume = Kind::Resume(Resume {
+        client_id: id,
+        resume_token: token,
+        next_index: 0,
+    });
+    tx.send(ClientMessage { kind: Some(resume) }).await.unwrap();
+    let asked = Instant::now();
+    let mut inbound = timeout(STEP, client.stream(ReceiverStream::new(rx)))
+        .await
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    match timeout(STEP, inbound.message()).await.expect("bounded") {
+        Ok(Some(m)) if matches!(m.kind, Some(ServerKind::Attached(_))) => {}
+        other => panic!("the resume did not attach: {other:?}"),
+    }
+    assert!(
+        asked.elapsed() >= Duration::from_millis(2900),
+        "attached after {:?}: the load was not slow",
+        asked.elapsed()
+    );
 }

@@ -212,6 +212,12 @@ impl Stream {
         self.phase == Phase::Ended
     }
 
+    /// When the client's `Open` or `Resume` arrived, while the stream
+    /// waits for the store to attach it; `None` before and after.
+    pub fn attaching_since(&self) -> Option<Instant> {
+        (self.phase == Phase::Attaching).then_some(self.last_heard)
+    }
+
     /// Numbers sent so far (the next index to send).
     pub fn sent(&self) -> u32 {
         self.sent
