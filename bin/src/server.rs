@@ -33,8 +33,11 @@ pub async fn run(args: ServerArgs) -> u8 {
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     let addr = SocketAddr::new(args.host, args.port);
+    // The server bounds every store operation itself; the store's own
+    // bound is a backstop that must not cut those deadlines short.
     let store_cfg = StoreConfig {
         batch_linger: args.redis_batch_linger,
+        operation_timeout: cfg.store_timeout.max(cfg.attach_timeout) + Duration::from_secs(1),
         ..StoreConfig::default()
     };
     let result = if args.store == "memory" {

@@ -484,13 +484,15 @@ fn drain_quietly<S: SessionStore>(
     true
 }
 
-/// How long a store operation may take: the store timeout, or while the
-/// stream attaches, until its attach deadline if that is later.
+/// How long a store operation may take: the store timeout; while the
+/// stream attaches, until its attach deadline instead (the load and the
+/// takeover share it), so that a slow store is waited for as long as the
+/// client waits, and no longer.
 fn store_timeout(cfg: &crate::ServerConfig, attaching_since: Option<Instant>) -> Duration {
-    let attach_left = attaching_since.map_or(Duration::ZERO, |since| {
-        (since + cfg.attach_timeout).saturating_duration_since(now())
-    });
-    cfg.store_timeout.max(attach_left)
+    match attaching_since {
+        Some(since) => (since + cfg.attach_timeout).saturating_duration_since(now()),
+        None => cfg.store_timeout,
+    }
 }
 
 /// Starts one store operation: its answer at once if the store can give

@@ -52,10 +52,12 @@ pub struct ServerConfig {
     /// A store operation slower than this fails with UNAVAILABLE.
     pub store_timeout: Duration,
     /// How long after its `Open` or `Resume` a stream's store work (the
-    /// create, or the load and takeover) may take, if longer than
-    /// `store_timeout`: under the client's 5 s attach timeout. A slow
+    /// create, or the load and the takeover) may take in all, instead of
+    /// `store_timeout` each: under the client's 5 s attach timeout. A slow
     /// store is waited for rather than failed, since failing an attach
-    /// sends the client back with a resume that costs the store more.
+    /// sends the client back with a resume that costs the store more. A
+    /// store's own bound on one operation must not be shorter (the Redis
+    /// store's is `StoreConfig::operation_timeout`).
     pub attach_timeout: Duration,
     /// Timer slack: a stream's ticks are rounded up to a multiple of this
     /// (since the server started), so streams due close together wake

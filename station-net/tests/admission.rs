@@ -160,7 +160,8 @@ async fn a_slow_store_closes_the_door_to_new_sessions_not_to_admitted_ones() {
 
 /// A resume whose load is slower than the store timeout is waited for
 /// until the attach deadline, not failed: failing it would send the client
-/// back with another resume, costing the slow store more.
+/// back with another resume, costing the slow store more. A slower one
+/// fails at that deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_waits_for_a_slow_load_within_its_attach_deadline() {
     let store = Delayed::default();
@@ -199,7 +200,7 @@ async fn a_resume_waits_for_a_slow_load_within_its_attach_deadline() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (tx, rx) = mpsc::channel(2);
     let resume = Kind::Resume(Resume {
-        client_id: id,
+        client_id: id.clone(),
         resume_token: token,
         next_index: 0,
     });
@@ -210,13 +211,50 @@ async fn a_resume_waits_for_a_slow_load_within_its_attach_deadline() {
         .unwrap()
         .unwrap()
         .into_inner();
-    match timeout(STEP, inbound.message()).await.expect("bounded") {
-        Ok(Some(m)) if matches!(m.kind, Some(ServerKind::Attached(_))) => {}
+    let token = match timeout(STEP, inbound.message()).await.expect("bounded") {
+        Ok(Some(m)) => match m.kind {
+            Some(ServerKind::Attached(a)) => a.resume_token,
+            other => panic!("the resume did not attach: {other:?}"),
+        },
         other => panic!("the resume did not attach: {other:?}"),
-    }
+    };
     assert!(
         asked.elapsed() >= Duration::from_millis(2900),
         "attached after {:?}: the load was not slow",
         asked.elapsed()
     );
+    drop((tx, inbound));
+
+    // And no longer: a load of 6 s fails at the 4 s deadline, before the
+    // client's own 5 s attach timeout would drop the stream unanswered.
+    load_delay.store(6000, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (tx, rx) = mpsc::channel(2);
+    let resume = Kind::Resume(Resume {
+        client_id: id,
+        resume_token: token,
+        next_index: 0,
+    });
+    tx.send(ClientMessage { kind: Some(resume) }).await.unwrap();
+    let asked = Instant::now();
+    let status = match timeout(STEP, client.stream(ReceiverStream::new(rx)))
+        .await
+        .expect("bounded")
+    {
+        Err(status) => status,
+        Ok(response) => match timeout(STEP, response.into_inner().message())
+            .await
+            .expect("bounded")
+        {
+            Err(status) => status,
+            other => panic!("a 6 s load did not fail: {other:?}"),
+        },
+    };
+    let took = asked.elapsed();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        (Duration::from_millis(3800)..Duration::from_millis(4900)).contains(&took),
+        "failed after {took:?}, not at the 4 s attach deadline: {status:?}"
+    );
+    drop(tx);
 }

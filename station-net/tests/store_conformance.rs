@@ -29,9 +29,13 @@ const LONG: Duration = Duration::from_secs(60);
 fn config() -> StoreConfig {
     StoreConfig {
         remember_expired: REMEMBER,
+        operation_timeout: OPERATION_TIMEOUT,
         ..StoreConfig::default()
     }
 }
+
+/// The stores' bound on one operation here: what a hung Redis costs.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn record() -> Record {
     Record {
@@ -643,6 +647,7 @@ conformance!(
 // ---------------------------------------------------------------------------
 
 /// Generous bound for "fails quickly": the store promises about 2 s.
+/// Longer than [`OPERATION_TIMEOUT`], by a margin for a loaded machine.
 const FAIL_FAST: Duration = Duration::from_secs(3);
 
 fn assert_unavailable(reply: &StoreReply, what: &str) {
@@ -777,6 +782,52 @@ async fn redis_hung_server_times_out_then_recovers() {
             }
         }
     }
+}
+
+/// A Redis that answers late is waited for, up to the operation timeout:
+/// its answer once came after 1 s, past a fixed per-reply bound, and the
+/// server then sent the client back to resume again, while Redis still
+/// did the first load's work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_late_answer_is_waited_for() {
+    let Some((server, store)) = redis_store().await else {
+        return;
+    };
+    let rec = record();
+    assert_eq!(create(&store, rec, LONG).await, StoreReply::Done);
+    signal(&server, "STOP");
+    // Past the old 1 s per reply, well within the 2 s bound.
+    let paused = Duration::from_millis(1300);
+    let resume = tokio::spawn(async move {
+        sleep(paused).await;
+        signal(&server, "CONT");
+        server
+    });
+    let started = Instant::now();
+    let load = store.execute(StoreOp::Load(rec.client_id)).await;
+    let took = started.elapsed();
+    assert_eq!(
+        load,
+        StoreReply::Loaded(Lookup::Live(rec)),
+        "after {took:?}"
+    );
+    assert!(took >= paused, "answered while stopped? {took:?}");
+    // The batched path (a lease renewal) waits too.
+    let server = resume.await.expect("the signalling task");
+    signal(&server, "STOP");
+    let resume = tokio::spawn(async move {
+        sleep(paused).await;
+        signal(&server, "CONT");
+        server
+    });
+    let refresh = StoreOp::Update {
+        record: rec,
+        expect_generation: rec.generation,
+        expires_in: LONG,
+    };
+    assert_eq!(store.execute(refresh).await, StoreReply::Done);
+    // Dropped only now: dropping stops the server.
+    drop(resume.await.expect("the signalling task"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

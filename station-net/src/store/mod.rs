@@ -33,6 +33,15 @@ pub struct StoreConfig {
     /// batches cut the CPU per write; a lease renewal is answered at most
     /// this much later (numbers do not wait for it).
     pub batch_linger: Duration,
+    /// Redis: how long one operation may wait for its answer before it
+    /// fails as unavailable. The server bounds each operation by its own
+    /// deadline first (its store timeout, or a resume's attach deadline),
+    /// so this is only the store's backstop and must be at least the
+    /// longest of those. A starved Redis answers late, not never: failing
+    /// a resume's load sooner than the server would wait sends the client
+    /// back with another resume, while Redis still does the first one's
+    /// work.
+    pub operation_timeout: Duration,
 }
 
 impl Default for StoreConfig {
@@ -40,6 +49,7 @@ impl Default for StoreConfig {
         StoreConfig {
             remember_expired: Duration::from_secs(300),
             batch_linger: Duration::from_millis(2),
+            operation_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -34,8 +34,10 @@ use redis::{
 
 /// Each attempt to open a TCP connection to Redis gives up after this.
 pub(super) const CONNECTION_TIMEOUT: Duration = Duration::from_millis(500);
-/// A command sent on an open connection gives up after this.
-pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A command sent on an open connection to a cluster node, or a `ROLE`
+/// question, gives up after this. Commands to one Redis wait for the
+/// store's operation timeout instead (see [`Conn::open`]).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A cluster request, redirections and retries included, gives up after
 /// this: under half the store's bound on an operation, so that a request
 /// that failed this way can be sent once more on a new connection.
@@ -132,7 +134,18 @@ impl Conn {
     /// Opens a connection to `target` without waiting for Redis: it
     /// connects on first use, and fails only on bad settings. `root_ca` is
     /// a PEM bundle trusted for `rediss://` instead of the system's roots.
-    pub(super) fn open(target: Target, root_ca: Option<&[u8]>) -> Result<Conn, String> {
+    ///
+    /// With one Redis, a command waits up to `response_timeout` for its
+    /// reply: a slow Redis answers late, and a reply given up on is work
+    /// Redis does anyway. (A timed-out reply does not close the
+    /// connection, so this does not slow the detection of a dead one.) A
+    /// cluster keeps [`RESPONSE_TIMEOUT`]: there a timeout is how a failed
+    /// primary is noticed and the connection replaced.
+    pub(super) fn open(
+        target: Target,
+        root_ca: Option<&[u8]>,
+        response_timeout: Duration,
+    ) -> Result<Conn, String> {
         let certs = || TlsCertificates {
             client_tls: None,
             root_cert: root_ca.map(<[u8]>::to_vec),
@@ -147,7 +160,7 @@ impl Conn {
                     })
                     .collect::<RedisResult<Vec<_>>>()
                     .map_err(|e| format!("Redis connection settings: {e}"))?;
-                Single::new(clients.into()).map(Conn::Single)
+                Single::new(clients.into(), response_timeout).map(Conn::Single)
             }
             Target::Cluster(nodes) => {
                 let mut builder = ClusterClient::builder(nodes)
@@ -296,6 +309,8 @@ fn stuck(e: &RedisError) -> bool {
 pub(super) struct Single {
     /// The endpoints, in the order given.
     clients: Arc<[Client]>,
+    /// How long a command waits for its reply.
+    response_timeout: Duration,
     /// The endpoint in use and its connection manager, with an epoch that
     /// grows each time they are replaced.
     current: Arc<Mutex<Current>>,
@@ -311,10 +326,10 @@ struct Current {
 }
 
 /// A connection manager for `client`, connecting lazily.
-fn manager(client: &Client) -> RedisResult<ConnectionManager> {
+fn manager(client: &Client, response_timeout: Duration) -> RedisResult<ConnectionManager> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CONNECTION_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_response_timeout(Some(response_timeout))
         // Few, quick reconnection attempts per failure: the caller's own
         // retries (the client's) are the long-term ones, and each
         // operation must end within the store's bound.
@@ -332,11 +347,13 @@ fn is_read_only(e: &RedisError) -> bool {
 }
 
 impl Single {
-    fn new(clients: Arc<[Client]>) -> Result<Single, String> {
+    fn new(clients: Arc<[Client]>, response_timeout: Duration) -> Result<Single, String> {
         let first = clients.first().ok_or("no Redis endpoint given")?;
-        let conn = manager(first).map_err(|e| format!("Redis connection settings: {e}"))?;
+        let conn = manager(first, response_timeout)
+            .map_err(|e| format!("Redis connection settings: {e}"))?;
         Ok(Single {
             clients,
+            response_timeout,
             current: Arc::new(Mutex::new(Current {
                 epoch: 0,
                 index: 0,
@@ -408,7 +425,7 @@ impl Single {
             tracing::warn!("redis: no endpoint is a primary now; roles: {seen:?}");
             return;
         };
-        match manager(&self.clients[index]) {
+        match manager(&self.clients[index], self.response_timeout) {
             Ok(conn) => {
                 let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
                 if current.index != index {

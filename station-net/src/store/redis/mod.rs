@@ -105,15 +105,17 @@ use station_core::ClientId;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use self::conn::{query_slot_primary, Conn, Target, RESPONSE_TIMEOUT};
+use self::conn::{query_slot_primary, Conn, Target};
 use self::scripts::SCRIPTS;
 use super::{SessionStore, StoreConfig, StoreError};
 
 mod conn;
 mod scripts;
 
-/// Hard bound on one operation, reconnection attempts included: a dead or
-/// unreachable Redis yields `Unavailable` within this.
+/// Hard bound on a count or a ping, reconnection
+/// attempts included: a dead or unreachable Redis yields `Unavailable`
+/// within this. (The session operations of [`SessionStore::execute`] are
+/// bounded by [`StoreConfig::operation_timeout`].)
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Durations longer than this (ten years) are treated as this, which keeps
 /// every timestamp the scripts compute exact in a Lua double (< 2^53 µs).
@@ -285,7 +287,8 @@ impl RedisStore {
                     .into(),
             ));
         }
-        let conn = Conn::open(target, root_ca).map_err(StoreError::Config)?;
+        let conn =
+            Conn::open(target, root_ca, cfg.operation_timeout).map_err(StoreError::Config)?;
         let layout = Layout {
             prefix: prefix.into(),
             tagged,
@@ -300,6 +303,7 @@ impl RedisStore {
                     layout.clone(),
                     micros(cfg.remember_expired),
                     cfg.batch_linger,
+                    cfg.operation_timeout,
                     queue,
                 ));
                 updates
@@ -504,7 +508,7 @@ impl RedisStore {
 }
 
 impl RedisStore {
-    /// One operation, bounded by [`OPERATION_TIMEOUT`].
+    /// One operation, bounded by the configured operation timeout.
     async fn execute_untraced(&self, op: StoreOp) -> StoreReply {
         let what = match &op {
             StoreOp::Load(_) => "load",
@@ -526,12 +530,11 @@ impl RedisStore {
                 other => Box::pin(self.run(other)).await,
             }
         };
-        match tokio::time::timeout(OPERATION_TIMEOUT, run).await {
+        let limit = self.cfg.operation_timeout;
+        match tokio::time::timeout(limit, run).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(message)) => StoreReply::Unavailable(message),
-            Err(_) => StoreReply::Unavailable(format!(
-                "redis {what}: no answer within {OPERATION_TIMEOUT:?}"
-            )),
+            Err(_) => StoreReply::Unavailable(format!("redis {what}: no answer within {limit:?}")),
         }
     }
 }
@@ -584,13 +587,14 @@ async fn invoke<T: redis::FromRedisValue>(
 
 /// A batching task: sends its queue's updates, up to [`MAX_BATCH`] per
 /// script call, one call at a time, each batch held `linger` after its
-/// first update for more to join; ends when every handle to the store is
-/// gone.
+/// first update for more to join and failed if not answered within
+/// `limit`; ends when every handle to the store is gone.
 async fn send_batches(
     conn: Conn,
     layout: Layout,
     remember_us: u64,
     linger: Duration,
+    limit: Duration,
     mut queue: mpsc::UnboundedReceiver<QueuedUpdate>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -619,7 +623,7 @@ async fn send_batches(
                 .arg(micros(q.expires_in));
         }
         let call = invoke::<Vec<Vec<Vec<u8>>>>(&conn, "update", &inv);
-        let replies = match tokio::time::timeout(OPERATION_TIMEOUT, call).await {
+        let replies = match tokio::time::timeout(limit, call).await {
             Ok(Ok(replies)) if replies.len() == batch.len() => Ok(replies),
             Ok(Ok(replies)) => Err(format!(
                 "redis update: {} replies to a batch of {}",
@@ -627,9 +631,7 @@ async fn send_batches(
                 batch.len()
             )),
             Ok(Err(message)) => Err(message),
-            Err(_) => Err(format!(
-                "redis update: no answer within {OPERATION_TIMEOUT:?}"
-            )),
+            Err(_) => Err(format!("redis update: no answer within {limit:?}")),
         };
         match replies {
             Ok(replies) => {
@@ -669,7 +671,7 @@ fn micros(d: Duration) -> u64 {
 
 fn failed(what: &str, e: &RedisError) -> String {
     if e.is_timeout() {
-        format!("redis {what}: no answer in time ({RESPONSE_TIMEOUT:?} per reply)")
+        format!("redis {what}: no answer in time")
     } else {
         format!("redis {what}: {e}")
     }
