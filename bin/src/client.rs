@@ -73,9 +73,11 @@ pub async fn run(args: ClientArgs) -> u8 {
     let mut last_save: Option<Instant> = None;
     let mut save_error: Option<String> = None;
     let mut next_log = count / 10;
+    let mut paused = false;
     let observe = |event: Event<'_>, client: &Client| {
         match &event {
             Event::Connecting { endpoint, .. } => {
+                paused = false;
                 tracing::debug!(endpoint, "connecting");
             }
             Event::Attached {
@@ -85,7 +87,16 @@ pub async fn run(args: ClientArgs) -> u8 {
             } => {
                 tracing::info!(endpoint, next_index, count, "attached");
             }
-            Event::Number { .. } => {}
+            Event::Number { .. } => paused = false,
+            // Once a pause: a `Paused` comes every interval while it lasts.
+            Event::Paused { endpoint } if !std::mem::replace(&mut paused, true) => {
+                tracing::warn!(
+                    endpoint,
+                    "the server holds its numbers: its session store is slow to confirm the \
+                     session; waiting"
+                );
+            }
+            Event::Paused { .. } => {}
             Event::Failed { endpoint, end } => {
                 tracing::warn!("stream to {endpoint} ended: {end}");
             }

@@ -313,6 +313,7 @@ impl Shared {
                 }
                 format!("c{c} failed {endpoint}: {end:?}")
             }
+            Event::Paused { endpoint } => format!("c{c} paused {endpoint}"),
             Event::Silent { endpoint } => {
                 if let Some(stream) = self.state().streams[c].last_mut() {
                     stream.ended_at = Some(at);

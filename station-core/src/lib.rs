@@ -82,6 +82,7 @@
 //!         Output::Store(_op) => stream.handle_store(now, StoreReply::Done),
 //!         Output::Attached(_a) => { /* send Attached */ }
 //!         Output::Send(_n) => { /* send Number */ }
+//!         Output::Paused { .. } => { /* send Paused */ }
 //!         Output::End(_end) => { /* end the stream */ }
 //!     }
 //! }

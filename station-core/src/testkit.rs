@@ -295,6 +295,17 @@ impl Checker {
                 }
                 self.next += 1;
             }
+            Output::Paused { next_index } => {
+                let Some((count, _)) = self.attached else {
+                    return Err(format!("Paused before Attached (next {next_index})"));
+                };
+                if *next_index != self.next || *next_index >= count {
+                    return Err(format!(
+                        "Paused at {next_index}, but the next number is {} of {count}",
+                        self.next
+                    ));
+                }
+            }
             Output::End(end) => {
                 self.ended = true;
                 if matches!(end, End::Completed { .. }) && self.attached.is_none() {

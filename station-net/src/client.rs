@@ -332,6 +332,12 @@ pub enum Event<'a> {
         /// Its index.
         index: u32,
     },
+    /// The server holds its numbers: its store has not confirmed its
+    /// lease (a `Paused`, at most one an interval).
+    Paused {
+        /// Endpoint name.
+        endpoint: &'a str,
+    },
     /// The stream ended before completion.
     Failed {
         /// Endpoint name.
@@ -513,6 +519,10 @@ pub async fn run_in_trace(
                             },
                         );
                         observe(Event::Number { index: n.index }, &client);
+                    }
+                    Some(ServerKind::Paused(p)) => {
+                        client.handle_paused(now, p.next_index);
+                        observe(Event::Paused { endpoint }, &client);
                     }
                     None => {} // A newer server's message kind: ignore it.
                 }

@@ -39,7 +39,7 @@ use crate::clock::now;
 use crate::metrics;
 use crate::proto::client_message::Kind as ClientKind;
 use crate::proto::server_message::Kind as ServerKind;
-use crate::proto::{Attached, ClientMessage, Number, ServerMessage};
+use crate::proto::{Attached, ClientMessage, Number, Paused, ServerMessage};
 use crate::server::{Shared, StreamEvent};
 use crate::stall::{Cell, Drive};
 use crate::store::SessionStore;
@@ -251,6 +251,12 @@ impl<S: SessionStore> Drive for Driver<S> {
                             index: n.index,
                             value: n.value,
                             checksum: n.checksum,
+                        })))));
+                    }
+                    Output::Paused { next_index } => {
+                        shared.counters.pause_sent();
+                        return Poll::Ready(Some(Ok(message(ServerKind::Paused(Paused {
+                            next_index,
                         })))));
                     }
                     Output::End(end) => {
@@ -477,7 +483,8 @@ fn drain_quietly<S: SessionStore>(
                 Err(op) => *pending = Some(op),
             },
             Some(Output::End(end)) => drop(finish(shared, session, end)),
-            Some(Output::Attached(_) | Output::Send(_)) => {} // Nobody to send to.
+            // Nobody to send to.
+            Some(Output::Attached(_) | Output::Send(_) | Output::Paused { .. }) => {}
             None => return !session.is_ended(),
         }
     }

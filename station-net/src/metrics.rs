@@ -14,6 +14,7 @@ use tonic::Code;
 
 /// Numbers handed to the transport.
 pub const NUMBERS_SENT: &str = "station_numbers_sent_total";
+pub const PAUSES_SENT: &str = "station_pauses_sent_total";
 /// Sessions opened: created in the store by an `Open` (counted once,
 /// whether or not its stream lived to attach).
 pub const OPENED: &str = "station_sessions_opened_total";
@@ -54,6 +55,10 @@ pub const ADMISSION_LIMIT: &str = "station_admission_limit";
 /// Registers help texts with the installed recorder.
 pub fn describe() {
     describe_counter!(NUMBERS_SENT, "Numbers handed to the transport");
+    describe_counter!(
+        PAUSES_SENT,
+        "Paused messages sent: numbers held while the store had not confirmed a stream's lease"
+    );
     describe_counter!(OPENED, "Sessions opened");
     describe_counter!(
         RESUMED,
@@ -138,6 +143,11 @@ impl Counters {
     pub fn number_sent(&self) {
         self.numbers_sent.fetch_add(1, Ordering::Relaxed);
         counter!(NUMBERS_SENT).increment(1);
+    }
+
+    /// A `Paused` went out in place of a held number.
+    pub fn pause_sent(&self) {
+        counter!(PAUSES_SENT).increment(1);
     }
 
     /// The store created a session (its `Create` was applied).

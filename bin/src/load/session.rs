@@ -130,6 +130,9 @@ impl SessionLog {
                     lock(m).timeline.stops_waiting();
                 }
             }
+            // Counted by the server (`station_pauses_sent_total`); the
+            // stall shows in the numbers' lateness.
+            Event::Paused { .. } => {}
             Event::Silent { .. } => {
                 let mut m = lock(m);
                 if self.attached {

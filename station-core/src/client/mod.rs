@@ -338,6 +338,50 @@ impl Client {
         }
     }
 
+    /// Handles a `Paused` on the current stream: the server holds the
+    /// number at `next_index` because its store has not confirmed its
+    /// lease. The server and the connection are alive, and resuming
+    /// elsewhere would cost that store more, so the stream is kept (the
+    /// watchdog starts over, and what we hold is acknowledged, so that the
+    /// server hears from us) until half the TTL has passed since a server
+    /// last proved the session alive; then it may go silent as usual, and
+    /// the client resumes while the session can still be resumed.
+    pub fn handle_paused(&mut self, now: Instant, next_index: u32) {
+        match self.phase {
+            Phase::Streaming { .. } => {}
+            Phase::Done | Phase::Backoff { .. } => return,
+            Phase::Connecting { .. } => {
+                return self.protocol_error(now, "Paused before Attached".into())
+            }
+        }
+        if next_index != self.next_index {
+            return self.protocol_error(
+                now,
+                format!(
+                    "server paused at index {next_index}, we expect {}",
+                    self.next_index
+                ),
+            );
+        }
+        let patience = self.ttl.unwrap_or_default() / 2;
+        if self
+            .last_heard
+            .is_some_and(|heard| now < later(heard, patience))
+        {
+            self.phase = Phase::Streaming {
+                last: now,
+                look: None,
+            };
+            // The server waits for no number, but may for an ack of what
+            // it sent (we ack every `ack_every`): it would take our
+            // silence for a dead client while it holds the next numbers.
+            if self.acked < self.next_index {
+                self.acked = self.next_index;
+                self.out.push_back(Output::Ack(self.next_index));
+            }
+        }
+    }
+
     /// Handles a `Number` on the current stream.
     pub fn handle_number(&mut self, now: Instant, n: Number) {
         match self.phase {

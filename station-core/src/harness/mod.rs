@@ -54,6 +54,7 @@ enum Up {
 enum Down {
     Attached(server::Attached),
     Number(server::Number),
+    Paused(u32),
     End(StreamEnd),
 }
 
@@ -460,6 +461,9 @@ impl Harness {
                         self.client.handle_number(now, number);
                         self.check_accepted(sid, before, n);
                     }
+                    // Not proof that the store holds the session: the
+                    // client's `last_heard` does not move either.
+                    Down::Paused(next_index) => self.client.handle_paused(now, next_index),
                     Down::End(end) => {
                         self.current = None;
                         self.client.handle_end(now, end);
@@ -559,6 +563,9 @@ impl Harness {
                 Output::Send(n) => {
                     self.check_sender(sid, n.index);
                     self.send(sid, Event::Client(sid, Down::Number(n)));
+                }
+                Output::Paused { next_index } => {
+                    self.send(sid, Event::Client(sid, Down::Paused(next_index)))
                 }
                 Output::End(End::ClientGone) => {}
                 Output::End(End::Completed { .. }) => {

@@ -100,6 +100,12 @@ pub enum Output {
     Attached(Attached),
     /// Send this number.
     Send(Number),
+    /// Send `Paused`: a number is due but held, since the lease ran out
+    /// (the module docs of [`crate::server`]).
+    Paused {
+        /// The held number's index.
+        next_index: u32,
+    },
     /// End the stream: the last output for the client. Only the release
     /// (a store operation, see the module docs of [`crate::server`]) may
     /// follow it.

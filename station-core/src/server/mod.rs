@@ -20,8 +20,11 @@
 //! renewal is in flight. So a session costs one store write per `L`, not
 //! one per number. A renewal the store fails is asked again a quarter
 //! lease later (a lease later once the lease ran out), for as long as the
-//! record can still be alive; past `2L` the stream sends nothing
-//! meanwhile, but does not end.
+//! record can still be alive; past `2L` the stream sends no number
+//! meanwhile, but does not end: in place of each number it holds it sends
+//! `Paused` (at most one an interval), so the client knows the server is
+//! alive and waits rather than resumes, which would cost the slow store a
+//! load and a takeover.
 //!
 //! A stream that was taken over learns it at its next renewal (a conflict)
 //! and ends with [`Reject::TakenOver`]. Until then it may still send, but
@@ -58,6 +61,10 @@ use std::time::{Duration, Instant};
 use crate::ids::{ClientId, Secret};
 use crate::sequence::{self, MAX_COUNT};
 use crate::Reject;
+
+/// `Paused` goes out once an interval, but never more often than this (an
+/// unpaced stream's interval is zero).
+const MIN_PAUSE_GAP: Duration = Duration::from_millis(100);
 
 mod config;
 mod messages;
@@ -148,6 +155,9 @@ pub struct Stream {
     renew_at: Instant,
     /// No number is sent from this moment on until a renewal is confirmed.
     lease_until: Instant,
+    /// While a due number is held for want of a lease: when the next
+    /// `Paused` is due.
+    paused_at: Instant,
     out: VecDeque<Output>,
 }
 
@@ -172,6 +182,7 @@ impl Stream {
             delete_at: now,
             renew_at: now,
             lease_until: now,
+            paused_at: now,
             // At 1 s the deepest the queue gets is `Attached` and the first
             // number; a third output would grow it. Two, not four, because
             // with one connection per client this buffer is a visible part
@@ -541,7 +552,10 @@ impl Stream {
             false => self.renew_at,
         };
         let write = (attached && self.pending.is_none()).then_some(write_at);
-        [silence, tick, write].into_iter().flatten().min()
+        let paused = self
+            .holds_a_number()
+            .then(|| self.paused_at.max(self.next_tick));
+        [silence, tick, write, paused].into_iter().flatten().min()
     }
 
     fn count(&self) -> u32 {
@@ -716,14 +730,30 @@ impl Stream {
     }
 
     /// Sends what is due if the lease still holds. Once it has run out,
-    /// only the renewal's answer moves the stream on: no number is due
-    /// before it (`poll_timeout` waits for the store, not the clock).
+    /// only the renewal's answer lets numbers go again; meanwhile each
+    /// held number is answered with `Paused`, at most once an interval,
+    /// so the client knows the server is alive and waits rather than
+    /// resumes elsewhere (a resume costs the slow store a load and a
+    /// takeover).
     fn send_leased(&mut self, now: Instant) {
         if now < self.lease_until {
-            self.send_due(now);
-        } else {
-            self.lease_until = self.lease_until.min(self.next_tick);
+            return self.send_due(now);
         }
+        self.lease_until = self.lease_until.min(self.next_tick);
+        if self.holds_a_number() && now >= self.paused_at.max(self.next_tick) {
+            self.out.push_back(Output::Paused {
+                next_index: self.sent,
+            });
+            self.paused_at = now + self.cfg.interval.max(MIN_PAUSE_GAP);
+        }
+    }
+
+    /// A number is due, or will be, that the lease does not cover.
+    fn holds_a_number(&self) -> bool {
+        self.phase == Phase::Attached
+            && !self.complete
+            && self.can_send()
+            && self.next_tick >= self.lease_until
     }
 
     /// Emits every number that is due and fits in the window.

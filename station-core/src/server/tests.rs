@@ -39,6 +39,11 @@ fn open_msg(count: u32) -> Open<'static> {
     }
 }
 
+/// `Paused` in place of number `next_index`.
+fn paused(next_index: u32) -> Output {
+    Output::Paused { next_index }
+}
+
 fn number(index: u32, count: u32) -> Output {
     Output::Send(Number {
         index,

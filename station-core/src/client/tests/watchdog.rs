@@ -139,3 +139,60 @@ fn a_watchdog_on_time_judges_at_once() {
     c.handle_timeout(silent_at + LATE_WAKE - ms(1));
     assert_eq!(drain(&mut c), [Output::Disconnect]);
 }
+
+/// A `Paused` keeps the stream (the watchdog starts over) until half the
+/// TTL has passed since the server last proved the session alive; then
+/// the stream may go silent as usual.
+#[test]
+fn paused_keeps_the_stream_for_half_the_ttl() {
+    let t0 = Instant::now();
+    let mut c = new_client(t0, 10);
+    c.handle_attached(t0, attached(10, 0, 1));
+    feed(&mut c, t0, 0..1, 10);
+    let silent_at = c.poll_timeout().unwrap();
+    // Paused a second apart: the watchdog moves on with each one.
+    let mut at = t0;
+    while at + SEC < t0 + SEC * 15 {
+        at += SEC;
+        c.handle_paused(at, 1);
+        assert_eq!(drain(&mut c), []);
+        assert_eq!(c.poll_timeout(), Some(silent_at + (at - t0)));
+    }
+    // Half the 30 s TTL after the last number: no longer.
+    c.handle_paused(t0 + SEC * 15, 1);
+    assert_eq!(c.poll_timeout(), Some(silent_at + (at - t0)));
+    c.handle_timeout(c.poll_timeout().unwrap());
+    assert_eq!(drain(&mut c), [Output::Disconnect]);
+    assert!(!c.is_finished());
+}
+
+/// `Paused` at an index other than the next, or before `Attached`, breaks
+/// the protocol.
+#[test]
+fn paused_out_of_place_is_a_protocol_error() {
+    let t0 = Instant::now();
+    let mut c = new_client(t0, 10);
+    c.handle_paused(t0, 0);
+    assert_eq!(drain(&mut c), [Output::Disconnect]);
+    let mut c = new_client(t0, 10);
+    c.handle_attached(t0, attached(10, 0, 1));
+    feed(&mut c, t0, 0..2, 10);
+    c.handle_paused(t0 + SEC, 1);
+    assert_eq!(drain(&mut c), [Output::Disconnect]);
+}
+
+/// A `Paused` is answered with an ack of what the client holds, if it has
+/// not acked it yet: the server, holding its numbers, would otherwise take
+/// the client's silence (it acks every `ack_every`) for a dead client.
+#[test]
+fn paused_acks_what_is_held() {
+    let t0 = Instant::now();
+    let mut c = new_client(t0, 10);
+    c.handle_attached(t0, attached(10, 0, 5));
+    feed(&mut c, t0, 0..3, 10);
+    assert_eq!(drain(&mut c), []);
+    c.handle_paused(t0 + SEC, 3);
+    assert_eq!(drain(&mut c), [Output::Ack(3)]);
+    c.handle_paused(t0 + SEC * 2, 3);
+    assert_eq!(drain(&mut c), [], "acked already");
+}

@@ -25,6 +25,7 @@ fn run_to_completion(count: u32) -> Vec<Number> {
                 }
                 Output::Store(_) => s.handle_store(now, StoreReply::Done),
                 Output::Attached(a) => assert_eq!((a.count, a.next_index), (count, 0)),
+                Output::Paused { .. } => panic!("paused with a store that answers at once"),
                 Output::Send(n) => {
                     sent.push(n);
                     s.handle_ack(now, n.index + 1);

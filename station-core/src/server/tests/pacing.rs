@@ -86,11 +86,12 @@ fn numbers_stop_at_the_lease_end_until_a_late_renewal_is_answered() {
     s.handle_ack(t0 + SEC * 9 + ms(50), 10);
     // The create was asked for at t0: the lease ends at t0 + 10 s. With
     // everything acknowledged there is no silence timer either: only the
-    // store's answer can move the stream on.
-    assert_eq!(s.poll_timeout(), None);
+    // store's answer can let numbers go on. Meanwhile each held number is
+    // a `Paused`.
+    assert_eq!(s.poll_timeout(), Some(t0 + SEC * 10));
     for late in [t0 + SEC * 10, t0 + SEC * 11] {
         s.handle_timeout(late);
-        assert_eq!(drain(&mut s), [], "nothing sent past the lease");
+        assert_eq!(drain(&mut s), [paused(10)], "no number past the lease");
     }
     assert_eq!(s.sent(), 10);
     // The answer at 11.5 s extends the lease to t0 + 15 s (2L after 5 s,
@@ -109,7 +110,7 @@ fn numbers_stop_at_the_lease_end_until_a_late_renewal_is_answered() {
         assert_eq!(tick(&mut s, t0 + SEC * i), [number(i, 20)]);
     }
     s.handle_ack(t0 + SEC * 14 + ms(50), 15);
-    assert_eq!(s.poll_timeout(), None);
+    assert_eq!(s.poll_timeout(), Some(t0 + SEC * 15), "a Paused for 15");
     // ...and its answer leases until t0 + 21.5 s, renewing from 16.5 s.
     s.handle_store(t0 + SEC * 15 + ms(100), StoreReply::Done);
     assert_eq!(drain(&mut s), [number(15, 20)]);
@@ -134,7 +135,11 @@ fn a_silent_stream_held_at_the_lease_end_still_times_out() {
     for i in 6..10 {
         assert_eq!(tick(&mut s, t0 + SEC * i), [number(i, 20)]);
     }
-    // Held for the store, but waiting for the client too.
+    // Held for the store (a `Paused` in place of each number)...
+    for i in 10..15 {
+        assert_eq!(tick(&mut s, t0 + SEC * i), [paused(10)]);
+    }
+    // ...but waiting for the client too.
     assert_eq!(s.poll_timeout(), Some(t0 + SEC * 15));
     s.handle_timeout(t0 + SEC * 15);
     assert_eq!(rejected(&drain(&mut s)), Reject::Silent(SEC * 15));
@@ -202,6 +207,7 @@ fn window_limits_numbers_beyond_the_ack() {
                 Output::Send(n) => assert!(n.index < acked + 8, "{n:?} acked {acked}"),
                 Output::End(end) => assert_eq!(end, End::Completed { deleted: true }),
                 Output::Attached(_) => panic!("attached twice"),
+                Output::Paused { .. } => panic!("paused with a store that answers at once"),
             }
         }
     }
@@ -247,9 +253,9 @@ fn lease_writes_cover_every_moment_the_stream_works_before_the_next_write() {
 }
 
 /// Woken late (a coalesced timer, a busy runtime) with a number overdue
-/// and the lease run out under a renewal still in flight: nothing is sent,
-/// and no deadline is left due, or the adapter would wake again at once,
-/// and again, until the store answers.
+/// and the lease run out under a renewal still in flight: no number is
+/// sent (a `Paused` instead), and no deadline is left due, or the adapter
+/// would wake again at once, and again, until the store answers.
 #[test]
 fn a_lease_run_out_under_a_renewal_in_flight_leaves_no_timer_due() {
     let t0 = Instant::now();
@@ -262,7 +268,7 @@ fn a_lease_run_out_under_a_renewal_in_flight_leaves_no_timer_due() {
     s.handle_ack(t0 + SEC * 8 + ms(50), 9);
     let late = t0 + SEC * 10 + ms(500);
     s.handle_timeout(late);
-    assert_eq!(drain(&mut s), []);
+    assert_eq!(drain(&mut s), [paused(9)]);
     assert!(
         s.poll_timeout().is_none_or(|at| at > late),
         "{:?} is due again at {late:?}",
@@ -286,7 +292,10 @@ fn an_attach_answered_after_its_lease_ran_out_sends_after_a_renewal() {
     let mut s = creating(t0, 20);
     let late = t0 + LEASE * 2 + SEC;
     s.handle_store(late, StoreReply::Done);
-    assert_eq!(drain(&mut s), [attached(Attachment::Opened, 20, 0)]);
+    assert_eq!(
+        drain(&mut s),
+        [attached(Attachment::Opened, 20, 0), paused(0)]
+    );
     // The renewal is due (since 5 s) at once.
     assert_eq!(s.poll_timeout(), Some(t0 + LEASE));
     s.handle_timeout(late);

@@ -149,6 +149,7 @@ fn store_unavailable_ends_the_stream() {
     let alive_until = t0 + LEASED;
     let mut ended = None;
     let mut retries = 0;
+    let mut pauses = 0;
     let mut at = t0 + SEC * 9;
     s.handle_store(at, StoreReply::Unavailable("down".into()));
     for _ in 0..100 {
@@ -172,9 +173,19 @@ fn store_unavailable_ends_the_stream() {
         at = s.poll_timeout().expect("a retry is due");
         s.handle_timeout(at);
         let asked = drain(&mut s);
-        if let [Output::Store(StoreOp::Update { .. })] = asked[..] {
+        pauses += asked
+            .iter()
+            .filter(|o| matches!(o, Output::Paused { .. }))
+            .count();
+        if let [Output::Store(StoreOp::Update { .. }), ..] = asked[..] {
             retries += 1;
             s.handle_store(at, StoreReply::Unavailable("down".into()));
+        } else if at >= lease_end {
+            assert!(
+                asked.iter().all(|o| matches!(o, Output::Paused { .. })),
+                "{asked:?} at {:?}, past the lease",
+                at - t0
+            );
         } else {
             assert!(
                 asked.iter().all(|o| matches!(o, Output::Send(_))),
@@ -193,6 +204,12 @@ fn store_unavailable_ends_the_stream() {
     );
     // A lease apart past the lease (10 s to 35 s), not a quarter lease.
     assert_eq!(retries, 5, "retries past the lease");
+    // One a second from the lease's end (10 s) to the stream's.
+    let held = (at - lease_end).as_secs() as usize;
+    assert!(
+        pauses.abs_diff(held) <= 1,
+        "{pauses} Paused in {held} s past the lease"
+    );
     assert!(s.is_ended());
 }
 
@@ -203,13 +220,22 @@ fn a_renewal_that_lands_late_lets_the_stream_go_on() {
     s.handle_ack(t0 + SEC * 5 + ms(50), 6);
     // The renewal asked at 5 s fails at 11 s, past the lease (10 s).
     s.handle_store(t0 + SEC * 11, StoreReply::Unavailable("timeout".into()));
-    assert_eq!(drain(&mut s), [], "no number past the lease");
+    assert_eq!(drain(&mut s), [paused(6)], "no number past the lease");
+    // A `Paused` a second in place of number 6 until the retry.
     let retry = t0 + SEC * 11 + LEASE;
+    for beat in 1..LEASE.as_secs() as u32 {
+        assert_eq!(s.poll_timeout(), Some(t0 + SEC * (11 + beat)));
+        s.handle_timeout(t0 + SEC * (11 + beat));
+        assert_eq!(drain(&mut s), [paused(6)]);
+    }
     assert_eq!(s.poll_timeout(), Some(retry));
     s.handle_timeout(retry);
     assert!(matches!(
         drain(&mut s)[..],
-        [Output::Store(StoreOp::Update { .. })]
+        [
+            Output::Store(StoreOp::Update { .. }),
+            Output::Paused { next_index: 6 }
+        ]
     ));
     // The store is back: the numbers that fell due go out.
     s.handle_store(retry + ms(10), StoreReply::Done);

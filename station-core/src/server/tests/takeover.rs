@@ -61,10 +61,12 @@ fn a_taken_over_stream_sends_nothing_2l_after_its_last_winning_renewal() {
         assert_eq!(tick(&mut s, t0 + SEC * i), [number(i, 20)]);
     }
     s.handle_ack(t0 + SEC * 14 + ms(50), 15);
-    assert_eq!(s.poll_timeout(), None);
+    // From 15 s, `Paused` in place of number 15, once a second.
+    assert_eq!(s.poll_timeout(), Some(t0 + SEC * 15));
     s.handle_timeout(t0 + SEC * 15);
+    s.handle_timeout(t0 + SEC * 15 + ms(500));
     s.handle_timeout(t0 + SEC * 20);
-    assert_eq!(drain(&mut s), []);
+    assert_eq!(drain(&mut s), [paused(15), paused(15)]);
     assert_eq!(s.sent(), 15);
     s.handle_store(t0 + SEC * 20, StoreReply::Conflict);
     assert_eq!(rejected(&drain(&mut s)), Reject::TakenOver(id()));
