@@ -39,7 +39,7 @@ pub enum Invariant {
     Expiry,
     /// 3: no session state remains once every client finished or expired.
     NoLeak,
-    /// 4: once a newer generation attached, an older stream sends nothing
+    /// 4: once a newer generation attached, an older stream sends no number
     /// later than two leases after (the bounded overlap of the lease).
     OneStream,
     /// 5: a record is only ever written by a stream of its own
@@ -764,7 +764,7 @@ fn expiry(scenario: &Scenario, c: usize, client: &ClientReport, v: &mut Vec<Viol
 /// confirmed lease write was asked for less than two leases ago; a takeover
 /// applied after that write makes the next renewal conflict, and the write
 /// before it was asked for before the takeover, so an older generation's
-/// stream sends nothing later than `bound` (two leases) after the newer one
+/// stream sends no number later than `bound` (two leases) after the newer one
 /// attached. What it sends before then are the same values (invariant 1
 /// checks them), and it never writes again (invariant 5).
 ///

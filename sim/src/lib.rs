@@ -190,7 +190,7 @@
 //!    from the store at once; a TTL after the last client finished, no
 //!    session is live and no stream attached.
 //! 4. **One stream, bounded overlap**: once a stream of generation `g + 1`
-//!    attached a session, an older stream sends nothing later than two
+//!    attached a session, an older stream sends no number later than two
 //!    leases after (the last lease write it won was asked for before the
 //!    takeover), and only the session's own values.
 //! 5. **Incarnation** (seen at the store, on every write that changed a

@@ -120,8 +120,9 @@ impl Recovery {
     ///    are refused that long after the last failed operation, so a
     ///    client opening then is refused once more) and the clients'
     ///    silence allowance (a stream whose lease ran out while its last
-    ///    renewal waited sends nothing; its client drops it that long after
-    ///    its last number).
+    ///    renewal waited sends no number, only `Paused`; a client that did
+    ///    not heed it would drop the stream that long after its last
+    ///    number).
     /// 3. The longest a client waits before trying again: its largest
     ///    backoff (a throttled retry waits that too), or the servers'
     ///    pushback (`retry_after` plus up to half of it), whichever is

@@ -53,7 +53,7 @@
 //! 4. **Resumed** by a `Resume` with the right token: the generation goes up
 //!    (a takeover), numbers continue from the client's `next_index`. A stream
 //!    still attached elsewhere fails its next renewal and ends (`ABORTED`),
-//!    silent within two leases of the takeover.
+//!    sending no number later than two leases after the takeover.
 //!    **Expired** if the resume comes after the expiry (`NOT_FOUND`).
 //! 5. **Deleted** when the final acknowledgement arrives.
 //!

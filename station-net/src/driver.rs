@@ -165,6 +165,15 @@ impl<S: SessionStore> Driver<S> {
 impl<S: SessionStore> Drive for Driver<S> {
     type Item = Result<ServerMessage, Status>;
 
+    fn is_filler(item: &Self::Item) -> bool {
+        matches!(
+            item,
+            Ok(ServerMessage {
+                kind: Some(ServerKind::Paused(_))
+            })
+        )
+    }
+
     fn due(&self) -> Option<Duration> {
         let at = [self.session.poll_timeout(), self.drain_at]
             .into_iter()
@@ -194,6 +203,15 @@ impl<S: SessionStore> Drive for Driver<S> {
                         // The core asks for one operation at a time.
                         debug_assert!(this.store.is_none(), "a store operation is out");
                         let timeout = store_timeout(&shared.cfg, session.attaching_since());
+                        if timeout.is_zero() {
+                            // The attach deadline passed (the load took it
+                            // all): a takeover now would land after the
+                            // client gave up, and cost the slow store a
+                            // write for nobody.
+                            let late = "no time left before the attach deadline".to_string();
+                            session.handle_store(now(), StoreReply::Unavailable(late));
+                            continue;
+                        }
                         match start(this.shared, op, timeout) {
                             Ok(reply) => session.handle_store(now(), reply),
                             Err(op) => {

@@ -49,7 +49,8 @@ pub const SWEEP_EVERY: Duration = Duration::from_millis(250);
 pub const GRACE: Duration = Duration::from_millis(500);
 
 /// Most messages the sweeper queues for one stream: a window of numbers
-/// at its largest, `Attached` and the end.
+/// at its largest, `Attached` and the end (and a `Paused`, which is never
+/// queued twice in a row: see [`Drive::is_filler`]).
 const MAX_QUEUED: usize = crate::server::MAX_WINDOW as usize + 2;
 
 /// A stream's driver, as the sweeper sees it.
@@ -63,6 +64,13 @@ pub(crate) trait Drive: Send {
     /// When it next has something to do, if ever (its timer's deadline),
     /// as time since the server's epoch (see [`Stalls::new`]).
     fn due(&self) -> Option<Duration>;
+
+    /// Whether `item` only says the stream is alive (a `Paused`): queued
+    /// after another such, it says nothing new and is dropped, so that a
+    /// stream held for the store yields no more than the queue's bound.
+    fn is_filler(_item: &Self::Item) -> bool {
+        false
+    }
 }
 
 /// One stream's driver, shared by its response body and the sweeper.
@@ -131,6 +139,8 @@ impl<D: Drive> Cell<D> {
         // stream waits on flow control, as it would without the sweeper).
         while inner.queued.len() < MAX_QUEUED {
             match driver.as_mut().poll_drive(&mut cx) {
+                Poll::Ready(Some(item))
+                    if D::is_filler(&item) && inner.queued.back().is_some_and(D::is_filler) => {}
                 Poll::Ready(Some(item)) => inner.queued.push_back(item),
                 Poll::Ready(None) => {
                     // Ended: what is left for hyper is queued, and the

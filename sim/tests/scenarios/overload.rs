@@ -38,20 +38,29 @@ const HEALTHY_TIMES_CLIENTS: Duration = Duration::from_millis(840);
 /// fails. Then it is healthy again. Every client must complete, and the
 /// run must be steady within [`Recovery::after_store_slowdown`]'s bound.
 pub fn store_slowdown(seed: u64) -> Scenario {
-    slowdown(seed, 60..81)
+    slowdown(seed, 60..81, secs(8)..secs(11))
 }
 
 /// [`store_slowdown`] with 20–30 clients and a store as much slower (so
 /// as loaded): cheaper to run, for the replay tests and the planted bug.
 pub fn small_store_slowdown(seed: u64) -> Scenario {
-    slowdown(seed, 20..31)
+    slowdown(seed, 20..31, secs(8)..secs(11))
 }
 
-fn slowdown(seed: u64, n: std::ops::Range<usize>) -> Scenario {
+/// [`small_store_slowdown`] held 20–24 s: longer than clients wait on a
+/// held stream (`Paused`, up to half the 30 s TTL since its last number),
+/// so they drop their streams and resume against the slow store, as
+/// clients that do not know `Paused` would sooner. For the planted bug,
+/// whose retries then amplify.
+pub fn long_store_slowdown(seed: u64) -> Scenario {
+    slowdown(seed, 20..31, secs(20)..secs(24))
+}
+
+fn slowdown(seed: u64, n: std::ops::Range<usize>, held: std::ops::Range<Duration>) -> Scenario {
     let mut rng = SimRng::new(seed);
     let n = n.start + rng.below(n.end - n.start);
     let from = rng.millis(secs(3)..secs(4));
-    let to = from + rng.millis(secs(8)..secs(11));
+    let to = from + rng.millis(held);
     // Most start at once; a tenth while the store is slow or just after,
     // so they open new sessions then.
     let late = n / 10;

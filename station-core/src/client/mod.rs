@@ -343,9 +343,10 @@ impl Client {
     /// lease. The server and the connection are alive, and resuming
     /// elsewhere would cost that store more, so the stream is kept (the
     /// watchdog starts over, and what we hold is acknowledged, so that the
-    /// server hears from us) until half the TTL has passed since a server
-    /// last proved the session alive; then it may go silent as usual, and
-    /// the client resumes while the session can still be resumed.
+    /// server hears from us), but the watchdog fires at the latest half the
+    /// TTL after a server last proved the session alive (and half the
+    /// give-up time after the last new number): the client then resumes
+    /// while the session can still be resumed.
     pub fn handle_paused(&mut self, now: Instant, next_index: u32) {
         match self.phase {
             Phase::Streaming { .. } => {}
@@ -363,22 +364,34 @@ impl Client {
                 ),
             );
         }
-        let patience = self.ttl.unwrap_or_default() / 2;
-        if self
-            .last_heard
-            .is_some_and(|heard| now < later(heard, patience))
-        {
-            self.phase = Phase::Streaming {
-                last: now,
-                look: None,
-            };
-            // The server waits for no number, but may for an ack of what
-            // it sent (we ack every `ack_every`): it would take our
-            // silence for a dead client while it holds the next numbers.
-            if self.acked < self.next_index {
-                self.acked = self.next_index;
-                self.out.push_back(Output::Ack(self.next_index));
-            }
+        let Phase::Streaming { last, .. } = self.phase else {
+            return;
+        };
+        let Some(heard) = self.last_heard else {
+            return;
+        };
+        // The watchdog moves on to `now + silence`, but never past the end
+        // of our patience, so that the resume still finds the session (a
+        // server whose renewals fail keeps it until about `ttl − lease`
+        // after it was last confirmed), well before the give-up clocks run
+        // out.
+        let patience =
+            (self.ttl.unwrap_or_default() / 2).min(self.cfg.give_up_without_progress / 2);
+        let until = later(heard, patience).min(later(self.last_progress, patience));
+        let moved = now.min(until.checked_sub(self.silence()).unwrap_or(last));
+        if moved <= last {
+            return;
+        }
+        self.phase = Phase::Streaming {
+            last: moved,
+            look: None,
+        };
+        // The server waits for no number, but may for an ack of what it
+        // sent (we ack every `ack_every`): it would take our silence for a
+        // dead client while it holds the next numbers.
+        if self.acked < self.next_index {
+            self.acked = self.next_index;
+            self.out.push_back(Output::Ack(self.next_index));
         }
     }
 

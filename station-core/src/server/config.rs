@@ -15,7 +15,7 @@ pub const ACK_ROUND_TRIP: Duration = Duration::from_millis(250);
 
 /// [`Config::lease`] unless the TTL is short: a store write every five
 /// seconds instead of every second at the default interval, and a taken-over
-/// stream silent within ten.
+/// stream sends no number after ten.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
 
 /// Server settings that shape every session.
@@ -35,8 +35,8 @@ pub struct Config {
     pub window: u32,
     /// How often a stream renews its hold on the session in the store
     /// (the module docs of [`crate::server`]): one write per lease instead
-    /// of one per number. A stream that was taken over sends nothing later
-    /// than twice this after the takeover; a server that dies without
+    /// of one per number. A stream that was taken over sends no number
+    /// later than twice this after the takeover; a server that dies without
     /// releasing its sessions leaves them up to this (plus the silence
     /// timeout) past their TTL.
     pub lease: Duration,

@@ -57,6 +57,11 @@ pub enum Event {
         /// Its checksum field.
         checksum: Checksum,
     },
+    /// A `Paused` on the current stream.
+    Paused {
+        /// The index it names.
+        next_index: Index,
+    },
     /// The stream ends with a status.
     Status {
         /// gRPC code number, taken modulo 17.
@@ -207,6 +212,17 @@ pub fn run(count: u32, events: &[Event]) -> Result<(), String> {
                     },
                 );
                 check.number(before, client.received(), index, value)?;
+            }
+            Event::Paused { next_index } => {
+                let next_index = next_index.resolve(client.received());
+                let before = client.received();
+                client.handle_paused(now, next_index);
+                if client.received() != before {
+                    return Err(format!(
+                        "a Paused changed what is held: {before} → {}",
+                        client.received()
+                    ));
+                }
             }
             Event::Status {
                 code,

@@ -284,7 +284,7 @@ fn a_lease_run_out_under_a_renewal_in_flight_leaves_no_timer_due() {
 }
 
 /// An attach answered after the lease it grants ran out (a store slower
-/// than two leases) sends nothing until a renewal is confirmed: a newer
+/// than two leases) sends no number until a renewal is confirmed: a newer
 /// stream may have taken over meanwhile.
 #[test]
 fn an_attach_answered_after_its_lease_ran_out_sends_after_a_renewal() {

@@ -44,8 +44,8 @@ fn renewal_conflict_means_taken_over_and_nothing_is_released() {
 }
 
 /// Invariant 4: a stream taken over at 6 s (after its renewal of 5 s won)
-/// sends nothing from 15 s on, 2L after that renewal was asked for, however
-/// late the store answers its next one.
+/// sends no number from 15 s on, 2L after that renewal was asked for,
+/// however late the store answers its next one (only `Paused`).
 #[test]
 fn a_taken_over_stream_sends_nothing_2l_after_its_last_winning_renewal() {
     let t0 = Instant::now();
