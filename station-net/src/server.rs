@@ -567,6 +567,15 @@ where
         .http2_keepalive_interval(Some(cfg.keepalive_interval))
         .http2_keepalive_timeout(Some(cfg.keepalive_timeout))
         .max_concurrent_streams(Some(cfg.max_concurrent_streams))
+        // h2 closes a connection (GOAWAY) once more than this many of its
+        // streams were reset by the client before the server accepted
+        // them (its defence against "rapid reset" floods; default 20). An
+        // overloaded server accepts late, and clients whose attach timed
+        // out reset what is pending: at 20, each such connection was
+        // closed with its thousands of attached streams, and every one of
+        // them came back as a resume. Bounded still, by what a connection
+        // may hold at once.
+        .http2_max_pending_accept_reset_streams(Some(cfg.max_concurrent_streams as usize))
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
