@@ -338,6 +338,21 @@ impl Client {
         }
     }
 
+    /// Whether a message of kind `what` may be taken: on an attached stream,
+    /// `Some` of when its last message came. A message while backing off
+    /// (a late one from a dropped stream) or once finished is ignored, and
+    /// one before `Attached` breaks the protocol.
+    fn on_attached_stream(&mut self, now: Instant, what: &str) -> Option<Instant> {
+        match self.phase {
+            Phase::Streaming { last, .. } => Some(last),
+            Phase::Done | Phase::Backoff { .. } => None,
+            Phase::Connecting { .. } => {
+                self.protocol_error(now, format!("{what} before Attached"));
+                None
+            }
+        }
+    }
+
     /// Handles a `Paused` on the current stream: the server holds the
     /// number at `next_index` because its store has not confirmed its
     /// lease. The server and the connection are alive, and resuming
@@ -348,13 +363,9 @@ impl Client {
     /// give-up time after the last new number): the client then resumes
     /// while the session can still be resumed.
     pub fn handle_paused(&mut self, now: Instant, next_index: u32) {
-        match self.phase {
-            Phase::Streaming { .. } => {}
-            Phase::Done | Phase::Backoff { .. } => return,
-            Phase::Connecting { .. } => {
-                return self.protocol_error(now, "Paused before Attached".into())
-            }
-        }
+        let Some(last) = self.on_attached_stream(now, "Paused") else {
+            return;
+        };
         if next_index != self.next_index {
             return self.protocol_error(
                 now,
@@ -364,9 +375,6 @@ impl Client {
                 ),
             );
         }
-        let Phase::Streaming { last, .. } = self.phase else {
-            return;
-        };
         let Some(heard) = self.last_heard else {
             return;
         };
@@ -397,12 +405,8 @@ impl Client {
 
     /// Handles a `Number` on the current stream.
     pub fn handle_number(&mut self, now: Instant, n: Number) {
-        match self.phase {
-            Phase::Streaming { .. } => {}
-            Phase::Done | Phase::Backoff { .. } => return,
-            Phase::Connecting { .. } => {
-                return self.protocol_error(now, "Number before Attached".into())
-            }
+        if self.on_attached_stream(now, "Number").is_none() {
+            return;
         }
         self.phase = Phase::Streaming {
             last: now,
