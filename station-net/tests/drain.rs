@@ -7,18 +7,17 @@
 //! The server binds 127.0.0.1 on an OS-picked port; every wait is bounded.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use station_core::server::{Config as SessionConfig, StoreOp, StoreReply};
+use station_core::server::Config as SessionConfig;
 use station_core::{ClientId, Reason};
 use station_net::proto::client_message::Kind;
 use station_net::proto::numbers_station_client::NumbersStationClient;
 use station_net::proto::server_message::Kind as ServerKind;
 use station_net::proto::{Ack, ClientMessage, Open};
 use station_net::status::PUSHBACK_KEY;
-use station_net::store::{MemoryStore, SessionStore, StoreError};
 use station_net::{ServerConfig, Station};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
@@ -30,36 +29,11 @@ use tonic_health::pb::HealthCheckRequest;
 
 mod common;
 
+use common::Switchable;
+
 const STEP: Duration = Duration::from_secs(5);
 const INTERVAL: Duration = Duration::from_millis(20);
 const SERVICE: &str = "numbersstation.v1.NumbersStation";
-
-/// The memory store, unreachable while `down` is set.
-#[derive(Clone, Default)]
-struct Switchable {
-    inner: MemoryStore,
-    down: Arc<AtomicBool>,
-}
-
-impl SessionStore for Switchable {
-    async fn execute(&self, op: StoreOp) -> StoreReply {
-        match self.down.load(Ordering::Relaxed) {
-            true => StoreReply::Unavailable("switched off".into()),
-            false => self.inner.execute(op).await,
-        }
-    }
-
-    async fn live_sessions(&self) -> Result<u64, StoreError> {
-        match self.down.load(Ordering::Relaxed) {
-            true => Err(StoreError::Unavailable("switched off".into())),
-            false => self.inner.live_sessions().await,
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        "switchable"
-    }
-}
 
 async fn start(
     store: Switchable,

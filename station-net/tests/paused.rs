@@ -3,43 +3,20 @@
 //! silent and resuming, which would cost the slow store a load and a
 //! takeover per session.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use station_core::client::{Client, Config as ClientConfig, Verdict};
-use station_core::server::{Config as SessionConfig, StoreOp, StoreReply};
+use station_core::server::Config as SessionConfig;
 use station_core::ClientId;
 use station_net::client::{run, ChannelOptions, DriverOptions, Endpoints, Event};
-use station_net::store::{MemoryStore, SessionStore, StoreError};
 use station_net::{serve_tcp, ServerConfig, Station};
 use tokio::sync::oneshot;
 
-/// The memory store, failing every write while `down` is set (loads too:
-/// a resume could not attach either).
-#[derive(Clone, Default)]
-struct Switchable {
-    inner: MemoryStore,
-    down: Arc<AtomicBool>,
-}
-
-impl SessionStore for Switchable {
-    async fn execute(&self, op: StoreOp) -> StoreReply {
-        match self.down.load(Ordering::Relaxed) {
-            true => StoreReply::Unavailable("switched off".into()),
-            false => self.inner.execute(op).await,
-        }
-    }
-
-    async fn live_sessions(&self) -> Result<u64, StoreError> {
-        self.inner.live_sessions().await
-    }
-
-    fn kind(&self) -> &'static str {
-        "switchable"
-    }
-}
+use common::Switchable;
 
 const INTERVAL: Duration = Duration::from_millis(20);
 const COUNT: u32 = 250;

@@ -3,7 +3,12 @@
 
 #![allow(dead_code)] // Not every test binary uses every helper.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use station_core::server::{StoreOp, StoreReply};
 use station_core::{Reason, DOMAIN};
+use station_net::store::{MemoryStore, SessionStore, StoreError};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -69,4 +74,31 @@ pub async fn serve<S: station_net::store::SessionStore>(
         .expect("the server runs");
     });
     (addr_rx.await.expect("the server binds"), stop)
+}
+
+/// The memory store, unreachable while `down` is set.
+#[derive(Clone, Default)]
+pub struct Switchable {
+    pub inner: MemoryStore,
+    pub down: Arc<AtomicBool>,
+}
+
+impl SessionStore for Switchable {
+    async fn execute(&self, op: StoreOp) -> StoreReply {
+        match self.down.load(Ordering::Relaxed) {
+            true => StoreReply::Unavailable("switched off".into()),
+            false => self.inner.execute(op).await,
+        }
+    }
+
+    async fn live_sessions(&self) -> Result<u64, StoreError> {
+        match self.down.load(Ordering::Relaxed) {
+            true => Err(StoreError::Unavailable("switched off".into())),
+            false => self.inner.live_sessions().await,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "switchable"
+    }
 }
