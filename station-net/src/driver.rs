@@ -280,9 +280,11 @@ impl<S: SessionStore> Drive for Driver<S> {
                     Output::End(end) => {
                         crate::otel::ended(this.span, session, &end);
                         *this.ended = true;
+                        // Counted before the gauge and the place go: whoever
+                        // sees the stream detached sees how it ended.
+                        let status = finish(shared, session, end);
                         *this.slot = None;
                         *this.attached = None;
-                        let status = finish(shared, session, end);
                         // What follows (the release) starts now, before the
                         // client hears the end: a client that stopped
                         // reading does not hold it back, and a drain waits

@@ -197,8 +197,10 @@ impl Counters {
         }
     }
 
+    /// Acquire pairs with the gauge's release: a reader that sees a stream
+    /// detached also sees the counts made before it let go.
     pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+        counter.load(Ordering::Acquire)
     }
 }
 
@@ -215,7 +217,7 @@ pub(crate) struct AttachedGauge(Arc<AtomicU64>);
 
 impl Drop for AttachedGauge {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Release);
         gauge!(STREAMS_ATTACHED).decrement(1.0);
     }
 }
