@@ -15,8 +15,9 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use station_core::client::{
@@ -93,7 +94,55 @@ pub enum EndpointError {
 struct Target {
     name: String,
     make: ChannelFactory,
-    channel: Mutex<Channel>,
+    connection: Mutex<Arc<Connection>>,
+}
+
+/// One endpoint's channel, which every session using the endpoint shares,
+/// and the last time any of its streams heard from the server: the
+/// evidence that it is not half-open when one of its streams goes silent.
+struct Connection {
+    channel: Channel,
+    born: Instant,
+    /// Nanoseconds after `born` of the latest server message on any of its
+    /// streams.
+    heard: AtomicU64,
+}
+
+impl Connection {
+    fn new(channel: Channel) -> Arc<Self> {
+        Arc::new(Connection {
+            channel,
+            born: now(),
+            heard: AtomicU64::new(0),
+        })
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        let d = at.saturating_duration_since(self.born);
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn heard(&self, at: Instant) {
+        self.heard.fetch_max(self.nanos(at), Ordering::Relaxed);
+    }
+
+    fn heard_after(&self, at: Instant) -> bool {
+        self.heard.load(Ordering::Relaxed) > self.nanos(at)
+    }
+}
+
+/// The connection a session's current stream runs on, and when that
+/// stream last heard from the server (its request, until a message came).
+struct Via {
+    connection: Arc<Connection>,
+    last: Instant,
+}
+
+impl Via {
+    fn heard(&mut self, at: Instant) {
+        self.last = at;
+        self.connection.heard(at);
+    }
 }
 
 /// The servers a client may use, each with a lazily connected channel.
@@ -174,7 +223,7 @@ impl Endpoints {
             .into_iter()
             .map(|(name, make)| Target {
                 name,
-                channel: Mutex::new(make()),
+                connection: Mutex::new(Connection::new(make())),
                 make,
             })
             .collect();
@@ -229,15 +278,28 @@ impl Endpoints {
         self.targets.is_empty()
     }
 
-    fn channel(&self, i: usize) -> Channel {
-        lock(&self.targets[i].channel).clone()
+    fn connection(&self, i: usize) -> Arc<Connection> {
+        lock(&self.targets[i].connection).clone()
     }
 
-    /// Replaces endpoint `i`'s channel with a fresh connection: its current
-    /// one carried a stream that went silent, so it may be half-open.
-    fn reset(&self, i: usize) {
+    /// A stream on `via` went silent, or the server stopped hearing it:
+    /// replaces endpoint `i`'s connection with a fresh one if it may be
+    /// half-open. It may not be if it delivered anything, to any stream,
+    /// after this stream last heard from the server, and it is already
+    /// replaced if the endpoint has a newer one. So the thousands of
+    /// sessions sharing a connection replace it once when it dies, and not
+    /// at all when the server is slow to some of them: a fresh connection
+    /// per silent stream multiplied connections past the open-file limit
+    /// under overload. (A connection that carries streams but is dead one
+    /// way is found by the HTTP/2 keepalive.) Whether it replaced it.
+    fn replace_if_dead(&self, i: usize, via: &Via) -> bool {
         let target = &self.targets[i];
-        *lock(&target.channel) = (target.make)();
+        let mut current = lock(&target.connection);
+        if !Arc::ptr_eq(&current, &via.connection) || via.connection.heard_after(via.last) {
+            return false;
+        }
+        *current = Connection::new((target.make)());
+        true
     }
 }
 
@@ -418,6 +480,7 @@ pub async fn run_in_trace(
     mut observe: impl FnMut(Event<'_>, &Client),
 ) -> Outcome {
     let mut stream = Stream::None;
+    let mut via: Option<Via> = None;
     let mut current = 0usize;
     let _seat = opts.budget.join();
     loop {
@@ -440,7 +503,12 @@ pub async fn run_in_trace(
                         },
                         &client,
                     );
-                    stream = open(endpoints.channel(current), opts, trace, request);
+                    let connection = endpoints.connection(current);
+                    stream = open(connection.channel.clone(), opts, trace, request);
+                    via = Some(Via {
+                        connection,
+                        last: now(),
+                    });
                 }
                 Output::Ack(next_index) => {
                     if let Some(tx) = stream.tx() {
@@ -456,7 +524,9 @@ pub async fn run_in_trace(
                         let endpoint = &endpoints.targets[current].name;
                         observe(Event::Silent { endpoint }, &client);
                         stream = Stream::None;
-                        endpoints.reset(current);
+                        if let Some(via) = via.take() {
+                            endpoints.replace_if_dead(current, &via);
+                        }
                         current = (current + 1) % endpoints.len();
                     }
                 }
@@ -488,9 +558,15 @@ pub async fn run_in_trace(
                     tx,
                     inbound: response.into_inner(),
                 };
+                if let Some(via) = via.as_mut() {
+                    via.heard(now);
+                }
                 continue;
             }
             Step::Message(Ok(Some(msg))) => {
+                if let Some(via) = via.as_mut() {
+                    via.heard(now);
+                }
                 match msg.kind {
                     Some(ServerKind::Attached(a)) => {
                         let attached = client::Attached {
@@ -533,6 +609,7 @@ pub async fn run_in_trace(
             Step::Message(Err(status)) => message_error(&status),
         };
         stream = Stream::None;
+        let via = via.take();
         observe(
             Event::Failed {
                 endpoint,
@@ -550,7 +627,9 @@ pub async fn run_in_trace(
                     ..
                 }
             ) {
-                endpoints.reset(current);
+                if let Some(via) = &via {
+                    endpoints.replace_if_dead(current, via);
+                }
             }
             current = (current + 1) % endpoints.len();
         }
@@ -630,6 +709,60 @@ fn duration(d: Option<prost_types::Duration>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Endpoints of one lazily connected channel (never connected here),
+    /// and how many connections they were given.
+    fn counted() -> (Endpoints, Arc<AtomicU64>) {
+        let made = Arc::new(AtomicU64::new(0));
+        let count = made.clone();
+        let make: ChannelFactory = Arc::new(move || {
+            count.fetch_add(1, Ordering::Relaxed);
+            Endpoint::from_static("http://127.0.0.1:9").connect_lazy()
+        });
+        let endpoints = Endpoints::new(vec![("a".into(), make)]).unwrap();
+        (endpoints, made)
+    }
+
+    fn via(endpoints: &Endpoints, last: Instant) -> Via {
+        Via {
+            connection: endpoints.connection(0),
+            last,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_stream_replaces_its_connection_only_if_nothing_came_after() {
+        let (endpoints, made) = counted();
+        let step = Duration::from_millis(100);
+
+        // Two streams on one connection; the second hears a number after
+        // the first last heard anything: the connection works, and the
+        // first stream's silence is its own.
+        let mut first = via(&endpoints, now());
+        first.heard(now());
+        tokio::time::advance(step).await;
+        let mut second = via(&endpoints, now());
+        second.heard(now());
+        assert!(!endpoints.replace_if_dead(0, &first));
+        assert_eq!(made.load(Ordering::Relaxed), 1, "kept");
+
+        // Then the connection goes quiet: the second stream's silence finds
+        // nothing after its last number, and replaces it once; the first,
+        // silent again on the replaced connection, leaves the new one be.
+        tokio::time::advance(step).await;
+        assert!(endpoints.replace_if_dead(0, &second));
+        assert_eq!(made.load(Ordering::Relaxed), 2, "replaced");
+        first.last = now();
+        assert!(!endpoints.replace_if_dead(0, &first));
+        assert_eq!(made.load(Ordering::Relaxed), 2, "replaced once");
+
+        // A stream on the new connection that never heard anything (an
+        // attach that timed out on a quiet connection) replaces it.
+        let third = via(&endpoints, now());
+        tokio::time::advance(step).await;
+        assert!(endpoints.replace_if_dead(0, &third));
+        assert_eq!(made.load(Ordering::Relaxed), 3);
+    }
 
     /// The wire's durations come from the server: any value must convert
     /// without panicking (prost's conversion panicked on `i64::MIN`
