@@ -41,6 +41,20 @@ use crate::status::{to_stream_end, wire_duration};
 /// Builds a fresh channel to one endpoint.
 pub type ChannelFactory = Arc<dyn Fn() -> Channel + Send + Sync>;
 
+/// How many streams it dropped a connection remembers (h2's default is
+/// 10), each for h2's default 30 s, so that numbers the server sent before
+/// it heard of the drop are ignored, not answered. A frame for a dropped
+/// stream the connection forgot is a stream error to h2, answered with a
+/// reset, and by default the 1,024th such error closes the connection
+/// with every stream on it: that happened 35 times in one overload run of
+/// `station load`, where a busy server's numbers arrived tens of seconds
+/// late, each time failing the thousands of sessions sharing the
+/// connection. The client lifts that limit (it guards a server from
+/// clients that make it send resets; a late number from our own server is
+/// no attack) and remembers as many streams as a connection may carry at
+/// the server's default, a few hundred bytes each while remembered.
+const REMEMBERED_RESETS: usize = 10_000;
+
 /// Connection settings for [`Endpoints::tcp`].
 #[derive(Clone, Debug)]
 pub struct ChannelOptions {
@@ -257,7 +271,9 @@ impl Endpoints {
                 .connect_timeout(opts.connect_timeout)
                 .http2_keep_alive_interval(opts.keepalive_interval)
                 .keep_alive_timeout(opts.keepalive_timeout)
-                .keep_alive_while_idle(true);
+                .keep_alive_while_idle(true)
+                .http2_max_concurrent_reset_streams(REMEMBERED_RESETS)
+                .http2_max_local_error_reset_streams(None);
             let local = opts.local_address;
             let make: ChannelFactory = Arc::new(move || {
                 endpoint
