@@ -81,7 +81,10 @@ impl Measurements {
     }
 }
 
-/// How a stream ended, as a short stable label for the report.
+/// How a stream ended, as a short stable label for the report. A status
+/// with a reason is named by it; one without (made by the transport: a
+/// broken connection, an h2 error) by the shape of its message, or a
+/// reader of the report cannot tell a GOAWAY from a keepalive timeout.
 pub fn end_kind(end: &StreamEnd) -> String {
     match end {
         StreamEnd::Ok => "OK before the end".into(),
@@ -90,10 +93,30 @@ pub fn end_kind(end: &StreamEnd) -> String {
             reason: Some(reason),
             ..
         } => format!("{code:?} {reason}"),
-        StreamEnd::Status { code, .. } => format!("{code:?}"),
-        StreamEnd::Transport(_) => "transport".into(),
-        StreamEnd::Protocol(_) => "protocol".into(),
+        StreamEnd::Status { code, message, .. } => format!("{code:?}: {}", shape(message)),
+        StreamEnd::Transport(message) => format!("transport: {}", shape(message)),
+        StreamEnd::Protocol(message) => format!("protocol: {}", shape(message)),
     }
+}
+
+/// A message with its numbers (stream ids, addresses, sizes, but not the
+/// 2 of "h2") folded to `#` and cut at 80 characters, so the labels stay
+/// few.
+fn shape(message: &str) -> String {
+    let mut out = String::new();
+    // In a word (after a letter or underscore): digits stay.
+    let mut word = false;
+    for c in message.chars().take(80) {
+        if c.is_ascii_digit() && !word {
+            if !out.ends_with('#') {
+                out.push('#');
+            }
+        } else {
+            word = c.is_alphanumeric() || c == '_';
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub fn histogram() -> Histogram<u64> {

@@ -12,6 +12,31 @@ use super::*;
 use crate::LoadArgs;
 
 #[test]
+fn a_stream_end_without_a_reason_is_named_by_its_message() {
+    use super::tally::end_kind;
+    use station_core::client::{Code, StreamEnd};
+    use station_core::Reason;
+    let h2 = StreamEnd::code_only(
+        Code::Unknown,
+        "h2 protocol error: stream 1234 error: connection 10.0.0.1:80 reset",
+    );
+    assert_eq!(
+        end_kind(&h2),
+        "Unknown: h2 protocol error: stream # error: connection #.#.#.#:# reset"
+    );
+    let long = StreamEnd::Transport("x".repeat(200));
+    assert_eq!(end_kind(&long), format!("transport: {}", "x".repeat(80)));
+    // A status with a reason is named by the reason alone.
+    let drained = StreamEnd::Status {
+        code: Code::Unavailable,
+        message: "draining 1".into(),
+        reason: Some(Reason::ShuttingDown),
+        retry_after: None,
+    };
+    assert_eq!(end_kind(&drained), "Unavailable SHUTTING_DOWN");
+}
+
+#[test]
 fn lateness_is_measured_against_the_given_schedule() {
     let t0 = Instant::now();
     let i = Duration::from_millis(100);
