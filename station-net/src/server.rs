@@ -129,6 +129,26 @@ impl ServerConfig {
     }
 }
 
+/// The HTTP/2 receive window of a connection: room for a few
+/// acknowledgements from each stream it may carry.
+///
+/// h2 closes a connection (GOAWAY, ENHANCE_YOUR_CALM, "too_many_data_frames")
+/// once the small DATA frames it holds unread cost more than half this
+/// window, each charged 256 bytes less its payload: a flood defence. An
+/// acknowledgement is such a frame, left unread while its stream's driver
+/// waits (hyper polls it only while it may send, or the stall sweeper
+/// does, a sweep later). At hyper's 1 MiB that is about 2,100 acks across
+/// the connection, fewer than the streams it may carry: in an overload run
+/// the server closed 29 connections this way, each with thousands of
+/// sessions. Never below hyper's default.
+fn connection_window(max_streams: u32) -> u32 {
+    const HELD_PER_STREAM: u32 = 4;
+    const CHARGE: u32 = 256;
+    max_streams
+        .saturating_mul(HELD_PER_STREAM * CHARGE * 2)
+        .clamp(1 << 20, i32::MAX as u32) // HTTP/2's largest window
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -576,6 +596,7 @@ where
         // them came back as a resume. Bounded still, by what a connection
         // may hold at once.
         .http2_max_pending_accept_reset_streams(Some(cfg.max_concurrent_streams as usize))
+        .initial_connection_window_size(connection_window(cfg.max_concurrent_streams))
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)

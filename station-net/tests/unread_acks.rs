@@ -1,0 +1,129 @@
+//! A connection whose clients' acks pile up unread is not closed for it
+//! (ARCHITECTURE.md §7).
+//!
+//! h2 counts the small DATA frames it holds unread on a connection and
+//! closes the connection (GOAWAY, ENHANCE_YOUR_CALM) when they cost more
+//! than half its receive window; hyper reads a stream's frames only while
+//! it may send on the stream. So a client too busy to read its numbers
+//! leaves its acks unread on the server as well, and at hyper's default
+//! window about 2,100 of them, across all the connection's streams, closed
+//! the connection with every session on it (29 times in one overload run).
+//! Here one connection carries 3,000 streams whose client grants a 64-byte
+//! stream window and reads nothing after `Attached`, and every stream then
+//! sends four acks: all 3,000 must stay attached. (At the old window the
+//! connection closes at once.) Binds 127.0.0.1 on
+//! an OS-picked port; every wait is bounded.
+
+use std::time::Duration;
+
+use station_core::server::Config as SessionConfig;
+use station_core::ClientId;
+use station_net::proto::client_message::Kind;
+use station_net::proto::numbers_station_client::NumbersStationClient;
+use station_net::proto::server_message::Kind as ServerKind;
+use station_net::proto::{Ack, ClientMessage, Open, ServerMessage};
+use station_net::store::MemoryStore;
+use station_net::{ServerConfig, Station};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Streaming;
+
+mod common;
+
+const STREAMS: u32 = 3_000;
+/// Acks each stream sends while the server cannot send to it.
+const ACKS: usize = 4;
+/// The sessions' silence timeout, well past the test's end.
+const SILENCE: Duration = Duration::from_secs(20);
+const STEP: Duration = Duration::from_secs(20);
+
+/// Opens a session on `channel` and reads its `Attached`; returns the
+/// response stream (never read again) and the sender.
+async fn attached(
+    channel: Channel,
+    i: u32,
+) -> (Streaming<ServerMessage>, mpsc::Sender<ClientMessage>) {
+    let mut client = NumbersStationClient::new(channel);
+    let (tx, rx) = mpsc::channel(4);
+    let mut id = [0u8; 16];
+    id[..4].copy_from_slice(&i.to_be_bytes());
+    id[15] = 1; // Not the nil id.
+    tx.send(ClientMessage {
+        kind: Some(Kind::Open(Open {
+            client_id: ClientId::from_random_bytes(id).to_string(),
+            count: 1000,
+            open_nonce: vec![1; 16],
+        })),
+    })
+    .await
+    .unwrap();
+    let mut rx = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = rx.message().await.unwrap();
+    assert!(
+        matches!(first.and_then(|m| m.kind), Some(ServerKind::Attached(_))),
+        "stream {i} attaches"
+    );
+    (rx, tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_left_unread_by_a_busy_connection_do_not_close_it() {
+    let mut session = SessionConfig::new(Duration::from_millis(10), Duration::from_secs(30));
+    // Numbers every 10 ms fill each stream's window at once; a silence
+    // timeout of 20 s keeps a slow machine's streams from ending by it.
+    session.silence_timeout = SILENCE;
+    let cfg = ServerConfig {
+        session,
+        ..ServerConfig::default()
+    };
+    let station = Station::new(cfg, MemoryStore::default());
+    let (addr, _stop) = common::serve(&station).await;
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .initial_stream_window_size(Some(64))
+        .connect()
+        .await
+        .unwrap();
+
+    let began = std::time::Instant::now();
+    let mut opening = JoinSet::new();
+    for i in 0..STREAMS {
+        opening.spawn(attached(channel.clone(), i));
+    }
+    let streams = timeout(STEP, opening.join_all())
+        .await
+        .expect("every stream attaches in time");
+    assert_eq!(station.attached_streams(), u64::from(STREAMS));
+
+    // Once each stream's numbers have filled its window, every stream
+    // acks (nothing: a valid ack) while the server cannot send on it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..ACKS {
+        for (_, tx) in &streams {
+            let ack = ClientMessage {
+                kind: Some(Kind::Ack(Ack { next_index: 0 })),
+            };
+            tx.send(ack).await.expect("the stream is open");
+        }
+    }
+    // Long enough for the acks to arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        began.elapsed() < SILENCE,
+        "too slow to test: {:?}",
+        began.elapsed()
+    );
+    assert_eq!(
+        station.attached_streams(),
+        u64::from(STREAMS),
+        "the connection was closed under its streams"
+    );
+    drop(streams);
+}
