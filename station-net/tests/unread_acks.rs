@@ -1,5 +1,5 @@
 //! A connection whose clients' acks pile up unread is not closed for it
-//! (ARCHITECTURE.md §7).
+//! (ARCHITECTURE.md §2, "Shared connections under overload").
 //!
 //! h2 counts the small DATA frames it holds unread on a connection and
 //! closes the connection (GOAWAY, ENHANCE_YOUR_CALM) when they cost more
