@@ -4,8 +4,8 @@
 //! - Server: [`incoming`] turns a [`turmoil::net::TcpListener`] into the
 //!   stream of accepted connections that [`station_net::serve`] takes.
 //! - Client: [`channel_factory`] builds tonic channels whose connector
-//!   dials [`turmoil::net::TcpStream`]s, with the same timeouts and
-//!   keepalives as `Endpoints::tcp` uses over real TCP.
+//!   dials [`turmoil::net::TcpStream`]s, with the same settings as
+//!   `Endpoints::tcp` uses over real TCP (`ChannelOptions::apply`).
 
 use std::io;
 use std::pin::Pin;
@@ -125,14 +125,9 @@ pub async fn incoming(skew_resume: bool) -> io::Result<ReceiverStream<io::Result
 /// Channels to the simulated host `host`, with the production client's
 /// connection settings ([`ChannelOptions::default`]).
 pub fn channel_factory(host: &str) -> ChannelFactory {
-    let opts = ChannelOptions::default();
     let endpoint = Endpoint::from_shared(format!("http://{host}:{PORT}"))
-        .expect("simulated host names are valid URIs")
-        .connect_timeout(opts.connect_timeout)
-        .http2_keep_alive_interval(opts.keepalive_interval)
-        .keep_alive_timeout(opts.keepalive_timeout)
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true);
+        .expect("simulated host names are valid URIs");
+    let endpoint = ChannelOptions::default().apply(endpoint).tcp_nodelay(true);
     let host: Arc<str> = host.into();
     Arc::new(move || {
         let host = host.clone();

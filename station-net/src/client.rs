@@ -74,6 +74,21 @@ pub struct ChannelOptions {
     pub local_address: Option<IpAddr>,
 }
 
+impl ChannelOptions {
+    /// `endpoint` with these timeouts and keepalives and the client's
+    /// HTTP/2 settings: what every channel of a client is built with, over
+    /// real TCP ([`Endpoints::tcp`]) or a simulated network.
+    pub fn apply(&self, endpoint: Endpoint) -> Endpoint {
+        endpoint
+            .connect_timeout(self.connect_timeout)
+            .http2_keep_alive_interval(self.keepalive_interval)
+            .keep_alive_timeout(self.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .http2_max_concurrent_reset_streams(REMEMBERED_RESETS)
+            .http2_max_local_error_reset_streams(None)
+    }
+}
+
 impl Default for ChannelOptions {
     fn default() -> Self {
         ChannelOptions {
@@ -112,14 +127,17 @@ struct Target {
 }
 
 /// One endpoint's channel, which every session using the endpoint shares,
-/// and the last time any of its streams heard from the server: the
-/// evidence that it is not half-open when one of its streams goes silent.
+/// and what its streams have seen of it: the evidence, when one of them
+/// fails, of whether the connection itself still works each way.
 struct Connection {
     channel: Channel,
     born: Instant,
-    /// Nanoseconds after `born` of the latest server message on any of its
-    /// streams.
+    /// Nanoseconds after `born`: when a session last read a server message
+    /// from any of its streams (the server's direction works).
     heard: AtomicU64,
+    /// Nanoseconds after `born`: the latest request sent on it that the
+    /// server answered with response headers (our direction worked then).
+    proven: AtomicU64,
 }
 
 impl Connection {
@@ -128,6 +146,7 @@ impl Connection {
             channel,
             born: now(),
             heard: AtomicU64::new(0),
+            proven: AtomicU64::new(0),
         })
     }
 
@@ -136,26 +155,60 @@ impl Connection {
         u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn heard(&self, at: Instant) {
-        self.heard.fetch_max(self.nanos(at), Ordering::Relaxed);
+    fn mark(&self, field: &AtomicU64, at: Instant) {
+        field.fetch_max(self.nanos(at), Ordering::Relaxed);
     }
 
-    fn heard_after(&self, at: Instant) -> bool {
-        self.heard.load(Ordering::Relaxed) > self.nanos(at)
+    fn after(&self, field: &AtomicU64, at: Instant) -> bool {
+        field.load(Ordering::Relaxed) > self.nanos(at)
     }
 }
 
-/// The connection a session's current stream runs on, and when that
-/// stream last heard from the server (its request, until a message came).
+/// The connection a session's current stream runs on, and what the stream
+/// has seen of it.
 struct Via {
     connection: Arc<Connection>,
-    last: Instant,
+    /// When the stream last sent: its request, then its acks.
+    sent: Instant,
+    /// When it last heard from the server (its request's time until then).
+    heard: Instant,
+    /// Whether the server answered its request (response headers).
+    answered: bool,
 }
 
 impl Via {
+    fn new(connection: Arc<Connection>, at: Instant) -> Self {
+        Via {
+            connection,
+            sent: at,
+            heard: at,
+            answered: false,
+        }
+    }
+
+    fn answered(&mut self, at: Instant) {
+        self.answered = true;
+        self.connection.mark(&self.connection.proven, self.sent);
+        self.heard(at);
+    }
+
     fn heard(&mut self, at: Instant) {
-        self.last = at;
-        self.connection.heard(at);
+        self.heard = at;
+        self.connection.mark(&self.connection.heard, at);
+    }
+
+    /// Whether the connection may be dead one way or both, given how this
+    /// stream failed: `unheard` if the server said it heard nothing from
+    /// us (DEADLINE_EXCEEDED), else the stream fell silent. It works if
+    /// the direction in doubt carried anything after this stream last used
+    /// it: a request sent later and answered (ours), a message read later
+    /// (the server's). A stream whose request went unanswered doubts ours.
+    fn doubts(&self, unheard: bool) -> bool {
+        let c = &self.connection;
+        match unheard || !self.answered {
+            true => !c.after(&c.proven, self.sent),
+            false => !c.after(&c.heard, self.heard),
+        }
     }
 }
 
@@ -267,13 +320,7 @@ impl Endpoints {
                 let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
                 endpoint = endpoint.tls_config(tls).map_err(invalid)?;
             }
-            let endpoint = endpoint
-                .connect_timeout(opts.connect_timeout)
-                .http2_keep_alive_interval(opts.keepalive_interval)
-                .keep_alive_timeout(opts.keepalive_timeout)
-                .keep_alive_while_idle(true)
-                .http2_max_concurrent_reset_streams(REMEMBERED_RESETS)
-                .http2_max_local_error_reset_streams(None);
+            let endpoint = opts.apply(endpoint);
             let local = opts.local_address;
             let make: ChannelFactory = Arc::new(move || {
                 endpoint
@@ -298,20 +345,18 @@ impl Endpoints {
         lock(&self.targets[i].connection).clone()
     }
 
-    /// A stream on `via` went silent, or the server stopped hearing it:
-    /// replaces endpoint `i`'s connection with a fresh one if it may be
-    /// half-open. It may not be if it delivered anything, to any stream,
-    /// after this stream last heard from the server, and it is already
-    /// replaced if the endpoint has a newer one. So the thousands of
-    /// sessions sharing a connection replace it once when it dies, and not
-    /// at all when the server is slow to some of them: a fresh connection
-    /// per silent stream multiplied connections past the open-file limit
-    /// under overload. (A connection that carries streams but is dead one
-    /// way is found by the HTTP/2 keepalive.) Whether it replaced it.
-    fn replace_if_dead(&self, i: usize, via: &Via) -> bool {
+    /// A stream on `via` failed in a way that may mean its connection is
+    /// dead (`unheard`: see [`Via::doubts`]): replaces endpoint `i`'s
+    /// connection with a fresh one if the evidence says it may be, unless
+    /// the endpoint already has a newer one. So the thousands of sessions
+    /// sharing a connection replace it once when it dies, and not at all
+    /// when the server is slow to some of them: a fresh connection per
+    /// silent stream multiplied connections past the server's open-file
+    /// limit under overload. Whether it replaced it.
+    fn replace_if_dead(&self, i: usize, via: &Via, unheard: bool) -> bool {
         let target = &self.targets[i];
         let mut current = lock(&target.connection);
-        if !Arc::ptr_eq(&current, &via.connection) || via.connection.heard_after(via.last) {
+        if !Arc::ptr_eq(&current, &via.connection) || !via.doubts(unheard) {
             return false;
         }
         *current = Connection::new((target.make)());
@@ -498,6 +543,10 @@ pub async fn run_in_trace(
     let mut stream = Stream::None;
     let mut via: Option<Via> = None;
     let mut current = 0usize;
+    // Whether the last input was the client's timer: a `Disconnect` then
+    // is a silent stream; after a message, the message broke the protocol,
+    // which says nothing against the connection that carried it.
+    let mut timer_woke = false;
     let _seat = opts.budget.join();
     loop {
         // The last input's attempt, if it ended one, goes to the budget
@@ -521,18 +570,18 @@ pub async fn run_in_trace(
                     );
                     let connection = endpoints.connection(current);
                     stream = open(connection.channel.clone(), opts, trace, request);
-                    via = Some(Via {
-                        connection,
-                        last: now(),
-                    });
+                    via = Some(Via::new(connection, now()));
                 }
                 Output::Ack(next_index) => {
                     if let Some(tx) = stream.tx() {
                         // Acks are cumulative: if the buffer is full the next
                         // one carries this one's news.
-                        let _ = tx.try_send(ClientMessage {
+                        let sent = tx.try_send(ClientMessage {
                             kind: Some(ClientKind::Ack(Ack { next_index })),
                         });
+                        if let (Ok(()), Some(via)) = (sent, via.as_mut()) {
+                            via.sent = now();
+                        }
                     }
                 }
                 Output::Disconnect => {
@@ -540,8 +589,8 @@ pub async fn run_in_trace(
                         let endpoint = &endpoints.targets[current].name;
                         observe(Event::Silent { endpoint }, &client);
                         stream = Stream::None;
-                        if let Some(via) = via.take() {
-                            endpoints.replace_if_dead(current, &via);
+                        if let (Some(via), true) = (via.take(), timer_woke) {
+                            endpoints.replace_if_dead(current, &via, false);
                         }
                         current = (current + 1) % endpoints.len();
                     }
@@ -560,6 +609,7 @@ pub async fn run_in_trace(
         };
         let now = now();
         let endpoint = endpoints.targets[current].name.as_str();
+        timer_woke = matches!(step, Step::Timer);
         let end = match step {
             Step::Timer => {
                 client.handle_timeout(now);
@@ -575,7 +625,7 @@ pub async fn run_in_trace(
                     inbound: response.into_inner(),
                 };
                 if let Some(via) = via.as_mut() {
-                    via.heard(now);
+                    via.answered(now);
                 }
                 continue;
             }
@@ -644,7 +694,7 @@ pub async fn run_in_trace(
                 }
             ) {
                 if let Some(via) = &via {
-                    endpoints.replace_if_dead(current, via);
+                    endpoints.replace_if_dead(current, via, true);
                 }
             }
             current = (current + 1) % endpoints.len();
@@ -739,45 +789,81 @@ mod tests {
         (endpoints, made)
     }
 
-    fn via(endpoints: &Endpoints, last: Instant) -> Via {
-        Via {
-            connection: endpoints.connection(0),
-            last,
-        }
+    /// A stream on endpoint 0's connection, its request sent now.
+    fn via(endpoints: &Endpoints) -> Via {
+        Via::new(endpoints.connection(0), now())
+    }
+
+    async fn later() {
+        tokio::time::advance(Duration::from_millis(100)).await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_stream_replaces_its_connection_only_if_nothing_came_after() {
         let (endpoints, made) = counted();
-        let step = Duration::from_millis(100);
+        let made = || made.load(Ordering::Relaxed);
 
-        // Two streams on one connection; the second hears a number after
-        // the first last heard anything: the connection works, and the
-        // first stream's silence is its own.
-        let mut first = via(&endpoints, now());
-        first.heard(now());
-        tokio::time::advance(step).await;
-        let mut second = via(&endpoints, now());
-        second.heard(now());
-        assert!(!endpoints.replace_if_dead(0, &first));
-        assert_eq!(made.load(Ordering::Relaxed), 1, "kept");
+        // Two answered streams; the second reads a number after the first
+        // last heard anything: the server's direction works, and the first
+        // stream's silence is its own.
+        let mut first = via(&endpoints);
+        first.answered(now());
+        later().await;
+        let mut second = via(&endpoints);
+        second.answered(now());
+        assert!(!endpoints.replace_if_dead(0, &first, false));
+        assert_eq!(made(), 1, "kept");
 
-        // Then the connection goes quiet: the second stream's silence finds
-        // nothing after its last number, and replaces it once; the first,
-        // silent again on the replaced connection, leaves the new one be.
-        tokio::time::advance(step).await;
-        assert!(endpoints.replace_if_dead(0, &second));
-        assert_eq!(made.load(Ordering::Relaxed), 2, "replaced");
-        first.last = now();
-        assert!(!endpoints.replace_if_dead(0, &first));
-        assert_eq!(made.load(Ordering::Relaxed), 2, "replaced once");
+        // Then nothing comes: the second stream's silence finds nothing
+        // after its last message and replaces the connection, once; the
+        // first, on the replaced connection, leaves the new one be.
+        later().await;
+        assert!(endpoints.replace_if_dead(0, &second, false));
+        assert_eq!(made(), 2, "replaced");
+        first.heard = now();
+        assert!(!endpoints.replace_if_dead(0, &first, false));
+        assert_eq!(made(), 2, "replaced once");
+    }
 
-        // A stream on the new connection that never heard anything (an
-        // attach that timed out on a quiet connection) replaces it.
-        let third = via(&endpoints, now());
-        tokio::time::advance(step).await;
-        assert!(endpoints.replace_if_dead(0, &third));
-        assert_eq!(made.load(Ordering::Relaxed), 3);
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_or_unheard_stream_asks_whether_our_direction_works() {
+        let (endpoints, made) = counted();
+        let made = || made.load(Ordering::Relaxed);
+
+        // A request never answered, while an older stream reads numbers:
+        // the server's direction works, ours is in doubt, and no request
+        // sent later was answered: replaced.
+        let mut old = via(&endpoints);
+        old.answered(now());
+        later().await;
+        let waiting = via(&endpoints);
+        later().await;
+        old.heard(now());
+        assert!(endpoints.replace_if_dead(0, &waiting, false));
+        assert_eq!(made(), 2);
+
+        // On the new connection: a stream the server stopped hearing
+        // (DEADLINE_EXCEEDED) keeps it if a request sent after its last
+        // ack was answered, though nothing was read since.
+        let mut acking = via(&endpoints);
+        acking.answered(now());
+        later().await;
+        acking.sent = now();
+        later().await;
+        let mut newer = via(&endpoints);
+        newer.answered(now());
+        assert!(!endpoints.replace_if_dead(0, &acking, true));
+        assert_eq!(made(), 2, "our direction carried a request since");
+
+        // Numbers still arriving are no evidence that the server hears us:
+        // after a later ack of its own, with no request answered since, it
+        // replaces it (a cut of our direction only).
+        later().await;
+        newer.sent = now();
+        later().await;
+        acking.heard(now());
+        assert!(endpoints.replace_if_dead(0, &newer, true));
+        assert_eq!(made(), 3);
     }
 
     /// The wire's durations come from the server: any value must convert

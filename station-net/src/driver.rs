@@ -281,7 +281,8 @@ impl<S: SessionStore> Drive for Driver<S> {
                         crate::otel::ended(this.span, session, &end);
                         *this.ended = true;
                         // Counted before the gauge and the place go: whoever
-                        // sees the stream detached sees how it ended.
+                        // sees the stream detached sees how it ended (a
+                        // client gone is settled in `drop`, not counted here).
                         let status = finish(shared, session, end);
                         *this.slot = None;
                         *this.attached = None;

@@ -140,7 +140,10 @@ impl ServerConfig {
 /// does, a sweep later). At hyper's 1 MiB that is about 2,100 acks across
 /// the connection, fewer than the streams it may carry: in an overload run
 /// the server closed 29 connections this way, each with thousands of
-/// sessions. Never below hyper's default.
+/// sessions. Never below hyper's default. The cost: a client may make
+/// the server hold this much unread per connection, 20 MiB at the default
+/// 10,000 streams (hyper's 1 MiB before), which a connection's streams
+/// read as they run.
 fn connection_window(max_streams: u32) -> u32 {
     const HELD_PER_STREAM: u32 = 4;
     const CHARGE: u32 = 256;

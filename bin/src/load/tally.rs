@@ -100,23 +100,23 @@ pub fn end_kind(end: &StreamEnd) -> String {
 }
 
 /// A message with its numbers (stream ids, addresses, sizes, but not the
-/// 2 of "h2") folded to `#` and cut at 80 characters, so the labels stay
-/// few.
+/// 2 of "h2") folded to `#`, then cut at 80 characters, so the labels
+/// stay few; `|` becomes `/` so a label fits a Markdown table cell.
 fn shape(message: &str) -> String {
     let mut out = String::new();
     // In a word (after a letter or underscore): digits stay.
     let mut word = false;
-    for c in message.chars().take(80) {
+    for c in message.chars() {
         if c.is_ascii_digit() && !word {
             if !out.ends_with('#') {
                 out.push('#');
             }
         } else {
             word = c.is_alphanumeric() || c == '_';
-            out.push(c);
+            out.push(if c == '|' { '/' } else { c });
         }
     }
-    out
+    out.chars().take(80).collect()
 }
 
 pub fn histogram() -> Histogram<u64> {

@@ -26,6 +26,13 @@ fn a_stream_end_without_a_reason_is_named_by_its_message() {
     );
     let long = StreamEnd::Transport("x".repeat(200));
     assert_eq!(end_kind(&long), format!("transport: {}", "x".repeat(80)));
+    // Folded before it is cut: numbers of any length give one label.
+    let at = |n: &str| end_kind(&StreamEnd::Transport(format!("{}{n} a|b", "y".repeat(75))));
+    assert_eq!(at(" 1"), at(" 123456789"));
+    assert_eq!(
+        end_kind(&StreamEnd::Protocol("a|b".into())),
+        "protocol: a/b"
+    );
     // A status with a reason is named by the reason alone.
     let drained = StreamEnd::Status {
         code: Code::Unavailable,
