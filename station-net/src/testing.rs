@@ -499,6 +499,8 @@ pub struct ClusterNode {
     pub primary_id: Option<String>,
     /// Slots served, as inclusive ranges.
     pub slots: Vec<(u16, u16)>,
+    /// The configuration epoch the node asked knows it by.
+    pub config_epoch: u64,
 }
 
 impl ClusterNode {
@@ -627,16 +629,25 @@ impl RedisCluster {
     }
 
     /// Waits until every running node says `cluster_state:ok`, agrees on
-    /// which primary serves every slot, no running node is marked failing,
-    /// and every running replica's link to its primary is up. Panics with
-    /// what was last seen after `limit`.
+    /// which primary serves every slot and on every running node's
+    /// configuration epoch and the current epoch, no running node is marked
+    /// failing, and every running replica's link to its primary is up.
+    /// Panics with what was last seen after `limit`.
+    ///
+    /// The epochs matter to what comes next: a failover started while one
+    /// node has not yet heard of an epoch bump (a migrated slot's target
+    /// bumps its own without consensus) is decided on different epochs by
+    /// different nodes.
     pub fn wait_healthy(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
             let problem = self.health_problem();
             let Some(problem) = problem else { return };
             if Instant::now() >= deadline {
-                panic!("the cluster was not healthy within {limit:?}: {problem}");
+                panic!(
+                    "the cluster was not healthy within {limit:?}: {problem}\n{}",
+                    self.views()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -653,6 +664,11 @@ impl RedisCluster {
             if !info.contains("cluster_state:ok") {
                 return Some(format!("node {} is not cluster_state:ok", node.port));
             }
+            let current_epoch = info
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("cluster_current_epoch:"))
+                .unwrap_or("?")
+                .to_string();
             let view = match text(node.port, &["CLUSTER", "NODES"]).and_then(|v| parse_nodes(&v)) {
                 Ok(view) => view,
                 Err(e) => return Some(e),
@@ -684,9 +700,15 @@ impl RedisCluster {
                 .flat_map(|n| n.slots.iter().map(move |&(lo, hi)| (lo, hi, n.port)))
                 .collect();
             owners.sort_unstable();
-            views.push((node.port, owners));
+            let mut epochs: Vec<(u16, u64)> = view
+                .iter()
+                .filter(|n| running.contains(&n.port))
+                .map(|n| (n.port, n.config_epoch))
+                .collect();
+            epochs.sort_unstable();
+            views.push((node.port, owners, epochs, current_epoch));
         }
-        let (first_port, first) = views.first()?;
+        let (first_port, first, first_epochs, first_current) = views.first()?;
         let covered: u32 = first
             .iter()
             .map(|&(lo, hi, _)| u32::from(hi - lo) + 1)
@@ -696,12 +718,44 @@ impl RedisCluster {
                 "node {first_port} sees {covered} of 16384 slots served"
             ));
         }
-        if let Some((port, _)) = views.iter().find(|(_, v)| v != first) {
+        if let Some((port, other, ..)) = views.iter().find(|(_, v, ..)| v != first) {
+            let only = |a: &[(u16, u16, u16)], b: &[(u16, u16, u16)]| {
+                a.iter()
+                    .filter(|r| !b.contains(r))
+                    .map(|(lo, hi, by)| format!("{lo}-{hi}@{by}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
             return Some(format!(
-                "nodes {first_port} and {port} disagree on who serves which slots"
+                "nodes {first_port} and {port} disagree on who serves which slots \
+                 (only {first_port} sees [{}], only {port} sees [{}])",
+                only(first, other),
+                only(other, first)
+            ));
+        }
+        if let Some((port, _, epochs, current)) = views
+            .iter()
+            .find(|(_, _, e, c)| e != first_epochs || c != first_current)
+        {
+            return Some(format!(
+                "nodes {first_port} and {port} disagree on the epochs: current \
+                 {first_current} and {current}, configuration {first_epochs:?} and {epochs:?}"
             ));
         }
         None
+    }
+
+    /// Every running node's `CLUSTER NODES`, for a failure's message.
+    fn views(&self) -> String {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| {
+                let view = text(n.port, &["CLUSTER", "NODES"]).unwrap_or_else(|e| e);
+                format!("CLUSTER NODES on {}:\n{view}", n.port)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Moves `slot` to the primary on `to_port`, keys and all, as
@@ -855,9 +909,10 @@ impl RedisCluster {
         loop {
             match self.health_problem() {
                 None => return,
-                Some(p) if Instant::now() >= deadline => {
-                    panic!("the cluster did not heal within {limit:?} after {gone} died: {p}")
-                }
+                Some(p) if Instant::now() >= deadline => panic!(
+                    "the cluster did not heal within {limit:?} after {gone} died: {p}\n{}",
+                    self.views()
+                ),
                 Some(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
@@ -900,6 +955,7 @@ fn parse_nodes(view: &str) -> Result<Vec<ClusterNode>, String> {
                 failing: flags.contains(&"fail") || flags.contains(&"fail?"),
                 primary_id: (f[3] != "-").then(|| f[3].to_string()),
                 slots,
+                config_epoch: f[6].parse().map_err(|_| bad())?,
             })
         })
         .collect()
