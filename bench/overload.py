@@ -12,7 +12,7 @@
 
 Each run is RESULT.json (`station load --json`) beside RESULT.run, written
 by run.sh: {"store", "capacity", "multiple", "level", "rate",
-"window_seconds", "store_ops"}. A load *level* of n sessions is sessions
+"window_seconds", "store_ops", "redis": {"cpu_seconds", "commands"} or null}. A load *level* of n sessions is sessions
 arriving at `rate` = n / (count × interval) a second, for `window_seconds`:
 in steady state n are live at once. Offered load and goodput are per
 minute of that arrival window: offered = rate × 60, goodput = completed ×
@@ -89,7 +89,7 @@ def table(label, rows):
     print("| store | × capacity | sessions offered | offered / min | completed | goodput / min "
           "| refused at the door | failed after admission | never admitted otherwise | never started "
           "| reconnects | lateness p99, admitted (ms) | stall p99 (ms) | `Open`s per completed session "
-          "| store ops per completed session | server CPU (s) |")
+          "| store ops per completed session | CPU (s): server / load / Redis |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (store, multiple), rs in sorted(rows.items()):
         res = [r for r, _ in rs]
@@ -106,7 +106,9 @@ def table(label, rows):
               f"| {med([(r.get('stall_ms') or {}).get('p99') for r in res], '{:.1f}')} "
               f"| {med([(r.get('opens_per_completed_session') or {}).get('mean') for r in res], '{:.2f}')} "
               f"| {med([per_completed(r, run) for r, run in rs], '{:.1f}')} "
-              f"| {med([(r.get('server') or {}).get('cpu_seconds') for r in res], '{:.1f}')} |")
+              f"| {med([(r.get('server') or {}).get('cpu_seconds') for r in res], '{:.1f}')} "
+              f"/ {med([r.get('load_cpu_seconds') for r in res], '{:.1f}')} "
+              f"/ {med([(run.get('redis') or {}).get('cpu_seconds') for _, run in rs], '{:.1f}')} |")
 
 
 def nice_ticks(top, n=5):

@@ -247,7 +247,9 @@ ab() { # one part (AB_PART: scale, redis or overload, default redis) of an older
 # completes with p99 lateness of admitted sessions at most OVERLOAD_P99_MS
 # (OVERLOAD_CAPACITY skips the search); then OVERLOAD_MULTIPLES × C are
 # offered, OVERLOAD_REPS times each. OVERLOAD_STORE: memory or redis (one
-# Redis). bench/overload.py prints the table and draws the SVG.
+# Redis). OVERLOAD_REDIS_NICE (e.g. -5) runs Redis at that niceness, ahead
+# of the load generator on their shared core. bench/overload.py prints the
+# table and draws the SVG.
 OVERLOAD_STORE=${OVERLOAD_STORE:-memory}
 OVERLOAD_INTERVAL_MS=${OVERLOAD_INTERVAL_MS:-1000}
 OVERLOAD_COUNT=${OVERLOAD_COUNT:-60}
@@ -273,21 +275,25 @@ overload_run() { # overload_run <name> <level> <multiple> <capacity>: one run, $
     local sessions=$((rate * window))
     local duration=$((window + schedule_ms / 1000 + OVERLOAD_GRACE))
     local store=()
-    if [ "$OVERLOAD_STORE" = redis ]; then REDIS_PIN="taskset -c 1" redis_single; store=(--store "$URL"); fi
+    if [ "$OVERLOAD_STORE" = redis ]; then
+        REDIS_PIN="taskset -c 1 ${OVERLOAD_REDIS_NICE:+nice -n $OVERLOAD_REDIS_NICE}" redis_single
+        store=(--store "$URL")
+    fi
     MADDR=127.0.0.1:$(free_port)
     start "$name" taskset -c 0 $S server --port 0 --interval "${OVERLOAD_INTERVAL_MS}ms" \
         --metrics-addr "$MADDR" "${store[@]}"
-    local before after ops=null
+    local before after ops=null redis=null
     before=$(store_ops)
     taskset -c 1 $L load --endpoint 127.0.0.1:$PORT --sessions $sessions --connections 16 \
         --count "$OVERLOAD_COUNT" --ramp-up-rate $rate --server-pid $PID --duration ${duration}s \
         --json > "$OUT/$name.json" || true
     after=$(store_ops)
+    [ -z "$RPIDS" ] || redis=$(redis_usage)
     # A server without the counter (none of its sessions touched a store?)
     # has no figure, not zero.
     [ -z "$before" ] || [ -z "$after" ] || [ "$after" = 0 ] || ops=$((after - before))
     echo "{\"store\": \"$OVERLOAD_STORE\", \"capacity\": $capacity, \"multiple\": $multiple, \"level\": $level," \
-        "\"rate\": $rate, \"window_seconds\": $window, \"store_ops\": $ops}" > "$OUT/$name.run"
+        "\"rate\": $rate, \"window_seconds\": $window, \"store_ops\": $ops, \"redis\": $redis}" > "$OUT/$name.run"
     stop
     [ "$OVERLOAD_STORE" != redis ] || redis_down
 }
