@@ -55,6 +55,19 @@ pub type ChannelFactory = Arc<dyn Fn() -> Channel + Send + Sync>;
 /// the server's default, a few hundred bytes each while remembered.
 const REMEMBERED_RESETS: usize = 10_000;
 
+/// The client's HTTP/2 connection window: room for every number a server
+/// may send unacknowledged (its window, 64 by default) on each of the
+/// 10,000 streams a connection may carry at the server's default, at h2's
+/// small-frame charge (256 bytes, against half the window). h2 closes a
+/// connection whose unread small DATA frames cost more than half its
+/// window (`ENHANCE_YOUR_CALM "too_many_data_frames"`, a flood defence);
+/// at hyper's 5 MiB that is about 10,900 numbers, which a `station load`
+/// with thousands of sessions a connection leaves unread in a second or
+/// two of falling behind, and then loses every session on the connection
+/// at once. What is actually buffered stays bounded by the streams the
+/// client opened and the server's window on each, not by this figure.
+const CONNECTION_WINDOW: u32 = 10_000 * 64 * 256 * 2;
+
 /// Connection settings for [`Endpoints::tcp`].
 #[derive(Clone, Debug)]
 pub struct ChannelOptions {
@@ -84,6 +97,7 @@ impl ChannelOptions {
             .http2_keep_alive_interval(self.keepalive_interval)
             .keep_alive_timeout(self.keepalive_timeout)
             .keep_alive_while_idle(true)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .http2_max_concurrent_reset_streams(REMEMBERED_RESETS)
             .http2_max_local_error_reset_streams(None)
     }

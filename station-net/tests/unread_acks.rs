@@ -1,5 +1,6 @@
 //! A connection whose clients' acks pile up unread is not closed for it
-//! (ARCHITECTURE.md §2, "Shared connections under overload").
+//! (ARCHITECTURE.md §2, "Shared connections under overload"), and neither
+//! is one whose client leaves its numbers unread.
 //!
 //! h2 counts the small DATA frames it holds unread on a connection and
 //! closes the connection (GOAWAY, ENHANCE_YOUR_CALM) when they cost more
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use station_core::server::Config as SessionConfig;
 use station_core::ClientId;
+use station_net::client::ChannelOptions;
 use station_net::proto::client_message::Kind;
 use station_net::proto::numbers_station_client::NumbersStationClient;
 use station_net::proto::server_message::Kind as ServerKind;
@@ -139,4 +141,60 @@ async fn acks_left_unread_by_a_busy_connection_do_not_close_it() {
         "the connection was closed under its streams"
     );
     drop(streams);
+}
+
+/// The client's side of the same defence: a client that falls behind on a
+/// connection carrying many sessions holds their numbers unread, up to the
+/// server's window on each stream. The client's own connection window
+/// ([`ChannelOptions::apply`]) must leave room for them all, or its h2
+/// closes the connection under every session on it (at hyper's 5 MiB: at
+/// about 10,900 numbers; here 1,000 streams hold 64 each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_left_unread_by_a_busy_client_do_not_close_its_connection() {
+    const STREAMS: u32 = 1_000;
+    let mut session = SessionConfig::new(Duration::from_millis(10), Duration::from_secs(30));
+    session.silence_timeout = SILENCE;
+    let window = session.window;
+    let cfg = ServerConfig {
+        session,
+        ..ServerConfig::default()
+    };
+    let station = Station::new(cfg, MemoryStore::default());
+    let (addr, _stop) = common::serve(&station).await;
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let channel = ChannelOptions::default()
+        .apply(endpoint)
+        .connect()
+        .await
+        .unwrap();
+
+    let began = std::time::Instant::now();
+    let mut opening = JoinSet::new();
+    for i in 0..STREAMS {
+        opening.spawn(attached(channel.clone(), i));
+    }
+    let mut streams = timeout(STEP, opening.join_all())
+        .await
+        .expect("every stream attaches in time");
+    // Nothing read while every stream's window of numbers arrives (64 at
+    // 10 ms: 640 ms), then every number of every stream is read.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for (i, (rx, _)) in streams.iter_mut().enumerate() {
+        for n in 0..window {
+            let message = timeout(STEP, rx.message())
+                .await
+                .expect("a number in time")
+                .unwrap_or_else(|e| panic!("stream {i}, number {n}: {e:?}"));
+            assert!(
+                matches!(message.and_then(|m| m.kind), Some(ServerKind::Number(_))),
+                "stream {i}, number {n}"
+            );
+        }
+    }
+    assert!(
+        began.elapsed() < SILENCE,
+        "too slow to test: {:?}",
+        began.elapsed()
+    );
+    assert_eq!(station.attached_streams(), u64::from(STREAMS));
 }
