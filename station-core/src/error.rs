@@ -150,4 +150,12 @@ pub enum Busy {
     /// Its session store is at its limit ([`crate::admission`]).
     #[error("{0}")]
     Store(#[from] crate::admission::Closed),
+    /// It holds as many streams as it has learned it carries on time.
+    #[error("it holds {held} streams, the most it has learned it carries on time")]
+    Limit {
+        /// Streams held now.
+        held: u64,
+        /// The learned limit.
+        limit: u64,
+    },
 }

@@ -422,6 +422,15 @@ fn handle<S: SessionStore>(
                 if let Some(late) = shared.overload.shedding() {
                     return session.abort(now, Reject::Overloaded(Busy::Late(late)));
                 }
+                // This stream's own place is counted in `held`.
+                let others = shared.held().saturating_sub(1);
+                if let Err(limit) = shared.overload.admits(others) {
+                    let busy = Busy::Limit {
+                        held: others,
+                        limit,
+                    };
+                    return session.abort(now, Reject::Overloaded(busy));
+                }
                 if let Err(closed) = shared.admission.admits(now) {
                     return session.abort(now, Reject::Overloaded(Busy::Store(closed)));
                 }

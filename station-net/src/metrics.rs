@@ -42,6 +42,8 @@ pub const SESSIONS_LIVE: &str = "station_sessions_live";
 pub const LATENESS: &str = "station_scheduling_lateness_seconds";
 /// 1 while the server sheds new sessions, else 0.
 pub const SHEDDING: &str = "station_shedding";
+/// The learned limit on streams held (absent until one is learned).
+pub const SESSION_LIMIT: &str = "station_session_limit";
 /// Streams refused before they attached (never admitted), by reason.
 pub const REFUSED: &str = "station_streams_refused_total";
 /// Attached streams the server ended with an error status, by reason.
@@ -97,6 +99,10 @@ pub fn describe() {
         "Smoothed lateness of the server's timers (the overload signal)"
     );
     describe_gauge!(SHEDDING, "1 while the server sheds new sessions");
+    describe_gauge!(
+        SESSION_LIMIT,
+        "Streams the server has learned it carries on time; new sessions wait while it holds this many"
+    );
     describe_counter!(
         REFUSED,
         "Streams refused before they attached (never admitted), by reason"
@@ -122,9 +128,12 @@ pub(crate) fn set_admission(inflight: u32, limit: u32) {
 }
 
 /// Reports the overload signal.
-pub(crate) fn set_overload(lateness: Duration, shedding: bool) {
+pub(crate) fn set_overload(lateness: Duration, shedding: bool, limit: Option<u64>) {
     gauge!(LATENESS).set(lateness.as_secs_f64());
     gauge!(SHEDDING).set(if shedding { 1.0 } else { 0.0 });
+    if let Some(limit) = limit {
+        gauge!(SESSION_LIMIT).set(limit as f64);
+    }
 }
 
 /// Per-server counters; each `record_*` also reports to `metrics`.

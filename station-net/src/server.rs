@@ -230,8 +230,44 @@ pub(crate) struct Shared<S: SessionStore> {
     faults: Faults,
     pub overload: Arc<Overload>,
     pub admission: Admission,
+    /// New sessions refused `OVERLOADED` a second, for the pushback.
+    refusals: Mutex<Refusals>,
     /// Every stream, for driving those whose clients stopped reading.
     pub stalls: Arc<Stalls<Driver<S>>>,
+}
+
+/// The refusals of new sessions a server aims at, a second, once their
+/// pushback grows (see [`Shared::retry_after`]).
+pub const REFUSALS_PER_SECOND: u64 = 1_000;
+/// The pushback grows to at most this many times `retry_after`: 30 s at
+/// the default 2 s, half the client's 60 s without progress.
+const MAX_PUSHBACK_FACTOR: f64 = 15.0;
+
+/// Counts refusals by whole seconds since the server started.
+#[derive(Debug, Default)]
+struct Refusals {
+    second: u64,
+    this: u64,
+    last: u64,
+}
+
+impl Refusals {
+    /// Counts one refusal at `now`; returns the refusals of the last whole
+    /// second or of this one so far, whichever is more.
+    fn count(&mut self, epoch: Instant, now: Instant) -> u64 {
+        let second = now.saturating_duration_since(epoch).as_secs();
+        if second != self.second {
+            self.last = if second == self.second + 1 {
+                self.this
+            } else {
+                0
+            };
+            self.this = 0;
+            self.second = second;
+        }
+        self.this += 1;
+        self.this.max(self.last)
+    }
 }
 
 /// Fault injection state, shared by all streams of the server.
@@ -300,6 +336,12 @@ impl<S: SessionStore> Shared<S> {
         (!period.is_zero()).then(|| now + self.jitter(Duration::ZERO, period))
     }
 
+    /// Streams holding a place under `--max-sessions` now.
+    pub(crate) fn held(&self) -> u64 {
+        let free = self.slots.available_permits();
+        self.cfg.max_sessions.saturating_sub(free) as u64
+    }
+
     /// A place under `--max-sessions`, if one is free.
     pub(crate) fn slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         self.slots.clone().try_acquire_owned().ok()
@@ -315,7 +357,25 @@ impl<S: SessionStore> Shared<S> {
             // This server is going away: resume elsewhere now, spread over
             // one interval so the other servers are not hit all at once.
             Reason::ShuttingDown => Some(self.jitter(Duration::ZERO, self.cfg.session.interval)),
-            Reason::ServerFull | Reason::Overloaded | Reason::StoreUnavailable => {
+            // Refused new sessions come back spread over a wait that grows
+            // with how many are refused, so that their retries cost the
+            // server about [`REFUSALS_PER_SECOND`] refusals a second at
+            // most, however many clients wait: each refusal is a stream
+            // the server must accept, read and answer, and at about
+            // 10,000 a second (twice its capacity offered, BENCHMARKS.md)
+            // the refused took the core the admitted needed.
+            Reason::Overloaded => {
+                let rate = self
+                    .refusals
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .count(self.epoch, now);
+                let base = self.cfg.retry_after.mul_f64(
+                    (rate as f64 / REFUSALS_PER_SECOND as f64).clamp(1.0, MAX_PUSHBACK_FACTOR),
+                );
+                Some(self.jitter(base, base / 2))
+            }
+            Reason::ServerFull | Reason::StoreUnavailable => {
                 let base = self.cfg.retry_after;
                 Some(self.jitter(base, base / 2))
             }
@@ -382,6 +442,7 @@ impl<S: SessionStore> Station<S> {
                 stalls: Arc::new(Stalls::new(epoch)),
                 overload: Arc::new(Overload::new(cfg.shed_when_late)),
                 admission: Admission::new(cfg.store_timeout),
+                refusals: Mutex::new(Refusals::default()),
                 slots: Arc::new(Semaphore::new(cfg.max_sessions)),
                 cfg,
                 observer,
@@ -544,8 +605,13 @@ where
     let reflection = reflection().build_v1()?;
     let token = station.shared.shutdown.clone();
     // Measures scheduling lateness for load shedding, while serving.
+    let held = {
+        let shared = station.shared.clone();
+        move || shared.held()
+    };
     let probe = tokio::spawn(crate::overload::probe(
         station.shared.overload.clone(),
+        held,
         token.child_token(),
     ));
     // Health says whether the store can be reached, so a load balancer
@@ -700,4 +766,48 @@ where
     on_bound(local);
     let incoming = crate::incoming::Incoming::new(listener);
     serve(station, incoming, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use station_core::Busy;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn the_pushback_of_refused_sessions_grows_with_how_many_are_refused() {
+        let station = Station::new(ServerConfig::default(), MemoryStore::default());
+        let shared = &station.shared;
+        let base = shared.cfg.retry_after;
+        let refused = Reject::Overloaded(Busy::Late(Duration::from_millis(300)));
+        let at = |s: u64| shared.epoch + Duration::from_secs(s) + Duration::from_millis(500);
+        let pushback = |now| shared.retry_after(&refused, now).expect("a pushback");
+
+        // Few refusals: `retry_after` plus up to half again.
+        let first = pushback(at(1));
+        assert!(first >= base && first < base * 3 / 2, "{first:?}");
+        // 5,000 in one second: five times that, for the rest of it...
+        for _ in 0..5_000 {
+            pushback(at(1));
+        }
+        let busy = pushback(at(1));
+        assert!(busy >= base * 5 && busy < base * 15 / 2, "{busy:?}");
+        // ... and the next, whose few refusals are judged by the last.
+        let next = pushback(at(2));
+        assert!(next >= base * 5, "{next:?}");
+        // A quiet second later: back to `retry_after`.
+        let quiet = pushback(at(4));
+        assert!(quiet < base * 3 / 2, "{quiet:?}");
+        // Never more than the cap, however many.
+        for _ in 0..100_000 {
+            pushback(at(5));
+        }
+        let most = pushback(at(5));
+        let cap = base.mul_f64(MAX_PUSHBACK_FACTOR);
+        assert!(most >= cap && most <= cap * 3 / 2, "{most:?}");
+        // Other refusals keep the plain pushback.
+        let full = shared.retry_after(&Reject::Full(3), at(5)).unwrap();
+        assert!(full < base * 3 / 2, "{full:?}");
+    }
 }

@@ -139,6 +139,10 @@ fn error_metadata(reject: &Reject) -> HashMap<String, String> {
         Reject::Overloaded(Busy::Late(late)) => {
             m.insert("lateness_ms".to_owned(), late.as_millis().to_string());
         }
+        Reject::Overloaded(Busy::Limit { held, limit }) => {
+            m.insert("streams_held".to_owned(), held.to_string());
+            m.insert("session_limit".to_owned(), limit.to_string());
+        }
         Reject::Overloaded(Busy::Store(Closed::Queue { inflight, limit })) => {
             m.insert("store_inflight".to_owned(), inflight.to_string());
             m.insert("store_limit".to_owned(), limit.to_string());
@@ -327,6 +331,10 @@ mod tests {
             Reject::TakenOver(id),
             Reject::Full(3),
             Reject::Overloaded(Busy::Late(Duration::from_millis(300))),
+            Reject::Overloaded(Busy::Limit {
+                held: 900,
+                limit: 850,
+            }),
             Reject::Overloaded(Busy::Store(Closed::Queue {
                 inflight: 900,
                 limit: 800,

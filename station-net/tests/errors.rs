@@ -462,11 +462,73 @@ async fn an_overloaded_server_sheds_new_sessions_with_retry_info() {
     assert_eq!(later.attached().await.count, 10);
 }
 
+/// After running late, a server admits new sessions only while it holds
+/// fewer streams than it learned it carries on time, however on time it is
+/// again: a door that reopened at once would admit the same overload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_ran_late_admits_only_under_the_limit_it_learned() {
+    const HELD: u64 = 80;
+    let server = Isolated::start(ServerConfig {
+        shed_when_late: Some(Duration::from_millis(20)),
+        ..config()
+    });
+    let ch = channel(server.addr).await;
+    let mut held = Vec::new();
+    for i in 0..HELD {
+        let mut raw = Raw::start(&ch, open(&id(100 + i), 1000, 1)).await;
+        raw.attached().await;
+        held.push(raw);
+    }
+    assert_eq!(server.station.overload().limit(), None);
+
+    // Late with 80 streams held: the limit is cut to 72.
+    server.hog.store(true, Ordering::Relaxed);
+    server.until_shedding(true).await;
+    server.hog.store(false, Ordering::Relaxed);
+    server.until_shedding(false).await;
+    let limit = server.station.overload().limit().expect("a limit learned");
+    assert!(limit < HELD, "limit {limit}");
+
+    // On time again, and still refused: 80 streams are held.
+    let status = Raw::start(&ch, open(&id(1), 10, 1)).await.rejection().await;
+    assert_reason(&status, Reason::Overloaded).expect("RetryInfo");
+    let info = status.get_error_details();
+    let meta = &info.error_info().expect("ErrorInfo").metadata;
+    assert_eq!(meta["streams_held"], HELD.to_string(), "{meta:?}");
+    assert!(
+        meta["session_limit"].parse::<u64>().unwrap() < HELD,
+        "{meta:?}"
+    );
+
+    // Sessions end and make room: a new one is admitted (bounded wait; the
+    // limit grows by about one stream a second while it binds).
+    held.truncate(40);
+    let mut admitted = None;
+    for i in 0..50 {
+        let mut raw = Raw::start(&ch, open(&id(2 + i), 10, 1)).await;
+        match raw.next().await {
+            Ok(Some(ServerMessage {
+                kind: Some(ServerKind::Attached(_)),
+            })) => {
+                admitted = Some(raw);
+                break;
+            }
+            // Not yet: the dropped streams' places are still being freed.
+            Err(status) => assert_reason(&status, Reason::Overloaded)
+                .map(drop)
+                .unwrap_or(()),
+            other => panic!("expected Attached or OVERLOADED, got {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(admitted.is_some(), "never admitted with 40 streams held");
+}
+
 #[tokio::test]
 async fn shedding_is_off_unless_configured() {
     let station = Station::new(config(), MemoryStore::default());
     assert!(!station.overload().enabled());
-    station.overload().observe(Duration::from_secs(10));
+    station.overload().observe(Duration::from_secs(10), 0);
     assert!(station.overload().shedding().is_none());
     let (addr, stop) = serve(station).await;
     let ch = channel(addr).await;
