@@ -31,9 +31,10 @@
 //! also learns how many streams the server carries on time, by AIMD on
 //! the streams held (those counted against `--max-sessions`):
 //!
-//! - lateness at the threshold ([`CUT_AT`]) cuts the limit to
-//!   [`CUT_TO`] of the streams held now, at most once per [`CUT_EVERY`]
-//!   samples, so the limit falls below a population that is too large and
+//! - lateness at the threshold ([`CUT_AT`]) for [`CUT_AFTER`] samples in
+//!   a row (one stall of the machine, or of the process, is not a
+//!   population too large) cuts the limit to [`CUT_TO`] of the streams
+//!   held now, at most once per [`CUT_EVERY`] samples, so the limit falls below a population that is too large and
 //!   the door stays shut while sessions complete; but not while fewer
 //!   than half the limit are held, since then the lateness is not theirs
 //!   (at twice its capacity, a server whose sessions had failed cut its
@@ -63,6 +64,10 @@ pub const CUT_TO: f64 = 0.9;
 /// Samples between cuts (half a second): a cut's effect shows only as
 /// sessions complete, so cutting again at once would overshoot.
 pub const CUT_EVERY: u32 = 50;
+/// Samples in a row at the threshold before a cut (a quarter second): a
+/// stopped process wakes with one huge sample, which the average carries
+/// over the threshold for a few samples only.
+pub const CUT_AFTER: u32 = 25;
 /// Lateness under this fraction of the threshold lets the limit grow.
 pub const GROW_UNDER: f64 = 0.25;
 /// Each growth adds this fraction of the limit (at least one stream)...
@@ -90,6 +95,8 @@ pub struct Overload {
     limit: AtomicU64,
     /// Samples since the limit last changed. Only the probe writes it.
     since_change: AtomicU32,
+    /// Samples in a row at the threshold. Only the probe writes it.
+    late_in_a_row: AtomicU32,
 }
 
 impl Overload {
@@ -105,6 +112,7 @@ impl Overload {
             limit: AtomicU64::new(UNSET),
             // The first late sample may cut at once.
             since_change: AtomicU32::new(CUT_EVERY),
+            late_in_a_row: AtomicU32::new(0),
         }
     }
 
@@ -181,7 +189,12 @@ impl Overload {
         // storm of refused or resuming streams, a neighbour): cutting to
         // it would shut the door on what the server carried.
         let theirs = limit == UNSET || held.saturating_mul(2) >= limit;
-        let next = if load >= CUT_AT && since >= CUT_EVERY && theirs {
+        let in_a_row = match load >= CUT_AT {
+            true => self.late_in_a_row.load(Ordering::Relaxed).saturating_add(1),
+            false => 0,
+        };
+        self.late_in_a_row.store(in_a_row, Ordering::Relaxed);
+        let next = if in_a_row >= CUT_AFTER && since >= CUT_EVERY && theirs {
             let cut = ((held as f64 * CUT_TO) as u64).max(MIN_LIMIT);
             (cut < limit).then_some(cut)
         } else if load < GROW_UNDER && since >= GROW_EVERY && limit != UNSET {
@@ -277,9 +290,14 @@ mod tests {
         feed_held(&o, Duration::ZERO, 50_000, 1_000);
         assert_eq!(o.limit(), None);
         assert_eq!(o.admits(1_000_000), Ok(()));
-        // Late at 10,000 streams: cut to 9,000, so new sessions wait
-        // although the lateness soon falls (the door does not flap).
-        feed_held(&o, 200 * MS, 10_000, 20);
+        // One stall of the whole process: no cut.
+        o.observe(Duration::from_secs(5), 10_000);
+        feed_held(&o, Duration::ZERO, 10_000, 100);
+        assert_eq!(o.limit(), None);
+        // Late at 10,000 streams for a quarter second: cut to 9,000, so new
+        // sessions wait although the lateness soon falls (the door does not
+        // flap).
+        feed_held(&o, 200 * MS, 10_000, 40);
         assert_eq!(o.limit(), Some(9_000));
         assert_eq!(o.admits(9_500), Err(9_000));
         assert_eq!(o.admits(8_999), Ok(()));
@@ -303,11 +321,11 @@ mod tests {
         feed_held(&o, Duration::from_secs(1), half - 1, 1_000);
         assert_eq!(o.limit(), Some(grown));
         // Late at half: cut to 90 % of them.
-        feed_held(&o, Duration::from_secs(1), half, 1);
+        feed_held(&o, Duration::from_secs(1), half, CUT_AFTER as usize);
         assert_eq!(o.limit(), Some(half * 9 / 10));
         // A cut never goes below the floor.
         let fresh = Overload::new(Some(100 * MS));
-        feed_held(&fresh, Duration::from_secs(1), 3, 10);
+        feed_held(&fresh, Duration::from_secs(1), 3, CUT_AFTER as usize);
         assert_eq!(fresh.limit(), Some(MIN_LIMIT));
     }
 
