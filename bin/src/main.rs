@@ -123,12 +123,14 @@ pub struct ServerArgs {
     #[arg(long, env = "STATION_MAX_SESSIONS", default_value_t = 250_000)]
     pub max_sessions: usize,
     /// Shed new sessions (Open: RESOURCE_EXHAUSTED, reason OVERLOADED) while
-    /// the server's ticks run this late on average; 0s never sheds.
+    /// the server's ticks run this late on average, and learn from it how
+    /// many streams the server carries on time; 0s never sheds or limits.
     #[arg(long, env = "STATION_SHED_WHEN_LATE", default_value = "250ms", value_parser = parse_duration)]
     pub shed_when_late: Duration,
     /// When a full or overloaded server, or one whose store failed, tells
     /// clients to come back (RetryInfo, grpc-retry-pushback-ms), plus a
-    /// random 0-50 %.
+    /// random 0-50 %; OVERLOADED past 1,000 refusals a second, up to 5
+    /// times that, in proportion to them.
     #[arg(long, env = "STATION_RETRY_AFTER", default_value = "2s", value_parser = parse_duration)]
     pub retry_after: Duration,
     /// On SIGTERM or SIGINT: health says NOT_SERVING at once and new

@@ -151,7 +151,7 @@ pub enum Busy {
     #[error("{0}")]
     Store(#[from] crate::admission::Closed),
     /// It holds as many streams as it has learned it carries on time.
-    #[error("it holds {held} streams, the most it has learned it carries on time")]
+    #[error("it holds {held} streams, at or over the {limit} it has learned it carries on time")]
     Limit {
         /// Streams held now.
         held: u64,

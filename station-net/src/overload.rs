@@ -29,53 +29,59 @@
 //! carries (BENCHMARKS.md: a server offered twice its capacity shed and
 //! reopened every second while its core stayed saturated). So the probe
 //! also learns how many streams the server carries on time, by AIMD on
-//! the streams held (those counted against `--max-sessions`):
+//! the streams held (those counted against `--max-sessions`), in time
+//! measured by the probe's clock, not in samples (a late probe samples
+//! less often):
 //!
-//! - lateness at the threshold ([`CUT_AT`]) for [`CUT_AFTER`] samples in
-//!   a row (one stall of the machine, or of the process, is not a
-//!   population too large) cuts the limit to [`CUT_TO`] of the streams
-//!   held now, at most once per [`CUT_EVERY`] samples, so the limit falls below a population that is too large and
-//!   the door stays shut while sessions complete; but not while fewer
-//!   than half the limit are held, since then the lateness is not theirs
-//!   (at twice its capacity, a server whose sessions had failed cut its
-//!   limit from 54,000 to 7,000 this way);
-//! - lateness under [`GROW_UNDER`] of the threshold grows it by
-//!   [`GROW_BY`] every [`GROW_EVERY`] samples, and only while the limit
-//!   binds (the streams held are within a tenth of it): a limit nobody
-//!   reaches says nothing about what the server carries.
+//! - lateness at the threshold for [`CUT_AFTER`] (one stall of the machine,
+//!   or of the process, is not a population too large) cuts the limit to
+//!   [`CUT_TO`] of the streams held now, at most once per [`CUT_EVERY`], so
+//!   the limit falls below a population that is too large and the door
+//!   stays shut while sessions complete; but not while fewer than half the
+//!   limit are held, since then the lateness is not theirs (at twice its
+//!   capacity, a server whose sessions had failed cut its limit from
+//!   54,000 to 7,000 this way);
+//! - lateness under [`GROW_UNDER`] of the threshold (where shedding stops)
+//!   grows it by [`GROW_BY`] (at least [`MIN_LIMIT`] streams) every
+//!   [`GROW_EVERY`], and only while the limit binds (the streams held are
+//!   within a tenth of it): a limit nobody reaches says nothing;
+//! - lateness under a quarter of the threshold for [`FORGET_AFTER`] while
+//!   the limit does not bind forgets it: whatever made the server late
+//!   (a stall at start, a neighbour) is gone, and a limit learned then must
+//!   not hold the door half shut for good.
 //!
 //! A new session is refused while the streams held are at the limit; the
 //! limit starts unset (no limit) and never goes below [`MIN_LIMIT`].
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 /// How often the probe measures.
 pub const PROBE_EVERY: Duration = Duration::from_millis(10);
 
-/// Lateness at or above this fraction of the threshold cuts the limit: the
-/// same lateness that sheds, so a noisy machine that never sheds never
-/// learns a limit either.
-pub const CUT_AT: f64 = 1.0;
 /// A cut sets the limit to this fraction of the streams held.
 pub const CUT_TO: f64 = 0.9;
-/// Samples between cuts (half a second): a cut's effect shows only as
-/// sessions complete, so cutting again at once would overshoot.
-pub const CUT_EVERY: u32 = 50;
-/// Samples in a row at the threshold before a cut (a quarter second): a
-/// stopped process wakes with one huge sample, which the average carries
-/// over the threshold for a few samples only.
-pub const CUT_AFTER: u32 = 25;
+/// How long the lateness stays at the threshold before a cut: a stopped
+/// process wakes with one huge sample, which the average carries over the
+/// threshold for a few samples only.
+pub const CUT_AFTER: Duration = Duration::from_millis(250);
+/// Time between cuts: a cut's effect shows only as sessions complete, so
+/// cutting again at once would overshoot.
+pub const CUT_EVERY: Duration = Duration::from_millis(500);
 /// Lateness under this fraction of the threshold lets the limit grow.
-pub const GROW_UNDER: f64 = 0.25;
-/// Each growth adds this fraction of the limit (at least one stream)...
+pub const GROW_UNDER: f64 = 0.5;
+/// Each growth adds this fraction of the limit...
 pub const GROW_BY: f64 = 0.01;
-/// ... every this many samples (one second): slow, since a session admitted
-/// now costs its server for its whole schedule.
-pub const GROW_EVERY: u32 = 100;
-/// The limit never goes below this many streams.
+/// ... every this long: slow, since a session admitted now costs its
+/// server for its whole schedule.
+pub const GROW_EVERY: Duration = Duration::from_secs(1);
+/// On time (under a quarter of the threshold) this long with the limit not
+/// binding: the limit is forgotten.
+pub const FORGET_AFTER: Duration = Duration::from_secs(30);
+/// The limit never goes below this many streams, nor grows by fewer.
 pub const MIN_LIMIT: u64 = 64;
 /// No limit learned yet.
 const UNSET: u64 = u64::MAX;
@@ -91,12 +97,21 @@ pub struct Overload {
     /// Smoothed scheduling lateness, micros.
     smoothed_us: AtomicU64,
     shedding: AtomicBool,
-    /// The learned limit on streams held; [`UNSET`] before the first cut.
+    /// The learned limit on streams held; [`UNSET`] while none is.
     limit: AtomicU64,
-    /// Samples since the limit last changed. Only the probe writes it.
-    since_change: AtomicU32,
-    /// Samples in a row at the threshold. Only the probe writes it.
-    late_in_a_row: AtomicU32,
+    /// What the limit is learned from; only the probe writes it.
+    learning: Mutex<Learning>,
+}
+
+/// The moments the limit's AIMD compares against.
+#[derive(Debug, Default)]
+struct Learning {
+    /// Since when the lateness has been at the threshold.
+    late_since: Option<Instant>,
+    /// Since when it has been under a quarter of it, the limit not binding.
+    idle_since: Option<Instant>,
+    /// When the limit last changed.
+    changed: Option<Instant>,
 }
 
 impl Overload {
@@ -110,9 +125,7 @@ impl Overload {
             smoothed_us: AtomicU64::new(0),
             shedding: AtomicBool::new(false),
             limit: AtomicU64::new(UNSET),
-            // The first late sample may cut at once.
-            since_change: AtomicU32::new(CUT_EVERY),
-            late_in_a_row: AtomicU32::new(0),
+            learning: Mutex::new(Learning::default()),
         }
     }
 
@@ -147,10 +160,10 @@ impl Overload {
         Duration::from_micros(self.smoothed_us.load(Ordering::Relaxed))
     }
 
-    /// Feeds one measurement: the probe woke `late` after its deadline,
-    /// with `held` streams held. Only the probe calls this, so
+    /// Feeds one measurement: at `now` the probe woke `late` after its
+    /// deadline, with `held` streams held. Only the probe calls this, so
     /// load-then-store is not a race.
-    pub fn observe(&self, late: Duration, held: u64) {
+    pub fn observe(&self, now: Instant, late: Duration, held: u64) {
         let Some(threshold) = self.threshold_us else {
             return;
         };
@@ -161,17 +174,17 @@ impl Overload {
         let new = (old * (SMOOTHING - 1) + sample) / SMOOTHING;
         self.smoothed_us.store(new, Ordering::Relaxed);
         let was = self.shedding.load(Ordering::Relaxed);
-        let now = if was {
+        let sheds = if was {
             new >= threshold / 2
         } else {
             new >= threshold
         };
-        self.learn(new as f64 / threshold as f64, held);
-        crate::metrics::set_overload(Duration::from_micros(new), now, self.limit());
-        if now != was {
-            self.shedding.store(now, Ordering::Relaxed);
+        self.learn(now, new as f64 / threshold as f64, held);
+        crate::metrics::set_overload(Duration::from_micros(new), sheds, self.limit());
+        if sheds != was {
+            self.shedding.store(sheds, Ordering::Relaxed);
             let late = Duration::from_micros(new);
-            if now {
+            if sheds {
                 tracing::warn!(?late, "overloaded: ticks run late; shedding new sessions");
             } else {
                 tracing::info!(?late, "caught up: admitting new sessions again");
@@ -181,40 +194,59 @@ impl Overload {
 }
 
 impl Overload {
-    /// One step of the limit's AIMD, at lateness `load` × the threshold.
-    fn learn(&self, load: f64, held: u64) {
-        let since = self.since_change.load(Ordering::Relaxed).saturating_add(1);
+    /// One step of the limit's AIMD at `now`, at lateness `load` × the
+    /// threshold with `held` streams held.
+    fn learn(&self, now: Instant, load: f64, held: u64) {
+        let mut learning = self.learning.lock().unwrap_or_else(|p| p.into_inner());
         let limit = self.limit.load(Ordering::Relaxed);
+        let binds = limit != UNSET && held.saturating_mul(10) >= limit.saturating_mul(9);
+        let late_since = match load >= 1.0 {
+            true => *learning.late_since.get_or_insert(now),
+            false => {
+                learning.late_since = None;
+                now
+            }
+        };
+        let idle_since = match load < 0.25 && limit != UNSET && !binds {
+            true => *learning.idle_since.get_or_insert(now),
+            false => {
+                learning.idle_since = None;
+                now
+            }
+        };
+        let since_change = learning
+            .changed
+            .map_or(Duration::MAX, |c| now.saturating_duration_since(c));
         // Lateness with fewer than half the limit held is not theirs (a
         // storm of refused or resuming streams, a neighbour): cutting to
         // it would shut the door on what the server carried.
         let theirs = limit == UNSET || held.saturating_mul(2) >= limit;
-        let in_a_row = match load >= CUT_AT {
-            true => self.late_in_a_row.load(Ordering::Relaxed).saturating_add(1),
-            false => 0,
-        };
-        self.late_in_a_row.store(in_a_row, Ordering::Relaxed);
-        let next = if in_a_row >= CUT_AFTER && since >= CUT_EVERY && theirs {
+        let next = if now.saturating_duration_since(late_since) >= CUT_AFTER
+            && since_change >= CUT_EVERY
+            && theirs
+        {
             let cut = ((held as f64 * CUT_TO) as u64).max(MIN_LIMIT);
             (cut < limit).then_some(cut)
-        } else if load < GROW_UNDER && since >= GROW_EVERY && limit != UNSET {
-            let binds = held.saturating_mul(10) >= limit.saturating_mul(9);
-            binds.then(|| limit.saturating_add(((limit as f64 * GROW_BY) as u64).max(1)))
+        } else if load < GROW_UNDER && binds && since_change >= GROW_EVERY {
+            let step = ((limit as f64 * GROW_BY) as u64).max(MIN_LIMIT);
+            Some(limit.saturating_add(step))
+        } else if now.saturating_duration_since(idle_since) >= FORGET_AFTER {
+            Some(UNSET)
         } else {
             None
         };
-        if let Some(next) = next {
-            self.limit.store(next, Ordering::Relaxed);
-            self.since_change.store(0, Ordering::Relaxed);
-            if next < limit {
-                tracing::warn!(
-                    held,
-                    limit = next,
-                    "ticks run late: new sessions wait for room under a lower limit"
-                );
-            }
-        } else {
-            self.since_change.store(since, Ordering::Relaxed);
+        let Some(next) = next else { return };
+        self.limit.store(next, Ordering::Relaxed);
+        learning.changed = Some(now);
+        learning.idle_since = None;
+        if next < limit {
+            tracing::warn!(
+                held,
+                limit = next,
+                "ticks run late: new sessions wait for room under a lower limit"
+            );
+        } else if next == UNSET {
+            tracing::info!(limit, "on time well under the limit: forgetting it");
         }
     }
 }
@@ -236,10 +268,8 @@ pub async fn probe(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(due) => {}
         }
-        signal.observe(
-            tokio::time::Instant::now().saturating_duration_since(due),
-            held(),
-        );
+        let now = tokio::time::Instant::now();
+        signal.observe(now.into_std(), now.saturating_duration_since(due), held());
     }
 }
 
@@ -250,12 +280,15 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn feed(o: &Overload, late: Duration, times: usize) {
-        feed_held(o, late, 0, times);
+        feed_at(o, &mut Instant::now(), late, 0, times);
     }
 
-    fn feed_held(o: &Overload, late: Duration, held: u64, times: usize) {
+    /// Feeds `times` samples of `late` with `held` streams held, `clock`
+    /// advancing as the probe's does: its period plus the lateness.
+    fn feed_at(o: &Overload, clock: &mut Instant, late: Duration, held: u64, times: usize) {
         for _ in 0..times {
-            o.observe(late, held);
+            *clock += PROBE_EVERY + late.min(Duration::from_secs(3_600));
+            o.observe(*clock, late, held);
         }
     }
 
@@ -266,7 +299,7 @@ mod tests {
         feed(&o, Duration::ZERO, 10);
         assert_eq!(o.shedding(), None);
         // One long stall is smoothed away: 400 ms / 8 = 50 ms.
-        o.observe(400 * MS, 0);
+        o.observe(Instant::now(), 400 * MS, 0);
         assert_eq!(o.shedding(), None);
         // Sustained lateness above the threshold sheds.
         feed(&o, 200 * MS, 20);
@@ -286,46 +319,58 @@ mod tests {
     #[test]
     fn the_limit_is_cut_below_a_late_population_and_grows_back_only_while_it_binds() {
         let o = Overload::new(Some(100 * MS));
+        let t = &mut Instant::now();
         // On time: no limit is learned, however many streams are held.
-        feed_held(&o, Duration::ZERO, 50_000, 1_000);
+        feed_at(&o, t, Duration::ZERO, 50_000, 1_000);
         assert_eq!(o.limit(), None);
         assert_eq!(o.admits(1_000_000), Ok(()));
-        // One stall of the whole process: no cut.
-        o.observe(Duration::from_secs(5), 10_000);
-        feed_held(&o, Duration::ZERO, 10_000, 100);
+        // One stall of the whole process: late for 140 ms, no cut.
+        feed_at(&o, t, Duration::from_secs(5), 10_000, 1);
+        feed_at(&o, t, Duration::ZERO, 10_000, 100);
         assert_eq!(o.limit(), None);
-        // Late at 10,000 streams for a quarter second: cut to 9,000, so new
-        // sessions wait although the lateness soon falls (the door does not
-        // flap).
-        feed_held(&o, 200 * MS, 10_000, 40);
+        // Late at 10,000 streams for a quarter second (the average reaches
+        // the threshold at the 6th sample of 210 ms): cut to 9,000, so new
+        // sessions wait although the lateness soon falls.
+        feed_at(&o, t, 200 * MS, 10_000, 7);
+        assert_eq!(o.limit(), None);
+        feed_at(&o, t, 200 * MS, 10_000, 3);
         assert_eq!(o.limit(), Some(9_000));
         assert_eq!(o.admits(9_500), Err(9_000));
         assert_eq!(o.admits(8_999), Ok(()));
-        // Still late half a second later: cut again, below what is held.
-        feed_held(&o, 200 * MS, 9_500, CUT_EVERY as usize);
-        assert_eq!(o.limit(), Some(8_550));
-        // Between a quarter of the threshold and the threshold: held.
-        feed_held(&o, 50 * MS, 8_000, 1_000);
+        // Still late half a second after the cut: cut again, below what
+        // is held.
+        feed_at(&o, t, 200 * MS, 9_500, 3);
         assert_eq!(o.limit(), Some(8_550));
         // On time but far under the limit: it says nothing, no growth.
-        feed_held(&o, Duration::ZERO, 1_000, 1_000);
+        feed_at(&o, t, Duration::ZERO, 1_000, 1_000);
+        assert_eq!(o.limit(), Some(8_550));
+        // Between half the threshold and the threshold: held, even while
+        // it binds.
+        feed_at(&o, t, 70 * MS, 1_000, 20);
+        feed_at(&o, t, 70 * MS, 8_000, 100);
         assert_eq!(o.limit(), Some(8_550));
         // On time at the limit: 1 % a second.
-        feed_held(&o, Duration::ZERO, 8_550, GROW_EVERY as usize);
+        feed_at(&o, t, Duration::ZERO, 8_550, 50);
         assert_eq!(o.limit(), Some(8_635));
-        feed_held(&o, Duration::ZERO, 8_600, 10 * GROW_EVERY as usize);
+        feed_at(&o, t, Duration::ZERO, 8_600, 1_000);
         let grown = o.limit().expect("a limit");
-        assert!((9_400..9_600).contains(&grown), "{grown}");
+        assert!((9_400..9_700).contains(&grown), "{grown}");
         // Late with under half the limit held: not theirs, no cut.
         let half = grown.div_ceil(2);
-        feed_held(&o, Duration::from_secs(1), half - 1, 1_000);
+        feed_at(&o, t, Duration::from_secs(1), half - 1, 100);
         assert_eq!(o.limit(), Some(grown));
         // Late at half: cut to 90 % of them.
-        feed_held(&o, Duration::from_secs(1), half, CUT_AFTER as usize);
+        feed_at(&o, t, Duration::from_secs(1), half, 1);
         assert_eq!(o.limit(), Some(half * 9 / 10));
+        // On time for 30 s, well under the limit: forgotten.
+        feed_at(&o, t, Duration::ZERO, 100, 2_900);
+        assert!(o.limit().is_some());
+        feed_at(&o, t, Duration::ZERO, 100, 200);
+        assert_eq!(o.limit(), None);
+        assert_eq!(o.admits(1_000_000), Ok(()));
         // A cut never goes below the floor.
         let fresh = Overload::new(Some(100 * MS));
-        feed_held(&fresh, Duration::from_secs(1), 3, CUT_AFTER as usize);
+        feed_at(&fresh, &mut Instant::now(), Duration::from_secs(1), 3, 3);
         assert_eq!(fresh.limit(), Some(MIN_LIMIT));
     }
 

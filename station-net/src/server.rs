@@ -86,7 +86,9 @@ pub struct ServerConfig {
     /// When a full server (`max_sessions`), an overloaded one or one whose
     /// store failed tells clients to come back (`RetryInfo` and
     /// `grpc-retry-pushback-ms`), plus a random 0–50 % so refused clients
-    /// do not all return at once. The server cannot know when a place will
+    /// do not all return at once; for `OVERLOADED`, past
+    /// [`REFUSALS_PER_SECOND`], in proportion to the refusals a second (up
+    /// to 5 ×). The server cannot know when a place will
     /// free up (a session ends when its client finishes or leaves), so this
     /// is a pace, not a promise: long against the cost of a refusal, short
     /// against the session TTL, so a refused resume still finds its session.
@@ -236,12 +238,14 @@ pub(crate) struct Shared<S: SessionStore> {
     pub stalls: Arc<Stalls<Driver<S>>>,
 }
 
-/// The refusals of new sessions a server aims at, a second, once their
-/// pushback grows (see [`Shared::retry_after`]).
+/// Past this many `OVERLOADED` refusals a second, their pushback grows in
+/// proportion (see [`Shared::retry_after`]).
 pub const REFUSALS_PER_SECOND: u64 = 1_000;
-/// The pushback grows to at most this many times `retry_after`: 30 s at
-/// the default 2 s, half the client's 60 s without progress.
-const MAX_PUSHBACK_FACTOR: f64 = 15.0;
+/// The pushback grows to at most this many times `retry_after`: 10 s at
+/// the default 2 s, 15 s with its jitter, a quarter of the 60 s a client
+/// waits for a first number before it gives up; longer would turn a
+/// session admitted late into one that gives up before its first number.
+const MAX_PUSHBACK_FACTOR: f64 = 5.0;
 
 /// Counts refusals by whole seconds since the server started.
 #[derive(Debug, Default)]
@@ -256,7 +260,9 @@ impl Refusals {
     /// second or of this one so far, whichever is more.
     fn count(&mut self, epoch: Instant, now: Instant) -> u64 {
         let second = now.saturating_duration_since(epoch).as_secs();
-        if second != self.second {
+        // A refusal timed before another thread's rolled the second over
+        // counts in the current one, rather than rolling back.
+        if second > self.second {
             self.last = if second == self.second + 1 {
                 self.this
             } else {
@@ -358,12 +364,13 @@ impl<S: SessionStore> Shared<S> {
             // one interval so the other servers are not hit all at once.
             Reason::ShuttingDown => Some(self.jitter(Duration::ZERO, self.cfg.session.interval)),
             // Refused new sessions come back spread over a wait that grows
-            // with how many are refused, so that their retries cost the
-            // server about [`REFUSALS_PER_SECOND`] refusals a second at
-            // most, however many clients wait: each refusal is a stream
-            // the server must accept, read and answer, and at about
-            // 10,000 a second (twice its capacity offered, BENCHMARKS.md)
-            // the refused took the core the admitted needed.
+            // with how many are refused: each refusal is a stream the
+            // server must accept, read and answer, and at about 10,000 a
+            // second (twice its capacity offered, BENCHMARKS.md) the
+            // refused took the core the admitted needed. With the wait in
+            // proportion to the rate, N waiting clients settle at about
+            // 20 × √N refusals a second rather than N / 2.5 s, until the
+            // cap.
             Reason::Overloaded => {
                 let rate = self
                     .refusals

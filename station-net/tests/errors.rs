@@ -468,15 +468,21 @@ async fn an_overloaded_server_sheds_new_sessions_with_retry_info() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_ran_late_admits_only_under_the_limit_it_learned() {
     const HELD: u64 = 80;
+    // The held streams never ack: a silence timeout well past the test's
+    // end keeps them attached on a slow machine.
+    let mut session = SessionConfig::new(INTERVAL, Duration::from_secs(60));
+    session.silence_timeout = Duration::from_secs(30);
     let server = Isolated::start(ServerConfig {
+        session,
         shed_when_late: Some(Duration::from_millis(20)),
         ..config()
     });
     let ch = channel(server.addr).await;
     let mut held = Vec::new();
+    let mut token = Vec::new();
     for i in 0..HELD {
         let mut raw = Raw::start(&ch, open(&id(100 + i), 1000, 1)).await;
-        raw.attached().await;
+        token = raw.attached().await.resume_token;
         held.push(raw);
     }
     assert_eq!(server.station.overload().limit(), None);
@@ -506,8 +512,12 @@ async fn a_server_that_ran_late_admits_only_under_the_limit_it_learned() {
         "{meta:?}"
     );
 
-    // Sessions end and make room: a new one is admitted (bounded wait; the
-    // limit grows by about one stream a second while it binds).
+    // A session already admitted may always come back: its resume takes
+    // over its own place (the last held stream ends, taken over).
+    let mut resumed = Raw::start(&ch, resume(&id(100 + HELD - 1), &token, 0)).await;
+    assert_eq!(resumed.attached().await.next_index, 0);
+
+    // Sessions end and make room: a new one is admitted (bounded wait).
     held.truncate(40);
     let mut admitted = None;
     for i in 0..50 {
@@ -534,7 +544,9 @@ async fn a_server_that_ran_late_admits_only_under_the_limit_it_learned() {
 async fn shedding_is_off_unless_configured() {
     let station = Station::new(config(), MemoryStore::default());
     assert!(!station.overload().enabled());
-    station.overload().observe(Duration::from_secs(10), 0);
+    station
+        .overload()
+        .observe(std::time::Instant::now(), Duration::from_secs(10), 0);
     assert!(station.overload().shedding().is_none());
     let (addr, stop) = serve(station).await;
     let ch = channel(addr).await;
