@@ -78,6 +78,21 @@ async fn attached(
     (rx, tx)
 }
 
+/// Opens `n` sessions on `channel` at once and waits (bounded) until each
+/// has read its `Attached`.
+async fn all_attached(
+    channel: &Channel,
+    n: u32,
+) -> Vec<(Streaming<ServerMessage>, mpsc::Sender<ClientMessage>)> {
+    let mut opening = JoinSet::new();
+    for i in 0..n {
+        opening.spawn(attached(channel.clone(), i));
+    }
+    timeout(STEP, opening.join_all())
+        .await
+        .expect("every stream attaches in time")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_left_unread_by_a_busy_connection_do_not_close_it() {
     let mut session = SessionConfig::new(Duration::from_millis(10), Duration::from_secs(30));
@@ -101,13 +116,7 @@ async fn acks_left_unread_by_a_busy_connection_do_not_close_it() {
         .unwrap();
 
     let began = std::time::Instant::now();
-    let mut opening = JoinSet::new();
-    for i in 0..STREAMS {
-        opening.spawn(attached(channel.clone(), i));
-    }
-    let streams = timeout(STEP, opening.join_all())
-        .await
-        .expect("every stream attaches in time");
+    let streams = all_attached(&channel, STREAMS).await;
     assert_eq!(station.attached_streams(), u64::from(STREAMS));
 
     // Once each stream's numbers have filled its window, every stream
@@ -169,13 +178,7 @@ async fn numbers_left_unread_by_a_busy_client_do_not_close_its_connection() {
         .unwrap();
 
     let began = std::time::Instant::now();
-    let mut opening = JoinSet::new();
-    for i in 0..STREAMS {
-        opening.spawn(attached(channel.clone(), i));
-    }
-    let mut streams = timeout(STEP, opening.join_all())
-        .await
-        .expect("every stream attaches in time");
+    let mut streams = all_attached(&channel, STREAMS).await;
     // Nothing read while every stream's window of numbers arrives (64 at
     // 10 ms: 640 ms), then every number of every stream is read.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
