@@ -1354,15 +1354,15 @@ async fn cluster_refreshes_survive_resharding_noscript_and_failovers() {
 
     // (a) Resharding: every bucket slot of the first primary moves to the
     // second, keys and all.
+    let primaries: Vec<_> = (cluster.lock().unwrap().topology())
+        .expect("topology")
+        .into_iter()
+        .filter(|n| n.primary)
+        .collect();
+    let resharded = [primaries[0].port, primaries[1].port];
     let c = cluster.clone();
     let what = during(&store, &mut latest, &mut tally, move || {
         let cluster = c.lock().unwrap();
-        let primaries: Vec<_> = cluster
-            .topology()
-            .expect("topology")
-            .into_iter()
-            .filter(|n| n.primary)
-            .collect();
         let (from, to) = (&primaries[0], &primaries[1]);
         let mut slots = 0;
         let mut keys = 0;
@@ -1404,21 +1404,20 @@ async fn cluster_refreshes_survive_resharding_noscript_and_failovers() {
         "refreshes after SCRIPT FLUSH: {tally:?}"
     );
 
-    // (b) A manual failover of the primary holding the most buckets.
+    // (b) A manual failover of the primary the resharding did not touch
+    // (it serves a third of the buckets). Redis 7.0 once (in CI, and in 1
+    // of 12 local runs) left a slot just migrated to a primary assigned to
+    // it, now a replica, in some views, after its replica took over: the
+    // cluster never agreed again. What this case tests is our refreshes
+    // across a failover, not that Redis bookkeeping.
     let c = cluster.clone();
     let what = during(&store, &mut latest, &mut tally, move || {
         let cluster = c.lock().unwrap();
         let topology = cluster.topology().expect("topology");
         let primary = topology
             .iter()
-            .filter(|n| n.primary)
-            .max_by_key(|n| {
-                n.slots
-                    .iter()
-                    .map(|&(lo, hi)| u32::from(hi - lo) + 1)
-                    .sum::<u32>()
-            })
-            .expect("a primary")
+            .find(|n| n.primary && !resharded.contains(&n.port))
+            .expect("a third primary")
             .clone();
         let replica = topology
             .iter()
