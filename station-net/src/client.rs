@@ -792,7 +792,7 @@ mod tests {
 
     /// Endpoints of one lazily connected channel (never connected here),
     /// and how many connections they were given.
-    fn counted() -> (Endpoints, Arc<AtomicU64>) {
+    fn counted() -> (Endpoints, impl Fn() -> u64) {
         let made = Arc::new(AtomicU64::new(0));
         let count = made.clone();
         let make: ChannelFactory = Arc::new(move || {
@@ -800,7 +800,7 @@ mod tests {
             Endpoint::from_static("http://127.0.0.1:9").connect_lazy()
         });
         let endpoints = Endpoints::new(vec![("a".into(), make)]).unwrap();
-        (endpoints, made)
+        (endpoints, move || made.load(Ordering::Relaxed))
     }
 
     /// A stream on endpoint 0's connection, its request sent now.
@@ -815,7 +815,6 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_stream_replaces_its_connection_only_if_nothing_came_after() {
         let (endpoints, made) = counted();
-        let made = || made.load(Ordering::Relaxed);
 
         // Two answered streams; the second reads a number after the first
         // last heard anything: the server's direction works, and the first
@@ -842,7 +841,6 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_unanswered_or_unheard_stream_asks_whether_our_direction_works() {
         let (endpoints, made) = counted();
-        let made = || made.load(Ordering::Relaxed);
 
         // A request never answered, while an older stream reads numbers:
         // the server's direction works, ours is in doubt, and no request

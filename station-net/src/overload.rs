@@ -78,8 +78,9 @@ pub const GROW_BY: f64 = 0.01;
 /// ... every this long: slow, since a session admitted now costs its
 /// server for its whole schedule.
 pub const GROW_EVERY: Duration = Duration::from_secs(1);
-/// On time (under a quarter of the threshold) this long with the limit not
-/// binding: the limit is forgotten.
+/// Lateness under this fraction of the threshold is well on time...
+pub const FORGET_UNDER: f64 = 0.25;
+/// ... and this long of it with the limit not binding forgets the limit.
 pub const FORGET_AFTER: Duration = Duration::from_secs(30);
 /// The limit never goes below this many streams, nor grows by fewer.
 pub const MIN_LIMIT: u64 = 64;
@@ -191,29 +192,16 @@ impl Overload {
             }
         }
     }
-}
 
-impl Overload {
     /// One step of the limit's AIMD at `now`, at lateness `load` × the
     /// threshold with `held` streams held.
     fn learn(&self, now: Instant, load: f64, held: u64) {
         let mut learning = self.learning.lock().unwrap_or_else(|p| p.into_inner());
         let limit = self.limit.load(Ordering::Relaxed);
         let binds = limit != UNSET && held.saturating_mul(10) >= limit.saturating_mul(9);
-        let late_since = match load >= 1.0 {
-            true => *learning.late_since.get_or_insert(now),
-            false => {
-                learning.late_since = None;
-                now
-            }
-        };
-        let idle_since = match load < 0.25 && limit != UNSET && !binds {
-            true => *learning.idle_since.get_or_insert(now),
-            false => {
-                learning.idle_since = None;
-                now
-            }
-        };
+        let late_for = lasting(&mut learning.late_since, load >= 1.0, now);
+        let idle = load < FORGET_UNDER && limit != UNSET && !binds;
+        let idle_for = lasting(&mut learning.idle_since, idle, now);
         let since_change = learning
             .changed
             .map_or(Duration::MAX, |c| now.saturating_duration_since(c));
@@ -221,16 +209,13 @@ impl Overload {
         // storm of refused or resuming streams, a neighbour): cutting to
         // it would shut the door on what the server carried.
         let theirs = limit == UNSET || held.saturating_mul(2) >= limit;
-        let next = if now.saturating_duration_since(late_since) >= CUT_AFTER
-            && since_change >= CUT_EVERY
-            && theirs
-        {
+        let next = if late_for >= CUT_AFTER && since_change >= CUT_EVERY && theirs {
             let cut = ((held as f64 * CUT_TO) as u64).max(MIN_LIMIT);
             (cut < limit).then_some(cut)
         } else if load < GROW_UNDER && binds && since_change >= GROW_EVERY {
             let step = ((limit as f64 * GROW_BY) as u64).max(MIN_LIMIT);
             Some(limit.saturating_add(step))
-        } else if now.saturating_duration_since(idle_since) >= FORGET_AFTER {
+        } else if idle_for >= FORGET_AFTER {
             Some(UNSET)
         } else {
             None
@@ -247,6 +232,18 @@ impl Overload {
             );
         } else if next == UNSET {
             tracing::info!(limit, "on time well under the limit: forgetting it");
+        }
+    }
+}
+
+/// How long a condition, `on` at `now`, has held: `since` keeps when it
+/// began, and is cleared when it does not hold.
+fn lasting(since: &mut Option<Instant>, on: bool, now: Instant) -> Duration {
+    match on {
+        true => now.saturating_duration_since(*since.get_or_insert(now)),
+        false => {
+            *since = None;
+            Duration::ZERO
         }
     }
 }

@@ -239,7 +239,7 @@ pub(crate) struct Shared<S: SessionStore> {
 }
 
 /// Past this many `OVERLOADED` refusals a second, their pushback grows in
-/// proportion (see [`Shared::retry_after`]).
+/// proportion (see `Shared::refusal_factor`).
 pub const REFUSALS_PER_SECOND: u64 = 1_000;
 /// The pushback grows to at most this many times `retry_after`: 10 s at
 /// the default 2 s, 15 s with its jitter, a quarter of the 60 s a client
@@ -363,31 +363,32 @@ impl<S: SessionStore> Shared<S> {
             // This server is going away: resume elsewhere now, spread over
             // one interval so the other servers are not hit all at once.
             Reason::ShuttingDown => Some(self.jitter(Duration::ZERO, self.cfg.session.interval)),
-            // Refused new sessions come back spread over a wait that grows
-            // with how many are refused: each refusal is a stream the
-            // server must accept, read and answer, and at about 10,000 a
-            // second (twice its capacity offered, BENCHMARKS.md) the
-            // refused took the core the admitted needed. With the wait in
-            // proportion to the rate, N waiting clients settle at about
-            // 20 × √N refusals a second rather than N / 2.5 s, until the
-            // cap.
-            Reason::Overloaded => {
-                let rate = self
-                    .refusals
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .count(self.epoch, now);
-                let base = self.cfg.retry_after.mul_f64(
-                    (rate as f64 / REFUSALS_PER_SECOND as f64).clamp(1.0, MAX_PUSHBACK_FACTOR),
-                );
-                Some(self.jitter(base, base / 2))
-            }
-            Reason::ServerFull | Reason::StoreUnavailable => {
-                let base = self.cfg.retry_after;
+            reason @ (Reason::ServerFull | Reason::Overloaded | Reason::StoreUnavailable) => {
+                let mut base = self.cfg.retry_after;
+                if reason == Reason::Overloaded {
+                    base = base.mul_f64(self.refusal_factor(now));
+                }
                 Some(self.jitter(base, base / 2))
             }
             _ => None,
         }
+    }
+
+    /// How many times `retry_after` an `OVERLOADED` refusal at `now` waits:
+    /// the refusals a second over [`REFUSALS_PER_SECOND`], from 1 to
+    /// [`MAX_PUSHBACK_FACTOR`]. Each refusal is a stream the server must
+    /// accept, read and answer, and at about 10,000 a second (twice its
+    /// capacity offered, BENCHMARKS.md) the refused took the core the
+    /// admitted needed. With the wait in proportion to the rate, N waiting
+    /// clients settle at about 20 × √N refusals a second rather than
+    /// N / 2.5 s, until the cap.
+    fn refusal_factor(&self, now: Instant) -> f64 {
+        let rate = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .count(self.epoch, now);
+        (rate as f64 / REFUSALS_PER_SECOND as f64).clamp(1.0, MAX_PUSHBACK_FACTOR)
     }
 
     /// `base` plus a uniformly random part of `spread`.

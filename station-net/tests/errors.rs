@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use station_core::server::Config as SessionConfig;
 use station_core::Reason;
+use station_net::overload::Overload;
 use station_net::proto::client_message::Kind;
 use station_net::proto::numbers_station_client::NumbersStationClient;
 use station_net::proto::server_message::Kind as ServerKind;
@@ -391,14 +392,22 @@ impl Isolated {
 
     /// Waits (bounded) until the overload signal reads `shedding`.
     async fn until_shedding(&self, shedding: bool) {
+        self.until(&format!("shedding {shedding}"), |o| {
+            o.shedding().is_some() == shedding
+        })
+        .await
+    }
+
+    /// Waits (bounded) until `done` holds of the overload signal.
+    async fn until(&self, what: &str, done: impl Fn(&Overload) -> bool) {
         for _ in 0..500 {
-            if self.station.overload().shedding().is_some() == shedding {
+            if done(self.station.overload()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!(
-            "overload signal never became {shedding} (lateness {:?})",
+            "overload signal never reached {what} (lateness {:?})",
             self.station.overload().lateness()
         );
     }
@@ -490,12 +499,7 @@ async fn a_server_that_ran_late_admits_only_under_the_limit_it_learned() {
     // Late for a while with 80 streams held: the limit is cut to 72.
     server.hog.store(true, Ordering::Relaxed);
     server.until_shedding(true).await;
-    for _ in 0..500 {
-        if server.station.overload().limit().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    server.until("a limit", |o| o.limit().is_some()).await;
     server.hog.store(false, Ordering::Relaxed);
     server.until_shedding(false).await;
     let limit = server.station.overload().limit().expect("a limit learned");
