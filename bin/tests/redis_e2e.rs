@@ -189,7 +189,7 @@ fn crashed_client_resumes_from_its_state_file_on_another_server() {
 
 /// The primary that serves the most of a cluster store's buckets under
 /// `prefix`, and those bucket slots.
-fn busiest_primary(cluster: &RedisCluster, prefix: &str) -> (u16, Vec<u16>) {
+fn busiest_primary(cluster: &RedisCluster, prefix: &str, except: &[u16]) -> (u16, Vec<u16>) {
     use station_net::store::redis::{key_slot, BUCKETS};
     let slots: Vec<u16> = (0..BUCKETS)
         .map(|b| key_slot(format!("{prefix}{{{b}}}:").as_bytes()))
@@ -197,7 +197,7 @@ fn busiest_primary(cluster: &RedisCluster, prefix: &str) -> (u16, Vec<u16>) {
     let topology = cluster.topology().expect("cluster topology");
     topology
         .iter()
-        .filter(|n| n.primary && !n.failing)
+        .filter(|n| n.primary && !n.failing && !except.contains(&n.port))
         .map(|n| {
             let mine: Vec<u16> = slots.iter().copied().filter(|&s| n.serves(s)).collect();
             (n.port, mine)
@@ -238,7 +238,7 @@ fn cluster_clients_complete_through_resharding_and_failovers() {
     std::thread::sleep(Duration::from_millis(1000));
 
     // (a) Resharding: the busiest primary's bucket slots move away.
-    let (from, slots) = busiest_primary(&cluster, prefix);
+    let (from, slots) = busiest_primary(&cluster, prefix, &[]);
     let to = cluster
         .topology()
         .expect("topology")
@@ -264,8 +264,13 @@ fn cluster_clients_complete_through_resharding_and_failovers() {
     assert!(moved > 0, "no session moved");
     std::thread::sleep(Duration::from_millis(1000));
 
-    // (b) Manual failover of the busiest primary.
-    let (primary, _) = busiest_primary(&cluster, prefix);
+    // (b) Manual failover of the primary the resharding did not touch (it
+    // serves a third of the buckets). Redis 7.0 twice (in CI) left a slot
+    // just migrated to a primary unclaimed by its replica once that replica
+    // had taken over by `CLUSTER FAILOVER`, while every other node saw it
+    // served by the replica: the cluster never agreed again. What this case
+    // tests is our clients across a failover, not that Redis bookkeeping.
+    let (primary, _) = busiest_primary(&cluster, prefix, &[from, to]);
     let topology = cluster.topology().expect("topology");
     let primary_id = topology
         .iter()
@@ -288,7 +293,7 @@ fn cluster_clients_complete_through_resharding_and_failovers() {
     std::thread::sleep(Duration::from_millis(1000));
 
     // (c) kill -9 of the busiest primary; its replica takes over by itself.
-    let (victim, _) = busiest_primary(&cluster, prefix);
+    let (victim, _) = busiest_primary(&cluster, prefix, &[]);
     let live = running(&mut clients);
     let killed_at = started.elapsed();
     let heir = cluster.kill_and_fail_over(victim);
