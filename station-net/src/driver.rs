@@ -102,6 +102,10 @@ pin_project_lite::pin_project! {
         tracked: Option<TaskTrackerToken>,
         // Entered while the stream works (see `crate::otel`).
         span: tracing::Span,
+        // The number in flight whose acknowledgement's round trip is being
+        // timed, and when it was handed over: one at a time, for the
+        // overload signal (`crate::overload`).
+        timed: Option<(u32, Instant)>,
     }
 
     impl<S: SessionStore> PinnedDrop for Driver<S> {
@@ -158,6 +162,7 @@ impl<S: SessionStore> Driver<S> {
             tracked: Some(shared.tasks.token()),
             shared,
             span,
+            timed: None,
         }
     }
 }
@@ -255,6 +260,7 @@ impl<S: SessionStore> Drive for Driver<S> {
                             continue;
                         }
                         shared.counters.number_sent();
+                        this.timed.get_or_insert((n.index, now()));
                         if let (Some(client_id), Some(generation)) =
                             (session.client_id(), session.generation())
                         {
@@ -312,7 +318,10 @@ impl<S: SessionStore> Drive for Driver<S> {
             if !*this.inbound_done {
                 if let Poll::Ready(msg) = Pin::new(&mut *this.inbound).poll_next(cx) {
                     match msg {
-                        Some(Ok(msg)) => handle(shared, session, this.slot, msg),
+                        Some(Ok(msg)) => {
+                            time_ack(shared, this.timed, &msg);
+                            handle(shared, session, this.slot, msg)
+                        }
                         None => {
                             *this.inbound_done = true;
                             session.handle_half_closed(now());
@@ -393,6 +402,22 @@ fn coalesce(deadline: Instant, now: Instant, epoch: Instant, slack: Duration) ->
 
 fn message(kind: ServerKind) -> ServerMessage {
     ServerMessage { kind: Some(kind) }
+}
+
+/// Ends the timing of the number in flight once `msg` acknowledges it.
+fn time_ack<S: SessionStore>(
+    shared: &Shared<S>,
+    timed: &mut Option<(u32, Instant)>,
+    msg: &ClientMessage,
+) {
+    if let (Some((index, sent)), Some(ClientKind::Ack(ack))) = (*timed, &msg.kind) {
+        if ack.next_index > index {
+            shared
+                .overload
+                .ack_round_trip(now().saturating_duration_since(sent));
+            *timed = None;
+        }
+    }
 }
 
 /// Feeds one client message to the session. The first (`Open` or

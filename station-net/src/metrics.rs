@@ -38,8 +38,13 @@ pub const STORE_LATENCY: &str = "station_store_latency_seconds";
 pub const STREAMS_ATTACHED: &str = "station_streams_attached";
 /// Sessions live in the store (shared by every server on the store).
 pub const SESSIONS_LIVE: &str = "station_sessions_live";
-/// Smoothed scheduling lateness the server sheds on (seconds).
+/// Smoothed lateness the server sheds on (seconds): the larger of its
+/// timers' scheduling delay and the acknowledgements' median round trip
+/// over its baseline.
 pub const LATENESS: &str = "station_scheduling_lateness_seconds";
+/// Median round trip of a number and its acknowledgement over the last
+/// quarter second (absent until a quarter second has enough of them).
+pub const ACK_ROUND_TRIP: &str = "station_ack_round_trip_seconds";
 /// 1 while the server sheds new sessions, else 0.
 pub const SHEDDING: &str = "station_shedding";
 /// The learned limit on streams held (absent until one is learned).
@@ -96,7 +101,12 @@ pub fn describe() {
     describe_gauge!(
         LATENESS,
         Unit::Seconds,
-        "Smoothed lateness of the server's timers (the overload signal)"
+        "Smoothed lateness the server sheds on: its timers' delay, or acknowledgements' round trip over its baseline, whichever is larger"
+    );
+    describe_gauge!(
+        ACK_ROUND_TRIP,
+        Unit::Seconds,
+        "Median round trip of a number and its acknowledgement over the last quarter second"
     );
     describe_gauge!(SHEDDING, "1 while the server sheds new sessions");
     describe_gauge!(
@@ -128,6 +138,12 @@ pub(crate) fn set_admission(inflight: u32, limit: u32) {
 }
 
 /// Reports the overload signal.
+pub(crate) fn set_ack_round_trip(median: Option<Duration>) {
+    if let Some(median) = median {
+        gauge!(ACK_ROUND_TRIP).set(median.as_secs_f64());
+    }
+}
+
 pub(crate) fn set_overload(lateness: Duration, shedding: bool, limit: Option<u64>) {
     gauge!(LATENESS).set(lateness.as_secs_f64());
     gauge!(SHEDDING).set(if shedding { 1.0 } else { 0.0 });

@@ -7,6 +7,21 @@
 //! the probe sees what clients would see, at the cost of one timer wake-up
 //! every 10 ms (not one measurement per number).
 //!
+//! **Acknowledgements.** The probe cuts in line: a task that wakes from a
+//! timer runs within a few polls, while the work of a saturated server
+//! waits in its connection tasks and socket buffers (BENCHMARKS.md: at
+//! twice its capacity, clients saw numbers seconds late while the probe
+//! reached the threshold 0 to 5 times a run). So every stream also times
+//! one number in flight at a time, from the moment it hands the number to
+//! HTTP/2 to the moment the client's acknowledgement of it is read: a round
+//! trip through both sides' queues. Every [`ACK_WINDOW`] the median of
+//! those round trips, less its baseline (the lowest median seen over the
+//! last [`BASELINE_FOR`], which is the network and the clients'
+//! acknowledgement batching), counts as lateness too: the signal is the
+//! larger of the two. The median, so a few slow readers (whose own windows
+//! hold their numbers back) do not shed anyone; and not at all with fewer
+//! than [`MIN_ACKS`] round trips in a window, which say too little.
+//!
 //! The samples are smoothed (an exponentially weighted moving average over
 //! about eight samples) so one stall of the machine does not shed anyone.
 //! The server starts shedding when the average reaches the threshold and
@@ -82,6 +97,14 @@ pub const GROW_EVERY: Duration = Duration::from_secs(1);
 pub const FORGET_UNDER: f64 = 0.25;
 /// ... and this long of it with the limit not binding forgets the limit.
 pub const FORGET_AFTER: Duration = Duration::from_secs(30);
+/// How often the acknowledgements' round trips are summed up.
+pub const ACK_WINDOW: Duration = Duration::from_millis(250);
+/// A window with fewer round trips than this says nothing.
+pub const MIN_ACKS: u64 = 16;
+/// The round trips' baseline is the lowest window median over this long
+/// (between half of it and all of it): long enough to hold a quiet moment,
+/// short enough to follow a network that got slower.
+pub const BASELINE_FOR: Duration = Duration::from_secs(300);
 /// The limit never goes below this many streams, nor grows by fewer.
 pub const MIN_LIMIT: u64 = 64;
 /// No limit learned yet.
@@ -100,6 +123,8 @@ pub struct Overload {
     shedding: AtomicBool,
     /// The learned limit on streams held; [`UNSET`] while none is.
     limit: AtomicU64,
+    /// Acknowledgements' round trips in the current window.
+    acks: RoundTrips,
     /// What the limit is learned from; only the probe writes it.
     learning: Mutex<Learning>,
 }
@@ -113,6 +138,95 @@ struct Learning {
     idle_since: Option<Instant>,
     /// When the limit last changed.
     changed: Option<Instant>,
+    /// When the current window of round trips began.
+    window: Option<Instant>,
+    /// The last window's median round trip over the baseline.
+    acks_late: Duration,
+    /// What the round trips take when nothing waits.
+    baseline: Baseline,
+}
+
+/// The lowest window median over the last [`BASELINE_FOR`]: two halves,
+/// the older dropped as a new one begins.
+#[derive(Debug, Default)]
+struct Baseline {
+    current: Option<Duration>,
+    previous: Option<Duration>,
+    since: Option<Instant>,
+}
+
+impl Baseline {
+    /// Takes in a window's `median` at `now`; returns the baseline.
+    fn update(&mut self, now: Instant, median: Duration) -> Duration {
+        let since = *self.since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= BASELINE_FOR / 2 {
+            self.previous = self.current.take();
+            self.since = Some(now);
+        }
+        let current = self.current.map_or(median, |c| c.min(median));
+        self.current = Some(current);
+        self.previous.map_or(current, |p| p.min(current))
+    }
+}
+
+/// Buckets a quarter of an octave wide, of microseconds up to 2^32 (71
+/// minutes): four buckets per doubling keep a median within 19 %.
+const BUCKETS: usize = 128;
+
+/// A histogram of round trips that every stream adds to and the probe
+/// empties: one relaxed increment per acknowledgement timed.
+#[derive(Debug)]
+struct RoundTrips([AtomicU64; BUCKETS]);
+
+impl RoundTrips {
+    fn new() -> Self {
+        RoundTrips(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+
+    fn add(&self, rtt: Duration) {
+        let us = rtt.as_micros().min(u128::from(u32::MAX)) as u64;
+        self.0[bucket(us)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The median of what was added since the last take (the lower edge
+    /// of its bucket: it never overstates), and empties the histogram;
+    /// `None` with fewer than [`MIN_ACKS`].
+    fn take_median(&self) -> Option<Duration> {
+        let counts: Vec<u64> = self
+            .0
+            .iter()
+            .map(|b| b.swap(0, Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total < MIN_ACKS {
+            return None;
+        }
+        let mut below = 0;
+        let i = counts.iter().position(|&c| {
+            below += c;
+            below * 2 >= total
+        })?;
+        Some(Duration::from_micros(lower_edge(i)))
+    }
+}
+
+/// The bucket of `us` microseconds: exact under 4, then four per doubling.
+fn bucket(us: u64) -> usize {
+    if us < 4 {
+        return us as usize;
+    }
+    let octave = 63 - u64::from(us.leading_zeros());
+    let quarter = (us >> (octave - 2)) & 3;
+    ((octave - 1) * 4 + quarter) as usize
+}
+
+/// The smallest value in bucket `i`.
+fn lower_edge(i: usize) -> u64 {
+    if i < 4 {
+        return i as u64;
+    }
+    let (octave, quarter) = (i as u64 / 4 + 1, i as u64 % 4);
+    (4 + quarter) << (octave - 2)
 }
 
 impl Overload {
@@ -126,6 +240,7 @@ impl Overload {
             smoothed_us: AtomicU64::new(0),
             shedding: AtomicBool::new(false),
             limit: AtomicU64::new(UNSET),
+            acks: RoundTrips::new(),
             learning: Mutex::new(Learning::default()),
         }
     }
@@ -161,6 +276,14 @@ impl Overload {
         Duration::from_micros(self.smoothed_us.load(Ordering::Relaxed))
     }
 
+    /// A stream's client acknowledged a number `rtt` after the stream
+    /// handed it over.
+    pub fn ack_round_trip(&self, rtt: Duration) {
+        if self.enabled() {
+            self.acks.add(rtt);
+        }
+    }
+
     /// Feeds one measurement: at `now` the probe woke `late` after its
     /// deadline, with `held` streams held. Only the probe calls this, so
     /// load-then-store is not a race.
@@ -168,6 +291,8 @@ impl Overload {
         let Some(threshold) = self.threshold_us else {
             return;
         };
+        let mut learning = self.learning.lock().unwrap_or_else(|p| p.into_inner());
+        let late = late.max(self.acks_late(&mut learning, now));
         // Capped at an hour so the average cannot overflow.
         let sample = late.as_micros().min(3_600_000_000) as u64;
         let old = self.smoothed_us.load(Ordering::Relaxed);
@@ -180,7 +305,8 @@ impl Overload {
         } else {
             new >= threshold
         };
-        self.learn(now, new as f64 / threshold as f64, held);
+        self.learn(&mut learning, now, new as f64 / threshold as f64, held);
+        drop(learning);
         crate::metrics::set_overload(Duration::from_micros(new), sheds, self.limit());
         if sheds != was {
             self.shedding.store(sheds, Ordering::Relaxed);
@@ -193,10 +319,24 @@ impl Overload {
         }
     }
 
+    /// How far the acknowledgements' median round trip of the last whole
+    /// window was over its baseline (zero while a window says nothing).
+    fn acks_late(&self, learning: &mut Learning, now: Instant) -> Duration {
+        let began = *learning.window.get_or_insert(now);
+        if now.saturating_duration_since(began) >= ACK_WINDOW {
+            learning.window = Some(now);
+            let median = self.acks.take_median();
+            crate::metrics::set_ack_round_trip(median);
+            learning.acks_late = median.map_or(Duration::ZERO, |m| {
+                m.saturating_sub(learning.baseline.update(now, m))
+            });
+        }
+        learning.acks_late
+    }
+
     /// One step of the limit's AIMD at `now`, at lateness `load` × the
     /// threshold with `held` streams held.
-    fn learn(&self, now: Instant, load: f64, held: u64) {
-        let mut learning = self.learning.lock().unwrap_or_else(|p| p.into_inner());
+    fn learn(&self, learning: &mut Learning, now: Instant, load: f64, held: u64) {
         let limit = self.limit.load(Ordering::Relaxed);
         let binds = limit != UNSET && held.saturating_mul(10) >= limit.saturating_mul(9);
         let late_for = lasting(&mut learning.late_since, load >= 1.0, now);
@@ -287,6 +427,121 @@ mod tests {
             *clock += PROBE_EVERY + late.min(Duration::from_secs(3_600));
             o.observe(*clock, late, held);
         }
+    }
+
+    #[test]
+    fn round_trip_buckets_are_a_quarter_octave_and_their_edges_are_their_own() {
+        for us in (0..5_000).chain([65_535, 1 << 20, 3_000_000, u64::from(u32::MAX)]) {
+            let i = bucket(us);
+            assert!(i < BUCKETS, "{us}");
+            assert!(
+                lower_edge(i) <= us,
+                "{us}: bucket {i} starts at {}",
+                lower_edge(i)
+            );
+            assert_eq!(bucket(lower_edge(i)), i, "{us}");
+            if i + 1 < BUCKETS {
+                let next = lower_edge(i + 1);
+                assert!(us < next, "{us} is past bucket {i}'s end {next}");
+                // A quarter octave: the next edge is at most 25 % on.
+                assert!(next * 4 <= lower_edge(i).max(1) * 5 || us < 8, "{us}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_median_round_trip_is_of_a_window_with_enough_of_them() {
+        let acks = RoundTrips::new();
+        for _ in 0..MIN_ACKS - 1 {
+            acks.add(300 * MS);
+        }
+        assert_eq!(acks.take_median(), None, "too few");
+        assert_eq!(acks.take_median(), None, "emptied");
+        // 11 fast, 10 slow readers: the median is fast, within a bucket.
+        for _ in 0..11 {
+            acks.add(2 * MS);
+        }
+        for _ in 0..10 {
+            acks.add(Duration::from_secs(20));
+        }
+        let median = acks.take_median().expect("enough");
+        assert!(median <= 2 * MS && median * 5 >= 2 * MS * 4, "{median:?}");
+        // Most late: the median says so.
+        for _ in 0..9 {
+            acks.add(MS);
+        }
+        for _ in 0..12 {
+            acks.add(800 * MS);
+        }
+        let median = acks.take_median().expect("enough");
+        assert!(
+            median <= 800 * MS && median * 5 >= 800 * MS * 4,
+            "{median:?}"
+        );
+    }
+
+    #[test]
+    fn the_baseline_is_the_lowest_median_of_the_last_few_minutes() {
+        let mut b = Baseline::default();
+        let t = Instant::now();
+        assert_eq!(b.update(t, 40 * MS), 40 * MS);
+        assert_eq!(b.update(t + 10 * MS, 900 * MS), 40 * MS);
+        // Held through the next half as the older half.
+        let half = BASELINE_FOR / 2;
+        assert_eq!(b.update(t + half, 700 * MS), 40 * MS);
+        // Forgotten a whole BASELINE_FOR on: a slower network is the new
+        // normal.
+        assert_eq!(b.update(t + 2 * half, 600 * MS), 600 * MS);
+    }
+
+    /// Feeds `windows` acknowledgement windows of `acks` round trips of
+    /// `rtt` each, the probe on time, with `held` streams held.
+    fn feed_acks(
+        o: &Overload,
+        clock: &mut Instant,
+        rtt: Duration,
+        acks: u64,
+        held: u64,
+        windows: u32,
+    ) {
+        let per_window = (ACK_WINDOW.as_millis() / PROBE_EVERY.as_millis()) as usize;
+        for _ in 0..windows {
+            for _ in 0..acks {
+                o.ack_round_trip(rtt);
+            }
+            feed_at(o, clock, Duration::ZERO, held, per_window);
+        }
+    }
+
+    #[test]
+    fn acknowledgements_late_over_their_baseline_shed_and_cut_the_limit() {
+        let o = Overload::new(Some(100 * MS));
+        let t = &mut Instant::now();
+        // A far network: round trips of 300 ms from the start are its
+        // baseline, not lateness.
+        feed_acks(&o, t, 300 * MS, 100, 10_000, 20);
+        assert_eq!(o.shedding(), None);
+        assert!(o.lateness() < MS, "{:?}", o.lateness());
+        // A few windows with too few acknowledgements say nothing.
+        feed_acks(&o, t, Duration::from_secs(5), MIN_ACKS - 1, 10_000, 4);
+        assert_eq!(o.shedding(), None);
+        // Most round trips 600 ms over it, the probe on time throughout:
+        // shed, and after CUT_AFTER, a limit under the streams held.
+        feed_acks(&o, t, 900 * MS, 100, 10_000, 4);
+        assert!(o.shedding().expect("sheds") >= 100 * MS);
+        assert_eq!(o.limit(), Some(9_000));
+        // Back to the baseline: shedding stops.
+        feed_acks(&o, t, 300 * MS, 100, 9_000, 4);
+        assert_eq!(o.shedding(), None);
+    }
+
+    #[test]
+    fn round_trips_are_not_kept_unless_shedding_is_configured() {
+        let o = Overload::new(None);
+        for _ in 0..100 {
+            o.ack_round_trip(Duration::from_secs(9));
+        }
+        assert_eq!(o.acks.take_median(), None);
     }
 
     #[test]

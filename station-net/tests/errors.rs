@@ -6,7 +6,7 @@
 //! Every server binds 127.0.0.1 on an OS-picked port; every wait is bounded.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use station_net::overload::Overload;
 use station_net::proto::client_message::Kind;
 use station_net::proto::numbers_station_client::NumbersStationClient;
 use station_net::proto::server_message::Kind as ServerKind;
-use station_net::proto::{Attached, ClientMessage, Open, Resume, ServerMessage};
+use station_net::proto::{Ack, Attached, ClientMessage, Open, Resume, ServerMessage};
 use station_net::status::PUSHBACK_KEY;
 use station_net::store::MemoryStore;
 use station_net::{serve_tcp, ServerConfig, Station};
@@ -97,7 +97,7 @@ fn resume(client_id: &str, token: &[u8], next_index: u32) -> ClientMessage {
 /// A stream driven by hand.
 struct Raw {
     // Held so the client's side of the stream stays open.
-    _tx: mpsc::Sender<ClientMessage>,
+    tx: mpsc::Sender<ClientMessage>,
     rx: Result<Streaming<ServerMessage>, Status>,
 }
 
@@ -110,7 +110,7 @@ impl Raw {
             .await
             .expect("server answers in time")
             .map(|r| r.into_inner());
-        Raw { _tx: tx, rx }
+        Raw { tx, rx }
     }
 
     /// The next message, or the status the stream ended with.
@@ -236,7 +236,7 @@ async fn bytes_that_do_not_decode_are_a_bad_request() {
     tx.send(Bogus { open: 7 }).await.unwrap();
     let request = tonic::Request::new(ReceiverStream::new(rx));
     let mut raw = Raw {
-        _tx: mpsc::channel(1).0,
+        tx: mpsc::channel(1).0,
         rx: timeout(STEP, grpc.streaming(request, path, codec))
             .await
             .unwrap()
@@ -469,6 +469,84 @@ async fn an_overloaded_server_sheds_new_sessions_with_retry_info() {
     server.until_shedding(false).await;
     let mut later = Raw::start(&ch, open(&id(3), 10, 1)).await;
     assert_eq!(later.attached().await.count, 10);
+}
+
+/// Reads `raw`'s numbers and acknowledges each `delay` milliseconds
+/// (read at each number) after it arrived, in order, until its stream ends.
+async fn acknowledge(mut raw: Raw, delay: Arc<AtomicU64>) -> Result<Option<ServerMessage>, Status> {
+    let (due, mut acks) = mpsc::unbounded_channel();
+    let tx = raw.tx.clone();
+    tokio::spawn(async move {
+        while let Some((at, next_index)) = acks.recv().await {
+            tokio::time::sleep_until(at).await;
+            let ack = Kind::Ack(Ack { next_index });
+            if tx.send(ClientMessage { kind: Some(ack) }).await.is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        let msg = match raw.next().await {
+            Ok(Some(msg)) => msg,
+            end => return end,
+        };
+        if let Some(ServerKind::Number(n)) = msg.kind {
+            let wait = Duration::from_millis(delay.load(Ordering::Relaxed));
+            let _ = due.send((tokio::time::Instant::now() + wait, n.index + 1));
+        }
+    }
+}
+
+/// Acknowledgements that come back late are overload the scheduling probe
+/// does not see (a saturated server's numbers and acknowledgements wait in
+/// its connections' queues while its timers run on time): the median round
+/// trip over its baseline sheds new sessions and teaches a limit, and once
+/// the round trips are back, new sessions are admitted again. The streams
+/// whose acknowledgements ran late are not ended for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_coming_back_late_shed_new_sessions() {
+    const STREAMS: u64 = 20;
+    // 50 ms: acknowledged one number at a time, 20 a second a stream.
+    let mut session = SessionConfig::new(Duration::from_millis(50), Duration::from_secs(60));
+    session.silence_timeout = Duration::from_secs(30);
+    let server = Isolated::start(ServerConfig {
+        session,
+        shed_when_late: Some(Duration::from_millis(100)),
+        ..config()
+    });
+    let ch = channel(server.addr).await;
+    let delay = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for i in 0..STREAMS {
+        let mut raw = Raw::start(&ch, open(&id(200 + i), 1000, 1)).await;
+        raw.attached().await;
+        clients.push(tokio::spawn(acknowledge(raw, delay.clone())));
+    }
+    // A second of prompt acknowledgements: their round trip is the
+    // baseline, and nothing is shed.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(server.station.overload().shedding().is_none());
+    assert_eq!(server.station.overload().limit(), None);
+
+    // Acknowledgements 600 ms late, the server's runtime idle otherwise.
+    delay.store(600, Ordering::Relaxed);
+    server.until_shedding(true).await;
+    let status = Raw::start(&ch, open(&id(1), 10, 1)).await.rejection().await;
+    assert_reason(&status, Reason::Overloaded).expect("RetryInfo");
+    server.until("a limit", |o| o.limit().is_some()).await;
+
+    // Prompt again: shedding stops, and under the limit (never below 64
+    // streams) a new session is admitted.
+    delay.store(0, Ordering::Relaxed);
+    server.until_shedding(false).await;
+    let mut later = Raw::start(&ch, open(&id(2), 10, 1)).await;
+    assert_eq!(later.attached().await.count, 10);
+    for client in clients {
+        if client.is_finished() {
+            panic!("a stream ended: {:?}", client.await);
+        }
+        client.abort();
+    }
 }
 
 /// After running late, a server admits new sessions only while it holds
