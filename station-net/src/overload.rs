@@ -50,7 +50,9 @@
 //!
 //! - lateness at the threshold for [`CUT_AFTER`] (one stall of the machine,
 //!   or of the process, is not a population too large) cuts the limit to
-//!   [`CUT_TO`] of the streams held now, at most once per [`CUT_EVERY`], so
+//!   [`CUT_TO`] of the streams held now, at most once per [`CUT_EVERY`] or
+//!   per twice the lateness, whichever is longer (a cut shows only once
+//!   the work queued behind the lateness has drained), so
 //!   the limit falls below a population that is too large and the door
 //!   stays shut while sessions complete; but not while fewer than half the
 //!   limit are held, since then the lateness is not theirs (at twice its
@@ -58,8 +60,9 @@
 //!   54,000 to 7,000 this way);
 //! - lateness under [`GROW_UNDER`] of the threshold (where shedding stops)
 //!   grows it by [`GROW_BY`] (at least [`MIN_LIMIT`] streams) every
-//!   [`GROW_EVERY`], and only while the limit binds (the streams held are
-//!   within a tenth of it): a limit nobody reaches says nothing;
+//!   [`GROW_EVERY`], by [`GROW_FAST_BY`] under [`FORGET_UNDER`] of it, and
+//!   only while the limit binds (the streams held are within a tenth of
+//!   it): a limit nobody reaches says nothing;
 //! - lateness under a quarter of the threshold for [`FORGET_AFTER`] while
 //!   the limit does not bind forgets it: whatever made the server late
 //!   (a stall at start, a neighbour) is gone, and a limit learned then must
@@ -90,6 +93,10 @@ pub const CUT_EVERY: Duration = Duration::from_millis(500);
 pub const GROW_UNDER: f64 = 0.5;
 /// Each growth adds this fraction of the limit...
 pub const GROW_BY: f64 = 0.01;
+/// ... or this one while lateness is under [`FORGET_UNDER`] of the
+/// threshold: well on time, a limit cut below what the server carries
+/// comes back within a minute, not three.
+pub const GROW_FAST_BY: f64 = 0.04;
 /// ... every this long: slow, since a session admitted now costs its
 /// server for its whole schedule.
 pub const GROW_EVERY: Duration = Duration::from_secs(1);
@@ -305,7 +312,14 @@ impl Overload {
         } else {
             new >= threshold
         };
-        self.learn(&mut learning, now, new as f64 / threshold as f64, held);
+        let smoothed = Duration::from_micros(new);
+        self.learn(
+            &mut learning,
+            now,
+            smoothed,
+            new as f64 / threshold as f64,
+            held,
+        );
         drop(learning);
         crate::metrics::set_overload(Duration::from_micros(new), sheds, self.limit());
         if sheds != was {
@@ -334,9 +348,9 @@ impl Overload {
         learning.acks_late
     }
 
-    /// One step of the limit's AIMD at `now`, at lateness `load` × the
-    /// threshold with `held` streams held.
-    fn learn(&self, learning: &mut Learning, now: Instant, load: f64, held: u64) {
+    /// One step of the limit's AIMD at `now`, at lateness `late`, `load` ×
+    /// the threshold, with `held` streams held.
+    fn learn(&self, learning: &mut Learning, now: Instant, late: Duration, load: f64, held: u64) {
         let limit = self.limit.load(Ordering::Relaxed);
         let binds = limit != UNSET && held.saturating_mul(10) >= limit.saturating_mul(9);
         let late_for = lasting(&mut learning.late_since, load >= 1.0, now);
@@ -349,11 +363,22 @@ impl Overload {
         // storm of refused or resuming streams, a neighbour): cutting to
         // it would shut the door on what the server carried.
         let theirs = limit == UNSET || held.saturating_mul(2) >= limit;
-        let next = if late_for >= CUT_AFTER && since_change >= CUT_EVERY && theirs {
+        // Lateness stands for that much work queued: a cut shows in it
+        // only once that has drained, so the next waits as long again
+        // (twice, for the average to follow). Cutting every CUT_EVERY
+        // instead chased a draining backlog down: 71,000 streams to 13,800
+        // in a minute at twice the capacity (BENCHMARKS.md).
+        let cut_shown = since_change >= CUT_EVERY.max(late.saturating_mul(2));
+        let next = if late_for >= CUT_AFTER && cut_shown && theirs {
             let cut = ((held as f64 * CUT_TO) as u64).max(MIN_LIMIT);
             (cut < limit).then_some(cut)
         } else if load < GROW_UNDER && binds && since_change >= GROW_EVERY {
-            let step = ((limit as f64 * GROW_BY) as u64).max(MIN_LIMIT);
+            let by = if load < FORGET_UNDER {
+                GROW_FAST_BY
+            } else {
+                GROW_BY
+            };
+            let step = ((limit as f64 * by) as u64).max(MIN_LIMIT);
             Some(limit.saturating_add(step))
         } else if idle_for >= FORGET_AFTER {
             Some(UNSET)
@@ -601,12 +626,16 @@ mod tests {
         feed_at(&o, t, 70 * MS, 1_000, 20);
         feed_at(&o, t, 70 * MS, 8_000, 100);
         assert_eq!(o.limit(), Some(8_550));
-        // On time at the limit: 1 % a second.
-        feed_at(&o, t, Duration::ZERO, 8_550, 50);
+        // Under half the threshold at the limit: 1 % a second.
+        feed_at(&o, t, 40 * MS, 8_550, 15);
         assert_eq!(o.limit(), Some(8_635));
-        feed_at(&o, t, Duration::ZERO, 8_600, 1_000);
+        feed_at(&o, t, 40 * MS, 8_600, 10);
+        // Well on time at the limit: 4 % a second.
+        feed_at(&o, t, Duration::ZERO, 8_600, 50);
+        assert_eq!(o.limit(), Some(8_980));
+        feed_at(&o, t, Duration::ZERO, 8_980, 200);
         let grown = o.limit().expect("a limit");
-        assert!((9_400..9_700).contains(&grown), "{grown}");
+        assert!((9_600..9_900).contains(&grown), "{grown}");
         // Late with under half the limit held: not theirs, no cut.
         let half = grown.div_ceil(2);
         feed_at(&o, t, Duration::from_secs(1), half - 1, 100);
@@ -624,6 +653,29 @@ mod tests {
         let fresh = Overload::new(Some(100 * MS));
         feed_at(&fresh, &mut Instant::now(), Duration::from_secs(1), 3, 3);
         assert_eq!(fresh.limit(), Some(MIN_LIMIT));
+    }
+
+    #[test]
+    fn a_cut_waits_for_the_work_queued_behind_the_lateness_to_drain() {
+        let o = Overload::new(Some(100 * MS));
+        let mut t = Instant::now();
+        // A second late, sampled every 10 ms: cut once the average has been
+        // at the threshold a quarter second.
+        let mut late_for = |o: &Overload, span: Duration, held: u64| {
+            let end = t + span;
+            while t < end {
+                t += PROBE_EVERY;
+                o.observe(t, Duration::from_secs(1), held);
+            }
+        };
+        late_for(&o, 300 * MS, 10_000);
+        assert_eq!(o.limit(), Some(9_000));
+        // The average is soon a second: what it stands for needs two
+        // seconds to show a cut, not half of one.
+        late_for(&o, 1_500 * MS, 9_500);
+        assert_eq!(o.limit(), Some(9_000));
+        late_for(&o, 600 * MS, 9_500);
+        assert_eq!(o.limit(), Some(8_550));
     }
 
     #[test]
