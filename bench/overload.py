@@ -84,6 +84,15 @@ def offered(run):
     return run["rate"] * 60
 
 
+def still_running(res):
+    """' (n still running at the end)' when admitted sessions were cut off
+    by the run's end rather than ended unverified."""
+    n = [r.get("admitted_unfinished") for r in res]
+    if all(v is None for v in n) or not any(n):
+        return ""
+    return f" ({med(n)} still running at the end)"
+
+
 def table(label, rows):
     print(f"\n### {label}\n")
     print("| store | × capacity | sessions offered | offered / min | completed | goodput / min "
@@ -98,7 +107,8 @@ def table(label, rows):
               f"| {med([offered(run) for _, run in rs])} | {med([r['completed'] for r in res])} "
               f"| {med([goodput(r, run) for r, run in rs])} "
               f"| {med([r.get('refused_at_door') for r in res])} "
-              f"| {med([r.get('failed_after_admission') for r in res])} "
+              f"| {med([r.get('failed_after_admission') for r in res])}"
+              f"{still_running(res)} "
               f"| {med([r.get('never_admitted_otherwise') for r in res])} "
               f"| {med([r.get('never_started') for r in res])} "
               f"| {med([r['reconnects'] for r in res])} "

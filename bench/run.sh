@@ -262,6 +262,10 @@ OVERLOAD_MULTIPLES=${OVERLOAD_MULTIPLES:-0.5 1 1.5 2 3}
 OVERLOAD_REPS=${OVERLOAD_REPS:-2}
 OVERLOAD_WINDOW=${OVERLOAD_WINDOW:-2}   # arrival window, in schedule lengths
 OVERLOAD_GRACE=${OVERLOAD_GRACE:-30}    # seconds after the last schedule ends
+# A session may wait at the door up to the client's give-up (60 s without
+# progress) before its schedule starts: the run lasts that much longer, so
+# that a session admitted late is not cut off and counted failed.
+OVERLOAD_GIVE_UP=${OVERLOAD_GIVE_UP:-60}
 
 store_ops() { # the server's store operations so far (empty if /metrics did not answer);
     # the exporter lists the counter only once an operation has happened
@@ -276,7 +280,7 @@ overload_run() { # overload_run <name> <level> <multiple> <capacity>: one run, $
     local rate=$(((level * 1000 + schedule_ms - 1) / schedule_ms))
     local window=$((OVERLOAD_WINDOW * schedule_ms / 1000)); [ "$window" -ge 1 ] || window=1
     local sessions=$((rate * window))
-    local duration=$((window + schedule_ms / 1000 + OVERLOAD_GRACE))
+    local duration=$((window + OVERLOAD_GIVE_UP + schedule_ms / 1000 + OVERLOAD_GRACE))
     local store=()
     if [ "$OVERLOAD_STORE" = redis ]; then
         REDIS_PIN="taskset -c 1 ${OVERLOAD_REDIS_NICE:+nice -n $OVERLOAD_REDIS_NICE}" redis_single

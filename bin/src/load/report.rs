@@ -22,6 +22,8 @@ pub struct Report {
     pub unfinished: usize,
     pub admitted: usize,
     pub failed_after_admission: usize,
+    /// Of which still running when `--duration` ended.
+    pub admitted_unfinished: usize,
     pub refused_at_door: usize,
     /// `Open` attempts per completed session: mean, p99, max.
     pub opens_per_completed: [f64; 3],
@@ -61,6 +63,7 @@ impl Report {
             unfinished: tally.started - tally.finished,
             admitted: tally.admitted,
             failed_after_admission: tally.failed_after_admission,
+            admitted_unfinished: tally.admitted_unfinished,
             refused_at_door: tally.refused_at_door,
             opens_per_completed: [mean(&tally.opens_per_completed), p99, max],
             numbers: tally.numbers,
@@ -110,7 +113,8 @@ impl Report {
     pub fn text(&self) -> String {
         let mut out = format!(
             "sessions:        {} ({} completed, {} failed, {} unfinished, {} never started)\n\
-             admission:       {} admitted ({} failed after admission), {} refused at the door, \
+             admission:       {} admitted ({} failed after admission, {} of them still running at the end), \
+             {} refused at the door, \
              {} never admitted otherwise\n\
              opens:           per completed session mean {:.2}  p99 {:.0}  max {:.0}\n\
              elapsed:         {:.2} s\n\
@@ -124,6 +128,7 @@ impl Report {
             self.never_started(),
             self.admitted,
             self.failed_after_admission,
+            self.admitted_unfinished,
             self.refused_at_door,
             self.never_admitted_otherwise(),
             self.opens_per_completed[0],
@@ -205,6 +210,7 @@ impl Report {
             "unfinished": self.unfinished,
             "admitted": self.admitted,
             "failed_after_admission": self.failed_after_admission,
+            "admitted_unfinished": self.admitted_unfinished,
             "refused_at_door": self.refused_at_door,
             "never_admitted_otherwise": self.never_admitted_otherwise(),
             "opens_per_completed_session": {

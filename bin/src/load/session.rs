@@ -9,7 +9,8 @@
 //!   of its `Open`s was refused RESOURCE_EXHAUSTED before any `Attached`.
 //!   **Failed after admission**: admitted, not completed (it ended
 //!   unverified, or was still running when `--duration` ended): a promise
-//!   the server broke.
+//!   the server broke, unless it was only admitted too late to finish
+//!   (**admitted, unfinished**: those still running, reported apart).
 //! - **First schedule**: the session's first `Attached`, at time `t0` with
 //!   next index `i0` and interval `d`, makes number `i` due at
 //!   `t0 + (i - i0) * d`. **Lateness** of every number is measured against
@@ -361,6 +362,7 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
         tally.completed += usize::from(completed);
         tally.admitted += usize::from(admitted);
         tally.failed_after_admission += usize::from(admitted && !completed);
+        tally.admitted_unfinished += usize::from(admitted && outcome.is_none());
         tally.refused_at_door += usize::from(!admitted && log.door_refusals > 0);
         tally.session_seconds +=
             log.session_seconds(args.count, completed, log.ended.unwrap_or(stop));

@@ -188,6 +188,9 @@ pub struct Tally {
     /// Admitted sessions that did not complete (ended unverified, or still
     /// running at the deadline).
     pub failed_after_admission: usize,
+    /// Of those, the ones still running at the deadline: admitted late
+    /// (after waiting at the door), or behind; not known to have failed.
+    pub admitted_unfinished: usize,
     /// Sessions never admitted whose `Open` was refused RESOURCE_EXHAUSTED
     /// at least once.
     pub refused_at_door: usize,
@@ -225,6 +228,7 @@ impl Tally {
         self.completed += other.completed;
         self.admitted += other.admitted;
         self.failed_after_admission += other.failed_after_admission;
+        self.admitted_unfinished += other.admitted_unfinished;
         self.refused_at_door += other.refused_at_door;
         self.session_seconds += other.session_seconds;
         self.failures.extend(other.failures);

@@ -89,6 +89,7 @@ fn merged_tallies_hold_what_one_process_would_have_measured() {
             completed: 3,
             admitted: 4,
             failed_after_admission: 1,
+            admitted_unfinished: 1,
             refused_at_door: 1,
             session_seconds: 1.5,
             failures: vec![format!("worker {k}")],
@@ -117,9 +118,10 @@ fn merged_tallies_hold_what_one_process_would_have_measured() {
         (
             merged.admitted,
             merged.failed_after_admission,
+            merged.admitted_unfinished,
             merged.refused_at_door
         ),
-        (8, 2, 2)
+        (8, 2, 2, 2)
     );
     assert_eq!(merged.session_seconds, 3.0);
     assert_eq!(merged.attach_timeouts, 4);
@@ -412,6 +414,7 @@ async fn refusals_at_the_door_are_told_apart_from_failures_after_admission() {
     let json = short.json();
     assert_eq!(json["admitted"], 2, "{}", short.text());
     assert_eq!(json["failed_after_admission"], 2, "{}", short.text());
+    assert_eq!(json["admitted_unfinished"], 2, "{}", short.text());
     assert_eq!(json["refused_at_door"], 4, "{}", short.text());
     assert_eq!(json["completed"], 0);
     // The two admitted sessions were carried from their first Attached
@@ -425,6 +428,7 @@ async fn refusals_at_the_door_are_told_apart_from_failures_after_admission() {
     assert_eq!(json["completed"], 6, "{}", long.text());
     assert_eq!(json["refused_at_door"], 0);
     assert_eq!(json["failed_after_admission"], 0);
+    assert_eq!(json["admitted_unfinished"], 0);
     assert!(long.exhausted >= 4, "{}", long.text());
     let opens = &json["opens_per_completed_session"];
     assert!(opens["max"].as_f64().unwrap() >= 2.0, "{opens}");
