@@ -54,7 +54,7 @@ perconn() { # one connection per session, as separate client processes have:
     # station's do, alternating. Rows land in the scale table (connections =
     # sessions).
     local n=${PERCONN:-19000}
-    for rep in 1 2 3; do
+    for rep in $(seq 1 "${AB_REPS:-3}"); do
         for kind in station baseline baselineacks; do
             case $kind in
                 station) start "perconn-$rep" $S server --port 0 --interval 1s ;;
@@ -205,7 +205,7 @@ redis() { # sessions per server on one Redis and on a six-node cluster at
 ab() { # one part (AB_PART: scale, redis or overload, default redis) of an older
     # commit (AB_COMMIT), built in a worktree under target/, beside this
     # tree's, alternating old and new run by run; results in
-    # $OUT/ab/{before,after}. For one row per run, pin the sizes (e.g.
+    # $OUT/ab/{before,after}; AB_REPS rounds (default 3). For one row per run, pin the sizes (e.g.
     # REDIS_SCALE=60000 REDIS_STORES=single REDIS_LEASES=5s).
     local commit=${AB_COMMIT:?set AB_COMMIT to the commit to compare with}
     local part=${AB_PART:-redis}

@@ -123,7 +123,8 @@ pub struct ServerArgs {
     #[arg(long, env = "STATION_MAX_SESSIONS", default_value_t = 250_000)]
     pub max_sessions: usize,
     /// Shed new sessions (Open: RESOURCE_EXHAUSTED, reason OVERLOADED) while
-    /// the server's ticks run this late on average, and learn from it how
+    /// the server runs this late on average (its timers, or its numbers'
+    /// acknowledgements over their usual round trip), and learn from it how
     /// many streams the server carries on time; 0s never sheds or limits.
     #[arg(long, env = "STATION_SHED_WHEN_LATE", default_value = "250ms", value_parser = parse_duration)]
     pub shed_when_late: Duration,

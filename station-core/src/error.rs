@@ -144,8 +144,9 @@ impl Reject {
 /// Why an overloaded server refuses new sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Busy {
-    /// Its runtime wakes this late on average: ticks would run late.
-    #[error("its ticks run {0:?} late")]
+    /// It runs this late on average (its timers, or its numbers'
+    /// acknowledgements over their usual round trip).
+    #[error("it runs {0:?} late")]
     Late(std::time::Duration),
     /// Its session store is at its limit ([`crate::admission`]).
     #[error("{0}")]

@@ -260,7 +260,12 @@ impl<S: SessionStore> Drive for Driver<S> {
                             continue;
                         }
                         shared.counters.number_sent();
-                        this.timed.get_or_insert((n.index, now()));
+                        if this.timed.is_none()
+                            && shared.overload.enabled()
+                            && acknowledged_alone(&shared.cfg, session.acked(), &n)
+                        {
+                            *this.timed = Some((n.index, now()));
+                        }
                         if let (Some(client_id), Some(generation)) =
                             (session.client_id(), session.generation())
                         {
@@ -319,8 +324,14 @@ impl<S: SessionStore> Drive for Driver<S> {
                 if let Poll::Ready(msg) = Pin::new(&mut *this.inbound).poll_next(cx) {
                     match msg {
                         Some(Ok(msg)) => {
-                            time_ack(shared, this.timed, &msg);
-                            handle(shared, session, this.slot, msg)
+                            let ack = match &msg.kind {
+                                Some(ClientKind::Ack(ack)) => Some(ack.next_index),
+                                _ => None,
+                            };
+                            handle(shared, session, this.slot, msg);
+                            if let Some(next_index) = ack.filter(|_| !session.is_ended()) {
+                                time_ack(shared, this.timed, next_index);
+                            }
                         }
                         None => {
                             *this.inbound_done = true;
@@ -404,19 +415,35 @@ fn message(kind: ServerKind) -> ServerMessage {
     ServerMessage { kind: Some(kind) }
 }
 
-/// Ends the timing of the number in flight once `msg` acknowledges it.
+/// Whether the client acknowledges `n` as soon as it reads it (every
+/// `ack_every` numbers from its last acknowledgement, and the last), so
+/// that its round trip holds no wait for a batch to fill.
+fn acknowledged_alone(
+    cfg: &crate::ServerConfig,
+    acked: u32,
+    n: &station_core::server::Number,
+) -> bool {
+    let ack_every = cfg.session.ack_every().max(1);
+    n.checksum.is_some() || (n.index + 1).saturating_sub(acked) % ack_every == 0
+}
+
+/// Ends the timing of the number in flight on an accepted acknowledgement
+/// up to `next_index`: a sample if it acknowledges exactly that number,
+/// none if it went past (the client acknowledged later than it had to,
+/// and the wait is not the round trip's).
 fn time_ack<S: SessionStore>(
     shared: &Shared<S>,
     timed: &mut Option<(u32, Instant)>,
-    msg: &ClientMessage,
+    next_index: u32,
 ) {
-    if let (Some((index, sent)), Some(ClientKind::Ack(ack))) = (*timed, &msg.kind) {
-        if ack.next_index > index {
-            shared
-                .overload
-                .ack_round_trip(now().saturating_duration_since(sent));
-            *timed = None;
-        }
+    let Some((index, sent)) = *timed else { return };
+    if next_index == index + 1 {
+        shared
+            .overload
+            .ack_round_trip(now().saturating_duration_since(sent));
+    }
+    if next_index > index {
+        *timed = None;
     }
 }
 
@@ -665,6 +692,34 @@ fn finish<S: SessionStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_numbers_the_client_acknowledges_alone_are_timed() {
+        let ms = Duration::from_millis;
+        let n = |index, last: bool| station_core::server::Number {
+            index,
+            value: 0,
+            checksum: last.then_some(0),
+        };
+        let every_one = crate::ServerConfig::default();
+        assert_eq!(every_one.session.ack_every(), 1);
+        assert!((0..40).all(|i| acknowledged_alone(&every_one, i / 2, &n(i, false))));
+        // Under 50 ms, clients acknowledge every 16th number from their
+        // last acknowledgement, and the last.
+        let batched = crate::ServerConfig {
+            session: station_core::server::Config::new(ms(10), Duration::from_secs(30)),
+            ..crate::ServerConfig::default()
+        };
+        assert_eq!(batched.session.ack_every(), 16);
+        assert!(acknowledged_alone(&batched, 0, &n(15, false)));
+        assert!(!acknowledged_alone(&batched, 0, &n(14, false)));
+        assert!(!acknowledged_alone(&batched, 0, &n(16, false)));
+        assert!(acknowledged_alone(&batched, 16, &n(31, false)));
+        // Resumed at 5: it acknowledges 21, 37, …
+        assert!(acknowledged_alone(&batched, 5, &n(20, false)));
+        assert!(!acknowledged_alone(&batched, 5, &n(15, false)));
+        assert!(acknowledged_alone(&batched, 0, &n(7, true)));
+    }
 
     #[test]
     fn coalesce_rounds_up_to_the_slot_and_leaves_zero_slack_alone() {

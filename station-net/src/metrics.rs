@@ -137,13 +137,15 @@ pub(crate) fn set_admission(inflight: u32, limit: u32) {
     gauge!(ADMISSION_LIMIT).set(f64::from(limit));
 }
 
-/// Reports the overload signal.
+/// Reports the acknowledgements' median round trip of a window, if it
+/// had enough of them to say.
 pub(crate) fn set_ack_round_trip(median: Option<Duration>) {
     if let Some(median) = median {
         gauge!(ACK_ROUND_TRIP).set(median.as_secs_f64());
     }
 }
 
+/// Reports the overload signal.
 pub(crate) fn set_overload(lateness: Duration, shedding: bool, limit: Option<u64>) {
     gauge!(LATENESS).set(lateness.as_secs_f64());
     gauge!(SHEDDING).set(if shedding { 1.0 } else { 0.0 });

@@ -5,22 +5,30 @@
 //! measures how late it wakes up. That lateness is the runtime's scheduling
 //! delay: what every session's tick suffers on top of its timer slack, so
 //! the probe sees what clients would see, at the cost of one timer wake-up
-//! every 10 ms (not one measurement per number).
+//! every 10 ms.
 //!
 //! **Acknowledgements.** The probe cuts in line: a task that wakes from a
 //! timer runs within a few polls, while the work of a saturated server
 //! waits in its connection tasks and socket buffers (BENCHMARKS.md: at
 //! twice its capacity, clients saw numbers seconds late while the probe
 //! reached the threshold 0 to 5 times a run). So every stream also times
-//! one number in flight at a time, from the moment it hands the number to
-//! HTTP/2 to the moment the client's acknowledgement of it is read: a round
-//! trip through both sides' queues. Every [`ACK_WINDOW`] the median of
-//! those round trips, less its baseline (the lowest median seen over the
-//! last [`BASELINE_FOR`], which is the network and the clients'
-//! acknowledgement batching), counts as lateness too: the signal is the
+//! one number in flight at a time, from the moment it is ready to send (to
+//! HTTP/2, or to the stream's cell while HTTP/2 is not polling) to the
+//! moment the client's acknowledgement of it is read: a round trip through
+//! both sides' queues. It times only a number the client acknowledges by
+//! itself (clients acknowledge every `ack_every` numbers, 16 under 50 ms
+//! intervals), and only an acknowledgement of exactly it, so a batch's
+//! wait is never counted. The median of those round trips over a window
+//! ([`ACK_WINDOW`], or longer until it holds [`MIN_ACKS`], at most
+//! [`ACK_GATHER_FOR`]), less its baseline (the lowest median over the last
+//! [`BASELINE_FOR`], not learned while shedding: the network's share),
+//! counts as lateness when two windows in a row say so; the signal is the
 //! larger of the two. The median, so a few slow readers (whose own windows
-//! hold their numbers back) do not shed anyone; and not at all with fewer
-//! than [`MIN_ACKS`] round trips in a window, which say too little.
+//! hold their numbers back) shed nobody; of round trips, not of streams,
+//! so streams whose acknowledgements come back seconds late count for
+//! fewer samples, and most must be late before it moves. A server that
+//! starts into an overload learns that as its baseline, and sees only its
+//! timers until its baseline ages out.
 //!
 //! The samples are smoothed (an exponentially weighted moving average over
 //! about eight samples) so one stall of the machine does not shed anyone.
@@ -60,8 +68,8 @@
 //!   54,000 to 7,000 this way);
 //! - lateness under [`GROW_UNDER`] of the threshold (where shedding stops)
 //!   grows it by [`GROW_BY`] (at least [`MIN_LIMIT`] streams) every
-//!   [`GROW_EVERY`], by [`GROW_FAST_BY`] under [`FORGET_UNDER`] of it, and
-//!   only while the limit binds (the streams held are within a tenth of
+//!   [`GROW_EVERY`] (by [`GROW_FAST_BY`] under [`FORGET_UNDER`] of it, up
+//!   to the highest limit a cut has set), and only while the limit binds (the streams held are within a tenth of
 //!   it): a limit nobody reaches says nothing;
 //! - lateness under a quarter of the threshold for [`FORGET_AFTER`] while
 //!   the limit does not bind forgets it: whatever made the server late
@@ -94,8 +102,11 @@ pub const GROW_UNDER: f64 = 0.5;
 /// Each growth adds this fraction of the limit...
 pub const GROW_BY: f64 = 0.01;
 /// ... or this one while lateness is under [`FORGET_UNDER`] of the
-/// threshold: well on time, a limit cut below what the server carries
-/// comes back within a minute, not three.
+/// threshold and the limit is under the highest a cut has set: cuts that
+/// followed a draining population down come back within a minute, not
+/// three. Past that level, where the server ran late before, growth is
+/// slow again: at 4 % a second there, a limit grew from 45,800 to past
+/// 71,000 streams in 16 s and the server collapsed (BENCHMARKS.md).
 pub const GROW_FAST_BY: f64 = 0.04;
 /// ... every this long: slow, since a session admitted now costs its
 /// server for its whole schedule.
@@ -106,8 +117,13 @@ pub const FORGET_UNDER: f64 = 0.25;
 pub const FORGET_AFTER: Duration = Duration::from_secs(30);
 /// How often the acknowledgements' round trips are summed up.
 pub const ACK_WINDOW: Duration = Duration::from_millis(250);
-/// A window with fewer round trips than this says nothing.
+/// A window is closed once it holds this many round trips...
 pub const MIN_ACKS: u64 = 16;
+/// ... or once it has gathered this long; then, with fewer, it says
+/// nothing. A server with few streams gathers over several windows: the
+/// fewer round trips come back, the later they are, so a window that
+/// closed on time alone would go blind just when they are late.
+pub const ACK_GATHER_FOR: Duration = Duration::from_secs(1);
 /// The round trips' baseline is the lowest window median over this long
 /// (between half of it and all of it): long enough to hold a quiet moment,
 /// short enough to follow a network that got slower.
@@ -125,7 +141,7 @@ const SMOOTHING: u64 = 8;
 pub struct Overload {
     /// Shed when the smoothed lateness reaches this (micros); `None`: never.
     threshold_us: Option<u64>,
-    /// Smoothed scheduling lateness, micros.
+    /// Smoothed lateness (the larger of the two signals), micros.
     smoothed_us: AtomicU64,
     shedding: AtomicBool,
     /// The learned limit on streams held; [`UNSET`] while none is.
@@ -145,9 +161,16 @@ struct Learning {
     idle_since: Option<Instant>,
     /// When the limit last changed.
     changed: Option<Instant>,
-    /// When the current window of round trips began.
-    window: Option<Instant>,
-    /// The last window's median round trip over the baseline.
+    /// When the limit was last cut.
+    cut: Option<Instant>,
+    /// The highest limit a cut has set since the limit was last unset.
+    ceiling: Option<u64>,
+    /// When the round trips now gathered began to be.
+    gathering: Option<Instant>,
+    /// The last whole window's median round trip over the baseline.
+    last_excess: Duration,
+    /// The lesser of the last two windows' (one late window is not a
+    /// population too large: a client's pause, one retransmission).
     acks_late: Duration,
     /// What the round trips take when nothing waits.
     baseline: Baseline,
@@ -163,21 +186,34 @@ struct Baseline {
 }
 
 impl Baseline {
-    /// Takes in a window's `median` at `now`; returns the baseline.
-    fn update(&mut self, now: Instant, median: Duration) -> Duration {
+    /// Takes in a window's `median` at `now` (only if `learn`: an overload
+    /// must not become what is normal); returns the baseline (`median`
+    /// itself while there is none).
+    fn update(&mut self, now: Instant, median: Duration, learn: bool) -> Duration {
         let since = *self.since.get_or_insert(now);
-        if now.saturating_duration_since(since) >= BASELINE_FOR / 2 {
+        let age = now.saturating_duration_since(since);
+        if age >= BASELINE_FOR {
+            // Nothing gathered for a whole period: start afresh.
+            (self.previous, self.current) = (None, None);
+            self.since = Some(now);
+        } else if age >= BASELINE_FOR / 2 {
             self.previous = self.current.take();
             self.since = Some(now);
         }
-        let current = self.current.map_or(median, |c| c.min(median));
-        self.current = Some(current);
-        self.previous.map_or(current, |p| p.min(current))
+        if learn {
+            self.current = Some(self.current.map_or(median, |c| c.min(median)));
+        }
+        [self.current, self.previous]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(median)
     }
 }
 
 /// Buckets a quarter of an octave wide, of microseconds up to 2^32 (71
-/// minutes): four buckets per doubling keep a median within 19 %.
+/// minutes): four buckets per doubling, so a median read as its bucket's
+/// lower edge is under 20 % short.
 const BUCKETS: usize = 128;
 
 /// A histogram of round trips that every stream adds to and the probe
@@ -193,6 +229,11 @@ impl RoundTrips {
     fn add(&self, rtt: Duration) {
         let us = rtt.as_micros().min(u128::from(u32::MAX)) as u64;
         self.0[bucket(us)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many were added since the last take.
+    fn len(&self) -> u64 {
+        self.0.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
     /// The median of what was added since the last take (the lower edge
@@ -278,7 +319,8 @@ impl Overload {
         Some(self.limit.load(Ordering::Relaxed)).filter(|&l| l != UNSET)
     }
 
-    /// The smoothed scheduling lateness.
+    /// The smoothed lateness: the runtime's scheduling delay or the
+    /// acknowledgements' round trip over its baseline, the larger.
     pub fn lateness(&self) -> Duration {
         Duration::from_micros(self.smoothed_us.load(Ordering::Relaxed))
     }
@@ -326,24 +368,31 @@ impl Overload {
             self.shedding.store(sheds, Ordering::Relaxed);
             let late = Duration::from_micros(new);
             if sheds {
-                tracing::warn!(?late, "overloaded: ticks run late; shedding new sessions");
+                tracing::warn!(?late, "overloaded: running late; shedding new sessions");
             } else {
                 tracing::info!(?late, "caught up: admitting new sessions again");
             }
         }
     }
 
-    /// How far the acknowledgements' median round trip of the last whole
-    /// window was over its baseline (zero while a window says nothing).
+    /// How far the acknowledgements' median round trip was over its
+    /// baseline in each of the last two windows (the lesser), zero where a
+    /// window said nothing.
     fn acks_late(&self, learning: &mut Learning, now: Instant) -> Duration {
-        let began = *learning.window.get_or_insert(now);
-        if now.saturating_duration_since(began) >= ACK_WINDOW {
-            learning.window = Some(now);
+        let began = *learning.gathering.get_or_insert(now);
+        let gathered = now.saturating_duration_since(began);
+        let closes =
+            gathered >= ACK_GATHER_FOR || (gathered >= ACK_WINDOW && self.acks.len() >= MIN_ACKS);
+        if closes {
+            learning.gathering = Some(now);
             let median = self.acks.take_median();
             crate::metrics::set_ack_round_trip(median);
-            learning.acks_late = median.map_or(Duration::ZERO, |m| {
-                m.saturating_sub(learning.baseline.update(now, m))
+            let learn = !self.shedding.load(Ordering::Relaxed);
+            let excess = median.map_or(Duration::ZERO, |m| {
+                m.saturating_sub(learning.baseline.update(now, m, learn))
             });
+            learning.acks_late = excess.min(learning.last_excess);
+            learning.last_excess = excess;
         }
         learning.acks_late
     }
@@ -368,18 +417,21 @@ impl Overload {
         // (twice, for the average to follow). Cutting every CUT_EVERY
         // instead chased a draining backlog down: 71,000 streams to 13,800
         // in a minute at twice the capacity (BENCHMARKS.md).
-        let cut_shown = since_change >= CUT_EVERY.max(late.saturating_mul(2));
+        let since_cut = learning
+            .cut
+            .map_or(Duration::MAX, |c| now.saturating_duration_since(c));
+        let cut_shown = since_cut >= CUT_EVERY.max(late.saturating_mul(2));
         let next = if late_for >= CUT_AFTER && cut_shown && theirs {
             let cut = ((held as f64 * CUT_TO) as u64).max(MIN_LIMIT);
             (cut < limit).then_some(cut)
         } else if load < GROW_UNDER && binds && since_change >= GROW_EVERY {
-            let by = if load < FORGET_UNDER {
-                GROW_FAST_BY
-            } else {
-                GROW_BY
+            let ceiling = learning.ceiling.unwrap_or(0);
+            let (by, cap) = match load < FORGET_UNDER && limit < ceiling {
+                true => (GROW_FAST_BY, ceiling),
+                false => (GROW_BY, u64::MAX),
             };
             let step = ((limit as f64 * by) as u64).max(MIN_LIMIT);
-            Some(limit.saturating_add(step))
+            Some(limit.saturating_add(step).min(cap))
         } else if idle_for >= FORGET_AFTER {
             Some(UNSET)
         } else {
@@ -389,11 +441,16 @@ impl Overload {
         self.limit.store(next, Ordering::Relaxed);
         learning.changed = Some(now);
         learning.idle_since = None;
+        if next == UNSET {
+            learning.ceiling = None;
+        }
         if next < limit {
+            learning.cut = Some(now);
+            learning.ceiling = learning.ceiling.max(Some(next));
             tracing::warn!(
                 held,
                 limit = next,
-                "ticks run late: new sessions wait for room under a lower limit"
+                "running late: new sessions wait for room under a lower limit"
             );
         } else if next == UNSET {
             tracing::info!(limit, "on time well under the limit: forgetting it");
@@ -413,7 +470,8 @@ fn lasting(since: &mut Option<Instant>, on: bool, now: Instant) -> Duration {
     }
 }
 
-/// Measures scheduling lateness until `stop` is cancelled; `held` counts
+/// Measures scheduling lateness (and folds in the acknowledgements' round
+/// trips) until `stop` is cancelled; `held` counts
 /// the streams held at each sample.
 pub async fn probe(
     signal: std::sync::Arc<Overload>,
@@ -507,20 +565,27 @@ mod tests {
 
     #[test]
     fn the_baseline_is_the_lowest_median_of_the_last_few_minutes() {
-        let mut b = Baseline::default();
         let t = Instant::now();
-        assert_eq!(b.update(t, 40 * MS), 40 * MS);
-        assert_eq!(b.update(t + 10 * MS, 900 * MS), 40 * MS);
+        // With none learned, a window is its own baseline.
+        let mut b = Baseline::default();
+        assert_eq!(b.update(t, 300 * MS, false), 300 * MS);
+        assert_eq!(b.update(t, 40 * MS, true), 40 * MS);
+        assert_eq!(b.update(t + 10 * MS, 900 * MS, true), 40 * MS);
+        // While shedding, a window is measured against it, not learned.
+        assert_eq!(b.update(t + 20 * MS, 5 * MS, false), 40 * MS);
         // Held through the next half as the older half.
         let half = BASELINE_FOR / 2;
-        assert_eq!(b.update(t + half, 700 * MS), 40 * MS);
+        assert_eq!(b.update(t + half, 700 * MS, true), 40 * MS);
         // Forgotten a whole BASELINE_FOR on: a slower network is the new
         // normal.
-        assert_eq!(b.update(t + 2 * half, 600 * MS), 600 * MS);
+        assert_eq!(b.update(t + 2 * half, 600 * MS, true), 600 * MS);
+        // Nothing for a whole period: what was learned before is gone.
+        assert_eq!(b.update(t + 5 * half, 800 * MS, true), 800 * MS);
     }
 
     /// Feeds `windows` acknowledgement windows of `acks` round trips of
-    /// `rtt` each, the probe on time, with `held` streams held.
+    /// `rtt` each, the probe on time, with `held` streams held (a window
+    /// with at least [`MIN_ACKS`] closes on its last sample).
     fn feed_acks(
         o: &Overload,
         clock: &mut Instant,
@@ -547,11 +612,20 @@ mod tests {
         feed_acks(&o, t, 300 * MS, 100, 10_000, 20);
         assert_eq!(o.shedding(), None);
         assert!(o.lateness() < MS, "{:?}", o.lateness());
-        // A few windows with too few acknowledgements say nothing.
-        feed_acks(&o, t, Duration::from_secs(5), MIN_ACKS - 1, 10_000, 4);
+        // Too few round trips, however late, gathered for a second: they
+        // say nothing.
+        feed_acks(&o, t, Duration::from_secs(5), MIN_ACKS - 1, 10_000, 1);
+        feed_acks(&o, t, Duration::ZERO, 0, 10_000, 4);
         assert_eq!(o.shedding(), None);
-        // Most round trips 600 ms over it, the probe on time throughout:
-        // shed, and after CUT_AFTER, a limit under the streams held.
+        // One late window alone (a client's pause, a retransmission) sheds
+        // nobody.
+        feed_acks(&o, t, 900 * MS, 100, 10_000, 1);
+        feed_acks(&o, t, 300 * MS, 100, 10_000, 4);
+        assert_eq!(o.shedding(), None);
+        assert_eq!(o.limit(), None);
+        // Most round trips 600 ms over it, two windows in a row, the probe
+        // on time throughout: shed, and after CUT_AFTER, a limit under the
+        // streams held.
         feed_acks(&o, t, 900 * MS, 100, 10_000, 4);
         assert!(o.shedding().expect("sheds") >= 100 * MS);
         assert_eq!(o.limit(), Some(9_000));
@@ -630,12 +704,18 @@ mod tests {
         feed_at(&o, t, 40 * MS, 8_550, 15);
         assert_eq!(o.limit(), Some(8_635));
         feed_at(&o, t, 40 * MS, 8_600, 10);
-        // Well on time at the limit: 4 % a second.
+        // Well on time at the limit, under the highest a cut set (9,000):
+        // 4 % a second, up to that.
         feed_at(&o, t, Duration::ZERO, 8_600, 50);
         assert_eq!(o.limit(), Some(8_980));
-        feed_at(&o, t, Duration::ZERO, 8_980, 200);
+        feed_at(&o, t, Duration::ZERO, 8_980, 150);
+        assert_eq!(o.limit(), Some(9_000));
+        // Past it, where the server ran late before: 1 % a second again.
+        feed_at(&o, t, Duration::ZERO, 9_000, 100);
+        assert_eq!(o.limit(), Some(9_090));
+        feed_at(&o, t, Duration::ZERO, 9_090, 500);
         let grown = o.limit().expect("a limit");
-        assert!((9_600..9_900).contains(&grown), "{grown}");
+        assert!((9_400..9_700).contains(&grown), "{grown}");
         // Late with under half the limit held: not theirs, no cut.
         let half = grown.div_ceil(2);
         feed_at(&o, t, Duration::from_secs(1), half - 1, 100);

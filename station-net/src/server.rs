@@ -93,7 +93,7 @@ pub struct ServerConfig {
     /// is a pace, not a promise: long against the cost of a refusal, short
     /// against the session TTL, so a refused resume still finds its session.
     pub retry_after: Duration,
-    /// Shed new sessions while the server's ticks run this late on average
+    /// Shed new sessions while the server runs this late on average
     /// (see [`crate::overload`]); `None` never sheds.
     pub shed_when_late: Option<Duration>,
     /// After shutdown begins, streams already attached keep going and end

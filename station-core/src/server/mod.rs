@@ -234,6 +234,11 @@ impl Stream {
         self.sent
     }
 
+    /// Numbers the client has acknowledged (the next index it expects).
+    pub fn acked(&self) -> u32 {
+        self.acked
+    }
+
     /// Handles the client's `Open`. `fresh` is used only if the session is
     /// new. Outputs a `Create`, or ends the stream if the request is invalid.
     pub fn handle_open(&mut self, now: Instant, open: Open<'_>, fresh: Fresh) {
