@@ -54,7 +54,7 @@ perconn() { # one connection per session, as separate client processes have:
     # station's do, alternating. Rows land in the scale table (connections =
     # sessions).
     local n=${PERCONN:-19000}
-    for rep in $(seq 1 "${AB_REPS:-3}"); do
+    for rep in 1 2 3; do
         for kind in station baseline baselineacks; do
             case $kind in
                 station) start "perconn-$rep" $S server --port 0 --interval 1s ;;
@@ -222,7 +222,7 @@ ab() { # one part (AB_PART: scale, redis or overload, default redis) of an older
         # this tree's build carries.
         OUT=$out/ab/capacity; mkdir -p "$OUT"; overload_capacity; OVERLOAD_CAPACITY=$CAPACITY
     fi
-    for rep in 1 2 3; do
+    for rep in $(seq 1 "${AB_REPS:-3}"); do
         # Old first, then new first: a machine that drifts over the runs
         # does not count against one side.
         local order="before after"; [ $((rep % 2)) = 1 ] || order="after before"
