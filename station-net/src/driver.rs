@@ -323,16 +323,7 @@ impl<S: SessionStore> Drive for Driver<S> {
             if !*this.inbound_done {
                 if let Poll::Ready(msg) = Pin::new(&mut *this.inbound).poll_next(cx) {
                     match msg {
-                        Some(Ok(msg)) => {
-                            let ack = match &msg.kind {
-                                Some(ClientKind::Ack(ack)) => Some(ack.next_index),
-                                _ => None,
-                            };
-                            handle(shared, session, this.slot, msg);
-                            if let Some(next_index) = ack.filter(|_| !session.is_ended()) {
-                                time_ack(shared, this.timed, next_index);
-                            }
-                        }
+                        Some(Ok(msg)) => handle(shared, session, this.slot, this.timed, msg),
                         None => {
                             *this.inbound_done = true;
                             session.handle_half_closed(now());
@@ -449,11 +440,13 @@ fn time_ack<S: SessionStore>(
 
 /// Feeds one client message to the session. The first (`Open` or
 /// `Resume`) must find a place under `--max-sessions` before any store
-/// work; it keeps it in `slot` until the stream ends.
+/// work; it keeps it in `slot` until the stream ends. An `Ack` the session
+/// accepts ends the timing of the number in `timed`.
 fn handle<S: SessionStore>(
     shared: &Shared<S>,
     session: &mut StreamMachine,
     slot: &mut Option<OwnedSemaphorePermit>,
+    timed: &mut Option<(u32, Instant)>,
     msg: ClientMessage,
 ) {
     let now = now();
@@ -502,7 +495,12 @@ fn handle<S: SessionStore>(
             };
             session.handle_resume(now, resume, shared.fresh());
         }
-        Some(ClientKind::Ack(ack)) => session.handle_ack(now, ack.next_index),
+        Some(ClientKind::Ack(ack)) => {
+            session.handle_ack(now, ack.next_index);
+            if !session.is_ended() {
+                time_ack(shared, timed, ack.next_index);
+            }
+        }
         None => session.abort(now, Reject::Unexpected("empty ClientMessage")),
     }
 }

@@ -354,19 +354,13 @@ impl Overload {
         } else {
             new >= threshold
         };
-        let smoothed = Duration::from_micros(new);
-        self.learn(
-            &mut learning,
-            now,
-            smoothed,
-            new as f64 / threshold as f64,
-            held,
-        );
+        let late = Duration::from_micros(new);
+        let load = new as f64 / threshold as f64;
+        self.learn(&mut learning, now, late, load, held);
         drop(learning);
-        crate::metrics::set_overload(Duration::from_micros(new), sheds, self.limit());
+        crate::metrics::set_overload(late, sheds, self.limit());
         if sheds != was {
             self.shedding.store(sheds, Ordering::Relaxed);
-            let late = Duration::from_micros(new);
             if sheds {
                 tracing::warn!(?late, "overloaded: running late; shedding new sessions");
             } else {

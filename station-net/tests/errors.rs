@@ -471,6 +471,25 @@ async fn an_overloaded_server_sheds_new_sessions_with_retry_info() {
     assert_eq!(later.attached().await.count, 10);
 }
 
+/// Opens new sessions, one every `pause`, until one is admitted (at most
+/// 50 tries), each refusal being `OVERLOADED`; returns the admitted stream.
+async fn first_admitted(ch: &Channel, first_id: u64, pause: Duration) -> Option<Raw> {
+    for i in 0..50 {
+        let mut raw = Raw::start(ch, open(&id(first_id + i), 10, 1)).await;
+        match raw.next().await {
+            Ok(Some(ServerMessage {
+                kind: Some(ServerKind::Attached(_)),
+            })) => return Some(raw),
+            Err(status) => assert_reason(&status, Reason::Overloaded)
+                .map(drop)
+                .unwrap_or(()),
+            other => panic!("expected Attached or OVERLOADED, got {other:?}"),
+        }
+        tokio::time::sleep(pause).await;
+    }
+    None
+}
+
 /// Reads `raw`'s numbers and acknowledges each `delay` milliseconds
 /// (read at each number) after it arrived, in order, until its stream ends.
 async fn acknowledge(mut raw: Raw, delay: Arc<AtomicU64>) -> Result<Option<ServerMessage>, Status> {
@@ -542,24 +561,8 @@ async fn acknowledgements_coming_back_late_shed_new_sessions() {
     // last late acknowledgements are still coming back).
     delay.store(0, Ordering::Relaxed);
     server.until_shedding(false).await;
-    let mut admitted = false;
-    for i in 0..50 {
-        let mut raw = Raw::start(&ch, open(&id(2 + i), 10, 1)).await;
-        match raw.next().await {
-            Ok(Some(ServerMessage {
-                kind: Some(ServerKind::Attached(_)),
-            })) => {
-                admitted = true;
-                break;
-            }
-            Err(status) => assert_reason(&status, Reason::Overloaded)
-                .map(drop)
-                .unwrap_or(()),
-            other => panic!("expected Attached or OVERLOADED, got {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(admitted, "never admitted once on time again");
+    let admitted = first_admitted(&ch, 2, Duration::from_millis(100)).await;
+    assert!(admitted.is_some(), "never admitted once on time again");
     for client in clients {
         if client.is_finished() {
             panic!("a stream ended: {:?}", client.await);
@@ -619,25 +622,9 @@ async fn a_server_that_ran_late_admits_only_under_the_limit_it_learned() {
     assert_eq!(resumed.attached().await.next_index, 0);
 
     // Sessions end and make room: a new one is admitted (bounded wait).
+    // (Refused until the dropped streams' places are freed.)
     held.truncate(40);
-    let mut admitted = None;
-    for i in 0..50 {
-        let mut raw = Raw::start(&ch, open(&id(2 + i), 10, 1)).await;
-        match raw.next().await {
-            Ok(Some(ServerMessage {
-                kind: Some(ServerKind::Attached(_)),
-            })) => {
-                admitted = Some(raw);
-                break;
-            }
-            // Not yet: the dropped streams' places are still being freed.
-            Err(status) => assert_reason(&status, Reason::Overloaded)
-                .map(drop)
-                .unwrap_or(()),
-            other => panic!("expected Attached or OVERLOADED, got {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let admitted = first_admitted(&ch, 2, Duration::from_millis(20)).await;
     assert!(admitted.is_some(), "never admitted with 40 streams held");
 }
 
