@@ -360,6 +360,9 @@ impl<S: SessionStore> Drive for Driver<S> {
                     continue;
                 }
             }
+            // A late server may not have read what its client sent: judge
+            // the client's silence that much later (ARCHITECTURE.md §2, Overload).
+            session.handle_running_late(shared.overload.silence_excused());
             let Some(deadline) = [session.poll_timeout(), *this.drain_at]
                 .into_iter()
                 .flatten()
@@ -378,6 +381,7 @@ impl<S: SessionStore> Drive for Driver<S> {
                 *this.drain_at = None;
                 session.begin_shutdown(now());
             }
+            session.handle_running_late(shared.overload.silence_excused());
             session.handle_timeout(now());
         }
     }

@@ -45,6 +45,14 @@
 //! its client than lateness (BENCHMARKS.md measured it: shedding resumes
 //! too made most sessions of an overloaded run expire).
 //!
+//! **Silence excused.** The same lateness tells streams how much longer
+//! to wait for their clients' acknowledgements before ending them
+//! `CLIENT_SILENT` ([`Overload::silence_excused`]): the highest lateness
+//! of the last [`EXCUSE_FOR`]. A late acknowledgement is not a dead
+//! client, and the resume that ending its stream brings costs a late
+//! server a store load and a takeover more (BENCHMARKS.md: 76,988 streams
+//! ended silent in one run at three times the capacity, and came back).
+//!
 //! **The session limit.** Shedding alone lets the door flap: an admitted
 //! session costs its server work for its whole schedule, so a door that
 //! reopens the moment lateness dips admits a burst that pushes it straight
@@ -128,6 +136,9 @@ pub const ACK_GATHER_FOR: Duration = Duration::from_secs(1);
 /// (between half of it and all of it): long enough to hold a quiet moment,
 /// short enough to follow a network that got slower.
 pub const BASELINE_FOR: Duration = Duration::from_secs(300);
+/// A lateness excuses clients' silence for this long after it was seen
+/// (see [`Overload::silence_excused`]).
+pub const EXCUSE_FOR: Duration = Duration::from_secs(10);
 /// The limit never goes below this many streams, nor grows by fewer.
 pub const MIN_LIMIT: u64 = 64;
 /// No limit learned yet.
@@ -143,6 +154,9 @@ pub struct Overload {
     threshold_us: Option<u64>,
     /// Smoothed lateness (the larger of the two signals), micros.
     smoothed_us: AtomicU64,
+    /// The highest smoothed lateness of the last [`EXCUSE_FOR`] or so,
+    /// micros.
+    excused_us: AtomicU64,
     shedding: AtomicBool,
     /// The learned limit on streams held; [`UNSET`] while none is.
     limit: AtomicU64,
@@ -172,8 +186,30 @@ struct Learning {
     /// The lesser of the last two windows' (one late window is not a
     /// population too large: a client's pause, one retransmission).
     acks_late: Duration,
+    /// The highest lateness of the current and the previous half of
+    /// [`EXCUSE_FOR`], and when the current half began.
+    peaks: (Duration, Duration, Option<Instant>),
     /// What the round trips take when nothing waits.
     baseline: Baseline,
+}
+
+impl Learning {
+    /// Takes in the lateness `late` at `now`; returns the highest of the
+    /// last [`EXCUSE_FOR`] (at least half of it).
+    fn peak(&mut self, now: Instant, late: Duration) -> Duration {
+        let (current, previous, since) = &mut self.peaks;
+        let began = *since.get_or_insert(now);
+        let age = now.saturating_duration_since(began);
+        if age >= EXCUSE_FOR {
+            (*current, *previous) = (Duration::ZERO, Duration::ZERO);
+            *since = Some(now);
+        } else if age >= EXCUSE_FOR / 2 {
+            *previous = std::mem::take(current);
+            *since = Some(now);
+        }
+        *current = (*current).max(late);
+        (*current).max(*previous)
+    }
 }
 
 /// The lowest window median over the last [`BASELINE_FOR`]: two halves,
@@ -286,6 +322,7 @@ impl Overload {
                 .filter(|t| !t.is_zero())
                 .map(|t| t.as_micros().min(u64::MAX as u128) as u64),
             smoothed_us: AtomicU64::new(0),
+            excused_us: AtomicU64::new(0),
             shedding: AtomicBool::new(false),
             limit: AtomicU64::new(UNSET),
             acks: RoundTrips::new(),
@@ -325,6 +362,18 @@ impl Overload {
         Duration::from_micros(self.smoothed_us.load(Ordering::Relaxed))
     }
 
+    /// How much longer than its silence timeout a stream should wait for
+    /// its client: the highest lateness of the last [`EXCUSE_FOR`] (at
+    /// least half of it). A late server may not have read what its
+    /// clients sent, and ending their streams would bring them back as
+    /// resumes, which cost it more. The peak, not the lateness now: while
+    /// a stream waits, the round trips that would show the server late
+    /// are the very acknowledgements that do not come back, so the
+    /// signal can dip just when the wait is judged.
+    pub fn silence_excused(&self) -> Duration {
+        Duration::from_micros(self.excused_us.load(Ordering::Relaxed))
+    }
+
     /// A stream's client acknowledged a number `rtt` after the stream
     /// handed it over.
     pub fn ack_round_trip(&self, rtt: Duration) {
@@ -356,6 +405,9 @@ impl Overload {
         };
         let late = Duration::from_micros(new);
         let load = new as f64 / threshold as f64;
+        let excused = learning.peak(now, late);
+        self.excused_us
+            .store(excused.as_micros() as u64, Ordering::Relaxed);
         self.learn(&mut learning, now, late, load, held);
         drop(learning);
         crate::metrics::set_overload(late, sheds, self.limit());
@@ -750,6 +802,24 @@ mod tests {
         assert_eq!(o.limit(), Some(9_000));
         late_for(&o, 600 * MS, 9_500);
         assert_eq!(o.limit(), Some(8_550));
+    }
+
+    #[test]
+    fn a_lateness_excuses_silence_for_a_while_after_it_was_seen() {
+        let o = Overload::new(Some(100 * MS));
+        let mut clock = Instant::now();
+        // 20 samples of 50 ms late: about 1.2 s of the probe's clock.
+        feed_at(&o, &mut clock, 50 * MS, 0, 20);
+        let peak = o.silence_excused();
+        assert!(peak >= 40 * MS, "{peak:?}");
+        // On time again: the lateness falls at once, the excuse holds at
+        // least half of EXCUSE_FOR (4 s here)...
+        feed_at(&o, &mut clock, Duration::ZERO, 0, 400);
+        assert!(o.lateness() < MS, "{:?}", o.lateness());
+        assert_eq!(o.silence_excused(), peak);
+        // ... and is gone within all of it.
+        feed_at(&o, &mut clock, Duration::ZERO, 0, 1_000);
+        assert!(o.silence_excused() < MS, "{:?}", o.silence_excused());
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //!
 //! The message is for people. It never holds the session store's own error
 //! text, which is logged here instead (at most once a second: see
-//! [`crate::throttle`]).
+//! `throttle`).
 
 use std::collections::HashMap;
 use std::time::Duration;

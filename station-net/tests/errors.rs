@@ -571,6 +571,59 @@ async fn acknowledgements_coming_back_late_shed_new_sessions() {
     }
 }
 
+/// A late acknowledgement is not a dead client: while the server's own
+/// round trips say it runs late, it waits that much longer before it ends
+/// a stream for silence. Here the clients' acknowledgements fall behind in
+/// two steps, the second leaving each stream 1.2 s without one against a
+/// silence timeout of 1 s; the streams take that step one after another,
+/// as a server falls behind its connections one at a time, so round trips
+/// keep coming back. A server that judged silence by the timeout alone
+/// would end them all `CLIENT_SILENT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_server_does_not_end_late_acknowledgements_as_silence() {
+    const STREAMS: u64 = 100;
+    let mut session = SessionConfig::new(Duration::from_millis(50), Duration::from_secs(60));
+    session.silence_timeout = Duration::from_secs(1);
+    let server = Isolated::start(ServerConfig {
+        session,
+        shed_when_late: Some(Duration::from_millis(100)),
+        ..config()
+    });
+    let ch = channel(server.addr).await;
+    let mut delays = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..STREAMS {
+        let mut raw = Raw::start(&ch, open(&id(300 + i), 1000, 1)).await;
+        raw.attached().await;
+        let delay = Arc::new(AtomicU64::new(0));
+        clients.push(tokio::spawn(acknowledge(raw, delay.clone())));
+        delays.push(delay);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 600 ms late: a gap shorter than the timeout, and evidence.
+    for delay in &delays {
+        delay.store(600, Ordering::Relaxed);
+    }
+    server
+        .until("lateness of 400 ms", |o| {
+            o.lateness() >= Duration::from_millis(400)
+        })
+        .await;
+    // 1.8 s late, one stream every 10 ms.
+    for delay in &delays {
+        delay.store(1800, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for client in clients {
+        if client.is_finished() {
+            panic!("a stream ended: {:?}", client.await);
+        }
+        client.abort();
+    }
+}
+
 /// After running late, a server admits new sessions only while it holds
 /// fewer streams than it learned it carries on time, however on time it is
 /// again: a door that reopened at once would admit the same overload.

@@ -45,7 +45,8 @@
 //! or the server shuts down), it *releases* the session: one last write,
 //! after [`Output::End`], that sets the exact expiry. A server that dies
 //! without releasing leaves sessions that outlive their TTL by at most `L`
-//! plus the silence timeout. One expires early only if its renewal got
+//! plus the silence timeout (plus what its own lateness excused, see
+//! [`Stream::handle_running_late`]). One expires early only if its renewal got
 //! stuck in the store (by at most that wait, which the adapter's store
 //! timeout bounds): the store failed the stream, or the server died
 //! meanwhile.
@@ -142,6 +143,9 @@ pub struct Stream {
     /// Since when the server waits for the client (a first message, or an
     /// acknowledgement of numbers sent); `None` while it is the server's turn.
     waiting_since: Option<Instant>,
+    /// How much longer than the silence timeout the server waits for its
+    /// client while it runs late itself (see `handle_running_late`).
+    excused: Duration,
     /// `Attached` was emitted: the store confirmed this stream's hold.
     attached_once: bool,
     /// The final acknowledgement arrived; delete once the store is free.
@@ -177,6 +181,7 @@ impl Stream {
             next_tick: now,
             last_heard: now,
             waiting_since: Some(now),
+            excused: Duration::ZERO,
             attached_once: false,
             complete: false,
             delete_at: now,
@@ -491,11 +496,30 @@ impl Stream {
             return;
         }
         if let Some(since) = self.waiting_since {
-            if now >= since + self.cfg.silence_timeout {
-                return self.fail(now, Reject::Silent(self.cfg.silence_timeout));
+            let silence = self.silence();
+            if now >= since + silence {
+                return self.fail(now, Reject::Silent(silence));
             }
         }
         self.advance(now);
+    }
+
+    /// The server itself runs, or lately ran, `late` behind (how long what
+    /// it reads waits in its own queues: the adapter's overload signal), so
+    /// the message it waits for may already be there, unread. A late acknowledgement is
+    /// not a dead client: ending the stream would only bring the client
+    /// back as a resume, which costs a loaded server more. So the client's
+    /// silence is judged that much later, but at most
+    /// `ttl - interval - silence_timeout` later: a working stream is still
+    /// never quiet for longer than the TTL ([`Config::validate`], rule 4).
+    /// Zero restores the plain timeout. Like every `handle_*` call, it may
+    /// change [`poll_timeout`](Self::poll_timeout).
+    pub fn handle_running_late(&mut self, late: Duration) {
+        let most = self
+            .cfg
+            .ttl
+            .saturating_sub(self.cfg.interval + self.cfg.silence_timeout);
+        self.excused = late.min(most);
     }
 
     /// The client's side of the stream closed or broke. The record stays in
@@ -545,7 +569,7 @@ impl Stream {
         if self.is_over() {
             return None;
         }
-        let silence = self.waiting_since.map(|s| s + self.cfg.silence_timeout);
+        let silence = self.waiting_since.map(|s| s + self.silence());
         let attached = self.phase == Phase::Attached;
         // A due number waits for nothing but the clock, unless the lease
         // runs out first: then for a renewal (in flight, or asked again
@@ -598,6 +622,12 @@ impl Stream {
     /// Ended for the client (the release may still be under way).
     fn is_over(&self) -> bool {
         matches!(self.phase, Phase::Releasing | Phase::Ended)
+    }
+
+    /// How long the client may be silent: the timeout, and what the
+    /// server's own lateness excuses.
+    fn silence(&self) -> Duration {
+        self.cfg.silence_timeout + self.excused
     }
 
     fn heard(&mut self, now: Instant) {

@@ -42,6 +42,55 @@ fn silent_while_numbers_are_unacknowledged() {
     );
 }
 
+/// A server that runs late itself may not have read the acknowledgement it
+/// waits for: it waits that much longer, up to what the TTL allows, and
+/// the release still counts the TTL from when the stream last worked.
+#[test]
+fn a_server_running_late_waits_that_much_longer_for_its_client() {
+    let t0 = Instant::now();
+    let mut s = opened(t0, 100);
+    let silence = s.cfg.silence_timeout;
+    s.handle_running_late(SEC * 2);
+    for i in 1..5 {
+        assert_eq!(tick(&mut s, t0 + SEC * i), [number(i, 100)]);
+    }
+    // The plain timeout passes with the renewal: the stream goes on.
+    assert_eq!(
+        renewing_tick(&mut s, t0 + silence, renewal(100, 1, 0)),
+        [number(5, 100)]
+    );
+    assert_eq!(tick(&mut s, t0 + SEC * 6), [number(6, 100)]);
+    assert_eq!(s.poll_timeout(), Some(t0 + silence + SEC * 2));
+    s.handle_timeout(t0 + silence + SEC * 2);
+    assert_eq!(
+        drain(&mut s),
+        [
+            Output::End(End::Rejected(Reject::Silent(silence + SEC * 2))),
+            release(100, 1, 0, TTL - silence - SEC * 2)
+        ]
+    );
+}
+
+#[test]
+fn what_lateness_excuses_is_bounded_by_the_ttl_and_goes_with_it() {
+    let t0 = Instant::now();
+    let mut s = Stream::new(cfg(), t0);
+    let silence = s.cfg.silence_timeout;
+    // An hour late excuses no more than a working stream may be quiet.
+    s.handle_running_late(SEC * 3600);
+    assert_eq!(s.poll_timeout(), Some(t0 + TTL - SEC));
+    s.handle_timeout(t0 + silence);
+    assert_eq!(drain(&mut s), []);
+    // On time again: the plain timeout, already past, ends it.
+    s.handle_running_late(Duration::ZERO);
+    assert_eq!(s.poll_timeout(), Some(t0 + silence));
+    s.handle_timeout(t0 + silence + SEC);
+    assert_eq!(
+        drain(&mut s),
+        [Output::End(End::Rejected(Reject::Silent(silence)))]
+    );
+}
+
 #[test]
 fn acks_restart_the_silence_timer() {
     let t0 = Instant::now();
