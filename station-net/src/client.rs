@@ -211,6 +211,12 @@ impl Via {
         self.connection.mark(&self.connection.heard, at);
     }
 
+    /// Whether the connection carried a server message for another stream
+    /// after this stream's last one.
+    fn others_heard(&self) -> bool {
+        self.connection.after(&self.connection.heard, self.heard)
+    }
+
     /// Whether the connection may be dead one way or both, given how this
     /// stream failed: `unheard` if the server said it heard nothing from
     /// us (DEADLINE_EXCEEDED), else the stream fell silent. It works if
@@ -626,6 +632,13 @@ pub async fn run_in_trace(
         timer_woke = matches!(step, Step::Timer);
         let end = match step {
             Step::Timer => {
+                // Other streams' messages on this one's connection since its
+                // own last: the server is alive, only late for this stream
+                // (under load). Keep it rather than resume, which would cost
+                // that server a store load and a takeover more.
+                if via.as_ref().is_some_and(Via::others_heard) {
+                    client.handle_server_busy(now);
+                }
                 client.handle_timeout(now);
                 continue;
             }

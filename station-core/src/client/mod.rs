@@ -375,6 +375,27 @@ impl Client {
                 ),
             );
         }
+        self.hold_on(now, last);
+    }
+
+    /// The connection the current stream runs on has carried server
+    /// messages for other streams since this one's last: the server is
+    /// alive and sending, only late for this stream (it runs behind, under
+    /// load). Called when the watchdog is due, it keeps the stream as a
+    /// `Paused` would, within the same bounds: a resume costs a loaded
+    /// server a store load and a takeover more, and brings the numbers no
+    /// sooner. Without such evidence (one stream a connection, or a
+    /// connection silent as a whole) the watchdog judges alone.
+    pub fn handle_server_busy(&mut self, now: Instant) {
+        if let Phase::Streaming { last, .. } = self.phase {
+            self.hold_on(now, last);
+        }
+    }
+
+    /// Keeps the current stream, whose last server message came at `last`:
+    /// the watchdog starts over at `now`, within the client's patience,
+    /// and what we hold is acknowledged so that the server hears from us.
+    fn hold_on(&mut self, now: Instant, last: Instant) {
         let Some(heard) = self.last_heard else {
             return;
         };

@@ -192,3 +192,32 @@ fn paused_acks_what_is_held() {
     c.handle_paused(t0 + SEC * 2, 3);
     assert_eq!(drain(&mut c), [], "acked already");
 }
+
+/// A server that is alive but late for this stream (its connection carries
+/// other streams' numbers) keeps the stream at each watchdog, as a
+/// `Paused` does and within the same bound; outside a stream it says
+/// nothing, and past the bound the watchdog judges.
+#[test]
+fn a_busy_server_keeps_the_stream_for_half_the_ttl() {
+    let t0 = Instant::now();
+    let mut c = new_client(t0, 10);
+    c.handle_server_busy(t0);
+    assert_eq!(drain(&mut c), [], "no stream yet: nothing to keep");
+    c.handle_attached(t0, attached(10, 0, 1));
+    feed(&mut c, t0, 0..1, 10);
+    let silence = c.poll_timeout().unwrap() - t0;
+    let cap = t0 + TTL / 2;
+    let mut due = t0 + silence;
+    while due < cap {
+        assert_eq!(c.poll_timeout(), Some(due));
+        c.handle_server_busy(due);
+        c.handle_timeout(due);
+        assert_eq!(drain(&mut c), []);
+        due = (due + silence).min(cap);
+    }
+    assert_eq!(c.poll_timeout(), Some(cap));
+    c.handle_server_busy(cap);
+    c.handle_timeout(cap);
+    assert_eq!(drain(&mut c), [Output::Disconnect]);
+    assert!(!c.is_finished());
+}
