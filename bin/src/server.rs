@@ -125,9 +125,12 @@ async fn serve<S: SessionStore>(
 ) -> Result<(), String> {
     let kind = store.kind();
     let gauge_store = store.clone();
-    // Live sessions are a store-wide fact; sample them for the gauge.
+    // Live sessions are a store-wide fact; sample them for the gauge. On
+    // Redis a sample scans every key (paced, so it takes a while at
+    // scale): every 15 s, a common scrape interval, and never back to back.
     let sampler = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(Duration::from_secs(15));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let sample = gauge_store.live_sessions().await;
