@@ -158,7 +158,8 @@ pub struct ServerArgs {
     #[arg(long, env = "STATION_REDIS_BATCH_LINGER", default_value = "2ms", value_parser = parse_duration)]
     pub redis_batch_linger: Duration,
     /// End a stream whose client sends nothing the server waits for for this
-    /// long [default: 3 intervals + 2s, at most half the TTL].
+    /// long [default: 3 intervals + 2s, at most half the TTL]; longer, by
+    /// its recent lateness, while the server runs late.
     #[arg(long, env = "STATION_SILENCE_TIMEOUT", value_parser = parse_duration)]
     pub silence_timeout: Option<Duration>,
     /// How often a stream renews its hold on its session in the store: one

@@ -127,17 +127,15 @@ async fn serve<S: SessionStore>(
     let gauge_store = store.clone();
     // Live sessions are a store-wide fact; sample them for the gauge. On
     // Redis a sample scans every key (paced, so it takes a while at
-    // scale): every 15 s, a common scrape interval, and never back to back.
+    // scale): 15 s apart, a common scrape interval, never back to back.
     let sampler = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(15));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
             let sample = gauge_store.live_sessions().await;
             if let Err(e) = &sample {
                 tracing::debug!("cannot count live sessions: {e}");
             }
             station_net::metrics::set_live_sessions(sample.as_ref().copied());
+            tokio::time::sleep(Duration::from_secs(15)).await;
         }
     });
     let interval = cfg.session.interval;

@@ -73,7 +73,8 @@ pub enum Reject {
     #[error("unexpected message: {0}")]
     Unexpected(&'static str),
     /// The client sent no first message, or no acknowledgement the server
-    /// was waiting for, within the server's silence timeout.
+    /// was waiting for, within the server's silence timeout (and what its
+    /// lateness excused): the wait, all of it.
     #[error("the client was silent for longer than {0:?}")]
     Silent(std::time::Duration),
     /// Another stream resumed this session.

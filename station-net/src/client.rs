@@ -188,6 +188,9 @@ struct Via {
     heard: Instant,
     /// Whether the server answered its request (response headers).
     answered: bool,
+    /// When the client last kept it, late, on others' evidence
+    /// (`others_heard`): the next time needs evidence newer than that.
+    held: Instant,
 }
 
 impl Via {
@@ -197,6 +200,7 @@ impl Via {
             sent: at,
             heard: at,
             answered: false,
+            held: at,
         }
     }
 
@@ -212,9 +216,12 @@ impl Via {
     }
 
     /// Whether the connection carried a server message for another stream
-    /// after this stream's last one.
+    /// after this stream's last one, and after it was last kept on such
+    /// evidence: a server that stopped sending to everyone leaves its last
+    /// message behind, which must not keep every other stream for good.
     fn others_heard(&self) -> bool {
-        self.connection.after(&self.connection.heard, self.heard)
+        let since = self.heard.max(self.held);
+        self.connection.after(&self.connection.heard, since)
     }
 
     /// Whether the connection may be dead one way or both, given how this
@@ -636,7 +643,8 @@ pub async fn run_in_trace(
                 // own last: the server is alive, only late for this stream
                 // (under load). Keep it rather than resume, which would cost
                 // that server a store load and a takeover more.
-                if via.as_ref().is_some_and(Via::others_heard) {
+                if let Some(via) = via.as_mut().filter(|via| via.others_heard()) {
+                    via.held = now;
                     client.handle_server_busy(now);
                 }
                 client.handle_timeout(now);

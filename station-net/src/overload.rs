@@ -166,7 +166,8 @@ pub struct Overload {
     learning: Mutex<Learning>,
 }
 
-/// The moments the limit's AIMD compares against.
+/// What the probe keeps between samples: the moments the limit's AIMD
+/// compares against, the round trips' windows and the excuse's peak.
 #[derive(Debug, Default)]
 struct Learning {
     /// Since when the lateness has been at the threshold.
@@ -186,29 +187,37 @@ struct Learning {
     /// The lesser of the last two windows' (one late window is not a
     /// population too large: a client's pause, one retransmission).
     acks_late: Duration,
-    /// The highest lateness of the current and the previous half of
-    /// [`EXCUSE_FOR`], and when the current half began.
-    peaks: (Duration, Duration, Option<Instant>),
+    /// The highest lateness of the last [`EXCUSE_FOR`] or so.
+    peak: Peak,
     /// What the round trips take when nothing waits.
     baseline: Baseline,
 }
 
-impl Learning {
+/// The highest lateness over the last [`EXCUSE_FOR`]: two halves, the
+/// older dropped as a new one begins (as [`Baseline`] keeps its lowest).
+#[derive(Debug, Default)]
+struct Peak {
+    current: Duration,
+    previous: Duration,
+    since: Option<Instant>,
+}
+
+impl Peak {
     /// Takes in the lateness `late` at `now`; returns the highest of the
     /// last [`EXCUSE_FOR`] (at least half of it).
-    fn peak(&mut self, now: Instant, late: Duration) -> Duration {
-        let (current, previous, since) = &mut self.peaks;
-        let began = *since.get_or_insert(now);
-        let age = now.saturating_duration_since(began);
+    fn update(&mut self, now: Instant, late: Duration) -> Duration {
+        let since = *self.since.get_or_insert(now);
+        let age = now.saturating_duration_since(since);
         if age >= EXCUSE_FOR {
-            (*current, *previous) = (Duration::ZERO, Duration::ZERO);
-            *since = Some(now);
+            // Nothing taken in for a whole period: start afresh.
+            (self.current, self.previous) = (Duration::ZERO, Duration::ZERO);
+            self.since = Some(now);
         } else if age >= EXCUSE_FOR / 2 {
-            *previous = std::mem::take(current);
-            *since = Some(now);
+            self.previous = std::mem::take(&mut self.current);
+            self.since = Some(now);
         }
-        *current = (*current).max(late);
-        (*current).max(*previous)
+        self.current = self.current.max(late);
+        self.current.max(self.previous)
     }
 }
 
@@ -405,7 +414,7 @@ impl Overload {
         };
         let late = Duration::from_micros(new);
         let load = new as f64 / threshold as f64;
-        let excused = learning.peak(now, late);
+        let excused = learning.peak.update(now, late);
         self.excused_us
             .store(excused.as_micros() as u64, Ordering::Relaxed);
         self.learn(&mut learning, now, late, load, held);
@@ -812,8 +821,8 @@ mod tests {
         feed_at(&o, &mut clock, 50 * MS, 0, 20);
         let peak = o.silence_excused();
         assert!(peak >= 40 * MS, "{peak:?}");
-        // On time again: the lateness falls at once, the excuse holds at
-        // least half of EXCUSE_FOR (4 s here)...
+        // On time again, for 4 s: the lateness falls at once, the excuse
+        // holds (for at least half of EXCUSE_FOR)...
         feed_at(&o, &mut clock, Duration::ZERO, 0, 400);
         assert!(o.lateness() < MS, "{:?}", o.lateness());
         assert_eq!(o.silence_excused(), peak);

@@ -29,6 +29,8 @@ const LATE_BY: Duration = Duration::from_secs(5);
 const LATE_COUNT: u32 = 3;
 /// The other session on the connection: numbers all along.
 const BUSY_COUNT: u32 = 80;
+/// Sessions of this many get their first number, then nothing.
+const STALLED_COUNT: u32 = 4;
 
 /// Sends an `Open`'s session by script: `LATE_COUNT` numbers with a gap of
 /// `LATE_BY` after the first, anything else one number an interval.
@@ -60,6 +62,7 @@ impl NumbersStation for Busy {
             for index in 0..count {
                 let gap = match (count, index) {
                     (LATE_COUNT, 1) => LATE_BY,
+                    (STALLED_COUNT, 1) => Duration::from_secs(3600),
                     _ => INTERVAL,
                 };
                 tokio::time::sleep(gap).await;
@@ -158,6 +161,49 @@ async fn a_stream_late_while_its_connection_delivers_is_waited_on() {
     assert_eq!(late.reconnects, 0, "{late:?}");
     let (busy, _) = busy.await.unwrap();
     assert!(busy.verdict == Verdict::Verified, "{busy:?}");
+}
+
+/// A server that stops sending to every stream of a connection leaves
+/// one of them the last to hear from it: that message is no evidence for
+/// the others past the first watchdog it excuses, and every stream is
+/// called silent within two silence allowances (4.6 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_of_a_connection_gone_silent_as_a_whole_are_called_silent() {
+    let addr = serve().await;
+    let endpoints = Endpoints::tcp(&[addr.to_string()], &ChannelOptions::default()).unwrap();
+    let started = Instant::now();
+    let sessions = (4..8u8).map(|id| {
+        let endpoints = endpoints.clone();
+        tokio::spawn(async move {
+            let client = Client::new(
+                Instant::now(),
+                ClientConfig::default(),
+                ClientId::from_random_bytes([id; 16]),
+                STALLED_COUNT,
+                u64::from(id),
+            )
+            .unwrap();
+            let mut silent_after = None;
+            // Stopped at the first silence: this server cannot resume.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(8),
+                run(&endpoints, &DriverOptions::default(), client, |event, _| {
+                    if matches!(event, Event::Silent { .. }) {
+                        silent_after.get_or_insert(started.elapsed());
+                    }
+                }),
+            )
+            .await;
+            silent_after
+        })
+    });
+    for session in sessions.collect::<Vec<_>>() {
+        let after = session.await.unwrap().expect("called silent");
+        assert!(
+            after < Duration::from_secs(6),
+            "called silent after {after:?}"
+        );
+    }
 }
 
 /// The same late stream alone on its connection: nothing says the server

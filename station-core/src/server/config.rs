@@ -28,7 +28,9 @@ pub struct Config {
     /// client (ARCHITECTURE.md §2).
     pub ttl: Duration,
     /// A stream whose client sends no first message, or none of the
-    /// acknowledgements the server waits for, for this long is ended.
+    /// acknowledgements the server waits for, for this long is ended
+    /// (an attached one later while the server runs late:
+    /// [`Stream::handle_running_late`](super::Stream::handle_running_late)).
     pub silence_timeout: Duration,
     /// Most numbers sent beyond the client's last acknowledgement. Bounds
     /// what a client that stops reading can make the server buffer.
@@ -38,7 +40,7 @@ pub struct Config {
     /// of one per number. A stream that was taken over sends no number
     /// later than twice this after the takeover; a server that dies without
     /// releasing its sessions leaves them up to this (plus the silence
-    /// timeout) past their TTL.
+    /// timeout, and what its lateness excused) past their TTL.
     pub lease: Duration,
 }
 

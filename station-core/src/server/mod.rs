@@ -504,12 +504,15 @@ impl Stream {
         self.advance(now);
     }
 
-    /// The server itself runs, or lately ran, `late` behind (how long what
-    /// it reads waits in its own queues: the adapter's overload signal), so
-    /// the message it waits for may already be there, unread. A late acknowledgement is
-    /// not a dead client: ending the stream would only bring the client
-    /// back as a resume, which costs a loaded server more. So the client's
-    /// silence is judged that much later, but at most
+    /// The server runs, or lately ran, `late` behind: the adapter's
+    /// overload signal, which is how long acknowledgements take over their
+    /// usual round trip (the server's own queues, and the network's and
+    /// the clients' when they are loaded too), so the acknowledgement an
+    /// attached stream waits for may be on its way, or already there,
+    /// unread. A late acknowledgement is not a dead client: ending the
+    /// stream would only bring the client back as a resume, which costs a
+    /// loaded server more. So an attached stream judges its client's
+    /// silence that much later, but at most
     /// `ttl - interval - silence_timeout` later: a working stream is still
     /// never quiet for longer than the TTL ([`Config::validate`], rule 4).
     /// Zero restores the plain timeout. Like every `handle_*` call, it may
@@ -624,10 +627,15 @@ impl Stream {
         matches!(self.phase, Phase::Releasing | Phase::Ended)
     }
 
-    /// How long the client may be silent: the timeout, and what the
-    /// server's own lateness excuses.
+    /// How long the client may be silent: the timeout, and, once the
+    /// stream is attached, what the server's own lateness excuses (a
+    /// stream that never sent its first message has no session to keep
+    /// and no resume to save).
     fn silence(&self) -> Duration {
-        self.cfg.silence_timeout + self.excused
+        match self.phase {
+            Phase::Attached => self.cfg.silence_timeout + self.excused,
+            _ => self.cfg.silence_timeout,
+        }
     }
 
     fn heard(&mut self, now: Instant) {

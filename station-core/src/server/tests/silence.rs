@@ -74,17 +74,40 @@ fn a_server_running_late_waits_that_much_longer_for_its_client() {
 #[test]
 fn what_lateness_excuses_is_bounded_by_the_ttl_and_goes_with_it() {
     let t0 = Instant::now();
-    let mut s = Stream::new(cfg(), t0);
+    // Its one number went out at t0; the final acknowledgement never comes.
+    let mut s = opened(t0, 1);
     let silence = s.cfg.silence_timeout;
-    // An hour late excuses no more than a working stream may be quiet.
+    // An hour late excuses no more than a working stream may be quiet: an
+    // interval less than the TTL in all. The lease is renewed meanwhile.
     s.handle_running_late(SEC * 3600);
+    for k in 1..=5 {
+        assert_eq!(renewing_tick(&mut s, t0 + LEASE * k, renewal(1, 1, 0)), []);
+    }
     assert_eq!(s.poll_timeout(), Some(t0 + TTL - SEC));
-    s.handle_timeout(t0 + silence);
-    assert_eq!(drain(&mut s), []);
-    // On time again: the plain timeout, already past, ends it.
+    // On time again: the plain timeout, long past, ends it; the session
+    // still expires a TTL after the stream last worked.
     s.handle_running_late(Duration::ZERO);
     assert_eq!(s.poll_timeout(), Some(t0 + silence));
-    s.handle_timeout(t0 + silence + SEC);
+    s.handle_timeout(t0 + SEC * 26);
+    assert_eq!(
+        drain(&mut s),
+        [
+            Output::End(End::Rejected(Reject::Silent(silence))),
+            release(1, 1, 0, TTL - SEC * 26)
+        ]
+    );
+}
+
+/// A stream that never sent its first message has no session to keep: the
+/// server's lateness excuses nothing there.
+#[test]
+fn lateness_excuses_no_silence_before_the_first_message() {
+    let t0 = Instant::now();
+    let mut s = Stream::new(cfg(), t0);
+    let silence = s.cfg.silence_timeout;
+    s.handle_running_late(SEC * 3);
+    assert_eq!(s.poll_timeout(), Some(t0 + silence));
+    s.handle_timeout(t0 + silence);
     assert_eq!(
         drain(&mut s),
         [Output::End(End::Rejected(Reject::Silent(silence)))]

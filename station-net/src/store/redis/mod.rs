@@ -125,12 +125,12 @@ const MAX_DURATION_US: u64 = 10 * 365 * 24 * 3600 * 1_000_000;
 const _: () = assert!(4_000_000_000_000_000 + 2 * MAX_DURATION_US < 1 << 53);
 /// Keys per `SCAN` step and per counting script in `live_sessions`.
 const SCAN_BATCH: usize = 1000;
-/// The pause between two steps of `live_sessions` (a `SCAN`, or a counting
-/// script of [`SCAN_BATCH`] keys, about a millisecond of Redis each).
-/// Counting is a store-wide scan: unpaced, at 40,000 sessions it held
-/// Redis, and the core it shares, for a burst that every session's numbers
-/// felt (p99 lateness 150-210 ms, each time the gauge was sampled, against
-/// 5 ms between; BENCHMARKS.md). Paced, it takes longer and nobody feels it.
+/// The pause between two steps of `live_sessions` (a `SCAN`, a bucket's
+/// keys, or a counting script of [`SCAN_BATCH`] keys, about a millisecond
+/// of Redis each). Counting is a store-wide scan: unpaced, at 40,000
+/// sessions it held Redis, and the core it shares with the load, for a
+/// burst that every session's numbers felt each time the gauge was sampled
+/// (p99 lateness 122.8 ms, against 11.1 ms paced; BENCHMARKS.md).
 const COUNT_PACE: Duration = Duration::from_millis(2);
 
 /// Most updates sent in one script call. Redis runs nothing else while a
@@ -511,6 +511,7 @@ impl RedisStore {
                     .filter(|k| k.starts_with(prefix.as_bytes()))
                     .collect(),
             );
+            tokio::time::sleep(COUNT_PACE).await;
         }
         Ok(keys)
     }
