@@ -45,6 +45,9 @@ pub const LATENESS: &str = "station_scheduling_lateness_seconds";
 /// Median round trip of a number and its acknowledgement over the last
 /// quarter second (absent until a quarter second has enough of them).
 pub const ACK_ROUND_TRIP: &str = "station_ack_round_trip_seconds";
+/// How much longer than the silence timeout attached streams wait for
+/// their clients while the server runs late (seconds).
+pub const SILENCE_EXCUSED: &str = "station_silence_excused_seconds";
 /// 1 while the server sheds new sessions, else 0.
 pub const SHEDDING: &str = "station_shedding";
 /// The learned limit on streams held (absent until one is learned).
@@ -108,6 +111,11 @@ pub fn describe() {
         Unit::Seconds,
         "Median round trip of a number and its acknowledgement over the last quarter second"
     );
+    describe_gauge!(
+        SILENCE_EXCUSED,
+        Unit::Seconds,
+        "How much longer than the silence timeout attached streams wait for their clients' acknowledgements: the server's highest lateness of the last 5-10 s"
+    );
     describe_gauge!(SHEDDING, "1 while the server sheds new sessions");
     describe_gauge!(
         SESSION_LIMIT,
@@ -145,9 +153,15 @@ pub(crate) fn set_ack_round_trip(median: Option<Duration>) {
     }
 }
 
-/// Reports the overload signal.
-pub(crate) fn set_overload(lateness: Duration, shedding: bool, limit: Option<u64>) {
+/// Reports the overload signal, and the silence it excuses.
+pub(crate) fn set_overload(
+    lateness: Duration,
+    excused: Duration,
+    shedding: bool,
+    limit: Option<u64>,
+) {
     gauge!(LATENESS).set(lateness.as_secs_f64());
+    gauge!(SILENCE_EXCUSED).set(excused.as_secs_f64());
     gauge!(SHEDDING).set(if shedding { 1.0 } else { 0.0 });
     if let Some(limit) = limit {
         gauge!(SESSION_LIMIT).set(limit as f64);

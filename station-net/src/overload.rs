@@ -419,7 +419,7 @@ impl Overload {
             .store(excused.as_micros() as u64, Ordering::Relaxed);
         self.learn(&mut learning, now, late, load, held);
         drop(learning);
-        crate::metrics::set_overload(late, sheds, self.limit());
+        crate::metrics::set_overload(late, excused, sheds, self.limit());
         if sheds != was {
             self.shedding.store(sheds, Ordering::Relaxed);
             if sheds {

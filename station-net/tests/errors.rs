@@ -622,6 +622,10 @@ async fn a_late_server_does_not_end_late_acknowledgements_as_silence() {
         }
         client.abort();
     }
+    // What the streams were excused (and `/metrics` shows) is the peak,
+    // held while round trips were missing.
+    let excused = server.station.overload().silence_excused();
+    assert!(excused >= Duration::from_millis(400), "{excused:?}");
 }
 
 /// After running late, a server admits new sessions only while it holds
