@@ -381,7 +381,6 @@ impl<S: SessionStore> Drive for Driver<S> {
                 *this.drain_at = None;
                 session.begin_shutdown(now());
             }
-            session.handle_running_late(shared.overload.silence_excused());
             session.handle_timeout(now());
         }
     }
