@@ -193,66 +193,72 @@ struct Learning {
     baseline: Baseline,
 }
 
-/// The highest lateness over the last [`EXCUSE_FOR`]: two halves, the
-/// older dropped as a new one begins (as [`Baseline`] keeps its lowest).
+/// What was taken in over the last period (between half of it and all of
+/// it), in two halves: the older is dropped as a new one begins, both
+/// after a whole period with nothing taken in. Each half keeps one
+/// extreme, the lowest or the highest.
 #[derive(Debug, Default)]
-struct Peak {
-    current: Duration,
-    previous: Duration,
+struct Halves {
+    current: Option<Duration>,
+    previous: Option<Duration>,
     since: Option<Instant>,
 }
+
+impl Halves {
+    /// Ages the halves to `now`, for a window of `period`.
+    fn roll(&mut self, now: Instant, period: Duration) {
+        let since = *self.since.get_or_insert(now);
+        let age = now.saturating_duration_since(since);
+        if age >= period {
+            // Nothing taken in for a whole period: start afresh.
+            (self.previous, self.current) = (None, None);
+            self.since = Some(now);
+        } else if age >= period / 2 {
+            self.previous = self.current.take();
+            self.since = Some(now);
+        }
+    }
+
+    /// Takes `value` into the current half, which keeps what `extreme`
+    /// picks of it and what it held.
+    fn take_in(&mut self, value: Duration, extreme: fn(Duration, Duration) -> Duration) {
+        self.current = Some(self.current.map_or(value, |c| extreme(c, value)));
+    }
+
+    /// What both halves hold.
+    fn kept(&self) -> impl Iterator<Item = Duration> {
+        [self.current, self.previous].into_iter().flatten()
+    }
+}
+
+/// The highest lateness over the last [`EXCUSE_FOR`].
+#[derive(Debug, Default)]
+struct Peak(Halves);
 
 impl Peak {
     /// Takes in the lateness `late` at `now`; returns the highest of the
     /// last [`EXCUSE_FOR`] (at least half of it).
     fn update(&mut self, now: Instant, late: Duration) -> Duration {
-        let since = *self.since.get_or_insert(now);
-        let age = now.saturating_duration_since(since);
-        if age >= EXCUSE_FOR {
-            // Nothing taken in for a whole period: start afresh.
-            (self.current, self.previous) = (Duration::ZERO, Duration::ZERO);
-            self.since = Some(now);
-        } else if age >= EXCUSE_FOR / 2 {
-            self.previous = std::mem::take(&mut self.current);
-            self.since = Some(now);
-        }
-        self.current = self.current.max(late);
-        self.current.max(self.previous)
+        self.0.roll(now, EXCUSE_FOR);
+        self.0.take_in(late, Duration::max);
+        self.0.kept().max().unwrap_or_default()
     }
 }
 
-/// The lowest window median over the last [`BASELINE_FOR`]: two halves,
-/// the older dropped as a new one begins.
+/// The lowest window median over the last [`BASELINE_FOR`].
 #[derive(Debug, Default)]
-struct Baseline {
-    current: Option<Duration>,
-    previous: Option<Duration>,
-    since: Option<Instant>,
-}
+struct Baseline(Halves);
 
 impl Baseline {
     /// Takes in a window's `median` at `now` (only if `learn`: an overload
     /// must not become what is normal); returns the baseline (`median`
     /// itself while there is none).
     fn update(&mut self, now: Instant, median: Duration, learn: bool) -> Duration {
-        let since = *self.since.get_or_insert(now);
-        let age = now.saturating_duration_since(since);
-        if age >= BASELINE_FOR {
-            // Nothing gathered for a whole period: start afresh.
-            (self.previous, self.current) = (None, None);
-            self.since = Some(now);
-        } else if age >= BASELINE_FOR / 2 {
-            self.previous = self.current.take();
-            self.since = Some(now);
-        }
+        self.0.roll(now, BASELINE_FOR);
         if learn {
-            self.current = Some(self.current.map_or(median, |c| c.min(median)));
+            self.0.take_in(median, Duration::min);
         }
-        [self.current, self.previous]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(median)
+        self.0.kept().min().unwrap_or(median)
     }
 }
 
