@@ -117,17 +117,23 @@ fn number(index: u32, count: u32) -> ServerMessage {
     }
 }
 
-/// Runs one session of `count` over `endpoints`: its outcome and how many
-/// times its stream was called silent.
-async fn session(endpoints: &Endpoints, id: u8, count: u32) -> (Outcome, u32) {
-    let client = Client::new(
+/// A client of `count` numbers whose id (and seed) is `id`.
+fn client(id: u8, count: u32) -> Client {
+    let client_id = ClientId::from_random_bytes([id; 16]);
+    Client::new(
         Instant::now(),
         ClientConfig::default(),
-        ClientId::from_random_bytes([id; 16]),
+        client_id,
         count,
         u64::from(id),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// Runs one session of `count` over `endpoints`: its outcome and how many
+/// times its stream was called silent.
+async fn session(endpoints: &Endpoints, id: u8, count: u32) -> (Outcome, u32) {
+    let client = client(id, count);
     let opts = DriverOptions {
         linger: Duration::from_millis(100),
         ..DriverOptions::default()
@@ -175,14 +181,7 @@ async fn streams_of_a_connection_gone_silent_as_a_whole_are_called_silent() {
     let sessions = (4..8u8).map(|id| {
         let endpoints = endpoints.clone();
         tokio::spawn(async move {
-            let client = Client::new(
-                Instant::now(),
-                ClientConfig::default(),
-                ClientId::from_random_bytes([id; 16]),
-                STALLED_COUNT,
-                u64::from(id),
-            )
-            .unwrap();
+            let client = client(id, STALLED_COUNT);
             let mut silent_after = None;
             // Stopped at the first silence: this server cannot resume.
             let _ = tokio::time::timeout(
@@ -214,14 +213,7 @@ async fn a_stream_late_alone_on_its_connection_is_called_silent() {
     let endpoints = Endpoints::tcp(&[addr.to_string()], &ChannelOptions::default()).unwrap();
     let started = Instant::now();
     let mut silent = 0;
-    let client = Client::new(
-        Instant::now(),
-        ClientConfig::default(),
-        ClientId::from_random_bytes([3; 16]),
-        LATE_COUNT,
-        3,
-    )
-    .unwrap();
+    let client = client(3, LATE_COUNT);
     // Stopped at the first silence: this server cannot resume a session.
     let _ = tokio::time::timeout(
         LATE_BY,
