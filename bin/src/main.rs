@@ -128,6 +128,13 @@ pub struct ServerArgs {
     /// many streams the server carries on time; 0s never sheds or limits.
     #[arg(long, env = "STATION_SHED_WHEN_LATE", default_value = "250ms", value_parser = parse_duration)]
     pub shed_when_late: Duration,
+    /// Refuse new sessions (RESOURCE_EXHAUSTED, reason OVERLOADED) while
+    /// the server keeps this percentage of the processors it may run on
+    /// (its affinity and cgroup quota) busy over a second, until it is 5
+    /// points under: the door shuts where the processors fill, before
+    /// the server runs late. 0 never does.
+    #[arg(long, env = "STATION_SHED_WHEN_BUSY", default_value_t = 90, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub shed_when_busy: u8,
     /// When a full or overloaded server, or one whose store failed, tells
     /// clients to come back (RetryInfo, grpc-retry-pushback-ms), plus a
     /// random 0-50 %; OVERLOADED past 1,000 refusals a second, up to 5

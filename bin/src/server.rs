@@ -110,6 +110,7 @@ pub(crate) fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
         tls: tls(args)?,
         retry_after: args.retry_after,
         shed_when_late: Some(args.shed_when_late).filter(|d| !d.is_zero()),
+        shed_when_busy: (args.shed_when_busy > 0).then(|| f64::from(args.shed_when_busy) / 100.0),
         drain_period: args.drain_period.unwrap_or(args.interval.saturating_mul(3)),
         health_every: args.health_every,
         ..ServerConfig::default()

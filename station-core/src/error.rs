@@ -160,4 +160,9 @@ pub enum Busy {
         /// The learned limit.
         limit: u64,
     },
+    /// Its process has kept this share (in percent) of the processors it
+    /// may run on busy over the last second: past what it carries on
+    /// time, before it runs late.
+    #[error("its processors are {0} % busy")]
+    Cpu(u8),
 }

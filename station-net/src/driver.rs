@@ -467,16 +467,9 @@ fn handle<S: SessionStore>(
             // resume only turns lateness into an expired session, and a
             // slow store into lost ones (ARCHITECTURE.md §7).
             if session.client_id().is_none() {
-                if let Some(late) = shared.overload.shedding() {
-                    return session.abort(now, Reject::Overloaded(Busy::Late(late)));
-                }
                 // This stream's own place is counted in `held`.
                 let others = shared.held().saturating_sub(1);
-                if let Err(limit) = shared.overload.admits(others) {
-                    let busy = Busy::Limit {
-                        held: others,
-                        limit,
-                    };
+                if let Err(busy) = shared.overload.admits(others) {
                     return session.abort(now, Reject::Overloaded(busy));
                 }
                 if let Err(closed) = shared.admission.admits(now) {

@@ -50,6 +50,11 @@ pub const ACK_ROUND_TRIP: &str = "station_ack_round_trip_seconds";
 pub const SILENCE_EXCUSED: &str = "station_silence_excused_seconds";
 /// 1 while the server sheds new sessions, else 0.
 pub const SHEDDING: &str = "station_shedding";
+/// Share of the processors the process may run on that it kept busy over
+/// the last second (absent unless `--shed-when-busy` is on).
+pub const CPU_BUSY: &str = "station_cpu_busy_ratio";
+/// 1 while new sessions are refused because the processors are busy.
+pub const CPU_FULL: &str = "station_cpu_full";
 /// The learned limit on streams held (absent until one is learned).
 pub const SESSION_LIMIT: &str = "station_session_limit";
 /// Streams refused before they attached (never admitted), by reason.
@@ -118,6 +123,14 @@ pub fn describe() {
     );
     describe_gauge!(SHEDDING, "1 while the server sheds new sessions");
     describe_gauge!(
+        CPU_BUSY,
+        "Share of the processors the server may run on that it kept busy over the last second"
+    );
+    describe_gauge!(
+        CPU_FULL,
+        "1 while new sessions are refused because the server's processors are busy"
+    );
+    describe_gauge!(
         SESSION_LIMIT,
         "Streams the server has learned it carries on time; new sessions wait while it holds this many"
     );
@@ -151,6 +164,12 @@ pub(crate) fn set_ack_round_trip(median: Option<Duration>) {
     if let Some(median) = median {
         gauge!(ACK_ROUND_TRIP).set(median.as_secs_f64());
     }
+}
+
+/// Reports the processors' share, and whether new sessions are refused on it.
+pub(crate) fn set_cpu_busy(share: f64, full: bool) {
+    gauge!(CPU_BUSY).set(share);
+    gauge!(CPU_FULL).set(if full { 1.0 } else { 0.0 });
 }
 
 /// Reports the overload signal, and the silence it excuses.

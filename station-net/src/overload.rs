@@ -53,6 +53,20 @@
 //! server a store load and a takeover more (BENCHMARKS.md: 76,988 streams
 //! ended silent in one run at three times the capacity, and came back).
 //!
+//! **Processors busy.** Lateness shows only once the server is past what
+//! its processors carry: work queues from then on, and the lateness grows
+//! with the queue, so the threshold trips seconds after the knee. At
+//! 2,000 new sessions a second, the sessions admitted in those seconds
+//! carried one server 10,000 streams past its knee, and each costs it a
+//! minute of work (BENCHMARKS.md: 43,703 admitted sessions failed at three
+//! times its capacity). So the probe also measures the share of the
+//! processors the process may run on (its CPU time against the wall
+//! clock, over the last [`CPU_OVER`], every [`CPU_EVERY`]), and new
+//! sessions are refused while it is at `--shed-when-busy` or over, until
+//! it falls [`CPU_HYSTERESIS`] under that: a door that shuts at the
+//! knee, not after it. It holds no state beyond the moment, so a burst
+//! (a herd of resumes) shuts it only while it lasts.
+//!
 //! **The session limit.** Shedding alone lets the door flap: an admitted
 //! session costs its server work for its whole schedule, so a door that
 //! reopens the moment lateness dips admits a burst that pushes it straight
@@ -87,10 +101,11 @@
 //! A new session is refused while the streams held are at the limit; the
 //! limit starts unset (no limit) and never goes below [`MIN_LIMIT`].
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use station_core::Busy;
 use tokio_util::sync::CancellationToken;
 
 /// How often the probe measures.
@@ -139,6 +154,16 @@ pub const BASELINE_FOR: Duration = Duration::from_secs(300);
 /// A lateness excuses clients' silence for this long after it was seen
 /// (see [`Overload::silence_excused`]).
 pub const EXCUSE_FOR: Duration = Duration::from_secs(10);
+/// The processors' share is measured this often...
+pub const CPU_EVERY: Duration = Duration::from_millis(250);
+/// ... over this long: a whole second, so that the ticks' bursts within
+/// it (sessions tick on the second) average out.
+pub const CPU_OVER: Duration = Duration::from_secs(1);
+/// Once refused on a busy share, new sessions are admitted again only
+/// under this much below it: each session admitted costs its server work
+/// for a minute, so a door that reopened at the threshold would let in a
+/// burst that shuts it at once, and the population would ratchet up.
+pub const CPU_HYSTERESIS: f64 = 0.05;
 /// The limit never goes below this many streams, nor grows by fewer.
 pub const MIN_LIMIT: u64 = 64;
 /// No limit learned yet.
@@ -152,6 +177,12 @@ const SMOOTHING: u64 = 8;
 pub struct Overload {
     /// Shed when the smoothed lateness reaches this (micros); `None`: never.
     threshold_us: Option<u64>,
+    /// Refuse new sessions when the processors' share reaches this (per
+    /// mille); `None`: never.
+    busy_at_pm: Option<u32>,
+    /// The processors' share over the last [`CPU_OVER`], per mille, while
+    /// it refuses new sessions; 0 while it does not.
+    cpu_full_pm: AtomicU32,
     /// Smoothed lateness (the larger of the two signals), micros.
     smoothed_us: AtomicU64,
     /// The highest smoothed lateness of the last [`EXCUSE_FOR`] or so,
@@ -329,13 +360,18 @@ fn lower_edge(i: usize) -> u64 {
 }
 
 impl Overload {
-    /// A signal that sheds at `threshold` of smoothed lateness (`None` or
-    /// zero: never sheds).
-    pub fn new(threshold: Option<Duration>) -> Self {
+    /// A signal that sheds at `threshold` of smoothed lateness, and at
+    /// `busy_at` share (0 to 1) of the processors busy (`None` or zero:
+    /// never on that).
+    pub fn new(threshold: Option<Duration>, busy_at: Option<f64>) -> Self {
         Overload {
             threshold_us: threshold
                 .filter(|t| !t.is_zero())
                 .map(|t| t.as_micros().min(u64::MAX as u128) as u64),
+            busy_at_pm: busy_at
+                .filter(|b| *b > 0.0)
+                .map(|b| (b.min(1.0) * 1000.0).round() as u32),
+            cpu_full_pm: AtomicU32::new(0),
             smoothed_us: AtomicU64::new(0),
             excused_us: AtomicU64::new(0),
             shedding: AtomicBool::new(false),
@@ -345,9 +381,14 @@ impl Overload {
         }
     }
 
-    /// Whether shedding is configured at all.
+    /// Whether shedding on lateness is configured at all.
     pub fn enabled(&self) -> bool {
         self.threshold_us.is_some()
+    }
+
+    /// Whether refusing on the processors' share is configured.
+    pub fn watches_cpu(&self) -> bool {
+        self.busy_at_pm.is_some()
     }
 
     /// Whether new sessions should be refused now: `Some(lateness)` if so.
@@ -357,12 +398,51 @@ impl Overload {
             .then(|| self.lateness())
     }
 
-    /// Whether a new session may join the `held` streams: `Err(limit)` if
-    /// the learned limit is reached.
-    pub fn admits(&self, held: u64) -> Result<(), u64> {
+    /// Whether a new session may join the `held` streams: not while the
+    /// server sheds on lateness, nor while its processors are full, nor
+    /// once the learned limit is reached.
+    pub fn admits(&self, held: u64) -> Result<(), Busy> {
         match self.limit.load(Ordering::Relaxed) {
-            limit if held >= limit => Err(limit),
-            _ => Ok(()),
+            limit if held >= limit => return Err(Busy::Limit { held, limit }),
+            _ => {}
+        }
+        if let Some(late) = self.shedding() {
+            return Err(Busy::Late(late));
+        }
+        match self.cpu_full_pm.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            pm => Err(Busy::Cpu((pm / 10).min(100) as u8)),
+        }
+    }
+
+    /// The process kept `share` (0 to 1) of the processors it may run on
+    /// busy over the last [`CPU_OVER`]. Only the probe calls this.
+    pub fn cpu_used(&self, share: f64) {
+        let Some(busy_at) = self.busy_at_pm else {
+            return;
+        };
+        let pm = (share.clamp(0.0, 1.0) * 1000.0).round() as u32;
+        let was = self.cpu_full_pm.load(Ordering::Relaxed) != 0;
+        let hysteresis = (CPU_HYSTERESIS * 1000.0) as u32;
+        let full = match was {
+            true => pm + hysteresis >= busy_at,
+            false => pm >= busy_at,
+        };
+        // Never 0 while full, so 0 can mean "not full".
+        let stored = if full { pm.max(1) } else { 0 };
+        self.cpu_full_pm.store(stored, Ordering::Relaxed);
+        crate::metrics::set_cpu_busy(share, full);
+        if full != was {
+            match full {
+                true => tracing::warn!(
+                    busy = share,
+                    "processors full: refusing new sessions"
+                ),
+                false => tracing::info!(
+                    busy = share,
+                    "processors have room: admitting new sessions again"
+                ),
+            }
         }
     }
 
@@ -532,16 +612,18 @@ fn lasting(since: &mut Option<Instant>, on: bool, now: Instant) -> Duration {
 }
 
 /// Measures scheduling lateness (and folds in the acknowledgements' round
-/// trips) until `stop` is cancelled; `held` counts
-/// the streams held at each sample.
+/// trips), and the processors' share, until `stop` is cancelled; `held`
+/// counts the streams held at each sample.
 pub async fn probe(
     signal: std::sync::Arc<Overload>,
     held: impl Fn() -> u64,
     stop: CancellationToken,
 ) {
-    if !signal.enabled() {
+    if !signal.enabled() && !signal.watches_cpu() {
         return;
     }
+    let mut cpu = signal.watches_cpu().then(CpuShare::new).flatten();
+    let mut next_cpu = tokio::time::Instant::now() + CPU_EVERY;
     loop {
         let due = tokio::time::Instant::now() + PROBE_EVERY;
         tokio::select! {
@@ -551,7 +633,64 @@ pub async fn probe(
         }
         let now = tokio::time::Instant::now();
         signal.observe(now.into_std(), now.saturating_duration_since(due), held());
+        if let Some(cpu) = cpu.as_mut().filter(|_| now >= next_cpu) {
+            next_cpu = now + CPU_EVERY;
+            if let Some(share) = cpu.sample(now.into_std()) {
+                signal.cpu_used(share);
+            }
+        }
     }
+}
+
+/// The share of the processors a process may run on that it keeps busy:
+/// its CPU time (all its threads) against the wall clock times the
+/// processors, over the last [`CPU_OVER`].
+#[derive(Debug)]
+pub struct CpuShare {
+    /// Processors the process may run on: its affinity mask and cgroup
+    /// quota, as the standard library reads them.
+    processors: f64,
+    /// (wall clock, CPU time) samples of the last [`CPU_OVER`] or so,
+    /// oldest first.
+    samples: std::collections::VecDeque<(Instant, Duration)>,
+}
+
+impl CpuShare {
+    /// `None` where the process's CPU time cannot be read.
+    pub fn new() -> Option<Self> {
+        let processors = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let mut samples = std::collections::VecDeque::new();
+        samples.push_back((Instant::now(), process_cpu_time()?));
+        Some(CpuShare {
+            processors,
+            samples,
+        })
+    }
+
+    /// The share since the oldest sample kept, at `now`, once a whole
+    /// [`CPU_OVER`] has been seen.
+    pub fn sample(&mut self, now: Instant) -> Option<f64> {
+        let used = process_cpu_time()?;
+        self.samples.push_back((now, used));
+        while self.samples.len() > 2
+            && now.saturating_duration_since(self.samples[1].0) >= CPU_OVER
+        {
+            self.samples.pop_front();
+        }
+        let (since, used_then) = *self.samples.front()?;
+        let wall = now.saturating_duration_since(since);
+        (wall >= CPU_OVER)
+            .then(|| used.saturating_sub(used_then).as_secs_f64() / (wall.as_secs_f64() * self.processors))
+    }
+}
+
+/// The CPU time all the process's threads have used so far.
+fn process_cpu_time() -> Option<Duration> {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Some(Duration::new(
+        u64::try_from(t.tv_sec).ok()?,
+        u32::try_from(t.tv_nsec).ok()?,
+    ))
 }
 
 #[cfg(test)]
@@ -559,6 +698,16 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    impl Overload {
+        /// The limit, if it is what refuses a new session beside `held`.
+        fn limited(&self, held: u64) -> Option<u64> {
+            match self.admits(held) {
+                Err(Busy::Limit { limit, .. }) => Some(limit),
+                _ => None,
+            }
+        }
+    }
 
     fn feed(o: &Overload, late: Duration, times: usize) {
         feed_at(o, &mut Instant::now(), late, 0, times);
@@ -666,7 +815,7 @@ mod tests {
 
     #[test]
     fn acknowledgements_late_over_their_baseline_shed_and_cut_the_limit() {
-        let o = Overload::new(Some(100 * MS));
+        let o = Overload::new(Some(100 * MS), None);
         let t = &mut Instant::now();
         // A far network: round trips of 300 ms from the start are its
         // baseline, not lateness.
@@ -697,7 +846,7 @@ mod tests {
 
     #[test]
     fn round_trips_are_not_kept_unless_shedding_is_configured() {
-        let o = Overload::new(None);
+        let o = Overload::new(None, None);
         for _ in 0..100 {
             o.ack_round_trip(Duration::from_secs(9));
         }
@@ -706,7 +855,7 @@ mod tests {
 
     #[test]
     fn sheds_only_on_sustained_lateness_and_stops_below_half() {
-        let o = Overload::new(Some(100 * MS));
+        let o = Overload::new(Some(100 * MS), None);
         assert!(o.enabled());
         feed(&o, Duration::ZERO, 10);
         assert_eq!(o.shedding(), None);
@@ -730,12 +879,12 @@ mod tests {
 
     #[test]
     fn the_limit_is_cut_below_a_late_population_and_grows_back_only_while_it_binds() {
-        let o = Overload::new(Some(100 * MS));
+        let o = Overload::new(Some(100 * MS), None);
         let t = &mut Instant::now();
         // On time: no limit is learned, however many streams are held.
         feed_at(&o, t, Duration::ZERO, 50_000, 1_000);
         assert_eq!(o.limit(), None);
-        assert_eq!(o.admits(1_000_000), Ok(()));
+        assert_eq!(o.limited(1_000_000), None);
         // One stall of the whole process: late for 140 ms, no cut.
         feed_at(&o, t, Duration::from_secs(5), 10_000, 1);
         feed_at(&o, t, Duration::ZERO, 10_000, 100);
@@ -747,8 +896,8 @@ mod tests {
         assert_eq!(o.limit(), None);
         feed_at(&o, t, 200 * MS, 10_000, 3);
         assert_eq!(o.limit(), Some(9_000));
-        assert_eq!(o.admits(9_500), Err(9_000));
-        assert_eq!(o.admits(8_999), Ok(()));
+        assert_eq!(o.limited(9_500), Some(9_000));
+        assert_eq!(o.limited(8_999), None);
         // Still late half a second after the cut: cut again, below what
         // is held.
         feed_at(&o, t, 200 * MS, 9_500, 3);
@@ -789,16 +938,16 @@ mod tests {
         assert!(o.limit().is_some());
         feed_at(&o, t, Duration::ZERO, 100, 200);
         assert_eq!(o.limit(), None);
-        assert_eq!(o.admits(1_000_000), Ok(()));
+        assert_eq!(o.limited(1_000_000), None);
         // A cut never goes below the floor.
-        let fresh = Overload::new(Some(100 * MS));
+        let fresh = Overload::new(Some(100 * MS), None);
         feed_at(&fresh, &mut Instant::now(), Duration::from_secs(1), 3, 3);
         assert_eq!(fresh.limit(), Some(MIN_LIMIT));
     }
 
     #[test]
     fn a_cut_waits_for_the_work_queued_behind_the_lateness_to_drain() {
-        let o = Overload::new(Some(100 * MS));
+        let o = Overload::new(Some(100 * MS), None);
         let mut t = Instant::now();
         // A second late, sampled every 10 ms: cut once the average has been
         // at the threshold a quarter second.
@@ -821,7 +970,7 @@ mod tests {
 
     #[test]
     fn a_lateness_excuses_silence_for_a_while_after_it_was_seen() {
-        let o = Overload::new(Some(100 * MS));
+        let o = Overload::new(Some(100 * MS), None);
         let mut clock = Instant::now();
         // 20 samples of 50 ms late: about 1.2 s of the probe's clock.
         feed_at(&o, &mut clock, 50 * MS, 0, 20);
@@ -838,8 +987,71 @@ mod tests {
     }
 
     #[test]
+    fn busy_processors_refuse_new_sessions_until_they_fall_well_under() {
+        let o = Overload::new(None, Some(0.9));
+        assert!(o.watches_cpu() && !o.enabled());
+        o.cpu_used(0.89);
+        assert_eq!(o.admits(50_000), Ok(()));
+        o.cpu_used(0.93);
+        assert_eq!(o.admits(50_000), Err(Busy::Cpu(93)));
+        // Under the threshold but within the hysteresis: still refused.
+        o.cpu_used(0.86);
+        assert_eq!(o.admits(50_000), Err(Busy::Cpu(86)));
+        o.cpu_used(0.849);
+        assert_eq!(o.admits(50_000), Ok(()));
+        // Fully busy reads as 100 %, never more.
+        o.cpu_used(1.7);
+        assert_eq!(o.admits(0), Err(Busy::Cpu(100)));
+        // It refuses on the moment alone: no limit is learned from it.
+        assert_eq!(o.limit(), None);
+        let off = Overload::new(None, Some(0.0));
+        assert!(!off.watches_cpu());
+        off.cpu_used(1.0);
+        assert_eq!(off.admits(50_000), Ok(()));
+    }
+
+    #[test]
+    fn the_processors_share_is_the_process_cpu_time_over_the_wall_clock() {
+        let mut cpu = CpuShare::new().expect("this process's CPU time");
+        let start = Instant::now();
+        // Nothing is said before a whole CPU_OVER has been seen.
+        assert_eq!(cpu.sample(start), None);
+        // Spin one thread for the window: at least part of one processor.
+        let mut spins = 0u64;
+        while start.elapsed() < CPU_OVER + 50 * MS {
+            spins = std::hint::black_box(spins.wrapping_add(1));
+        }
+        let share = cpu.sample(Instant::now()).expect("a whole window");
+        // Loose: the machine is shared, but a share read as zero, or in
+        // the wrong unit, fails.
+        let least = 0.1 / cpu.processors;
+        assert!(
+            (least..=1.05).contains(&share),
+            "{share}, {} processors",
+            cpu.processors
+        );
+    }
+
+    #[test]
+    fn the_processors_share_is_taken_over_the_last_whole_window() {
+        let mut cpu = CpuShare::new().expect("this process's CPU time");
+        let t0 = cpu.samples[0].0;
+        let quarter = CPU_OVER / 4;
+        for i in 1..=4 {
+            let at = t0 + quarter * i;
+            let share = cpu.sample(at);
+            assert_eq!(share.is_some(), i == 4, "a window of {:?}", at - t0);
+        }
+        // A quarter later, the oldest sample goes: the window is the last
+        // whole second, not everything since the start.
+        cpu.sample(t0 + quarter * 5);
+        assert_eq!(cpu.samples.front().map(|s| s.0), Some(t0 + quarter));
+        assert_eq!(cpu.samples.len(), 5);
+    }
+
+    #[test]
     fn disabled_never_sheds() {
-        for o in [Overload::new(None), Overload::new(Some(Duration::ZERO))] {
+        for o in [Overload::new(None, None), Overload::new(Some(Duration::ZERO), None)] {
             assert!(!o.enabled());
             feed(&o, Duration::from_secs(10), 100);
             assert_eq!(o.shedding(), None);
@@ -849,7 +1061,7 @@ mod tests {
 
     #[test]
     fn absurd_samples_do_not_overflow() {
-        let o = Overload::new(Some(MS));
+        let o = Overload::new(Some(MS), None);
         feed(&o, Duration::MAX, 100);
         assert!(o.shedding().is_some());
     }

@@ -96,6 +96,11 @@ pub struct ServerConfig {
     /// Shed new sessions while the server runs this late on average
     /// (see [`crate::overload`]); `None` never sheds.
     pub shed_when_late: Option<Duration>,
+    /// Refuse new sessions while the process keeps this share (0 to 1) of
+    /// the processors it may run on busy, over the last second (see
+    /// [`crate::overload`]); `None` never does. Off in a library server,
+    /// whose process may hold its clients too.
+    pub shed_when_busy: Option<f64>,
     /// After shutdown begins, streams already attached keep going and end
     /// at random moments spread over this period, so their clients resume
     /// elsewhere a few at a time; meanwhile health says NOT_SERVING and
@@ -173,6 +178,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             retry_after: Duration::from_secs(2),
             shed_when_late: None,
+            shed_when_busy: None,
             drain_period: Duration::ZERO,
             health_every: Duration::ZERO,
         }
@@ -448,7 +454,7 @@ impl<S: SessionStore> Station<S> {
             shared: Arc::new(Shared {
                 epoch,
                 stalls: Arc::new(Stalls::new(epoch)),
-                overload: Arc::new(Overload::new(cfg.shed_when_late)),
+                overload: Arc::new(Overload::new(cfg.shed_when_late, cfg.shed_when_busy)),
                 admission: Admission::new(cfg.store_timeout),
                 refusals: Mutex::new(Refusals::default()),
                 slots: Arc::new(Semaphore::new(cfg.max_sessions)),

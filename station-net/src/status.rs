@@ -143,6 +143,9 @@ fn error_metadata(reject: &Reject) -> HashMap<String, String> {
             m.insert("streams_held".to_owned(), held.to_string());
             m.insert("session_limit".to_owned(), limit.to_string());
         }
+        Reject::Overloaded(Busy::Cpu(percent)) => {
+            m.insert("cpu_busy_percent".to_owned(), percent.to_string());
+        }
         Reject::Overloaded(Busy::Store(Closed::Queue { inflight, limit })) => {
             m.insert("store_inflight".to_owned(), inflight.to_string());
             m.insert("store_limit".to_owned(), limit.to_string());
@@ -335,6 +338,7 @@ mod tests {
                 held: 900,
                 limit: 850,
             }),
+            Reject::Overloaded(Busy::Cpu(93)),
             Reject::Overloaded(Busy::Store(Closed::Queue {
                 inflight: 900,
                 limit: 800,
