@@ -4,11 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p station --bin station --example baseline
-S=target/release/station
+T=${CARGO_TARGET_DIR:-target}
+S=$T/release/station
 # The load generator is always this tree's, also when S is an older
 # server (bench/run.sh ab), so both sides are measured alike.
-L=target/release/station
-B=target/release/examples/baseline
+L=$T/release/station
+B=$T/release/examples/baseline
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 
@@ -203,7 +204,7 @@ redis() { # sessions per server on one Redis and on a six-node cluster at
 }
 
 ab() { # one part (AB_PART: scale, redis or overload, default redis) of an older
-    # commit (AB_COMMIT), built in a worktree under target/, beside this
+    # commit (AB_COMMIT), built in a worktree under the target directory, beside this
     # tree's, alternating old and new run by run; results in
     # $OUT/ab/{before,after}; AB_REPS rounds (default 3). For one row per run, pin the sizes (e.g.
     # REDIS_SCALE=60000 REDIS_STORES=single REDIS_LEASES=5s).
@@ -212,7 +213,7 @@ ab() { # one part (AB_PART: scale, redis or overload, default redis) of an older
     case $part in scale | redis | overload) ;; *) echo "AB_PART must be scale, redis or overload" >&2; exit 1 ;; esac
     # An older server must take the flags its part passes (redis passes
     # --lease, which arrived in a3d7caf).
-    local src=target/ab-src old=$PWD/target/ab/release/station
+    local src=$T/ab-src old=$(realpath -m "$T")/ab/release/station
     git worktree remove --force "$src" 2>/dev/null || rm -rf "$src"
     git worktree add --force --detach "$src" "$commit" > /dev/null
     (cd "$src" && CARGO_TARGET_DIR=../ab cargo build --release -q -p station --bin station)
