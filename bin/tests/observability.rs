@@ -213,6 +213,7 @@ fn dashboard_and_alerts_name_only_exported_metrics() {
         "station_rejections_total",
         "station_scheduling_lateness_seconds",
         "station_shedding",
+        "station_cpu_full",
         "station_store_latency_seconds_count",
     ] {
         assert!(wanted.contains(name), "{name} is not used: {wanted:?}");

@@ -169,6 +169,12 @@ pub(crate) fn set_ack_round_trip(median: Option<Duration>) {
 /// Reports the processors' share, and whether new sessions are refused on it.
 pub(crate) fn set_cpu_busy(share: f64, full: bool) {
     gauge!(CPU_BUSY).set(share);
+    set_cpu_full(full);
+}
+
+/// Reports whether new sessions are refused on the processors' share (from
+/// the start, before a whole second has been measured: nobody is refused).
+pub(crate) fn set_cpu_full(full: bool) {
     gauge!(CPU_FULL).set(if full { 1.0 } else { 0.0 });
 }
 

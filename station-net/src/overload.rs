@@ -434,10 +434,7 @@ impl Overload {
         crate::metrics::set_cpu_busy(share, full);
         if full != was {
             match full {
-                true => tracing::warn!(
-                    busy = share,
-                    "processors full: refusing new sessions"
-                ),
+                true => tracing::warn!(busy = share, "processors full: refusing new sessions"),
                 false => tracing::info!(
                     busy = share,
                     "processors have room: admitting new sessions again"
@@ -623,6 +620,9 @@ pub async fn probe(
         return;
     }
     let mut cpu = signal.watches_cpu().then(CpuShare::new).flatten();
+    if cpu.is_some() {
+        crate::metrics::set_cpu_full(false);
+    }
     let mut next_cpu = tokio::time::Instant::now() + CPU_EVERY;
     loop {
         let due = tokio::time::Instant::now() + PROBE_EVERY;
@@ -672,15 +672,15 @@ impl CpuShare {
     pub fn sample(&mut self, now: Instant) -> Option<f64> {
         let used = process_cpu_time()?;
         self.samples.push_back((now, used));
-        while self.samples.len() > 2
-            && now.saturating_duration_since(self.samples[1].0) >= CPU_OVER
+        while self.samples.len() > 2 && now.saturating_duration_since(self.samples[1].0) >= CPU_OVER
         {
             self.samples.pop_front();
         }
         let (since, used_then) = *self.samples.front()?;
         let wall = now.saturating_duration_since(since);
-        (wall >= CPU_OVER)
-            .then(|| used.saturating_sub(used_then).as_secs_f64() / (wall.as_secs_f64() * self.processors))
+        (wall >= CPU_OVER).then(|| {
+            used.saturating_sub(used_then).as_secs_f64() / (wall.as_secs_f64() * self.processors)
+        })
     }
 }
 
@@ -1051,7 +1051,10 @@ mod tests {
 
     #[test]
     fn disabled_never_sheds() {
-        for o in [Overload::new(None, None), Overload::new(Some(Duration::ZERO), None)] {
+        for o in [
+            Overload::new(None, None),
+            Overload::new(Some(Duration::ZERO), None),
+        ] {
             assert!(!o.enabled());
             feed(&o, Duration::from_secs(10), 100);
             assert_eq!(o.shedding(), None);
