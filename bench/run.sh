@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p station --bin station --example baseline
-T=${CARGO_TARGET_DIR:-target}
+# Absolute, and exported, so the worktree build of `ab` and every path
+# below mean the same directory.
+T=$(cd "${CARGO_TARGET_DIR:-target}" 2>/dev/null && pwd || echo "$PWD/target")
+export CARGO_TARGET_DIR=$T
 S=$T/release/station
 # The load generator is always this tree's, also when S is an older
 # server (bench/run.sh ab), so both sides are measured alike.
@@ -74,7 +77,7 @@ heap() { # where each connection's heap goes (heaptrack, Debian package
     # heaptrack): HEAP_CONNECTIONS one-connection sessions against station
     # and baseline, built with full debug info (so inlined frames keep their
     # paths), peak heap attributed by bench/heap.py
-    local n=${HEAP_CONNECTIONS:-2000} dir=target/heap
+    local n=${HEAP_CONNECTIONS:-2000} dir=$T/heap
     command -v heaptrack >/dev/null || { echo "heap needs heaptrack (apt-get install heaptrack)" >&2; return 1; }
     CARGO_TARGET_DIR=$dir CARGO_PROFILE_RELEASE_DEBUG=full \
         cargo build --release -q -p station --bin station --example baseline
@@ -213,7 +216,7 @@ ab() { # one part (AB_PART: scale, redis or overload, default redis) of an older
     case $part in scale | redis | overload) ;; *) echo "AB_PART must be scale, redis or overload" >&2; exit 1 ;; esac
     # An older server must take the flags its part passes (redis passes
     # --lease, which arrived in a3d7caf).
-    local src=$T/ab-src old=$(realpath -m "$T")/ab/release/station
+    local src=$T/ab-src old=$T/ab/release/station
     git worktree remove --force "$src" 2>/dev/null || rm -rf "$src"
     git worktree add --force --detach "$src" "$commit" > /dev/null
     (cd "$src" && CARGO_TARGET_DIR=../ab cargo build --release -q -p station --bin station)

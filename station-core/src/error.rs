@@ -161,8 +161,8 @@ pub enum Busy {
         limit: u64,
     },
     /// Its process has kept this share (in percent) of the processors it
-    /// may run on busy over the last second: past what it carries on
-    /// time, before it runs late.
+    /// may run on busy over the last second, at `--shed-when-busy` or not
+    /// yet well under it: near what it carries on time.
     #[error("its processors are {0} % busy")]
     Cpu(u8),
 }

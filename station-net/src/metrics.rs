@@ -48,7 +48,7 @@ pub const ACK_ROUND_TRIP: &str = "station_ack_round_trip_seconds";
 /// How much longer than the silence timeout attached streams wait for
 /// their clients while the server runs late (seconds).
 pub const SILENCE_EXCUSED: &str = "station_silence_excused_seconds";
-/// 1 while the server sheds new sessions, else 0.
+/// 1 while the server sheds new sessions because it runs late, else 0.
 pub const SHEDDING: &str = "station_shedding";
 /// Share of the processors the process may run on that it kept busy over
 /// the last second (absent unless `--shed-when-busy` is on).
@@ -121,7 +121,10 @@ pub fn describe() {
         Unit::Seconds,
         "How much longer than the silence timeout attached streams wait for their clients' acknowledgements: the server's highest lateness of the last 5-10 s"
     );
-    describe_gauge!(SHEDDING, "1 while the server sheds new sessions");
+    describe_gauge!(
+        SHEDDING,
+        "1 while the server sheds new sessions because it runs late (station_cpu_full: because its processors are busy)"
+    );
     describe_gauge!(
         CPU_BUSY,
         "Share of the processors the server may run on that it kept busy over the last second"

@@ -618,7 +618,8 @@ where
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let reflection = reflection().build_v1()?;
     let token = station.shared.shutdown.clone();
-    // Measures scheduling lateness for load shedding, while serving.
+    // Measures lateness and the processors' share for load shedding,
+    // while serving.
     let held = {
         let shared = station.shared.clone();
         move || shared.held()
