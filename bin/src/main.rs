@@ -130,9 +130,10 @@ pub struct ServerArgs {
     pub shed_when_late: Duration,
     /// Refuse new sessions (RESOURCE_EXHAUSTED, reason OVERLOADED) while
     /// the server keeps this percentage of the processors it may run on
-    /// (its affinity and cgroup quota) busy over a second, until it is 5
-    /// points under: the door shuts where the processors fill, before
-    /// the server runs late. 0 never does.
+    /// (its affinity mask and cgroup quota, in whole processors) busy over
+    /// a second, until it is 5 points under (or half the setting): the
+    /// door shuts as the processors fill, not only once the server runs
+    /// late. 0 never does.
     #[arg(long, env = "STATION_SHED_WHEN_BUSY", default_value_t = 90, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub shed_when_busy: u8,
     /// When a full or overloaded server, or one whose store failed, tells
