@@ -100,6 +100,10 @@ pub async fn run(args: ClientArgs) -> u8 {
             Event::Failed { endpoint, end } => {
                 tracing::warn!("stream to {endpoint} ended: {end}");
             }
+            Event::HeldBack { endpoint } => tracing::warn!(
+                endpoint,
+                "holding the open back: the servers have refused most of this process's opens"
+            ),
             Event::Silent { endpoint } => {
                 tracing::warn!(endpoint, "stream went silent; reconnecting")
             }

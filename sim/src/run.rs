@@ -314,6 +314,7 @@ impl Shared {
                 format!("c{c} failed {endpoint}: {end:?}")
             }
             Event::Paused { endpoint } => format!("c{c} paused {endpoint}"),
+            Event::HeldBack { endpoint } => format!("c{c} held back {endpoint}"),
             Event::Silent { endpoint } => {
                 if let Some(stream) = self.state().streams[c].last_mut() {
                     stream.ended_at = Some(at);

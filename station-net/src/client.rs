@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use station_core::client::{
-    self, Attempt, BudgetStats, Client, Decision, Outcome, Output, Request, RetryBudget, StreamEnd,
+    self, Attempt, BudgetStats, Client, Decision, OpenThrottle, Outcome, Output, Request,
+    RetryBudget, StreamEnd, ThrottleStats,
 };
 use tokio::net::{lookup_host, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -395,11 +396,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The retry budget of one process: a core [`RetryBudget`] (gRFC A6's
-/// token bucket, scaled by the sessions using it) behind a lock, shared by
-/// every session [`run`] with the same [`DriverOptions`]. Clones share it.
+/// The retry budget of one process, shared by every session [`run`] with
+/// the same [`DriverOptions`] (clones share it): a core [`RetryBudget`]
+/// (gRFC A6's token bucket, scaled by the sessions using it), which paces
+/// each retry, and an [`OpenThrottle`] (the SRE book's client-side
+/// throttling), which bounds how many new sessions' opens the process
+/// sends while its servers refuse most of them.
 #[derive(Clone, Debug, Default)]
-pub struct SharedBudget(Arc<Mutex<RetryBudget>>);
+pub struct SharedBudget(Arc<Mutex<Budgets>>);
+
+#[derive(Debug, Default)]
+struct Budgets {
+    retries: RetryBudget,
+    opens: OpenThrottle,
+}
 
 impl SharedBudget {
     /// A fresh budget, used by no session yet.
@@ -410,18 +420,32 @@ impl SharedBudget {
     /// Tokens now, the bucket's size, sessions using it, whether retries
     /// are throttled now and how many have been so far: for metrics.
     pub fn stats(&self) -> BudgetStats {
-        lock(&self.0).stats()
+        lock(&self.0).retries.stats()
+    }
+
+    /// The open throttle's window and what it has held back: for metrics.
+    pub fn open_stats(&self) -> ThrottleStats {
+        lock(&self.0).opens.stats(now())
     }
 
     /// Adds a session's allowance until the returned seat is dropped
     /// (however [`run`] ends, even if its future is dropped).
     fn join(&self) -> Seat<'_> {
-        lock(&self.0).join();
+        lock(&self.0).retries.join();
         Seat(self)
     }
 
     fn record(&self, attempt: Attempt) -> Decision {
-        lock(&self.0).record(attempt)
+        lock(&self.0).retries.record(attempt)
+    }
+
+    /// Whether to send a new session's open now (see [`OpenThrottle::ask`]).
+    fn ask_open(&self, now: Instant, draw: u64) -> bool {
+        lock(&self.0).opens.ask(now, draw)
+    }
+
+    fn open_accepted(&self, now: Instant) {
+        lock(&self.0).opens.accepted(now);
     }
 }
 
@@ -430,7 +454,7 @@ struct Seat<'a>(&'a SharedBudget);
 
 impl Drop for Seat<'_> {
     fn drop(&mut self) {
-        lock(&self.0 .0).leave();
+        lock(&self.0 .0).retries.leave();
     }
 }
 
@@ -467,6 +491,12 @@ pub enum Event<'a> {
         endpoint: &'a str,
         /// The first message.
         request: &'a Request,
+    },
+    /// The process's open throttle held back a new session's `Open`: no
+    /// stream was opened; the session asks again later.
+    HeldBack {
+        /// The endpoint it would have gone to.
+        endpoint: &'a str,
     },
     /// The server attached the stream.
     Attached {
@@ -574,6 +604,9 @@ pub async fn run_in_trace(
     // is a silent stream; after a message, the message broke the protocol,
     // which says nothing against the connection that carried it.
     let mut timer_woke = false;
+    // The current stream began with `Open`: its `Attached` is an accept
+    // for the open throttle.
+    let mut opening = false;
     let _seat = opts.budget.join();
     loop {
         // The last input's attempt, if it ended one, goes to the budget
@@ -588,6 +621,12 @@ pub async fn run_in_trace(
             match output {
                 Output::Connect(request) => {
                     let name = &endpoints.targets[current].name;
+                    opening = matches!(request, Request::Open { .. });
+                    if opening && !opts.budget.ask_open(now(), client.throttle_draw()) {
+                        client.handle_held_back(now());
+                        observe(Event::HeldBack { endpoint: name }, &client);
+                        continue;
+                    }
                     observe(
                         Event::Connecting {
                             endpoint: name,
@@ -678,6 +717,9 @@ pub async fn run_in_trace(
                             interval: duration(a.interval),
                             ack_every: a.ack_every,
                         };
+                        if std::mem::take(&mut opening) {
+                            opts.budget.open_accepted(now);
+                        }
                         client.handle_attached(now, attached);
                         let event = Event::Attached {
                             endpoint,

@@ -27,6 +27,10 @@ pub struct Report {
     pub refused_at_door: usize,
     /// `Open` attempts per completed session: mean, p99, max.
     pub opens_per_completed: [f64; 3],
+    /// `Open`s sent by every session, admitted or not.
+    pub opens_sent: u64,
+    /// `Open`s the open throttle held back (never sent).
+    pub opens_held_back: u64,
     pub numbers: u64,
     pub session_seconds: f64,
     pub reconnects: u64,
@@ -66,6 +70,8 @@ impl Report {
             admitted_unfinished: tally.admitted_unfinished,
             refused_at_door: tally.refused_at_door,
             opens_per_completed: [mean(&tally.opens_per_completed), p99, max],
+            opens_sent: tally.opens_sent,
+            opens_held_back: tally.opens_held_back,
             numbers: tally.numbers,
             session_seconds: tally.session_seconds,
             reconnects: tally.reconnects,
@@ -116,7 +122,8 @@ impl Report {
              admission:       {} admitted ({} failed after admission, {} of them still running at the end), \
              {} refused at the door, \
              {} never admitted otherwise\n\
-             opens:           per completed session mean {:.2}  p99 {:.0}  max {:.0}\n\
+             opens:           per completed session mean {:.2}  p99 {:.0}  max {:.0}; \
+             {} sent in all ({:.2} per completed session), {} held back by the open throttle\n\
              elapsed:         {:.2} s\n\
              numbers:         {} ({:.0}/s), {:.0} session-seconds\n\
              reconnects:      {} ({} silent streams dropped, {} attach timeouts, {} RESOURCE_EXHAUSTED)\n\
@@ -134,6 +141,9 @@ impl Report {
             self.opens_per_completed[0],
             self.opens_per_completed[1],
             self.opens_per_completed[2],
+            self.opens_sent,
+            self.opens_sent as f64 / self.completed.max(1) as f64,
+            self.opens_held_back,
             self.elapsed.as_secs_f64(),
             self.numbers,
             self.numbers_per_second(),
@@ -218,6 +228,10 @@ impl Report {
                 "p99": self.opens_per_completed[1],
                 "max": self.opens_per_completed[2],
             },
+            "opens_sent": self.opens_sent,
+            "opens_sent_per_completed_session":
+                self.opens_sent as f64 / self.completed.max(1) as f64,
+            "opens_held_back": self.opens_held_back,
             "elapsed_seconds": self.elapsed.as_secs_f64(),
             "numbers": self.numbers,
             "numbers_per_second": self.numbers_per_second(),

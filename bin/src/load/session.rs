@@ -63,6 +63,8 @@ pub struct SessionLog {
     opens: u32,
     /// `Open`s refused RESOURCE_EXHAUSTED before any `Attached`.
     door_refusals: u32,
+    /// `Open`s this process's open throttle held back (never sent).
+    held_back: u32,
     /// The current stream began with `Open`.
     opening: bool,
     /// The current stream has attached.
@@ -87,6 +89,7 @@ impl SessionLog {
             streams: 0,
             opens: 0,
             door_refusals: 0,
+            held_back: 0,
             opening: false,
             attached: false,
             waiting: false,
@@ -130,6 +133,10 @@ impl SessionLog {
                 if std::mem::take(&mut self.waiting) {
                     lock(m).timeline.stops_waiting();
                 }
+            }
+            Event::HeldBack { .. } => {
+                self.held_back += 1;
+                self.wait(&mut lock(m), now);
             }
             // Counted by the server (`station_pauses_sent_total`); the
             // stall shows in the numbers' lateness.
@@ -363,7 +370,10 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
         tally.admitted += usize::from(admitted);
         tally.failed_after_admission += usize::from(admitted && !completed);
         tally.admitted_unfinished += usize::from(admitted && outcome.is_none());
-        tally.refused_at_door += usize::from(!admitted && log.door_refusals > 0);
+        tally.refused_at_door +=
+            usize::from(!admitted && (log.door_refusals > 0 || log.held_back > 0));
+        tally.opens_sent += u64::from(log.opens);
+        tally.opens_held_back += u64::from(log.held_back);
         tally.session_seconds +=
             log.session_seconds(args.count, completed, log.ended.unwrap_or(stop));
         tally.interval = tally.interval.or(log.schedule.map(|(_, _, i)| i));

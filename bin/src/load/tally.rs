@@ -191,9 +191,14 @@ pub struct Tally {
     /// Of those, the ones still running at the deadline: admitted late
     /// (after waiting at the door), or behind; not known to have failed.
     pub admitted_unfinished: usize,
-    /// Sessions never admitted whose `Open` was refused RESOURCE_EXHAUSTED
-    /// at least once.
+    /// Sessions never admitted whose `Open` was refused RESOURCE_EXHAUSTED,
+    /// or held back by this process's open throttle, at least once.
     pub refused_at_door: usize,
+    /// `Open`s sent, by every session: with `completed`, how much the
+    /// refused ones retried.
+    pub opens_sent: u64,
+    /// `Open`s the open throttle held back (never sent).
+    pub opens_held_back: u64,
     /// `Open` attempts of each completed session (1: admitted at once).
     pub opens_per_completed: Vec<(u64, u64)>,
     /// Each completed session's stall, µs: see [`super::session`].
@@ -230,6 +235,8 @@ impl Tally {
         self.failed_after_admission += other.failed_after_admission;
         self.admitted_unfinished += other.admitted_unfinished;
         self.refused_at_door += other.refused_at_door;
+        self.opens_sent += other.opens_sent;
+        self.opens_held_back += other.opens_held_back;
         self.session_seconds += other.session_seconds;
         self.failures.extend(other.failures);
         self.numbers += other.numbers;

@@ -36,6 +36,8 @@ pub(super) struct SinceProgress {
     refused: Vec<(Reason, u32)>,
     /// Streams that broke the protocol before attaching.
     protocol: u32,
+    /// Opens the process's open throttle held back.
+    held_back: u32,
 }
 
 impl SinceProgress {
@@ -86,6 +88,12 @@ impl SinceProgress {
             parts.push(format!(
                 "servers broke the protocol ({})",
                 times(self.protocol, "stream", "streams")
+            ));
+        }
+        if self.held_back > 0 {
+            parts.push(format!(
+                "this process held back {} (its servers had refused most of its opens)",
+                times(self.held_back, "open", "opens")
             ));
         }
         if parts.is_empty() {
@@ -170,6 +178,28 @@ impl Client {
         self.phase = Phase::Backoff { until: at };
     }
 
+    /// The open just emitted was held back (see
+    /// [`handle_held_back`](Client::handle_held_back)): ask again after a
+    /// throttled retry's wait, or give up if the last chance has come. An
+    /// `Open` has no session to expire, so only the no-progress deadline
+    /// applies.
+    pub(super) fn hold_back(&mut self, now: Instant) {
+        self.since_progress.held_back += 1;
+        let deadline = later(self.last_progress, self.cfg.give_up_without_progress);
+        let last_chance = deadline
+            .checked_sub(self.cfg.backoff_initial)
+            .unwrap_or(now);
+        if now >= last_chance {
+            return self.give_up(
+                Deadline::NoProgress,
+                "the last open was held back too".into(),
+            );
+        }
+        let at = later(now, self.throttled_wait()).min(last_chance);
+        self.retry_limit = last_chance;
+        self.phase = Phase::Backoff { until: at };
+    }
+
     /// Ends the session at a give-up deadline, saying what the client
     /// knows: never `Expired`, which only a server's `SESSION_EXPIRED` may
     /// claim (`handle_end`).
@@ -218,7 +248,9 @@ impl Client {
     /// How long a throttled retry waits: the largest backoff, with equal
     /// jitter drawn apart from the backoff's.
     pub(super) fn throttled_wait(&self) -> Duration {
-        let r = mix64(self.jitter_seed ^ 0x7468_726f_7474_6c65 ^ u64::from(self.failures));
+        // Held-back opens do not count as failures, so they change the draw.
+        let n = u64::from(self.failures) | u64::from(self.held_back) << 32;
+        let r = mix64(self.jitter_seed ^ 0x7468_726f_7474_6c65 ^ n);
         equal_jitter(self.cfg.backoff_max, r)
     }
 }

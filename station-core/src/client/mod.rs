@@ -19,7 +19,10 @@
 //! ([`poll_attempt`](Client::poll_attempt)) so the adapter can keep a
 //! [`RetryBudget`] shared by all its sessions, and takes the budget's
 //! answer back ([`handle_throttled`](Client::handle_throttled)): a
-//! throttled retry waits longer, it never fails the session.
+//! throttled retry waits longer, it never fails the session. The same
+//! process may hold back a new session's `Open` before it is sent
+//! ([`OpenThrottle`], [`handle_held_back`](Client::handle_held_back)) when
+//! its servers have been refusing most of them.
 //!
 //! The client says only what it knows: `Expired` only when a server said
 //! `SESSION_EXPIRED`; when its own clock says the session must have expired
@@ -28,8 +31,8 @@
 //! sent nothing new, or servers refused, by reason).
 //!
 //! The machine is [`Client`] (this file); its reconnection backoff and
-//! give-up rules are in `backoff.rs`, the retry budget in `budget.rs`, its
-//! settings in `config.rs`, and what it receives and emits in
+//! give-up rules are in `backoff.rs`, the retry budget in `budget.rs`, the
+//! open throttle in `throttle.rs`, its settings in `config.rs`, and what it receives and emits in
 //! `messages.rs`.
 
 use std::collections::VecDeque;
@@ -46,11 +49,13 @@ mod config;
 mod messages;
 #[cfg(test)]
 mod tests;
+mod throttle;
 
 use self::backoff::{Failure, SinceProgress};
 pub use self::budget::{Attempt, BudgetStats, Decision, RetryBudget, MAX_TOKENS};
 pub use self::config::Config;
 pub use self::messages::{Attached, Code, Number, Outcome, Output, Request, StreamEnd, Verdict};
+pub use self::throttle::{OpenThrottle, ThrottleStats};
 
 /// `t + d`, or a moment so far away that it never comes if that is past
 /// what the clock can represent. Every deadline goes through here: the
@@ -153,6 +158,8 @@ pub struct Client {
     protocol_errors: u32,
     reconnects: u32,
     streams: u32,
+    /// Opens the process's open throttle held back, in all.
+    held_back: u32,
     jitter_seed: u64,
     phase: Phase,
     out: VecDeque<Output>,
@@ -224,6 +231,7 @@ impl Client {
             protocol_errors: 0,
             reconnects: 0,
             streams: 0,
+            held_back: 0,
             jitter_seed: mix64(rng_seed),
             phase: Phase::Done,
             out: VecDeque::with_capacity(4),
@@ -591,6 +599,32 @@ impl Client {
         self.phase = Phase::Backoff {
             until: until.max(at),
         };
+    }
+
+    /// The process's [`OpenThrottle`] held back the `Open` just emitted: the
+    /// adapter did not send it. No stream was opened, so none is counted
+    /// and no attempt goes to the retry budget. The client asks again after
+    /// a throttled retry's wait, never past its last chance before the
+    /// give-up deadline, and a give-up says how many opens were held back.
+    /// A no-op unless an `Open` is connecting.
+    pub fn handle_held_back(&mut self, now: Instant) {
+        if self.token.is_some() || !matches!(self.phase, Phase::Connecting { .. }) {
+            return;
+        }
+        // Undo what `connect` counted for a stream that was never opened.
+        self.streams -= 1;
+        if self.streams > 0 {
+            self.reconnects -= 1;
+        }
+        self.held_back = self.held_back.saturating_add(1);
+        self.hold_back(now);
+    }
+
+    /// A draw for the open throttle, from the session's seed and how many
+    /// opens it has asked to send: the same seed, the same draws.
+    pub fn throttle_draw(&self) -> u64 {
+        let asked = u64::from(self.streams) << 32 | u64::from(self.held_back);
+        mix64(self.jitter_seed ^ 0x6f70_656e_6472_6177 ^ asked)
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.

@@ -11,6 +11,7 @@ mod give_up;
 mod snapshot;
 mod statuses;
 mod stream;
+mod throttle;
 mod validation;
 mod watchdog;
 
