@@ -97,9 +97,10 @@ def table(label, rows):
     print(f"\n### {label}\n")
     print("| store | × capacity | sessions offered | offered / min | completed | goodput / min "
           "| refused at the door | failed after admission | never admitted otherwise | never started "
-          "| reconnects | lateness p99, admitted (ms) | stall p99 (ms) | `Open`s per completed session "
+          "| reconnects | lateness p99, admitted (ms) | stall p99 (ms) | `Open`s of each completed session "
+          "| `Open`s sent in all per completed session (held back by the client) "
           "| store ops per completed session | CPU (s): server / load / Redis |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (store, multiple), rs in sorted(rows.items()):
         res = [r for r, _ in rs]
         capacity = rs[0][1]["capacity"]
@@ -115,6 +116,8 @@ def table(label, rows):
               f"| {med([r['lateness_ms']['p99'] for r in res], '{:.1f}')} "
               f"| {med([(r.get('stall_ms') or {}).get('p99') for r in res], '{:.1f}')} "
               f"| {med([(r.get('opens_per_completed_session') or {}).get('mean') for r in res], '{:.2f}')} "
+              f"| {med([r.get('opens_sent_per_completed_session') for r in res], '{:.2f}')} "
+              f"({med([r.get('opens_held_back') for r in res])}) "
               f"| {med([per_completed(r, run) for r, run in rs], '{:.1f}')} "
               f"| {med([(r.get('server') or {}).get('cpu_seconds') for r in res], '{:.1f}')} "
               f"/ {med([r.get('load_cpu_seconds') for r in res], '{:.1f}')} "
