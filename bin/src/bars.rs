@@ -117,7 +117,7 @@ mod tests {
         assert_eq!(rate(1234.4), "1234/s");
     }
 
-    /// Issue 13: warnings printed beside the progress bar broke it. With
+    /// Regression: warnings printed beside the progress bar broke it. With
     /// the bar active, a log line lands above the bar, which stays whole
     /// on its own line below.
     #[test]

@@ -313,7 +313,7 @@ mod tests {
     use super::*;
     use station_core::client::Code;
 
-    /// Issue 13: after exit 4 or 5 the state file stayed, so the same
+    /// Regression: after exit 4 or 5 the state file stayed, so the same
     /// command repeated the failure. A dead session's file is moved aside
     /// (and the note says what to do); a resumable one stays.
     #[test]

@@ -555,7 +555,7 @@ mod tests {
         );
     }
 
-    /// Issue 13: `--host ::1` built `http://::1:N`, which no URI parser
+    /// Regression: `--host ::1` built `http://::1:N`, which no URI parser
     /// accepts. IPv6 literals get brackets; names and IPv4 do not.
     #[tokio::test]
     async fn ipv6_hosts_get_brackets_in_urls() {

@@ -185,8 +185,8 @@ mod tests {
         assert!(matches!(load(&path), Err(StateError::Corrupt(..))));
     }
 
-    /// Issue 13: the file holds the resume token, so only its owner may
-    /// read it, whatever the umask; and an older, wider file is replaced.
+    /// The file holds the resume token, so only its owner may read it,
+    /// whatever the umask; and an older, wider file is replaced.
     #[test]
     fn the_state_file_is_private() {
         use std::os::unix::fs::PermissionsExt;
@@ -199,7 +199,7 @@ mod tests {
         assert_eq!(mode, 0o600, "{mode:o}");
     }
 
-    /// Issue 13: two clients given one state file raced on the fixed
+    /// Regression: two clients given one state file raced on the fixed
     /// `<path>.tmp`: one could rename the other's half-written file, or
     /// fail because it was gone. Each save now has a temporary file of its
     /// own; concurrent saves all succeed and the file is always whole.

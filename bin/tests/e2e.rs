@@ -1,5 +1,5 @@
-//! End-to-end tests of the real `station` binary (issue 3): servers and
-//! clients run as separate processes on loopback with OS-picked ports.
+//! End-to-end tests of the real `station` binary: servers and clients
+//! run as separate processes on loopback with OS-picked ports.
 //!
 //! Every wait is bounded and every child is killed on drop, so a failing
 //! test never hangs or leaks processes.

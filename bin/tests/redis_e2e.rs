@@ -1,4 +1,4 @@
-//! End-to-end tests of issue 5 with real processes: several `station server`
+//! End-to-end tests with real processes: several `station server`
 //! processes share one private Redis, `station client` processes fail over
 //! between them, and the servers or Redis itself die mid-stream.
 //!
@@ -23,7 +23,7 @@ use common::{counter, wait_saved, Server, SHORT};
 use station_net::testing::{RedisCluster, RedisServer};
 use uuid::Uuid;
 
-/// Issue 5, test 1: two servers on one Redis, 20 clients given both
+/// Two servers on one Redis, 20 clients given both
 /// endpoints; one server is SIGKILLed mid-stream. Every client completes
 /// with the exact sequence of its session, on the survivor, and the store
 /// ends empty.
@@ -82,7 +82,7 @@ fn clients_fail_over_when_a_server_is_killed() {
     );
 }
 
-/// Issue 5, test 2: Redis is down for 2 s in the middle of the streams of
+/// Redis is down for 2 s in the middle of the streams of
 /// two servers' clients. With a TTL far longer than the outage, every client
 /// completes with its exact sequence, and the store ends empty.
 #[test]
@@ -129,7 +129,7 @@ fn clients_complete_across_a_redis_outage() {
     );
 }
 
-/// Issue 5, test 3: a client opens its session on server A and is SIGKILLed
+/// A client opens its session on server A and is SIGKILLed
 /// mid-stream; A is killed too. Run again with the same state file and only
 /// server B, it resumes the same session (not a new one) and completes with
 /// the exact sequence of the session's seed.
@@ -206,7 +206,7 @@ fn busiest_primary(cluster: &RedisCluster, prefix: &str, except: &[u16]) -> (u16
         .expect("a primary")
 }
 
-/// Issue 12: two servers on a Redis Cluster (three primaries, three
+/// Two servers on a Redis Cluster (three primaries, three
 /// replicas), 50 clients at 50 ms a number. While they stream: (a) every
 /// bucket slot of one primary migrates to another, keys and all; (b) a
 /// replica takes over by `CLUSTER FAILOVER`; (c) a primary is killed
@@ -345,7 +345,7 @@ struct Ends {
     streaming: usize,
 }
 
-/// Issue 12: Redis is killed (SIGKILL) while two servers' clients stream,
+/// Redis is killed (SIGKILL) while two servers' clients stream,
 /// then started again on the same data directory, with `settings` on top
 /// of the test server's (AOF on, RDB off). Every client either completes
 /// with its exact sequence or ends NOT_FOUND saying the store lost (or

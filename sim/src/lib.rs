@@ -44,7 +44,7 @@
 //! - A bug found in the system under test gets a minimal reproduction: a
 //!   test in `tests/scenarios/`, `#[ignore]`d (with the reason) until it
 //!   is fixed, then kept as a regression test (as `reuse.rs` is for
-//!   issue 11). Run ignored ones with
+//!   writes over a reused client id). Run ignored ones with
 //!   `cargo test -p sim --test scenarios -- --ignored`.
 //!
 //! The same seed gives the same run, event for event: the `replay` tests
@@ -262,7 +262,7 @@
 //! | `overload::a_store_slowdown_is_recovered_from` | 60–80 clients, two servers, a store host of limited speed slowed 12–25× past the servers' timeout for 8–11 s: all complete, and the run recovers within its bound |
 //! | `rare::*` | endings that need rare store answers or timing: a store failover behind (`SESSION_LOST`, never `TAKEN_OVER`), a takeover re-sent after its reply was lost (`Done`, no false conflict), a stale resume taking over a stream its client still reads (ended within two leases) |
 //! | `counters::*` | regression runs of the servers' counting (`#[ignore]`d until fixed) |
-//! | `reuse::a_paused_server_cannot_write_over_a_reused_id` | regression (issue 11): a server paused past the TTL wakes after the id was reused; its held refresh must not apply |
+//! | `reuse::a_paused_server_cannot_write_over_a_reused_id` | regression: a server paused past the TTL wakes after the id was reused; its held refresh must not apply |
 //! | `reuse::a_late_delete_cannot_remove_a_reused_id` | a held `Delete` of a completed session arrives after the id was reused |
 //! | `replay::*` | same seed twice, same trace hash |
 //! | `broken::*` | every planted [`Bug`] (one per rule) is caught by the checker |
@@ -274,8 +274,8 @@
 //! table (by rewriting the operation or misreading what is stored before
 //! the real `decide` runs), the servers' settings, or bytes on the
 //! simulated wire — never production code, and a test shows the default
-//! seeds catch it: fencing of `Create`, of `Update` by incarnation (the
-//! fencing before issue 11) and by generation, and of `Delete`; the
+//! seeds catch it: fencing of `Create`, of `Update` by incarnation (which
+//! leaves the old, generation-only fencing) and by generation, and of `Delete`; the
 //! takeover's generation bump; expiry too early and too late; deletion on
 //! the final acknowledgement; the resume index; the client's give-up
 //! deadline; a server that changes numbers after a drop; the servers'

@@ -132,7 +132,7 @@ pub enum Bug {
     /// Create fencing: a `Create` replaces a live record instead of
     /// answering `Exists`.
     CreateOverwritesLive,
-    /// Update fencing by incarnation (the fencing before issue 11): an
+    /// Update fencing by incarnation, gone (as before it was added): an
     /// `Update` compares the generation only, so a paused stream of an
     /// expired session writes over a later session that reused the id.
     UpdateIgnoresIncarnation,

@@ -58,7 +58,7 @@ pub use server::{serve, serve_tcp, Observer, ServeError, ServerConfig, Station, 
 
 #[cfg(test)]
 mod build_script {
-    /// Issue 13: the build script took `CARGO_MANIFEST_DIR` at compile
+    /// Regression: the build script took `CARGO_MANIFEST_DIR` at compile
     /// time, so two checkouts sharing a target directory broke each
     /// other's builds. It must read the variable when it runs.
     #[test]

@@ -1,4 +1,4 @@
-//! Adversarial clients against a real server over loopback (issue 7, item 1).
+//! Adversarial clients against a real server over loopback.
 //!
 //! Every test starts its own server on 127.0.0.1 (OS-picked port, 20 ms
 //! interval, 4 s TTL), starts a well-behaved session on it with the real

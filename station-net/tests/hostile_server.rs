@@ -135,7 +135,7 @@ async fn client(addr: SocketAddr, count: u32, cfg: ClientConfig) -> (Outcome, u3
     (outcome, attached)
 }
 
-/// The crash of issue 13: `Attached` with a TTL or interval of 2^62 s made
+/// Regression: `Attached` with a TTL or interval of 2^62 s made
 /// `station client` panic. Now it is a protocol error (exit 6) after the
 /// client has tried a few times.
 #[tokio::test]
@@ -166,7 +166,7 @@ async fn attached_with_durations_of_2_pow_62_seconds_is_a_protocol_error() {
     }
 }
 
-/// Issue 13: a server that attaches and then fails every stream kept the
+/// Regression: a server that attaches and then fails every stream kept the
 /// client retrying forever. It gives up after `give_up_without_progress`.
 #[tokio::test]
 async fn a_server_that_attaches_then_always_fails_is_given_up_on() {
@@ -246,7 +246,7 @@ async fn session_lost_is_a_rejection_that_says_so() {
     );
 }
 
-/// Issue 13: a server message over the client's decode limit (1 KiB) made
+/// Regression: a server message over the client's decode limit (1 KiB) made
 /// tonic end the stream OUT_OF_RANGE, which the client took for a
 /// rejection (exit 5). The server broke the protocol: after a few tries
 /// the client ends with a protocol error (exit 6).

@@ -113,7 +113,7 @@ macro_rules! list_services {
     }};
 }
 
-/// Issue 13: older grpcurl, grpcui, Postman and Evans ask for reflection
+/// Regression: older grpcurl, grpcui, Postman and Evans ask for reflection
 /// v1alpha, and got UNIMPLEMENTED. Both versions list the service.
 #[tokio::test]
 async fn reflection_answers_in_v1_and_v1alpha() {

@@ -112,7 +112,7 @@ fn create_fencing_ignored_is_caught() {
     );
 }
 
-/// The fencing before issue 11, generation only: the regression scenario
+/// The old fencing, by generation only: the regression scenario
 /// catches it both at the store and at the client.
 #[test]
 fn update_fencing_without_incarnation_is_caught() {
@@ -187,7 +187,7 @@ fn a_client_that_gives_up_early_is_caught() {
     );
 }
 
-/// The fencing before issue 11 also shows in the swarm, at the store host.
+/// The old, generation-only fencing also shows in the swarm, at the store host.
 #[test]
 fn update_fencing_without_incarnation_is_caught_in_the_swarm() {
     caught(

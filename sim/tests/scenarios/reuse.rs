@@ -1,5 +1,5 @@
 //! Client ids reused after expiry while a paused server still holds the
-//! old session (issue 11), with the store as a host of its own.
+//! old session, with the store as a host of its own.
 //!
 //! The defect: every session starts at generation 1, so when writes were
 //! fenced by generation alone, a server paused past the TTL could wake and

@@ -509,7 +509,7 @@ mod tests {
         assert_eq!(run(5, &events), Ok(()));
     }
 
-    /// The reproduction of the panic reported in the issue: durations of
+    /// Reproduces a client panic (now fixed): durations of
     /// 2^62 s in `Attached`.
     #[test]
     fn huge_announced_durations_are_survived() {

@@ -20,7 +20,7 @@ fn config_validation() {
     assert_eq!(Config::new(ms(10), SEC * 30).ack_every(), 16);
 }
 
-/// The unworkable configurations of issue 13, and one per rule: each is
+/// The unworkable configurations once accepted, and one per rule: each is
 /// refused with a message that names the rule.
 #[test]
 fn unworkable_configurations_are_refused_with_the_rule() {
