@@ -102,7 +102,7 @@ pub async fn run(args: ClientArgs) -> u8 {
             }
             Event::HeldBack { endpoint } => tracing::warn!(
                 endpoint,
-                "holding the open back: the servers have refused most of this process's opens"
+                "holding the open back: the servers have accepted few of this process's opens lately"
             ),
             Event::Silent { endpoint } => {
                 tracing::warn!(endpoint, "stream went silent; reconnecting")

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use station_core::client::{Client, Config as ClientConfig, Request, Verdict};
 use station_core::server::Config as SessionConfig;
-use station_core::ClientId;
+use station_core::{ClientId, Secret};
 use station_net::client::{run, ChannelOptions, DriverOptions, Endpoints, Event};
 use station_net::store::MemoryStore;
 use station_net::{serve_tcp, ServerConfig, Station};
@@ -45,7 +45,7 @@ struct Crowd {
     sent: u64,
     held_back: u64,
     verified: u64,
-    gave_up_held_back: u64,
+    gave_up: u64,
 }
 
 /// Runs the crowd; `shared` runs every session with one `DriverOptions`
@@ -90,7 +90,7 @@ async fn crowd(shared: bool) -> (Crowd, DriverOptions) {
                             || why.contains("this process held back"),
                         "{why}"
                     );
-                    t.gave_up_held_back += u64::from(why.contains("this process held back"));
+                    t.gave_up += 1;
                 }
                 other => panic!("{other:?}"),
             }
@@ -115,7 +115,9 @@ async fn a_crowd_held_back_sends_far_fewer_opens_for_the_same_sessions_served() 
     let stats = opts.budget.open_stats();
     assert!(together.held_back > 0, "{together:?}");
     assert_eq!(stats.held_back, together.held_back, "{stats:?}");
-    assert!(together.gave_up_held_back > 0, "{together:?}");
+    // Every session completed or gave up, saying why (checked above).
+    assert_eq!(together.verified + together.gave_up, SESSIONS, "{together:?}");
+    assert_eq!(alone.verified + alone.gave_up, SESSIONS, "{alone:?}");
     // It sent at most half the opens (a sixth, when measured), and served
     // most as many sessions. Not all: at this scale the opens that are
     // sent come a few a second, so a slot freed waits for the next one,
@@ -129,5 +131,62 @@ async fn a_crowd_held_back_sends_far_fewer_opens_for_the_same_sessions_served() 
     assert!(
         together.verified * 10 >= alone.verified * 7,
         "together {together:?}, alone {alone:?}"
+    );
+}
+
+/// A resume is an admitted session: the driver never asks the throttle
+/// about it, even when the throttle holds back nearly every open.
+#[tokio::test]
+async fn resumes_are_never_held_back() {
+    // A loopback port nothing listens on: every attempt fails at once.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    let endpoints = Endpoints::tcp(&[addr.to_string()], &ChannelOptions::default()).unwrap();
+    let opts = DriverOptions::default();
+    let cfg = ClientConfig {
+        give_up_without_progress: Duration::from_secs(2),
+        ..ClientConfig::default()
+    };
+    // Forty new sessions fail: the throttle holds back most opens.
+    let mut tasks = tokio::task::JoinSet::new();
+    for seed in 1..=40u64 {
+        let (endpoints, opts, cfg) = (endpoints.clone(), opts.clone(), cfg.clone());
+        tasks.spawn(async move {
+            let id = ClientId::from_random_bytes(seed.to_le_bytes().repeat(2).try_into().unwrap());
+            let c = Client::new(Instant::now(), cfg, id, 10, seed).unwrap();
+            run(&endpoints, &opts, c, |_, _| {}).await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let before = opts.budget.open_stats();
+    assert!(before.hold_ratio > 0.5, "{before:?}");
+    // A session that holds a resume token, restored from a snapshot.
+    let id = ClientId::from_random_bytes([9; 16]);
+    let fresh = Client::new(Instant::now(), cfg.clone(), id, 10, 9).unwrap();
+    let mut snapshot = fresh.snapshot();
+    snapshot.token = Some(Secret([5; 16]));
+    let c = Client::restore(Instant::now(), cfg, snapshot, 9).unwrap();
+    let (mut resumes, mut held) = (0, 0);
+    let outcome = run(&endpoints, &opts, c, |e, _| match e {
+        Event::Connecting {
+            request: Request::Resume { .. },
+            ..
+        } => resumes += 1,
+        Event::Connecting { .. } => panic!("a restored session opened"),
+        Event::HeldBack { .. } => held += 1,
+        _ => {}
+    })
+    .await;
+    assert!(matches!(outcome.verdict, Verdict::Unreachable(_)), "{outcome:?}");
+    // Every attempt went out; none asked the throttle.
+    assert!(resumes >= 3, "{resumes}");
+    assert_eq!(held, 0);
+    let after = opts.budget.open_stats();
+    assert_eq!(
+        (after.requests, after.held_back),
+        (before.requests, before.held_back)
     );
 }

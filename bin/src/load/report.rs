@@ -25,6 +25,8 @@ pub struct Report {
     /// Of which still running when `--duration` ended.
     pub admitted_unfinished: usize,
     pub refused_at_door: usize,
+    /// Never admitted nor refused, some `Open` held back by the throttle.
+    pub held_back_only: usize,
     /// `Open` attempts per completed session: mean, p99, max.
     pub opens_per_completed: [f64; 3],
     /// `Open`s sent by every session, admitted or not.
@@ -69,6 +71,7 @@ impl Report {
             failed_after_admission: tally.failed_after_admission,
             admitted_unfinished: tally.admitted_unfinished,
             refused_at_door: tally.refused_at_door,
+            held_back_only: tally.held_back_only,
             opens_per_completed: [mean(&tally.opens_per_completed), p99, max],
             opens_sent: tally.opens_sent,
             opens_held_back: tally.opens_held_back,
@@ -101,10 +104,16 @@ impl Report {
         self.sessions - self.started
     }
 
-    /// Started, never admitted, and never refused at the door: no server
-    /// answered (unreachable, timeouts, other errors).
+    /// Started, never admitted, never refused at the door and never held
+    /// back: no server answered (unreachable, timeouts, other errors).
     pub fn never_admitted_otherwise(&self) -> usize {
-        self.started - self.admitted - self.refused_at_door
+        self.started - self.admitted - self.refused_at_door - self.held_back_only
+    }
+
+    /// `Open`s sent in all for each completed session; `None` when none
+    /// completed.
+    fn opens_sent_per_completed(&self) -> Option<f64> {
+        (self.completed > 0).then(|| self.opens_sent as f64 / self.completed as f64)
     }
 
     fn numbers_per_second(&self) -> f64 {
@@ -121,9 +130,10 @@ impl Report {
             "sessions:        {} ({} completed, {} failed, {} unfinished, {} never started)\n\
              admission:       {} admitted ({} failed after admission, {} of them still running at the end), \
              {} refused at the door, \
+             {} held back by this process only, \
              {} never admitted otherwise\n\
              opens:           per completed session mean {:.2}  p99 {:.0}  max {:.0}; \
-             {} sent in all ({:.2} per completed session), {} held back by the open throttle\n\
+             {} sent in all ({} per completed session), {} held back by the open throttle\n\
              elapsed:         {:.2} s\n\
              numbers:         {} ({:.0}/s), {:.0} session-seconds\n\
              reconnects:      {} ({} silent streams dropped, {} attach timeouts, {} RESOURCE_EXHAUSTED)\n\
@@ -137,12 +147,14 @@ impl Report {
             self.failed_after_admission,
             self.admitted_unfinished,
             self.refused_at_door,
+            self.held_back_only,
             self.never_admitted_otherwise(),
             self.opens_per_completed[0],
             self.opens_per_completed[1],
             self.opens_per_completed[2],
             self.opens_sent,
-            self.opens_sent as f64 / self.completed.max(1) as f64,
+            self.opens_sent_per_completed()
+                .map_or_else(|| "–".to_string(), |r| format!("{r:.2}")),
             self.opens_held_back,
             self.elapsed.as_secs_f64(),
             self.numbers,
@@ -222,6 +234,7 @@ impl Report {
             "failed_after_admission": self.failed_after_admission,
             "admitted_unfinished": self.admitted_unfinished,
             "refused_at_door": self.refused_at_door,
+            "held_back_only": self.held_back_only,
             "never_admitted_otherwise": self.never_admitted_otherwise(),
             "opens_per_completed_session": {
                 "mean": self.opens_per_completed[0],
@@ -229,8 +242,7 @@ impl Report {
                 "max": self.opens_per_completed[2],
             },
             "opens_sent": self.opens_sent,
-            "opens_sent_per_completed_session":
-                self.opens_sent as f64 / self.completed.max(1) as f64,
+            "opens_sent_per_completed_session": self.opens_sent_per_completed(),
             "opens_held_back": self.opens_held_back,
             "elapsed_seconds": self.elapsed.as_secs_f64(),
             "numbers": self.numbers,

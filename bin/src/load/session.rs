@@ -7,6 +7,9 @@
 //! - **Admitted**: some server attached the session (sent `Attached`) at
 //!   least once. **Refused at the door**: never admitted, and at least one
 //!   of its `Open`s was refused RESOURCE_EXHAUSTED before any `Attached`.
+//!   **Held back only**: never admitted, never refused by a server, and at
+//!   least one of its `Open`s held back by this process's open throttle
+//!   (whatever became of those it sent: unanswered, perhaps).
 //!   **Failed after admission**: admitted, not completed (it ended
 //!   unverified, or was still running when `--duration` ended): a promise
 //!   the server broke, unless it was only admitted too late to finish
@@ -370,8 +373,9 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
         tally.admitted += usize::from(admitted);
         tally.failed_after_admission += usize::from(admitted && !completed);
         tally.admitted_unfinished += usize::from(admitted && outcome.is_none());
-        tally.refused_at_door +=
-            usize::from(!admitted && (log.door_refusals > 0 || log.held_back > 0));
+        tally.refused_at_door += usize::from(!admitted && log.door_refusals > 0);
+        tally.held_back_only +=
+            usize::from(!admitted && log.door_refusals == 0 && log.held_back > 0);
         tally.opens_sent += u64::from(log.opens);
         tally.opens_held_back += u64::from(log.held_back);
         tally.session_seconds +=

@@ -191,9 +191,12 @@ pub struct Tally {
     /// Of those, the ones still running at the deadline: admitted late
     /// (after waiting at the door), or behind; not known to have failed.
     pub admitted_unfinished: usize,
-    /// Sessions never admitted whose `Open` was refused RESOURCE_EXHAUSTED,
-    /// or held back by this process's open throttle, at least once.
+    /// Sessions never admitted whose `Open` was refused RESOURCE_EXHAUSTED
+    /// at least once.
     pub refused_at_door: usize,
+    /// Sessions never admitted nor refused, with an `Open` held back by
+    /// this process's open throttle at least once.
+    pub held_back_only: usize,
     /// `Open`s sent, by every session: with `completed`, how much the
     /// refused ones retried.
     pub opens_sent: u64,
@@ -235,6 +238,7 @@ impl Tally {
         self.failed_after_admission += other.failed_after_admission;
         self.admitted_unfinished += other.admitted_unfinished;
         self.refused_at_door += other.refused_at_door;
+        self.held_back_only += other.held_back_only;
         self.opens_sent += other.opens_sent;
         self.opens_held_back += other.opens_held_back;
         self.session_seconds += other.session_seconds;

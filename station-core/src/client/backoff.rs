@@ -92,7 +92,7 @@ impl SinceProgress {
         }
         if self.held_back > 0 {
             parts.push(format!(
-                "this process held back {} (its servers had refused most of its opens)",
+                "this process held back {} (its servers had accepted few of its opens lately)",
                 times(self.held_back, "open", "opens")
             ));
         }
@@ -195,7 +195,13 @@ impl Client {
                 "the last open was held back too".into(),
             );
         }
-        let at = later(now, self.throttled_wait()).min(last_chance);
+        // Never the same instant (a configuration with no backoff), which
+        // would ask again in a tight loop until a draw let an open go.
+        let wait = self.throttled_wait().max(self.cfg.backoff_initial);
+        let at = later(now, wait).min(last_chance);
+        if at <= now {
+            return self.give_up(Deadline::NoProgress, "the last open was held back too".into());
+        }
         self.retry_limit = last_chance;
         self.phase = Phase::Backoff { until: at };
     }

@@ -151,7 +151,8 @@ fn after_an_outage_the_pace_recovers_within_a_minute() {
         .position(|w| w.iter().all(|&(_, taken)| taken == 7))
         .expect("never full for a second");
     assert!(full_for_a_second <= 6_000, "{} s", full_for_a_second / 100);
-    assert!(full <= full_for_a_second);
+    // A full tick came before that, once the server was back.
+    assert!(full > 0, "full in the first tick after a 30 s outage");
 }
 
 #[test]
@@ -159,12 +160,10 @@ fn a_held_back_open_is_no_stream_and_is_asked_again_after_a_throttled_wait() {
     let t0 = Instant::now();
     let cfg = Config::default();
     let mut c = new_client(t0, 10);
-    let draw = c.throttle_draw();
+    let first_draw = c.throttle_draw();
     c.handle_held_back(t0);
     assert_eq!(drain(&mut c), []);
     assert_eq!(c.reconnects(), 0);
-    // The next ask draws anew.
-    assert_ne!(c.throttle_draw(), draw);
     // It waits a throttled retry's wait: half the largest backoff, plus up
     // to half again.
     let at = c.poll_timeout().unwrap();
@@ -179,6 +178,8 @@ fn a_held_back_open_is_no_stream_and_is_asked_again_after_a_throttled_wait() {
         matches!(&out[..], [Output::Connect(Request::Open { .. })]),
         "{out:?}"
     );
+    // The second ask draws anew.
+    assert_ne!(c.throttle_draw(), first_draw);
     // The first stream actually opened is no reconnect, and no attempt
     // went to the retry budget.
     assert_eq!(c.reconnects(), 0);
