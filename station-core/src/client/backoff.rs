@@ -200,7 +200,10 @@ impl Client {
         let wait = self.throttled_wait().max(self.cfg.backoff_initial);
         let at = later(now, wait).min(last_chance);
         if at <= now {
-            return self.give_up(Deadline::NoProgress, "the last open was held back too".into());
+            return self.give_up(
+                Deadline::NoProgress,
+                "the last open was held back too".into(),
+            );
         }
         self.retry_limit = last_chance;
         self.phase = Phase::Backoff { until: at };
