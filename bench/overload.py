@@ -96,11 +96,11 @@ def still_running(res):
 def table(label, rows):
     print(f"\n### {label}\n")
     print("| store | × capacity | sessions offered | offered / min | completed | goodput / min "
-          "| refused at the door | failed after admission | never admitted otherwise | never started "
+          "| refused at the door | held back by the client only | failed after admission | never admitted otherwise | never started "
           "| reconnects | lateness p99, admitted (ms) | stall p99 (ms) | `Open`s of each completed session "
           "| `Open`s sent in all per completed session (held back by the client) "
           "| store ops per completed session | CPU (s): server / load / Redis |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (store, multiple), rs in sorted(rows.items()):
         res = [r for r, _ in rs]
         capacity = rs[0][1]["capacity"]
@@ -108,6 +108,7 @@ def table(label, rows):
               f"| {med([offered(run) for _, run in rs])} | {med([r['completed'] for r in res])} "
               f"| {med([goodput(r, run) for r, run in rs])} "
               f"| {med([r.get('refused_at_door') for r in res])} "
+              f"| {med([r.get('held_back_only') for r in res])} "
               f"| {med([r.get('failed_after_admission') for r in res])}"
               f"{still_running(res)} "
               f"| {med([r.get('never_admitted_otherwise') for r in res])} "
