@@ -437,6 +437,45 @@ async fn refusals_at_the_door_are_told_apart_from_failures_after_admission() {
     assert!((s - 3.0).abs() < 1e-9, "six schedules of 50 × 10 ms: {s}");
 }
 
+/// The opens the report says were sent are the opens the server saw: each
+/// admitted once or refused, by the server's own counters. Six sessions
+/// are too few for the open throttle (its reserve), so none is held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opens_reported_sent_are_the_opens_the_server_saw() {
+    let cfg = ServerConfig {
+        max_sessions: 2,
+        retry_after: Duration::from_millis(50),
+        ..config()
+    };
+    let (addr, station, _) = spawn_server(cfg).await;
+    let mut a = args(addr, 6, Duration::from_secs(30));
+    a.count = 20;
+    let report = measure(&a).await.unwrap();
+    let json = report.json();
+    assert_eq!(json["completed"], 6, "{}", report.text());
+    let stats = station.stats().await;
+    // Every stream began with `Open` (no admitted stream failed, so none
+    // resumed): admitted once each, or refused.
+    assert_eq!(
+        json["reconnects"],
+        json["resource_exhausted"],
+        "{}",
+        report.text()
+    );
+    assert_eq!(stats.sessions_opened, 6);
+    assert_eq!(
+        json["opens_sent"],
+        stats.sessions_opened + stats.streams_rejected,
+        "{}",
+        report.text()
+    );
+    assert!(stats.streams_rejected >= 4, "{stats:?}");
+    assert_eq!(json["opens_held_back"], 0);
+    assert_eq!(json["held_back_only"], 0);
+    let per = json["opens_sent_per_completed_session"].as_f64().unwrap();
+    assert!((per - json["opens_sent"].as_f64().unwrap() / 6.0).abs() < 1e-9);
+}
+
 #[test]
 fn proc_stats_reads_this_process() {
     let s = proc_stats(std::process::id()).expect("/proc is readable");
