@@ -36,6 +36,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tonic::{Status, Streaming};
 
 use crate::clock::now;
+use crate::log_limit::LogLimit;
 use crate::metrics;
 use crate::proto::client_message::Kind as ClientKind;
 use crate::proto::server_message::Kind as ServerKind;
@@ -43,7 +44,6 @@ use crate::proto::{Attached, ClientMessage, Number, Paused, ServerMessage};
 use crate::server::{Shared, StreamEvent};
 use crate::stall::{Cell, Drive};
 use crate::store::SessionStore;
-use crate::throttle::Throttle;
 
 type StoreFuture = Pin<Box<dyn Future<Output = StoreReply> + Send>>;
 
@@ -465,7 +465,7 @@ fn handle<S: SessionStore>(
             // An overloaded server refuses new sessions before any store
             // work, but lets every existing session resume: refusing a
             // resume only turns lateness into an expired session, and a
-            // slow store into lost ones (ARCHITECTURE.md §7).
+            // slow store into lost ones (ARCHITECTURE.md §2, "Overload").
             if session.client_id().is_none() {
                 // This stream's own place is counted in `held`.
                 let others = shared.held().saturating_sub(1);
@@ -629,14 +629,14 @@ fn account<S: SessionStore>(
     if creates && *reply == StoreReply::Done {
         shared.counters.opened();
     }
-    static WARN: Throttle = Throttle::new();
+    static WARN: LogLimit = LogLimit::new();
     let failed = matches!(reply, StoreReply::Unavailable(_));
     if failed {
-        if let Some(held) = WARN.admit(now()) {
+        if let Some(suppressed) = WARN.admit(now()) {
             tracing::warn!(
                 ?reply,
-                held,
-                "session store failed (and `held` more since the last line)"
+                suppressed,
+                "session store failed (and `suppressed` more since the last line)"
             );
         }
     }

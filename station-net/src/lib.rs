@@ -10,20 +10,28 @@
 //! - `stall`: drives the streams whose clients stopped reading, so that
 //!   their clocks do not wait for HTTP/2 flow control.
 //! - [`client`]: [`client::run`], driving a core `Client` across streams and
-//!   endpoints.
+//!   endpoints, with the process's retry budget and open throttle.
+//! - [`admission`]: the store's side of admission: an adaptive limit on
+//!   store operations in flight, and their latency and failures.
+//! - [`overload`]: the server's own signs that it is past capacity (its
+//!   timers' lateness, its acknowledgements' round trip, its processors'
+//!   share) and the limit it learns on streams held.
 //! - [`coalesce`]: write coalescing under HTTP/2 connections.
+//! - [`codec`]: the protobuf codec for our services, with small buffers (a
+//!   hundred thousand streams cannot each hold tonic's 16 KiB).
+//! - `clock`: the one place the adapter reads the clock (tokio's, so a
+//!   simulation's paused time is obeyed).
 //! - [`incoming`]: accepted TCP connections, with an accept loop that backs
 //!   off when file descriptors run out.
 //! - [`metrics`]: counters for the `Stats` RPC and Prometheus.
 //! - [`otel`]: traces: a span per stream and store operation, and the W3C
 //!   trace context a client sends on every stream of a session.
-//! - [`overload`]: the scheduling-lateness signal new sessions are shed on.
 //! - [`status`]: the one mapping between core errors and gRPC statuses.
 //! - [`store`]: the [`SessionStore`](store::SessionStore) trait,
 //!   [`MemoryStore`](store::MemoryStore) and [`RedisStore`](store::RedisStore).
 //! - [`testing`]: fixtures for tests (a private `redis-server`).
-//! - `throttle`: warnings every stream can raise at once, at most one a
-//!   second.
+//! - `log_limit`: warnings every stream can raise at once, at most one a
+//!   second per call site.
 //!
 //! The adapter owns sockets, timers and store I/O, and makes no protocol
 //! decision: those are the core's.
@@ -35,6 +43,7 @@ pub mod coalesce;
 pub mod codec;
 mod driver;
 pub mod incoming;
+mod log_limit;
 pub mod metrics;
 pub mod otel;
 pub mod overload;
@@ -43,7 +52,6 @@ mod stall;
 pub mod status;
 pub mod store;
 pub mod testing;
-mod throttle;
 
 pub mod proto {
     //! Generated from `proto/numbersstation/v1/station.proto`.

@@ -15,7 +15,7 @@
 //!
 //! The message is for people. It never holds the session store's own error
 //! text, which is logged here instead (at most once a second: see
-//! `throttle`).
+//! `log_limit`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -28,7 +28,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use tonic_types::{pb, ErrorDetails, ErrorInfo, RetryInfo, StatusExt};
 
-use crate::throttle::Throttle;
+use crate::log_limit::LogLimit;
 
 /// gRFC A6's pushback trailer: milliseconds to wait before retrying, or a
 /// negative number for "do not retry".
@@ -57,13 +57,13 @@ pub fn to_status_with_retry(reject: &Reject, retry_after: Option<Duration>) -> S
     let code = Code::from(reason.code() as i32);
     let message = match reject {
         Reject::StoreUnavailable(detail) => {
-            static WARN: Throttle = Throttle::new();
-            if let Some(held) = WARN.admit(crate::clock::now()) {
+            static WARN: LogLimit = LogLimit::new();
+            if let Some(suppressed) = WARN.admit(crate::clock::now()) {
                 tracing::warn!(
                     %detail,
-                    held,
+                    suppressed,
                     "session store unavailable, the client is told only that \
-                     (and `held` more since the last line)"
+                     (and `suppressed` more since the last line)"
                 );
             }
             STORE_UNAVAILABLE_MESSAGE.to_owned()

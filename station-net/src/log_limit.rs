@@ -4,7 +4,7 @@
 //! When the store fails, it fails for every stream: a line per stream
 //! (a saturated benchmark run once logged 676,000 in a few minutes) costs
 //! the CPU the server needs to recover and buries the first line, the one
-//! that says what went wrong. A [`Throttle`] lets one line through per
+//! that says what went wrong. A [`LogLimit`] lets one line through per
 //! [`PERIOD`] and counts the others into the next one that goes through.
 
 use std::sync::{Mutex, PoisonError};
@@ -14,39 +14,39 @@ use std::time::{Duration, Instant};
 pub const PERIOD: Duration = Duration::from_secs(1);
 
 /// One call site's budget of log lines: a `static` next to the call.
-pub struct Throttle(Mutex<State>);
+pub struct LogLimit(Mutex<State>);
 
 struct State {
     last: Option<Instant>,
-    held: u64,
+    suppressed: u64,
 }
 
-impl Throttle {
+impl LogLimit {
     pub const fn new() -> Self {
-        Throttle(Mutex::new(State {
+        LogLimit(Mutex::new(State {
             last: None,
-            held: 0,
+            suppressed: 0,
         }))
     }
 
-    /// Whether to log at `now`: `Some(held)`, with how many lines were
-    /// held back since the last one, or `None` (this one is held back).
+    /// Whether to log at `now`: `Some(suppressed)`, with how many lines were
+    /// suppressed since the last one, or `None` (this one is suppressed).
     pub fn admit(&self, now: Instant) -> Option<u64> {
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         match state.last {
             Some(last) if now < last + PERIOD => {
-                state.held += 1;
+                state.suppressed += 1;
                 None
             }
             _ => {
                 state.last = Some(now);
-                Some(std::mem::take(&mut state.held))
+                Some(std::mem::take(&mut state.suppressed))
             }
         }
     }
 }
 
-impl Default for Throttle {
+impl Default for LogLimit {
     fn default() -> Self {
         Self::new()
     }
@@ -57,8 +57,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_line_per_period_carrying_the_count_held_back() {
-        let t = Throttle::new();
+    fn one_line_per_period_carrying_the_count_suppressed() {
+        let t = LogLimit::new();
         let t0 = Instant::now();
         assert_eq!(t.admit(t0), Some(0));
         for k in 1..=5 {
