@@ -1,8 +1,12 @@
-//! `station`: the Numbers Station server, client and demo.
+//! `station`: the Numbers Station server, client, load generator and demo.
 //!
 //! Layout: `main.rs` parses flags and wires things together; `server.rs`,
-//! `client.rs` and `demo.rs` run the subcommands; `state_file.rs` keeps a
-//! client's progress on disk; `report.rs` prints outcomes.
+//! `client.rs`, `load/` (many sessions, measured: `session.rs` runs them,
+//! `tally.rs`, `timeline.rs` and `report.rs` count and print) and
+//! `demo.rs` run the subcommands; `state_file.rs` keeps a client's
+//! progress on disk; `report.rs` prints outcomes; `bars.rs` draws progress
+//! bars that log lines do not break; `traces.rs` exports traces over
+//! OTLP (`--otlp-endpoint`).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

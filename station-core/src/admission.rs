@@ -6,7 +6,7 @@
 //! *before* its queue turns into timeouts for the sessions already
 //! admitted: those timeouts end streams, every ended stream comes back as a
 //! resume, and each resume costs the store more (a load and a takeover),
-//! a loop that outlives whatever started it (ARCHITECTURE.md §7).
+//! a loop that outlives whatever started it (ARCHITECTURE.md §2, "Overload").
 //!
 //! The gate learns from every store operation the adapter runs: how long it
 //! took, how many were in flight when it started, and whether it failed.

@@ -1,7 +1,8 @@
 //! The door for new sessions, as the store sees it: every store operation
 //! that cannot answer at once is counted in flight and, when it ends,
-//! taught to the server's [`StoreGate`] (ARCHITECTURE.md §7). New sessions
-//! (`Open`) are refused while the gate is closed; resumes never are.
+//! taught to the server's [`StoreGate`] (ARCHITECTURE.md §2, "Overload").
+//! New sessions (`Open`) are refused while the gate is closed; resumes
+//! never are.
 //!
 //! The memory store answers every operation at once, on the stream's own
 //! task: it never queues, so it is not counted, and the gate stays open
