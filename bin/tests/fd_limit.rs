@@ -20,17 +20,11 @@ const HOGS: usize = 100;
 
 /// The server's user + system CPU time so far, from /proc.
 fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
-    // Fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .expect("stat has a command")
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
+    let stat = procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .expect("read /proc stat");
+    // In the kernel's clock ticks (USER_HZ).
+    Duration::from_secs_f64((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
 #[test]

@@ -282,25 +282,14 @@ pub struct ProcStats {
 
 /// Reads a process's CPU time and memory; `None` if it is gone.
 pub fn proc_stats(pid: u32) -> Option<ProcStats> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name, which may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib = |key: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(key))?;
-        line.split_whitespace()
-            .nth(1)?
-            .parse::<u64>()
-            .ok()
-            .map(|k| k * 1024)
-    };
+    let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    let stat = process.stat().ok()?;
+    let status = process.status().ok()?;
+    // CPU time is counted in the kernel's clock ticks (USER_HZ).
+    let ticks = (stat.utime + stat.stime) as f64;
     Some(ProcStats {
-        // Linux reports CPU time in clock ticks of 1/100 s (USER_HZ).
-        cpu_seconds: ticks as f64 / 100.0,
-        rss: kib("VmRSS:")?,
-        peak_rss: kib("VmHWM:")?,
+        cpu_seconds: ticks / procfs::ticks_per_second() as f64,
+        rss: status.vmrss? * 1024,
+        peak_rss: status.vmhwm? * 1024,
     })
 }

@@ -96,6 +96,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::hash::Hasher as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,17 +151,14 @@ pub const MAX_BATCH: usize = 256;
 /// layout: servers sharing a cluster must agree on it, so it is fixed here.
 pub const BUCKETS: usize = 64;
 
-/// The bucket of `id` in a cluster: FNV-1a over the id's 16 bytes, modulo
-/// [`BUCKETS`]. Fixed forever (servers of different versions sharing a
-/// cluster must agree), which is why it is spelled out rather than taken
-/// from a hasher that may change.
+/// The bucket of `id` in a cluster: 64-bit FNV-1a over the id's 16 bytes,
+/// modulo [`BUCKETS`]. Fixed forever (servers of different versions
+/// sharing a cluster must agree): FNV-1a is a named function (the `fnv`
+/// crate's), not a hasher that may change, and a test pins a value.
 pub fn bucket_of(id: &ClientId) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in id.0.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (hash % BUCKETS as u64) as usize
+    let mut hasher = fnv::FnvHasher::default();
+    hasher.write(id.0.as_bytes());
+    (hasher.finish() % BUCKETS as u64) as usize
 }
 
 /// The hash slot of a key, as Redis Cluster computes it: CRC16 (XMODEM) of
@@ -172,18 +170,7 @@ pub fn key_slot(key: &[u8]) -> u16 {
         let close = rest.iter().position(|&b| b == b'}')?;
         (close > 0).then(|| &rest[..close])
     });
-    let mut crc: u16 = 0;
-    for &byte in tagged.unwrap_or(key) {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % 16384
 }
 
 /// Where sessions' keys are.
