@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -27,14 +27,33 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_secs_f64((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
+/// `cmd` run with at most `limit` file descriptors, soft and hard: through
+/// util-linux's `prlimit`, which sets its own limits and execs the command
+/// (so the child's pid is the station's), rather than an unsafe `pre_exec`.
+fn with_descriptors(limit: u64, cmd: Command) -> Command {
+    let mut wrapped = Command::new("prlimit");
+    wrapped
+        .arg(format!("--nofile={limit}:{limit}"))
+        .arg("--")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    wrapped.stdin(std::process::Stdio::null());
+    wrapped
+}
+
 #[test]
 fn out_of_descriptors_the_server_pauses_accepting_and_keeps_serving() {
-    let mut cmd = station(["server", "--port", "0", "--interval", "100ms"]);
+    let mut cmd = with_descriptors(
+        LIMIT,
+        station(["server", "--port", "0", "--interval", "100ms"]),
+    );
     cmd.env("RUST_LOG", "info");
-    // SAFETY: setrlimit is a single system call, safe between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| rlimit::setrlimit(rlimit::Resource::NOFILE, LIMIT, LIMIT));
-    }
     let server = Server::spawn("server with 64 descriptors", cmd);
     let stderr = server.proc.stderr_so_far();
     assert!(

@@ -88,8 +88,6 @@
 //! }
 //! let _wake_at = stream.poll_timeout();
 //! ```
-#![deny(missing_docs)]
-#![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod client;

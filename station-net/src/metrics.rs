@@ -14,6 +14,8 @@ use tonic::Code;
 
 /// Numbers handed to the transport.
 pub const NUMBERS_SENT: &str = "station_numbers_sent_total";
+/// `Paused` messages sent in place of a number whose lease the store has
+/// not confirmed.
 pub const PAUSES_SENT: &str = "station_pauses_sent_total";
 /// Sessions opened: created in the store by an `Open` (counted once,
 /// whether or not its stream lived to attach).

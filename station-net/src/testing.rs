@@ -370,11 +370,17 @@ fn log_tail(log: &Path) -> String {
 /// A reply of Redis's RESP2 protocol, as [`command`] reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
+    /// A null bulk string or array.
     Nil,
+    /// A simple string (`+OK`).
     Status(String),
+    /// An error (`-ERR ...`).
     Error(String),
+    /// An integer.
     Int(i64),
+    /// A bulk string.
     Bulk(Vec<u8>),
+    /// An array of replies.
     Array(Vec<Reply>),
 }
 
@@ -490,8 +496,11 @@ pub struct RedisCluster {
 /// One line of `CLUSTER NODES`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterNode {
+    /// The node's id.
     pub id: String,
+    /// Its port on 127.0.0.1.
     pub port: u16,
+    /// A primary (else a replica).
     pub primary: bool,
     /// Marked failing (`fail` or `fail?`) by the node asked.
     pub failing: bool,
