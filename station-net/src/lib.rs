@@ -29,7 +29,8 @@
 //! - [`status`]: the one mapping between core errors and gRPC statuses.
 //! - [`store`]: the [`SessionStore`](store::SessionStore) trait,
 //!   [`MemoryStore`](store::MemoryStore) and [`RedisStore`](store::RedisStore).
-//! - [`testing`]: fixtures for tests (a private `redis-server`).
+//! - `testing` (feature `testing`, off in production builds): fixtures for
+//!   tests (private `redis-server` processes).
 //! - `log_limit`: warnings every stream can raise at once, at most one a
 //!   second per call site.
 //!
@@ -51,6 +52,7 @@ pub mod server;
 mod stall;
 pub mod status;
 pub mod store;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub mod proto {

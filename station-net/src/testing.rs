@@ -13,7 +13,6 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a starting server has to answer `PING`.
@@ -45,7 +44,8 @@ const START_ATTEMPTS: usize = 3;
 pub struct RedisServer {
     binary: PathBuf,
     port: u16,
-    dir: PathBuf,
+    /// Removed when the server is dropped (after it is stopped).
+    dir: tempfile::TempDir,
     /// Settings after the defaults (later ones win in `redis-server`).
     extra: Vec<String>,
     /// Listens with TLS only, on `port` (plain port off).
@@ -113,7 +113,7 @@ impl RedisServer {
 
     /// The server's data directory (its log is `redis.log` in it).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     /// Sends one command to this server; see [`command`].
@@ -134,7 +134,7 @@ impl RedisServer {
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
             let dir = make_dir(port);
-            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
             std::fs::write(&cert, cert_pem).expect("write the certificate");
             std::fs::write(&key, key_pem).expect("write the key");
             let mut server = RedisServer {
@@ -224,20 +224,20 @@ impl RedisServer {
 
     /// Spawns the server and waits for it; on failure nothing runs.
     fn spawn_and_wait(&mut self) -> Result<(), String> {
-        let log = self.dir.join("redis.log");
+        let log = self.dir.path().join("redis.log");
         let child = Command::new(&self.binary)
             .arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1"])
             .arg("--dir")
-            .arg(&self.dir)
+            .arg(self.dir.path())
             .args(["--save", ""])
             .args(["--appendonly", "yes"])
             .args(["--daemonize", "no"])
             .arg("--logfile")
             .arg(&log)
             .args(&self.extra)
-            .current_dir(&self.dir)
+            .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -281,8 +281,8 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // The directory goes with the field, once the server is stopped.
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -310,18 +310,11 @@ fn free_port() -> u16 {
 }
 
 /// A new, empty directory for one server's data.
-fn make_dir(port: u16) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("station-redis-{}-{port}-{n}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => return dir,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => panic!("cannot create {}: {e}", dir.display()),
-        }
-    }
+fn make_dir(port: u16) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("station-redis-{port}-"))
+        .tempdir()
+        .unwrap_or_else(|e| panic!("cannot create a directory for redis-server: {e}"))
 }
 
 /// Whether the Redis on `port` is process `pid` and answers `PING` (so it
@@ -559,7 +552,7 @@ impl RedisCluster {
     /// `redis-cli --cluster create … --cluster-replicas 1 --cluster-yes`,
     /// bounded; panics with its output if it fails.
     fn create(&self) {
-        let out = self.nodes[0].dir.join("cluster-create.log");
+        let out = self.nodes[0].dir.path().join("cluster-create.log");
         let file = std::fs::File::create(&out).expect("create log file");
         let mut cmd = Command::new(&self.cli);
         cmd.args(["--cluster", "create"]);
