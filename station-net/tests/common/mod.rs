@@ -6,6 +6,7 @@
 // Not every test binary uses every helper, nor every re-export.
 #![allow(dead_code, unused_imports)]
 
+pub mod raw;
 mod server;
 
 pub use server::{assert_no_panics, connect, serve_fake, watch_panics, Good, Pki, TestServer};
