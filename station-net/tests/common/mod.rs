@@ -8,6 +8,7 @@
 
 pub mod raw;
 mod server;
+pub mod store;
 
 pub use server::{assert_no_panics, connect, serve_fake, watch_panics, Good, Pki, TestServer};
 
