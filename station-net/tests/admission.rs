@@ -5,28 +5,29 @@
 //!
 //! The server binds 127.0.0.1 on an OS-picked port; every wait is bounded.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use station_core::client::{Client, Config as ClientConfig, Verdict};
+use station_core::client::{Config as ClientConfig, Verdict};
 use station_core::server::{Config as SessionConfig, StoreOp, StoreReply};
 use station_core::{ClientId, Reason};
-use station_net::client::{run, ChannelOptions, DriverOptions, Endpoints};
+use station_net::client::Endpoints;
 use station_net::proto::client_message::Kind;
 use station_net::proto::numbers_station_client::NumbersStationClient;
 use station_net::proto::server_message::Kind as ServerKind;
 use station_net::proto::{ClientMessage, Open, Resume};
 use station_net::status::PUSHBACK_KEY;
 use station_net::store::{MemoryStore, SessionStore, StoreError};
-use station_net::{ServerConfig, Station};
-use tokio::sync::{mpsc, oneshot};
+use station_net::ServerConfig;
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 mod common;
+
+use common::TestServer;
 
 const STEP: Duration = Duration::from_secs(5);
 const INTERVAL: Duration = Duration::from_millis(20);
@@ -64,33 +65,28 @@ impl SessionStore for Delayed {
     }
 }
 
-async fn start(store: Delayed) -> (SocketAddr, Station<Delayed>, oneshot::Sender<()>) {
+async fn start(store: Delayed) -> TestServer<Delayed> {
     let cfg = ServerConfig {
         // A lease of a sixth of the TTL: 1 s, so renewals feed the gate.
         session: SessionConfig::new(INTERVAL, Duration::from_secs(6)),
         store_timeout: Duration::from_secs(2),
         ..ServerConfig::default()
     };
-    let station = Station::new(cfg, store);
-    let (addr, stop) = common::serve(&station).await;
-    (addr, station, stop)
+    TestServer::with_store(cfg, store).await
 }
 
-fn session(addr: SocketAddr, count: u32, seed: u64) -> tokio::task::JoinHandle<(Verdict, u32)> {
+/// A session of `count` numbers run to its end on a task of its own.
+fn session(endpoints: Endpoints, count: u32, seed: u64) -> tokio::task::JoinHandle<(Verdict, u32)> {
     tokio::spawn(async move {
-        let endpoints = Endpoints::tcp(&[addr.to_string()], &ChannelOptions::default()).unwrap();
-        let id = ClientId::from_random_bytes(seed.to_le_bytes().repeat(2).try_into().unwrap());
-        let c = Client::new(Instant::now(), ClientConfig::default(), id, count, seed).unwrap();
-        let outcome = run(&endpoints, &DriverOptions::default(), c, |_, _| {}).await;
+        let client = common::client(ClientConfig::default(), count, seed);
+        let outcome = common::run_client(&endpoints, client).await;
         (outcome.verdict, outcome.reconnects)
     })
 }
 
 /// One `Open` by hand: the status it ends with, or `Ok` once attached.
-async fn try_open(addr: SocketAddr, n: u8) -> Result<(), tonic::Status> {
-    let mut client = NumbersStationClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+async fn try_open(server: &TestServer<Delayed>, n: u8) -> Result<(), tonic::Status> {
+    let mut client = NumbersStationClient::new(server.channel().await);
     let (tx, rx) = mpsc::channel(2);
     tx.send(ClientMessage {
         kind: Some(Kind::Open(Open {
@@ -118,9 +114,12 @@ async fn try_open(addr: SocketAddr, n: u8) -> Result<(), tonic::Status> {
 async fn a_slow_store_closes_the_door_to_new_sessions_not_to_admitted_ones() {
     let store = Delayed::default();
     let (delay, creates) = (store.delay_ms.clone(), store.creates.clone());
-    let (addr, station, _stop) = start(store).await;
+    let server = start(store).await;
+    let station = &server.station;
     // Admitted while the store is fast: 20 sessions of 6 s.
-    let admitted: Vec<_> = (0..20).map(|i| session(addr, 300, 100 + i)).collect();
+    let admitted: Vec<_> = (0..20)
+        .map(|i| session(server.endpoints(), 300, 100 + i))
+        .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The store slows to 700 ms an operation: past a quarter of the store
     // timeout, well inside the lease. Wait for the gate to see a window.
@@ -135,7 +134,7 @@ async fn a_slow_store_closes_the_door_to_new_sessions_not_to_admitted_ones() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let before = creates.load(Ordering::Relaxed);
-    let refused = try_open(addr, 1).await.expect_err("the door is closed");
+    let refused = try_open(&server, 1).await.expect_err("the door is closed");
     common::assert_rejected(
         "open while the store is slow",
         &refused,
@@ -148,7 +147,7 @@ async fn a_slow_store_closes_the_door_to_new_sessions_not_to_admitted_ones() {
     // The store recovers; the door opens again within a few windows.
     delay.store(0, Ordering::Relaxed);
     let deadline = Instant::now() + STEP * 2;
-    while try_open(addr, 2).await.is_err() {
+    while try_open(&server, 2).await.is_err() {
         assert!(Instant::now() < deadline, "the door never opened again");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -166,10 +165,8 @@ async fn a_slow_store_closes_the_door_to_new_sessions_not_to_admitted_ones() {
 async fn a_resume_waits_for_a_slow_load_within_its_attach_deadline() {
     let store = Delayed::default();
     let load_delay = store.load_delay_ms.clone();
-    let (addr, _station, _stop) = start(store).await;
-    let mut client = NumbersStationClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let server = start(store).await;
+    let mut client = NumbersStationClient::new(server.channel().await);
     let id = ClientId::from_random_bytes([9; 16]).to_string();
 
     // Open, take `Attached` and go: the session is released.

@@ -5,20 +5,21 @@
 //! more. Without that evidence (the stream alone on its connection) the
 //! watchdog judges as before.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use station_core::client::{Client, Config as ClientConfig, Outcome, Verdict};
-use station_core::{sequence, ClientId};
+use station_core::sequence;
 use station_net::client::{run, ChannelOptions, DriverOptions, Endpoints, Event};
 use station_net::proto::client_message::Kind as ClientKind;
-use station_net::proto::numbers_station_server::{NumbersStation, NumbersStationServer};
+use station_net::proto::numbers_station_server::NumbersStation;
 use station_net::proto::server_message::Kind;
 use station_net::proto::{Attached, ClientMessage, Number, ServerMessage};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+
+mod common;
 
 const SEED: u64 = 91;
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -77,17 +78,10 @@ impl NumbersStation for Busy {
     }
 }
 
-async fn serve() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(NumbersStationServer::new(Busy))
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
-    addr
+/// The client driver's endpoints for a `Busy` server.
+async fn fake_server() -> Endpoints {
+    let addr = common::serve_fake(Busy).await;
+    Endpoints::tcp(&[addr.to_string()], &ChannelOptions::default()).unwrap()
 }
 
 fn attached(count: u32) -> ServerMessage {
@@ -117,17 +111,9 @@ fn number(index: u32, count: u32) -> ServerMessage {
     }
 }
 
-/// A client of `count` numbers whose id (and seed) is `id`.
-fn client(id: u8, count: u32) -> Client {
-    let client_id = ClientId::from_random_bytes([id; 16]);
-    Client::new(
-        Instant::now(),
-        ClientConfig::default(),
-        client_id,
-        count,
-        u64::from(id),
-    )
-    .unwrap()
+/// A client of `count` numbers seeded with `seed`.
+fn client(seed: u8, count: u32) -> Client {
+    common::client(ClientConfig::default(), count, u64::from(seed))
 }
 
 /// Runs one session of `count` over `endpoints`: its outcome and how many
@@ -150,8 +136,7 @@ async fn session(endpoints: &Endpoints, id: u8, count: u32) -> (Outcome, u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_late_while_its_connection_delivers_is_waited_on() {
-    let addr = serve().await;
-    let endpoints = Endpoints::tcp(&[addr.to_string()], &ChannelOptions::default()).unwrap();
+    let endpoints = fake_server().await;
     let within = Duration::from_secs(30);
     let busy = tokio::spawn({
         let endpoints = endpoints.clone();
@@ -175,8 +160,7 @@ async fn a_stream_late_while_its_connection_delivers_is_waited_on() {
 /// called silent within two silence allowances (4.6 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_of_a_connection_gone_silent_as_a_whole_are_called_silent() {
-    let addr = serve().await;
-    let endpoints = Endpoints::tcp(&[addr.to_string()], &ChannelOptions::default()).unwrap();
+    let endpoints = fake_server().await;
     let started = Instant::now();
     let sessions = (4..8u8).map(|id| {
         let endpoints = endpoints.clone();
@@ -209,8 +193,7 @@ async fn streams_of_a_connection_gone_silent_as_a_whole_are_called_silent() {
 /// is alive, so the watchdog drops it at its silence allowance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_late_alone_on_its_connection_is_called_silent() {
-    let addr = serve().await;
-    let endpoints = Endpoints::tcp(&[addr.to_string()], &ChannelOptions::default()).unwrap();
+    let endpoints = fake_server().await;
     let started = Instant::now();
     let mut silent = 0;
     let client = client(3, LATE_COUNT);

@@ -6,7 +6,6 @@
 //!
 //! The server binds 127.0.0.1 on an OS-picked port; every wait is bounded.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use station_net::proto::numbers_station_client::NumbersStationClient;
 use station_net::proto::server_message::Kind as ServerKind;
 use station_net::proto::{Ack, ClientMessage, Open};
 use station_net::status::PUSHBACK_KEY;
-use station_net::{ServerConfig, Station};
+use station_net::ServerConfig;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tokio_stream::wrappers::ReceiverStream;
@@ -29,16 +28,13 @@ use tonic_health::pb::HealthCheckRequest;
 
 mod common;
 
-use common::Switchable;
+use common::{Switchable, TestServer};
 
 const STEP: Duration = Duration::from_secs(5);
 const INTERVAL: Duration = Duration::from_millis(20);
 const SERVICE: &str = "numbersstation.v1.NumbersStation";
 
-async fn start(
-    store: Switchable,
-    drain_period: Duration,
-) -> (SocketAddr, Station<Switchable>, oneshot::Sender<()>) {
+async fn start(store: Switchable, drain_period: Duration) -> TestServer<Switchable> {
     let cfg = ServerConfig {
         session: SessionConfig::new(INTERVAL, Duration::from_secs(4)),
         drain_period,
@@ -46,18 +42,11 @@ async fn start(
         shutdown_grace: Duration::from_secs(1),
         ..ServerConfig::default()
     };
-    let station = Station::new(cfg, store);
-    let (addr, stop) = common::serve(&station).await;
-    (addr, station, stop)
+    TestServer::with_store(cfg, store).await
 }
 
-async fn health(addr: SocketAddr, service: &str) -> ServingStatus {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = HealthClient::new(channel);
+async fn health(server: &TestServer<Switchable>, service: &str) -> ServingStatus {
+    let mut client = HealthClient::new(server.channel().await);
     let reply = timeout(
         STEP,
         client.check(HealthCheckRequest {
@@ -71,10 +60,10 @@ async fn health(addr: SocketAddr, service: &str) -> ServingStatus {
 }
 
 /// Polls both health statuses until they are `want` (bounded).
-async fn wait_health(addr: SocketAddr, want: ServingStatus) {
+async fn wait_health(server: &TestServer<Switchable>, want: ServingStatus) {
     let deadline = Instant::now() + STEP;
     loop {
-        let now = (health(addr, "").await, health(addr, SERVICE).await);
+        let now = (health(server, "").await, health(server, SERVICE).await);
         if now == (want, want) {
             return;
         }
@@ -90,12 +79,12 @@ async fn wait_health(addr: SocketAddr, want: ServingStatus) {
 async fn health_follows_the_store() {
     let store = Switchable::default();
     let down = store.down.clone();
-    let (addr, _station, _stop) = start(store, Duration::ZERO).await;
-    wait_health(addr, ServingStatus::Serving).await;
+    let server = start(store, Duration::ZERO).await;
+    wait_health(&server, ServingStatus::Serving).await;
     down.store(true, Ordering::Relaxed);
-    wait_health(addr, ServingStatus::NotServing).await;
+    wait_health(&server, ServingStatus::NotServing).await;
     down.store(false, Ordering::Relaxed);
-    wait_health(addr, ServingStatus::Serving).await;
+    wait_health(&server, ServingStatus::Serving).await;
 }
 
 /// One attached stream that acknowledges what it gets, until it ends:
@@ -158,10 +147,8 @@ fn open(n: u8) -> ClientMessage {
 async fn shutdown_leads_with_health_refuses_new_streams_and_drains_the_rest() {
     const STREAMS: u8 = 6;
     let drain = Duration::from_millis(800);
-    let (addr, station, _stop) = start(Switchable::default(), drain).await;
-    let client = NumbersStationClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let server = start(Switchable::default(), drain).await;
+    let client = NumbersStationClient::new(server.channel().await);
     let began = Arc::new(std::sync::OnceLock::new());
     let mut streams = Vec::new();
     for n in 0..STREAMS {
@@ -176,8 +163,8 @@ async fn shutdown_leads_with_health_refuses_new_streams_and_drains_the_rest() {
     }
 
     began.set(Instant::now()).unwrap();
-    station.begin_shutdown();
-    wait_health(addr, ServingStatus::NotServing).await;
+    server.station.begin_shutdown();
+    wait_health(&server, ServingStatus::NotServing).await;
     // New streams are refused at once, with pushback.
     let (tx, rx) = mpsc::channel(1);
     tx.send(open(100)).await.unwrap();

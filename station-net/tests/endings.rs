@@ -7,27 +7,28 @@
 //! server counted (`Stats`). Every server binds 127.0.0.1 on an OS-picked
 //! port; every wait is bounded.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use station_core::client::{Client, Config as ClientConfig, Verdict};
+use station_core::client::{Config as ClientConfig, Verdict};
 use station_core::server::{Config as SessionConfig, StoreOp, StoreReply};
 use station_core::ClientId;
-use station_net::client::{run, ChannelOptions, DriverOptions, Endpoints};
+use station_net::client::Endpoints;
 use station_net::proto::client_message::Kind;
 use station_net::proto::numbers_station_client::NumbersStationClient;
 use station_net::proto::server_message::Kind as ServerKind;
 use station_net::proto::{Ack, ClientMessage, Open, ServerMessage, StatsReply};
 use station_net::store::{MemoryStore, SessionStore, StoreError};
-use station_net::{ServerConfig, Station};
-use tokio::sync::{mpsc, oneshot};
+use station_net::ServerConfig;
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming};
 
 mod common;
+
+use common::TestServer;
 
 /// Bound on any single wait for the server.
 const STEP: Duration = Duration::from_secs(5);
@@ -86,55 +87,41 @@ impl SessionStore for SlowDeletes {
     }
 }
 
-struct Server {
-    addr: SocketAddr,
-    station: Station<SlowDeletes>,
-    _stop: oneshot::Sender<()>,
+async fn start(store: SlowDeletes) -> TestServer<SlowDeletes> {
+    let cfg = ServerConfig {
+        session: SessionConfig::new(INTERVAL, Duration::from_secs(4)),
+        shutdown_grace: Duration::from_secs(2),
+        ..ServerConfig::default()
+    };
+    TestServer::with_store(cfg, store).await
 }
 
-impl Server {
-    async fn start(store: SlowDeletes) -> Server {
-        let cfg = ServerConfig {
-            session: SessionConfig::new(INTERVAL, Duration::from_secs(4)),
-            shutdown_grace: Duration::from_secs(2),
-            ..ServerConfig::default()
-        };
-        let station = Station::new(cfg, store);
-        let (addr, stop) = common::serve(&station).await;
-        Server {
-            addr,
-            station,
-            _stop: stop,
-        }
-    }
+/// Once settled: one session completed, nothing rejected, nothing left in
+/// the store.
+async fn assert_one_completion(server: &TestServer<SlowDeletes>) {
+    let stats = settled(server).await;
+    assert_eq!(
+        (
+            stats.sessions_completed,
+            stats.streams_rejected,
+            stats.live_sessions
+        ),
+        (1, 0, Some(0)),
+        "{stats:?}"
+    );
+}
 
-    /// Once settled: one session completed, nothing rejected, nothing
-    /// left in the store.
-    async fn assert_one_completion(&self) {
-        let stats = self.settled().await;
-        assert_eq!(
-            (
-                stats.sessions_completed,
-                stats.streams_rejected,
-                stats.live_sessions
-            ),
-            (1, 0, Some(0)),
-            "{stats:?}"
-        );
-    }
-
-    /// The stats once every stream has ended and no store work is left.
-    async fn settled(&self) -> StatsReply {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let stats = self.station.stats().await;
-            if stats.attached_streams == 0 && stats.live_sessions == Some(0)
-                || Instant::now() > deadline
-            {
-                return stats;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+/// The stats once every stream has ended and no store work is left.
+async fn settled(server: &TestServer<SlowDeletes>) -> StatsReply {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let stats = server.station.stats().await;
+        if stats.attached_streams == 0 && stats.live_sessions == Some(0)
+            || Instant::now() > deadline
+        {
+            return stats;
         }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -145,10 +132,13 @@ struct Hand {
 }
 
 impl Hand {
-    async fn open(addr: SocketAddr, id: ClientId, count: u32, nonce: [u8; 16]) -> Hand {
-        let mut client = NumbersStationClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+    async fn open(
+        server: &TestServer<SlowDeletes>,
+        id: ClientId,
+        count: u32,
+        nonce: [u8; 16],
+    ) -> Hand {
+        let mut client = NumbersStationClient::new(server.channel().await);
         let (tx, rx) = mpsc::channel(16);
         tx.send(ClientMessage {
             kind: Some(Kind::Open(Open {
@@ -199,25 +189,22 @@ fn id(n: u8) -> ClientId {
     ClientId::from_random_bytes([n; 16])
 }
 
-async fn verified_client(addr: SocketAddr, count: u32, seed: u64) -> Verdict {
-    let endpoints = Endpoints::tcp(&[addr.to_string()], &ChannelOptions::default()).unwrap();
-    let id = ClientId::from_random_bytes(seed.to_le_bytes().repeat(2).try_into().unwrap());
-    let c = Client::new(Instant::now(), ClientConfig::default(), id, count, seed).unwrap();
-    run(&endpoints, &DriverOptions::default(), c, |_, _| {})
-        .await
-        .verdict
+/// A session of `count` numbers run to its end: its verdict.
+async fn verified_client(endpoints: Endpoints, count: u32, seed: u64) -> Verdict {
+    let client = common::client(ClientConfig::default(), count, seed);
+    common::run_client(&endpoints, client).await.verdict
 }
 
 /// A client half-closes after its final ack, while the delete is still
 /// in flight: every such session is a completion, none a rejection.
 #[tokio::test]
 async fn a_half_close_during_a_slow_delete_counts_as_a_completion() {
-    let server = Server::start(SlowDeletes::new(Duration::from_millis(100), 0)).await;
-    let clients = (0..5u64).map(|seed| verified_client(server.addr, 3, seed + 1));
+    let server = start(SlowDeletes::new(Duration::from_millis(100), 0)).await;
+    let clients = (0..5u64).map(|seed| verified_client(server.endpoints(), 3, seed + 1));
     for verdict in futures_join_all(clients).await {
         assert_eq!(verdict, Verdict::Verified);
     }
-    let stats = server.settled().await;
+    let stats = settled(&server).await;
     assert_eq!(
         (
             stats.sessions_opened,
@@ -236,12 +223,12 @@ async fn a_half_close_during_a_slow_delete_counts_as_a_completion() {
 async fn a_failed_delete_is_retried_and_the_stream_ends_ok() {
     let store = SlowDeletes::new(Duration::from_millis(10), 1);
     let deletes = store.deletes.clone();
-    let server = Server::start(store).await;
-    let mut hand = Hand::open(server.addr, id(1), 2, [7; 16]).await;
+    let server = start(store).await;
+    let mut hand = Hand::open(&server, id(1), 2, [7; 16]).await;
     hand.take_all(2).await;
     let end = hand.next().await;
     assert!(matches!(end, Ok(None)), "ended OK: {end:?}");
-    server.assert_one_completion().await;
+    assert_one_completion(&server).await;
     assert_eq!(deletes.load(Ordering::Relaxed), 2, "one retry");
 }
 
@@ -250,43 +237,43 @@ async fn a_failed_delete_is_retried_and_the_stream_ends_ok() {
 /// SHUTTING_DOWN.
 #[tokio::test]
 async fn shutdown_during_a_delete_waits_for_it_and_ends_ok() {
-    let server = Server::start(SlowDeletes::new(Duration::from_millis(300), 0)).await;
-    let mut hand = Hand::open(server.addr, id(2), 1, [8; 16]).await;
+    let server = start(SlowDeletes::new(Duration::from_millis(300), 0)).await;
+    let mut hand = Hand::open(&server, id(2), 1, [8; 16]).await;
     hand.take_all(1).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     server.station.begin_shutdown();
     let end = hand.next().await;
     assert!(matches!(end, Ok(None)), "ended OK: {end:?}");
-    server.assert_one_completion().await;
+    assert_one_completion(&server).await;
 }
 
 /// A client that resets its stream right after its final ack: the delete
 /// still runs, and the session still counts as completed.
 #[tokio::test]
 async fn a_reset_during_a_delete_still_deletes_and_counts_a_completion() {
-    let server = Server::start(SlowDeletes::new(Duration::from_millis(200), 1)).await;
-    let mut hand = Hand::open(server.addr, id(3), 1, [9; 16]).await;
+    let server = start(SlowDeletes::new(Duration::from_millis(200), 1)).await;
+    let mut hand = Hand::open(&server, id(3), 1, [9; 16]).await;
     hand.take_all(1).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     drop(hand);
-    server.assert_one_completion().await;
+    assert_one_completion(&server).await;
 }
 
 /// An `Open` repeated with its nonce (its `Attached` was lost) re-attaches
 /// the session: one session opened, re-attached once, completed once.
 #[tokio::test]
 async fn a_repeated_open_counts_one_session() {
-    let server = Server::start(SlowDeletes::new(Duration::ZERO, 0)).await;
-    let mut first = Hand::open(server.addr, id(4), 2, [10; 16]).await;
+    let server = start(SlowDeletes::new(Duration::ZERO, 0)).await;
+    let mut first = Hand::open(&server, id(4), 2, [10; 16]).await;
     assert!(matches!(
         first.next().await,
         Ok(Some(ServerKind::Attached(_)))
     ));
     drop(first);
-    let mut again = Hand::open(server.addr, id(4), 2, [10; 16]).await;
+    let mut again = Hand::open(&server, id(4), 2, [10; 16]).await;
     again.take_all(2).await;
     assert!(matches!(again.next().await, Ok(None)));
-    let stats = server.settled().await;
+    let stats = settled(&server).await;
     assert_eq!(
         (
             stats.sessions_opened,
@@ -302,22 +289,20 @@ async fn a_repeated_open_counts_one_session() {
 /// first message was refused, is not counted.
 #[tokio::test]
 async fn only_attached_streams_are_counted_as_attached() {
-    let server = Server::start(SlowDeletes::new(Duration::ZERO, 0)).await;
+    let server = start(SlowDeletes::new(Duration::ZERO, 0)).await;
     // Idle: the server answered the call's headers, nothing else yet.
-    let mut client = NumbersStationClient::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap();
+    let mut client = NumbersStationClient::new(server.channel().await);
     let (idle_tx, idle_rx) = mpsc::channel::<ClientMessage>(1);
     let _idle = timeout(STEP, client.stream(ReceiverStream::new(idle_rx)))
         .await
         .unwrap()
         .unwrap();
     // Refused: a count of zero, and the stream still open on our side.
-    let mut bad = Hand::open(server.addr, id(5), 0, [11; 16]).await;
+    let mut bad = Hand::open(&server, id(5), 0, [11; 16]).await;
     let refused = bad.next().await.expect_err("count 0 is refused");
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert_eq!(server.station.stats().await.attached_streams, 0);
-    let mut good = Hand::open(server.addr, id(6), 50, [12; 16]).await;
+    let mut good = Hand::open(&server, id(6), 50, [12; 16]).await;
     assert!(matches!(
         good.next().await,
         Ok(Some(ServerKind::Attached(_)))

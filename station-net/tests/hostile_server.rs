@@ -8,15 +8,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use station_core::client::{Client, Config as ClientConfig, Outcome, Verdict};
-use station_core::{sequence, ClientId, Reason, DOMAIN};
+use station_core::client::{Config as ClientConfig, Outcome, Verdict};
+use station_core::{sequence, Reason, DOMAIN};
 use station_net::client::{run, ChannelOptions, DriverOptions, Endpoints, Event};
-use station_net::proto::numbers_station_server::{NumbersStation, NumbersStationServer};
+use station_net::proto::numbers_station_server::NumbersStation;
 use station_net::proto::server_message::Kind;
 use station_net::proto::{Attached, ClientMessage, Number, ServerMessage};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
+
+mod common;
 
 const SEED: u64 = 77;
 
@@ -54,22 +55,12 @@ impl NumbersStation for Hostile {
 async fn serve(
     script: impl Fn(u32) -> (Vec<ServerMessage>, Status) + Send + Sync + 'static,
 ) -> (SocketAddr, Hostile) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let svc = Hostile {
         script: Arc::new(script),
         streams: Arc::new(AtomicU32::new(0)),
         started: Arc::new(Mutex::new(Vec::new())),
     };
-    let server = svc.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(NumbersStationServer::new(server))
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
-    (addr, svc)
+    (common::serve_fake(svc.clone()).await, svc)
 }
 
 fn secs(s: i64) -> prost_types::Duration {
@@ -117,10 +108,11 @@ fn status(code: Code, reason: Reason, retry_after: Option<Duration>) -> Status {
     Status::with_error_details(code, "scripted", details)
 }
 
-async fn client(addr: SocketAddr, count: u32, cfg: ClientConfig) -> (Outcome, u32) {
+/// Runs a session of `count` numbers against the server at `addr`: its
+/// outcome, and how many times it attached.
+async fn session(addr: SocketAddr, count: u32, cfg: ClientConfig) -> (Outcome, u32) {
     let endpoints = Endpoints::tcp(&[addr.to_string()], &ChannelOptions::default()).unwrap();
-    let id = ClientId::from_random_bytes([5; 16]);
-    let c = Client::new(Instant::now(), cfg, id, count, 1).unwrap();
+    let c = common::client(cfg, count, 1);
     let mut attached = 0;
     let opts = DriverOptions {
         linger: Duration::from_millis(100),
@@ -150,7 +142,7 @@ async fn attached_with_durations_of_2_pow_62_seconds_is_a_protocol_error() {
         })
         .await;
         let limit = Duration::from_secs(30);
-        let (outcome, _) = tokio::time::timeout(limit, client(addr, 3, ClientConfig::default()))
+        let (outcome, _) = tokio::time::timeout(limit, session(addr, 3, ClientConfig::default()))
             .await
             .expect("the client finishes");
         assert!(
@@ -182,7 +174,7 @@ async fn a_server_that_attaches_then_always_fails_is_given_up_on() {
         ..ClientConfig::default()
     };
     let started = Instant::now();
-    let (outcome, attached) = tokio::time::timeout(Duration::from_secs(30), client(addr, 3, cfg))
+    let (outcome, attached) = tokio::time::timeout(Duration::from_secs(30), session(addr, 3, cfg))
         .await
         .expect("the client gives up");
     assert!(
@@ -217,7 +209,7 @@ async fn retry_info_delays_the_next_attempt() {
     .await;
     let (outcome, _) = tokio::time::timeout(
         Duration::from_secs(30),
-        client(addr, 4, ClientConfig::default()),
+        session(addr, 4, ClientConfig::default()),
     )
     .await
     .expect("the client finishes");
@@ -236,7 +228,7 @@ async fn session_lost_is_a_rejection_that_says_so() {
         serve(|_| (vec![], status(Code::NotFound, Reason::SessionLost, None))).await;
     let (outcome, _) = tokio::time::timeout(
         Duration::from_secs(30),
-        client(addr, 4, ClientConfig::default()),
+        session(addr, 4, ClientConfig::default()),
     )
     .await
     .expect("the client finishes");
@@ -262,7 +254,7 @@ async fn a_message_over_the_decode_limit_is_a_protocol_error() {
     .await;
     let (outcome, attached) = tokio::time::timeout(
         Duration::from_secs(30),
-        client(addr, 3, ClientConfig::default()),
+        session(addr, 3, ClientConfig::default()),
     )
     .await
     .expect("the client finishes");

@@ -4,39 +4,32 @@
 //! where the same crowd without a shared throttle sends every retry. Held
 //! back is never failed: sessions complete or give up, saying so.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use station_core::client::{Client, Config as ClientConfig, Request, Verdict};
 use station_core::server::Config as SessionConfig;
-use station_core::{ClientId, Secret};
-use station_net::client::{run, ChannelOptions, DriverOptions, Endpoints, Event};
-use station_net::store::MemoryStore;
-use station_net::{serve_tcp, ServerConfig, Station};
+use station_core::Secret;
+use station_net::client::{run, DriverOptions, Event};
+use station_net::ServerConfig;
+
+mod common;
+
+use common::TestServer;
 
 const SESSIONS: u64 = 150;
 /// Streams the server carries at once: at 25 numbers 20 ms apart, about
 /// 8 sessions a second, so most of the crowd waits.
 const ROOM: usize = 4;
 
-async fn start() -> (SocketAddr, Station<MemoryStore>) {
+async fn start() -> TestServer {
     let cfg = ServerConfig {
         session: SessionConfig::new(Duration::from_millis(20), Duration::from_secs(5)),
         max_sessions: ROOM,
         retry_after: Duration::from_millis(200),
         ..ServerConfig::default()
     };
-    let station = Station::new(cfg, MemoryStore::default());
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let s = station.clone();
-    tokio::spawn(async move {
-        let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        serve_tcp(s, bind, |a| tx.send(a).unwrap(), std::future::pending())
-            .await
-            .unwrap();
-    });
-    (rx.await.unwrap(), station)
+    TestServer::start(cfg).await
 }
 
 /// What a crowd did: opens sent, opens held back, and the outcomes.
@@ -51,8 +44,8 @@ struct Crowd {
 /// Runs the crowd; `shared` runs every session with one `DriverOptions`
 /// (one budget and throttle), else each with its own.
 async fn crowd(shared: bool) -> (Crowd, DriverOptions) {
-    let (addr, _station) = start().await;
-    let endpoints = Endpoints::tcp(&[addr.to_string()], &ChannelOptions::default()).unwrap();
+    let server = start().await;
+    let endpoints = server.endpoints();
     let opts = DriverOptions::default();
     let cfg = ClientConfig {
         give_up_without_progress: Duration::from_secs(15),
@@ -68,8 +61,7 @@ async fn crowd(shared: bool) -> (Crowd, DriverOptions) {
         };
         let (endpoints, cfg, tally) = (endpoints.clone(), cfg.clone(), Arc::clone(&tally));
         tasks.spawn(async move {
-            let id = ClientId::from_random_bytes(seed.to_le_bytes().repeat(2).try_into().unwrap());
-            let c = Client::new(Instant::now(), cfg, id, 25, seed).unwrap();
+            let c = common::client(cfg, 25, seed);
             let outcome = run(&endpoints, &opts, c, |e, _| match e {
                 Event::Connecting {
                     request: Request::Open { .. },
@@ -146,11 +138,7 @@ async fn a_crowd_held_back_sends_far_fewer_opens_for_the_same_sessions_served() 
 /// about it, even when the throttle holds back nearly every open.
 #[tokio::test]
 async fn resumes_are_never_held_back() {
-    // A loopback port nothing listens on: every attempt fails at once.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = dead.local_addr().unwrap();
-    drop(dead);
-    let endpoints = Endpoints::tcp(&[addr.to_string()], &ChannelOptions::default()).unwrap();
+    let endpoints = common::nothing_listening();
     let opts = DriverOptions::default();
     let cfg = ClientConfig {
         give_up_without_progress: Duration::from_secs(2),
@@ -161,8 +149,7 @@ async fn resumes_are_never_held_back() {
     for seed in 1..=40u64 {
         let (endpoints, opts, cfg) = (endpoints.clone(), opts.clone(), cfg.clone());
         tasks.spawn(async move {
-            let id = ClientId::from_random_bytes(seed.to_le_bytes().repeat(2).try_into().unwrap());
-            let c = Client::new(Instant::now(), cfg, id, 10, seed).unwrap();
+            let c = common::client(cfg, 10, seed);
             run(&endpoints, &opts, c, |_, _| {}).await
         });
     }
@@ -172,8 +159,7 @@ async fn resumes_are_never_held_back() {
     let before = opts.budget.open_stats();
     assert!(before.hold_ratio > 0.5, "{before:?}");
     // A session that holds a resume token, restored from a snapshot.
-    let id = ClientId::from_random_bytes([9; 16]);
-    let fresh = Client::new(Instant::now(), cfg.clone(), id, 10, 9).unwrap();
+    let fresh = common::client(cfg.clone(), 10, 9);
     let mut snapshot = fresh.snapshot();
     snapshot.token = Some(Secret([5; 16]));
     let c = Client::restore(Instant::now(), cfg, snapshot, 9).unwrap();

@@ -5,18 +5,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use station_core::client::{Client, Config as ClientConfig, Verdict};
+use station_core::client::{Config as ClientConfig, Verdict};
 use station_core::server::Config as SessionConfig;
-use station_core::ClientId;
-use station_net::client::{run, ChannelOptions, DriverOptions, Endpoints, Event};
-use station_net::{serve_tcp, ServerConfig, Station};
-use tokio::sync::oneshot;
+use station_net::client::{run, DriverOptions, Event};
+use station_net::ServerConfig;
 
-use common::Switchable;
+use common::{Switchable, TestServer};
 
 const INTERVAL: Duration = Duration::from_millis(20);
 const COUNT: u32 = 250;
@@ -24,37 +21,23 @@ const COUNT: u32 = 250;
 /// more than two leases, so the stream is held past that allowance.
 const OUTAGE: Duration = Duration::from_secs(4);
 
-async fn start(store: Switchable) -> (SocketAddr, oneshot::Sender<()>) {
+async fn start(store: Switchable) -> TestServer<Switchable> {
     let mut session = SessionConfig::new(INTERVAL, Duration::from_secs(20));
     session.lease = Duration::from_millis(500);
-    let station = Station::new(
-        ServerConfig {
-            session,
-            ..ServerConfig::default()
-        },
-        store,
-    );
-    let (addr_tx, addr_rx) = oneshot::channel();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        serve_tcp(station, bind, |a| addr_tx.send(a).unwrap(), async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    (addr_rx.await.unwrap(), stop)
+    let cfg = ServerConfig {
+        session,
+        ..ServerConfig::default()
+    };
+    TestServer::with_store(cfg, store).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_stream_is_waited_on_not_resumed() {
     let store = Switchable::default();
     let down = store.down.clone();
-    let (addr, _stop) = start(store).await;
-    let endpoints = Endpoints::tcp(&[addr.to_string()], &ChannelOptions::default()).unwrap();
-    let id = ClientId::from_random_bytes([3; 16]);
-    let client = Client::new(Instant::now(), ClientConfig::default(), id, COUNT, 3).unwrap();
+    let server = start(store).await;
+    let endpoints = server.endpoints();
+    let client = common::client(ClientConfig::default(), COUNT, 3);
     let outage = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
         down.store(true, Ordering::Relaxed);

@@ -6,17 +6,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use station_core::client::{Client, Config as ClientConfig, Verdict};
-use station_core::ClientId;
-use station_net::client::{run, ChannelOptions, DriverOptions, Endpoints, Event};
+use station_core::client::{Config as ClientConfig, Verdict};
+use station_net::client::{run, DriverOptions, Event};
+
+mod common;
 
 #[tokio::test]
 async fn sessions_sharing_options_share_one_budget_and_are_throttled_not_failed() {
-    // A loopback port nothing listens on: every attempt is refused at once.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = dead.local_addr().unwrap();
-    drop(dead);
-    let endpoints = Endpoints::tcp(&[addr.to_string()], &ChannelOptions::default()).unwrap();
+    let endpoints = common::nothing_listening();
     let opts = DriverOptions::default();
     let give_up = Duration::from_secs(2);
     let cfg = ClientConfig {
@@ -34,8 +31,7 @@ async fn sessions_sharing_options_share_one_budget_and_are_throttled_not_failed(
             Arc::clone(&attempts),
         );
         tasks.spawn(async move {
-            let id = ClientId::from_random_bytes(seed.to_le_bytes().repeat(2).try_into().unwrap());
-            let c = Client::new(Instant::now(), cfg, id, 10, seed).unwrap();
+            let c = common::client(cfg, 10, seed);
             run(&endpoints, &opts, c, |e, _| {
                 if matches!(e, Event::Connecting { .. }) {
                     attempts.fetch_add(1, Ordering::Relaxed);

@@ -8,7 +8,6 @@
 //! at shutdown; the client hears the end when it reads again. Every server
 //! binds 127.0.0.1 on an OS-picked port; every wait is bounded.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,13 +20,14 @@ use station_net::proto::server_message::Kind as ServerKind;
 use station_net::proto::{ClientMessage, Open, ServerMessage};
 use station_net::store::{MemoryStore, SessionStore, StoreError};
 use station_net::{ServerConfig, Station};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use tonic::{Code, Streaming};
 
 mod common;
+
+use common::TestServer;
 
 const INTERVAL: Duration = Duration::from_millis(10);
 /// The session's silence timeout at this interval: three intervals and 2 s.
@@ -76,15 +76,7 @@ impl SessionStore for Counting {
     }
 }
 
-struct Server {
-    addr: SocketAddr,
-    station: Station<Counting>,
-    store: Counting,
-    _stop: oneshot::Sender<()>,
-}
-
-async fn server() -> Server {
-    let store = Counting::default();
+async fn server() -> TestServer<Counting> {
     let cfg = ServerConfig {
         // A 6 s TTL makes the lease 1 s, so renewals fall within the
         // silence timeout.
@@ -93,14 +85,7 @@ async fn server() -> Server {
         ..ServerConfig::default()
     };
     assert_eq!(cfg.session.silence_timeout, SILENCE);
-    let station = Station::new(cfg, store.clone());
-    let (addr, stop) = common::serve(&station).await;
-    Server {
-        addr,
-        station,
-        store,
-        _stop: stop,
-    }
+    TestServer::with_store(cfg, Counting::default()).await
 }
 
 /// Opens a session over a connection that grants the server a 64-byte
@@ -108,18 +93,15 @@ async fn server() -> Server {
 /// the response stream (for reading later), the sender (so the request
 /// stays open), and when the client last spoke.
 async fn stalled_reader(
-    addr: SocketAddr,
+    server: &TestServer<Counting>,
 ) -> (
     Streaming<ServerMessage>,
     mpsc::Sender<ClientMessage>,
     Instant,
 ) {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .initial_stream_window_size(Some(64))
-        .connect()
-        .await
-        .unwrap();
+    let channel = server
+        .channel_with(|e| e.initial_stream_window_size(Some(64)))
+        .await;
     let mut client = NumbersStationClient::new(channel);
     let (tx, rx) = mpsc::channel(4);
     tx.send(ClientMessage {
@@ -178,14 +160,14 @@ async fn read_to_end(rx: &mut Streaming<ServerMessage>) -> (u32, tonic::Status) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stops_is_ended_by_the_silence_rule_and_renewed_until_then() {
     let server = server().await;
-    let (mut rx, _tx, spoke) = stalled_reader(server.addr).await;
+    let (mut rx, _tx, spoke) = stalled_reader(&server).await;
 
     // While the client reads nothing, its session's lease is renewed: a
     // lease is 1 s, so the first 1.8 s (before the silence timeout) hold at
     // least one renewal.
-    let renewed_from = server.store.updates.load(Ordering::Relaxed);
+    let renewed_from = server.station.store().updates.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(1800).saturating_sub(spoke.elapsed())).await;
-    let renewals = server.store.updates.load(Ordering::Relaxed) - renewed_from;
+    let renewals = server.station.store().updates.load(Ordering::Relaxed) - renewed_from;
     assert!(
         renewals >= 1,
         "{renewals} lease renewals in the 1.8 s a stalled reader held its stream"
@@ -230,7 +212,7 @@ async fn a_reader_that_stops_is_ended_by_the_silence_rule_and_renewed_until_then
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stops_still_hears_shutdown() {
     let server = server().await;
-    let (mut rx, _tx, spoke) = stalled_reader(server.addr).await;
+    let (mut rx, _tx, spoke) = stalled_reader(&server).await;
     // Long enough for hyper to be waiting on the window.
     tokio::time::sleep(Duration::from_millis(500)).await;
 

@@ -24,16 +24,17 @@ use station_net::proto::client_message::Kind;
 use station_net::proto::numbers_station_client::NumbersStationClient;
 use station_net::proto::server_message::Kind as ServerKind;
 use station_net::proto::{Ack, ClientMessage, Open, ServerMessage};
-use station_net::store::MemoryStore;
-use station_net::{ServerConfig, Station};
+use station_net::ServerConfig;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Streaming;
 
 mod common;
+
+use common::TestServer;
 
 const STREAMS: u32 = 3_000;
 /// Acks each stream sends while the server cannot send to it.
@@ -103,17 +104,16 @@ async fn acks_left_unread_by_a_busy_connection_do_not_close_it() {
         session,
         ..ServerConfig::default()
     };
-    let station = Station::new(cfg, MemoryStore::default());
-    let (addr, _stop) = common::serve(&station).await;
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .initial_stream_window_size(Some(64))
-        // The client's h2 has the same defence against the numbers it
-        // holds unread (4 or 5 a stream here): room for them all.
-        .initial_connection_window_size(Some(64 << 20))
-        .connect()
-        .await
-        .unwrap();
+    let server = TestServer::start(cfg).await;
+    let station = &server.station;
+    let channel = server
+        .channel_with(|e| {
+            e.initial_stream_window_size(Some(64))
+                // The client's h2 has the same defence against the numbers
+                // it holds unread (4 or 5 a stream here): room for them all.
+                .initial_connection_window_size(Some(64 << 20))
+        })
+        .await;
 
     let began = std::time::Instant::now();
     let streams = all_attached(&channel, STREAMS).await;
@@ -168,14 +168,11 @@ async fn numbers_left_unread_by_a_busy_client_do_not_close_its_connection() {
         session,
         ..ServerConfig::default()
     };
-    let station = Station::new(cfg, MemoryStore::default());
-    let (addr, _stop) = common::serve(&station).await;
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();
-    let channel = ChannelOptions::default()
-        .apply(endpoint)
-        .connect()
-        .await
-        .unwrap();
+    let server = TestServer::start(cfg).await;
+    let station = &server.station;
+    let channel = server
+        .channel_with(|e| ChannelOptions::default().apply(e))
+        .await;
 
     let began = std::time::Instant::now();
     let mut streams = all_attached(&channel, STREAMS).await;
