@@ -372,7 +372,7 @@ impl<S: SessionStore> Drive for Driver<S> {
             };
             if *this.armed != Some(deadline) {
                 *this.armed = Some(deadline);
-                let wake_at = coalesce(deadline, now(), shared.epoch, shared.cfg.tick_slack);
+                let wake_at = round_to_slot(deadline, now(), shared.epoch, shared.cfg.tick_slack);
                 this.timer.as_mut().reset(wake_at.into());
             }
             ready!(this.timer.as_mut().poll(cx));
@@ -394,7 +394,7 @@ impl<S: SessionStore> Drive for Driver<S> {
 /// instead of one each: timer slack, as the kernel does for the same
 /// reason. Numbers are late by less than `slack`; the load generator
 /// measures that against the announced schedule.
-fn coalesce(deadline: Instant, now: Instant, epoch: Instant, slack: Duration) -> Instant {
+fn round_to_slot(deadline: Instant, now: Instant, epoch: Instant, slack: Duration) -> Instant {
     let slack = slack.as_nanos();
     if slack == 0 || deadline <= now || deadline <= epoch {
         return deadline;
@@ -716,21 +716,33 @@ mod tests {
     }
 
     #[test]
-    fn coalesce_rounds_up_to_the_slot_and_leaves_zero_slack_alone() {
+    fn round_to_slot_rounds_up_and_leaves_zero_slack_alone() {
         let epoch = Instant::now();
         let ms = Duration::from_millis;
         let slack = ms(5);
         let now = epoch + ms(10);
-        assert_eq!(coalesce(epoch + ms(12), now, epoch, slack), epoch + ms(15));
-        assert_eq!(coalesce(epoch + ms(15), now, epoch, slack), epoch + ms(15));
-        assert_eq!(coalesce(epoch + ms(16), now, epoch, slack), epoch + ms(20));
         assert_eq!(
-            coalesce(epoch + ms(12), now, epoch, Duration::ZERO),
+            round_to_slot(epoch + ms(12), now, epoch, slack),
+            epoch + ms(15)
+        );
+        assert_eq!(
+            round_to_slot(epoch + ms(15), now, epoch, slack),
+            epoch + ms(15)
+        );
+        assert_eq!(
+            round_to_slot(epoch + ms(16), now, epoch, slack),
+            epoch + ms(20)
+        );
+        assert_eq!(
+            round_to_slot(epoch + ms(12), now, epoch, Duration::ZERO),
             epoch + ms(12)
         );
         // Already due: sent at once, not held for the slot.
-        assert_eq!(coalesce(epoch + ms(7), now, epoch, slack), epoch + ms(7));
+        assert_eq!(
+            round_to_slot(epoch + ms(7), now, epoch, slack),
+            epoch + ms(7)
+        );
         // Before the epoch (cannot happen for a live server): unchanged.
-        assert_eq!(coalesce(epoch, epoch, epoch + ms(3), slack), epoch);
+        assert_eq!(round_to_slot(epoch, epoch, epoch + ms(3), slack), epoch);
     }
 }
