@@ -7,9 +7,10 @@ use std::time::Duration;
 use station_core::client::Config as ClientConfig;
 use station_core::ClientId;
 
+use crate::base::lock;
 use crate::report::Backlog;
-use crate::run::{lock, Registry};
 use crate::scenario::{Action, Scenario, StoreKind, When};
+use crate::server_store::Registry;
 use crate::storenet::{self, StoreHost};
 
 /// What applying faults needs besides the simulation.

@@ -113,8 +113,21 @@
 //! - [`store`]: the real `MemoryStore` on the simulation's clock, with
 //!   the planted [`Bug`]s and the write log the invariants read; used by
 //!   the in-process stores and by the store host alike.
+//! - [`server_store`]: the store each server boot uses, watched (every
+//!   answer it hands the server is recorded), and the registry of every
+//!   server's current station and store that the harness and its faults
+//!   share.
 //! - [`clock`]: one simulated clock for every store handle.
 //! - [`rng`]: everything random derives from the run's seed.
+//! - `base`: the lock helper every module uses.
+//!
+//! The modules import each other in layers, never in a cycle: `base`,
+//! [`clock`], [`rng`], [`net`] and [`scenario`] import none of the
+//! crate's; [`store`], [`counted`] and [`stale`] import those; [`report`]
+//! those and [`store`]; [`storenet`] those and [`report`];
+//! [`server_store`] those and [`storenet`]; the faults (private) those and
+//! [`server_store`]; and [`run`](mod@run) all of them. Above the harness:
+//! [`recovery`], [`invariants`], [`timeline`] and [`sweep`](mod@sweep).
 //!
 //! # Stores ([`StoreKind`])
 //!
@@ -294,6 +307,7 @@
 //! 1 s interval.
 #![forbid(unsafe_code)]
 
+mod base;
 pub mod clock;
 pub mod counted;
 mod faults;
@@ -304,6 +318,7 @@ pub mod report;
 pub mod rng;
 pub mod run;
 pub mod scenario;
+pub mod server_store;
 pub mod stale;
 pub mod store;
 pub mod storenet;

@@ -55,19 +55,7 @@ use crate::scenario::Scenario;
 /// it from emptying until the clients give up (8 times and more).
 pub const DRAIN_ALLOWANCE: u32 = 3;
 
-/// When a trigger ends, and how long the run may take to be steady again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Recovery {
-    /// When the trigger ended (simulated time): the fault that ends it is
-    /// due then (and applies at the first step from then on).
-    pub from: Duration,
-    /// The last disturbance comes at most this long after the store's
-    /// queue emptied: see [`Recovery::after_store_slowdown`].
-    pub bound: Duration,
-    /// Once settled, the longest a running client may wait for its next
-    /// number.
-    pub pace: Duration,
-}
+pub use crate::scenario::Recovery;
 
 impl fmt::Display for Recovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

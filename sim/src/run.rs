@@ -16,21 +16,23 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, SystemTime};
 
 use station_core::client::{Client, Config as ClientConfig, Outcome, Request};
-use station_core::server::{Lookup, StoreOp, StoreReply};
+use station_core::server::Lookup;
 use station_core::ClientId;
 use station_net::client::{self as driver, DriverOptions, Endpoints, Event};
-use station_net::store::{MemoryStore, SessionStore, StoreError};
+use station_net::store::MemoryStore;
 use station_net::{ServerConfig, Station, StreamEvent};
 
+use crate::base::lock;
 use crate::clock::SimClock;
 use crate::counted::Recorder;
 use crate::faults::{Env, FaultState, Trigger};
 use crate::net;
 use crate::report::{
-    fnv1a, Answer, Backlog, ClientReport, ClientStream, DataLoss, Progress, Report, ServerEvent,
+    fnv1a, Backlog, ClientReport, ClientStream, DataLoss, Progress, Report, ServerEvent,
 };
 use crate::rng::{derive, SimRng};
 use crate::scenario::{Action, Bug, Scenario, StoreKind};
+use crate::server_store::{AnswerLog, Backend, Registry, ServerStore};
 use crate::stale::{self, Stale};
 use crate::store::{self, SimStore, WriteLog};
 use crate::storenet::{self, NetStore, StoreHost};
@@ -40,106 +42,6 @@ const SEED_TURMOIL: u64 = 1;
 const SEED_CLIENTS: u64 = 2;
 const SEED_SERVER: u64 = 3;
 const SEED_STORE: u64 = 4;
-
-/// The store a server boot uses, watched: every answer it hands the
-/// server is logged as an [`Answer`].
-#[derive(Clone, Debug)]
-pub struct ServerStore {
-    backend: Backend,
-    watch: Watch,
-}
-
-/// Where a server boot's sessions live: in-process, or the store host.
-#[derive(Clone, Debug)]
-pub enum Backend {
-    /// An in-process store ([`StoreKind::Shared`], [`StoreKind::PerBoot`]).
-    Sim(SimStore),
-    /// The store host over the network ([`StoreKind::Host`]).
-    Net(NetStore),
-}
-
-/// Where a run collects [`Answer`]s.
-type AnswerLog = Arc<Mutex<Vec<Answer>>>;
-
-#[derive(Clone)]
-struct Watch {
-    server: usize,
-    clock: Arc<SimClock>,
-    answers: AnswerLog,
-    /// Operations of every server under way (asked, not yet answered or
-    /// given up): the run does not end before their answers arrive.
-    in_flight: Arc<AtomicU64>,
-}
-
-/// Counts one operation under way while it lives (a crashed server's
-/// operations are dropped with it).
-struct InFlight(Arc<AtomicU64>);
-
-impl InFlight {
-    fn new(count: &Arc<AtomicU64>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        InFlight(count.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl std::fmt::Debug for Watch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watch")
-            .field("server", &self.server)
-            .finish()
-    }
-}
-
-impl ServerStore {
-    /// What an in-process store holds for `id` (`Missing` for the host's
-    /// handle: look at the host's data instead).
-    pub fn lookup(&self, id: ClientId) -> Lookup {
-        match &self.backend {
-            Backend::Sim(s) => s.lookup(id),
-            Backend::Net(_) => Lookup::Missing,
-        }
-    }
-}
-
-impl SessionStore for ServerStore {
-    async fn execute(&self, op: StoreOp) -> StoreReply {
-        let asked = op.clone();
-        let _in_flight = InFlight::new(&self.watch.in_flight);
-        let reply = match &self.backend {
-            Backend::Sim(s) => s.execute(op).await,
-            Backend::Net(n) => n.execute(op).await,
-        };
-        // The server's stream gets this in the same poll (its timeout
-        // polls the operation first), so it is exactly what it heard.
-        lock(&self.watch.answers).push(Answer {
-            at: self.watch.clock.elapsed(),
-            server: self.watch.server,
-            op: asked,
-            reply: reply.clone(),
-        });
-        reply
-    }
-
-    async fn live_sessions(&self) -> Result<u64, StoreError> {
-        match &self.backend {
-            Backend::Sim(s) => s.live_sessions().await,
-            Backend::Net(n) => n.live_sessions().await,
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        match &self.backend {
-            Backend::Sim(s) => s.kind(),
-            Backend::Net(n) => n.kind(),
-        }
-    }
-}
 
 /// How often the drain phase looks at the stores.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
@@ -167,9 +69,6 @@ struct State {
     /// Each client's streams as it saw them.
     streams: Vec<Vec<ClientStream>>,
 }
-
-/// The servers' current stations and stores, updated at every boot.
-pub(crate) type Registry = Arc<Mutex<Vec<Option<(ServerStore, Station<ServerStore>)>>>>;
 
 impl State {
     /// When a fault trigger's event first happened, if it has.
@@ -470,15 +369,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
                     (Backend::Net(store), Some(connection))
                 }
             };
-            let store = ServerStore {
-                backend,
-                watch: Watch {
-                    server: s,
-                    clock: clock.clone(),
-                    answers: answers.clone(),
-                    in_flight: in_flight.clone(),
-                },
-            };
+            let store = ServerStore::new(backend, s, &clock, &answers, &in_flight);
             let mut session = session.clone();
             if bug == Bug::GivesUpEarly {
                 // Clients hear a third of the TTL (the store keeps sessions
@@ -789,15 +680,11 @@ fn stores(
         StoreKind::PerBoot => lock(registry)
             .iter()
             .flatten()
-            .filter_map(|(store, _)| match &store.backend {
+            .filter_map(|(store, _)| match store.backend() {
                 Backend::Sim(s) => Some(s.memory().clone()),
                 Backend::Net(_) => None,
             })
             .collect(),
         StoreKind::Host => host.map(|h| h.data()).into_iter().collect(),
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

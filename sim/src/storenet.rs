@@ -66,10 +66,10 @@ use station_net::store::{MemoryStore, SessionStore, StoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::base::lock;
 use crate::clock::SimClock;
 use crate::report::Backlog;
 use crate::rng::SimRng;
-use crate::run::lock;
 use crate::scenario::{Bug, StoreNet};
 use crate::store::{self, WriteLog};
 
