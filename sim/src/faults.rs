@@ -436,14 +436,15 @@ impl FaultState {
 
     /// Applies every fault due now, in order; repeats while applying one
     /// makes another due (zero-delay chains). `happened` says when a
-    /// trigger's event first happened; `log` records applied faults.
+    /// trigger's event first happened; `applied` hears of each fault
+    /// applied (when, its index in the schedule, what it did).
     pub(crate) fn apply_due(
         &mut self,
         sim: &mut turmoil::Sim<'_>,
         scenario: &Scenario,
         env: &Env<'_>,
         happened: impl Fn(Trigger) -> Option<Duration>,
-        log: impl Fn(Duration, String),
+        applied: impl Fn(Duration, usize, &Action),
     ) {
         let now = sim.elapsed();
         loop {
@@ -478,7 +479,7 @@ impl FaultState {
                     );
                     self.applied[i] = Some(now);
                     self.links.update(scenario, now);
-                    log(now, format!("fault {i}: {:?}", fault.action));
+                    applied(now, i, &fault.action);
                     any = true;
                 }
             }

@@ -95,6 +95,9 @@
 //!   and returns a [`Report`]: per-client outcome, running sums and CRCs,
 //!   isolation periods, server stream events, every write that changed a
 //!   stored record, store data losses, the event trace and its hash.
+//! - [`trace`]: the event trace as typed observations (when, which host,
+//!   what happened); each prints as its trace line, the text the trace
+//!   hash covers.
 //! - [`invariants`]: [`check`] turns a report into [`Violation`]s, by the
 //!   rules of `station_core::testkit::invariants` (shared with the core's
 //!   harness).
@@ -123,8 +126,8 @@
 //!
 //! The modules import each other in layers, never in a cycle: `base`,
 //! [`clock`], [`rng`], [`net`] and [`scenario`] import none of the
-//! crate's; [`store`], [`counted`] and [`stale`] import those; [`report`]
-//! those and [`store`]; [`storenet`] those and [`report`];
+//! crate's; [`store`], [`counted`], [`stale`] and [`trace`] import those;
+//! [`report`] those and [`store`]; [`storenet`] those and [`report`];
 //! [`server_store`] those and [`storenet`]; the faults (private) those and
 //! [`server_store`]; and [`run`](mod@run) all of them. Above the harness:
 //! [`recovery`], [`invariants`], [`timeline`] and [`sweep`](mod@sweep).
@@ -325,6 +328,7 @@ pub mod storenet;
 pub mod swarm;
 pub mod sweep;
 pub mod timeline;
+pub mod trace;
 
 pub use invariants::{check, Invariant, Violation};
 pub use recovery::Recovery;

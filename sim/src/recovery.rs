@@ -265,14 +265,17 @@ const LISTED: usize = 5;
 /// What breaks the recovery promise: a queue that did not empty in time,
 /// the disturbances after the run should have settled (the first few, then
 /// how many), and each client that waited longer than [`Recovery::pace`]
-/// for a number after it (its longest wait).
-pub fn unsteady(recovery: &Recovery, report: &Report) -> Vec<(Option<usize>, String)> {
+/// for a number after it (its longest wait). Each with the client it
+/// concerns, if one, and when: the trigger's end for the queue, the
+/// disturbance's time, the number's arrival.
+pub fn unsteady(recovery: &Recovery, report: &Report) -> Vec<(Option<usize>, Duration, String)> {
     let out = recovery.outcome(report);
-    let mut found: Vec<(Option<usize>, String)> = Vec::new();
+    let mut found: Vec<(Option<usize>, Duration, String)> = Vec::new();
     let deadline = out.drain_deadline();
     if out.emptied.is_none_or(|at| at > deadline) {
         found.push((
             None,
+            out.ended,
             format!(
                 "the store's queue held {:?} of work when the trigger ended at {:?}, and was empty again {} (allowed: by {deadline:?}, {DRAIN_ALLOWANCE} times that work)",
                 out.drain,
@@ -290,6 +293,7 @@ pub fn unsteady(recovery: &Recovery, report: &Report) -> Vec<(Option<usize>, Str
     for d in late.iter().take(LISTED) {
         found.push((
             None,
+            d.at,
             format!(
                 "at {:?}, {:?} after the trigger ended at {:?}, past {settled:?} when the run should have been steady ({:?} after the store's queue emptied, {}): {}",
                 d.at,
@@ -306,6 +310,7 @@ pub fn unsteady(recovery: &Recovery, report: &Report) -> Vec<(Option<usize>, Str
         let last = &late[late.len() - 1];
         found.push((
             None,
+            last.at,
             format!(
                 "and {} more disturbances after {settled:?}, the last at {:?}: {}",
                 late.len() - LISTED,
@@ -329,6 +334,7 @@ pub fn unsteady(recovery: &Recovery, report: &Report) -> Vec<(Option<usize>, Str
         if let Some((waited, at)) = longest {
             found.push((
                 Some(c),
+                at,
                 format!(
                     "waited {waited:?} for the number it got at {at:?}, after the run should have been steady at {settled:?} (pace {:?})",
                     recovery.pace

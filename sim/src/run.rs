@@ -36,6 +36,7 @@ use crate::server_store::{AnswerLog, Backend, Registry, ServerStore};
 use crate::stale::{self, Stale};
 use crate::store::{self, SimStore, WriteLog};
 use crate::storenet::{self, NetStore, StoreHost};
+use crate::trace::{ClientName, Host, Observation, TraceEvent};
 
 /// Sub-seed purposes (see [`derive()`]).
 const SEED_TURMOIL: u64 = 1;
@@ -50,12 +51,14 @@ const DRAIN_POLL: Duration = Duration::from_millis(100);
 struct Shared {
     clock: Arc<SimClock>,
     ids: HashMap<ClientId, usize>,
+    /// Server index by host name (the clients' endpoints).
+    servers: HashMap<String, usize>,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
-    trace: Vec<String>,
+    trace: Vec<Observation>,
     server_events: Vec<ServerEvent>,
     /// First arrival of (client, index) at the client.
     received: BTreeMap<(usize, u32), Duration>,
@@ -89,31 +92,36 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn log(&self, at: Duration, line: String) {
-        self.state().trace.push(format!("{} {line}", stamp(at)));
+    fn log(&self, at: Duration, host: Host, event: TraceEvent) {
+        self.state().trace.push(Observation { at, host, event });
     }
 
-    fn client_name(&self, id: &ClientId) -> String {
+    fn client_name(&self, id: &ClientId) -> ClientName {
         self.ids
             .get(id)
-            .map_or_else(|| format!("c?{id}"), |i| format!("c{i}"))
+            .map_or(ClientName::Unknown(*id), |&i| ClientName::Known(i))
+    }
+
+    /// The server a client's endpoint names (the harness named them all).
+    fn server(&self, endpoint: &str) -> usize {
+        self.servers[endpoint]
     }
 
     fn on_server_event(&self, server: usize, boot: u64, event: &StreamEvent) {
         let at = self.now();
-        let who = format!("s{server}.{boot}");
-        let line = match event {
-            // The incarnation stays out of the trace line, so trace hashes
-            // match those recorded before it was observed.
+        let seen = match event {
+            // The incarnation stays out of the trace, so trace hashes match
+            // those recorded before it was observed.
             StreamEvent::Attached {
                 client_id,
                 generation,
                 next_index,
                 ..
-            } => format!(
-                "{who} attached {} g{generation} @{next_index}",
-                self.client_name(client_id)
-            ),
+            } => TraceEvent::StreamAttached {
+                client: self.client_name(client_id),
+                generation: *generation,
+                next_index: *next_index,
+            },
             StreamEvent::Sent {
                 client_id,
                 generation,
@@ -123,17 +131,23 @@ impl Shared {
                 if let Some(c) = self.ids.get(client_id) {
                     self.state().sent.entry((*c, *index)).or_insert(at);
                 }
-                format!(
-                    "{who} sent {} g{generation} #{index}={value:08x}",
-                    self.client_name(client_id)
-                )
+                TraceEvent::StreamSent {
+                    client: self.client_name(client_id),
+                    generation: *generation,
+                    index: *index,
+                    value: *value,
+                }
             }
-            StreamEvent::Completed { client_id } => {
-                format!("{who} completed {}", self.client_name(client_id))
-            }
+            StreamEvent::Completed { client_id } => TraceEvent::StreamCompleted {
+                client: self.client_name(client_id),
+            },
         };
         let mut state = self.state();
-        state.trace.push(format!("{} {line}", stamp(at)));
+        state.trace.push(Observation {
+            at,
+            host: Host::Server { server, boot },
+            event: seen,
+        });
         state.server_events.push(ServerEvent {
             at,
             server,
@@ -144,7 +158,8 @@ impl Shared {
 
     fn on_client_event(&self, c: usize, event: Event<'_>, client: &Client) {
         let at = self.now();
-        let line = match event {
+        let host = Host::Client(c);
+        let seen = match event {
             Event::Connecting { endpoint, request } => {
                 self.state().streams[c].push(ClientStream {
                     at,
@@ -153,11 +168,13 @@ impl Shared {
                     end: None,
                     ended_at: None,
                 });
-                match request {
-                    Request::Open { .. } => format!("c{c} connect {endpoint} open"),
-                    Request::Resume { next_index, .. } => {
-                        format!("c{c} connect {endpoint} resume @{next_index}")
-                    }
+                let resume = match request {
+                    Request::Open { .. } => None,
+                    Request::Resume { next_index, .. } => Some(*next_index),
+                };
+                TraceEvent::Connect {
+                    server: self.server(endpoint),
+                    resume,
                 }
             }
             Event::Attached {
@@ -168,13 +185,18 @@ impl Shared {
                 if let Some(stream) = self.state().streams[c].last_mut() {
                     stream.attached = true;
                 }
-                let line = format!("c{c} attached {endpoint} @{next_index}");
+                let attached = TraceEvent::Attached {
+                    server: self.server(endpoint),
+                    next_index,
+                };
                 if client.is_finished() && client.received() == client.count() {
                     // It held every number: attaching sent the final ack.
-                    self.log(at, line);
-                    format!("c{c} ack @{}", client.acked())
+                    self.log(at, host, attached);
+                    TraceEvent::Ack {
+                        next_index: client.acked(),
+                    }
                 } else {
-                    line
+                    attached
                 }
             }
             Event::Number { index } => {
@@ -194,14 +216,22 @@ impl Shared {
                     });
                     state.received.entry((c, index)).or_insert(at);
                 }
-                state
-                    .trace
-                    .push(format!("{} c{c} number #{index}", stamp(at)));
+                let number = TraceEvent::Number { index };
+                state.trace.push(Observation {
+                    at,
+                    host,
+                    event: number,
+                });
                 if new && client.acked() == snap.next_index {
                     // This number made the client emit a (cumulative) ack.
-                    state
-                        .trace
-                        .push(format!("{} c{c} ack @{}", stamp(at), snap.next_index));
+                    let ack = TraceEvent::Ack {
+                        next_index: snap.next_index,
+                    };
+                    state.trace.push(Observation {
+                        at,
+                        host,
+                        event: ack,
+                    });
                 }
                 return;
             }
@@ -210,24 +240,28 @@ impl Shared {
                     stream.end = Some(end.clone());
                     stream.ended_at = Some(at);
                 }
-                format!("c{c} failed {endpoint}: {end:?}")
+                TraceEvent::Failed {
+                    server: self.server(endpoint),
+                    end: end.clone(),
+                }
             }
-            Event::Paused { endpoint } => format!("c{c} paused {endpoint}"),
-            Event::HeldBack { endpoint } => format!("c{c} held back {endpoint}"),
+            Event::Paused { endpoint } => TraceEvent::Paused {
+                server: self.server(endpoint),
+            },
+            Event::HeldBack { endpoint } => TraceEvent::HeldBack {
+                server: self.server(endpoint),
+            },
             Event::Silent { endpoint } => {
                 if let Some(stream) = self.state().streams[c].last_mut() {
                     stream.ended_at = Some(at);
                 }
-                format!("c{c} silent {endpoint}")
+                TraceEvent::Silent {
+                    server: self.server(endpoint),
+                }
             }
         };
-        self.log(at, line);
+        self.log(at, host, seen);
     }
-}
-
-/// Simulated time as `seconds.micros`, for trace lines.
-fn stamp(at: Duration) -> String {
-    format!("{:>4}.{:06}", at.as_secs(), at.subsec_micros())
 }
 
 thread_local! {
@@ -288,6 +322,9 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
             .rev()
             .map(|(i, (id, _))| (*id, i))
             .collect(),
+        servers: (0..n_servers)
+            .map(|s| (Scenario::server_host(s), s))
+            .collect(),
         state: Mutex::new(State {
             progress: vec![Vec::new(); n_clients],
             outcomes: vec![None; n_clients],
@@ -309,7 +346,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         .build();
 
     if let Some(swarm) = &scenario.swarm {
-        shared.log(Duration::ZERO, format!("swarm: {swarm}"));
+        let draw = swarm.clone();
+        shared.log(Duration::ZERO, Host::Swarm, TraceEvent::Swarm { draw });
     }
     let writes: WriteLog = Arc::default();
     let shared_store = SimStore::new(&clock, scenario.bug, &writes);
@@ -321,13 +359,13 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
             &scenario.store_net,
             derive(seed, &[SEED_STORE]),
             &writes,
-            move |line| logger.log(logger.now(), line),
+            move |event| logger.log(logger.now(), Host::Store, event),
         );
         let boots = AtomicU64::new(0);
         let (shared, for_host) = (shared.clone(), host.clone());
         sim.host(storenet::HOST, move || {
             let boot = boots.fetch_add(1, Ordering::Relaxed);
-            shared.log(shared.now(), format!("store.{boot} boot"));
+            shared.log(shared.now(), Host::StoreBoot(boot), TraceEvent::Boot);
             let host = for_host.clone();
             async move {
                 storenet::serve(host).await?;
@@ -391,7 +429,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
             };
             let station = Station::with_observer(cfg, store.clone(), Some(observer));
             lock(&registry)[s] = Some((store, station.clone()));
-            shared.log(shared.now(), format!("s{s}.{boot} boot"));
+            let host = Host::Server { server: s, boot };
+            shared.log(shared.now(), host, TraceEvent::Boot);
             async move {
                 if let Some(connection) = connection {
                     tokio::spawn(connection.run());
@@ -437,26 +476,24 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
             let endpoints = Endpoints::new(targets)?;
             let now = tokio::time::Instant::now().into_std();
             let client = Client::new(now, client_config(bug), id, plan.count, client_seed)?;
-            shared.log(
-                shared.now(),
-                format!("c{c} start {id} count {}", plan.count),
-            );
+            let start = TraceEvent::Start {
+                id,
+                count: plan.count,
+            };
+            shared.log(shared.now(), Host::Client(c), start);
             let outcome = driver::run(&endpoints, &DriverOptions::default(), client, |e, cl| {
                 shared.on_client_event(c, e, cl)
             })
             .await;
             let at = shared.now();
-            shared.log(
-                at,
-                format!(
-                    "c{c} finished {:?} received {} sum {} crc {:08x} server crc {:08x?}",
-                    outcome.verdict,
-                    outcome.received,
-                    outcome.sum,
-                    outcome.client_checksum,
-                    outcome.server_checksum
-                ),
-            );
+            let finished = TraceEvent::Finished {
+                verdict: outcome.verdict.clone(),
+                received: outcome.received,
+                sum: outcome.sum,
+                crc: outcome.client_checksum,
+                server_crc: outcome.server_checksum,
+            };
+            shared.log(at, Host::Client(c), finished);
             shared.state().outcomes[c] = Some((outcome, at));
             Ok(())
         });
@@ -468,8 +505,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
     let mut error = None;
     let mut clients_done_at = None;
     let on_loss = |at: Duration, live: Vec<ClientId>| {
-        let names: Vec<String> = live.iter().map(|id| shared.client_name(id)).collect();
-        shared.log(at, format!("store lost its data: live sessions {names:?}"));
+        let names = live.iter().map(|id| shared.client_name(id)).collect();
+        shared.log(at, Host::Store, TraceEvent::DataLost { live: names });
         shared.state().data_losses.push(DataLoss { at, live });
     };
     let stale_resume = |c: usize, server: usize| {
@@ -482,13 +519,15 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
                 _ => None,
             });
         let (Some(record), Some(tx)) = (live, stale.as_ref()) else {
-            shared.log(at, format!("stale resume of c{c}: no live session"));
+            shared.log(at, Host::Stale, TraceEvent::StaleNoSession { client: c });
             return;
         };
-        shared.log(
-            at,
-            format!("stale resume of c{c} to s{server} @{}", record.acked),
-        );
+        let resume = TraceEvent::StaleResume {
+            client: c,
+            server,
+            next_index: record.acked,
+        };
+        shared.log(at, Host::Stale, resume);
         let _ = tx.send(Stale {
             server,
             client_id: id,
@@ -497,13 +536,11 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         });
     };
     let on_backlog = |b: Backlog| {
-        shared.log(
-            b.at,
-            format!(
-                "store queue: {} operation(s) waiting, {:?} of work",
-                b.waiting, b.drain
-            ),
-        );
+        let queue = TraceEvent::Queue {
+            waiting: b.waiting,
+            drain: b.drain,
+        };
+        shared.log(b.at, Host::Store, queue);
     };
     let env = Env {
         registry: &registry,
@@ -519,7 +556,10 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
             scenario,
             &env,
             |time| shared.state().time_of(time),
-            |now, line| shared.log(now, line),
+            |now, index, action| {
+                let action = action.clone();
+                shared.log(now, Host::Fault, TraceEvent::Fault { index, action });
+            },
         );
         faults.heal_random_failures(sim, scenario);
         let done = sim.step().map_err(|e| e.to_string())?;

@@ -21,11 +21,13 @@
 //!   tooltip, listed again under the picture.
 //!
 //! Everything drawn comes from the [`Report`] (server events, the client
-//! reports, the event trace) and the [`Scenario`]'s fault list, so the
-//! picture follows the trace as it grows: trace lines of hosts it does not
-//! know get a lane of their own. Ticks closer than a few pixels are merged
-//! into one mark whose tooltip gives the range, so a run of minutes and
-//! thousands of numbers stays readable and the file stays small.
+//! reports, the event trace, read by its fields) and the [`Violation`]s
+//! (placed at their time, or at the number they are about), so the
+//! picture follows the trace as it grows: events of hosts it does not
+//! draw otherwise get a lane of their own, named by the host. Ticks
+//! closer than a few pixels are merged into one mark whose tooltip gives
+//! the range, so a run of minutes and thousands of numbers stays readable
+//! and the file stays small.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -38,6 +40,7 @@ use station_net::StreamEvent;
 use crate::invariants::Violation;
 use crate::report::Report;
 use crate::scenario::{Action, Scenario};
+use crate::trace::{Host, TraceEvent};
 
 /// Width of the picture, in pixels.
 const WIDTH: f64 = 1560.0;
@@ -188,35 +191,9 @@ struct Model {
     clients: Vec<ClientLane>,
     network: Vec<Span>,
     network_marks: Vec<Mark>,
-    faults: Vec<(Duration, String)>,
+    faults: Vec<(Duration, Action)>,
     violations: Vec<Placed>,
     acks_recorded: bool,
-}
-
-/// One trace line: `<seconds>.<micros> <host> <what>`.
-struct Line<'a> {
-    at: Duration,
-    host: &'a str,
-    what: &'a str,
-}
-
-fn parse_line(line: &str) -> Option<Line<'_>> {
-    let (stamp, rest) = line.trim_start().split_once(' ')?;
-    let (secs, micros) = stamp.split_once('.')?;
-    let at = Duration::from_secs(secs.parse().ok()?) + Duration::from_micros(micros.parse().ok()?);
-    let (host, what) = rest.split_once(' ').unwrap_or((rest, ""));
-    Some(Line { at, host, what })
-}
-
-/// `c<n>` → n.
-fn client_host(host: &str) -> Option<usize> {
-    host.strip_prefix('c')?.parse().ok()
-}
-
-/// `s<n>.<boot>` → (n, boot).
-fn server_host(host: &str) -> Option<(usize, u64)> {
-    let (s, boot) = host.strip_prefix('s')?.split_once('.')?;
-    Some((s.parse().ok()?, boot.parse().ok()?))
 }
 
 impl Model {
@@ -308,24 +285,30 @@ impl Model {
         // Clients, boots, faults and unknown hosts, from the trace.
         let mut seen: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); m.clients.len()];
         let mut open: Vec<OpenFault> = Vec::new();
-        for line in report.trace.iter().filter_map(|l| parse_line(l)) {
-            m.end = m.end.max(line.at);
-            if let Some(c) = client_host(line.host).filter(|&c| c < m.clients.len()) {
-                m.client_line(c, &line, &mut seen[c]);
-            } else if let Some((s, boot)) = server_host(line.host) {
-                if line.what == "boot" {
-                    if s >= m.servers.len() {
-                        m.servers.resize_with(s + 1, ServerLane::default);
-                    }
-                    m.servers[s].boots.push((line.at, boot));
+        for o in &report.trace {
+            m.end = m.end.max(o.at);
+            match (o.host, &o.event) {
+                (Host::Client(c), event) if c < m.clients.len() => {
+                    m.client_event(c, o.at, event, &mut seen[c]);
                 }
-            } else if line.host == "fault" {
-                m.fault_line(scenario, &line, &mut open);
-            } else {
-                m.others
-                    .entry(line.host.to_string())
+                (Host::Server { server, boot }, TraceEvent::Boot) => {
+                    if server >= m.servers.len() {
+                        m.servers.resize_with(server + 1, ServerLane::default);
+                    }
+                    m.servers[server].boots.push((o.at, boot));
+                }
+                // Their streams are drawn from the server events.
+                (Host::Server { .. }, _) => {}
+                (Host::Fault, TraceEvent::Fault { action, .. }) => {
+                    m.fault(scenario, o.at, action, &mut open);
+                }
+                // Any other host (the store, the stale resumes, hosts added
+                // later) gets a lane of its own, by name.
+                (host, event) => m
+                    .others
+                    .entry(host.to_string())
                     .or_default()
-                    .push((line.at, line.what.to_string()));
+                    .push((o.at, event.to_string())),
             }
         }
         for f in open {
@@ -336,7 +319,11 @@ impl Model {
                 0,
                 Span {
                     from: Duration::ZERO,
-                    to: first_change(&m.faults, "FailRate"),
+                    to: m
+                        .faults
+                        .iter()
+                        .find(|(_, action)| matches!(action, Action::FailRate(_)))
+                        .map(|(at, _)| *at),
                     class: "net",
                     label: format!("fail rate {}", scenario.net.fail_rate),
                 },
@@ -377,86 +364,70 @@ impl Model {
         m
     }
 
-    fn client_line(&mut self, c: usize, line: &Line<'_>, seen: &mut BTreeSet<u32>) {
+    fn client_event(
+        &mut self,
+        c: usize,
+        at: Duration,
+        event: &TraceEvent,
+        seen: &mut BTreeSet<u32>,
+    ) {
         let lane = &mut self.clients[c];
-        let (verb, rest) = line.what.split_once(' ').unwrap_or((line.what, ""));
         let close = |lane: &mut ClientLane| {
             if let Some(last) = lane.attached.last_mut() {
                 if last.1.is_none() {
-                    last.1 = Some(line.at);
+                    last.1 = Some(at);
                 }
             }
         };
-        match verb {
-            "number" => {
-                let Some(n) = rest.strip_prefix('#').and_then(|n| n.parse().ok()) else {
-                    return;
-                };
-                if seen.insert(n) {
-                    lane.numbers.push((line.at, n));
+        let mark = |class, symbol| Mark {
+            at,
+            class,
+            symbol,
+            title: event.to_string(),
+        };
+        match event {
+            TraceEvent::Number { index } => {
+                if seen.insert(*index) {
+                    lane.numbers.push((at, *index));
                 } else {
-                    lane.duplicates.push((line.at, n));
+                    lane.duplicates.push((at, *index));
                 }
             }
-            "ack" => {
-                if let Some(n) = rest.strip_prefix('@').and_then(|n| n.parse().ok()) {
-                    lane.acks.push((line.at, n));
-                    self.acks_recorded = true;
-                }
+            TraceEvent::Ack { next_index } => {
+                lane.acks.push((at, *next_index));
+                self.acks_recorded = true;
             }
-            "attached" => {
+            TraceEvent::Attached { server, next_index } => {
                 close(lane);
-                let label = rest.replace("server-", "s");
-                lane.attached.push((line.at, None, label));
+                lane.attached
+                    .push((at, None, format!("s{server} @{next_index}")));
             }
-            "connect" => {
+            TraceEvent::Connect { .. } => {
                 close(lane);
-                lane.marks.push(Mark {
-                    at: line.at,
-                    class: "connect",
-                    symbol: "○",
-                    title: format!("connect {rest}"),
-                });
+                lane.marks.push(mark("connect", "○"));
             }
-            "failed" | "silent" => {
+            TraceEvent::Failed { .. } => {
                 close(lane);
-                lane.marks.push(Mark {
-                    at: line.at,
-                    class: if verb == "failed" { "failed" } else { "silent" },
-                    symbol: "×",
-                    title: format!("{verb} {rest}"),
-                });
+                lane.marks.push(mark("failed", "×"));
             }
-            "finished" => close(lane),
-            "start" => lane.marks.push(Mark {
-                at: line.at,
-                class: "start",
-                symbol: "▸",
-                title: format!("start {rest}"),
-            }),
-            _ => lane.marks.push(Mark {
-                at: line.at,
-                class: "other",
-                symbol: "·",
-                title: line.what.to_string(),
-            }),
+            TraceEvent::Silent { .. } => {
+                close(lane);
+                lane.marks.push(mark("silent", "×"));
+            }
+            TraceEvent::Finished { .. } => close(lane),
+            TraceEvent::Start { .. } => lane.marks.push(mark("start", "▸")),
+            _ => lane.marks.push(mark("other", "·")),
         }
     }
 
-    fn fault_line(&mut self, scenario: &Scenario, line: &Line<'_>, open: &mut Vec<OpenFault>) {
-        let Some((number, _)) = line.what.split_once(':') else {
-            return;
-        };
-        let Some(action) = number
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| scenario.faults.get(i))
-            .map(|f| &f.action)
-        else {
-            return;
-        };
-        self.faults.push((line.at, format!("{action:?}")));
+    fn fault(
+        &mut self,
+        scenario: &Scenario,
+        at: Duration,
+        action: &Action,
+        open: &mut Vec<OpenFault>,
+    ) {
+        self.faults.push((at, action.clone()));
         let names = |servers: &[usize]| {
             servers
                 .iter()
@@ -474,7 +445,7 @@ impl Model {
         let opened = match action {
             Action::Cut { client, servers } => Some(OpenFault {
                 key: ("cut", Some(*client), servers.clone()),
-                from: line.at,
+                from: at,
                 class: "cut",
                 label: format!("cut {}", names(servers)),
             }),
@@ -484,42 +455,42 @@ impl Model {
                 upstream,
             } => Some(OpenFault {
                 key: (oneway(*upstream), Some(*client), servers.clone()),
-                from: line.at,
+                from: at,
                 class: "oneway",
                 label: format!("{} {}", oneway(*upstream), names(servers)),
             }),
             Action::Hold { client, servers } => Some(OpenFault {
                 key: ("hold", Some(*client), servers.clone()),
-                from: line.at,
+                from: at,
                 class: "hold",
                 label: format!("hold {}", names(servers)),
             }),
             Action::Crash(s) => Some(OpenFault {
                 key: ("crash", None, vec![*s]),
-                from: line.at,
+                from: at,
                 class: "crash",
                 label: "crashed".into(),
             }),
             Action::FailRate(p) => {
-                self.close_matching(open, &("fail", None, vec![]), line.at);
+                self.close_matching(open, &("fail", None, vec![]), at);
                 (*p > 0.0).then(|| OpenFault {
                     key: ("fail", None, vec![]),
-                    from: line.at,
+                    from: at,
                     class: "net",
                     label: format!("fail rate {p}"),
                 })
             }
             Action::MaxLatency(d) => {
-                self.close_matching(open, &("latency", None, vec![]), line.at);
+                self.close_matching(open, &("latency", None, vec![]), at);
                 (*d != scenario.net.max_latency).then(|| OpenFault {
                     key: ("latency", None, vec![]),
-                    from: line.at,
+                    from: at,
                     class: "net",
                     label: format!("max latency {}", seconds(*d)),
                 })
             }
             Action::Heal { client, servers } => {
-                self.close_matching(open, &("cut", Some(*client), servers.clone()), line.at);
+                self.close_matching(open, &("cut", Some(*client), servers.clone()), at);
                 None
             }
             Action::HealOneway {
@@ -528,30 +499,34 @@ impl Model {
                 upstream,
             } => {
                 let key = (oneway(*upstream), Some(*client), servers.clone());
-                self.close_matching(open, &key, line.at);
+                self.close_matching(open, &key, at);
                 None
             }
             Action::Release { client, servers } => {
-                self.close_matching(open, &("hold", Some(*client), servers.clone()), line.at);
+                self.close_matching(open, &("hold", Some(*client), servers.clone()), at);
                 None
             }
             Action::Restart(s) => {
-                self.close_matching(open, &("crash", None, vec![*s]), line.at);
+                self.close_matching(open, &("crash", None, vec![*s]), at);
                 None
             }
-            #[allow(unreachable_patterns)] // kinds of fault added later
-            _ => {
-                let text = format!("{action:?}");
-                let name = text
-                    .split(|c: char| !c.is_alphanumeric())
-                    .next()
-                    .unwrap_or("fault")
-                    .to_string();
+            Action::Pause(_)
+            | Action::Unpause(_)
+            | Action::CutStore(_)
+            | Action::HealStore(_)
+            | Action::HoldStore(_)
+            | Action::ReleaseStore(_)
+            | Action::StoreLatency(_)
+            | Action::StoreService(_)
+            | Action::CrashStore
+            | Action::RestartStore { .. }
+            | Action::FailoverStore { .. }
+            | Action::StaleResume { .. } => {
                 self.network_marks.push(Mark {
-                    at: line.at,
+                    at,
                     class: "fault",
                     symbol: "◆",
-                    title: format!("{name}: {text}"),
+                    title: format!("{}: {action:?}", action_name(action)),
                 });
                 None
             }
@@ -614,12 +589,32 @@ struct OpenFault {
     label: String,
 }
 
-/// When the first fault whose text starts with `kind` was applied.
-fn first_change(faults: &[(Duration, String)], kind: &str) -> Option<Duration> {
-    faults
-        .iter()
-        .find(|(_, text)| text.starts_with(kind))
-        .map(|(at, _)| *at)
+/// The name of `action`'s kind (its variant), for a mark's tooltip.
+fn action_name(action: &Action) -> &'static str {
+    match action {
+        Action::Cut { .. } => "Cut",
+        Action::Heal { .. } => "Heal",
+        Action::CutOneway { .. } => "CutOneway",
+        Action::HealOneway { .. } => "HealOneway",
+        Action::Hold { .. } => "Hold",
+        Action::Release { .. } => "Release",
+        Action::Crash(_) => "Crash",
+        Action::Restart(_) => "Restart",
+        Action::FailRate(_) => "FailRate",
+        Action::MaxLatency(_) => "MaxLatency",
+        Action::Pause(_) => "Pause",
+        Action::Unpause(_) => "Unpause",
+        Action::CutStore(_) => "CutStore",
+        Action::HealStore(_) => "HealStore",
+        Action::HoldStore(_) => "HoldStore",
+        Action::ReleaseStore(_) => "ReleaseStore",
+        Action::StoreLatency(_) => "StoreLatency",
+        Action::StoreService(_) => "StoreService",
+        Action::CrashStore => "CrashStore",
+        Action::RestartStore { .. } => "RestartStore",
+        Action::FailoverStore { .. } => "FailoverStore",
+        Action::StaleResume { .. } => "StaleResume",
+    }
 }
 
 fn verdict_label(v: &Verdict) -> String {
@@ -636,14 +631,14 @@ fn verdict_label(v: &Verdict) -> String {
     }
 }
 
-/// When a violation happened: the time its text names (`at 12.3s`), else
-/// the last time the number it names (`#7`) was sent to its client, else
-/// when its client finished, else the end of the run.
+/// When a violation happened: its time, else the last time the number it
+/// is about was sent to its client, else when its client finished, else
+/// the end of the run.
 fn violation_time(report: &Report, m: &Model, v: &Violation) -> Duration {
-    if let Some(at) = named_time(&v.detail) {
+    if let Some(at) = v.at {
         return at;
     }
-    if let (Some(c), Some(n)) = (v.client, named_index(&v.detail)) {
+    if let (Some(c), Some(n)) = (v.client, v.index) {
         let sent = m
             .streams
             .iter()
@@ -660,45 +655,6 @@ fn violation_time(report: &Report, m: &Model, v: &Violation) -> Duration {
         .and_then(|c| report.clients.get(c))
         .and_then(|c| c.finished_at)
         .unwrap_or(m.end)
-}
-
-/// The first `at <Duration as Debug>` in `text` (`at 12.5s`, `at 350ms`).
-fn named_time(text: &str) -> Option<Duration> {
-    text.match_indices("at ").find_map(|(i, _)| {
-        let word_start = text[..i]
-            .chars()
-            .next_back()
-            .is_none_or(|c| !c.is_alphanumeric());
-        if !word_start {
-            return None;
-        }
-        let rest = &text[i + 3..];
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let value: f64 = rest[..digits].parse().ok()?;
-        let unit = rest[digits..]
-            .split(|c: char| !c.is_alphabetic())
-            .next()
-            .unwrap_or("");
-        let secs = match unit {
-            "s" => value,
-            "ms" => value / 1e3,
-            "µs" | "us" => value / 1e6,
-            "ns" => value / 1e9,
-            _ => return None,
-        };
-        Some(Duration::from_secs_f64(secs))
-    })
-}
-
-/// The first `#<n>` in `text`.
-fn named_index(text: &str) -> Option<u32> {
-    let rest = &text[text.find('#')? + 1..];
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
 }
 
 // ---------------------------------------------------------------------
@@ -1329,8 +1285,9 @@ fn legend(out: &mut String, m: &Model) {
             "<details><summary>Faults applied ({})</summary><ol class=\"faults\" start=\"0\">",
             m.faults.len()
         );
-        for (at, text) in &m.faults {
-            let _ = writeln!(out, "<li>{}: {}</li>", seconds(*at), escape(text));
+        for (at, action) in &m.faults {
+            let text = format!("{action:?}");
+            let _ = writeln!(out, "<li>{}: {}</li>", seconds(*at), escape(&text));
         }
         out.push_str("</ol></details>\n");
     }
@@ -1414,28 +1371,6 @@ ol.faults { font-family: "DejaVu Sans Mono", monospace; font-size: 12px; }
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn trace_lines_parse() {
-        let l = parse_line("  12.000345 c3 number #7").unwrap();
-        assert_eq!(l.at, Duration::from_micros(12_000_345));
-        assert_eq!((l.host, l.what), ("c3", "number #7"));
-        assert_eq!(client_host("c12"), Some(12));
-        assert_eq!(server_host("s1.2"), Some((1, 2)));
-        assert_eq!(server_host("store"), None);
-    }
-
-    #[test]
-    fn times_and_indices_named_in_violations() {
-        assert_eq!(
-            named_time("after 4 numbers (at 12.5s) the client held"),
-            Some(Duration::from_millis(12_500))
-        );
-        assert_eq!(named_time("at 350ms"), Some(Duration::from_millis(350)));
-        assert_eq!(named_time("no time here"), None);
-        assert_eq!(named_index("#17 sent as 0000 and later"), Some(17));
-        assert_eq!(named_index("nothing"), None);
-    }
 
     #[test]
     fn escaping() {
