@@ -126,11 +126,12 @@
 //!
 //! The modules import each other in layers, never in a cycle: `base`,
 //! [`clock`], [`rng`], [`net`] and [`scenario`] import none of the
-//! crate's; [`store`], [`counted`], [`stale`] and [`trace`] import those;
-//! [`report`] those and [`store`]; [`storenet`] those and [`report`];
-//! [`server_store`] those and [`storenet`]; the faults (private) those and
-//! [`server_store`]; and [`run`](mod@run) all of them. Above the harness:
-//! [`recovery`], [`invariants`], [`timeline`] and [`sweep`](mod@sweep).
+//! crate's; [`store`], [`counted`], [`stale`], [`swarm`] and [`trace`]
+//! import those; [`report`] those and [`store`]; [`storenet`] those and
+//! [`report`]; [`server_store`] those and [`storenet`]; the faults
+//! (private) those and [`server_store`]; and [`run`](mod@run) all of
+//! them. Above the harness: [`recovery`], [`invariants`], [`timeline`]
+//! and [`sweep`](mod@sweep).
 //!
 //! # Stores ([`StoreKind`])
 //!

@@ -2,8 +2,9 @@
 //! collect a [`Report`].
 //!
 //! Server hosts run the real `station_net::serve` over
-//! [`net::incoming`]; client hosts run the real
-//! `station_net::client::run` over [`net::channel_factory`]. The harness
+//! [`net::incoming`](crate::net::incoming); client hosts run the real
+//! `station_net::client::run` over
+//! [`net::channel_factory`](crate::net::channel_factory). The harness
 //! steps the simulation itself (rather than `Sim::run`) so it can apply
 //! faults at their due times, some of which depend on what has happened
 //! ("right after client 2 received number 7"), and so it can keep the
@@ -77,9 +78,8 @@ pub(crate) fn panics() -> Vec<String> {
 /// Runs `scenario` with `seed` and reports what happened. Never panics on
 /// a misbehaving system under test: everything goes into the report.
 ///
-/// In four phases: [`Harness::build`] the simulation, [`Harness::step`]
-/// it until the clients are done, [`Harness::drain`] the sessions they
-/// left, and [`Harness::collect`] the report.
+/// In four phases: build the simulation, step it until the clients are
+/// done, drain the sessions they left, and collect the report.
 pub fn run(scenario: &Scenario, seed: u64) -> Report {
     watch_panics();
     crate::init_tracing();
