@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
 use station_net::metrics::{COMPLETED, EXPIRED, OPENED, REJECTIONS, RESUMED, TAKEN_OVER};
 
-use crate::run::lock;
+use crate::base::lock;
 use crate::scenario::Bug;
 
 /// The counts of one run (all servers, all boots).

@@ -7,9 +7,10 @@ use std::time::Duration;
 use station_core::client::Config as ClientConfig;
 use station_core::ClientId;
 
+use crate::base::lock;
 use crate::report::Backlog;
-use crate::run::{lock, Registry};
 use crate::scenario::{Action, Scenario, StoreKind, When};
+use crate::server_store::Registry;
 use crate::storenet::{self, StoreHost};
 
 /// What applying faults needs besides the simulation.
@@ -435,14 +436,15 @@ impl FaultState {
 
     /// Applies every fault due now, in order; repeats while applying one
     /// makes another due (zero-delay chains). `happened` says when a
-    /// trigger's event first happened; `log` records applied faults.
+    /// trigger's event first happened; `applied` hears of each fault
+    /// applied (when, its index in the schedule, what it did).
     pub(crate) fn apply_due(
         &mut self,
         sim: &mut turmoil::Sim<'_>,
         scenario: &Scenario,
         env: &Env<'_>,
         happened: impl Fn(Trigger) -> Option<Duration>,
-        log: impl Fn(Duration, String),
+        applied: impl Fn(Duration, usize, &Action),
     ) {
         let now = sim.elapsed();
         loop {
@@ -477,7 +479,7 @@ impl FaultState {
                     );
                     self.applied[i] = Some(now);
                     self.links.update(scenario, now);
-                    log(now, format!("fault {i}: {:?}", fault.action));
+                    applied(now, i, &fault.action);
                     any = true;
                 }
             }

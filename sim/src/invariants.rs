@@ -78,8 +78,26 @@ pub struct Violation {
     pub invariant: Invariant,
     /// The client concerned, if one.
     pub client: Option<usize>,
+    /// When it happened, where the check knows (the time `detail` names).
+    pub at: Option<Duration>,
+    /// The number it is about, where one is (the `#<index>` `detail`
+    /// names).
+    pub index: Option<u32>,
     /// What was seen.
     pub detail: String,
+}
+
+impl Violation {
+    /// A broken rule, with neither time nor number.
+    pub fn new(invariant: Invariant, client: Option<usize>, detail: String) -> Self {
+        Violation {
+            invariant,
+            client,
+            at: None,
+            index: None,
+            detail,
+        }
+    }
 }
 
 impl fmt::Display for Violation {
@@ -120,8 +138,11 @@ pub fn check(scenario: &Scenario, report: &Report) -> Vec<Violation> {
     counted(report, &mut v);
     taken_over_truly(report, &mut v);
     if let Some(recovery) = &scenario.recovery {
-        for (client, detail) in crate::recovery::unsteady(recovery, report) {
-            violation(&mut v, Invariant::Recovers, client, detail);
+        for (client, at, detail) in crate::recovery::unsteady(recovery, report) {
+            v.push(Violation {
+                at: Some(at),
+                ..Violation::new(Invariant::Recovers, client, detail)
+            });
         }
     }
     v
@@ -164,15 +185,14 @@ fn taken_over_truly(report: &Report, v: &mut Vec<Violation>) {
                         && holder.is_none_or(|h| r.holder != h))
         });
         if !justified {
-            violation(
-                v,
-                Invariant::TakenOverTruly,
-                client_of(report, id),
-                format!(
-                    "at {:?} server-{} heard Conflict to {:?}, but no other stream had written a generation after {expected}",
-                    a.at, a.server, a.op
-                ),
+            let detail = format!(
+                "at {:?} server-{} heard Conflict to {:?}, but no other stream had written a generation after {expected}",
+                a.at, a.server, a.op
             );
+            v.push(Violation {
+                at: Some(a.at),
+                ..Violation::new(Invariant::TakenOverTruly, client_of(report, id), detail)
+            });
         }
     }
 }
@@ -467,12 +487,11 @@ fn incarnation(report: &Report, v: &mut Vec<Violation>) {
         }
         let wrong = invariants::write_rule(&w.before, &w.after, &w.op);
         if let Some(detail) = wrong {
-            violation(
-                v,
-                Invariant::Incarnation,
-                client_of(report, id),
-                format!("at {:?}: {detail} (reply {:?})", w.at, w.reply),
-            );
+            let detail = format!("at {:?}: {detail} (reply {:?})", w.at, w.reply);
+            v.push(Violation {
+                at: Some(w.at),
+                ..Violation::new(Invariant::Incarnation, client_of(report, id), detail)
+            });
         }
     }
 }
@@ -503,17 +522,16 @@ fn lost_precisely(scenario: &Scenario, report: &Report, v: &mut Vec<Violation>) 
                     _ => false,
                 };
                 if !precise {
-                    violation(
-                        v,
-                        Invariant::LostPrecisely,
-                        Some(c),
-                        format!(
-                            "its session was lost with the store's data at {:?}, and it ended {:?} (longest cut-off {:?}), not NOT_FOUND SESSION_LOST or SESSION_UNKNOWN",
-                            loss.at,
-                            outcome.verdict,
-                            client.longest_isolation()
-                        ),
+                    let detail = format!(
+                        "its session was lost with the store's data at {:?}, and it ended {:?} (longest cut-off {:?}), not NOT_FOUND SESSION_LOST or SESSION_UNKNOWN",
+                        loss.at,
+                        outcome.verdict,
+                        client.longest_isolation()
                     );
+                    v.push(Violation {
+                        at: Some(loss.at),
+                        ..Violation::new(Invariant::LostPrecisely, Some(c), detail)
+                    });
                 }
             }
         }
@@ -521,11 +539,7 @@ fn lost_precisely(scenario: &Scenario, report: &Report, v: &mut Vec<Violation>) 
 }
 
 fn violation(v: &mut Vec<Violation>, invariant: Invariant, client: Option<usize>, detail: String) {
-    v.push(Violation {
-        invariant,
-        client,
-        detail,
-    });
+    v.push(Violation::new(invariant, client, detail));
 }
 
 fn ends(report: &Report, v: &mut Vec<Violation>) {
@@ -602,23 +616,21 @@ fn incarnations(c: usize, events: &[&StreamEvent], v: &mut Vec<Violation>) -> Ve
                 ..
             } => {
                 let Some(session) = sessions.last_mut() else {
-                    violation(
-                        v,
-                        Invariant::Sequence,
-                        Some(c),
-                        format!("#{index} sent before any Attached"),
-                    );
+                    let detail = format!("#{index} sent before any Attached");
+                    v.push(Violation {
+                        index: Some(*index),
+                        ..Violation::new(Invariant::Sequence, Some(c), detail)
+                    });
                     continue;
                 };
                 if let Err(first) = session.sent(*index, *value) {
-                    violation(
-                        v,
-                        Invariant::Sequence,
-                        Some(c),
-                        format!(
-                            "#{index} sent as {first:08x} and later as {value:08x} (generation {generation}) in one session"
-                        ),
+                    let detail = format!(
+                        "#{index} sent as {first:08x} and later as {value:08x} (generation {generation}) in one session"
                     );
+                    v.push(Violation {
+                        index: Some(*index),
+                        ..Violation::new(Invariant::Sequence, Some(c), detail)
+                    });
                 }
             }
         }
@@ -658,15 +670,14 @@ fn sequence(c: usize, client: &ClientReport, events: &[&StreamEvent], v: &mut Ve
     for p in &client.progress {
         if !prefixes.holds(p.next_index, p.sum, p.crc) {
             let (sum, crc) = prefixes.get(p.next_index).unwrap_or_default();
-            return violation(
-                v,
-                Invariant::Sequence,
-                Some(c),
-                format!(
-                    "after {} numbers (at {:?}) the client held sum {} crc {:08x}; the server's first {} give sum {sum} crc {crc:08x}",
-                    p.next_index, p.at, p.sum, p.crc, p.next_index,
-                ),
+            let detail = format!(
+                "after {} numbers (at {:?}) the client held sum {} crc {:08x}; the server's first {} give sum {sum} crc {crc:08x}",
+                p.next_index, p.at, p.sum, p.crc, p.next_index,
             );
+            return v.push(Violation {
+                at: Some(p.at),
+                ..Violation::new(Invariant::Sequence, Some(c), detail)
+            });
         }
     }
     if !invariants::verified(count, outcome, Some(&prefixes)) {
@@ -793,7 +804,11 @@ fn one_stream(
             } => {
                 // Streams are named by (server, boot).
                 if let Err(detail) = rule.sent((e.server, e.boot), *generation, *index, e.at) {
-                    violation(v, Invariant::OneStream, Some(c), detail);
+                    v.push(Violation {
+                        at: Some(e.at),
+                        index: Some(*index),
+                        ..Violation::new(Invariant::OneStream, Some(c), detail)
+                    });
                 }
             }
             StreamEvent::Completed { .. } => {}

@@ -95,6 +95,9 @@
 //!   and returns a [`Report`]: per-client outcome, running sums and CRCs,
 //!   isolation periods, server stream events, every write that changed a
 //!   stored record, store data losses, the event trace and its hash.
+//! - [`trace`]: the event trace as typed observations (when, which host,
+//!   what happened); each prints as its trace line, the text the trace
+//!   hash covers.
 //! - [`invariants`]: [`check`] turns a report into [`Violation`]s, by the
 //!   rules of `station_core::testkit::invariants` (shared with the core's
 //!   harness).
@@ -113,8 +116,22 @@
 //! - [`store`]: the real `MemoryStore` on the simulation's clock, with
 //!   the planted [`Bug`]s and the write log the invariants read; used by
 //!   the in-process stores and by the store host alike.
+//! - [`server_store`]: the store each server boot uses, watched (every
+//!   answer it hands the server is recorded), and the registry of every
+//!   server's current station and store that the harness and its faults
+//!   share.
 //! - [`clock`]: one simulated clock for every store handle.
 //! - [`rng`]: everything random derives from the run's seed.
+//! - `base`: the lock helper every module uses.
+//!
+//! The modules import each other in layers, never in a cycle: `base`,
+//! [`clock`], [`rng`], [`net`] and [`scenario`] import none of the
+//! crate's; [`store`], [`counted`], [`stale`], [`swarm`] and [`trace`]
+//! import those; [`report`] those and [`store`]; [`storenet`] those and
+//! [`report`]; [`server_store`] those and [`storenet`]; the faults
+//! (private) those and [`server_store`]; and [`run`](mod@run) all of
+//! them. Above the harness: [`recovery`], [`invariants`], [`timeline`]
+//! and [`sweep`](mod@sweep).
 //!
 //! # Stores ([`StoreKind`])
 //!
@@ -293,6 +310,7 @@
 //! scenario uses the real client settings; most use the real 30 s TTL and
 //! 1 s interval.
 
+mod base;
 pub mod clock;
 pub mod counted;
 mod faults;
@@ -303,12 +321,14 @@ pub mod report;
 pub mod rng;
 pub mod run;
 pub mod scenario;
+pub mod server_store;
 pub mod stale;
 pub mod store;
 pub mod storenet;
 pub mod swarm;
 pub mod sweep;
 pub mod timeline;
+pub mod trace;
 
 pub use invariants::{check, Invariant, Violation};
 pub use recovery::Recovery;

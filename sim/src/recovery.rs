@@ -55,19 +55,7 @@ use crate::scenario::Scenario;
 /// it from emptying until the clients give up (8 times and more).
 pub const DRAIN_ALLOWANCE: u32 = 3;
 
-/// When a trigger ends, and how long the run may take to be steady again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Recovery {
-    /// When the trigger ended (simulated time): the fault that ends it is
-    /// due then (and applies at the first step from then on).
-    pub from: Duration,
-    /// The last disturbance comes at most this long after the store's
-    /// queue emptied: see [`Recovery::after_store_slowdown`].
-    pub bound: Duration,
-    /// Once settled, the longest a running client may wait for its next
-    /// number.
-    pub pace: Duration,
-}
+pub use crate::scenario::Recovery;
 
 impl fmt::Display for Recovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -277,14 +265,17 @@ const LISTED: usize = 5;
 /// What breaks the recovery promise: a queue that did not empty in time,
 /// the disturbances after the run should have settled (the first few, then
 /// how many), and each client that waited longer than [`Recovery::pace`]
-/// for a number after it (its longest wait).
-pub fn unsteady(recovery: &Recovery, report: &Report) -> Vec<(Option<usize>, String)> {
+/// for a number after it (its longest wait). Each with the client it
+/// concerns, if one, and when: the trigger's end for the queue, the
+/// disturbance's time, the number's arrival.
+pub fn unsteady(recovery: &Recovery, report: &Report) -> Vec<(Option<usize>, Duration, String)> {
     let out = recovery.outcome(report);
-    let mut found: Vec<(Option<usize>, String)> = Vec::new();
+    let mut found: Vec<(Option<usize>, Duration, String)> = Vec::new();
     let deadline = out.drain_deadline();
     if out.emptied.is_none_or(|at| at > deadline) {
         found.push((
             None,
+            out.ended,
             format!(
                 "the store's queue held {:?} of work when the trigger ended at {:?}, and was empty again {} (allowed: by {deadline:?}, {DRAIN_ALLOWANCE} times that work)",
                 out.drain,
@@ -302,6 +293,7 @@ pub fn unsteady(recovery: &Recovery, report: &Report) -> Vec<(Option<usize>, Str
     for d in late.iter().take(LISTED) {
         found.push((
             None,
+            d.at,
             format!(
                 "at {:?}, {:?} after the trigger ended at {:?}, past {settled:?} when the run should have been steady ({:?} after the store's queue emptied, {}): {}",
                 d.at,
@@ -318,6 +310,7 @@ pub fn unsteady(recovery: &Recovery, report: &Report) -> Vec<(Option<usize>, Str
         let last = &late[late.len() - 1];
         found.push((
             None,
+            last.at,
             format!(
                 "and {} more disturbances after {settled:?}, the last at {:?}: {}",
                 late.len() - LISTED,
@@ -341,6 +334,7 @@ pub fn unsteady(recovery: &Recovery, report: &Report) -> Vec<(Option<usize>, Str
         if let Some((waited, at)) = longest {
             found.push((
                 Some(c),
+                at,
                 format!(
                     "waited {waited:?} for the number it got at {at:?}, after the run should have been steady at {settled:?} (pace {:?})",
                     recovery.pace

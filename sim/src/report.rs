@@ -11,6 +11,7 @@ use station_net::StreamEvent;
 use crate::counted::Counted;
 use crate::scenario::{Expect, Finale};
 use crate::store::StoreWrite;
+use crate::trace::Observation;
 
 /// Everything observed in one run, for the invariant checks.
 #[derive(Debug)]
@@ -41,8 +42,9 @@ pub struct Report {
     /// Why the simulation stopped early (a host failed, or clients were
     /// still running at the time limit).
     pub error: Option<String>,
-    /// The event trace, one line per event.
-    pub trace: Vec<String>,
+    /// The event trace: every event, in order ([`Observation`]'s
+    /// `Display` is its trace line).
+    pub trace: Vec<Observation>,
     /// FNV-1a hash of [`Report::trace`].
     pub trace_hash: u64,
     /// Every write that changed what a store holds, in order.
@@ -196,11 +198,15 @@ impl ClientReport {
     }
 }
 
-/// FNV-1a, 64 bits: a stable hash (std's `DefaultHasher` may change
-/// between Rust releases).
-pub fn fnv1a(lines: &[String]) -> u64 {
+/// FNV-1a, 64 bits, over `lines` as text, each ended by a newline: a
+/// stable hash (std's `DefaultHasher` may change between Rust releases).
+pub fn fnv1a<T: fmt::Display>(lines: &[T]) -> u64 {
+    use fmt::Write as _;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for line in lines {
+    let mut line = String::new();
+    for item in lines {
+        line.clear();
+        let _ = write!(line, "{item}");
         for b in line.bytes().chain(std::iter::once(b'\n')) {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);

@@ -46,7 +46,7 @@ pub struct Scenario {
     pub expiry_slack: Duration,
     /// The run must be back to a steady state this long after the fault
     /// schedule's trigger ends ([`crate::recovery`]); `None`: not checked.
-    pub recovery: Option<crate::recovery::Recovery>,
+    pub recovery: Option<Recovery>,
 }
 
 /// Where the servers keep sessions.
@@ -549,4 +549,20 @@ impl fmt::Display for Scenario {
         }
         Ok(())
     }
+}
+
+/// When a trigger ends, and how long the run may take to be steady again
+/// (plain data here; what it means, and how it is derived and checked, is
+/// in [`crate::recovery`], which imports this module and not the reverse).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// When the trigger ended (simulated time): the fault that ends it is
+    /// due then (and applies at the first step from then on).
+    pub from: Duration,
+    /// The last disturbance comes at most this long after the store's
+    /// queue emptied: see [`Recovery::after_store_slowdown`].
+    pub bound: Duration,
+    /// Once settled, the longest a running client may wait for its next
+    /// number.
+    pub pace: Duration,
 }

@@ -18,8 +18,8 @@ use station_net::proto::{ClientMessage, Resume};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::base::lock;
 use crate::net;
-use crate::run::lock;
 use crate::scenario::Scenario;
 
 /// The host's name.

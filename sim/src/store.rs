@@ -15,8 +15,8 @@ use station_core::store::{decide, Write};
 use station_core::ClientId;
 use station_net::store::{MemoryStore, SessionStore, StoreConfig, StoreError};
 
+use crate::base::lock;
 use crate::clock::SimClock;
-use crate::run::lock;
 use crate::scenario::Bug;
 
 /// A write that changed what the store holds for one id.

@@ -66,12 +66,13 @@ use station_net::store::{MemoryStore, SessionStore, StoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::base::lock;
 use crate::clock::SimClock;
 use crate::report::Backlog;
 use crate::rng::SimRng;
-use crate::run::lock;
 use crate::scenario::{Bug, StoreNet};
 use crate::store::{self, WriteLog};
+use crate::trace::TraceEvent;
 
 /// The store host's name.
 pub const HOST: &str = "store";
@@ -301,8 +302,8 @@ pub struct StoreHost {
     load: Mutex<QueueLoad>,
     /// The queue each time the speed changed, and when it emptied after.
     backlogs: Mutex<Vec<Backlog>>,
-    /// Trace lines: `log(line)`.
-    log: Box<dyn Fn(String) + Send + Sync>,
+    /// What the store did, for the trace.
+    log: Box<dyn Fn(TraceEvent) + Send + Sync>,
 }
 
 impl StoreHost {
@@ -313,7 +314,7 @@ impl StoreHost {
         plan: &StoreNet,
         seed: u64,
         writes: &WriteLog,
-        log: impl Fn(String) + Send + Sync + 'static,
+        log: impl Fn(TraceEvent) + Send + Sync + 'static,
     ) -> Arc<Self> {
         Arc::new(StoreHost {
             data: Mutex::new(store::memory(clock)),
@@ -369,9 +370,7 @@ impl StoreHost {
             last.emptied = Some(now);
             let since = now - last.at;
             drop(backlogs);
-            (self.log)(format!(
-                "store queue empty {since:?} after its speed changed"
-            ));
+            (self.log)(TraceEvent::QueueEmpty { since });
         }
     }
 
@@ -433,10 +432,10 @@ impl StoreHost {
             changed.push(id);
         }
         if !changed.is_empty() {
-            (self.log)(format!(
-                "store failed over to a replica {lag:?} behind: {} record(s) rolled back",
-                changed.len()
-            ));
+            (self.log)(TraceEvent::FailedOver {
+                lag,
+                rolled_back: changed.len(),
+            });
         }
         changed
     }
@@ -525,7 +524,8 @@ struct Queued {
 /// An operation the queue executed, back to its connection.
 struct Executed {
     id: u64,
-    summary: String,
+    /// The operation (for the trace, should its reply be lost).
+    op: StoreOp,
     reply: StoreReply,
     /// Its reply is lost (see [`StoreHost::loses_reply`]).
     lost: bool,
@@ -562,11 +562,10 @@ async fn execute(mut inbox: mpsc::UnboundedReceiver<Queued>, host: Arc<StoreHost
         if busy_until > now {
             tokio::time::sleep(busy_until - now).await;
         }
-        let summary = summarize(&q.op);
-        let (reply, lost) = execute_one(&host, q.op);
+        let (reply, lost) = execute_one(&host, q.op.clone());
         let _ = q.reply.send(Executed {
             id: q.id,
-            summary,
+            op: q.op,
             reply,
             lost,
         });
@@ -589,11 +588,10 @@ async fn connection(stream: turmoil::net::TcpStream, host: Arc<StoreHost>, queue
         let Ok((id, op)) = decode_op(&body) else {
             return;
         };
-        let summary = summarize(&op);
-        let (reply, lost) = execute_one(&host, op);
+        let (reply, lost) = execute_one(&host, op.clone());
         if lost {
             // Applied, but the server never hears: the connection drops.
-            (host.log)(format!("store lost the reply to {summary}: {reply:?}"));
+            (host.log)(TraceEvent::ReplyLost { op, reply });
             return;
         }
         if w.write_all(&encode_reply(id, &reply)).await.is_err() {
@@ -633,10 +631,10 @@ async fn queued(
     }));
     while let Some(done) = executed.recv().await {
         if done.lost {
-            (host.log)(format!(
-                "store lost the reply to {}: {:?}",
-                done.summary, done.reply
-            ));
+            (host.log)(TraceEvent::ReplyLost {
+                op: done.op,
+                reply: done.reply,
+            });
             return;
         }
         if w.write_all(&encode_reply(done.id, &done.reply))
@@ -645,30 +643,6 @@ async fn queued(
         {
             return;
         }
-    }
-}
-
-/// A short description of an operation for the trace.
-fn summarize(op: &StoreOp) -> String {
-    match op {
-        StoreOp::Load(id) => format!("load {id}"),
-        StoreOp::Create { record, .. } => format!(
-            "create {} i{:016x} g{}",
-            record.client_id, record.incarnation, record.generation
-        ),
-        StoreOp::Update {
-            record,
-            expect_generation,
-            ..
-        } => format!(
-            "update {} i{:016x} g{}->g{}",
-            record.client_id, record.incarnation, expect_generation, record.generation
-        ),
-        StoreOp::Delete {
-            client_id,
-            incarnation,
-            generation,
-        } => format!("delete {client_id} i{incarnation:016x} g{generation}"),
     }
 }
 
