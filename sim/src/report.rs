@@ -202,17 +202,15 @@ impl ClientReport {
 /// stable hash (std's `DefaultHasher` may change between Rust releases).
 pub fn fnv1a<T: fmt::Display>(lines: &[T]) -> u64 {
     use fmt::Write as _;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    use std::hash::Hasher as _;
+    let mut hasher = fnv::FnvHasher::default();
     let mut line = String::new();
     for item in lines {
         line.clear();
-        let _ = write!(line, "{item}");
-        for b in line.bytes().chain(std::iter::once(b'\n')) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        let _ = writeln!(line, "{item}");
+        hasher.write(line.as_bytes());
     }
-    h
+    hasher.finish()
 }
 
 impl fmt::Display for Report {
