@@ -447,6 +447,10 @@ impl SharedBudget {
     fn open_accepted(&self, now: Instant) {
         lock(&self.0).opens.accepted(now);
     }
+
+    fn open_not_accepted(&self, now: Instant) {
+        lock(&self.0).opens.not_accepted(now);
+    }
 }
 
 /// A session's place in a [`SharedBudget`]; leaving it takes its share.
@@ -604,8 +608,9 @@ pub async fn run_in_trace(
     // is a silent stream; after a message, the message broke the protocol,
     // which says nothing against the connection that carried it.
     let mut timer_woke = false;
-    // The current stream began with `Open`: its `Attached` is an accept
-    // for the open throttle.
+    // The current stream began with an `Open` that was sent and whose
+    // fate the open throttle has not heard yet: its `Attached` is an
+    // accept; its end, or a silent drop, before one is not.
     let mut opening = false;
     let _seat = opts.budget.join();
     loop {
@@ -621,8 +626,12 @@ pub async fn run_in_trace(
             match output {
                 Output::Connect(request) => {
                     let name = &endpoints.targets[current].name;
+                    if std::mem::take(&mut opening) {
+                        opts.budget.open_not_accepted(now());
+                    }
                     opening = matches!(request, Request::Open { .. });
                     if opening && !opts.budget.ask_open(now(), client.throttle_draw()) {
+                        opening = false;
                         client.handle_held_back(now());
                         observe(Event::HeldBack { endpoint: name }, &client);
                         continue;
@@ -651,6 +660,9 @@ pub async fn run_in_trace(
                     }
                 }
                 Output::Disconnect => {
+                    if std::mem::take(&mut opening) {
+                        opts.budget.open_not_accepted(now());
+                    }
                     if !matches!(stream, Stream::None) {
                         let endpoint = &endpoints.targets[current].name;
                         observe(Event::Silent { endpoint }, &client);
@@ -752,6 +764,9 @@ pub async fn run_in_trace(
             Step::Message(Err(status)) => message_error(&status),
         };
         stream = Stream::None;
+        if std::mem::take(&mut opening) {
+            opts.budget.open_not_accepted(now);
+        }
         let via = via.take();
         observe(
             Event::Failed {

@@ -11,15 +11,18 @@
 //! (ARCHITECTURE.md §2, BENCHMARKS.md).
 //!
 //! So the process counts, over the last [`WINDOW`], the `Open`s its
-//! sessions asked to send (`requests`, sent or not) and those a server
-//! attached (`accepts`), and holds back each new one, before it is sent,
-//! with probability
+//! sessions asked to send (`requests`: each held back, and each sent once
+//! its fate is known) and those a server attached (`accepts`), and holds
+//! back each new one, before it is sent, with probability
 //!
 //! ```text
 //! max(0, (requests − K × accepts − RESERVE) / (requests + 1))
 //! ```
 //!
-//! (as gRPC-Go's adaptive throttler does for its lookups). [`K`] is the
+//! (as gRPC-Go's adaptive throttler does for its lookups). An open still
+//! in flight counts for nothing yet: a process that starts hundreds of
+//! sessions at once against an idle server would otherwise hold most of
+//! them back for want of accepts that are only on their way. [`K`] is the
 //! book's 2: the servers see about twice the opens they take, enough to
 //! notice at once when they have room again. Held-back opens count as
 //! requests, so the share held back rises until what reaches the servers
@@ -81,7 +84,7 @@ pub struct OpenThrottle {
 /// The open throttle's state, for reports and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ThrottleStats {
-    /// Opens asked for in the window, sent or held back.
+    /// Opens asked for in the window: held back, or sent and answered.
     pub requests: u64,
     /// Opens a server attached in the window.
     pub accepts: u64,
@@ -100,23 +103,36 @@ impl OpenThrottle {
     }
 
     /// A session asks to send an `Open` at `now`; `draw` is a random
-    /// number (any `u64`, uniformly drawn). Counts the request and says
-    /// whether to send it (`true`) or hold it back.
+    /// number (any `u64`, uniformly drawn). Says whether to send it
+    /// (`true`: report how it went with [`accepted`](Self::accepted) or
+    /// [`not_accepted`](Self::not_accepted)) or hold it back (counted as
+    /// a request now).
     pub fn ask(&mut self, now: Instant, draw: u64) -> bool {
         self.advance(now);
         let (held, of) = self.odds();
         let hold = draw % of < held;
-        let slice = self.slice();
-        slice.requests += 1;
-        slice.held_back += u64::from(hold);
-        self.held_back += u64::from(hold);
+        if hold {
+            let slice = self.slice();
+            slice.requests += 1;
+            slice.held_back += 1;
+            self.held_back += 1;
+        }
         !hold
     }
 
     /// A server attached an `Open` this process sent.
     pub fn accepted(&mut self, now: Instant) {
         self.advance(now);
-        self.slice().accepts += 1;
+        let slice = self.slice();
+        slice.requests += 1;
+        slice.accepts += 1;
+    }
+
+    /// An `Open` this process sent ended without an `Attached`: refused,
+    /// unanswered in time, or its connection failed.
+    pub fn not_accepted(&mut self, now: Instant) {
+        self.advance(now);
+        self.slice().requests += 1;
     }
 
     /// Opens held back so far.

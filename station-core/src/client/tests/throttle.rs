@@ -6,6 +6,15 @@ use super::*;
 use crate::client::throttle::{K, RESERVE, WINDOW};
 use crate::sequence::mix64;
 
+/// Sends an open and reports it refused: `true` if it was sent.
+fn refused(t: &mut OpenThrottle, now: Instant, draw: u64) -> bool {
+    let sent = t.ask(now, draw);
+    if sent {
+        t.not_accepted(now);
+    }
+    sent
+}
+
 #[test]
 fn a_process_with_few_opens_is_never_held_back() {
     let t0 = Instant::now();
@@ -13,7 +22,7 @@ fn a_process_with_few_opens_is_never_held_back() {
     // The reserve: eleven opens in a window, however they went, and
     // whatever the draw, all go.
     for i in 0..=RESERVE {
-        assert!(t.ask(t0 + ms(i), 0), "open {i}");
+        assert!(refused(&mut t, t0 + ms(i), 0), "open {i}");
     }
     let s = t.stats(t0);
     assert_eq!((s.requests, s.accepts, s.held_back), (11, 0, 0));
@@ -21,10 +30,28 @@ fn a_process_with_few_opens_is_never_held_back() {
     // holds, every other one sends.
     assert_eq!(s.hold_ratio, 1.0 / 12.0);
     assert!(!t.ask(t0, 12));
-    // Held back, it still counts: now (12 − 10) in 13.
-    assert!(t.ask(t0, 2));
+    // Held back, it counts at once: now (12 − 10) in 13.
+    assert!(refused(&mut t, t0, 2));
     assert_eq!(t.held_back(), 1);
     assert_eq!(t.stats(t0).held_back_lately, 1);
+}
+
+/// Opens in flight count for nothing: a process that starts hundreds of
+/// sessions at once against an idle server sends them all, though no
+/// accept has come back yet.
+#[test]
+fn opens_in_flight_hold_nothing_back() {
+    let t0 = Instant::now();
+    let mut t = OpenThrottle::new();
+    for i in 0..1000 {
+        assert!(t.ask(t0, 0), "open {i}");
+    }
+    assert_eq!(t.stats(t0).requests, 0);
+    for _ in 0..1000 {
+        t.accepted(t0);
+    }
+    let s = t.stats(t0);
+    assert_eq!((s.requests, s.accepts, s.hold_ratio), (1000, 1000, 0.0));
 }
 
 #[test]
@@ -32,12 +59,14 @@ fn each_accept_allows_k_more_opens() {
     let t0 = Instant::now();
     let mut t = OpenThrottle::new();
     for _ in 0..5 {
+        assert!(t.ask(t0, 0));
         t.accepted(t0);
     }
-    // 5 accepts allow 5 × K + RESERVE = 20 opens before any may be held
-    // back: the 21st still goes, even with the draw most likely to hold.
-    for i in 0..=(5 * K + RESERVE) {
-        assert!(t.ask(t0, 0), "open {i}");
+    // 5 accepts allow 5 × K + RESERVE = 20 requests before any open may
+    // be held back: 15 more refused ones still go, even with the draw
+    // most likely to hold.
+    for i in 0..=(5 * K + RESERVE - 5) {
+        assert!(refused(&mut t, t0, 0), "open {i}");
     }
     assert!(!t.ask(t0, 0));
     let s = t.stats(t0);
@@ -51,7 +80,7 @@ fn the_window_forgets_what_is_older_than_ten_seconds() {
     let t0 = Instant::now();
     let mut t = OpenThrottle::new();
     for _ in 0..1000 {
-        t.ask(t0, 1);
+        refused(&mut t, t0, 1);
     }
     assert!(t.stats(t0).hold_ratio > 0.98);
     // Still counted 9.5 s on (the first slice is a second wide).
@@ -61,10 +90,10 @@ fn the_window_forgets_what_is_older_than_ten_seconds() {
     let s = t.stats(later);
     assert_eq!((s.requests, s.hold_ratio, s.held_back_lately), (0, 0.0, 0));
     assert!(s.held_back > 900, "{s:?}");
-    assert!(t.ask(later, 0));
+    assert!(refused(&mut t, later, 0));
     // A clock read before the lock (another thread's, earlier) counts in
     // the current slice, and does not bring the old counts back.
-    assert!(t.ask(t0, 0));
+    assert!(refused(&mut t, t0, 0));
     assert_eq!(t.stats(later).requests, 2);
     // A jump over many windows forgets everything.
     let far = t0 + WINDOW * 1000;
@@ -93,6 +122,8 @@ fn crowd(
                     if taken < room {
                         taken += 1;
                         t.accepted(now);
+                    } else {
+                        t.not_accepted(now);
                     }
                 }
             }
