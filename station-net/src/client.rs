@@ -626,9 +626,8 @@ pub async fn run_in_trace(
             match output {
                 Output::Connect(request) => {
                     let name = &endpoints.targets[current].name;
-                    if std::mem::take(&mut opening) {
-                        opts.budget.open_not_accepted(now());
-                    }
+                    // Whatever stream came before was settled where it
+                    // went: at its `Attached`, its end, or its `Disconnect`.
                     opening = matches!(request, Request::Open { .. });
                     if opening && !opts.budget.ask_open(now(), client.throttle_draw()) {
                         opening = false;

@@ -154,9 +154,7 @@ impl Client {
         // sleeping past it -- once: a failure at that last moment gives up
         // (`at == now` although `delay` is not zero), or a failure reported
         // at the same instant would retry in a tight loop.
-        let last_chance = deadline
-            .checked_sub(self.cfg.backoff_initial)
-            .unwrap_or(now);
+        let last_chance = self.last_chance(deadline, now);
         let mut at = later(now, delay).min(last_chance);
         if let Some(wait) = pushback {
             let not_before = later(now, wait);
@@ -186,17 +184,10 @@ impl Client {
     pub(super) fn hold_back(&mut self, now: Instant) {
         self.since_progress.held_back += 1;
         let deadline = later(self.last_progress, self.cfg.give_up_without_progress);
-        let last_chance = deadline
-            .checked_sub(self.cfg.backoff_initial)
-            .unwrap_or(now);
-        if now >= last_chance {
-            return self.give_up(
-                Deadline::NoProgress,
-                "the last open was held back too".into(),
-            );
-        }
+        let last_chance = self.last_chance(deadline, now);
         // Never the same instant (a configuration with no backoff), which
-        // would ask again in a tight loop until a draw let an open go.
+        // would ask again in a tight loop until a draw let an open go; at
+        // or past the last chance, `at` is not after `now` either.
         let wait = self.throttled_wait().max(self.cfg.backoff_initial);
         let at = later(now, wait).min(last_chance);
         if at <= now {
@@ -207,6 +198,14 @@ impl Client {
         }
         self.retry_limit = last_chance;
         self.phase = Phase::Backoff { until: at };
+    }
+
+    /// The last moment to start an attempt before `deadline`: one initial
+    /// backoff ahead of it (or `now`, if that is already past).
+    fn last_chance(&self, deadline: Instant, now: Instant) -> Instant {
+        deadline
+            .checked_sub(self.cfg.backoff_initial)
+            .unwrap_or(now)
     }
 
     /// Ends the session at a give-up deadline, saying what the client
