@@ -1,4 +1,4 @@
-//! One stream, one core [`server::Stream`](StreamMachine), and no task of its own: the stream's
+//! One stream, one core [`server::Stream`](station_core::server::Stream), and no task of its own: the stream's
 //! response body *is* the driver.
 //!
 //! hyper already runs one task per HTTP/2 stream to pull the response body.
@@ -24,13 +24,11 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use station_core::server::{
-    End, Open, Output, Resume, StoreOp, StoreReply, Stream as StreamMachine,
-};
+use station_core::server::{End, Open, Output, Resume, StoreOp, StoreReply, Stream};
 use station_core::{Busy, Reject};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
-use tokio_stream::Stream;
+use tokio_stream::Stream as _;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tonic::{Status, Streaming};
@@ -41,8 +39,8 @@ use crate::metrics;
 use crate::proto::client_message::Kind as ClientKind;
 use crate::proto::server_message::Kind as ServerKind;
 use crate::proto::{Attached, ClientMessage, Number, Paused, ServerMessage};
-use crate::server::{Shared, StreamEvent};
-use crate::stall::{Cell, Drive};
+use crate::stall::{Cell, Drive, Stalls};
+use crate::state::{ServerState, StreamEvent};
 use crate::store::SessionStore;
 
 type StoreFuture = Pin<Box<dyn Future<Output = StoreReply> + Send>>;
@@ -52,7 +50,7 @@ pub struct SessionStream<S: SessionStore> {
     cell: Arc<Cell<Driver<S>>>,
 }
 
-impl<S: SessionStore> Stream for SessionStream<S> {
+impl<S: SessionStore> tokio_stream::Stream for SessionStream<S> {
     type Item = Result<ServerMessage, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -71,8 +69,8 @@ pin_project_lite::pin_project! {
     /// the body, or by the sweeper while hyper waits for the client's
     /// window (see [`crate::stall`]).
     pub(crate) struct Driver<S: SessionStore> {
-        shared: Arc<Shared<S>>,
-        session: StreamMachine,
+        shared: Arc<ServerState<S>>,
+        stream: Stream,
         inbound: Streaming<ClientMessage>,
         // The client half-closed or its side failed: nothing more to read.
         inbound_done: bool,
@@ -91,7 +89,7 @@ pin_project_lite::pin_project! {
         // period (the one timer waits for it too).
         drain_at: Option<Instant>,
         ended: bool,
-        // Its place under `--max-sessions`, from its first message (before
+        // Its place under `--max-streams`, from its first message (before
         // any store work) to its end.
         slot: Option<OwnedSemaphorePermit>,
         // Counted as attached from `Attached` to its end.
@@ -116,25 +114,25 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             let _entered = this.span.enter();
-            let session = this.session;
+            let stream = this.stream;
             if *this.ended {
                 return; // Settled at its end.
             }
             crate::otel::gone(this.span);
-            tracing::debug!(client = ?session.client_id(), sent = session.sent(), "client went away");
-            session.handle_closed(now());
-            settle(this.shared, session, this.store.take());
+            tracing::debug!(client = ?stream.client_id(), sent = stream.sent(), "client went away");
+            stream.handle_closed(now());
+            settle(this.shared, stream, this.store.take());
         }
     }
 }
 
 impl<S: SessionStore> SessionStream<S> {
     pub(crate) fn new(
-        shared: Arc<Shared<S>>,
+        shared: Arc<ServerState<S>>,
+        stalls: &Arc<Stalls<Driver<S>>>,
         inbound: Streaming<ClientMessage>,
         span: tracing::Span,
     ) -> Self {
-        let stalls = shared.stalls.clone();
         let shutdown = shared.shutdown.clone();
         let driver = Driver::new(shared, inbound, span);
         SessionStream {
@@ -144,10 +142,14 @@ impl<S: SessionStore> SessionStream<S> {
 }
 
 impl<S: SessionStore> Driver<S> {
-    fn new(shared: Arc<Shared<S>>, inbound: Streaming<ClientMessage>, span: tracing::Span) -> Self {
+    fn new(
+        shared: Arc<ServerState<S>>,
+        inbound: Streaming<ClientMessage>,
+        span: tracing::Span,
+    ) -> Self {
         let now = now();
         Driver {
-            session: StreamMachine::new(shared.cfg.session.clone(), now),
+            stream: Stream::new(shared.cfg.session.clone(), now),
             inbound,
             inbound_done: false,
             store: None,
@@ -180,7 +182,7 @@ impl<S: SessionStore> Drive for Driver<S> {
     }
 
     fn due(&self) -> Option<Duration> {
-        let at = [self.session.poll_timeout(), self.drain_at]
+        let at = [self.stream.poll_timeout(), self.drain_at]
             .into_iter()
             .flatten()
             .min()?;
@@ -191,7 +193,7 @@ impl<S: SessionStore> Drive for Driver<S> {
         let mut this = self.project();
         let _entered = this.span.enter();
         let shared = &**this.shared;
-        let session = &mut *this.session;
+        let stream = &mut *this.stream;
         'wake: loop {
             if *this.ended {
                 return Poll::Ready(None);
@@ -199,26 +201,26 @@ impl<S: SessionStore> Drive for Driver<S> {
             if let Some(op) = this.store.as_mut() {
                 if let Poll::Ready(reply) = op.as_mut().poll(cx) {
                     *this.store = None;
-                    session.handle_store(now(), reply);
+                    stream.handle_store(now(), reply);
                 }
             }
-            while let Some(output) = session.poll_output() {
+            while let Some(output) = stream.poll_output() {
                 match output {
                     Output::Store(op) => {
                         // The core asks for one operation at a time.
                         debug_assert!(this.store.is_none(), "a store operation is out");
-                        let timeout = store_timeout(&shared.cfg, session.attaching_since());
+                        let timeout = store_timeout(&shared.cfg, stream.attaching_since());
                         if timeout.is_zero() {
                             // The attach deadline passed (the load took it
                             // all): a takeover now would land after the
                             // client gave up, and cost the slow store a
                             // write for nobody.
                             let late = "no time left before the attach deadline".to_string();
-                            session.handle_store(now(), StoreReply::Unavailable(late));
+                            stream.handle_store(now(), StoreReply::Unavailable(late));
                             continue;
                         }
                         match start(this.shared, op, timeout) {
-                            Ok(reply) => session.handle_store(now(), reply),
+                            Ok(reply) => stream.handle_store(now(), reply),
                             Err(op) => {
                                 // Polled at the top of the loop, which
                                 // registers this task for its answer.
@@ -228,13 +230,13 @@ impl<S: SessionStore> Drive for Driver<S> {
                         }
                     }
                     Output::Attached(a) => {
-                        crate::otel::attached(this.span, session, a.how);
+                        crate::otel::attached(this.span, stream, a.how);
                         shared.counters.attached(a.how);
                         *this.attached = Some(shared.counters.attached_gauge());
                         if let (Some(client_id), Some(generation), Some(incarnation)) = (
-                            session.client_id(),
-                            session.generation(),
-                            session.incarnation(),
+                            stream.client_id(),
+                            stream.generation(),
+                            stream.incarnation(),
                         ) {
                             shared.observe(|| StreamEvent::Attached {
                                 client_id,
@@ -256,18 +258,18 @@ impl<S: SessionStore> Drive for Driver<S> {
                     }
                     Output::Send(n) => {
                         if let Some(fault) = shared.inject_fault(now()) {
-                            session.abort(now(), fault);
+                            stream.abort(now(), fault);
                             continue;
                         }
                         shared.counters.number_sent();
                         if this.timed.is_none()
                             && shared.overload.enabled()
-                            && acknowledged_alone(&shared.cfg, session.acked(), &n)
+                            && acknowledged_alone(&shared.cfg, stream.acked(), &n)
                         {
                             *this.timed = Some((n.index, now()));
                         }
                         if let (Some(client_id), Some(generation)) =
-                            (session.client_id(), session.generation())
+                            (stream.client_id(), stream.generation())
                         {
                             shared.observe(|| StreamEvent::Sent {
                                 client_id,
@@ -289,12 +291,12 @@ impl<S: SessionStore> Drive for Driver<S> {
                         })))));
                     }
                     Output::End(end) => {
-                        crate::otel::ended(this.span, session, &end);
+                        crate::otel::ended(this.span, stream, &end);
                         *this.ended = true;
                         // Counted before the gauge and the place go: whoever
                         // sees the stream detached sees how it ended (a
                         // client gone is settled in `drop`, not counted here).
-                        let status = finish(shared, session, end);
+                        let status = finish(shared, stream, end);
                         *this.slot = None;
                         *this.attached = None;
                         // What follows (the release) starts now, before the
@@ -302,7 +304,7 @@ impl<S: SessionStore> Drive for Driver<S> {
                         // reading does not hold it back, and a drain waits
                         // for it (the task it may need is tracked before
                         // this stream's token goes).
-                        settle(this.shared, session, this.store.take());
+                        settle(this.shared, stream, this.store.take());
                         *this.tracked = None;
                         return Poll::Ready(status.map(Err));
                     }
@@ -315,24 +317,24 @@ impl<S: SessionStore> Drive for Driver<S> {
                 match shared.drain_end(now()) {
                     // Attached streams go on for a while, ending spread
                     // over the drain period; the others end now.
-                    Some(at) if session.generation().is_some() => *this.drain_at = Some(at),
-                    _ => session.begin_shutdown(now()),
+                    Some(at) if stream.generation().is_some() => *this.drain_at = Some(at),
+                    _ => stream.begin_shutdown(now()),
                 }
                 continue;
             }
             if !*this.inbound_done {
                 if let Poll::Ready(msg) = Pin::new(&mut *this.inbound).poll_next(cx) {
                     match msg {
-                        Some(Ok(msg)) => handle(shared, session, this.slot, this.timed, msg),
+                        Some(Ok(msg)) => handle(shared, stream, this.slot, this.timed, msg),
                         None => {
                             *this.inbound_done = true;
-                            session.handle_half_closed(now());
+                            stream.handle_half_closed(now());
                         }
                         // tonic reports its own decode limit as OUT_OF_RANGE.
                         Some(Err(status)) if status.code() == tonic::Code::OutOfRange => {
                             *this.inbound_done = true;
                             let reject = Reject::MessageTooLarge(status.message().to_owned());
-                            session.abort(now(), reject);
+                            stream.abort(now(), reject);
                         }
                         // A message that is not a valid `ClientMessage`:
                         // tonic reports bytes it cannot decode as INTERNAL
@@ -343,7 +345,7 @@ impl<S: SessionStore> Drive for Driver<S> {
                                 && std::error::Error::source(&status).is_none() =>
                         {
                             *this.inbound_done = true;
-                            session.abort(
+                            stream.abort(
                                 now(),
                                 Reject::Unexpected(
                                     "the client's message is not a valid ClientMessage",
@@ -354,7 +356,7 @@ impl<S: SessionStore> Drive for Driver<S> {
                         // connection went away.
                         Some(Err(_)) => {
                             *this.inbound_done = true;
-                            session.handle_closed(now());
+                            stream.handle_closed(now());
                         }
                     }
                     continue;
@@ -362,8 +364,8 @@ impl<S: SessionStore> Drive for Driver<S> {
             }
             // A late server may not have read what its client sent: judge
             // the client's silence that much later (ARCHITECTURE.md §2, Overload).
-            session.handle_running_late(shared.overload.silence_excused());
-            let Some(deadline) = [session.poll_timeout(), *this.drain_at]
+            stream.handle_running_late(shared.overload.silence_excused());
+            let Some(deadline) = [stream.poll_timeout(), *this.drain_at]
                 .into_iter()
                 .flatten()
                 .min()
@@ -379,9 +381,9 @@ impl<S: SessionStore> Drive for Driver<S> {
             *this.armed = None;
             if this.drain_at.is_some_and(|at| now() >= at) {
                 *this.drain_at = None;
-                session.begin_shutdown(now());
+                stream.begin_shutdown(now());
             }
-            session.handle_timeout(now());
+            stream.handle_timeout(now());
         }
     }
 }
@@ -426,7 +428,7 @@ fn acknowledged_alone(
 /// none if it went past (the client acknowledged later than it had to,
 /// and the wait is not the round trip's).
 fn time_ack<S: SessionStore>(
-    shared: &Shared<S>,
+    shared: &ServerState<S>,
     timed: &mut Option<(u32, Instant)>,
     next_index: u32,
 ) {
@@ -442,12 +444,12 @@ fn time_ack<S: SessionStore>(
 }
 
 /// Feeds one client message to the session. The first (`Open` or
-/// `Resume`) must find a place under `--max-sessions` before any store
+/// `Resume`) must find a place under `--max-streams` before any store
 /// work; it keeps it in `slot` until the stream ends. An `Ack` the session
 /// accepts ends the timing of the number in `timed`.
 fn handle<S: SessionStore>(
-    shared: &Shared<S>,
-    session: &mut StreamMachine,
+    shared: &ServerState<S>,
+    stream: &mut Stream,
     slot: &mut Option<OwnedSemaphorePermit>,
     timed: &mut Option<(u32, Instant)>,
     msg: ClientMessage,
@@ -457,7 +459,7 @@ fn handle<S: SessionStore>(
     if first && slot.is_none() {
         match shared.slot() {
             Some(permit) => *slot = Some(permit),
-            None => return session.abort(now, Reject::Full(shared.cfg.max_sessions)),
+            None => return stream.abort(now, Reject::Full(shared.cfg.max_streams)),
         }
     }
     match msg.kind {
@@ -466,14 +468,14 @@ fn handle<S: SessionStore>(
             // work, but lets every existing session resume: refusing a
             // resume only turns lateness into an expired session, and a
             // slow store into lost ones (ARCHITECTURE.md §2, "Overload").
-            if session.client_id().is_none() {
+            if stream.client_id().is_none() {
                 // This stream's own place is counted in `held`.
                 let others = shared.held().saturating_sub(1);
                 if let Err(busy) = shared.overload.admits(others) {
-                    return session.abort(now, Reject::Overloaded(busy));
+                    return stream.abort(now, Reject::Overloaded(busy));
                 }
                 if let Err(closed) = shared.admission.admits(now) {
-                    return session.abort(now, Reject::Overloaded(Busy::Store(closed)));
+                    return stream.abort(now, Reject::Overloaded(Busy::Store(closed)));
                 }
             }
             let open = Open {
@@ -481,7 +483,7 @@ fn handle<S: SessionStore>(
                 count: open.count,
                 nonce: &open.open_nonce,
             };
-            session.handle_open(now, open, shared.fresh());
+            stream.handle_open(now, open, shared.fresh());
         }
         Some(ClientKind::Resume(resume)) => {
             let resume = Resume {
@@ -489,15 +491,15 @@ fn handle<S: SessionStore>(
                 token: &resume.resume_token,
                 next_index: resume.next_index,
             };
-            session.handle_resume(now, resume, shared.fresh());
+            stream.handle_resume(now, resume, shared.fresh());
         }
         Some(ClientKind::Ack(ack)) => {
-            session.handle_ack(now, ack.next_index);
-            if !session.is_ended() {
+            stream.handle_ack(now, ack.next_index);
+            if !stream.is_ended() {
                 time_ack(shared, timed, ack.next_index);
             }
         }
-        None => session.abort(now, Reject::Unexpected("empty ClientMessage")),
+        None => stream.abort(now, Reject::Unexpected("empty ClientMessage")),
     }
 }
 
@@ -507,34 +509,34 @@ fn handle<S: SessionStore>(
 /// can, else on a task of its own that shutdown waits for. The stream's
 /// end is still counted, though nobody hears it.
 fn settle<S: SessionStore>(
-    shared: &Arc<Shared<S>>,
-    session: &mut StreamMachine,
+    shared: &Arc<ServerState<S>>,
+    stream: &mut Stream,
     mut pending: Option<StoreFuture>,
 ) {
-    if pending.is_none() && !drain_quietly(shared, session, &mut pending) {
+    if pending.is_none() && !drain_quietly(shared, stream, &mut pending) {
         return;
     }
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return; // The runtime is gone: so is the process.
     };
     let cfg = shared.cfg.session.clone();
-    let mut session = std::mem::replace(session, StreamMachine::new(cfg, now()));
+    let mut stream = std::mem::replace(stream, Stream::new(cfg, now()));
     let task_shared = shared.clone();
     let task = async move {
         loop {
             match pending.take() {
-                Some(op) => session.handle_store(now(), op.await),
-                None => match session.poll_timeout() {
+                Some(op) => stream.handle_store(now(), op.await),
+                None => match stream.poll_timeout() {
                     // A completed session's delete, due again after a
                     // failure.
                     Some(at) => {
                         tokio::time::sleep_until(at.into()).await;
-                        session.handle_timeout(now());
+                        stream.handle_timeout(now());
                     }
                     None => return,
                 },
             }
-            if !drain_quietly(&task_shared, &mut session, &mut pending) {
+            if !drain_quietly(&task_shared, &mut stream, &mut pending) {
                 return;
             }
         }
@@ -548,20 +550,20 @@ fn settle<S: SessionStore>(
 /// answer at once, leaves the first operation that cannot in `pending`,
 /// and counts the end. Whether there is anything left to wait for.
 fn drain_quietly<S: SessionStore>(
-    shared: &Arc<Shared<S>>,
-    session: &mut StreamMachine,
+    shared: &Arc<ServerState<S>>,
+    stream: &mut Stream,
     pending: &mut Option<StoreFuture>,
 ) -> bool {
     while pending.is_none() {
-        match session.poll_output() {
+        match stream.poll_output() {
             Some(Output::Store(op)) => match start(shared, op, shared.cfg.store_timeout) {
-                Ok(reply) => session.handle_store(now(), reply),
+                Ok(reply) => stream.handle_store(now(), reply),
                 Err(op) => *pending = Some(op),
             },
-            Some(Output::End(end)) => drop(finish(shared, session, end)),
+            Some(Output::End(end)) => drop(finish(shared, stream, end)),
             // Nobody to send to.
             Some(Output::Attached(_) | Output::Send(_) | Output::Paused { .. }) => {}
-            None => return !session.is_ended(),
+            None => return !stream.is_ended(),
         }
     }
     true
@@ -582,7 +584,7 @@ fn store_timeout(cfg: &crate::ServerConfig, attaching_since: Option<Instant>) ->
 /// one (the memory store always can, so no future is boxed per
 /// operation), else the future that brings it, failing after `timeout`.
 fn start<S: SessionStore>(
-    shared: &Arc<Shared<S>>,
+    shared: &Arc<ServerState<S>>,
     op: StoreOp,
     timeout: Duration,
 ) -> Result<StoreReply, StoreFuture> {
@@ -599,7 +601,11 @@ fn start<S: SessionStore>(
 
 /// Runs one store operation that cannot complete at once, bounded by
 /// `timeout`.
-fn execute<S: SessionStore>(shared: Arc<Shared<S>>, op: StoreOp, timeout: Duration) -> StoreFuture {
+fn execute<S: SessionStore>(
+    shared: Arc<ServerState<S>>,
+    op: StoreOp,
+    timeout: Duration,
+) -> StoreFuture {
     Box::pin(async move {
         let started = tokio::time::Instant::now();
         let creates = matches!(op, StoreOp::Create { .. });
@@ -621,7 +627,7 @@ fn execute<S: SessionStore>(shared: Arc<Shared<S>>, op: StoreOp, timeout: Durati
 /// `Attached` (an `Open` repeated after a lost `Attached` re-attaches it
 /// and counts as a resume): one open per session, however it went.
 fn account<S: SessionStore>(
-    shared: &Shared<S>,
+    shared: &ServerState<S>,
     creates: bool,
     elapsed: Duration,
     reply: &StoreReply,
@@ -644,12 +650,8 @@ fn account<S: SessionStore>(
 }
 
 /// Accounts for the end of the stream; the status to end it with, if any.
-fn finish<S: SessionStore>(
-    shared: &Shared<S>,
-    session: &StreamMachine,
-    end: End,
-) -> Option<Status> {
-    let client = session.client_id();
+fn finish<S: SessionStore>(shared: &ServerState<S>, stream: &Stream, end: End) -> Option<Status> {
+    let client = stream.client_id();
     match end {
         End::Completed { deleted } => {
             shared.counters.completed();
@@ -667,7 +669,7 @@ fn finish<S: SessionStore>(
             None
         }
         End::ClientGone => {
-            tracing::debug!(?client, sent = session.sent(), "client went away");
+            tracing::debug!(?client, sent = stream.sent(), "client went away");
             None
         }
         End::Rejected(reject) => {
@@ -675,7 +677,7 @@ fn finish<S: SessionStore>(
             // Never attached: the stream was refused, not ended (an
             // expired session found by a resume, unlike one found by a
             // renewal).
-            let refused = session.generation().is_none();
+            let refused = stream.generation().is_none();
             shared.counters.rejected(status.code(), &reject, refused);
             tracing::debug!(?client, %reject, "stream ended");
             Some(status)

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use station_core::server::{Attachment, End, Lookup, StoreOp, StoreReply, Stream as StreamMachine};
+use station_core::server::{Attachment, End, Lookup, StoreOp, StoreReply, Stream};
 use tonic::metadata::{KeyAndValueRef, MetadataKey, MetadataMap, MetadataValue};
 use tracing::field::Empty;
 use tracing::Span;
@@ -112,7 +112,7 @@ pub(crate) fn stream_span<T>(request: &tonic::Request<T>) -> Span {
         rpc.method = "Stream",
         server.address = Empty,
         server.port = Empty,
-        session.id = Empty,
+        stream.id = Empty,
         station.attach = Empty,
         station.incarnation = Empty,
         station.generation = Empty,
@@ -138,7 +138,7 @@ pub(crate) fn stream_span<T>(request: &tonic::Request<T>) -> Span {
 }
 
 /// Records how the stream attached and which session it holds.
-pub(crate) fn attached(span: &Span, session: &StreamMachine, how: Attachment) {
+pub(crate) fn attached(span: &Span, stream: &Stream, how: Attachment) {
     if span.is_disabled() {
         return;
     }
@@ -148,17 +148,17 @@ pub(crate) fn attached(span: &Span, session: &StreamMachine, how: Attachment) {
         Attachment::Reopened => "reopen",
     };
     span.record("station.attach", how);
-    identify(span, session);
+    identify(span, stream);
 }
 
 /// Records how the stream ended.
-pub(crate) fn ended(span: &Span, session: &StreamMachine, end: &End) {
+pub(crate) fn ended(span: &Span, stream: &Stream, end: &End) {
     if span.is_disabled() {
         return;
     }
     // A stream refused before it attached still names the session it
     // asked for, if the core knows it.
-    identify(span, session);
+    identify(span, stream);
     match end {
         End::Completed { deleted } => {
             span.record("station.end", "completed");
@@ -178,18 +178,18 @@ pub(crate) fn gone(span: &Span) {
     span.record("station.end", "client_gone");
 }
 
-fn identify(span: &Span, session: &StreamMachine) {
-    if let Some(id) = session.client_id() {
+fn identify(span: &Span, stream: &Stream) {
+    if let Some(id) = stream.client_id() {
         span.record("session.id", tracing::field::display(id.0));
     }
-    if let Some(incarnation) = session.incarnation() {
+    if let Some(incarnation) = stream.incarnation() {
         // An id, not a quantity: hexadecimal, as a string.
         span.record(
             "station.incarnation",
             tracing::field::display(format_args!("{incarnation:016x}")),
         );
     }
-    if let Some(generation) = session.generation() {
+    if let Some(generation) = stream.generation() {
         span.record(
             "station.generation",
             i64::try_from(generation).unwrap_or(i64::MAX),
@@ -239,8 +239,8 @@ pub(crate) fn store_reply(span: &Span, reply: &StoreReply) {
         StoreReply::Done => "done",
         StoreReply::Exists(_) => "exists",
         StoreReply::Conflict => "conflict",
-        StoreReply::Expired => "expired",
-        StoreReply::Missing => "missing",
+        StoreReply::ExpiredOrReplaced => "expired",
+        StoreReply::Vanished => "missing",
         StoreReply::Unavailable(why) => {
             span.record("otel.status_code", "ERROR");
             span.record("otel.status_description", why.as_str());

@@ -51,7 +51,7 @@ pub const GRACE: Duration = Duration::from_millis(500);
 /// Most messages the sweeper queues for one stream: a window of numbers
 /// at its largest, `Attached` and the end (and a `Paused`, which is never
 /// queued twice in a row: see [`Drive::is_filler`]).
-const MAX_QUEUED: usize = crate::server::MAX_WINDOW as usize + 2;
+const MAX_QUEUED: usize = crate::config::MAX_WINDOW as usize + 2;
 
 /// A stream's driver, as the sweeper sees it.
 pub(crate) trait Drive: Send {
