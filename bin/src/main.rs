@@ -123,9 +123,15 @@ pub struct ServerArgs {
     /// After an injected failure, refuse new requests for this long.
     #[arg(long, env = "STATION_GO_OFFLINE_FOR", default_value = "0s", value_parser = parse_duration)]
     pub go_offline_for: Duration,
-    /// Most sessions attached at once; more get RESOURCE_EXHAUSTED.
-    #[arg(long, env = "STATION_MAX_SESSIONS", default_value_t = 250_000)]
-    pub max_sessions: usize,
+    /// Most streams holding or attaching a session at once; more get
+    /// RESOURCE_EXHAUSTED. (`--max-sessions`, its old name, still works.)
+    #[arg(
+        long,
+        alias = "max-sessions",
+        env = "STATION_MAX_STREAMS",
+        default_value_t = 250_000
+    )]
+    pub max_streams: usize,
     /// Shed new sessions (Open: RESOURCE_EXHAUSTED, reason OVERLOADED) while
     /// the server runs this late on average (its timers, or its numbers'
     /// acknowledgements over their usual round trip), and learn from it how

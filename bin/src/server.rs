@@ -94,12 +94,12 @@ pub(crate) fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
         session.lease = lease;
     }
     session.window = args.window;
-    if args.max_sessions == 0 {
-        return Err("--max-sessions must be at least 1".into());
+    if args.max_streams == 0 {
+        return Err("--max-streams must be at least 1".into());
     }
     let cfg = ServerConfig {
         session,
-        max_sessions: args.max_sessions,
+        max_streams: args.max_streams,
         fail_every: args.fail_every,
         go_offline_for: args.go_offline_for,
         tick_slack: args.tick_slack,

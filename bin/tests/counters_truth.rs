@@ -43,7 +43,7 @@ use common::{
 use station_net::metrics::{
     COMPLETED, EXPIRED, FAILED, OPENED, REFUSED, REJECTIONS, RESUMED, TAKEN_OVER,
 };
-use station_net::testing::{RedisCluster, RedisServer};
+use station_net::testkit::{RedisCluster, RedisServer};
 use uuid::Uuid;
 
 /// The counters compared: every one a client's log can account for.

@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::netns::Hosts;
 use common::{dead_port, metrics, poll, station_in, Finished, Proc, Server, SHORT};
-use station_net::testing::RedisServer;
+use station_net::testkit::RedisServer;
 
 /// Sessions in every run.
 const SESSIONS: usize = 2_000;

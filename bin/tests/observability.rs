@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::metrics::scrape_port;
 use common::{dead_port, poll, spawn_client, station, wait_until, Finished, Server, SHORT};
-use station_net::testing::RedisServer;
+use station_net::testkit::RedisServer;
 
 /// Each line of `text` as a JSON log event, with the fields a log
 /// pipeline indexes: an RFC 3339 `timestamp`, a `level`, a `target` and a
@@ -222,7 +222,7 @@ fn dashboard_and_alerts_name_only_exported_metrics() {
 
 /// Metric names scraped from memory-store servers after a session that
 /// resumes (injected faults) and completes, and after a refusal at the door
-/// (`--max-sessions 1`: a long session holds the one place). Two servers:
+/// (`--max-streams 1`: a long session holds the one place). Two servers:
 /// a holder that faults would free its place between streams, and the
 /// client meant to be refused could slip in there.
 fn traffic_on_memory() -> BTreeSet<String> {
@@ -246,7 +246,7 @@ fn faults_on_memory() -> BTreeSet<String> {
 fn refusal_on_memory() -> BTreeSet<String> {
     let metrics_port = dead_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    let server = Server::start(&["--metrics-addr", &metrics_addr, "--max-sessions", "1"]);
+    let server = Server::start(&["--metrics-addr", &metrics_addr, "--max-streams", "1"]);
     let mut holder = spawn_client(server.port, &["--count", "3000"]);
     server.wait_stats(SHORT, "the long session attached", |s| {
         s["attached_streams"] == 1

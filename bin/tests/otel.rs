@@ -27,7 +27,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use prost::Message;
-use station_net::testing::RedisServer;
+use station_net::testkit::RedisServer;
 use uuid::Uuid;
 
 /// An OTLP/gRPC trace receiver on 127.0.0.1, keeping every request.

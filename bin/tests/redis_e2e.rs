@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::redis::*;
 use common::{counter, wait_saved, Server, SHORT};
-use station_net::testing::{RedisCluster, RedisServer};
+use station_net::testkit::{RedisCluster, RedisServer};
 use uuid::Uuid;
 
 /// Two servers on one Redis, 20 clients given both

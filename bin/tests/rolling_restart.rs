@@ -23,7 +23,7 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{counter, station, Finished, Proc, Server};
-use station_net::testing::RedisServer;
+use station_net::testkit::RedisServer;
 
 /// Time between two numbers.
 const INTERVAL: Duration = Duration::from_millis(100);

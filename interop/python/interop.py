@@ -253,7 +253,7 @@ def rejections(stub):
 
 
 def full_server(binary):
-    server = Server(binary, "--interval", "50ms", "--max-sessions", "1", "--retry-after", "1s")
+    server = Server(binary, "--interval", "50ms", "--max-streams", "1", "--retry-after", "1s")
     try:
         s = Stream(server.stub, open_msg(str(uuid.uuid4()), 1000, os.urandom(16)))
         s.next()

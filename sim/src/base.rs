@@ -4,7 +4,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 /// Locks `m`, through a poisoned lock too: a panicking host is reported
-/// (as a broken run), and the harness must still read what it recorded.
+/// (as a broken run), and the runner must still read what it recorded.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -6,8 +6,8 @@
 //! read a clock they agree on: turmoil's global simulated time, as an
 //! offset from one base [`Instant`] captured when the run starts.
 //!
-//! Outside a host (the harness, between steps) turmoil has no current
-//! host, so the harness tells the clock the simulation's elapsed time
+//! Outside a host (the runner, between steps) turmoil has no current
+//! host, so the runner tells the clock the simulation's elapsed time
 //! after every step.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +20,7 @@ use station_net::store::memory::Clock;
 #[derive(Debug)]
 pub struct SimClock {
     base: Instant,
-    /// Elapsed nanoseconds as last told by the harness.
+    /// Elapsed nanoseconds as last told by the runner.
     outside: AtomicU64,
 }
 
@@ -34,7 +34,7 @@ impl SimClock {
     }
 
     /// Simulated time elapsed since the run began: turmoil's, inside a
-    /// host; the harness's last report, outside.
+    /// host; the runner's last report, outside.
     pub fn elapsed(&self) -> Duration {
         turmoil::sim_elapsed()
             .unwrap_or_else(|| Duration::from_nanos(self.outside.load(Ordering::Relaxed)))
@@ -45,7 +45,7 @@ impl SimClock {
         self.base + self.elapsed()
     }
 
-    /// Called by the harness after each step (and before reading stores
+    /// Called by the runner after each step (and before reading stores
     /// from outside the simulation).
     pub fn set_outside(&self, elapsed: Duration) {
         self.outside

@@ -25,7 +25,7 @@ use station_core::{ClientId, Reason, Reject};
 use station_net::StreamEvent;
 
 use crate::report::{ClientReport, Report, ServerEvent};
-use crate::scenario::{Expect, Finale, Scenario};
+use crate::scenario::{Expect, RecordFate, Scenario};
 
 /// Which rule a run broke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -130,7 +130,7 @@ pub fn check(scenario: &Scenario, report: &Report) -> Vec<Violation> {
             scenario.session.lease * 2,
             &mut v,
         );
-        finale(c, report, &events, &mut v);
+        record_fate(c, report, &events, &mut v);
     }
     no_leak(report, &mut v);
     incarnation(report, &mut v);
@@ -222,7 +222,7 @@ fn taken_over_truly(report: &Report, v: &mut Vec<Violation>) {
 ///   takes the session over; a repeated `Open` does too, so this is a
 ///   bound, not an equality).
 /// - **expired**: at least the `SESSION_EXPIRED` statuses clients saw; at
-///   most the `Loaded(Expired)` and `Expired` answers servers received
+///   most the `Loaded(Expired)` and `ExpiredOrReplaced` answers servers received
 ///   (the only ways a server learns of an expiry; a stream already ended
 ///   ignores its answer).
 /// - **taken over**: at least the `TAKEN_OVER` statuses clients saw; at
@@ -358,7 +358,12 @@ fn counted(report: &Report, v: &mut Vec<Violation>) {
         .count() as u64;
     let expired_answers = answered(
         |_| true,
-        |r| matches!(r, StoreReply::Expired | StoreReply::Loaded(Lookup::Expired)),
+        |r| {
+            matches!(
+                r,
+                StoreReply::ExpiredOrReplaced | StoreReply::Loaded(Lookup::Expired)
+            )
+        },
     );
     if got.expired < expired_seen {
         wrong(
@@ -820,7 +825,7 @@ fn one_stream(
 /// if the store fails the delete, once a retry lands (within a lease) or
 /// by its own expiry, so it is judged when the run ends, not when the
 /// client finished. The scenario may also promise whether that happens.
-fn finale(c: usize, report: &Report, events: &[&StreamEvent], v: &mut Vec<Violation>) {
+fn record_fate(c: usize, report: &Report, events: &[&StreamEvent], v: &mut Vec<Violation>) {
     // Only the client's last session counts.
     let completed = events
         .iter()
@@ -858,15 +863,15 @@ fn finale(c: usize, report: &Report, events: &[&StreamEvent], v: &mut Vec<Violat
         .outcome
         .as_ref()
         .is_some_and(|o| o.verdict == Verdict::Verified);
-    match report.clients[c].finale {
-        Finale::Any => {}
-        Finale::DeletedOnAck if !(verified && completed) => violation(
+    match report.clients[c].record_fate {
+        RecordFate::Any => {}
+        RecordFate::DeletedOnAck if !(verified && completed) => violation(
             v,
             Invariant::Expected,
             Some(c),
             "the final acknowledgement should have completed (deleted) the session".into(),
         ),
-        Finale::LeftToExpire if !verified || completed || !matches!(at_done, Some(Lookup::Live(_))) => {
+        RecordFate::LeftToExpire if !verified || completed || !matches!(at_done, Some(Lookup::Live(_))) => {
             violation(
                 v,
                 Invariant::Expected,
@@ -876,7 +881,7 @@ fn finale(c: usize, report: &Report, events: &[&StreamEvent], v: &mut Vec<Violat
                 ),
             )
         }
-        Finale::DeletedOnAck | Finale::LeftToExpire => {}
+        RecordFate::DeletedOnAck | RecordFate::LeftToExpire => {}
     }
 }
 

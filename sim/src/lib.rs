@@ -88,7 +88,7 @@
 //!   from a seed.
 //! - [`swarm`]: swarm testing — each seed draws which fault kinds are on
 //!   and at what rates; the run prints its draw first.
-//! - [`run`](mod@run): the harness. Builds the turmoil simulation, steps
+//! - [`run`](mod@run): the runner. Builds the turmoil simulation, steps
 //!   it, applies faults when they fall due (at a time, or right after a
 //!   given number was sent or received), keeps the servers running after
 //!   the clients finished until no session is left (or a TTL has passed),
@@ -118,7 +118,7 @@
 //!   the in-process stores and by the store host alike.
 //! - [`server_store`]: the store each server boot uses, watched (every
 //!   answer it hands the server is recorded), and the registry of every
-//!   server's current station and store that the harness and its faults
+//!   server's current station and store that the runner and its faults
 //!   share.
 //! - [`clock`]: one simulated clock for every store handle.
 //! - [`rng`]: everything random derives from the run's seed.
@@ -130,7 +130,7 @@
 //! import those; [`report`] those and [`store`]; [`storenet`] those and
 //! [`report`]; [`server_store`] those and [`storenet`]; the faults
 //! (private) those and [`server_store`]; and [`run`](mod@run) all of
-//! them. Above the harness: [`recovery`], [`invariants`], [`timeline`]
+//! them. Above the runner: [`recovery`], [`invariants`], [`timeline`]
 //! and [`sweep`](mod@sweep).
 //!
 //! # Stores ([`StoreKind`])
@@ -178,10 +178,10 @@
 //!
 //! Runs replay exactly because nothing else is random: the adapter's
 //! `select!`s are `biased`, hashing never decides order, and all clocks
-//! are turmoil's. One exception is handled by the harness: a crashed
+//! are turmoil's. One exception is handled by the runner: a crashed
 //! host's sockets close in tokio's task-drop order, which depends on
 //! process-global task ids (so on what ran before), and each close message
-//! draws its latency from the network RNG in that order; the harness gives
+//! draws its latency from the network RNG in that order; the runner gives
 //! those messages a fixed latency so the order does not matter.
 //!
 //! # Invariants checked after every run
@@ -224,7 +224,7 @@
 //! anyway, never `ABORTED` "taken over", never a silently new sequence
 //! ([`Invariant::LostPrecisely`]); every run ends by itself (turmoil's
 //! `simulation_duration`), no host fails and no task panics; and each
-//! client ends as its scenario promised ([`Expect`], [`Finale`]).
+//! client ends as its scenario promised ([`Expect`], [`RecordFate`]).
 //!
 //! And, for a scenario that states a [`Recovery`] (a trigger that ends at a
 //! given time, such as a store slowed down past the servers' timeout):
@@ -336,7 +336,8 @@ pub use report::Report;
 pub use rng::SimRng;
 pub use run::run;
 pub use scenario::{
-    Action, Bug, ClientPlan, Expect, Fault, Finale, NetPlan, Scenario, StoreKind, StoreNet, When,
+    Action, Bug, ClientPlan, Expect, Fault, NetPlan, RecordFate, Scenario, StoreKind, StoreNet,
+    When,
 };
 pub use sweep::{replay_command, sweep};
 

@@ -67,9 +67,9 @@ impl fmt::Display for Recovery {
     }
 }
 
-/// How a run came out of its trigger ([`Recovery::outcome`]).
+/// How a run came out of its trigger ([`Recovery::measure`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outcome {
+pub struct Recovered {
     /// When the trigger really ended.
     pub ended: Duration,
     /// The work the store held then, at its normal speed.
@@ -83,7 +83,7 @@ pub struct Outcome {
     pub recovery_time: Duration,
 }
 
-impl Outcome {
+impl Recovered {
     /// The latest the queue was allowed to empty.
     pub fn drain_deadline(&self) -> Duration {
         self.ended + self.drain * DRAIN_ALLOWANCE
@@ -163,7 +163,7 @@ impl Recovery {
     /// How `report`'s run came out of the trigger. The trigger ended at
     /// the first change of the store's speed from [`Recovery::from`] on
     /// (else at `from`, with nothing to drain).
-    pub fn outcome(&self, report: &Report) -> Outcome {
+    pub fn measure(&self, report: &Report) -> Recovered {
         let (ended, drain, emptied) = report
             .store_backlogs
             .iter()
@@ -176,7 +176,7 @@ impl Recovery {
         let recovery_time = disturbances(report)
             .last()
             .map_or(Duration::ZERO, |d| d.at.saturating_sub(ended));
-        Outcome {
+        Recovered {
             ended,
             drain,
             emptied,
@@ -255,7 +255,7 @@ pub fn disturbances(report: &Report) -> Vec<Disturbance> {
 /// How long after the trigger ended the last disturbance came (zero if
 /// none came after it).
 pub fn recovery_time(recovery: &Recovery, report: &Report) -> Duration {
-    recovery.outcome(report).recovery_time
+    recovery.measure(report).recovery_time
 }
 
 /// Disturbances after the run should have settled listed one by one; the
@@ -269,7 +269,7 @@ const LISTED: usize = 5;
 /// concerns, if one, and when: the trigger's end for the queue, the
 /// disturbance's time, the number's arrival.
 pub fn unsteady(recovery: &Recovery, report: &Report) -> Vec<(Option<usize>, Duration, String)> {
-    let out = recovery.outcome(report);
+    let out = recovery.measure(report);
     let mut found: Vec<(Option<usize>, Duration, String)> = Vec::new();
     let deadline = out.drain_deadline();
     if out.emptied.is_none_or(|at| at > deadline) {

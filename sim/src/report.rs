@@ -9,7 +9,7 @@ use station_core::ClientId;
 use station_net::StreamEvent;
 
 use crate::counted::Counted;
-use crate::scenario::{Expect, Finale};
+use crate::scenario::{Expect, RecordFate};
 use crate::store::StoreWrite;
 use crate::trace::Observation;
 
@@ -125,7 +125,7 @@ pub struct ClientReport {
     /// What the scenario promised.
     pub expect: Expect,
     /// What the scenario promised about its session after completion.
-    pub finale: Finale,
+    pub record_fate: RecordFate,
     /// When it started (`None`: it never did; a client reusing an id waits
     /// for the id's first user to finish).
     pub started_at: Option<Duration>,

@@ -2,7 +2,7 @@
 //!
 //! A scenario is plain data — hosts, clients, the fault schedule, network
 //! settings — drawn from a seed by the scenario builders in the tests, so a
-//! failing run can be printed and replayed. The harness ([`crate::run()`])
+//! failing run can be printed and replayed. The runner ([`crate::run()`])
 //! turns it into a turmoil simulation and a [`Report`](crate::Report).
 
 use std::fmt;
@@ -192,7 +192,7 @@ pub struct ClientPlan {
     /// What the scenario promises about this client's outcome.
     pub expect: Expect,
     /// What the scenario promises about its session once it completed.
-    pub finale: Finale,
+    pub record_fate: RecordFate,
     /// Use client `k`'s id instead of a fresh one: an id reused. The
     /// client starts at `start` or once client `k` finished, whichever is
     /// later (an id is reused after its first user gave up).
@@ -201,7 +201,7 @@ pub struct ClientPlan {
 
 /// What happens to a completed client's session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Finale {
+pub enum RecordFate {
     /// Either (faults may or may not lose the final acknowledgement).
     Any,
     /// The final acknowledgement arrives: the session is deleted at once.
@@ -502,7 +502,7 @@ impl ClientPlan {
             start,
             endpoints: vec![0],
             expect,
-            finale: Finale::Any,
+            record_fate: RecordFate::Any,
             reuse_id_of: None,
         }
     }
@@ -534,12 +534,12 @@ impl fmt::Display for Scenario {
         for (i, c) in self.clients.iter().enumerate() {
             writeln!(
                 f,
-                "  client-{i}: count {} start {:?} endpoints {:?} expect {:?} finale {:?}{}",
+                "  client-{i}: count {} start {:?} endpoints {:?} expect {:?} record fate {:?}{}",
                 c.count,
                 c.start,
                 c.endpoints,
                 c.expect,
-                c.finale,
+                c.record_fate,
                 c.reuse_id_of
                     .map_or(String::new(), |k| format!(" reuses the id of client-{k}"))
             )?;

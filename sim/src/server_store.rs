@@ -1,6 +1,6 @@
 //! The store each server boot uses, watched ([`ServerStore`]), and the
 //! `Registry` of every server's current station and store: what the
-//! harness ([`run`](mod@crate::run)) and the faults it applies share.
+//! runner ([`run`](mod@crate::run)) and the faults it applies share.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -38,13 +38,13 @@ pub struct Stale {
     pub next_index: u32,
 }
 
-/// The harness's end: sends stale resumes to the host.
+/// The runner's end: sends stale resumes to the host.
 pub type Sender = mpsc::UnboundedSender<Stale>;
 
 /// The host's end, taken by its first (and only) boot.
 pub type Inbox = Arc<Mutex<Option<mpsc::UnboundedReceiver<Stale>>>>;
 
-/// A channel from the harness to the host.
+/// A channel from the runner to the host.
 pub fn channel() -> (Sender, Inbox) {
     let (tx, rx) = mpsc::unbounded_channel();
     (tx, Arc::new(Mutex::new(Some(rx))))

@@ -38,8 +38,8 @@
 //! | `Done` | 3 | |
 //! | `Exists` | 4 | record |
 //! | `Conflict` | 5 | |
-//! | `Expired` | 6 | |
-//! | `Missing` | 7 | |
+//! | `ExpiredOrReplaced` | 6 | |
+//! | `Vanished` | 7 | |
 //! | `Unavailable` | 8 | message (UTF-8) |
 //!
 //! # The client side
@@ -225,8 +225,8 @@ pub fn encode_reply(id: u64, reply: &StoreReply) -> Vec<u8> {
             out.extend_from_slice(&record.to_bytes());
         }
         StoreReply::Conflict => out.push(5),
-        StoreReply::Expired => out.push(6),
-        StoreReply::Missing => out.push(7),
+        StoreReply::ExpiredOrReplaced => out.push(6),
+        StoreReply::Vanished => out.push(7),
         StoreReply::Unavailable(why) => {
             out.push(8);
             let why = why.as_bytes();
@@ -247,8 +247,8 @@ pub fn decode_reply(body: &[u8]) -> io::Result<(u64, StoreReply)> {
         3 => StoreReply::Done,
         4 => StoreReply::Exists(f.record()?),
         5 => StoreReply::Conflict,
-        6 => StoreReply::Expired,
-        7 => StoreReply::Missing,
+        6 => StoreReply::ExpiredOrReplaced,
+        7 => StoreReply::Vanished,
         8 => {
             let rest = f.take(f.0.len())?;
             StoreReply::Unavailable(String::from_utf8_lossy(rest).into_owned())
@@ -403,7 +403,7 @@ impl StoreHost {
     /// long as that one would still be live. Returns the ids changed.
     ///
     /// Such a rollback is not a write of any stream's, so it is not logged
-    /// as one; the harness reports it as a loss of data.
+    /// as one; the runner reports it as a loss of data.
     pub fn fail_over(&self, ids: &[ClientId], now: Duration, lag: Duration) -> Vec<ClientId> {
         let seen_until = now.saturating_sub(lag);
         let data = self.data();
@@ -898,8 +898,8 @@ mod tests {
             StoreReply::Done,
             StoreReply::Exists(r),
             StoreReply::Conflict,
-            StoreReply::Expired,
-            StoreReply::Missing,
+            StoreReply::ExpiredOrReplaced,
+            StoreReply::Vanished,
             StoreReply::Unavailable("down".into()),
         ];
         for (i, reply) in replies.into_iter().enumerate() {

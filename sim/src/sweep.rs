@@ -57,7 +57,7 @@ pub struct SeedResult {
     pub timeline: Option<String>,
     /// For a scenario that states a [`Recovery`](crate::Recovery): how
     /// the run came out of its trigger.
-    pub recovery: Option<crate::recovery::Outcome>,
+    pub recovery: Option<crate::recovery::Recovered>,
 }
 
 /// The path of a test inside the scenarios binary, from the calling
@@ -173,7 +173,7 @@ fn run_one(seed: u64, build: &(dyn Fn(u64) -> Scenario + Sync)) -> SeedResult {
         .filter_map(|c| c.outcome.as_ref())
         .map(|o| u64::from(o.reconnects))
         .sum();
-    let recovery = scenario.recovery.as_ref().map(|r| r.outcome(&report));
+    let recovery = scenario.recovery.as_ref().map(|r| r.measure(&report));
     SeedResult {
         recovery,
         fault_kinds: scenario.fault_kinds().into_iter().collect(),
@@ -324,20 +324,21 @@ fn summary(test: &str, results: &[SeedResult], failed: usize, took: Duration) {
         simulated.as_secs_f64(),
         verdicts.join(", "),
     );
-    let recoveries: Vec<(u64, crate::recovery::Outcome)> = results
+    let recoveries: Vec<(u64, crate::recovery::Recovered)> = results
         .iter()
         .filter_map(|r| r.recovery.map(|o| (r.seed, o)))
         .collect();
     if let Some((seed, slowest)) = recoveries.iter().max_by_key(|(_, o)| o.recovery_time) {
         // Allowed: to the settling point, counted from the trigger's end.
-        let allowed = |o: &crate::recovery::Outcome| o.settled.saturating_sub(o.ended);
-        let margin =
-            |o: &crate::recovery::Outcome| allowed(o).as_secs_f64() - o.recovery_time.as_secs_f64();
+        let allowed = |o: &crate::recovery::Recovered| o.settled.saturating_sub(o.ended);
+        let margin = |o: &crate::recovery::Recovered| {
+            allowed(o).as_secs_f64() - o.recovery_time.as_secs_f64()
+        };
         let (tightest, tight_seed) = recoveries
             .iter()
             .map(|(seed, o)| (margin(o), *seed))
             .fold((f64::INFINITY, 0), |a, b| if b.0 < a.0 { b } else { a });
-        let factor = |o: &crate::recovery::Outcome| {
+        let factor = |o: &crate::recovery::Recovered| {
             o.emptied.map_or(f64::INFINITY, |at| {
                 (at - o.ended).as_secs_f64() / o.drain.as_secs_f64().max(1e-9)
             })

@@ -368,7 +368,7 @@ impl fmt::Display for Summary<'_> {
 
 #[cfg(test)]
 mod tests {
-    //! The lines as the harness wrote them before the trace was typed
+    //! The lines as the runner wrote them before the trace was typed
     //! (`format!` at each event): each kind must read exactly so, or the
     //! trace hashes of every recorded seed change.
 

@@ -120,11 +120,13 @@ pub enum StoreReply {
     Conflict,
     /// `Update` refused: the session expired, or a later incarnation of its
     /// id replaced it (which can only happen after it expired).
-    Expired,
-    /// `Update` refused: no record at all, though the stream held one: the
-    /// store lost it (a restart without persistence, a failover that lost
-    /// writes), or a stream that took it over completed it.
-    Missing,
+    ExpiredOrReplaced,
+    /// `Update` refused: no record at all, though the stream held one: it
+    /// vanished. The store lost it (a restart without persistence, a
+    /// failover that lost writes), or a stream that took it over completed
+    /// it. (A `Load` that finds no record is [`Lookup::Missing`]: nothing
+    /// was expected there.)
+    Vanished,
     /// The store failed or timed out.
     Unavailable(String),
 }
@@ -185,14 +187,16 @@ pub fn decide(stored: &Lookup, op: &StoreOp) -> (StoreReply, Write) {
                 // Older than what this stream was confirmed to hold: the
                 // store lost writes (a failover to a replica that had not
                 // seen them), not a takeover.
-                (R::Missing, Write::Nothing)
+                (R::Vanished, Write::Nothing)
             } else {
                 (R::Conflict, Write::Nothing)
             }
         }
         // Another incarnation holds the id: ours expired before it came.
-        (StoreOp::Update { .. }, Lookup::Live(_) | Lookup::Expired) => (R::Expired, Write::Nothing),
-        (StoreOp::Update { .. }, Lookup::Missing) => (R::Missing, Write::Nothing),
+        (StoreOp::Update { .. }, Lookup::Live(_) | Lookup::Expired) => {
+            (R::ExpiredOrReplaced, Write::Nothing)
+        }
+        (StoreOp::Update { .. }, Lookup::Missing) => (R::Vanished, Write::Nothing),
 
         (
             StoreOp::Delete {
@@ -328,20 +332,20 @@ mod tests {
         // A store that lost the takeover to generation 3: not a takeover.
         assert_eq!(
             decide(&Lookup::Live(rec(1, 2, 6)), &update(rec(1, 3, 7), 3)),
-            (StoreReply::Missing, Write::Nothing)
+            (StoreReply::Vanished, Write::Nothing)
         );
         // A paused stream of an earlier incarnation at the same generation.
         assert_eq!(
             decide(&live, &update(rec(2, 3, 7), 3)),
-            (StoreReply::Expired, Write::Nothing)
+            (StoreReply::ExpiredOrReplaced, Write::Nothing)
         );
         assert_eq!(
             decide(&Lookup::Expired, &update(rec(1, 3, 7), 3)),
-            (StoreReply::Expired, Write::Nothing)
+            (StoreReply::ExpiredOrReplaced, Write::Nothing)
         );
         assert_eq!(
             decide(&Lookup::Missing, &update(rec(1, 3, 7), 3)),
-            (StoreReply::Missing, Write::Nothing)
+            (StoreReply::Vanished, Write::Nothing)
         );
     }
 

@@ -70,10 +70,10 @@ pub enum Answer {
     Done,
     /// `Conflict`.
     Conflict,
-    /// `Expired`: a write found the session expired.
-    WriteExpired,
-    /// `Missing`: a write found no record.
-    WriteMissing,
+    /// `ExpiredOrReplaced`: a write found the session expired.
+    WriteExpiredOrReplaced,
+    /// `Vanished`: a write found no record.
+    WriteVanished,
     /// `Unavailable`.
     Unavailable,
     /// `Exists` with a live record of this count and nonce byte.
@@ -205,8 +205,8 @@ impl Answer {
         match self {
             Answer::Done => StoreReply::Done,
             Answer::Conflict => StoreReply::Conflict,
-            Answer::WriteExpired => StoreReply::Expired,
-            Answer::WriteMissing => StoreReply::Missing,
+            Answer::WriteExpiredOrReplaced => StoreReply::ExpiredOrReplaced,
+            Answer::WriteVanished => StoreReply::Vanished,
             Answer::Unavailable => StoreReply::Unavailable("fuzzed".into()),
             Answer::Exists { count, nonce } => {
                 // If the session attaches to this record, its numbers follow

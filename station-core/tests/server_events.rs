@@ -11,8 +11,8 @@ fn answer() -> impl Strategy<Value = Answer> {
     prop_oneof![
         4 => Just(Answer::Done),
         1 => Just(Answer::Conflict),
-        1 => Just(Answer::WriteExpired),
-        1 => Just(Answer::WriteMissing),
+        1 => Just(Answer::WriteExpiredOrReplaced),
+        1 => Just(Answer::WriteVanished),
         1 => Just(Answer::Unavailable),
         1 => (0u32..8, any::<u8>()).prop_map(|(count, nonce)| Answer::Exists { count, nonce }),
         2 => (0u32..8).prop_map(|count| Answer::Live { count }),

@@ -5,6 +5,10 @@
 //!
 //! - [`server`]: [`Station`], the tonic service, and [`serve`], which runs it
 //!   with health checking, reflection and graceful shutdown.
+//! - `config`: [`ServerConfig`], what a server can be told (re-exported by
+//!   [`server`]).
+//! - `state`: `ServerState`, what every stream of one server shares, and
+//!   [`StreamEvent`]s. Below `driver`, which is below `server`: no cycle.
 //! - `driver`: each stream's response body drives a core `server::Stream` on
 //!   hyper's task for the stream (no task or channel of its own).
 //! - `stall`: drives the streams whose clients stopped reading, so that
@@ -29,7 +33,7 @@
 //! - [`status`]: the one mapping between core errors and gRPC statuses.
 //! - [`store`]: the [`SessionStore`](store::SessionStore) trait,
 //!   [`MemoryStore`](store::MemoryStore) and [`RedisStore`](store::RedisStore).
-//! - `testing` (feature `testing`, off in production builds): fixtures for
+//! - `testkit` (feature `testkit`, off in production builds): fixtures for
 //!   tests (private `redis-server` processes).
 //! - `log_limit`: warnings every stream can raise at once, at most one a
 //!   second per call site.
@@ -42,6 +46,7 @@ pub mod client;
 mod clock;
 pub mod coalesce;
 pub mod codec;
+mod config;
 mod driver;
 pub mod incoming;
 mod log_limit;
@@ -50,10 +55,11 @@ pub mod otel;
 pub mod overload;
 pub mod server;
 mod stall;
+mod state;
 pub mod status;
 pub mod store;
-#[cfg(feature = "testing")]
-pub mod testing;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub mod proto {
     //! Generated from `proto/numbersstation/v1/station.proto`.

@@ -77,7 +77,7 @@
 //! carries (BENCHMARKS.md: a server offered twice its capacity shed and
 //! reopened every second while its core stayed saturated). So the probe
 //! also learns how many streams the server carries on time, by AIMD on
-//! the streams held (those counted against `--max-sessions`), in time
+//! the streams held (those counted against `--max-streams`), in time
 //! measured by the probe's clock, not in samples (a late probe samples
 //! less often):
 //!

@@ -134,7 +134,7 @@ fn error_metadata(reject: &Reject) -> HashMap<String, String> {
             m.insert("count".to_owned(), count.to_string());
         }
         Reject::Full(max) => {
-            m.insert("max_sessions".to_owned(), max.to_string());
+            m.insert("max_streams".to_owned(), max.to_string());
         }
         Reject::Overloaded(Busy::Late(late)) => {
             m.insert("lateness_ms".to_owned(), late.as_millis().to_string());

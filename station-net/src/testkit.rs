@@ -32,7 +32,7 @@ const START_ATTEMPTS: usize = 3;
 /// ```no_run
 /// # async fn demo() {
 /// use station_net::store::{RedisStore, StoreConfig};
-/// use station_net::testing::RedisServer;
+/// use station_net::testkit::RedisServer;
 ///
 /// let Some(redis) = RedisServer::start() else { return }; // skipped, said so
 /// let store = RedisStore::connect(&redis.url(), "test:", StoreConfig::default())

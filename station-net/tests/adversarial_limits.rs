@@ -1,6 +1,6 @@
 //! Adversarial clients against a real server over loopback, beyond what
 //! the server allows: an oversized message, more streams on a connection
-//! than `max_concurrent_streams`, more sessions than `max_sessions`.
+//! than `max_concurrent_streams`, more sessions than `max_streams`.
 //!
 //! Every test starts its own server ([`common::TestServer`], with
 //! [`common::server_config`]: 20 ms interval, 4 s TTL), starts a
@@ -188,12 +188,12 @@ async fn sample_until_done(
 }
 
 // ---------------------------------------------------------------------------
-// Row: more sessions than `max_sessions`.
+// Row: more sessions than `max_streams`.
 
 #[tokio::test]
-async fn sessions_beyond_max_sessions_are_resource_exhausted() {
+async fn sessions_beyond_max_streams_are_resource_exhausted() {
     let server = TestServer::start(ServerConfig {
-        max_sessions: 3,
+        max_streams: 3,
         ..server_config()
     })
     .await;

@@ -219,7 +219,7 @@ async fn a_client_that_stops_reading_during_a_burst_is_dropped_as_silent() {
 async fn a_client_that_withholds_flow_control_holds_only_its_own_stream() {
     // A client that grants less HTTP/2 window than one session window and
     // stops reading: the server's sends wait on flow control, not on the
-    // session. That stream stays (counted under --max-sessions) until its
+    // session. That stream stays (counted under --max-streams) until its
     // connection goes; everyone else is served meanwhile.
     let (server, sent) = widest_window_server(Duration::ZERO).await;
     let good = server.good(3000, 17).await;

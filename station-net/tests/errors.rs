@@ -101,7 +101,7 @@ async fn bytes_that_do_not_decode_are_a_bad_request() {
 async fn a_full_server_says_when_to_come_back() {
     let retry_after = Duration::from_millis(400);
     let server = TestServer::start(ServerConfig {
-        max_sessions: 1,
+        max_streams: 1,
         retry_after,
         ..server_config()
     })

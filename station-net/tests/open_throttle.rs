@@ -25,7 +25,7 @@ const ROOM: usize = 4;
 async fn start() -> TestServer {
     let cfg = ServerConfig {
         session: SessionConfig::new(Duration::from_millis(20), Duration::from_secs(5)),
-        max_sessions: ROOM,
+        max_streams: ROOM,
         retry_after: Duration::from_millis(200),
         ..ServerConfig::default()
     };

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use station_core::server::{Lookup, Record, StoreOp, StoreReply};
 use station_net::store::{RedisStore, SessionStore};
-use station_net::testing::{RedisCluster, RedisServer, Reply};
+use station_net::testkit::{RedisCluster, RedisServer, Reply};
 use tokio::time::{sleep, Instant};
 
 mod common;
@@ -34,7 +34,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// This store's keys on the node on `port` (`KEYS` sees one node only).
 fn keys_on(port: u16, prefix: &str) -> Vec<String> {
-    match station_net::testing::command(port, &["KEYS", &format!("{prefix}*")]) {
+    match station_net::testkit::command(port, &["KEYS", &format!("{prefix}*")]) {
         Ok(Reply::Array(keys)) => keys.iter().filter_map(Reply::text).collect(),
         other => panic!("KEYS on {port}: {other:?}"),
     }
@@ -124,7 +124,7 @@ async fn refresh_all(store: &RedisStore, latest: &mut [Record], tally: &mut Tall
                 tally.unavailable += 1;
                 tally.last_error = e;
             }
-            StoreReply::Missing => tally.missing += 1,
+            StoreReply::Vanished => tally.missing += 1,
             other => panic!("refresh of session {i}: {other:?} (a false conflict?)"),
         }
     }
@@ -431,14 +431,14 @@ async fn blocking_replicate(replica: &RedisServer, primary: &RedisServer) {
     // Sync takes a moment; the runtime's threads need not wait on it.
     let (r, p) = (replica.port(), primary.port());
     tokio::task::spawn_blocking(move || {
-        let reply = station_net::testing::command(r, &["REPLICAOF", "127.0.0.1", &p.to_string()]);
+        let reply = station_net::testkit::command(r, &["REPLICAOF", "127.0.0.1", &p.to_string()]);
         assert!(
             matches!(&reply, Ok(Reply::Status(s)) if s.starts_with("OK")),
             "REPLICAOF on {r}: {reply:?}"
         );
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let info = station_net::testing::command(r, &["INFO", "replication"])
+            let info = station_net::testkit::command(r, &["INFO", "replication"])
                 .ok()
                 .and_then(|r| r.text())
                 .unwrap_or_default();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use station_core::server::{Lookup, Record, StoreOp, StoreReply};
 use station_core::ClientId;
 use station_net::store::{RedisStore, SessionStore, StoreConfig, StoreError};
-use station_net::testing::RedisServer;
+use station_net::testkit::RedisServer;
 use tokio::time::{sleep, timeout, Instant};
 
 mod common;

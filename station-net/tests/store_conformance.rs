@@ -20,7 +20,7 @@ use std::time::Duration;
 use station_core::server::{Lookup, Record, StoreReply};
 use station_core::Secret;
 use station_net::store::{MemoryStore, RedisStore, SessionStore};
-use station_net::testing::RedisCluster;
+use station_net::testkit::RedisCluster;
 use tokio::time::{sleep, Instant};
 
 mod common;
@@ -156,14 +156,14 @@ async fn update_with_stale_generation_conflicts<S: SessionStore>(store: S) {
     // A generation from the future fails too: the store is behind what the
     // stream was confirmed to hold, so it lost writes.
     let future = taken_over(taken);
-    assert_eq!(update(&store, future, 3, LONG).await, StoreReply::Missing);
+    assert_eq!(update(&store, future, 3, LONG).await, StoreReply::Vanished);
     assert_eq!(load(&store, rec.client_id).await, Lookup::Live(taken));
 }
 
 async fn update_of_missing_or_expired_is_refused<S: SessionStore>(store: S) {
     // Never created: the update must not create it.
     let ghost = record();
-    assert_eq!(update(&store, ghost, 1, LONG).await, StoreReply::Missing);
+    assert_eq!(update(&store, ghost, 1, LONG).await, StoreReply::Vanished);
     assert_eq!(load(&store, ghost.client_id).await, Lookup::Missing);
     // Expired: the update must not revive it.
     let rec = record();
@@ -172,13 +172,16 @@ async fn update_of_missing_or_expired_is_refused<S: SessionStore>(store: S) {
         StoreReply::Done
     );
     sleep(Duration::from_millis(200)).await;
-    assert_eq!(update(&store, rec, 1, LONG).await, StoreReply::Expired);
+    assert_eq!(
+        update(&store, rec, 1, LONG).await,
+        StoreReply::ExpiredOrReplaced
+    );
     assert_eq!(load(&store, rec.client_id).await, Lookup::Expired);
     // Deleted (or lost by the store): gone, not taken over.
     let gone = record();
     assert_eq!(create(&store, gone, LONG).await, StoreReply::Done);
     assert_eq!(delete(&store, &gone, 1).await, StoreReply::Done);
-    assert_eq!(update(&store, gone, 1, LONG).await, StoreReply::Missing);
+    assert_eq!(update(&store, gone, 1, LONG).await, StoreReply::Vanished);
     assert_eq!(load(&store, gone.client_id).await, Lookup::Missing);
 }
 
@@ -222,10 +225,13 @@ async fn a_paused_stream_cannot_write_over_a_later_incarnation<S: SessionStore>(
     // The stalled stream wakes: its refresh, its takeover and its delete
     // must all leave the new session alone.
     let refresh = Record { acked: 3, ..old };
-    assert_eq!(update(&store, refresh, 1, LONG).await, StoreReply::Expired);
+    assert_eq!(
+        update(&store, refresh, 1, LONG).await,
+        StoreReply::ExpiredOrReplaced
+    );
     assert_eq!(
         update(&store, taken_over(old), 1, LONG).await,
-        StoreReply::Expired
+        StoreReply::ExpiredOrReplaced
     );
     assert_eq!(delete(&store, &old, 1).await, StoreReply::Done);
     assert_eq!(load(&store, new.client_id).await, Lookup::Live(new));
@@ -240,7 +246,7 @@ async fn a_store_that_lost_writes_says_so_rather_than_taken_over<S: SessionStore
     assert_eq!(create(&store, two, LONG).await, StoreReply::Done);
     let three = taken_over(two);
     let refresh = Record { acked: 4, ..three };
-    assert_eq!(update(&store, refresh, 3, LONG).await, StoreReply::Missing);
+    assert_eq!(update(&store, refresh, 3, LONG).await, StoreReply::Vanished);
     assert_eq!(load(&store, rec.client_id).await, Lookup::Live(two));
     // Its final delete still removes the session: it is complete.
     assert_eq!(delete(&store, &three, 3).await, StoreReply::Done);

@@ -35,7 +35,7 @@ mod timeline;
 use std::net::Ipv4Addr;
 use std::process::Stdio;
 
-pub use report::Report;
+pub use report::LoadReport;
 use tally::{proc_stats, Tally};
 
 use crate::{exit, LoadArgs};
@@ -57,7 +57,7 @@ fn is_ipv4_loopback(endpoint: &str) -> bool {
 
 /// Runs the load described by `args` and returns its report: in this
 /// process, or split over `--processes` workers and merged.
-pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
+pub async fn measure(args: &LoadArgs) -> Result<LoadReport, String> {
     validate(args)?;
     let idle = args.server_pid.and_then(proc_stats);
     let tally = if args.processes > 1 {
@@ -66,7 +66,7 @@ pub async fn measure(args: &LoadArgs) -> Result<Report, String> {
         session::measure_part(args, Part { index: 0, of: 1 }).await?
     };
     let end = args.server_pid.and_then(proc_stats);
-    Ok(Report::new(tally, idle.zip(end)))
+    Ok(LoadReport::new(tally, idle.zip(end)))
 }
 
 fn validate(args: &LoadArgs) -> Result<(), String> {

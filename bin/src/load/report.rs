@@ -9,7 +9,7 @@ use super::tally::{mean, percentiles, percentiles_ms, ProcStats, Tally};
 use super::timeline::{self, SecondTally};
 
 /// The report.
-pub struct Report {
+pub struct LoadReport {
     /// Sessions asked for (`--sessions`).
     pub sessions: usize,
     /// Of which started; the rest the ramp had not reached when
@@ -56,12 +56,12 @@ pub struct Report {
     pub timeline: BTreeMap<u64, SecondTally>,
 }
 
-impl Report {
+impl LoadReport {
     /// The report of a merged tally; `server` is the server's figures
     /// before and after, if its pid was given.
     pub fn new(tally: Tally, server: Option<(ProcStats, ProcStats)>) -> Self {
         let [_, p99, max] = percentiles(&tally.opens_per_completed);
-        Report {
+        LoadReport {
             sessions: tally.offered,
             started: tally.started,
             completed: tally.completed,

@@ -192,7 +192,7 @@ async fn spawn_server(
 /// Runs `args` (endpoint filled in) against an in-process server at a
 /// 10 ms interval; returns the report and the source address of every
 /// connection the server accepted.
-async fn run_recorded(mut args: LoadArgs) -> (Report, Vec<SocketAddr>) {
+async fn run_recorded(mut args: LoadArgs) -> (LoadReport, Vec<SocketAddr>) {
     let (addr, _station, peers) = spawn_server(config()).await;
     args.endpoint = vec![addr];
     let report = measure(&args).await.unwrap();
@@ -403,7 +403,7 @@ async fn attach_timeouts_are_not_counted_as_silent_drops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_at_the_door_are_told_apart_from_failures_after_admission() {
     let cfg = ServerConfig {
-        max_sessions: 2,
+        max_streams: 2,
         retry_after: Duration::from_millis(50),
         ..config()
     };
@@ -443,7 +443,7 @@ async fn refusals_at_the_door_are_told_apart_from_failures_after_admission() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_opens_reported_sent_are_the_opens_the_server_saw() {
     let cfg = ServerConfig {
-        max_sessions: 2,
+        max_streams: 2,
         retry_after: Duration::from_millis(50),
         ..config()
     };

@@ -1,5 +1,5 @@
 //! Servers on a private Redis or Redis Cluster (the fixtures of
-//! `station_net::testing`), clients given several of them as endpoints, and
+//! `station_net::testkit`), clients given several of them as endpoints, and
 //! independent checks of what the clients received: each session's record
 //! is read straight from Redis (raw RESP, not through the store under test)
 //! and the sequence its seed must give is recomputed here.
@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use station_core::server::Record;
-use station_net::testing::{command_bytes, RedisCluster, RedisServer, Reply};
+use station_net::testkit::{command_bytes, RedisCluster, RedisServer, Reply};
 use uuid::Uuid;
 
 use super::{assert_no_panic, assert_verified_json, counter, poll, station, Finished, Proc};

@@ -1,4 +1,4 @@
-//! The hosts of a run: the servers and clients [`Harness::build`] adds,
+//! The hosts of a run: the servers and clients [`Runner::build`] adds,
 //! and the store host and the stale-resume host when a scenario has them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,8 +9,8 @@ use station_core::client::{Client, Config as ClientConfig};
 use station_net::client::{self as driver, DriverOptions, Endpoints};
 use station_net::{ServerConfig, Station, StreamEvent};
 
-use super::observe::Shared;
-use super::{Harness, DRAIN_POLL, SEED_SERVER, SEED_STORE};
+use super::observe::Journal;
+use super::{Runner, DRAIN_POLL, SEED_SERVER, SEED_STORE};
 use crate::base::lock;
 use crate::clock::SimClock;
 use crate::net;
@@ -22,16 +22,16 @@ use crate::store::{SimStore, WriteLog};
 use crate::storenet::{self, NetStore, StoreHost};
 use crate::trace::{Host, TraceEvent};
 
-impl Harness<'_> {
+impl Runner<'_> {
     /// A host per server; a server's every boot builds its store and
     /// station anew (and registers them).
     pub(super) fn add_servers(&mut self) {
-        let Harness {
+        let Runner {
             scenario,
             seed,
             sim,
             clock,
-            shared,
+            journal,
             writes,
             shared_store,
             store_host,
@@ -45,7 +45,7 @@ impl Harness<'_> {
         let boots: Arc<Vec<AtomicU64>> =
             Arc::new((0..n_servers).map(|_| AtomicU64::new(0)).collect());
         for s in 0..n_servers {
-            let (shared, registry, boots) = (shared.clone(), registry.clone(), boots.clone());
+            let (journal, registry, boots) = (journal.clone(), registry.clone(), boots.clone());
             let (clock, shared_store, writes) =
                 (clock.clone(), shared_store.clone(), writes.clone());
             let (answers, in_flight) = (answers.clone(), in_flight.clone());
@@ -79,13 +79,13 @@ impl Harness<'_> {
                     cfg.retry_after = Duration::ZERO;
                 }
                 let observer = {
-                    let shared = shared.clone();
-                    Arc::new(move |e: &StreamEvent| shared.on_server_event(s, boot, e))
+                    let journal = journal.clone();
+                    Arc::new(move |e: &StreamEvent| journal.on_server_event(s, boot, e))
                 };
                 let station = Station::with_observer(cfg, store.clone(), Some(observer));
                 lock(&registry)[s] = Some((store, station.clone()));
                 let host = Host::Server { server: s, boot };
-                shared.log(shared.now(), host, TraceEvent::Boot);
+                journal.log(journal.now(), host, TraceEvent::Boot);
                 async move {
                     if let Some(connection) = connection {
                         tokio::spawn(connection.run());
@@ -110,27 +110,27 @@ impl Harness<'_> {
     /// A host per client: it starts when planned (a reused id once its
     /// first user is done) and runs the real client driver.
     pub(super) fn add_clients(&mut self) {
-        let Harness {
+        let Runner {
             scenario,
             sim,
-            shared,
+            journal,
             clients,
             ..
         } = self;
         for (c, plan) in scenario.clients.iter().enumerate() {
             let (id, client_seed) = clients[c];
-            let shared = shared.clone();
+            let journal = journal.clone();
             let plan = plan.clone();
             let bug = scenario.bug;
             sim.client(Scenario::client_host(c), async move {
                 tokio::time::sleep(plan.start).await;
                 if let Some(k) = plan.reuse_id_of {
                     // An id is reused once its first user finished or gave up.
-                    while shared.state().outcomes[k].is_none() {
+                    while journal.state().outcomes[k].is_none() {
                         tokio::time::sleep(DRAIN_POLL).await;
                     }
                 }
-                shared.state().started[c] = Some(shared.now());
+                journal.state().started[c] = Some(journal.now());
                 let targets = plan
                     .endpoints
                     .iter()
@@ -147,13 +147,13 @@ impl Harness<'_> {
                     id,
                     count: plan.count,
                 };
-                shared.log(shared.now(), Host::Client(c), start);
+                journal.log(journal.now(), Host::Client(c), start);
                 let outcome =
                     driver::run(&endpoints, &DriverOptions::default(), client, |e, cl| {
-                        shared.on_client_event(c, e, cl)
+                        journal.on_client_event(c, e, cl)
                     })
                     .await;
-                let at = shared.now();
+                let at = journal.now();
                 let finished = TraceEvent::Finished {
                     verdict: outcome.verdict.clone(),
                     received: outcome.received,
@@ -161,8 +161,8 @@ impl Harness<'_> {
                     crc: outcome.client_checksum,
                     server_crc: outcome.server_checksum,
                 };
-                shared.log(at, Host::Client(c), finished);
-                shared.state().outcomes[c] = Some((outcome, at));
+                journal.log(at, Host::Client(c), finished);
+                journal.state().outcomes[c] = Some((outcome, at));
                 Ok(())
             });
         }
@@ -175,10 +175,10 @@ pub(super) fn store_host(
     sim: &mut turmoil::Sim<'_>,
     scenario: &Scenario,
     seed: u64,
-    (clock, shared): (&Arc<SimClock>, &Arc<Shared>),
+    (clock, journal): (&Arc<SimClock>, &Arc<Journal>),
     writes: &WriteLog,
 ) -> Arc<StoreHost> {
-    let logger = shared.clone();
+    let logger = journal.clone();
     let host = StoreHost::new(
         clock,
         scenario.bug,
@@ -188,10 +188,10 @@ pub(super) fn store_host(
         move |event| logger.log(logger.now(), Host::Store, event),
     );
     let boots = AtomicU64::new(0);
-    let (shared, for_host) = (shared.clone(), host.clone());
+    let (journal, for_host) = (journal.clone(), host.clone());
     sim.host(storenet::HOST, move || {
         let boot = boots.fetch_add(1, Ordering::Relaxed);
-        shared.log(shared.now(), Host::StoreBoot(boot), TraceEvent::Boot);
+        journal.log(journal.now(), Host::StoreBoot(boot), TraceEvent::Boot);
         let host = for_host.clone();
         async move {
             storenet::serve(host).await?;
@@ -201,7 +201,7 @@ pub(super) fn store_host(
     host
 }
 
-/// The host that sends stale resumes, and the harness's end of its inbox.
+/// The host that sends stale resumes, and the runner's end of its inbox.
 pub(super) fn stale_host(sim: &mut turmoil::Sim<'_>) -> stale::Sender {
     let (tx, inbox) = stale::channel();
     sim.host(stale::HOST, move || {

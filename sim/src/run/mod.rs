@@ -1,10 +1,10 @@
-//! The harness: [`run`] a [`Scenario`] under turmoil with a seed and
+//! The runner: [`run`] a [`Scenario`] under turmoil with a seed and
 //! collect a [`Report`].
 //!
 //! Server hosts run the real `station_net::serve` over
 //! [`net::incoming`](crate::net::incoming); client hosts run the real
 //! `station_net::client::run` over
-//! [`net::channel_factory`](crate::net::channel_factory). The harness
+//! [`net::channel_factory`](crate::net::channel_factory). The runner
 //! steps the simulation itself (rather than `Sim::run`) so it can apply
 //! faults at their due times, some of which depend on what has happened
 //! ("right after client 2 received number 7"), and so it can keep the
@@ -13,7 +13,7 @@
 //! [`run`] goes through four phases, each a method of the run under way
 //! (as a VOPR splits its ticks): build the simulation and its hosts
 //! (`hosts`), step it, drain it, collect the report. What the hosts tell
-//! the harness as they go becomes the trace in `observe`.
+//! the runner as they go becomes the trace in `observe`.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +40,7 @@ use crate::trace::{Host, TraceEvent};
 mod hosts;
 mod observe;
 
-use observe::Shared;
+use observe::Journal;
 
 /// Sub-seed purposes (see [`derive()`]).
 const SEED_TURMOIL: u64 = 1;
@@ -53,7 +53,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(100);
 
 thread_local! {
     /// Panics on this thread since the run started. Every host of a run
-    /// runs on the harness's thread, so a panic in any spawned task (which
+    /// runs on the runner's thread, so a panic in any spawned task (which
     /// tokio would otherwise swallow) is seen here.
     static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
@@ -86,19 +86,19 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
     // Every host runs on this thread: the servers' counts all land here.
     let recorder = Recorder::new(scenario.bug);
     let _counting = metrics::set_default_local_recorder(&recorder);
-    let mut harness = Harness::build(scenario, seed);
+    let mut runner = Runner::build(scenario, seed);
 
     // Step until the clients are done, applying faults as they fall due.
     let (clients_done_at, error) = loop {
-        match harness.step() {
-            Ok(true) => break (Some(harness.sim.elapsed()), None),
+        match runner.step() {
+            Ok(true) => break (Some(runner.sim.elapsed()), None),
             Ok(false) => {}
             Err(e) => break (None, Some(e)),
         }
     };
-    let store_at_done = harness.lookups();
-    let error = harness.drain(error);
-    harness.collect(
+    let store_at_done = runner.lookups();
+    let error = runner.drain(error);
+    runner.collect(
         Done {
             clients_done_at,
             store_at_done,
@@ -118,14 +118,14 @@ struct Done {
     error: Option<String>,
 }
 
-/// One run under way: the simulation, and what the harness keeps beside
+/// One run under way: the simulation, and what the runner keeps beside
 /// it to apply faults and to read the stores.
-struct Harness<'a> {
+struct Runner<'a> {
     scenario: &'a Scenario,
     seed: u64,
     sim: turmoil::Sim<'a>,
     clock: Arc<SimClock>,
-    shared: Arc<Shared>,
+    journal: Arc<Journal>,
     /// Each client's id and PRNG seed, in plan order.
     clients: Vec<(ClientId, u64)>,
     /// Each client's id, in plan order.
@@ -144,7 +144,7 @@ struct Harness<'a> {
     steps: u64,
 }
 
-impl<'a> Harness<'a> {
+impl<'a> Runner<'a> {
     /// The simulation of `scenario` with `seed`: its hosts (the store
     /// host and the stale-resume host when the scenario has them, the
     /// servers, the clients), before its first step.
@@ -164,7 +164,7 @@ impl<'a> Harness<'a> {
             }
         }
         let ids: Vec<ClientId> = clients.iter().map(|(id, _)| *id).collect();
-        let shared = Arc::new(Shared::new(&clock, &clients, scenario.servers));
+        let journal = Arc::new(Journal::new(&clock, &clients, scenario.servers));
 
         let mut sim = turmoil::Builder::new()
             .rng_seed(derive(seed, &[SEED_TURMOIL]))
@@ -179,23 +179,23 @@ impl<'a> Harness<'a> {
 
         if let Some(swarm) = &scenario.swarm {
             let draw = swarm.clone();
-            shared.log(Duration::ZERO, Host::Swarm, TraceEvent::Swarm { draw });
+            journal.log(Duration::ZERO, Host::Swarm, TraceEvent::Swarm { draw });
         }
         let writes: WriteLog = Arc::default();
         let shared_store = SimStore::new(&clock, scenario.bug, &writes);
         let store_host = (scenario.store == StoreKind::Host)
-            .then(|| hosts::store_host(&mut sim, scenario, seed, (&clock, &shared), &writes));
+            .then(|| hosts::store_host(&mut sim, scenario, seed, (&clock, &journal), &writes));
         let stale = scenario
             .faults
             .iter()
             .any(|f| matches!(f.action, Action::StaleResume { .. }))
             .then(|| hosts::stale_host(&mut sim));
-        let mut harness = Harness {
+        let mut runner = Runner {
             scenario,
             seed,
             sim,
             clock,
-            shared,
+            journal,
             clients,
             ids,
             writes,
@@ -208,19 +208,19 @@ impl<'a> Harness<'a> {
             faults: FaultState::new(scenario),
             steps: 0,
         };
-        harness.add_servers();
-        harness.add_clients();
-        harness
+        runner.add_servers();
+        runner.add_clients();
+        runner
     }
 
     /// Applies the faults due, then one turmoil step. `Ok(true)`: every
     /// client host is done.
     fn step(&mut self) -> Result<bool, String> {
-        let Harness {
+        let Runner {
             scenario,
             sim,
             clock,
-            shared,
+            journal,
             ids,
             shared_store,
             store_host,
@@ -232,12 +232,12 @@ impl<'a> Harness<'a> {
         } = self;
         let scenario: &Scenario = scenario;
         let on_loss = |at: Duration, live: Vec<ClientId>| {
-            let names = live.iter().map(|id| shared.client_name(id)).collect();
-            shared.log(at, Host::Store, TraceEvent::DataLost { live: names });
-            shared.state().data_losses.push(DataLoss { at, live });
+            let names = live.iter().map(|id| journal.client_name(id)).collect();
+            journal.log(at, Host::Store, TraceEvent::DataLost { live: names });
+            journal.state().data_losses.push(DataLoss { at, live });
         };
         let stale_resume = |c: usize, server: usize| {
-            let at = shared.now();
+            let at = journal.now();
             let id = ids[c];
             let live = stores(scenario, shared_store, store_host.as_ref(), registry)
                 .iter()
@@ -246,7 +246,7 @@ impl<'a> Harness<'a> {
                     _ => None,
                 });
             let (Some(record), Some(tx)) = (live, stale.as_ref()) else {
-                shared.log(at, Host::Stale, TraceEvent::StaleNoSession { client: c });
+                journal.log(at, Host::Stale, TraceEvent::StaleNoSession { client: c });
                 return;
             };
             let resume = TraceEvent::StaleResume {
@@ -254,7 +254,7 @@ impl<'a> Harness<'a> {
                 server,
                 next_index: record.acked,
             };
-            shared.log(at, Host::Stale, resume);
+            journal.log(at, Host::Stale, resume);
             let _ = tx.send(Stale {
                 server,
                 client_id: id,
@@ -267,7 +267,7 @@ impl<'a> Harness<'a> {
                 waiting: b.waiting,
                 drain: b.drain,
             };
-            shared.log(b.at, Host::Store, queue);
+            journal.log(b.at, Host::Store, queue);
         };
         let env = Env {
             registry,
@@ -281,10 +281,10 @@ impl<'a> Harness<'a> {
             sim,
             scenario,
             &env,
-            |time| shared.state().time_of(time),
+            |time| journal.state().time_of(time),
             |now, index, action| {
                 let action = action.clone();
-                shared.log(now, Host::Fault, TraceEvent::Fault { index, action });
+                journal.log(now, Host::Fault, TraceEvent::Fault { index, action });
             },
         );
         faults.heal_random_failures(sim, scenario);
@@ -374,11 +374,11 @@ impl<'a> Harness<'a> {
         let (live_at_end, attached_at_end) = self.measure();
         let store_at_end = self.lookups();
         let ended_at = self.sim.elapsed();
-        let Harness {
+        let Runner {
             scenario,
             seed,
             sim,
-            shared,
+            journal,
             clients,
             writes,
             store_host,
@@ -390,7 +390,7 @@ impl<'a> Harness<'a> {
         drop(sim);
         let store_writes = std::mem::take(&mut *lock(&writes));
 
-        let mut state = std::mem::take(&mut *shared.state());
+        let mut state = std::mem::take(&mut *journal.state());
         let client_reports = scenario
             .clients
             .iter()
@@ -403,7 +403,7 @@ impl<'a> Harness<'a> {
                     id: clients[c].0,
                     count: plan.count,
                     expect: plan.expect,
-                    finale: plan.finale,
+                    record_fate: plan.record_fate,
                     finished_at: finished.as_ref().map(|(_, at)| *at),
                     outcome: finished.map(|(o, _)| o),
                     progress: std::mem::take(&mut state.progress[c]),

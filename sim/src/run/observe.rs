@@ -1,4 +1,4 @@
-//! What the hosts of a run tell the harness as it goes ([`Shared`]): each
+//! What the hosts of a run tell the runner as it goes ([`Journal`]): each
 //! server and client event becomes an observation in the trace, and what
 //! the report and the fault triggers need besides (first sends and
 //! arrivals, the clients' progress, streams and outcomes).
@@ -18,8 +18,8 @@ use crate::report::{ClientStream, DataLoss, Progress, ServerEvent};
 use crate::scenario::Scenario;
 use crate::trace::{ClientName, Host, Observation, TraceEvent};
 
-/// State shared by the harness and every host of one run.
-pub(super) struct Shared {
+/// State shared by the runner and every host of one run.
+pub(super) struct Journal {
     clock: Arc<SimClock>,
     ids: HashMap<ClientId, usize>,
     /// Server index by host name (the clients' endpoints).
@@ -54,11 +54,11 @@ impl State {
     }
 }
 
-impl Shared {
+impl Journal {
     /// For a run of `clients` (id, PRNG seed) and `servers` servers.
     pub(super) fn new(clock: &Arc<SimClock>, clients: &[(ClientId, u64)], servers: usize) -> Self {
         let n = clients.len();
-        Shared {
+        Journal {
             clock: clock.clone(),
             // A reused id names the client that used it first.
             ids: clients
@@ -98,7 +98,7 @@ impl Shared {
             .map_or(ClientName::Unknown(*id), |&i| ClientName::Known(i))
     }
 
-    /// The server a client's endpoint names (the harness named them all).
+    /// The server a client's endpoint names (the runner named them all).
     fn server(&self, endpoint: &str) -> usize {
         self.servers[endpoint]
     }

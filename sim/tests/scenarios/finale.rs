@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use sim::{sweep, test_path, Action, Expect, Fault, Finale, Scenario, SimRng, When};
+use sim::{sweep, test_path, Action, Expect, Fault, RecordFate, Scenario, SimRng, When};
 
 use crate::common::{clients, secs, SEC};
 
@@ -58,10 +58,10 @@ impl Lost {
     }
 
     /// What becomes of the session of a client cut off at the end.
-    fn finale(self) -> Finale {
+    fn record_fate(self) -> RecordFate {
         match self {
-            Lost::FinalNumber => Finale::DeletedOnAck,
-            Lost::FinalAck => Finale::LeftToExpire,
+            Lost::FinalNumber => RecordFate::DeletedOnAck,
+            Lost::FinalAck => RecordFate::LeftToExpire,
         }
     }
 
@@ -69,10 +69,10 @@ impl Lost {
     /// scenarios were written with different expectations here (`Any`
     /// for a lost number, `DeletedOnAck` for a lost acknowledgement);
     /// both are kept as they were so the checks stay exactly the same.
-    fn untouched(self) -> Finale {
+    fn untouched(self) -> RecordFate {
         match self {
-            Lost::FinalNumber => Finale::Any,
-            Lost::FinalAck => Finale::DeletedOnAck,
+            Lost::FinalNumber => RecordFate::Any,
+            Lost::FinalAck => RecordFate::DeletedOnAck,
         }
     }
 }
@@ -100,9 +100,9 @@ pub fn final_lost(lost: Lost, seed: u64) -> Scenario {
             let last = s.clients[c].count - 1;
             let when = lost.when(c, last);
             cut(&mut s, c, when, rng.millis(lost.heal_after()));
-            s.clients[c].finale = lost.finale();
+            s.clients[c].record_fate = lost.record_fate();
         } else {
-            s.clients[c].finale = lost.untouched();
+            s.clients[c].record_fate = lost.untouched();
         }
     }
     s

@@ -44,7 +44,7 @@ fn model_store_follows_the_documented_semantics() {
         expires_in,
     };
     // Expecting a generation the store never reached: it lost writes.
-    assert_eq!(s.apply(t0, update(2, 3, secs(30))), StoreReply::Missing);
+    assert_eq!(s.apply(t0, update(2, 3, secs(30))), StoreReply::Vanished);
     assert_eq!(s.apply(t0, update(1, 2, secs(10))), StoreReply::Done);
     assert_eq!(
         s.apply(t0 + secs(9), StoreOp::Load(id)),
@@ -57,7 +57,7 @@ fn model_store_follows_the_documented_semantics() {
     );
     assert_eq!(
         s.apply(t0 + secs(10), update(2, 3, secs(30))),
-        StoreReply::Expired
+        StoreReply::ExpiredOrReplaced
     );
     let delete = |generation| StoreOp::Delete {
         client_id: id,

@@ -478,10 +478,10 @@ impl Stream {
                 Pending::TakeOver { .. } | Pending::Renew { .. } | Pending::Delete,
                 StoreReply::Conflict,
             ) => self.fail_by_store(Reject::TakenOver(self.record_id())),
-            (Pending::TakeOver { .. } | Pending::Renew { .. }, StoreReply::Expired) => {
+            (Pending::TakeOver { .. } | Pending::Renew { .. }, StoreReply::ExpiredOrReplaced) => {
                 self.fail_by_store(Reject::Expired(self.record_id()))
             }
-            (Pending::TakeOver { .. } | Pending::Renew { .. }, StoreReply::Missing) => {
+            (Pending::TakeOver { .. } | Pending::Renew { .. }, StoreReply::Vanished) => {
                 self.fail_by_store(Reject::Lost(self.record_id()))
             }
             (pending, reply) => self.fail_by_store(Reject::StoreUnavailable(format!(

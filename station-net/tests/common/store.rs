@@ -7,7 +7,7 @@ use std::time::Duration;
 use station_core::server::{Lookup, Record, StoreOp, StoreReply};
 use station_core::{ClientId, Secret};
 use station_net::store::{RedisStore, SessionStore, StoreConfig};
-use station_net::testing::{RedisCluster, RedisServer};
+use station_net::testkit::{RedisCluster, RedisServer};
 
 /// Short enough that the Expired → Missing step fits in a test.
 pub const REMEMBER: Duration = Duration::from_millis(500);

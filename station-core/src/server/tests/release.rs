@@ -142,8 +142,8 @@ fn any_answer_to_the_release_ends_the_stream_and_nothing_else_does() {
     for reply in [
         StoreReply::Done,
         StoreReply::Conflict,
-        StoreReply::Expired,
-        StoreReply::Missing,
+        StoreReply::ExpiredOrReplaced,
+        StoreReply::Vanished,
         StoreReply::Unavailable("down".into()),
     ] {
         let mut s = running(t0);
@@ -186,8 +186,8 @@ fn a_renewal_refused_after_the_end_ends_the_stream_without_a_release() {
     let t0 = Instant::now();
     for reply in [
         StoreReply::Conflict,
-        StoreReply::Expired,
-        StoreReply::Missing,
+        StoreReply::ExpiredOrReplaced,
+        StoreReply::Vanished,
         StoreReply::Unavailable("down".into()),
     ] {
         let mut s = opened(t0, 20);

@@ -10,8 +10,8 @@ fn a_renewal_that_finds_the_session_expired_or_gone_says_so() {
     // replaced by a later incarnation); one whose store lost its data
     // finds nothing. Neither is a takeover, and neither is released.
     for (reply, reject) in [
-        (StoreReply::Expired, Reject::Expired(id())),
-        (StoreReply::Missing, Reject::Lost(id())),
+        (StoreReply::ExpiredOrReplaced, Reject::Expired(id())),
+        (StoreReply::Vanished, Reject::Lost(id())),
     ] {
         let t0 = Instant::now();
         let mut s = renewing(t0);

@@ -87,7 +87,7 @@
 //!
 //! Redis replication is asynchronous: a failover, or a restart without
 //! persistence, can lose writes Redis acknowledged. A session whose key is
-//! gone is reported as [`StoreReply::Missing`] (the store lost it), never as
+//! gone is reported as [`StoreReply::Vanished`] (the store lost it), never as
 //! a takeover.
 //!
 //! All deadlines run on tokio's clock: use this store on a runtime whose
@@ -706,8 +706,8 @@ fn write_reply(what: &str, id: &ClientId, reply: &[Vec<u8>]) -> Result<StoreRepl
     match split(id, reply)? {
         ("done", []) => Ok(StoreReply::Done),
         ("conflict", []) => Ok(StoreReply::Conflict),
-        ("expired", []) => Ok(StoreReply::Expired),
-        ("missing", []) => Ok(StoreReply::Missing),
+        ("expired", []) => Ok(StoreReply::ExpiredOrReplaced),
+        ("missing", []) => Ok(StoreReply::Vanished),
         _ => Err(unexpected(what, reply)),
     }
 }
