@@ -30,7 +30,7 @@ use crate::proto::station_admin_server::{StationAdmin, StationAdminServer};
 use crate::proto::{ClientMessage, StatsReply, StatsRequest};
 use crate::stall::Stalls;
 use crate::state::ServerState;
-pub use crate::state::{Observer, StreamEvent};
+pub use crate::state::{Observer, StreamEvent, REFUSALS_PER_SECOND};
 use crate::store::SessionStore;
 
 /// The Numbers Station service, generic over its session store.
