@@ -55,9 +55,10 @@ pub struct ServerConfig {
     /// store failed tells clients to come back (`RetryInfo` and
     /// `grpc-retry-pushback-ms`), plus a random 0–50 % so refused clients
     /// do not all return at once; for `OVERLOADED`, past
-    /// [`REFUSALS_PER_SECOND`](crate::server::REFUSALS_PER_SECOND), in proportion to the refusals a second (up
-    /// to 5 ×). The server cannot know when a place will
-    /// free up (a session ends when its client finishes or leaves), so this
+    /// [`REFUSALS_PER_SECOND`](crate::server::REFUSALS_PER_SECOND), in
+    /// proportion to the refusals a second (up to 5 ×). The server cannot
+    /// know when a place will free up (a session ends when its client
+    /// finishes or leaves), so this
     /// is a pace, not a promise: long against the cost of a refusal, short
     /// against the session TTL, so a refused resume still finds its session.
     pub retry_after: Duration,
