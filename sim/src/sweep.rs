@@ -9,7 +9,7 @@
 //!   default.
 //! - `SIM_THREADS=<n>`: worker threads per sweep (default: the machine's
 //!   parallelism). Seeds are independent, so the result is the same.
-//! - `SIM_TIMELINE=<path.html>`: write the [timeline](crate::timeline) of
+//! - `SIM_TIMELINE=<path.html>`: write the [timeline](mod@crate::timeline) of
 //!   the `SIM_SEED` run, or of a sweep's first failing seed, there. A
 //!   failing sweep writes the timelines of the seeds it shows even without
 //!   it (under `target/sim-timelines/`), and names the files.
@@ -51,7 +51,7 @@ pub struct SeedResult {
     pub reconnects: u64,
     /// The fault kinds the run exercised ([`Scenario::fault_kinds`]).
     pub fault_kinds: Vec<&'static str>,
-    /// The run's [timeline](crate::timeline) page, kept for a `SIM_SEED`
+    /// The run's [timeline](mod@crate::timeline) page, kept for a `SIM_SEED`
     /// run when `SIM_TIMELINE` is set (others are drawn again when needed:
     /// see [`write_timeline`]).
     pub timeline: Option<String>,
