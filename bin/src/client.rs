@@ -12,7 +12,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::state_file::StateError;
-use crate::{exit, report, state_file, ClientArgs};
+use crate::{exit, outcome, state_file, ClientArgs};
 
 /// Progress is written to the state file at most this often (and always on
 /// attach and at the end): a crash loses at most this much progress, which
@@ -154,7 +154,7 @@ pub async fn run(args: ClientArgs) -> u8 {
     let outcome = station_net::client::run_in_trace(&endpoints, &driver, client, &trace, observe)
         .instrument(session.clone())
         .await;
-    session.record("station.verdict", report::result_line(&outcome).as_str());
+    session.record("station.verdict", outcome::result_line(&outcome).as_str());
     session.record("station.reconnects", outcome.reconnects);
     let verified = matches!(outcome.verdict, Verdict::Verified);
     session.record("otel.status_code", if verified { "OK" } else { "ERROR" });
@@ -173,11 +173,11 @@ pub async fn run(args: ClientArgs) -> u8 {
         }
     }
     if args.json {
-        println!("{}", report::json(&outcome));
+        println!("{}", outcome::json(&outcome));
     } else {
-        println!("{}", report::text(&outcome));
+        println!("{}", outcome::text(&outcome));
     }
-    report::exit_code(&outcome)
+    outcome::exit_code(&outcome)
 }
 
 /// What becomes of the state file once the client has its verdict:

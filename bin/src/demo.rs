@@ -16,7 +16,7 @@ use station_net::store::MemoryStore;
 use station_net::{serve_tcp, ServerConfig, Station};
 use tokio::sync::oneshot;
 
-use crate::{exit, report, DemoArgs};
+use crate::{exit, outcome, DemoArgs};
 
 pub async fn run(args: DemoArgs) -> u8 {
     let started = Instant::now();
@@ -102,7 +102,7 @@ pub async fn run(args: DemoArgs) -> u8 {
                 station_net::client::run(&endpoints, &DriverOptions::default(), client, observe)
                     .await;
             if let Some(bar) = bar {
-                bar.finish_with_message(report::result_line(&outcome));
+                bar.finish_with_message(outcome::result_line(&outcome));
             }
             outcome
         }));
@@ -120,7 +120,7 @@ pub async fn run(args: DemoArgs) -> u8 {
     }
     println!();
     all_ok &= outcomes.iter().all(|o| o.verdict.is_success());
-    print!("{}", report::outcomes_table(&outcomes));
+    print!("{}", outcome::outcomes_table(&outcomes));
     let stats = Some(station.stats().await);
     let _ = stop_tx.send(());
     if let Ok(Err(e)) = server.await {

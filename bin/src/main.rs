@@ -4,7 +4,7 @@
 //! `client.rs`, `load/` (many sessions, measured: `session.rs` runs them,
 //! `tally.rs`, `timeline.rs` and `report.rs` count and print) and
 //! `demo.rs` run the subcommands; `state_file.rs` keeps a client's
-//! progress on disk; `report.rs` prints outcomes; `bars.rs` draws progress
+//! progress on disk; `outcome.rs` prints outcomes; `bars.rs` draws progress
 //! bars that log lines do not break; `traces.rs` exports traces over
 //! OTLP (`--otlp-endpoint`).
 
@@ -18,7 +18,7 @@ mod bars;
 mod client;
 mod demo;
 mod load;
-mod report;
+mod outcome;
 mod server;
 mod state_file;
 mod traces;
