@@ -100,7 +100,9 @@
 //!   hash covers.
 //! - [`invariants`]: [`check`] turns a report into [`Violation`]s, by the
 //!   rules of `station_core::testkit::invariants` (shared with the core's
-//!   harness).
+//!   harness): what each client got (`delivery`), the lease and the
+//!   incarnation fence (`fencing`), the servers' counts and conflicts
+//!   (`servers`).
 //! - [`recovery`]: for scenarios that state a [`Recovery`], whether the
 //!   run got back to a steady state within its bound once the trigger was
 //!   gone, and when.
@@ -110,9 +112,11 @@
 //! - [`net`]: turmoil sockets shaped for `station_net::serve` and
 //!   `station_net::client::Endpoints`.
 //! - [`storenet`]: the store host and the servers' [`storenet::NetStore`],
-//!   a `SessionStore` over a small length-prefixed protocol, with a
-//!   per-operation timeout (then `Unavailable`) and one re-send on a new
-//!   connection, so a write whose reply was lost is sent twice.
+//!   a `SessionStore` over a small length-prefixed protocol
+//!   ([`storenet::wire`]), with a per-operation timeout (then
+//!   `Unavailable`) and one re-send on a new connection, so a write whose
+//!   reply was lost is sent twice. The host's side is `host`, the servers'
+//!   `client`.
 //! - [`store`]: the real `MemoryStore` on the simulation's clock, with
 //!   the planted [`Bug`]s and the write log the invariants read; used by
 //!   the in-process stores and by the store host alike.
