@@ -17,20 +17,19 @@ use std::time::Duration;
 
 use station_core::server::{StoreOp, StoreReply};
 use station_net::store::{SessionStore, StoreError};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::base::lock;
 use crate::scenario::StoreNet;
 
-use super::wire::{decode_reply, encode_op, read_frame};
+use super::wire::{decode_reply, encode_op, frames, read_frame, write_frame};
 use super::{Abort, HOST, PORT};
 
 /// How long a server waits for a connection to the store.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 enum Msg {
-    /// Send this frame (request id, bytes) if its caller still waits.
+    /// Send this frame (request id, body) if its caller still waits.
     Frame(u64, Vec<u8>),
     /// Drop connection number `n` if it is still the current one: the
     /// next frame opens a new one. A reset asked for because of an older
@@ -168,7 +167,8 @@ impl Connection {
             };
             self.connections += 1;
             let connection = self.connections;
-            let (mut r, mut w) = stream.into_split();
+            let (r, mut w) = stream.into_split();
+            let mut r = frames(r); // moved into the reader task just below
             let inner = self.inner.clone();
             let reader = Abort(tokio::spawn(async move {
                 while let Ok(body) = read_frame(&mut r).await {
@@ -180,7 +180,7 @@ impl Connection {
                     }
                 }
             }));
-            if !self.written(first_id, connection) || w.write_all(&first).await.is_err() {
+            if !self.written(first_id, connection) || write_frame(&mut w, first).await.is_err() {
                 continue;
             }
             loop {
@@ -189,7 +189,7 @@ impl Connection {
                     Some(Msg::Reset(n)) if n == connection => break,
                     Some(Msg::Reset(_)) => {}
                     Some(Msg::Frame(id, frame)) if self.written(id, connection) => {
-                        if w.write_all(&frame).await.is_err() {
+                        if write_frame(&mut w, frame).await.is_err() {
                             break;
                         }
                     }

@@ -9,7 +9,6 @@ use std::time::Duration;
 use station_core::server::{Lookup, StoreOp, StoreReply};
 use station_core::ClientId;
 use station_net::store::MemoryStore;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::base::lock;
@@ -20,7 +19,7 @@ use crate::scenario::{Bug, StoreNet};
 use crate::store::{self, WriteLog};
 use crate::trace::TraceEvent;
 
-use super::wire::{decode_op, encode_reply, read_frame};
+use super::wire::{decode_op, encode_reply, frames, read_frame, write_frame, Frames};
 use super::{Abort, PORT};
 
 /// The store host's state; it outlives the host's boots.
@@ -320,7 +319,13 @@ async fn execute(mut inbox: mpsc::UnboundedReceiver<Queued>, host: Arc<StoreHost
 }
 
 async fn connection(stream: turmoil::net::TcpStream, host: Arc<StoreHost>, queue: Queue) {
-    let (mut r, mut w) = stream.into_split();
+    // One pattern, so `w` drops before `r`, as locals drop in reverse:
+    // when the connection is dropped turmoil sends `w`'s FIN, then `r`'s
+    // reset if requests were left unread. The order is part of the run.
+    let (mut r, mut w) = {
+        let (r, w) = stream.into_split();
+        (frames(r), w)
+    };
     loop {
         if host.service().is_some() {
             let queue = enqueue(&queue, &host);
@@ -338,7 +343,7 @@ async fn connection(stream: turmoil::net::TcpStream, host: Arc<StoreHost>, queue
             (host.log)(TraceEvent::ReplyLost { op, reply });
             return;
         }
-        if w.write_all(&encode_reply(id, &reply)).await.is_err() {
+        if write_frame(&mut w, encode_reply(id, &reply)).await.is_err() {
             return;
         }
     }
@@ -348,7 +353,7 @@ async fn connection(stream: turmoil::net::TcpStream, host: Arc<StoreHost>, queue
 /// request is read as it arrives (and queued), answers are written as the
 /// queue executes them.
 async fn queued(
-    mut r: turmoil::net::tcp::OwnedReadHalf,
+    mut r: Frames<turmoil::net::tcp::OwnedReadHalf>,
     mut w: turmoil::net::tcp::OwnedWriteHalf,
     host: Arc<StoreHost>,
     queue: mpsc::UnboundedSender<Queued>,
@@ -381,7 +386,7 @@ async fn queued(
             });
             return;
         }
-        if w.write_all(&encode_reply(done.id, &done.reply))
+        if write_frame(&mut w, encode_reply(done.id, &done.reply))
             .await
             .is_err()
         {

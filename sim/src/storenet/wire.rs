@@ -1,7 +1,8 @@
 //! The store host's wire format.
 //!
-//! Frames are a big-endian `u32` length and then that many bytes: a `u64`
-//! request id, a tag byte and the fields.
+//! Frames are a big-endian `u32` length and then that many bytes (tokio's
+//! `LengthDelimitedCodec` with its defaults, [`MAX_FRAME`] at most): a
+//! `u64` request id, a tag byte and the fields.
 //!
 //! | request | tag | fields |
 //! |---|---|---|
@@ -27,10 +28,13 @@ use std::time::Duration;
 
 use station_core::server::{Lookup, Record, StoreOp, StoreReply};
 use station_core::ClientId;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_stream::StreamExt;
+use tokio_util::bytes::{Bytes, BytesMut};
+use tokio_util::codec::{Encoder, FramedRead, LengthDelimitedCodec};
 
-/// Largest frame either side accepts.
-const MAX_FRAME: usize = 1024;
+/// Largest frame body either side accepts.
+pub const MAX_FRAME: usize = 1024;
 
 fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
@@ -93,9 +97,9 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// A request frame (length prefix included).
+/// A request frame's body (the codec adds the length).
 pub fn encode_op(id: u64, op: &StoreOp) -> Vec<u8> {
-    let mut out = vec![0; 4];
+    let mut out = Vec::new();
     put_u64(&mut out, id);
     match op {
         StoreOp::Load(client) => {
@@ -128,10 +132,10 @@ pub fn encode_op(id: u64, op: &StoreOp) -> Vec<u8> {
             put_u64(&mut out, *generation);
         }
     }
-    finish(out)
+    out
 }
 
-/// Parses a request frame's body (without the length prefix).
+/// Parses a request frame's body.
 pub fn decode_op(body: &[u8]) -> io::Result<(u64, StoreOp)> {
     let mut f = Fields(body);
     let id = f.u64()?;
@@ -157,9 +161,9 @@ pub fn decode_op(body: &[u8]) -> io::Result<(u64, StoreOp)> {
     Ok((id, op))
 }
 
-/// A reply frame (length prefix included).
+/// A reply frame's body (the codec adds the length).
 pub fn encode_reply(id: u64, reply: &StoreReply) -> Vec<u8> {
-    let mut out = vec![0; 4];
+    let mut out = Vec::new();
     put_u64(&mut out, id);
     match reply {
         StoreReply::Loaded(Lookup::Live(record)) => {
@@ -182,10 +186,10 @@ pub fn encode_reply(id: u64, reply: &StoreReply) -> Vec<u8> {
             out.extend_from_slice(&why[..why.len().min(MAX_FRAME - 16)]);
         }
     }
-    finish(out)
+    out
 }
 
-/// Parses a reply frame's body (without the length prefix).
+/// Parses a reply frame's body.
 pub fn decode_reply(body: &[u8]) -> io::Result<(u64, StoreReply)> {
     let mut f = Fields(body);
     let id = f.u64()?;
@@ -208,21 +212,38 @@ pub fn decode_reply(body: &[u8]) -> io::Result<(u64, StoreReply)> {
     Ok((id, reply))
 }
 
-fn finish(mut out: Vec<u8>) -> Vec<u8> {
-    let len = u32::try_from(out.len() - 4).expect("frames are small");
-    out[..4].copy_from_slice(&len.to_be_bytes());
-    out
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
 }
 
-/// Reads one frame's body.
-pub(super) async fn read_frame(r: &mut (impl AsyncReadExt + Unpin)) -> io::Result<Vec<u8>> {
-    let len = r.read_u32().await? as usize;
-    if len > MAX_FRAME {
-        return Err(bad("frame too long"));
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).await?;
-    Ok(body)
+/// The frames arriving on a connection.
+pub(super) type Frames<R> = FramedRead<R, LengthDelimitedCodec>;
+
+/// Reads `r` as frames.
+pub(super) fn frames<R: AsyncRead>(r: R) -> Frames<R> {
+    FramedRead::new(r, codec())
+}
+
+/// Reads one frame's body; the end of the stream is an error, as is a
+/// frame longer than [`MAX_FRAME`].
+pub(super) async fn read_frame(r: &mut Frames<impl AsyncRead + Unpin>) -> io::Result<BytesMut> {
+    r.next()
+        .await
+        .unwrap_or_else(|| Err(io::ErrorKind::UnexpectedEof.into()))
+}
+
+/// Writes `body` as one frame in a single write: turmoil sends each write
+/// as one segment, so splitting the length from the body would change
+/// what arrives when, and with it the runs.
+pub(super) async fn write_frame(
+    w: &mut (impl AsyncWrite + Unpin),
+    body: Vec<u8>,
+) -> io::Result<()> {
+    let mut frame = BytesMut::with_capacity(4 + body.len());
+    codec().encode(Bytes::from(body), &mut frame)?;
+    w.write_all(&frame).await
 }
 
 #[cfg(test)]
@@ -265,8 +286,8 @@ mod tests {
             },
         ];
         for (i, op) in ops.into_iter().enumerate() {
-            let frame = encode_op(i as u64, &op);
-            assert_eq!(decode_op(&frame[4..]).unwrap(), (i as u64, op));
+            let body = encode_op(i as u64, &op);
+            assert_eq!(decode_op(&body).unwrap(), (i as u64, op));
         }
         let replies = [
             StoreReply::Loaded(Lookup::Live(r)),
@@ -280,10 +301,28 @@ mod tests {
             StoreReply::Unavailable("down".into()),
         ];
         for (i, reply) in replies.into_iter().enumerate() {
-            let frame = encode_reply(i as u64, &reply);
-            assert_eq!(decode_reply(&frame[4..]).unwrap(), (i as u64, reply));
+            let body = encode_reply(i as u64, &reply);
+            assert_eq!(decode_reply(&body).unwrap(), (i as u64, reply));
         }
         assert!(decode_op(&[0; 9]).is_err());
         assert!(decode_reply(&[0; 8]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_frame_is_its_length_then_its_body() {
+        let body = encode_op(7, &StoreOp::Load(record().client_id));
+        let mut written = Vec::new();
+        write_frame(&mut written, body.clone()).await.unwrap();
+        let len = u32::try_from(body.len()).unwrap().to_be_bytes();
+        assert_eq!(written, [&len[..], &body].concat());
+
+        let (mut w, r) = tokio::io::duplex(4 * MAX_FRAME);
+        let mut r = frames(r);
+        w.write_all(&written).await.unwrap();
+        assert_eq!(&read_frame(&mut r).await.unwrap()[..], &body[..]);
+        // A length past the limit is refused before its body is read.
+        let too_long = u32::try_from(MAX_FRAME + 1).unwrap().to_be_bytes();
+        w.write_all(&too_long).await.unwrap();
+        assert!(read_frame(&mut r).await.is_err());
     }
 }
