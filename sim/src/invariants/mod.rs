@@ -3,7 +3,7 @@
 //! incarnation fencing seen at the store), precise news of sessions a store
 //! lost, "every run ends by itself", the scenario's promised outcomes, the
 //! servers' counters against what happened, and every conflict against
-//! the store's log.
+//! the store's log. ARCHITECTURE.md §6 states each of them in full.
 //!
 //! The checker trusts only what it observed: the values servers handed to
 //! the transport (observer `Sent` events), the client's running totals
