@@ -100,7 +100,9 @@
 //!   hash covers.
 //! - [`invariants`]: [`check`] turns a report into [`Violation`]s, by the
 //!   rules of `station_core::testkit::invariants` (shared with the core's
-//!   harness).
+//!   harness): what each client got (`delivery`), the lease and the
+//!   incarnation fence (`fencing`), the servers' counts and conflicts
+//!   (`servers`).
 //! - [`recovery`]: for scenarios that state a [`Recovery`], whether the
 //!   run got back to a steady state within its bound once the trigger was
 //!   gone, and when.
@@ -110,9 +112,11 @@
 //! - [`net`]: turmoil sockets shaped for `station_net::serve` and
 //!   `station_net::client::Endpoints`.
 //! - [`storenet`]: the store host and the servers' [`storenet::NetStore`],
-//!   a `SessionStore` over a small length-prefixed protocol, with a
-//!   per-operation timeout (then `Unavailable`) and one re-send on a new
-//!   connection, so a write whose reply was lost is sent twice.
+//!   a `SessionStore` over a small length-prefixed protocol
+//!   ([`storenet::wire`]), with a per-operation timeout (then
+//!   `Unavailable`) and one re-send on a new connection, so a write whose
+//!   reply was lost is sent twice. The host's side is `host`, the servers'
+//!   `client`.
 //! - [`store`]: the real `MemoryStore` on the simulation's clock, with
 //!   the planted [`Bug`]s and the write log the invariants read; used by
 //!   the in-process stores and by the store host alike.
@@ -186,82 +190,19 @@
 //!
 //! # Invariants checked after every run
 //!
-//! 1. **Sequence**: every client that completes holds exactly what the
-//!    servers sent: each index has one value in a session, whatever stream
-//!    or server sent it, and the client's running sum and CRC after every
-//!    number, its final sum and checksum, and the server's checksum all
-//!    equal what the checker recomputes from the servers' values.
-//! 2. **Expiry**: a client is rejected as expired only if the fault
-//!    schedule left it no way to a running server that can reach the store
-//!    in time (a store latency spike past the servers' timeout counts as cut,
-//!    and so does a client-server latency spike that puts the four one-way
-//!    trips of an attach past the client's attach timeout)
-//!    for at least the TTL less two intervals (its last exchange can
-//!    precede the scheduled cut-off by a number and its lost
-//!    acknowledgement; cut-offs less than 12 s apart count as one, and
-//!    swarm runs allow 7 s more for the backoff after an outage, and 8 s
-//!    for each other endpoint the client may try in vain first). The
-//!    converse is each scenario's promise: clients cut off for well under
-//!    the TTL must complete.
-//! 3. **No leak**: a session whose final acknowledgement arrived is gone
-//!    from the store at once; a TTL after the last client finished, no
-//!    session is live and no stream attached.
-//! 4. **One stream, bounded overlap**: once a stream of generation `g + 1`
-//!    attached a session, an older stream sends no number later than two
-//!    leases after (the last lease write it won was asked for before the
-//!    takeover), and only the session's own values.
-//! 5. **Incarnation** (seen at the store, on every write that changed a
-//!    record): a record is only ever written by a stream of its own
-//!    incarnation — a live record is replaced only by its own incarnation,
-//!    at its own generation (a refresh) or a higher one written by another
-//!    stream (a takeover), removed only by the `Delete` of its incarnation
-//!    and generation, and created only by a `Create` over nothing live.
-//!
-//! Also: a client whose session a store lost with its data (a store host
-//! restarted empty, a per-boot store's server crashed) is told so
-//! precisely — `NOT_FOUND` with the message of `SESSION_LOST` or
-//! `SESSION_UNKNOWN`, never "expired" unless it was cut off for the TTL
-//! anyway, never `ABORTED` "taken over", never a silently new sequence
-//! ([`Invariant::LostPrecisely`]); every run ends by itself (turmoil's
-//! `simulation_duration`), no host fails and no task panics; and each
-//! client ends as its scenario promised ([`Expect`], [`RecordFate`]).
-//!
-//! And, for a scenario that states a [`Recovery`] (a trigger that ends at a
-//! given time, such as a store slowed down past the servers' timeout):
-//! **recovers** ([`Invariant::Recovers`], [`recovery`]): the store's queue
-//! is empty again within [`recovery::DRAIN_ALLOWANCE`] times the work it
-//! held when the trigger ended, and from then on, within a bound derived
-//! from the clients' and servers' settings
-//! ([`Recovery::after_store_slowdown`]), comes the last stream failure,
-//! reconnect, takeover or store failure; after it every running client
-//! receives its numbers at their pace. No endless resume and takeover
-//! cycle.
-//!
-//! And two checks of the servers against what the simulation knows:
-//!
-//! - **Counted** ([`Invariant::Counted`]): the servers' counters, summed
-//!   over every server and every boot ([`counted`]: read from the
-//!   `metrics` facade they report to, so a crashed server's counts are
-//!   kept), against the store's answers as the servers received them,
-//!   the servers' `Attached` events and each client's streams: sessions
-//!   completed lie between the `Delete`s answered `Done` and the streams
-//!   that asked for a delete (a delete given up on still completes);
-//!   sessions opened equal the `Create`s answered `Done`; resumed,
-//!   expired, taken over and rejections by
-//!   code lie between what clients saw and what the store answered (the
-//!   exact rules: `invariants::counted`). A run ends only once every store
-//!   answer on its way has arrived.
-//! - **Taken over truly** ([`Invariant::TakenOverTruly`]): every
-//!   `Conflict` a server heard is justified by another stream's write of
-//!   a newer generation in the store's log.
-//!
-//! Where a store lost a session's writes (a failover behind), invariants 4
-//! and 5 make room for what follows: generations attached before the loss
-//! no longer bound the streams after it, a `Delete` of a newer generation
-//! removes the older record (the table's "same or older generation"), and
-//! a stream of a lost generation refreshes a record a later takeover
-//! wrote at the same generation number again (the fence compares
-//! incarnation and generation, not the holder).
+//! The invariants are ARCHITECTURE.md §6, stated there once in full; each
+//! is an [`Invariant`] variant, checked in [`invariants`] by [`check`]:
+//! the five of the design — [`Sequence`](Invariant::Sequence),
+//! [`Expiry`](Invariant::Expiry), [`NoLeak`](Invariant::NoLeak),
+//! [`OneStream`](Invariant::OneStream) and
+//! [`Incarnation`](Invariant::Incarnation) — then
+//! [`LostPrecisely`](Invariant::LostPrecisely),
+//! [`Counted`](Invariant::Counted) (the servers' counters, read by
+//! [`counted`]), [`TakenOverTruly`](Invariant::TakenOverTruly),
+//! [`Recovers`](Invariant::Recovers) (for a scenario that states a
+//! [`Recovery`]: [`recovery`]), [`Ends`](Invariant::Ends) and
+//! [`Expected`](Invariant::Expected) (each client ends as its scenario
+//! promised: [`Expect`], [`RecordFate`]).
 //!
 //! # Scenarios (`tests/scenarios/`)
 //!
