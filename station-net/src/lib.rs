@@ -10,7 +10,9 @@
 //! - `state`: `ServerState`, what every stream of one server shares, and
 //!   [`StreamEvent`]s. Below `driver`, which is below `server`: no cycle.
 //! - `driver`: each stream's response body drives a core `server::Stream` on
-//!   hyper's task for the stream (no task or channel of its own).
+//!   hyper's task for the stream (no task or channel of its own); its
+//!   `inbound` feeds the client's messages in, its `store` runs and
+//!   settles store operations.
 //! - `stall`: drives the streams whose clients stopped reading, so that
 //!   their clocks do not wait for HTTP/2 flow control.
 //! - [`client`]: [`client::run`], driving a core `Client` across streams and
