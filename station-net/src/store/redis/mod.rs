@@ -107,10 +107,12 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use self::conn::{query_slot_primary, Conn, Target};
+use self::error::RedisStoreError;
 use self::scripts::SCRIPTS;
 use super::{SessionStore, StoreConfig, StoreError};
 
 mod conn;
+mod error;
 mod scripts;
 
 /// Hard bound on a count or a ping, reconnection
@@ -234,7 +236,7 @@ struct QueuedUpdate {
     record: Record,
     expect_generation: u64,
     expires_in: Duration,
-    reply: oneshot::Sender<Result<StoreReply, String>>,
+    reply: oneshot::Sender<Result<StoreReply, RedisStoreError>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -272,17 +274,13 @@ impl RedisStore {
         root_ca: Option<&[u8]>,
     ) -> Result<Self, StoreError> {
         // The URL may hold a password: the errors below do not repeat it.
-        let target = Target::parse(url).map_err(StoreError::Config)?;
+        let config = |e: RedisStoreError| StoreError::Config(e.to_string());
+        let target = Target::parse(url).map_err(config)?;
         let tagged = matches!(target, Target::Cluster(_));
         if tagged && (prefix.contains('{') || prefix.contains('}')) {
-            return Err(StoreError::Config(
-                "with Redis Cluster the key prefix must not contain `{` or `}` \
-                 (the keys' hash tags follow it)"
-                    .into(),
-            ));
+            return Err(config(RedisStoreError::PrefixHashTag));
         }
-        let conn =
-            Conn::open(target, root_ca, cfg.operation_timeout).map_err(StoreError::Config)?;
+        let conn = Conn::open(target, root_ca, cfg.operation_timeout).map_err(config)?;
         let layout = Layout {
             prefix: prefix.into(),
             tagged,
@@ -346,7 +344,7 @@ impl RedisStore {
     }
 
     /// Performs `op` without the overall deadline.
-    async fn run(&self, op: StoreOp) -> Result<StoreReply, String> {
+    async fn run(&self, op: StoreOp) -> Result<StoreReply, RedisStoreError> {
         let remember = self.remember_us();
         match op {
             StoreOp::Load(id) => {
@@ -359,7 +357,7 @@ impl RedisStore {
                     }
                     ("expired", []) => Lookup::Expired,
                     ("missing", []) => Lookup::Missing,
-                    _ => return Err(unexpected("load", &reply)),
+                    _ => return Err(RedisStoreError::unexpected("load", &reply)),
                 }))
             }
             StoreOp::Create { record, expires_in } => {
@@ -376,7 +374,7 @@ impl RedisStore {
                     ("exists", [live, generation]) => {
                         Ok(StoreReply::Exists(decode(&id, live, generation)?))
                     }
-                    _ => Err(unexpected("create", &reply)),
+                    _ => Err(RedisStoreError::unexpected("create", &reply)),
                 }
             }
             StoreOp::Update {
@@ -406,8 +404,8 @@ impl RedisStore {
         record: Record,
         expect_generation: u64,
         expires_in: Duration,
-    ) -> Result<StoreReply, String> {
-        let stopped = || "redis update: the batching task has stopped".to_string();
+    ) -> Result<StoreReply, RedisStoreError> {
+        let stopped = || RedisStoreError::BatchingStopped;
         let (reply, answer) = oneshot::channel();
         let queue = &self.updates[self.layout.queue(&record.client_id)];
         let queued = QueuedUpdate {
@@ -424,7 +422,7 @@ impl RedisStore {
     /// walks every key of this store, and it is not a snapshot (sessions
     /// created or ended during the walk may or may not be counted).
     async fn count_live(&self) -> Result<u64, StoreError> {
-        let unavailable = |e: String| StoreError::Unavailable(e);
+        let unavailable = |e: RedisStoreError| StoreError::Unavailable(e.to_string());
         let groups = match &self.conn {
             Conn::Cluster(cluster) => self.cluster_keys(&cluster.connection()).await,
             Conn::Single(_) => self.scan_keys().await.map(|keys| vec![keys]),
@@ -446,7 +444,7 @@ impl RedisStore {
     }
 
     /// This store's keys on one Redis, by `SCAN`.
-    async fn scan_keys(&self) -> Result<Vec<Vec<u8>>, String> {
+    async fn scan_keys(&self) -> Result<Vec<Vec<u8>>, RedisStoreError> {
         let pattern = format!("{}session:*", glob_escape(&self.layout.prefix));
         // SCAN may return a key more than once: collect into a set.
         let mut keys = BTreeSet::new();
@@ -476,7 +474,7 @@ impl RedisStore {
     async fn cluster_keys(
         &self,
         cluster: &redis::cluster_async::ClusterConnection,
-    ) -> Result<Vec<Vec<Vec<u8>>>, String> {
+    ) -> Result<Vec<Vec<Vec<u8>>>, RedisStoreError> {
         let mut keys = Vec::new();
         for b in 0..BUCKETS {
             let prefix = self.layout.bucket_prefix(b);
@@ -530,8 +528,10 @@ impl RedisStore {
         let limit = self.cfg.operation_timeout;
         match tokio::time::timeout(limit, run).await {
             Ok(Ok(reply)) => reply,
-            Ok(Err(message)) => StoreReply::Unavailable(message),
-            Err(_) => StoreReply::Unavailable(format!("redis {what}: no answer within {limit:?}")),
+            Ok(Err(e)) => StoreReply::Unavailable(e.to_string()),
+            Err(_) => {
+                StoreReply::Unavailable(RedisStoreError::TimedOut { what, limit }.to_string())
+            }
         }
     }
 }
@@ -561,7 +561,7 @@ impl SessionStore for RedisStore {
         bounded("ping", self.conn.query::<String>(&redis::cmd("PING")))
             .await
             .map(drop)
-            .map_err(StoreError::Unavailable)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     fn kind(&self) -> &'static str {
@@ -576,10 +576,12 @@ impl SessionStore for RedisStore {
 /// Runs one script; see [`Conn::invoke`] for its retries.
 async fn invoke<T: redis::FromRedisValue>(
     conn: &Conn,
-    what: &str,
+    what: &'static str,
     inv: &ScriptInvocation<'_>,
-) -> Result<T, String> {
-    conn.invoke(inv).await.map_err(|e| failed(what, &e))
+) -> Result<T, RedisStoreError> {
+    conn.invoke(inv)
+        .await
+        .map_err(|e| RedisStoreError::failed(what, e))
 }
 
 /// A batching task: sends its queue's updates, up to [`MAX_BATCH`] per
@@ -622,13 +624,15 @@ async fn send_batches(
         let call = invoke::<Vec<Vec<Vec<u8>>>>(&conn, "update", &inv);
         let replies = match tokio::time::timeout(limit, call).await {
             Ok(Ok(replies)) if replies.len() == batch.len() => Ok(replies),
-            Ok(Ok(replies)) => Err(format!(
-                "redis update: {} replies to a batch of {}",
-                replies.len(),
-                batch.len()
-            )),
-            Ok(Err(message)) => Err(message),
-            Err(_) => Err(format!("redis update: no answer within {limit:?}")),
+            Ok(Ok(replies)) => Err(RedisStoreError::BatchMismatch {
+                replies: replies.len(),
+                batch: batch.len(),
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(RedisStoreError::TimedOut {
+                what: "update",
+                limit,
+            }),
         };
         match replies {
             Ok(replies) => {
@@ -637,9 +641,9 @@ async fn send_batches(
                     let _ = q.reply.send(write_reply("update", &id, &reply));
                 }
             }
-            Err(message) => {
+            Err(e) => {
                 for q in batch.drain(..) {
-                    let _ = q.reply.send(Err(message.clone()));
+                    let _ = q.reply.send(Err(e.clone()));
                 }
             }
         }
@@ -648,14 +652,15 @@ async fn send_batches(
 
 /// Awaits one Redis command within [`OPERATION_TIMEOUT`].
 async fn bounded<T>(
-    what: &str,
+    what: &'static str,
     command: impl std::future::Future<Output = Result<T, RedisError>>,
-) -> Result<T, String> {
+) -> Result<T, RedisStoreError> {
     match tokio::time::timeout(OPERATION_TIMEOUT, command).await {
-        Ok(result) => result.map_err(|e| failed(what, &e)),
-        Err(_) => Err(format!(
-            "redis {what}: no answer within {OPERATION_TIMEOUT:?}"
-        )),
+        Ok(result) => result.map_err(|e| RedisStoreError::failed(what, e)),
+        Err(_) => Err(RedisStoreError::TimedOut {
+            what,
+            limit: OPERATION_TIMEOUT,
+        }),
     }
 }
 
@@ -666,27 +671,14 @@ fn micros(d: Duration) -> u64 {
         .min(MAX_DURATION_US)
 }
 
-fn failed(what: &str, e: &RedisError) -> String {
-    if e.is_timeout() {
-        format!("redis {what}: no answer in time")
-    } else {
-        format!("redis {what}: {e}")
-    }
-}
-
-fn unexpected(what: &str, reply: &[Vec<u8>]) -> String {
-    let shown: Vec<_> = reply
-        .iter()
-        .map(|part| String::from_utf8_lossy(part).into_owned())
-        .collect();
-    format!("redis {what}: unexpected script reply {shown:?}")
-}
-
 /// Splits a script reply into its tag and the rest, turning `corrupt` into
 /// an error.
-fn split<'a>(id: &ClientId, reply: &'a [Vec<u8>]) -> Result<(&'a str, &'a [Vec<u8>]), String> {
+fn split<'a>(
+    id: &ClientId,
+    reply: &'a [Vec<u8>],
+) -> Result<(&'a str, &'a [Vec<u8>]), RedisStoreError> {
     let Some((tag, rest)) = reply.split_first() else {
-        return Err("redis: empty script reply".into());
+        return Err(RedisStoreError::EmptyReply);
     };
     let tag = std::str::from_utf8(tag).unwrap_or("?");
     if tag == "corrupt" {
@@ -694,50 +686,53 @@ fn split<'a>(id: &ClientId, reply: &'a [Vec<u8>]) -> Result<(&'a str, &'a [Vec<u
             .first()
             .map(|r| String::from_utf8_lossy(r).into_owned())
             .unwrap_or_default();
-        return Err(format!(
-            "stored session {id} is unreadable (not written by this store?): {reason}"
-        ));
+        return Err(RedisStoreError::Unreadable { id: *id, reason });
     }
     Ok((tag, rest))
 }
 
 /// The reply of a script that writes.
-fn write_reply(what: &str, id: &ClientId, reply: &[Vec<u8>]) -> Result<StoreReply, String> {
+fn write_reply(
+    what: &'static str,
+    id: &ClientId,
+    reply: &[Vec<u8>],
+) -> Result<StoreReply, RedisStoreError> {
     match split(id, reply)? {
         ("done", []) => Ok(StoreReply::Done),
         ("conflict", []) => Ok(StoreReply::Conflict),
         ("expired", []) => Ok(StoreReply::ExpiredOrReplaced),
         ("missing", []) => Ok(StoreReply::Vanished),
-        _ => Err(unexpected(what, reply)),
+        _ => Err(RedisStoreError::unexpected(what, reply)),
     }
 }
 
 /// Decodes a stored record, checking it against its key and its
 /// `generation` field.
-fn decode(id: &ClientId, bytes: &[u8], generation: &[u8]) -> Result<Record, String> {
+fn decode(id: &ClientId, bytes: &[u8], generation: &[u8]) -> Result<Record, RedisStoreError> {
+    let id = *id;
     let record = Record::from_bytes(bytes).ok_or_else(|| {
         if bytes.len() == Record::ENCODED_LEN {
-            format!("stored session {id} is not a valid record (its count is out of range)")
+            RedisStoreError::InvalidRecord { id }
         } else {
-            format!(
-                "stored session {id} is not a valid record ({} bytes, expected {})",
-                bytes.len(),
-                Record::ENCODED_LEN
-            )
+            RedisStoreError::RecordLength {
+                id,
+                len: bytes.len(),
+                expected: Record::ENCODED_LEN,
+            }
         }
     })?;
-    if record.client_id != *id {
-        return Err(format!(
-            "stored session under {id}'s key belongs to {}",
-            record.client_id
-        ));
+    if record.client_id != id {
+        return Err(RedisStoreError::WrongOwner {
+            id,
+            owner: record.client_id,
+        });
     }
     if record.generation.to_string().as_bytes() != generation {
-        return Err(format!(
-            "stored session {id}: generation field {:?} disagrees with the record's {}",
-            String::from_utf8_lossy(generation),
-            record.generation
-        ));
+        return Err(RedisStoreError::GenerationMismatch {
+            id,
+            field: String::from_utf8_lossy(generation).into_owned(),
+            record: record.generation,
+        });
     }
     Ok(record)
 }
