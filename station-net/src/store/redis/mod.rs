@@ -25,7 +25,7 @@
 //!
 //! | field           | contents                                                   |
 //! |-----------------|------------------------------------------------------------|
-//! | `record`        | [`Record::to_bytes`], 88 bytes                             |
+//! | `record`        | [`Record::to_bytes`](station_core::server::Record::to_bytes), 88 bytes |
 //! | `generation`    | the record's generation in decimal, for compare-and-set    |
 //! | `expires_at_us` | logical expiry, microseconds since the Unix epoch on *Redis's* clock |
 //!
