@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
+// Shared with the crate's tests (see `src/lib.rs`), which run it.
+#[path = "build/paths.rs"]
+mod paths;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Read at run time: `env!` would bake in the directory of whichever
-    // checkout first compiled this script, and a second checkout sharing
-    // the target directory then fails with "not in any include path".
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../proto");
+    let root = paths::proto_root(|name| std::env::var(name))?;
     let file = root.join("numbersstation/v1/station.proto");
     println!("cargo:rerun-if-changed={}", root.display());
     let descriptors = protox::compile([&file], [&root])?;

@@ -32,6 +32,8 @@ use redis::{
     TlsCertificates, Value,
 };
 
+use super::error::RedisStoreError;
+
 /// Each attempt to open a TCP connection to Redis gives up after this.
 pub(super) const CONNECTION_TIMEOUT: Duration = Duration::from_millis(500);
 /// A command sent on an open connection to a cluster node, or a `ROLE`
@@ -75,21 +77,24 @@ impl Target {
     ///   every node, as if each were `redis://user:password@hN:pN/?…`.
     ///
     /// Errors never repeat the URL (it may hold a password).
-    pub(super) fn parse(url: &str) -> Result<Target, String> {
+    pub(super) fn parse(url: &str) -> Result<Target, RedisStoreError> {
         for (scheme, node_scheme) in CLUSTER_SCHEMES {
             if let Some(rest) = url.strip_prefix(scheme) {
                 return cluster_nodes(node_scheme, rest).map(Target::Cluster);
             }
         }
         if url.trim().is_empty() {
-            return Err("the Redis URL is empty".into());
+            return Err(RedisStoreError::EmptyUrl);
         }
         let endpoints = url
             .split(',')
             .enumerate()
             .map(|(i, part)| {
                 part.into_connection_info()
-                    .map_err(|e| format!("invalid Redis URL (endpoint {}): {e}", i + 1))
+                    .map_err(|source| RedisStoreError::BadEndpoint {
+                        endpoint: i + 1,
+                        source,
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Target::Single(endpoints))
@@ -98,7 +103,7 @@ impl Target {
 
 /// The nodes of `redis+cluster://[user:password@]h1:p1,h2:p2[/db][?q][#f]`,
 /// given what follows the scheme.
-fn cluster_nodes(node_scheme: &str, rest: &str) -> Result<Vec<ConnectionInfo>, String> {
+fn cluster_nodes(node_scheme: &str, rest: &str) -> Result<Vec<ConnectionInfo>, RedisStoreError> {
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     let (userinfo, hosts) = match authority.rfind('@') {
@@ -106,18 +111,21 @@ fn cluster_nodes(node_scheme: &str, rest: &str) -> Result<Vec<ConnectionInfo>, S
         None => ("", authority),
     };
     if hosts.is_empty() {
-        return Err("a cluster URL needs at least one host:port".into());
+        return Err(RedisStoreError::NoClusterNode);
     }
     hosts
         .split(',')
         .enumerate()
         .map(|(i, host)| {
             if host.is_empty() {
-                return Err(format!("cluster URL: node {} is empty", i + 1));
+                return Err(RedisStoreError::EmptyClusterNode { node: i + 1 });
             }
             format!("{node_scheme}{userinfo}{host}{tail}")
                 .into_connection_info()
-                .map_err(|e| format!("invalid cluster node {} in the Redis URL: {e}", i + 1))
+                .map_err(|source| RedisStoreError::BadClusterNode {
+                    node: i + 1,
+                    source,
+                })
         })
         .collect()
 }
@@ -145,7 +153,7 @@ impl Conn {
         target: Target,
         root_ca: Option<&[u8]>,
         response_timeout: Duration,
-    ) -> Result<Conn, String> {
+    ) -> Result<Conn, RedisStoreError> {
         let certs = || TlsCertificates {
             client_tls: None,
             root_cert: root_ca.map(<[u8]>::to_vec),
@@ -159,7 +167,7 @@ impl Conn {
                         None => Client::open(info),
                     })
                     .collect::<RedisResult<Vec<_>>>()
-                    .map_err(|e| format!("Redis connection settings: {e}"))?;
+                    .map_err(RedisStoreError::Settings)?;
                 Single::new(clients.into(), response_timeout).map(Conn::Single)
             }
             Target::Cluster(nodes) => {
@@ -177,9 +185,7 @@ impl Conn {
                 if root_ca.is_some() {
                     builder = builder.certs(certs());
                 }
-                let client = builder
-                    .build()
-                    .map_err(|e| format!("Redis Cluster settings: {e}"))?;
+                let client = builder.build().map_err(RedisStoreError::ClusterSettings)?;
                 Ok(Conn::Cluster(Cluster::new(client)))
             }
         }
@@ -347,10 +353,9 @@ fn is_read_only(e: &RedisError) -> bool {
 }
 
 impl Single {
-    fn new(clients: Arc<[Client]>, response_timeout: Duration) -> Result<Single, String> {
-        let first = clients.first().ok_or("no Redis endpoint given")?;
-        let conn = manager(first, response_timeout)
-            .map_err(|e| format!("Redis connection settings: {e}"))?;
+    fn new(clients: Arc<[Client]>, response_timeout: Duration) -> Result<Single, RedisStoreError> {
+        let first = clients.first().ok_or(RedisStoreError::NoEndpoint)?;
+        let conn = manager(first, response_timeout).map_err(RedisStoreError::Settings)?;
         Ok(Single {
             clients,
             response_timeout,

@@ -25,7 +25,7 @@
 //!
 //! | field           | contents                                                   |
 //! |-----------------|------------------------------------------------------------|
-//! | `record`        | [`Record::to_bytes`], 88 bytes                             |
+//! | `record`        | [`Record::to_bytes`](station_core::server::Record::to_bytes), 88 bytes |
 //! | `generation`    | the record's generation in decimal, for compare-and-set    |
 //! | `expires_at_us` | logical expiry, microseconds since the Unix epoch on *Redis's* clock |
 //!
@@ -94,23 +94,32 @@
 //! clock is not paused (a paused clock jumps straight to the timeouts while
 //! the runtime waits for Redis).
 
-use std::collections::BTreeSet;
 use std::future::Future;
-use std::hash::Hasher as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{RedisError, ScriptInvocation};
-use station_core::server::{Lookup, Record, StoreOp, StoreReply};
+use station_core::server::{Lookup, StoreOp, StoreReply};
 use station_core::ClientId;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use self::conn::{query_slot_primary, Conn, Target};
+pub use self::batch::MAX_BATCH;
+use self::batch::{send_batches, QueuedUpdate};
+use self::conn::{Conn, Target};
+use self::error::RedisStoreError;
+use self::layout::Layout;
+pub use self::layout::{bucket_of, key_slot, BUCKETS};
+use self::reply::{decode, split, write_reply};
 use self::scripts::SCRIPTS;
 use super::{SessionStore, StoreConfig, StoreError};
 
+mod batch;
 mod conn;
+mod count;
+mod error;
+mod layout;
+mod reply;
 mod scripts;
 
 /// Hard bound on a count or a ping, reconnection
@@ -124,96 +133,6 @@ const MAX_DURATION_US: u64 = 10 * 365 * 24 * 3600 * 1_000_000;
 // Until 2096 (4e15 µs after 1970), TIME + expires_in + remember_expired
 // stays an exact integer in a Lua double.
 const _: () = assert!(4_000_000_000_000_000 + 2 * MAX_DURATION_US < 1 << 53);
-/// Keys per `SCAN` step and per counting script in `live_sessions`.
-const SCAN_BATCH: usize = 1000;
-/// The pause between two steps of `live_sessions` (a `SCAN`, a bucket's
-/// keys, or a counting script of [`SCAN_BATCH`] keys, about a millisecond
-/// of Redis each). Counting is a store-wide scan: unpaced, at 40,000
-/// sessions it held Redis, and the core it shares with the load, for a
-/// burst that every session's numbers felt each time the gauge was sampled
-/// (p99 lateness 122.8 ms, against 11.1 ms paced; BENCHMARKS.md).
-const COUNT_PACE: Duration = Duration::from_millis(2);
-
-/// Most updates sent in one script call. Redis runs nothing else while a
-/// script runs; at a few microseconds per update this bounds that to about
-/// a millisecond.
-pub const MAX_BATCH: usize = 256;
-
-/// Buckets of sessions in a cluster: each is one hash slot, so one node
-/// holds it and a batch of its updates is one script call.
-///
-/// 64, because: a cluster spreads sessions over its primaries only as
-/// finely as there are buckets, and 64 buckets over 3 to 16 primaries give
-/// each primary 4 to 21 of them (slots can be moved to even out the
-/// rest); more buckets would cut a server's updates into more, smaller
-/// script calls (each call costs Redis about as much as a few updates), so
-/// fewer sessions per call under load. The count is part of the key
-/// layout: servers sharing a cluster must agree on it, so it is fixed here.
-pub const BUCKETS: usize = 64;
-
-/// The bucket of `id` in a cluster: 64-bit FNV-1a over the id's 16 bytes,
-/// modulo [`BUCKETS`]. Fixed forever (servers of different versions
-/// sharing a cluster must agree): FNV-1a is a named function (the `fnv`
-/// crate's), not a hasher that may change, and a test pins a value.
-pub fn bucket_of(id: &ClientId) -> usize {
-    let mut hasher = fnv::FnvHasher::default();
-    hasher.write(id.0.as_bytes());
-    (hasher.finish() % BUCKETS as u64) as usize
-}
-
-/// The hash slot of a key, as Redis Cluster computes it: CRC16 (XMODEM) of
-/// its hash tag (the text between the first `{` and the next `}`, if not
-/// empty) or of the whole key, modulo 16384.
-pub fn key_slot(key: &[u8]) -> u16 {
-    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
-        let rest = &key[open + 1..];
-        let close = rest.iter().position(|&b| b == b'}')?;
-        (close > 0).then(|| &rest[..close])
-    });
-    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % 16384
-}
-
-/// Where sessions' keys are.
-#[derive(Clone, Debug)]
-struct Layout {
-    prefix: Arc<str>,
-    /// Keys carry a bucket's hash tag (a cluster).
-    tagged: bool,
-}
-
-impl Layout {
-    /// How many batching tasks: one per bucket, or one.
-    fn queues(&self) -> usize {
-        if self.tagged {
-            BUCKETS
-        } else {
-            1
-        }
-    }
-
-    /// Which batching task `id`'s updates go to.
-    fn queue(&self, id: &ClientId) -> usize {
-        if self.tagged {
-            bucket_of(id)
-        } else {
-            0
-        }
-    }
-
-    /// The key holding `id`'s session.
-    fn key(&self, id: &ClientId) -> String {
-        if self.tagged {
-            format!("{}{{{}}}:session:{id}", self.prefix, bucket_of(id))
-        } else {
-            format!("{}session:{id}", self.prefix)
-        }
-    }
-
-    /// What every key of bucket `b` starts with (tagged layout).
-    fn bucket_prefix(&self, b: usize) -> String {
-        format!("{}{{{b}}}:session:", self.prefix)
-    }
-}
 
 /// Sessions in Redis, shared by every server pointed at the same Redis (or
 /// cluster) and prefix. See the [module docs](self) for the key layout and
@@ -227,14 +146,6 @@ pub struct RedisStore {
     cfg: StoreConfig,
     /// One queue per batching task.
     updates: Arc<[mpsc::UnboundedSender<QueuedUpdate>]>,
-}
-
-/// An update waiting for its batch, and where its answer goes.
-struct QueuedUpdate {
-    record: Record,
-    expect_generation: u64,
-    expires_in: Duration,
-    reply: oneshot::Sender<Result<StoreReply, String>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -272,17 +183,13 @@ impl RedisStore {
         root_ca: Option<&[u8]>,
     ) -> Result<Self, StoreError> {
         // The URL may hold a password: the errors below do not repeat it.
-        let target = Target::parse(url).map_err(StoreError::Config)?;
+        let config = |e: RedisStoreError| StoreError::Config(e.to_string());
+        let target = Target::parse(url).map_err(config)?;
         let tagged = matches!(target, Target::Cluster(_));
         if tagged && (prefix.contains('{') || prefix.contains('}')) {
-            return Err(StoreError::Config(
-                "with Redis Cluster the key prefix must not contain `{` or `}` \
-                 (the keys' hash tags follow it)"
-                    .into(),
-            ));
+            return Err(config(RedisStoreError::PrefixHashTag));
         }
-        let conn =
-            Conn::open(target, root_ca, cfg.operation_timeout).map_err(StoreError::Config)?;
+        let conn = Conn::open(target, root_ca, cfg.operation_timeout).map_err(config)?;
         let layout = Layout {
             prefix: prefix.into(),
             tagged,
@@ -346,7 +253,7 @@ impl RedisStore {
     }
 
     /// Performs `op` without the overall deadline.
-    async fn run(&self, op: StoreOp) -> Result<StoreReply, String> {
+    async fn run(&self, op: StoreOp) -> Result<StoreReply, RedisStoreError> {
         let remember = self.remember_us();
         match op {
             StoreOp::Load(id) => {
@@ -359,7 +266,7 @@ impl RedisStore {
                     }
                     ("expired", []) => Lookup::Expired,
                     ("missing", []) => Lookup::Missing,
-                    _ => return Err(unexpected("load", &reply)),
+                    _ => return Err(RedisStoreError::unexpected("load", &reply)),
                 }))
             }
             StoreOp::Create { record, expires_in } => {
@@ -376,7 +283,7 @@ impl RedisStore {
                     ("exists", [live, generation]) => {
                         Ok(StoreReply::Exists(decode(&id, live, generation)?))
                     }
-                    _ => Err(unexpected("create", &reply)),
+                    _ => Err(RedisStoreError::unexpected("create", &reply)),
                 }
             }
             StoreOp::Update {
@@ -398,109 +305,6 @@ impl RedisStore {
                 write_reply("delete", &client_id, &reply)
             }
         }
-    }
-
-    /// Queues an update for its batching task and waits for its answer.
-    async fn update(
-        &self,
-        record: Record,
-        expect_generation: u64,
-        expires_in: Duration,
-    ) -> Result<StoreReply, String> {
-        let stopped = || "redis update: the batching task has stopped".to_string();
-        let (reply, answer) = oneshot::channel();
-        let queue = &self.updates[self.layout.queue(&record.client_id)];
-        let queued = QueuedUpdate {
-            record,
-            expect_generation,
-            expires_in,
-            reply,
-        };
-        queue.send(queued).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
-    }
-
-    /// Counts live sessions. For stats and tests, not the hot path: it
-    /// walks every key of this store, and it is not a snapshot (sessions
-    /// created or ended during the walk may or may not be counted).
-    async fn count_live(&self) -> Result<u64, StoreError> {
-        let unavailable = |e: String| StoreError::Unavailable(e);
-        let groups = match &self.conn {
-            Conn::Cluster(cluster) => self.cluster_keys(&cluster.connection()).await,
-            Conn::Single(_) => self.scan_keys().await.map(|keys| vec![keys]),
-        }
-        .map_err(unavailable)?;
-        let mut live = 0;
-        // In a cluster, a group is a bucket: its keys share a slot.
-        for chunk in groups.iter().flat_map(|keys| keys.chunks(SCAN_BATCH)) {
-            let mut inv = SCRIPTS.count_live.prepare_invoke();
-            for key in chunk {
-                inv.key(key);
-            }
-            live += bounded("count", self.conn.invoke::<u64>(&inv))
-                .await
-                .map_err(unavailable)?;
-            tokio::time::sleep(COUNT_PACE).await;
-        }
-        Ok(live)
-    }
-
-    /// This store's keys on one Redis, by `SCAN`.
-    async fn scan_keys(&self) -> Result<Vec<Vec<u8>>, String> {
-        let pattern = format!("{}session:*", glob_escape(&self.layout.prefix));
-        // SCAN may return a key more than once: collect into a set.
-        let mut keys = BTreeSet::new();
-        let mut cursor = 0u64;
-        loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_BATCH);
-            let step = self.conn.query::<(u64, Vec<Vec<u8>>)>(&scan);
-            let (next, batch) = bounded("scan", step).await?;
-            keys.extend(batch);
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-            tokio::time::sleep(COUNT_PACE).await;
-        }
-        Ok(keys.into_iter().collect())
-    }
-
-    /// This store's keys in a cluster: bucket by bucket, the keys of the
-    /// bucket's slot, asked of the primary that serves it (so every primary
-    /// holding a bucket is asked). One list per bucket.
-    async fn cluster_keys(
-        &self,
-        cluster: &redis::cluster_async::ClusterConnection,
-    ) -> Result<Vec<Vec<Vec<u8>>>, String> {
-        let mut keys = Vec::new();
-        for b in 0..BUCKETS {
-            let prefix = self.layout.bucket_prefix(b);
-            let slot = key_slot(prefix.as_bytes());
-            let mut count = redis::cmd("CLUSTER");
-            count.arg("COUNTKEYSINSLOT").arg(slot);
-            let n: u64 = bounded("count", query_slot_primary(cluster, slot, count)).await?;
-            if n == 0 {
-                continue;
-            }
-            let mut get = redis::cmd("CLUSTER");
-            get.arg("GETKEYSINSLOT").arg(slot).arg(n);
-            let in_slot: Vec<Vec<u8>> =
-                bounded("count", query_slot_primary(cluster, slot, get)).await?;
-            // Other prefixes' buckets of the same number share the slot.
-            keys.push(
-                in_slot
-                    .into_iter()
-                    .filter(|k| k.starts_with(prefix.as_bytes()))
-                    .collect(),
-            );
-            tokio::time::sleep(COUNT_PACE).await;
-        }
-        Ok(keys)
     }
 }
 
@@ -530,8 +334,10 @@ impl RedisStore {
         let limit = self.cfg.operation_timeout;
         match tokio::time::timeout(limit, run).await {
             Ok(Ok(reply)) => reply,
-            Ok(Err(message)) => StoreReply::Unavailable(message),
-            Err(_) => StoreReply::Unavailable(format!("redis {what}: no answer within {limit:?}")),
+            Ok(Err(e)) => StoreReply::Unavailable(e.to_string()),
+            Err(_) => {
+                StoreReply::Unavailable(RedisStoreError::TimedOut { what, limit }.to_string())
+            }
         }
     }
 }
@@ -561,7 +367,7 @@ impl SessionStore for RedisStore {
         bounded("ping", self.conn.query::<String>(&redis::cmd("PING")))
             .await
             .map(drop)
-            .map_err(StoreError::Unavailable)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     fn kind(&self) -> &'static str {
@@ -576,86 +382,25 @@ impl SessionStore for RedisStore {
 /// Runs one script; see [`Conn::invoke`] for its retries.
 async fn invoke<T: redis::FromRedisValue>(
     conn: &Conn,
-    what: &str,
+    what: &'static str,
     inv: &ScriptInvocation<'_>,
-) -> Result<T, String> {
-    conn.invoke(inv).await.map_err(|e| failed(what, &e))
-}
-
-/// A batching task: sends its queue's updates, up to [`MAX_BATCH`] per
-/// script call, one call at a time, each batch held `linger` after its
-/// first update for more to join and failed if not answered within
-/// `limit`; ends when every handle to the store is gone.
-async fn send_batches(
-    conn: Conn,
-    layout: Layout,
-    remember_us: u64,
-    linger: Duration,
-    limit: Duration,
-    mut queue: mpsc::UnboundedReceiver<QueuedUpdate>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if !linger.is_zero() && batch.len() < MAX_BATCH {
-            tokio::time::sleep(linger).await;
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(q) => batch.push(q),
-                    Err(_) => break,
-                }
-            }
-        }
-        // A caller that gave up (its operation timed out) is not sent.
-        batch.retain(|q: &QueuedUpdate| !q.reply.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        let mut inv = SCRIPTS.update_many.prepare_invoke();
-        inv.arg(remember_us);
-        for q in &batch {
-            inv.key(layout.key(&q.record.client_id))
-                .arg(&q.record.to_bytes()[..])
-                .arg(q.record.generation.to_string())
-                .arg(q.expect_generation.to_string())
-                .arg(micros(q.expires_in));
-        }
-        let call = invoke::<Vec<Vec<Vec<u8>>>>(&conn, "update", &inv);
-        let replies = match tokio::time::timeout(limit, call).await {
-            Ok(Ok(replies)) if replies.len() == batch.len() => Ok(replies),
-            Ok(Ok(replies)) => Err(format!(
-                "redis update: {} replies to a batch of {}",
-                replies.len(),
-                batch.len()
-            )),
-            Ok(Err(message)) => Err(message),
-            Err(_) => Err(format!("redis update: no answer within {limit:?}")),
-        };
-        match replies {
-            Ok(replies) => {
-                for (q, reply) in batch.drain(..).zip(replies) {
-                    let id = q.record.client_id;
-                    let _ = q.reply.send(write_reply("update", &id, &reply));
-                }
-            }
-            Err(message) => {
-                for q in batch.drain(..) {
-                    let _ = q.reply.send(Err(message.clone()));
-                }
-            }
-        }
-    }
+) -> Result<T, RedisStoreError> {
+    conn.invoke(inv)
+        .await
+        .map_err(|e| RedisStoreError::failed(what, e))
 }
 
 /// Awaits one Redis command within [`OPERATION_TIMEOUT`].
 async fn bounded<T>(
-    what: &str,
+    what: &'static str,
     command: impl std::future::Future<Output = Result<T, RedisError>>,
-) -> Result<T, String> {
+) -> Result<T, RedisStoreError> {
     match tokio::time::timeout(OPERATION_TIMEOUT, command).await {
-        Ok(result) => result.map_err(|e| failed(what, &e)),
-        Err(_) => Err(format!(
-            "redis {what}: no answer within {OPERATION_TIMEOUT:?}"
-        )),
+        Ok(result) => result.map_err(|e| RedisStoreError::failed(what, e)),
+        Err(_) => Err(RedisStoreError::TimedOut {
+            what,
+            limit: OPERATION_TIMEOUT,
+        }),
     }
 }
 
@@ -666,161 +411,15 @@ fn micros(d: Duration) -> u64 {
         .min(MAX_DURATION_US)
 }
 
-fn failed(what: &str, e: &RedisError) -> String {
-    if e.is_timeout() {
-        format!("redis {what}: no answer in time")
-    } else {
-        format!("redis {what}: {e}")
-    }
-}
-
-fn unexpected(what: &str, reply: &[Vec<u8>]) -> String {
-    let shown: Vec<_> = reply
-        .iter()
-        .map(|part| String::from_utf8_lossy(part).into_owned())
-        .collect();
-    format!("redis {what}: unexpected script reply {shown:?}")
-}
-
-/// Splits a script reply into its tag and the rest, turning `corrupt` into
-/// an error.
-fn split<'a>(id: &ClientId, reply: &'a [Vec<u8>]) -> Result<(&'a str, &'a [Vec<u8>]), String> {
-    let Some((tag, rest)) = reply.split_first() else {
-        return Err("redis: empty script reply".into());
-    };
-    let tag = std::str::from_utf8(tag).unwrap_or("?");
-    if tag == "corrupt" {
-        let reason = rest
-            .first()
-            .map(|r| String::from_utf8_lossy(r).into_owned())
-            .unwrap_or_default();
-        return Err(format!(
-            "stored session {id} is unreadable (not written by this store?): {reason}"
-        ));
-    }
-    Ok((tag, rest))
-}
-
-/// The reply of a script that writes.
-fn write_reply(what: &str, id: &ClientId, reply: &[Vec<u8>]) -> Result<StoreReply, String> {
-    match split(id, reply)? {
-        ("done", []) => Ok(StoreReply::Done),
-        ("conflict", []) => Ok(StoreReply::Conflict),
-        ("expired", []) => Ok(StoreReply::ExpiredOrReplaced),
-        ("missing", []) => Ok(StoreReply::Vanished),
-        _ => Err(unexpected(what, reply)),
-    }
-}
-
-/// Decodes a stored record, checking it against its key and its
-/// `generation` field.
-fn decode(id: &ClientId, bytes: &[u8], generation: &[u8]) -> Result<Record, String> {
-    let record = Record::from_bytes(bytes).ok_or_else(|| {
-        if bytes.len() == Record::ENCODED_LEN {
-            format!("stored session {id} is not a valid record (its count is out of range)")
-        } else {
-            format!(
-                "stored session {id} is not a valid record ({} bytes, expected {})",
-                bytes.len(),
-                Record::ENCODED_LEN
-            )
-        }
-    })?;
-    if record.client_id != *id {
-        return Err(format!(
-            "stored session under {id}'s key belongs to {}",
-            record.client_id
-        ));
-    }
-    if record.generation.to_string().as_bytes() != generation {
-        return Err(format!(
-            "stored session {id}: generation field {:?} disagrees with the record's {}",
-            String::from_utf8_lossy(generation),
-            record.generation
-        ));
-    }
-    Ok(record)
-}
-
-/// Escapes `SCAN MATCH` glob characters so a prefix matches literally.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn glob_escape_makes_prefix_literal() {
-        assert_eq!(glob_escape("app:"), "app:");
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-    }
 
     #[test]
     fn durations_are_capped_microseconds() {
         assert_eq!(micros(Duration::from_millis(300)), 300_000);
         assert_eq!(micros(Duration::from_nanos(1_999)), 1);
         assert_eq!(micros(Duration::MAX), MAX_DURATION_US);
-    }
-
-    #[test]
-    fn key_slots_are_redis_clusters() {
-        // The examples of the Redis Cluster specification.
-        assert_eq!(key_slot(b"123456789"), 0x31c3);
-        assert_eq!(
-            key_slot(b"{user1000}.following"),
-            key_slot(b"{user1000}.followers")
-        );
-        assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
-        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
-        assert_eq!(key_slot(b"foo{bar}{zap}"), key_slot(b"bar"));
-        // And redis-rs's routing agrees, for our keys too.
-        use redis::cluster_routing::{Route, SlotAddr};
-        let layout = Layout {
-            prefix: "station:".into(),
-            tagged: true,
-        };
-        for _ in 0..200 {
-            let id = ClientId::from_random_bytes(rand::random());
-            let key = layout.key(&id);
-            assert_eq!(
-                Route::new(key_slot(key.as_bytes()), SlotAddr::Master),
-                Route::with_key(key.as_bytes(), SlotAddr::Master),
-                "{key}"
-            );
-            let bucket = layout.bucket_prefix(bucket_of(&id));
-            assert!(key.starts_with(&bucket), "{key} not under {bucket}");
-            assert_eq!(key_slot(key.as_bytes()), key_slot(bucket.as_bytes()));
-        }
-    }
-
-    #[test]
-    fn buckets_are_fixed_and_spread_over_three_primaries() {
-        // The bucket of an id never changes: servers of different versions
-        // sharing a cluster must agree.
-        let id = ClientId::from_random_bytes([7; 16]);
-        assert_eq!(bucket_of(&id), 53);
-        // redis-cli's three default slot ranges each get about a third.
-        let mut per_primary = [0; 3];
-        for b in 0..BUCKETS {
-            let slot = key_slot(format!("p:{{{b}}}:session:").as_bytes());
-            per_primary[usize::from(slot / 5461).min(2)] += 1;
-        }
-        assert_eq!(per_primary, [21, 22, 21]);
-        // Random ids fill every bucket.
-        let mut seen = [false; BUCKETS];
-        for _ in 0..10_000 {
-            seen[bucket_of(&ClientId::from_random_bytes(rand::random()))] = true;
-        }
-        assert!(seen.iter().all(|&s| s));
     }
 
     #[test]
