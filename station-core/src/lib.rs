@@ -11,7 +11,11 @@
 //! - [`sequence`]: the seekable PRNG (value at any index in O(1) from a 64-bit
 //!   seed) and the CRC-32 checksum.
 //! - [`server`]: [`server::Stream`], the server's side of one stream
-//!   (`server/mod.rs`); the stored [`server::Record`] and [`server::Fresh`]
+//!   (`server/mod.rs`: its state, inputs and `poll_*`), split by path:
+//!   attaching by open, resume and takeover (`attach.rs`), the store's
+//!   answers (`reply.rs`), lease renewals and the final delete
+//!   (`lease.rs`), pacing and `Paused` (`send.rs`), ending and the release
+//!   (`release.rs`); the stored [`server::Record`] and [`server::Fresh`]
 //!   (`record.rs`); [`server::Config`] and its validation (`config.rs`); what
 //!   a stream receives and emits (`messages.rs`); tests by concern in
 //!   `server/tests/`.
@@ -19,9 +23,14 @@
 //!   [`store::StoreReply`] (also re-exported from [`server`]),
 //!   [`store::decide`], and [`store::step`], the same with expiry.
 //! - [`client`]: [`client::Client`], the client's side of a whole session
-//!   across reconnections (`client/mod.rs`); backoff, pushback and giving up
-//!   (`backoff.rs`); [`client::Config`] and its validation (`config.rs`);
-//!   what it receives and emits (`messages.rs`); tests in `client/tests/`.
+//!   across reconnections (`client/mod.rs`: its state, time and `poll_*`);
+//!   each stream's `Open` or `Resume` and `Attached` (`attach.rs`); numbers,
+//!   acknowledgements and the verdict (`progress.rs`); how a stream ends,
+//!   and the glue to the retry budget and open throttle (`end.rs`);
+//!   backoff, pushback and giving up (`backoff.rs`); the retry budget
+//!   (`budget.rs`) and the open throttle (`throttle.rs`); [`client::Config`]
+//!   and its validation (`config.rs`); what it receives and emits
+//!   (`messages.rs`); tests in `client/tests/`.
 //! - [`admission`]: [`admission::StoreGate`], whether a server may admit a
 //!   new session given how its store is coping (operations in flight
 //!   against an adaptive limit, latency, recent failures).

@@ -1,6 +1,9 @@
 //! One process's part of a load run: sessions started on the ramp's
 //! schedule, each with a [`SessionLog`] kept from the driver's events, and
 //! the [`Tally`] made of them when the last ends or `--duration` does.
+//! [`measure_part`] reads as its steps: connections ([`Connections`]), the
+//! timeline's sampler, starting the sessions, collecting their outcomes,
+//! then the tally.
 //!
 //! # What the report's words mean
 //!
@@ -43,6 +46,7 @@ use station_core::client::{
 };
 use station_core::ClientId;
 use station_net::client::{ChannelOptions, DriverOptions, Endpoints, Event};
+use tokio::task::JoinSet;
 
 use super::tally::{end_kind, lateness, micros, pairs, proc_stats, Measurements, Tally};
 use super::Part;
@@ -240,13 +244,72 @@ impl SessionLog {
 /// says (session `i` at `(i + 1) / --ramp-up-rate`), first on endpoint
 /// `i mod n` of the n given (then failing over to the next ones).
 pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> {
-    // Connection `k` binds source address 127.0.0.(1 + k mod N), or lets
-    // the kernel choose when there is one. The driver starts on the first
-    // endpoint of its list, so a session meant to start on endpoint `f`
-    // gets the list rotated to begin there.
-    let source_addresses = args.source_addresses.max(1);
-    let n = args.endpoint.len().max(1);
-    let connection = |k: usize, first: usize| {
+    let mut connections = Connections::new(args)?;
+    let measurements = Arc::new(Mutex::new(Measurements::new()));
+    let ticker = sample_timeline(measurements.clone());
+    let cpu_before = own_cpu_seconds();
+    let started = Instant::now();
+    let t0 = tokio::time::Instant::now();
+    let deadline = t0 + args.duration;
+    let mine: Vec<usize> = (part.index..args.sessions)
+        .step_by(part.of.max(1))
+        .collect();
+    // One retry budget for every session of this process, as gRFC A6
+    // keeps one per channel: when many streams fail, retries are paced as
+    // a whole instead of each session retrying on its own.
+    let driver = DriverOptions::default();
+    let (logs, tasks) = start_sessions(
+        args,
+        &mine,
+        &mut connections,
+        &measurements,
+        &driver,
+        t0,
+        deadline,
+    )
+    .await?;
+    let outcomes = collect_outcomes(tasks, logs.len(), deadline).await?;
+    let elapsed = started.elapsed();
+    ticker.abort();
+    // Sessions still running were cut off at the deadline.
+    let stop = deadline.into_std().min(Instant::now());
+    let mut tally = tally_sessions(args.count, mine.len(), &logs, &outcomes, stop);
+    let m = lock(&measurements);
+    add_measurements(&mut tally, &m, &driver, elapsed, cpu_before);
+    Ok(tally)
+}
+
+/// The connections a process's sessions use, made as they are first
+/// needed.
+struct Connections<'a> {
+    args: &'a LoadArgs,
+    /// The shared connections made so far, by first endpoint and
+    /// connection (see [`Connections::for_session`]).
+    pools: BTreeMap<(usize, usize), Endpoints>,
+}
+
+impl<'a> Connections<'a> {
+    /// Fails on a bad endpoint now, not in every session.
+    fn new(args: &'a LoadArgs) -> Result<Self, String> {
+        let connections = Connections {
+            args,
+            pools: BTreeMap::new(),
+        };
+        connections.connection(0, 0)?;
+        Ok(connections)
+    }
+
+    /// How many endpoints sessions are spread over.
+    fn endpoints(&self) -> usize {
+        self.args.endpoint.len().max(1)
+    }
+
+    /// Connection `k` binds source address 127.0.0.(1 + k mod N), or lets
+    /// the kernel choose when there is one. The driver starts on the first
+    /// endpoint of its list, so a session meant to start on endpoint `f`
+    /// gets the list rotated to begin there.
+    fn connection(&self, k: usize, first: usize) -> Result<Endpoints, String> {
+        let source_addresses = self.args.source_addresses.max(1);
         let opts = ChannelOptions {
             local_address: (source_addresses > 1).then(|| {
                 IpAddr::V4(Ipv4Addr::new(
@@ -258,67 +321,80 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
             }),
             ..ChannelOptions::default()
         };
-        let mut order = args.endpoint.clone();
-        order.rotate_left(first % n);
+        let mut order = self.args.endpoint.clone();
+        order.rotate_left(first % self.endpoints());
         Endpoints::tcp(&order, &opts).map_err(|e| e.to_string())
-    };
-    // Fail on a bad endpoint now, not in every session.
-    connection(0, 0)?;
-    // Multiplexed: session `i` (first endpoint `f = i mod n`) shares pool
-    // `(f, i / n mod --connections)`, made when first needed: each
-    // endpoint gets --connections connections for the sessions starting
-    // there (pools connect lazily, to the other endpoints only on
-    // failover). One per session: each session makes its own.
-    let connections = args.connections.max(1);
-    let mut pools: BTreeMap<(usize, usize), Endpoints> = BTreeMap::new();
-    let measurements = Arc::new(Mutex::new(Measurements::new()));
-    // Every second goes on the timeline, also one in which nothing
-    // happens (every session waiting, or none started yet).
-    let ticker = {
-        let m = measurements.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_millis(200));
-            loop {
-                every.tick().await;
-                lock(&m).timeline.tick(Instant::now());
+    }
+
+    /// Session `i`'s connection. Multiplexed: session `i` (first endpoint
+    /// `f = i mod n`) shares pool `(f, i / n mod --connections)`, made when
+    /// first needed: each endpoint gets --connections connections for the
+    /// sessions starting there (pools connect lazily, to the other
+    /// endpoints only on failover). One per session: each session makes
+    /// its own.
+    fn for_session(&mut self, i: usize) -> Result<Endpoints, String> {
+        let n = self.endpoints();
+        let first = i % n;
+        if self.args.connection_per_session {
+            return self.connection(i, first);
+        }
+        let k = (i / n) % self.args.connections.max(1);
+        Ok(match self.pools.get(&(first, k)) {
+            Some(shared) => shared.clone(),
+            None => {
+                let made = self.connection(k * n + first, first)?;
+                self.pools.entry((first, k)).or_insert(made).clone()
             }
         })
-    };
-    let cpu_before = proc_stats(std::process::id()).map_or(0.0, |p| p.cpu_seconds);
-    let started = Instant::now();
-    let t0 = tokio::time::Instant::now();
-    let deadline = t0 + args.duration;
-    let mut tasks = tokio::task::JoinSet::new();
+    }
+}
+
+/// Puts every second on the timeline, also one in which nothing happens
+/// (every session waiting, or none started yet); runs until aborted.
+fn sample_timeline(m: Arc<Mutex<Measurements>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            every.tick().await;
+            lock(&m).timeline.tick(Instant::now());
+        }
+    })
+}
+
+/// The CPU time this process has used, in seconds (0 where `/proc`
+/// cannot say).
+fn own_cpu_seconds() -> f64 {
+    proc_stats(std::process::id()).map_or(0.0, |p| p.cpu_seconds)
+}
+
+/// A session's task: its slot among the logs, and how it ended.
+type Sessions = JoinSet<(usize, Outcome)>;
+
+/// Starts the sessions in `mine`, each when the ramp (counted from `t0`)
+/// says, until `deadline`; each runs in a task of its own and keeps a
+/// [`SessionLog`].
+/// Returns the logs of those started, by slot, and their tasks.
+async fn start_sessions(
+    args: &LoadArgs,
+    mine: &[usize],
+    connections: &mut Connections<'_>,
+    measurements: &Arc<Mutex<Measurements>>,
+    driver: &DriverOptions,
+    t0: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+) -> Result<(Vec<Arc<Mutex<SessionLog>>>, Sessions), String> {
+    let mut tasks = JoinSet::new();
     let ramp =
         (args.ramp_up_rate > 0).then(|| Duration::from_secs_f64(1.0 / args.ramp_up_rate as f64));
-    let mine: Vec<usize> = (part.index..args.sessions)
-        .step_by(part.of.max(1))
-        .collect();
     let mut logs: Vec<Arc<Mutex<SessionLog>>> = Vec::with_capacity(mine.len());
-    // One retry budget for every session of this process, as gRFC A6
-    // keeps one per channel: when many streams fail, retries are paced as
-    // a whole instead of each session retrying on its own.
-    let driver = DriverOptions::default();
-    for &i in &mine {
+    for &i in mine {
         if let Some(gap) = ramp {
             tokio::time::sleep_until(t0 + gap.mul_f64((i + 1) as f64)).await;
         }
         if tokio::time::Instant::now() >= deadline {
             break;
         }
-        let first = i % n;
-        let endpoints = if args.connection_per_session {
-            connection(i, first)?
-        } else {
-            let k = (i / n) % connections;
-            match pools.get(&(first, k)) {
-                Some(shared) => shared.clone(),
-                None => pools
-                    .entry((first, k))
-                    .or_insert(connection(k * n + first, first)?)
-                    .clone(),
-            }
-        };
+        let endpoints = connections.for_session(i)?;
         let slot = logs.len();
         let log = Arc::new(Mutex::new(SessionLog::new(Instant::now())));
         logs.push(log.clone());
@@ -339,7 +415,17 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
             (slot, outcome)
         });
     }
-    let mut outcomes: Vec<Option<Outcome>> = (0..logs.len()).map(|_| None).collect();
+    Ok((logs, tasks))
+}
+
+/// Waits for the `started` sessions until the deadline, then aborts those
+/// still running. Returns each slot's outcome, `None` where it was cut off.
+async fn collect_outcomes(
+    mut tasks: Sessions,
+    started: usize,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<Option<Outcome>>, String> {
+    let mut outcomes: Vec<Option<Outcome>> = (0..started).map(|_| None).collect();
     loop {
         match tokio::time::timeout_at(deadline, tasks.join_next()).await {
             Ok(Some(Ok((slot, outcome)))) => outcomes[slot] = Some(outcome),
@@ -351,18 +437,27 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
             }
         }
     }
-    let elapsed = started.elapsed();
-    ticker.abort();
-    // Sessions still running were cut off at the deadline.
-    let stop = deadline.into_std().min(Instant::now());
+    Ok(outcomes)
+}
+
+/// What became of each session (the words of the module docs), for
+/// `offered` sessions of `count` numbers, of which `logs` started; those
+/// still running count until `stop`.
+fn tally_sessions(
+    count: u32,
+    offered: usize,
+    logs: &[Arc<Mutex<SessionLog>>],
+    outcomes: &[Option<Outcome>],
+    stop: Instant,
+) -> Tally {
     let mut tally = Tally {
-        offered: mine.len(),
+        offered,
         started: logs.len(),
         ..Tally::default()
     };
     let mut stall = super::tally::histogram();
     let mut opens = super::tally::histogram();
-    for (log, outcome) in logs.iter().zip(&outcomes) {
+    for (log, outcome) in logs.iter().zip(outcomes) {
         let log = lock(log);
         let completed = outcome
             .as_ref()
@@ -378,8 +473,7 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
             usize::from(!admitted && log.door_refusals == 0 && log.held_back > 0);
         tally.opens_sent += u64::from(log.opens);
         tally.opens_held_back += u64::from(log.held_back);
-        tally.session_seconds +=
-            log.session_seconds(args.count, completed, log.ended.unwrap_or(stop));
+        tally.session_seconds += log.session_seconds(count, completed, log.ended.unwrap_or(stop));
         tally.interval = tally.interval.or(log.schedule.map(|(_, _, i)| i));
         if completed {
             opens.saturating_record(u64::from(log.opens).max(1));
@@ -393,7 +487,21 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
                 .push(format!("{}: {:?}", o.client_id, o.verdict));
         }
     }
-    let m = lock(&measurements);
+    tally.stall = pairs(&stall);
+    tally.opens_per_completed = pairs(&opens);
+    tally
+}
+
+/// Adds what every session's events counted together (`m`), the retry
+/// budget's throttling, and the process's time: `elapsed`, and the CPU
+/// time used since `cpu_before`.
+fn add_measurements(
+    tally: &mut Tally,
+    m: &Measurements,
+    driver: &DriverOptions,
+    elapsed: Duration,
+    cpu_before: f64,
+) {
     tally.numbers = m.numbers;
     tally.reconnects = m.reconnects;
     tally.silent_drops = m.silent_drops;
@@ -402,11 +510,8 @@ pub async fn measure_part(args: &LoadArgs, part: Part) -> Result<Tally, String> 
     tally.retries_throttled = driver.budget.stats().throttled;
     tally.stream_ends = m.stream_ends.clone();
     tally.elapsed = elapsed;
-    tally.cpu_seconds = proc_stats(std::process::id()).map_or(0.0, |p| p.cpu_seconds) - cpu_before;
+    tally.cpu_seconds = own_cpu_seconds() - cpu_before;
     tally.lateness = pairs(&m.lateness);
     tally.first_number = pairs(&m.first_number);
-    tally.stall = pairs(&stall);
-    tally.opens_per_completed = pairs(&opens);
     tally.timeline = m.timeline.tally();
-    Ok(tally)
 }

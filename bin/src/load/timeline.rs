@@ -1,6 +1,6 @@
 //! A run's timeline: what happened in each second of the wall clock, so
 //! that a fault's effect, and the recovery from it, can be read second by
-//! second (`bench/run.sh faults`, `bin/tests/faults_under_load.rs`). The
+//! second (`bench/run.sh faults`, `bin/tests/faults_under_load/`). The
 //! run's totals cannot show when a run got back on time.
 //!
 //! Each second counts the numbers delivered in it and how late they were,

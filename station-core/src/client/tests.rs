@@ -3,7 +3,9 @@
 
 use super::*;
 use crate::sequence;
+use crate::server::MAX_DURATION;
 use crate::testkit::fixtures::{drain, ms};
+use crate::Reason;
 
 mod backoff;
 mod budget;

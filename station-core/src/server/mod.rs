@@ -51,25 +51,30 @@
 //! timeout bounds): the store failed the stream, or the server died
 //! meanwhile.
 //!
-//! The machine is [`Stream`] (this file); the record it keeps in the store
-//! is in `record.rs`, its settings in `config.rs`, what it receives and
-//! emits in `messages.rs`, and the store operations it asks for
-//! ([`StoreOp`], [`StoreReply`]) in [`crate::store`].
+//! The machine is [`Stream`]: its state, the client's messages, time and
+//! the outputs here; how it attaches (`Open`, `Resume`, the takeover) in
+//! `attach.rs`; what it does with the store's answers in `reply.rs`; the
+//! lease's renewals and the completed session's delete in `lease.rs`;
+//! pacing and `Paused` in `send.rs`; ending and the release in
+//! `release.rs`. The record it keeps in the store is in `record.rs`, its
+//! settings in `config.rs`, what it receives and emits in `messages.rs`,
+//! and the store operations it asks for ([`StoreOp`], [`StoreReply`]) in
+//! [`crate::store`].
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::ids::{ClientId, Secret};
-use crate::sequence::{self, MAX_COUNT};
 use crate::Reject;
 
-/// `Paused` goes out once an interval, but never more often than this (an
-/// unpaced stream's interval is zero).
-const MIN_PAUSE_GAP: Duration = Duration::from_millis(100);
-
+mod attach;
 mod config;
+mod lease;
 mod messages;
 mod record;
+mod release;
+mod reply;
+mod send;
 #[cfg(test)]
 mod tests;
 
@@ -244,77 +249,6 @@ impl Stream {
         self.acked
     }
 
-    /// Handles the client's `Open`. `fresh` is used only if the session is
-    /// new. Outputs a `Create`, or ends the stream if the request is invalid.
-    pub fn handle_open(&mut self, now: Instant, open: Open<'_>, fresh: Fresh) {
-        if self.phase != Phase::Idle {
-            return self.unexpected(now, "Open after the stream's first message");
-        }
-        let checked = (|| {
-            let client_id = ClientId::parse(open.client_id)?;
-            if !(1..=MAX_COUNT).contains(&open.count) {
-                return Err(Reject::BadCount(open.count));
-            }
-            let nonce = match open.nonce.len() {
-                0 => Secret::ZERO,
-                _ => Secret::from_slice(open.nonce).ok_or(Reject::BadNonce(open.nonce.len()))?,
-            };
-            Ok(Record {
-                client_id,
-                token: fresh.token,
-                nonce,
-                seed: fresh.seed,
-                count: open.count,
-                acked: 0,
-                generation: 1,
-                incarnation: fresh.incarnation,
-                holder: fresh.holder,
-            })
-        })();
-        match checked {
-            Ok(record) => {
-                self.heard(now);
-                self.holder = fresh.holder;
-                self.phase = Phase::Attaching;
-                self.client_id = Some(record.client_id);
-                self.record = Some(record);
-                self.pending = Some(Pending::Create { asked: now });
-                self.out.push_back(Output::Store(StoreOp::Create {
-                    record,
-                    expires_in: self.leased_expiry(),
-                }));
-            }
-            Err(reject) => self.fail(now, reject),
-        }
-    }
-
-    /// Handles the client's `Resume`. Outputs a `Load`, or ends the stream
-    /// if the request is malformed. Of `fresh`, only the holder is used.
-    pub fn handle_resume(&mut self, now: Instant, resume: Resume<'_>, fresh: Fresh) {
-        if self.phase != Phase::Idle {
-            return self.unexpected(now, "Resume after the stream's first message");
-        }
-        let checked = ClientId::parse(resume.client_id).and_then(|id| {
-            let token = Secret::from_slice(resume.token)
-                .ok_or(Reject::MalformedToken(resume.token.len()))?;
-            Ok((id, token))
-        });
-        match checked {
-            Ok((client_id, token)) => {
-                self.heard(now);
-                self.holder = fresh.holder;
-                self.phase = Phase::Attaching;
-                self.client_id = Some(client_id);
-                self.pending = Some(Pending::Load {
-                    next_index: resume.next_index,
-                    token,
-                });
-                self.out.push_back(Output::Store(StoreOp::Load(client_id)));
-            }
-            Err(reject) => self.fail(now, reject),
-        }
-    }
-
     /// Handles the client's cumulative `Ack`.
     pub fn handle_ack(&mut self, now: Instant, next_index: u32) {
         match self.phase {
@@ -355,139 +289,6 @@ impl Stream {
             self.waiting_since = self.waiting_on_client().then_some(now);
         }
         self.advance(now);
-    }
-
-    /// Handles the store's answer to the last [`Output::Store`].
-    pub fn handle_store(&mut self, now: Instant, reply: StoreReply) {
-        match self.phase {
-            Phase::Ended => return,
-            Phase::Releasing => {
-                // A renewal in flight when the stream ended: release once
-                // it is known to hold; the release's own answer ends all.
-                match (self.pending.take(), reply) {
-                    (Some(Pending::Renew { .. }), StoreReply::Done) => self.release(now),
-                    _ => self.phase = Phase::Ended,
-                }
-                return;
-            }
-            Phase::Idle | Phase::Attaching | Phase::Attached => {}
-        }
-        let Some(pending) = self.pending.take() else {
-            // An adapter bug, not client input: end the stream rather than
-            // take the server down.
-            return self.fail_by_store(Reject::StoreUnavailable(
-                "store answered with no request outstanding".into(),
-            ));
-        };
-        if let StoreReply::Unavailable(why) = reply {
-            // A failed write costs nothing while there is time to ask
-            // again: ask a quarter lease later (a store that fails at once
-            // must not be asked in a loop) rather than send the client,
-            // and its resume, to a store in trouble.
-            // Past the lease, a renewal is asked no more often than a
-            // healthy stream writes (once a lease): a store in trouble is
-            // not sent four times its usual writes by the streams waiting
-            // on it.
-            let wait = match self.complete || now < self.lease_until {
-                true => self.cfg.lease / 4,
-                false => self.cfg.lease,
-            };
-            let retry_at = now + wait;
-            match pending {
-                // The client has everything: a renewal no longer matters,
-                // and a delete is idempotent, so retry it within a lease;
-                // after that, the session is still complete, and its
-                // record expires on its own.
-                Pending::Renew { .. } | Pending::Delete if self.complete => {
-                    if retry_at < self.delete_until() {
-                        self.delete_at = retry_at;
-                        return self.advance(now);
-                    }
-                    return self.completed(false);
-                }
-                // A renewal is asked again for as long as the record can
-                // still be alive. Past the lease no number is sent (the
-                // fence holds), but the stream waits for the store rather
-                // than end: an ended stream comes back as a resume, which
-                // costs a store in trouble more than a retry does.
-                Pending::Renew { .. } if retry_at < self.record_alive_until() => {
-                    self.renew_at = retry_at;
-                    return self.advance(now);
-                }
-                _ => return self.fail_by_store(Reject::StoreUnavailable(why)),
-            }
-        }
-        if let StoreReply::Exists(live) | StoreReply::Loaded(Lookup::Live(live)) = &reply {
-            // The store is shared and outlives this code: never trust a
-            // record that could not have been written by a session.
-            let plausible = (1..=MAX_COUNT).contains(&live.count)
-                && live.acked <= live.count
-                && Some(live.client_id) == self.client_id;
-            if !plausible {
-                return self.fail_by_store(Reject::StoreUnavailable(format!(
-                    "store returned an implausible record for {:?}",
-                    self.client_id
-                )));
-            }
-        }
-        match (pending, reply) {
-            (Pending::Create { asked }, StoreReply::Done) => {
-                self.attach(now, asked, 0, Attachment::Opened)
-            }
-            (Pending::Create { .. }, StoreReply::Exists(live)) => {
-                let ours = self.record.expect("Create is sent with a record");
-                let same_open =
-                    !ours.nonce.is_zero() && live.nonce == ours.nonce && live.count == ours.count;
-                if same_open {
-                    // The client repeats an `Open` whose `Attached` it never
-                    // received: attach it to the session it created.
-                    self.take_over(now, live, 0, Attachment::Reopened);
-                } else {
-                    self.fail(now, Reject::AlreadyExists(ours.client_id));
-                }
-            }
-            (Pending::Load { next_index, token }, StoreReply::Loaded(lookup)) => match lookup {
-                Lookup::Live(live) if live.token != token => {
-                    self.fail(now, Reject::BadToken(live.client_id))
-                }
-                Lookup::Live(live) if next_index > live.count => self.fail(
-                    now,
-                    Reject::BadNextIndex {
-                        next_index,
-                        count: live.count,
-                    },
-                ),
-                Lookup::Live(live) => self.take_over(now, live, next_index, Attachment::Resumed),
-                Lookup::Expired => self.fail(now, Reject::Expired(self.load_id())),
-                Lookup::Missing => self.fail(now, Reject::Unknown(self.load_id())),
-            },
-            (
-                Pending::TakeOver {
-                    next_index,
-                    asked,
-                    how,
-                },
-                StoreReply::Done,
-            ) => self.attach(now, asked, next_index, how),
-            (Pending::Renew { asked }, StoreReply::Done) => {
-                self.leased(asked);
-                self.advance(now);
-            }
-            (Pending::Delete, StoreReply::Done) => self.completed(true),
-            (
-                Pending::TakeOver { .. } | Pending::Renew { .. } | Pending::Delete,
-                StoreReply::Conflict,
-            ) => self.fail_by_store(Reject::TakenOver(self.record_id())),
-            (Pending::TakeOver { .. } | Pending::Renew { .. }, StoreReply::ExpiredOrReplaced) => {
-                self.fail_by_store(Reject::Expired(self.record_id()))
-            }
-            (Pending::TakeOver { .. } | Pending::Renew { .. }, StoreReply::Vanished) => {
-                self.fail_by_store(Reject::Lost(self.record_id()))
-            }
-            (pending, reply) => self.fail_by_store(Reject::StoreUnavailable(format!(
-                "store answered {reply:?} to {pending:?}"
-            ))),
-        }
     }
 
     /// Handles time passing. Calling it early is harmless.
@@ -594,23 +395,6 @@ impl Stream {
         self.record.map_or(0, |r| r.count)
     }
 
-    /// The last moment a failed delete of a completed session is tried
-    /// again: a lease after the final acknowledgement (the last message
-    /// heard: later ones are ignored). Each attempt is bounded by the
-    /// adapter's store timeout, so the client hears OK within about a
-    /// lease and a store timeout, however the store behaves.
-    fn delete_until(&self) -> Instant {
-        self.last_heard + self.cfg.lease
-    }
-
-    /// Ends a completed session's stream: OK for the client, whether or
-    /// not the store confirmed the delete.
-    fn completed(&mut self, deleted: bool) {
-        self.phase = Phase::Ended;
-        self.pending = None;
-        self.out.push_back(Output::End(End::Completed { deleted }));
-    }
-
     fn record_id(&self) -> ClientId {
         self.record
             .expect("a stream that writes has a record")
@@ -653,238 +437,5 @@ impl Stream {
     /// starts at `count` but no acknowledgement has arrived yet).
     fn waiting_on_client(&self) -> bool {
         !self.complete && (self.acked < self.sent || self.sent == self.count())
-    }
-
-    /// How long from `now` the record should live once the stream ends:
-    /// `ttl` after the stream last worked (ARCHITECTURE.md §2). That is
-    /// `now` if the client has acknowledged everything sent, else the
-    /// moment the server began waiting for it (its first unacknowledged
-    /// number or its last acknowledgement), or the last message heard,
-    /// whichever is later.
-    fn exact_expiry(&self, now: Instant) -> Duration {
-        let worked = self.waiting_since.unwrap_or(now).max(self.last_heard);
-        (worked + self.cfg.ttl).saturating_duration_since(now)
-    }
-
-    /// What a lease write sets the record to live for: the TTL from the
-    /// last moment the stream can work before its next write, `L` away
-    /// (see the module docs).
-    fn leased_expiry(&self) -> Duration {
-        self.cfg.ttl.saturating_add(self.cfg.lease)
-    }
-
-    /// Until when the record lives without another write: a lease write
-    /// asked for at `asked` sets it to live `ttl + L`, and `lease_until` is
-    /// `asked + 2L` (or earlier, once the lease ran out).
-    fn record_alive_until(&self) -> Instant {
-        (self.lease_until + self.cfg.ttl)
-            .checked_sub(self.cfg.lease)
-            .unwrap_or(self.lease_until)
-    }
-
-    /// The store confirmed a lease write asked for at `asked`.
-    fn leased(&mut self, asked: Instant) {
-        self.renew_at = asked + self.cfg.lease;
-        self.lease_until = asked + self.cfg.lease.saturating_mul(2);
-    }
-
-    fn take_over(&mut self, now: Instant, live: Record, next_index: u32, how: Attachment) {
-        let Some(generation) = live.generation.checked_add(1) else {
-            return self.fail_by_store(Reject::StoreUnavailable(
-                "stored generation cannot go higher".into(),
-            ));
-        };
-        let record = Record {
-            acked: next_index,
-            generation,
-            holder: self.holder,
-            ..live
-        };
-        self.record = Some(record);
-        self.pending = Some(Pending::TakeOver {
-            next_index,
-            asked: now,
-            how,
-        });
-        self.out.push_back(Output::Store(StoreOp::Update {
-            record,
-            expect_generation: live.generation,
-            expires_in: self.leased_expiry(),
-        }));
-    }
-
-    fn attach(&mut self, now: Instant, asked: Instant, next_index: u32, how: Attachment) {
-        let record = self
-            .record
-            .expect("attach follows a store answer with a record");
-        self.phase = Phase::Attached;
-        self.attached_once = true;
-        self.sent = next_index;
-        self.acked = next_index;
-        self.next_tick = now;
-        self.waiting_since = self.waiting_on_client().then_some(now);
-        self.out.push_back(Output::Attached(Attached {
-            how,
-            count: record.count,
-            next_index,
-            token: record.token,
-            ttl: self.cfg.ttl,
-            interval: self.cfg.interval,
-            ack_every: self.cfg.ack_every(),
-        }));
-        // The store just confirmed our generation: that is the first lease
-        // (unless its answer came after the lease it grants ran out).
-        self.leased(asked);
-        self.send_leased(now);
-    }
-
-    /// Starts the store operation that is due, and sends what the lease
-    /// allows.
-    fn advance(&mut self, now: Instant) {
-        if self.phase != Phase::Attached {
-            return;
-        }
-        let mut record = self.record.expect("attached streams have a record");
-        if self.pending.is_none() {
-            if self.complete {
-                if now < self.delete_at {
-                    return;
-                }
-                self.pending = Some(Pending::Delete);
-                self.out.push_back(Output::Store(StoreOp::Delete {
-                    client_id: record.client_id,
-                    incarnation: record.incarnation,
-                    generation: record.generation,
-                }));
-                return;
-            }
-            if now >= self.renew_at {
-                record.acked = self.acked;
-                self.record = Some(record);
-                self.pending = Some(Pending::Renew { asked: now });
-                self.out.push_back(Output::Store(StoreOp::Update {
-                    record,
-                    expect_generation: record.generation,
-                    expires_in: self.leased_expiry(),
-                }));
-            }
-        }
-        self.send_leased(now);
-    }
-
-    /// Sends what is due if the lease still holds. Once it has run out,
-    /// only the renewal's answer lets numbers go again; meanwhile each
-    /// held number is answered with `Paused`, at most once an interval,
-    /// so the client knows the server is alive and waits rather than
-    /// resumes elsewhere (a resume costs the slow store a load and a
-    /// takeover).
-    fn send_leased(&mut self, now: Instant) {
-        if now < self.lease_until {
-            return self.send_due(now);
-        }
-        self.lease_until = self.lease_until.min(self.next_tick);
-        if self.holds_a_number() && now >= self.paused_at.max(self.next_tick) {
-            self.out.push_back(Output::Paused {
-                next_index: self.sent,
-            });
-            self.paused_at = now + self.cfg.interval.max(MIN_PAUSE_GAP);
-        }
-    }
-
-    /// A number is due, or will be, that the lease does not cover.
-    fn holds_a_number(&self) -> bool {
-        self.phase == Phase::Attached
-            && !self.complete
-            && self.can_send()
-            && self.next_tick >= self.lease_until
-    }
-
-    /// Emits every number that is due and fits in the window.
-    fn send_due(&mut self, now: Instant) {
-        let record = self.record.expect("attached streams have a record");
-        while self.can_send() && self.next_tick <= now {
-            let index = self.sent;
-            let last = index + 1 == record.count;
-            self.out.push_back(Output::Send(Number {
-                index,
-                value: sequence::value(record.seed, index),
-                checksum: last.then(|| sequence::checksum(record.seed, record.count)),
-            }));
-            if self.waiting_since.is_none() {
-                self.waiting_since = Some(now);
-            }
-            self.sent += 1;
-            self.next_tick += self.cfg.interval;
-        }
-    }
-
-    fn unexpected(&mut self, now: Instant, what: &'static str) {
-        self.fail(now, Reject::Unexpected(what));
-    }
-
-    /// Ends the stream for a reason of the client's or the server's: the
-    /// session stays, released to expire on time.
-    fn fail(&mut self, now: Instant, reject: Reject) {
-        self.end(now, End::Rejected(reject));
-    }
-
-    /// Ends the stream because of what the store answered: the session is
-    /// not this stream's to release (taken over, expired, lost), or the
-    /// store failed.
-    fn fail_by_store(&mut self, reject: Reject) {
-        self.phase = Phase::Ended;
-        self.pending = None;
-        self.out.clear();
-        self.out.push_back(Output::End(End::Rejected(reject)));
-    }
-
-    fn end(&mut self, now: Instant, end: End) {
-        if self.is_over() {
-            return; // Ended streams say nothing more, not even a second End.
-        }
-        if self.complete && self.phase == Phase::Attached {
-            // The client has everything and said so: the delete (in flight
-            // or due) decides, and the stream ends `Completed` after it,
-            // within a bounded time (`delete_until`). Ending it now would
-            // tell a client that has everything to retry, count no
-            // completion, and leave the record behind.
-            return;
-        }
-        // Nothing is sent after the end: drop numbers still queued from a
-        // burst, so an abort takes effect at once. A store operation still
-        // queued stays: it is the one in flight, and its answer matters.
-        self.out.retain(|out| matches!(out, Output::Store(_)));
-        self.out.push_back(Output::End(end));
-        // The stream works no more: freeze that moment, so that a release
-        // made later (after a renewal in flight) still counts from it.
-        let worked = self.waiting_since.unwrap_or(now).max(self.last_heard);
-        self.waiting_since = Some(worked);
-        match self.pending {
-            // Not attached: nothing to release (an attach write in flight
-            // leases the record, a lease past its TTL at most).
-            _ if self.phase != Phase::Attached => {
-                self.phase = Phase::Ended;
-                self.pending = None;
-            }
-            None => self.release(now),
-            // Release once the renewal's answer shows the lease held.
-            Some(_) => self.phase = Phase::Releasing,
-        }
-    }
-
-    /// Leaves the session as the ended stream should: set to its exact
-    /// expiry (a complete session is deleted instead, and never released).
-    /// The store's answer only ends the machine.
-    fn release(&mut self, now: Instant) {
-        let mut record = self.record.expect("attached streams have a record");
-        record.acked = self.acked;
-        self.record = Some(record);
-        self.phase = Phase::Releasing;
-        self.pending = Some(Pending::Release);
-        self.out.push_back(Output::Store(StoreOp::Update {
-            record,
-            expect_generation: record.generation,
-            expires_in: self.exact_expiry(now),
-        }));
     }
 }

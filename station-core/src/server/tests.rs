@@ -13,6 +13,7 @@ mod release;
 mod silence;
 mod takeover;
 
+use crate::sequence::{self, MAX_COUNT};
 use crate::testkit::fixtures::{
     drain, fresh, id, ms, record, HOLDER, ID, INCARNATION, NONCE, SEED, TOKEN,
 };
