@@ -9,7 +9,7 @@
 //! - `redis.rs`: servers on a private Redis or Redis Cluster, and the
 //!   session records read straight from it (used by `redis_e2e.rs`);
 //! - `netns.rs`: two network namespaces joined by a veth pair, removed on
-//!   drop, for faults of a real network (used by `faults_under_load.rs`);
+//!   drop, for faults of a real network (used by `faults_under_load/`);
 //! - `metrics.rs`: a server's `/metrics`, scraped and read as samples.
 
 #![allow(dead_code)] // Not every test binary uses every helper.
