@@ -112,7 +112,7 @@ pub(crate) fn stream_span<T>(request: &tonic::Request<T>) -> Span {
         rpc.method = "Stream",
         server.address = Empty,
         server.port = Empty,
-        stream.id = Empty,
+        session.id = Empty,
         station.attach = Empty,
         station.incarnation = Empty,
         station.generation = Empty,
