@@ -124,14 +124,10 @@ pub struct ServerArgs {
     #[arg(long, env = "STATION_GO_OFFLINE_FOR", default_value = "0s", value_parser = parse_duration)]
     pub go_offline_for: Duration,
     /// Most streams holding or attaching a session at once; more get
-    /// RESOURCE_EXHAUSTED. (`--max-sessions`, its old name, still works.)
-    #[arg(
-        long,
-        alias = "max-sessions",
-        env = "STATION_MAX_STREAMS",
-        default_value_t = 250_000
-    )]
-    pub max_streams: usize,
+    /// RESOURCE_EXHAUSTED [default: 250000]. Its old names,
+    /// `--max-sessions` and `STATION_MAX_SESSIONS`, still work.
+    #[arg(long, alias = "max-sessions", env = "STATION_MAX_STREAMS")]
+    pub max_streams: Option<usize>,
     /// Shed new sessions (Open: RESOURCE_EXHAUSTED, reason OVERLOADED) while
     /// the server runs this late on average (its timers, or its numbers'
     /// acknowledgements over their usual round trip), and learn from it how
@@ -502,6 +498,13 @@ mod tests {
             Command::Server(args) => server::config(&args),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn max_streams_keeps_its_old_flag_name() {
+        let old = server_config(&["--max-sessions", "7"]).expect("valid");
+        let new = server_config(&["--max-streams", "7"]).expect("valid");
+        assert_eq!((old.max_streams, new.max_streams), (7, 7));
     }
 
     #[test]

@@ -94,12 +94,13 @@ pub(crate) fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
         session.lease = lease;
     }
     session.window = args.window;
-    if args.max_streams == 0 {
+    let max_streams = max_streams(args.max_streams, std::env::var("STATION_MAX_SESSIONS").ok())?;
+    if max_streams == 0 {
         return Err("--max-streams must be at least 1".into());
     }
     let cfg = ServerConfig {
         session,
-        max_streams: args.max_streams,
+        max_streams,
         fail_every: args.fail_every,
         go_offline_for: args.go_offline_for,
         tick_slack: args.tick_slack,
@@ -254,5 +255,46 @@ pub async fn stats(args: StatsArgs) -> u8 {
             eprintln!("error: {e}");
             exit::UNREACHABLE
         }
+    }
+}
+
+/// `--max-streams`, else `STATION_MAX_STREAMS`, else the variable's old
+/// name `STATION_MAX_SESSIONS` (a deployment that still sets it must not
+/// fall back to the default unnoticed), else the default.
+fn max_streams(given: Option<usize>, old_env: Option<String>) -> Result<usize, String> {
+    if let Some(n) = given {
+        return Ok(n);
+    }
+    match old_env {
+        Some(v) => {
+            let n = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("STATION_MAX_SESSIONS={v:?} is not a number of streams"))?;
+            tracing::warn!(
+                "STATION_MAX_SESSIONS is the old name of STATION_MAX_STREAMS; it is read \
+                 since STATION_MAX_STREAMS is not set"
+            );
+            Ok(n)
+        }
+        None => Ok(ServerConfig::default().max_streams),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_streams;
+
+    #[test]
+    fn the_old_environment_variable_is_read_when_the_new_one_is_not_set() {
+        // The flag or STATION_MAX_STREAMS (clap gives both as `given`) wins.
+        assert_eq!(max_streams(Some(5), Some("9".into())), Ok(5));
+        assert_eq!(max_streams(None, Some(" 9 ".into())), Ok(9));
+        assert_eq!(max_streams(None, None), Ok(250_000));
+        let bad = max_streams(None, Some("many".into())).unwrap_err();
+        assert_eq!(
+            bad,
+            r#"STATION_MAX_SESSIONS="many" is not a number of streams"#
+        );
     }
 }
