@@ -135,6 +135,8 @@ fn error_metadata(reject: &Reject) -> HashMap<String, String> {
         }
         Reject::Full(max) => {
             m.insert("max_streams".to_owned(), max.to_string());
+            // The key's old name, for clients that read it: the same count.
+            m.insert("max_sessions".to_owned(), max.to_string());
         }
         Reject::Overloaded(Busy::Late(late)) => {
             m.insert("lateness_ms".to_owned(), late.as_millis().to_string());
@@ -443,6 +445,28 @@ mod tests {
             Some("67e55044-10b1-426f-9247-bb680e5fe0c8")
         );
         assert_eq!(info.metadata.len(), 1);
+    }
+
+    /// `max_streams` was `max_sessions` before it was named for what it
+    /// counts: a full server sends both, so clients reading the old key
+    /// still find it.
+    #[test]
+    fn a_full_server_names_its_limit_under_both_keys() {
+        let status = to_status(&Reject::Full(3));
+        let details = status.get_error_details();
+        let info = details.error_info().unwrap();
+        assert_eq!(info.reason, "SERVER_FULL");
+        let keys: std::collections::BTreeMap<_, _> = info
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [("max_sessions", "3"), ("max_streams", "3")]
+                .into_iter()
+                .collect()
+        );
     }
 
     fn with_details(code: Code, details: tonic_types::ErrorDetails) -> Status {
