@@ -22,7 +22,8 @@
 //! `Drive::poll_drive` runs them. Beside this file, `inbound` feeds the
 //! client's messages to the session and times acknowledgements, and
 //! `store` starts, bounds and counts store operations and settles what a
-//! session still asks of the store once nobody hears its stream.
+//! session still asks of the store once nobody hears its stream; `end`
+//! accounts for a stream's end (counters, log, status), for both.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -40,6 +41,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tonic::{Status, Streaming};
 use tracing::Span;
 
+use self::end::finish;
 use self::inbound::{acknowledged_alone, handle};
 use self::store::{settle, start, store_timeout, StoreFuture};
 use crate::clock::now;
@@ -50,6 +52,7 @@ use crate::stall::{Cell, Drive, Stalls};
 use crate::state::{ServerState, StreamEvent};
 use crate::store::SessionStore;
 
+mod end;
 mod inbound;
 mod store;
 
@@ -517,42 +520,6 @@ fn round_to_slot(deadline: Instant, now: Instant, epoch: Instant, slack: Duratio
 
 fn message(kind: ServerKind) -> ServerMessage {
     ServerMessage { kind: Some(kind) }
-}
-
-/// Accounts for the end of the stream; the status to end it with, if any.
-fn finish<S: SessionStore>(shared: &ServerState<S>, stream: &Stream, end: End) -> Option<Status> {
-    let client = stream.client_id();
-    match end {
-        End::Completed { deleted } => {
-            shared.counters.completed();
-            if let (true, Some(client_id)) = (deleted, client) {
-                shared.observe(|| StreamEvent::Completed { client_id });
-            }
-            match deleted {
-                true => tracing::debug!(?client, "session completed"),
-                false => tracing::warn!(
-                    ?client,
-                    "session completed, but the store did not confirm its delete; \
-                     its record expires on its own"
-                ),
-            }
-            None
-        }
-        End::ClientGone => {
-            tracing::debug!(?client, sent = stream.sent(), "client went away");
-            None
-        }
-        End::Rejected(reject) => {
-            let status = shared.status(&reject, now());
-            // Never attached: the stream was refused, not ended (an
-            // expired session found by a resume, unlike one found by a
-            // renewal).
-            let refused = stream.generation().is_none();
-            shared.counters.rejected(status.code(), &reject, refused);
-            tracing::debug!(?client, %reject, "stream ended");
-            Some(status)
-        }
-    }
 }
 
 #[cfg(test)]

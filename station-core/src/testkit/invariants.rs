@@ -1,6 +1,6 @@
 //! The rules of ARCHITECTURE.md §6, each written once, over what a run
 //! observed: the core's harness (`harness/check.rs`) and the simulations
-//! (`sim/src/invariants.rs`) both judge by these, each feeding what it can
+//! (`sim/src/invariants/`) both judge by these, each feeding what it can
 //! see (and each keeping its own messages around them).
 //!
 //! Pure functions and small trackers: no clock is read, times are values

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use station_core::server::{Output, StoreOp, StoreReply, Stream};
 
-use super::finish;
+use super::end::finish;
 use crate::clock::now;
 use crate::log_limit::LogLimit;
 use crate::metrics;
