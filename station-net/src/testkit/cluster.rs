@@ -69,7 +69,7 @@ impl RedisCluster {
         })?;
         let mut nodes = Vec::new();
         for _ in 0..6 {
-            nodes.push(RedisServer::launch(&|| {
+            nodes.push(RedisServer::launch(false, &|_, _| {
                 vec![
                     "--cluster-enabled".into(),
                     "yes".into(),

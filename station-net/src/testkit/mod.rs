@@ -90,12 +90,14 @@ impl RedisServer {
     /// later setting overrides an earlier one).
     pub fn start_with(settings: &[&str]) -> Option<RedisServer> {
         let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
-        Self::launch(&|| settings.clone())
+        Self::launch(false, &|_, _| settings.clone())
     }
 
-    /// Starts a server whose extra settings `settings` gives, asked again
-    /// for each attempt (so it can pick fresh ports).
-    fn launch(settings: &dyn Fn() -> Vec<String>) -> Option<RedisServer> {
+    /// Starts a server whose extra settings `settings` gives for the port
+    /// and directory of each attempt (so it can pick fresh ports and write
+    /// files there). A TLS server's port is its `--tls-port`: it listens
+    /// on no plain port, so it is started with `--port 0`.
+    fn launch(tls: bool, settings: &dyn Fn(u16, &Path) -> Vec<String>) -> Option<RedisServer> {
         let binary = find_on_path("redis-server").or_else(|| {
             missing("redis-server")?;
             None
@@ -103,21 +105,26 @@ impl RedisServer {
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
+            let dir = make_dir(port);
             let mut server = RedisServer {
                 binary: binary.clone(),
-                port,
-                dir: make_dir(port),
-                extra: settings(),
-                tls: false,
+                port: if tls { 0 } else { port },
+                extra: settings(port, dir.path()),
+                dir,
+                tls,
                 child: None,
             };
             match server.spawn_and_wait() {
-                Ok(()) => return Some(server),
+                Ok(()) => {
+                    server.port = port;
+                    return Some(server);
+                }
                 // Dropping `server` removes its directory.
                 Err(e) => last_error = e,
             }
         }
-        panic!("could not start redis-server after {START_ATTEMPTS} attempts: {last_error}");
+        let with = if tls { " with TLS" } else { "" };
+        panic!("could not start redis-server{with} after {START_ATTEMPTS} attempts: {last_error}");
     }
 
     /// The server's data directory (its log is `redis.log` in it).
@@ -135,47 +142,23 @@ impl RedisServer {
     /// certificates; waits until its log says it is ready. Its URL is
     /// [`tls_url`](Self::tls_url); [`command`] cannot talk to it.
     pub fn start_tls(cert_pem: &str, key_pem: &str) -> Option<RedisServer> {
-        let binary = find_on_path("redis-server").or_else(|| {
-            missing("redis-server")?;
-            None
-        })?;
-        let mut last_error = String::new();
-        for _ in 0..START_ATTEMPTS {
-            let port = free_port();
-            let dir = make_dir(port);
-            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        Self::launch(true, &|port, dir| {
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
             std::fs::write(&cert, cert_pem).expect("write the certificate");
             std::fs::write(&key, key_pem).expect("write the key");
-            let mut server = RedisServer {
-                binary: binary.clone(),
-                port: 0,
-                dir,
-                extra: vec![
-                    "--port".into(),
-                    "0".into(),
-                    "--tls-port".into(),
-                    port.to_string(),
-                    "--tls-cert-file".into(),
-                    cert.display().to_string(),
-                    "--tls-key-file".into(),
-                    key.display().to_string(),
-                    "--tls-auth-clients".into(),
-                    "no".into(),
-                ],
-                tls: true,
-                child: None,
-            };
-            match server.spawn_and_wait() {
-                Ok(()) => {
-                    server.port = port;
-                    return Some(server);
-                }
-                Err(e) => last_error = e,
-            }
-        }
-        panic!(
-            "could not start redis-server with TLS after {START_ATTEMPTS} attempts: {last_error}"
-        );
+            vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ]
+        })
     }
 
     /// `rediss://localhost:{port}/0`, for a server started with
