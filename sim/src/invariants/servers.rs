@@ -77,7 +77,8 @@ pub(super) fn counted(report: &Report, v: &mut Vec<Violation>) {
         |op| matches!(op, StoreOp::Delete { .. }),
         |r| *r == StoreReply::Done,
     );
-    let completing: BTreeSet<(ClientId, u64, u64)> = report
+    // Distinct streams: one that retried its delete counts once.
+    let completing = report
         .answers
         .iter()
         .filter_map(|a| match a.op {
@@ -88,24 +89,24 @@ pub(super) fn counted(report: &Report, v: &mut Vec<Violation>) {
             } => Some((client_id, incarnation, generation)),
             _ => None,
         })
-        .collect();
-    if got.completed < deleted {
-        wrong(
-            "sessions completed",
-            got.completed,
-            format!("the store answered Done to {deleted} Delete(s) (each after a final acknowledgement)"),
-        );
-    }
-    if got.completed > completing.len() as u64 {
-        wrong(
-            "sessions completed",
-            got.completed,
+        .collect::<BTreeSet<(ClientId, u64, u64)>>()
+        .len() as u64;
+    within(
+        &mut wrong,
+        "sessions completed",
+        got.completed,
+        (
+            deleted,
             format!(
-                "only {} stream(s) asked to delete a completed session",
-                completing.len()
+                "the store answered Done to {deleted} Delete(s) (each after a final \
+                 acknowledgement)"
             ),
-        );
-    }
+        ),
+        (
+            completing,
+            format!("only {completing} stream(s) asked to delete a completed session"),
+        ),
+    );
 
     // A session is opened when the store applies its Create (whether or
     // not its stream lives to attach; a repeated Open re-attaching it is
@@ -149,20 +150,19 @@ pub(super) fn counted(report: &Report, v: &mut Vec<Violation>) {
         .iter()
         .filter(|e| matches!(e.event, StreamEvent::Attached { generation, .. } if generation >= 2))
         .count() as u64;
-    if got.resumed < resumed_seen {
-        wrong(
-            "sessions resumed",
-            got.resumed,
+    within(
+        &mut wrong,
+        "sessions resumed",
+        got.resumed,
+        (
+            resumed_seen,
             format!("clients saw {resumed_seen} Resume(s) attached"),
-        );
-    }
-    if got.resumed > takeovers {
-        wrong(
-            "sessions resumed",
-            got.resumed,
+        ),
+        (
+            takeovers,
             format!("servers attached only {takeovers} stream(s) by a takeover"),
-        );
-    }
+        ),
+    );
 
     // Resumes refused as expired: streams that never attached (a stream
     // whose session expired under it is a NOT_FOUND rejection, not this).
@@ -181,37 +181,32 @@ pub(super) fn counted(report: &Report, v: &mut Vec<Violation>) {
             )
         },
     );
-    if got.expired < expired_seen {
-        wrong(
-            "resumes refused as expired",
-            got.expired,
+    within(
+        &mut wrong,
+        "resumes refused as expired",
+        got.expired,
+        (
+            expired_seen,
             format!("clients saw {expired_seen} SESSION_EXPIRED"),
-        );
-    }
-    if got.expired > expired_answers {
-        wrong(
-            "resumes refused as expired",
-            got.expired,
+        ),
+        (
+            expired_answers,
             format!("the store answered only {expired_answers} time(s) that a session had expired"),
-        );
-    }
+        ),
+    );
 
     let taken_seen = seen(Reason::TakenOver);
     let conflicts = answered(|_| true, |r| *r == StoreReply::Conflict);
-    if got.taken_over < taken_seen {
-        wrong(
-            "streams taken over",
-            got.taken_over,
-            format!("clients saw {taken_seen} TAKEN_OVER"),
-        );
-    }
-    if got.taken_over > conflicts {
-        wrong(
-            "streams taken over",
-            got.taken_over,
+    within(
+        &mut wrong,
+        "streams taken over",
+        got.taken_over,
+        (taken_seen, format!("clients saw {taken_seen} TAKEN_OVER")),
+        (
+            conflicts,
             format!("the store answered Conflict only {conflicts} time(s)"),
-        );
-    }
+        ),
+    );
 
     let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
     for s in streams() {
@@ -233,6 +228,24 @@ pub(super) fn counted(report: &Report, v: &mut Vec<Violation>) {
                 format!("clients saw {n} {code} status(es) from servers"),
             );
         }
+    }
+}
+
+/// Reports a count below `floor` or above `ceiling`, each with the rule
+/// that bound stands for: most counters are bounded from both sides,
+/// by what clients saw and by what the store answered.
+fn within(
+    wrong: &mut impl FnMut(&str, u64, String),
+    what: &str,
+    count: u64,
+    (floor, below): (u64, String),
+    (ceiling, above): (u64, String),
+) {
+    if count < floor {
+        wrong(what, count, below);
+    }
+    if count > ceiling {
+        wrong(what, count, above);
     }
 }
 
