@@ -21,7 +21,6 @@ fn completion_on_the_store_host() -> Scenario {
 /// rejection when the client half-closed its stream while the final
 /// `Delete` was in flight.
 #[test]
-#[ignore = "the server counts such a completion as a BAD_REQUEST rejection (the driver's half-close arm); run with --ignored once fixed"]
 fn a_completion_whose_delete_is_in_flight_is_counted_completed() {
     let scenario = completion_on_the_store_host();
     let report = run(&scenario, 1);
