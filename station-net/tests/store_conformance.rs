@@ -9,8 +9,9 @@
 //! set). What only Redis can do wrong (outages, resharding, failover, TLS)
 //! is `redis_faults.rs`'s.
 //!
-//! Expiry checks use real time: short TTLs and real sleeps, every test well
-//! under a couple of seconds. The stores are on tokio's clock (memory) and
+//! Expiry checks use real time: short TTLs and real sleeps, every test
+//! under three seconds, each check on a schedule or with a window of
+//! seconds, so a loaded machine does not turn one into a wrong answer. The stores are on tokio's clock (memory) and
 //! Redis's clock (redis), both real here.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -351,22 +352,39 @@ async fn refresh_extends_expiry<S: SessionStore>(store: S) {
 }
 
 async fn live_sessions_counts_only_live<S: SessionStore>(store: S) {
+    // Short, but longer than a count takes: counting is paced, so it does
+    // not burst on the store (a cluster's takes tens of milliseconds).
+    const SHORT: Duration = Duration::from_secs(1);
     assert_eq!(live(&store).await, 0);
     let long: Vec<Record> = (0..3).map(|_| record()).collect();
-    let short: Vec<Record> = (0..2).map(|_| record()).collect();
+    let [other, checked] = [record(), record()];
     for rec in &long {
         assert_eq!(create(&store, *rec, LONG).await, StoreReply::Done);
     }
-    // Short, but longer than a count takes: counting is paced, so it does
-    // not burst on the store (a cluster's takes tens of milliseconds).
-    for rec in &short {
-        let reply = create(&store, *rec, Duration::from_secs(1)).await;
-        assert_eq!(reply, StoreReply::Done);
-    }
-    assert_eq!(live(&store).await, 5);
-    sleep(Duration::from_millis(1200)).await;
-    // Expired ones are remembered but not live.
-    assert_eq!(load(&store, short[0].client_id).await, Lookup::Expired);
+    // `other` first, so that it has expired whenever `checked` has; the
+    // schedule runs from `checked`'s create, which is what the remembered
+    // window is measured from, not from a count of unknown length.
+    assert_eq!(create(&store, other, SHORT).await, StoreReply::Done);
+    let sent = Instant::now();
+    assert_eq!(create(&store, checked, SHORT).await, StoreReply::Done);
+    let acked = sent.elapsed();
+    let counted = live(&store).await;
+    assert!(
+        sent.elapsed() < SHORT,
+        "test fell behind its schedule ({:?} > {SHORT:?}); machine too slow?",
+        sent.elapsed()
+    );
+    assert_eq!(counted, 5);
+    // Expired (after the create was acknowledged), and still remembered
+    // (before REMEMBER has passed since it was sent).
+    sleep_until(
+        sent,
+        acked + SHORT + Duration::from_millis(100),
+        SHORT + REMEMBER - Duration::from_millis(50),
+    )
+    .await;
+    assert_eq!(load(&store, checked.client_id).await, Lookup::Expired);
+    // Expired ones are not live, remembered or not.
     assert_eq!(live(&store).await, 3);
     assert_eq!(delete(&store, &long[0], 1).await, StoreReply::Done);
     assert_eq!(live(&store).await, 2);
