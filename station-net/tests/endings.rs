@@ -96,6 +96,16 @@ async fn start(store: SlowDeletes) -> TestServer<SlowDeletes> {
     TestServer::with_store(cfg, store).await
 }
 
+/// Waits (bounded) until the store has begun a delete: the final
+/// acknowledgement has reached the server, however loaded the machine.
+async fn until_a_delete_began(deletes: &AtomicU32) {
+    let deadline = Instant::now() + STEP;
+    while deletes.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "no delete began within {STEP:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Once settled: one session completed, nothing rejected, nothing left in
 /// the store.
 async fn assert_one_completion(server: &TestServer<SlowDeletes>) {
@@ -237,10 +247,12 @@ async fn a_failed_delete_is_retried_and_the_stream_ends_ok() {
 /// SHUTTING_DOWN.
 #[tokio::test]
 async fn shutdown_during_a_delete_waits_for_it_and_ends_ok() {
-    let server = start(SlowDeletes::new(Duration::from_millis(300), 0)).await;
+    let store = SlowDeletes::new(Duration::from_millis(300), 0);
+    let deletes = store.deletes.clone();
+    let server = start(store).await;
     let mut hand = Hand::open(&server, id(2), 1, [8; 16]).await;
     hand.take_all(1).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until_a_delete_began(&deletes).await;
     server.station.begin_shutdown();
     let end = hand.next().await;
     assert!(matches!(end, Ok(None)), "ended OK: {end:?}");
@@ -251,10 +263,12 @@ async fn shutdown_during_a_delete_waits_for_it_and_ends_ok() {
 /// still runs, and the session still counts as completed.
 #[tokio::test]
 async fn a_reset_during_a_delete_still_deletes_and_counts_a_completion() {
-    let server = start(SlowDeletes::new(Duration::from_millis(200), 1)).await;
+    let store = SlowDeletes::new(Duration::from_millis(200), 1);
+    let deletes = store.deletes.clone();
+    let server = start(store).await;
     let mut hand = Hand::open(&server, id(3), 1, [9; 16]).await;
     hand.take_all(1).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    until_a_delete_began(&deletes).await;
     drop(hand);
     assert_one_completion(&server).await;
 }

@@ -137,7 +137,9 @@ async fn an_overloaded_server_sheds_new_sessions_with_retry_info() {
     // A session attached before the overload keeps its stream.
     let mut kept = Raw::start(&ch, &[open(&id(1), 1000, &[1; 16])]).await;
     let token = kept.attached().await.resume_token;
-    assert!(server.station.overload().shedding().is_none());
+    // Not shedding before the hog (waited for: a loaded machine may have
+    // made the new server's first ticks late).
+    server.until_shedding(false).await;
 
     server.hog.store(true, Ordering::Relaxed);
     server.until_shedding(true).await;
@@ -170,8 +172,8 @@ async fn an_overloaded_server_sheds_new_sessions_with_retry_info() {
     // Caught up: new sessions are admitted again.
     server.hog.store(false, Ordering::Relaxed);
     server.until_shedding(false).await;
-    let mut later = Raw::start(&ch, &[open(&id(3), 10, &[1; 16])]).await;
-    assert_eq!(later.attached().await.count, 10);
+    let admitted = first_admitted(&ch, 10, Duration::from_millis(100)).await;
+    assert!(admitted.is_some(), "never admitted once caught up");
 }
 
 /// Opens new sessions, one every `pause`, until one is admitted (at most
