@@ -283,8 +283,8 @@ fn rolling_restart_under_300_clients_moves_each_once_per_restart() {
         !ends.is_empty() && ends.keys().all(|k| k == "Unavailable SHUTTING_DOWN"),
         "streams ended otherwise than by the drain: {ends:?}"
     );
-    // Each drain ended its streams within the drain period (plus a
-    // second for a busy machine), at moments spread over it rather than
+    // Each drain ended its streams within the drain period (plus two
+    // seconds for a busy machine), at moments spread over it rather than
     // all in one interval: 10 or more ends drawn uniformly over 1 s fall
     // within 300 ms of each other with a probability near 1e-4; ended all
     // at once, as before drains, they fall within a few milliseconds.
@@ -300,7 +300,7 @@ fn rolling_restart_under_300_clients_moves_each_once_per_restart() {
         let (Some(&first), Some(&last)) = (first, last) else {
             panic!("no client saw drain {i} end its stream");
         };
-        assert!(last <= DRAIN + Duration::from_secs(1), "drain {i}: {at:?}");
+        assert!(last <= DRAIN + Duration::from_secs(2), "drain {i}: {at:?}");
         assert!(
             last - first >= 3 * INTERVAL,
             "drain {i} ended its clients' streams within {:?}: {at:?}",

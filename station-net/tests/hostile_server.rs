@@ -181,8 +181,9 @@ async fn a_server_that_attaches_then_always_fails_is_given_up_on() {
         matches!(&outcome.verdict, Verdict::Unreachable(m) if m.contains("no progress")),
         "{outcome:?}"
     );
+    // Given up at 3 s, with up to 2 s for a loaded machine.
     assert!(
-        started.elapsed() < Duration::from_secs(4),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
