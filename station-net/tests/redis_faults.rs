@@ -454,7 +454,8 @@ async fn redis_key_ttl_covers_expiry_plus_remember() {
         .await
         .expect("PTTL");
     // The key's TTL ran down for at most the time from the create to the
-    // PTTL's answer (and PTTL rounds down to a millisecond).
+    // PTTL's answer, plus a millisecond for Redis's millisecond clock and
+    // the fraction `as_millis` cuts off.
     let ran_down = sent.elapsed().as_millis() as i64 + 1;
     let expected = (ttl + REMEMBER).as_millis() as i64;
     assert!(
@@ -492,12 +493,12 @@ fn script_calls(server: &RedisServer) -> u64 {
         .sum()
 }
 
-/// Refreshes of `n` sessions arriving 2 ms apart: how many script calls
-/// they took with `linger`.
 /// Between two staggered refreshes: far longer than a local script call,
 /// so that without a linger each goes out on its own.
 const REFRESH_GAP: Duration = Duration::from_millis(10);
 
+/// Refreshes of `n` sessions arriving [`REFRESH_GAP`] apart: how many
+/// script calls they took with `linger`.
 async fn calls_for_staggered_refreshes(linger: Duration, n: usize) -> u64 {
     let server = RedisServer::start().expect("redis-server (checked by the caller)");
     let cfg = StoreConfig {

@@ -214,16 +214,25 @@ async fn a_reader_that_stops_is_ended_by_the_silence_rule_and_renewed_until_then
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stops_still_hears_shutdown() {
     let server = server().await;
-    let (mut rx, _tx, _) = stalled_reader(&server).await;
+    let (mut rx, _tx, spoke) = stalled_reader(&server).await;
     // Long enough for hyper to be waiting on the window.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let began = Instant::now();
     server.station.begin_shutdown();
-    // That shutdown ended it, not silence, is the status's reason below.
     timeout(STEP, server.station.drained())
         .await
         .expect("the stalled stream ends at shutdown");
+    // Shutdown ended it, not silence (whose end would say SHUTTING_DOWN
+    // too, once shutdown had begun): before the silence timeout. Judged
+    // when the shutdown began early enough for its bound to end before it.
+    let drained = spoke.elapsed();
+    if began.duration_since(spoke) + STALL_SLACK < SILENCE {
+        assert!(
+            drained < SILENCE,
+            "drained {drained:?} after the client last spoke, not before its silence timeout"
+        );
+    }
     assert!(
         began.elapsed() <= STALL_SLACK + MARGIN,
         "shutdown took {:?} to reach a stalled stream",

@@ -9,10 +9,11 @@
 //! set). What only Redis can do wrong (outages, resharding, failover, TLS)
 //! is `redis_faults.rs`'s.
 //!
-//! Expiry checks use real time: short TTLs and real sleeps, every test
-//! under three seconds, each check on a schedule or with a window of
-//! seconds, so a loaded machine does not turn one into a wrong answer. The stores are on tokio's clock (memory) and
-//! Redis's clock (redis), both real here.
+//! Expiry checks use real time: TTLs of a few seconds at most and real
+//! sleeps. Each check either runs on a [`Schedule`], judging an answer only
+//! if it came back in time, or has a window of seconds, so that a loaded
+//! machine costs time, never a wrong-looking answer. The stores are on
+//! tokio's clock (memory) and Redis's clock (redis), both real here.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,12 +32,15 @@ use common::store::{
     update, LONG, REMEMBER,
 };
 
-/// A check's real-time schedule, measured from an instant just before its
-/// first store call. A store answer is judged only if it came back before
+/// A check's real-time schedule, measured from an instant just before the
+/// first store call whose timing it judges. A store answer is judged only if it came back before
 /// the deadline its expectation depends on; one that came back later (a
 /// loaded machine stalled the test or the store) makes the attempt
 /// [`Behind`], and the check runs again with fresh records.
 struct Schedule(Instant);
+
+/// How many times [`on_schedule`] runs a check that keeps falling behind.
+const ATTEMPTS: u32 = 3;
 
 /// An attempt that fell behind its schedule, so its answers prove nothing.
 #[derive(Debug)]
@@ -68,24 +72,25 @@ impl Schedule {
 }
 
 /// Runs a scheduled check until one attempt stays on schedule, at most
-/// three times. `settle` is waited between attempts, long enough for an
-/// abandoned attempt's short-lived records to have expired. Every answer
-/// an attempt judges is asserted as strictly as without retries.
-async fn on_schedule<F, Fut>(settle: Duration, mut attempt: F)
+/// [`ATTEMPTS`] times. Between attempts it waits the longest TTL the check
+/// gives a record that is not meant to outlive it (`short_ttl`), and a
+/// little more, so that an abandoned attempt's records have expired. Every
+/// answer an attempt judges is asserted as strictly as without retries.
+async fn on_schedule<F, Fut>(short_ttl: Duration, mut attempt: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), Behind>>,
 {
     let mut behind = Vec::new();
-    for _ in 0..3 {
-        match attempt().await {
-            Ok(()) => return,
-            Err(Behind(why)) => {
-                eprintln!("fell behind its schedule ({why}); trying again");
-                behind.push(why);
-            }
+    for n in 1..=ATTEMPTS {
+        let Err(Behind(why)) = attempt().await else {
+            return;
+        };
+        eprintln!("attempt {n} of {ATTEMPTS} fell behind its schedule: {why}");
+        behind.push(why);
+        if n < ATTEMPTS {
+            sleep(short_ttl + Duration::from_millis(200)).await;
         }
-        sleep(settle).await;
     }
     panic!("fell behind its schedule in every attempt ({behind:?}); machine too slow?");
 }
@@ -339,7 +344,8 @@ async fn expiry_live_then_expired_then_missing<S: SessionStore>(store: S) {
         let rec = record();
         let at = Schedule::start();
         assert_eq!(create(&store, rec, TTL).await, StoreReply::Done);
-        // The store set the expiry somewhere between 0 and `acked`.
+        // The store ran the create somewhere between 0 and `acked`, and
+        // the record expires TTL after that.
         let acked = at.elapsed();
         at.wait_until(Duration::from_millis(100)).await;
         let before_ttl = load(&store, rec.client_id).await;
