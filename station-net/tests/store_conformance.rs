@@ -33,10 +33,11 @@ use common::store::{
 };
 
 /// A check's real-time schedule, measured from an instant just before the
-/// first store call whose timing it judges. A store answer is judged only if it came back before
-/// the deadline its expectation depends on; one that came back later (a
-/// loaded machine stalled the test or the store) makes the attempt
-/// [`Behind`], and the check runs again with fresh records.
+/// first store call whose timing it judges. A store answer is judged only
+/// if it came back before the deadline its expectation depends on; one
+/// that came back later (a loaded machine stalled the test or the store)
+/// makes the attempt [`Behind`], and the check runs again with fresh
+/// records.
 struct Schedule(Instant);
 
 /// How many times [`on_schedule`] runs a check that keeps falling behind.
@@ -59,11 +60,12 @@ impl Schedule {
         tokio::time::sleep_until(self.0 + at).await;
     }
 
-    /// The answer just received came back before `deadline`.
-    fn by(&self, deadline: Duration) -> Result<(), Behind> {
+    /// `answer`, just received, if it came back before `deadline`: only
+    /// then may it be judged.
+    fn in_time<T>(&self, deadline: Duration, answer: T) -> Result<T, Behind> {
         let now = self.elapsed();
         match now < deadline {
-            true => Ok(()),
+            true => Ok(answer),
             false => Err(Behind(format!(
                 "an answer at {now:?}, due before {deadline:?}"
             ))),
@@ -93,6 +95,22 @@ where
         }
     }
     panic!("fell behind its schedule in every attempt ({behind:?}); machine too slow?");
+}
+
+/// How long the records of the checks on expired records live.
+const BRIEF: Duration = Duration::from_millis(100);
+
+/// Creates `rec` to live [`BRIEF`]ly and waits until it has expired. The
+/// store remembers it as expired until the returned deadline, at least.
+async fn expired<S: SessionStore>(store: &S, rec: Record) -> (Schedule, Duration) {
+    let at = Schedule::start();
+    assert_eq!(create(store, rec, BRIEF).await, StoreReply::Done);
+    // The store ran the create between 0 and `acked`; it expires BRIEF
+    // after that.
+    let acked = at.elapsed();
+    at.wait_until(acked + BRIEF + Duration::from_millis(100))
+        .await;
+    (at, BRIEF + REMEMBER)
 }
 
 // ---------------------------------------------------------------------------
@@ -154,19 +172,21 @@ async fn create_on_live_id_reports_exists<S: SessionStore>(store: S) {
 }
 
 async fn create_over_expired_record_succeeds<S: SessionStore>(store: S) {
-    let old = record();
-    let new = Record {
-        client_id: old.client_id,
-        ..record()
-    };
-    assert_eq!(
-        create(&store, old, Duration::from_millis(100)).await,
-        StoreReply::Done
-    );
-    sleep(Duration::from_millis(200)).await;
-    assert_eq!(load(&store, old.client_id).await, Lookup::Expired);
-    assert_eq!(create(&store, new, LONG).await, StoreReply::Done);
-    assert_eq!(load(&store, old.client_id).await, Lookup::Live(new));
+    on_schedule(BRIEF, || async {
+        let old = record();
+        let new = Record {
+            client_id: old.client_id,
+            ..record()
+        };
+        let (at, remembered) = expired(&store, old).await;
+        let lookup = load(&store, old.client_id).await;
+        assert_eq!(at.in_time(remembered, lookup)?, Lookup::Expired);
+        let over = create(&store, new, LONG).await;
+        assert_eq!(at.in_time(remembered, over)?, StoreReply::Done);
+        assert_eq!(load(&store, old.client_id).await, Lookup::Live(new));
+        Ok(())
+    })
+    .await;
 }
 
 async fn update_refreshes_and_takes_over<S: SessionStore>(store: S) {
@@ -218,17 +238,19 @@ async fn update_of_missing_or_expired_is_refused<S: SessionStore>(store: S) {
     assert_eq!(update(&store, ghost, 1, LONG).await, StoreReply::Vanished);
     assert_eq!(load(&store, ghost.client_id).await, Lookup::Missing);
     // Expired: the update must not revive it.
-    let rec = record();
-    assert_eq!(
-        create(&store, rec, Duration::from_millis(100)).await,
-        StoreReply::Done
-    );
-    sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        update(&store, rec, 1, LONG).await,
-        StoreReply::ExpiredOrReplaced
-    );
-    assert_eq!(load(&store, rec.client_id).await, Lookup::Expired);
+    on_schedule(BRIEF, || async {
+        let rec = record();
+        let (at, remembered) = expired(&store, rec).await;
+        let refresh = update(&store, rec, 1, LONG).await;
+        assert_eq!(
+            at.in_time(remembered, refresh)?,
+            StoreReply::ExpiredOrReplaced
+        );
+        let lookup = load(&store, rec.client_id).await;
+        assert_eq!(at.in_time(remembered, lookup)?, Lookup::Expired);
+        Ok(())
+    })
+    .await;
     // Deleted (or lost by the store): gone, not taken over.
     let gone = record();
     assert_eq!(create(&store, gone, LONG).await, StoreReply::Done);
@@ -250,25 +272,25 @@ async fn delete_checks_generation<S: SessionStore>(store: S) {
     assert_eq!(delete(&store, &rec, 1).await, StoreReply::Done);
     // An expired record is left as it is (still reported expired), and
     // the delete is done: nothing live of its incarnation is left.
-    let old = record();
-    assert_eq!(
-        create(&store, old, Duration::from_millis(100)).await,
-        StoreReply::Done
-    );
-    sleep(Duration::from_millis(200)).await;
-    assert_eq!(delete(&store, &old, 1).await, StoreReply::Done);
-    assert_eq!(load(&store, old.client_id).await, Lookup::Expired);
+    on_schedule(BRIEF, || async {
+        let old = record();
+        let (at, remembered) = expired(&store, old).await;
+        let deleted = delete(&store, &old, 1).await;
+        assert_eq!(at.in_time(remembered, deleted)?, StoreReply::Done);
+        let lookup = load(&store, old.client_id).await;
+        assert_eq!(at.in_time(remembered, lookup)?, Lookup::Expired);
+        Ok(())
+    })
+    .await;
 }
 
 async fn a_paused_stream_cannot_write_over_a_later_incarnation<S: SessionStore>(store: S) {
     // A stream at generation 1 stalls past the TTL; the client id is
     // reused by a new session, which starts at generation 1 again.
+    // Whether the store still remembers it or has forgotten it, the
+    // new session's create replaces it: no schedule to keep.
     let old = record();
-    assert_eq!(
-        create(&store, old, Duration::from_millis(100)).await,
-        StoreReply::Done
-    );
-    sleep(Duration::from_millis(200)).await;
+    expired(&store, old).await;
     let new = Record {
         client_id: old.client_id,
         ..record()
@@ -349,14 +371,12 @@ async fn expiry_live_then_expired_then_missing<S: SessionStore>(store: S) {
         let acked = at.elapsed();
         at.wait_until(Duration::from_millis(100)).await;
         let before_ttl = load(&store, rec.client_id).await;
-        at.by(TTL)?;
-        assert_eq!(before_ttl, Lookup::Live(rec));
+        assert_eq!(at.in_time(TTL, before_ttl)?, Lookup::Live(rec));
         // Past the TTL: expired, but remembered as such.
         at.wait_until(acked + TTL + Duration::from_millis(100))
             .await;
         let past_ttl = load(&store, rec.client_id).await;
-        at.by(TTL + REMEMBER)?;
-        assert_eq!(past_ttl, Lookup::Expired);
+        assert_eq!(at.in_time(TTL + REMEMBER, past_ttl)?, Lookup::Expired);
         assert_eq!(live(&store).await, 0);
         // Past TTL + remember_expired: forgotten.
         at.wait_until(acked + TTL + REMEMBER + Duration::from_millis(150))
@@ -381,19 +401,22 @@ async fn refresh_extends_expiry<S: SessionStore>(store: S) {
         let refreshed = Record { acked: 1, ..rec };
         let refresh_sent = at.elapsed();
         let refresh = update(&store, refreshed, 1, TTL).await;
-        at.by(TTL)?;
-        assert_eq!(refresh, StoreReply::Done);
+        assert_eq!(at.in_time(TTL, refresh)?, StoreReply::Done);
         let refresh_acked = at.elapsed();
         // Past the first TTL, within the second.
         at.wait_until(acked + TTL + margin).await;
         let within_second = load(&store, rec.client_id).await;
-        at.by(refresh_sent + TTL)?;
-        assert_eq!(within_second, Lookup::Live(refreshed));
+        assert_eq!(
+            at.in_time(refresh_sent + TTL, within_second)?,
+            Lookup::Live(refreshed)
+        );
         // Past the second TTL (and within remember_expired after it).
         at.wait_until(refresh_acked + TTL + margin).await;
         let past_second = load(&store, rec.client_id).await;
-        at.by(refresh_sent + TTL + REMEMBER)?;
-        assert_eq!(past_second, Lookup::Expired);
+        assert_eq!(
+            at.in_time(refresh_sent + TTL + REMEMBER, past_second)?,
+            Lookup::Expired
+        );
         Ok(())
     })
     .await;
@@ -419,14 +442,15 @@ async fn live_sessions_counts_only_live<S: SessionStore>(store: S) {
         assert_eq!(create(&store, checked, SHORT).await, StoreReply::Done);
         let checked_acked = at.elapsed();
         let counted = live(&store).await;
-        at.by(SHORT)?;
-        assert_eq!(counted, base + 5);
+        assert_eq!(at.in_time(SHORT, counted)?, base + 5);
         // Expired, and still remembered.
         at.wait_until(checked_acked + SHORT + Duration::from_millis(100))
             .await;
         let past_short = load(&store, checked.client_id).await;
-        at.by(checked_sent + SHORT + REMEMBER)?;
-        assert_eq!(past_short, Lookup::Expired);
+        assert_eq!(
+            at.in_time(checked_sent + SHORT + REMEMBER, past_short)?,
+            Lookup::Expired
+        );
         // Expired ones are not live, remembered or not.
         assert_eq!(live(&store).await, base + 3);
         assert_eq!(delete(&store, &long[0], 1).await, StoreReply::Done);
