@@ -4,7 +4,8 @@
 # generates the client with grpcio-tools, runs interop.py.
 #
 # Usage: interop/python/run.sh   (STATION_BIN=path/to/station, default
-# target/debug/station; VENV=dir, default target/interop-venv)
+# debug/station under $CARGO_TARGET_DIR, where cargo built it, or target/;
+# VENV=dir, default target/interop-venv)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -17,7 +18,7 @@ if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip'
     exit 0
 fi
 
-STATION_BIN=${STATION_BIN:-target/debug/station}
+STATION_BIN=${STATION_BIN:-${CARGO_TARGET_DIR:-target}/debug/station}
 if [ ! -x "$STATION_BIN" ]; then
     echo "error: $STATION_BIN not found: cargo build -p station --bin station" >&2
     exit 1
